@@ -1,0 +1,104 @@
+"""Every error policy-extproc raises on purpose, each with a stable ``code``.
+
+The code is what a client sees in the JSON error body, what the audit record stores and what a
+metric is labelled with; the HTTP status is what the client gets when the error ends a request.
+
+    PolicyExtprocError (code, http_status)
+    ├── PolicyError                       invalid policy set; carries every Problem found
+    ├── RequestError (400)                the client sent something we cannot evaluate
+    │   ├── MalformedBody      malformed_body       body is not the JSON the API expects
+    │   ├── UnknownApi         unknown_api          path/body is no LLM API we know (400)
+    │   ├── BodyTooLarge       body_too_large       over the configured limit (413)
+    │   └── MissingIdentity    missing_identity     a policy needs an identity key that is absent
+    ├── StateError             state_unavailable    the state backend (Redis) failed or timed out
+    ├── ProtocolError          protocol_error       Envoy sent a message out of order
+    └── AdminError             admin_error          an admin call was refused (auth, not found)
+
+Foreign exceptions (redis, grpc, yaml) are translated at the boundary that meets them, with
+``raise ... from exc``; they never travel further.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class PolicyExtprocError(Exception):
+    """Base of every deliberate error."""
+
+    code = "internal_error"
+    http_status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One mistake in a policy set, printed as ``file:line: policy 'name' rule N (type): msg``."""
+
+    file: str
+    line: int
+    message: str
+    policy: str | None = None
+    rule_index: int | None = None
+    rule_type: str | None = None
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}:"
+        if self.policy is not None:
+            where += f" policy '{self.policy}'"
+        if self.rule_index is not None:
+            where += f" rule {self.rule_index}"
+            if self.rule_type:
+                where += f" ({self.rule_type})"
+        if self.policy is not None or self.rule_index is not None:
+            where += ":"
+        return f"{where} {self.message}"
+
+
+class PolicyError(PolicyExtprocError):
+    """A policy set that does not load; ``problems`` lists every mistake found, in file order."""
+
+    code = "invalid_policy"
+    http_status = 400
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+        super().__init__("\n".join(str(p) for p in problems) or "invalid policy")
+
+
+class RequestError(PolicyExtprocError):
+    code = "bad_request"
+    http_status = 400
+
+
+class MalformedBody(RequestError):
+    code = "malformed_body"
+
+
+class UnknownApi(RequestError):
+    code = "unknown_api"
+
+
+class BodyTooLarge(RequestError):
+    code = "body_too_large"
+    http_status = 413
+
+
+class MissingIdentity(RequestError):
+    code = "missing_identity"
+
+
+class StateError(PolicyExtprocError):
+    code = "state_unavailable"
+    http_status = 503
+
+
+class ProtocolError(PolicyExtprocError):
+    code = "protocol_error"
+
+
+class AdminError(PolicyExtprocError):
+    code = "admin_error"

@@ -1,0 +1,114 @@
+"""The ``policy-extproc`` command. Every option is also an environment variable
+``POLICY_EXTPROC_<OPTION>`` (click's ``auto_envvar_prefix``), as Kubernetes deployments want."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import PolicyError, RequestError
+
+
+@click.group(context_settings={"auto_envvar_prefix": "POLICY_EXTPROC",
+                               "help_option_names": ["-h", "--help"]})  # fmt: skip
+def main() -> None:
+    """Policy-enforcement sidecar for LLM traffic behind Envoy."""
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+def check(paths: tuple[str, ...]) -> None:
+    """Validate policy files and directories: one line per problem, exit 1 if any."""
+    from .policy.compiler import compile_paths
+    from .policy.loader import policy_files
+
+    try:
+        snapshot = compile_paths(paths)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem))
+        n = len(exc.problems)
+        click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
+        sys.exit(1)
+    files = len(policy_files(paths))
+    click.echo(f"ok: {len(snapshot)} policies, {snapshot.rule_count} rules in {files} file"
+               f"{'s' if files != 1 else ''} (version {snapshot.version})")  # fmt: skip
+
+
+def _headers(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for v in values:
+        name, sep, value = v.partition(":")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"{v!r} is not 'name: value'", param_hint="-H")
+        out[name.strip().lower()] = value.strip()
+    return out
+
+
+@main.command("eval")
+@click.option("--policies", "policies", required=True, multiple=True,
+              type=click.Path(exists=True), help="Policy file or directory (repeatable).")
+@click.option("--request", "request_file", required=True, type=click.Path(exists=True,
+              dir_okay=False), help="The LLM request body (JSON).")  # fmt: skip
+@click.option("--path", "api_path", default=None,
+              help="API path of the request; default /v1/messages when the body looks like "
+                   "Anthropic's (has 'system' or 'anthropic_version'), else /v1/chat/completions.")
+@click.option("-H", "--header", "headers", multiple=True, help="'name: value' (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the audit record plus 'body'.")
+def eval_(policies: tuple[str, ...], request_file: str, api_path: str | None,
+          headers: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+    """Decide one request offline and explain why."""
+    from .audit.builder import record_for
+    from .llm.request import parse_request, rewrite_request
+    from .policy.compiler import compile_paths
+    from .policy.context import build_context
+    from .policy.evaluator import check_request, decide
+    from .policy.explain import explain
+
+    try:
+        snapshot = compile_paths(policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    body = Path(request_file).read_bytes()
+    hdrs = _headers(headers)
+    path = api_path or hdrs.get(":path") or _guess_path(body)
+    try:
+        request = parse_request(path, body)
+    except RequestError as exc:
+        click.echo(f"{request_file}: {exc.code}: {exc.message}", err=True)
+        sys.exit(2)
+    ctx = build_context(hdrs, request)
+    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+    decision = decide(es, ctx, check_request(es, ctx))
+    new_body = None
+    if decision.new_texts and decision.action in ("allow", "modify"):
+        new_body = rewrite_request(request, decision.new_texts)
+    if as_json:
+        record = record_for(decision, ctx, policy_version=snapshot.version).to_dict()
+        record["body"] = json.loads(new_body) if new_body is not None else None
+        click.echo(json.dumps(record, indent=2, ensure_ascii=False))
+        return
+    for line in explain(es, ctx, decision):
+        click.echo(line)
+    if new_body is not None:
+        click.echo("rewritten body:")
+        click.echo(new_body.decode())
+
+
+def _guess_path(body: bytes) -> str:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "/v1/chat/completions"
+    if isinstance(data, dict) and ("system" in data or "anthropic_version" in data):
+        return "/v1/messages"
+    return "/v1/chat/completions"
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,228 @@
+"""Policies -> an immutable ``Snapshot``: scope index, effective rule sets, pattern databases.
+
+Everything that can be prepared before a request arrives is prepared here, once per policy set:
+
+- each policy's content patterns become one ``PatternSet`` per direction, compiled at load, so a
+  request scans its text once per applying policy (an organisation, its team, its environment:
+  a handful) and the compile cost stays linear in the number of rules;
+- the effective rule set of a scope (inheritance, overrides, locks) is computed the first time a
+  request of that scope arrives and cached; requests with the same applying policies share it.
+
+Snapshots are never mutated after construction; a new policy set is a new snapshot, swapped in
+atomically by the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from fnmatch import translate
+
+from ..detect.patterns import Pattern, PatternError, PatternSet
+from ..errors import PolicyError, Problem
+from .model import ContentFilterRule, Policy, Rule
+
+_CACHE_LIMIT = 50_000  # distinct (org, team, environment) keys remembered; headers are untrusted
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a pattern hit means: which rule of the policy, and a label for explanations."""
+
+    rule_index: int  # 0-based index into policy.rules
+    label: str
+
+
+class CompiledPolicy:
+    """One policy with its pattern databases, built once per snapshot."""
+
+    __slots__ = ("index", "policy", "request_patterns", "request_targets", "response_patterns",
+                 "response_targets")  # fmt: skip
+
+    def __init__(self, policy: Policy, index: int) -> None:
+        self.policy = policy
+        self.index = index
+        self.request_patterns, self.request_targets = _patterns(policy, "request")
+        self.response_patterns, self.response_targets = _patterns(policy, "response")
+
+
+def _patterns(
+    policy: Policy, direction: str
+) -> tuple[PatternSet | None, tuple[Target, ...]]:
+    specs: list[Pattern] = []
+    targets: list[Target] = []
+
+    def add(expr: str, kind: str, rule: ContentFilterRule, i: int, label: str, ww: bool) -> None:
+        specs.append(Pattern(len(targets), expr, kind, rule.case_sensitive, ww))  # type: ignore[arg-type]
+        targets.append(Target(i, label))
+
+    for i, rule in enumerate(policy.rules):
+        if not isinstance(rule, ContentFilterRule) or rule.direction not in (direction, "both"):
+            continue
+        for kw in rule.keywords:
+            add(kw, "literal", rule, i, f"keyword {kw!r}", rule.whole_words)
+        for rx in rule.patterns:
+            add(rx, "regex", rule, i, f"pattern {rx!r}", False)
+        for topic, phrases in rule.topics.items():
+            for phrase in phrases:
+                words = phrase.split()
+                if len(words) == 1:
+                    add(words[0], "literal", rule, i, f"topic {topic!r}", rule.whole_words)
+                else:
+                    # Any run of white space between the words of a phrase.
+                    expr = r"\s+".join(re.escape(w) for w in words)
+                    add(expr, "regex", rule, i, f"topic {topic!r}", rule.whole_words)
+    if not specs:
+        return None, ()
+    try:
+        return PatternSet(specs), tuple(targets)
+    except PatternError as exc:
+        problems = []
+        for pattern, why in exc.failures:
+            rule = policy.rules[targets[pattern.tag].rule_index]
+            problems.append(Problem(policy.file, rule.line, f"{targets[pattern.tag].label}: the "
+                                    f"linear-time engine cannot compile it: {why}", policy.name,
+                                    rule.index, rule.type))  # fmt: skip
+        raise PolicyError(problems) from exc
+
+
+@dataclass(frozen=True, slots=True)
+class EffectiveRule:
+    """A rule in force for a scope, where it came from, and whose rules it replaced."""
+
+    rule: Rule
+    policy: CompiledPolicy
+    overrode: tuple[str, ...]  # names of less specific policies whose same-id rule it replaced
+
+    @property
+    def policy_name(self) -> str:
+        return self.policy.policy.name
+
+
+class EffectiveSet:
+    """The policies applying to one scope (least to most specific) and the rules in force."""
+
+    __slots__ = ("active", "by_type", "compliance", "content", "glob_cache", "model_cache",
+                 "policies", "rules")  # fmt: skip
+
+    def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
+        self.policies = tuple(policies)
+        chosen: dict[str, EffectiveRule] = {}
+        for cp in self.policies:
+            for rule in cp.policy.rules:
+                prev = chosen.get(rule.id)
+                if prev is not None and prev.rule.final:
+                    continue  # the loader refuses such overrides; never let one through anyway
+                overrode = (*prev.overrode, prev.policy_name) if prev is not None else ()
+                chosen[rule.id] = EffectiveRule(rule, cp, overrode)
+        # Least to most specific policy, then rule order within it.
+        pos = {cp.index: n for n, cp in enumerate(self.policies)}
+        self.rules = tuple(sorted(chosen.values(), key=lambda e: (pos[e.policy.index], e.rule.index)))
+        self.active = frozenset((e.policy.index, e.rule.index - 1) for e in self.rules)
+        self.by_type: dict[str, tuple[EffectiveRule, ...]] = {}
+        for e in self.rules:
+            self.by_type[e.rule.type] = (*self.by_type.get(e.rule.type, ()), e)
+        self.content = {
+            d: tuple(cp for cp in self.policies if getattr(cp, f"{d}_patterns") is not None)
+            for d in ("request", "response")
+        }
+        tags: dict[str, None] = {}
+        for cp in self.policies:
+            tags.update(dict.fromkeys(cp.policy.compliance))
+        for e in self.by_type.get("compliance", ()):
+            tags[e.rule.framework] = None  # type: ignore[attr-defined]
+        self.compliance = tuple(tags)
+        self.model_cache: dict[tuple[str, frozenset[str]], tuple[object, ...]] = {}
+        self.glob_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
+
+    def rules_of(self, rule_type: str) -> tuple[EffectiveRule, ...]:
+        return self.by_type.get(rule_type, ())
+
+    def glob(self, globs: tuple[str, ...]) -> re.Pattern[str]:
+        """One compiled regex for a list of globs (model names are matched case-sensitively)."""
+        rx = self.glob_cache.get(globs)
+        if rx is None:
+            rx = re.compile("|".join(f"(?:{translate(g)})" for g in globs))
+            self.glob_cache[globs] = rx
+        return rx
+
+
+class Snapshot:
+    """An immutable compiled policy set; ``resolve`` gives the effective set for a request."""
+
+    def __init__(self, policies: Sequence[Policy], version: str | None = None) -> None:
+        compiled, problems = [], []
+        for i, p in enumerate(policies):
+            try:
+                compiled.append(CompiledPolicy(p, i))
+            except PolicyError as exc:
+                problems.extend(exc.problems)
+        if problems:
+            raise PolicyError(problems)
+        self.policies = tuple(compiled)
+        self.version = version or policy_version(policies)
+        self._index: dict[tuple[str | None, str | None, str | None], list[CompiledPolicy]] = {}
+        for cp in self.policies:
+            self._index.setdefault(cp.policy.scope.keys, []).append(cp)
+        self._by_key: dict[tuple[str, str, str], EffectiveSet] = {}
+        self._by_policies: dict[tuple[int, ...], EffectiveSet] = {}
+
+    def __len__(self) -> int:
+        return len(self.policies)
+
+    @property
+    def rule_count(self) -> int:
+        return sum(len(cp.policy.rules) for cp in self.policies)
+
+    def resolve(self, org: str, team: str, environment: str) -> EffectiveSet:
+        """The effective set for a request's scope (cached; computed once per distinct scope)."""
+        key = (org, team, environment)
+        es = self._by_key.get(key)
+        if es is not None:
+            return es
+        found: list[CompiledPolicy] = []
+        orgs = (None, org) if org else (None,)
+        teams = (None, team) if team else (None,)
+        envs = (None, environment) if environment else (None,)
+        for o in orgs:
+            for t in teams:
+                for e in envs:
+                    found.extend(self._index.get((o, t, e), ()))
+        ordered = sorted(found, key=lambda cp: (cp.policy.scope.specificity, cp.index))
+        pkey = tuple(cp.index for cp in ordered)
+        es = self._by_policies.get(pkey)
+        if es is None:
+            es = EffectiveSet(ordered)
+            self._by_policies[pkey] = es
+        if len(self._by_key) >= _CACHE_LIMIT:
+            self._by_key.clear()
+        self._by_key[key] = es
+        return es
+
+    def warm(self) -> None:
+        """Resolve every scope that a policy names, so first requests pay no compile cost."""
+        for cp in self.policies:
+            s = cp.policy.scope
+            self.resolve(s.org or "", s.team or "", s.environment or "")
+
+
+def policy_version(policies: Sequence[Policy]) -> str:
+    """A content hash of the policy set, recorded with every decision."""
+    return hashlib.sha256(repr(tuple(policies)).encode()).hexdigest()[:16]
+
+
+def compile_paths(paths: Sequence[str]) -> Snapshot:
+    """Load and compile policy files; raises ``PolicyError`` with every problem found."""
+    from .loader import read_paths
+
+    policies, problems = read_paths(paths)
+    try:
+        snapshot = Snapshot(policies)
+    except PolicyError as exc:
+        problems.extend(exc.problems)
+    if problems:
+        problems.sort(key=lambda p: (p.file, p.line))
+        raise PolicyError(problems)
+    return snapshot

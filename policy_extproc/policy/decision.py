@@ -1,0 +1,121 @@
+"""What evaluation produces: the request context it reads and the decision it returns."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from .model import SEVERITY, Action
+
+if TYPE_CHECKING:
+    from ..llm.request import LlmRequest
+
+JsonPath = tuple[str | int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    """Everything a policy can look at, built once per request by the enforcement layer."""
+
+    org: str = ""
+    team: str = ""
+    user: str = ""
+    environment: str = ""
+    roles: frozenset[str] = frozenset()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    request_id: str = ""
+    request: LlmRequest | None = None
+    approval_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """One rule that fired: what it asks for and why (never the matched text itself)."""
+
+    policy: str
+    rule: str
+    type: str
+    action: str  # allow/modify/throttle/escalate/block, or reroute/notify which ride along
+    reason: str
+    mode: Literal["enforce", "log"] = "enforce"
+
+
+@dataclass(frozen=True, slots=True)
+class Throttle:
+    """Figures for the 429's x-ratelimit-* and retry-after headers."""
+
+    limit: int
+    remaining: int
+    reset_s: float
+    retry_after_s: float
+    code: Literal["rate_limited", "budget_exceeded"] = "rate_limited"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The one decision for a request, with everything the client, Envoy and the audit need."""
+
+    action: Action
+    reason: str = ""
+    policy: str | None = None
+    rule: str | None = None
+    code: str | None = None  # blocked, rate_limited, budget_exceeded, approval_required, ...
+    fired: tuple[Fired, ...] = ()
+    mode: Literal["enforce", "log"] = "enforce"
+    would_decide: Action | None = None
+    compliance: tuple[str, ...] = ()
+    redactions: Mapping[str, int] = field(default_factory=dict)
+    new_texts: Mapping[JsonPath, str] = field(default_factory=dict)
+    reroute: str | None = None  # provider to send the request to instead
+    reroute_model: str | None = None
+    throttle: Throttle | None = None
+    approval_id: str | None = None
+    alerts: tuple[str, ...] = ()
+    degraded: tuple[str, ...] = ()
+    http_status: int = 200
+
+    @property
+    def severity(self) -> int:
+        return SEVERITY[self.action]
+
+
+_CODES = {"block": "blocked", "throttle": "rate_limited", "escalate": "approval_required"}
+_STATUS = {"block": 403, "throttle": 429, "escalate": 403}
+
+
+def combine(fired: list[Fired] | tuple[Fired, ...], **extra: object) -> Decision:
+    """The most severe action among enforced firings; shadow (log) firings only say what would be.
+
+    DESIGN.md s5: block > escalate > throttle > modify > allow; reroute rides along with any
+    non-blocking decision (the caller drops it on block).
+    """
+    action: Action = "allow"
+    lead: Fired | None = None
+    would: Action = "allow"
+    shadow = False
+    for fr in fired:
+        sev = SEVERITY.get(fr.action)
+        if sev is None:  # reroute, notify: not a decision of their own
+            continue
+        if fr.mode == "log":
+            shadow = True
+        elif sev > SEVERITY[action]:
+            action, lead = fr.action, fr  # type: ignore[assignment]
+        if sev > SEVERITY[would]:
+            would = fr.action  # type: ignore[assignment]
+    if lead is None:
+        lead = next((fr for fr in fired if fr.action == "modify" and fr.mode == "enforce"), None)
+    reason = lead.reason if lead else "no rule fired"
+    return Decision(
+        action=action,
+        reason=reason,
+        policy=lead.policy if lead else None,
+        rule=lead.rule if lead else None,
+        code=_CODES.get(action),
+        fired=tuple(fired),
+        mode="log" if shadow else "enforce",
+        would_decide=would if shadow else None,
+        http_status=_STATUS.get(action, 200),
+        **extra,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,191 @@
+"""Request context + snapshot -> decision, for the rules decided from the request alone.
+
+Rules that need shared state (rate limits, budgets, approvals, breakers) are decided by the
+enforcement layer, which adds its firings and calls ``combine`` again; everything here is pure.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .compiler import EffectiveRule, EffectiveSet, Snapshot
+from .decision import Decision, Fired, JsonPath, RequestContext, combine
+from .model import ContentFilterRule, ModelAccessRule
+
+_MODEL_CACHE_LIMIT = 4096  # model names come from clients: bound what is remembered
+
+
+class TextPart(Protocol):
+    """A piece of prompt or output text and where it sits in the body (llm.request.PromptPart)."""
+
+    @property
+    def path(self) -> JsonPath: ...
+
+    @property
+    def text(self) -> str: ...
+
+
+@dataclass(slots=True)
+class Findings:
+    """What the rules found in one request or response, accumulated during evaluation."""
+
+    fired: list[Fired] = field(default_factory=list)
+    # per part index: (start, end, replacement) in str offsets
+    edits: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)
+    redactions: dict[str, int] = field(default_factory=dict)
+
+    def fire(self, e: EffectiveRule, action: str, reason: str) -> None:
+        mode = e.policy.policy.mode
+        self.fired.append(Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, mode))
+
+    def new_texts(self, parts: Sequence[TextPart]) -> dict[JsonPath, str]:
+        """The rewritten text of every part that has edits (overlaps resolved, first wins)."""
+        out: dict[JsonPath, str] = {}
+        for i, edits in self.edits.items():
+            text = parts[i].text
+            pieces, pos = [], 0
+            for start, end, repl in sorted(edits):
+                if start < pos:  # overlaps one already replaced
+                    if end > pos:
+                        pos = end
+                    continue
+                pieces.append(text[pos:start])
+                pieces.append(repl)
+                pos = end
+            pieces.append(text[pos:])
+            out[parts[i].path] = "".join(pieces)
+        return out
+
+
+# -- model access ---------------------------------------------------------------------------
+
+
+def _check_models(es: EffectiveSet, ctx: RequestContext, model: str, out: Findings) -> None:
+    key = (model, ctx.roles)
+    cached = es.model_cache.get(key)
+    if cached is None:
+        fired: list[tuple[EffectiveRule, str, str]] = []
+        for e in es.rules_of("model_access"):
+            rule: ModelAccessRule = e.rule  # type: ignore[assignment]
+            if rule.roles is not None and not ctx.roles.intersection(rule.roles):
+                continue
+            if rule.deny_models and es.glob(rule.deny_models).fullmatch(model):
+                fired.append((e, "block", f"model {model!r} is denied"))
+            elif rule.models is not None and rule.action == "block":
+                if not model:
+                    fired.append((e, "block", "the request names no model"))
+                elif not es.glob(rule.models).fullmatch(model):
+                    allowed = ", ".join(rule.models)
+                    fired.append((e, "block", f"model {model!r} is not allowed (allowed: {allowed})"))
+        cached = tuple(fired)
+        if len(es.model_cache) >= _MODEL_CACHE_LIMIT:
+            es.model_cache.clear()
+        es.model_cache[key] = cached
+    for e, action, reason in cached:  # type: ignore[misc]
+        out.fire(e, action, reason)
+
+
+# -- content filters --------------------------------------------------------------------------
+
+
+class ScanText:
+    """Parts joined into one UTF-8 buffer, so each pattern database scans once per request."""
+
+    __slots__ = ("ascii", "data", "parts", "starts")
+
+    def __init__(self, parts: Sequence[TextPart]) -> None:
+        self.parts = parts
+        encoded = [p.text.encode() for p in parts]
+        self.ascii = [len(b) == len(p.text) for b, p in zip(encoded, parts, strict=True)]
+        starts, pos = [], 0
+        for b in encoded:
+            starts.append(pos)
+            pos += len(b) + 1
+        self.starts = starts
+        self.data = b"\n".join(encoded)
+
+    def locate(self, start: int, end: int) -> tuple[int, int, int]:
+        """(part index, start, end) in str offsets of the part, for a byte span of ``data``."""
+        i = bisect_right(self.starts, start) - 1
+        base = self.starts[i]
+        text = self.parts[i].text
+        s, e = start - base, min(end - base, len(text.encode()) if not self.ascii[i] else len(text))
+        if not self.ascii[i]:
+            raw = text.encode()
+            s, e = len(raw[:s].decode(errors="ignore")), len(raw[:e].decode(errors="ignore"))
+        return i, s, e
+
+
+def scan_content(
+    es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: Findings
+) -> None:
+    """Run every applying content_filter rule of ``direction`` over ``parts``."""
+    policies = es.content[direction]
+    if not policies or not parts:
+        return
+    text = ScanText(parts)
+    labels: dict[tuple[int, int], list[str]] = {}
+    for cp in policies:
+        patterns = cp.request_patterns if direction == "request" else cp.response_patterns
+        targets = cp.request_targets if direction == "request" else cp.response_targets
+        assert patterns is not None
+        for hit in patterns.scan(text.data):
+            t = targets[hit.tag]
+            key = (cp.index, t.rule_index)
+            if key not in es.active:
+                continue  # overridden by a more specific policy
+            rule: ContentFilterRule = cp.policy.rules[t.rule_index]  # type: ignore[assignment]
+            seen = labels.setdefault(key, [])
+            if t.label not in seen:
+                seen.append(t.label)
+            # A log-mode policy records what it would redact (in ``fired``) and rewrites nothing.
+            if rule.action == "redact" and cp.policy.mode == "enforce":
+                i, s, e = text.locate(hit.start, hit.end)
+                out.edits.setdefault(i, []).append((s, e, f"[REDACTED:{rule.id}]"))
+                out.redactions[rule.id] = out.redactions.get(rule.id, 0) + 1
+    if not labels:
+        return
+    where = "prompt" if direction == "request" else "response"
+    for e in es.rules_of("content_filter"):
+        found = labels.get((e.policy.index, e.rule.index - 1))
+        if found:
+            rule = e.rule  # type: ignore[assignment]
+            action = "block" if rule.action == "block" else "modify"
+            verb = "matches" if action == "block" else "redacted"
+            out.fire(e, action, f"{where} {verb} {', '.join(found[:3])}"
+                     + (f" and {len(found) - 3} more" if len(found) > 3 else ""))  # fmt: skip
+
+
+# -- the request --------------------------------------------------------------------------------
+
+
+def check_request(es: EffectiveSet, ctx: RequestContext) -> Findings:
+    """Firings and rewrites of the rules decided from the request alone."""
+    out = Findings()
+    req = ctx.request
+    if req is None:
+        return out
+    _check_models(es, ctx, req.model, out)
+    scan_content(es, "request", req.parts, out)
+    return out
+
+
+def decide(es: EffectiveSet, ctx: RequestContext, out: Findings, **extra: object) -> Decision:
+    """The decision for ``out``'s firings, with the prompt rewrites they ask for."""
+    parts = ctx.request.parts if ctx.request is not None else ()
+    return combine(
+        out.fired,
+        compliance=es.compliance,
+        redactions=dict(out.redactions),
+        new_texts=out.new_texts(parts) if out.edits else {},
+        **extra,
+    )
+
+
+def evaluate(snapshot: Snapshot, ctx: RequestContext) -> Decision:
+    """The decision of the request-only rules for ``ctx`` under ``snapshot``."""
+    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+    return decide(es, ctx, check_request(es, ctx))

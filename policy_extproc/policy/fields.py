@@ -1,0 +1,164 @@
+"""Field parsers for policy files: each turns a raw YAML value into a model value or says why not.
+
+A parser raises ``FieldError`` with a message meant for the policy author; ``loader`` adds the
+file, line, policy and rule to it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+Parser = Callable[[Any], Any]
+
+
+class FieldError(ValueError):
+    """Why a value is wrong; ``messages`` holds one line per problem (a list may have several)."""
+
+    def __init__(self, *messages: str) -> None:
+        super().__init__("; ".join(messages))
+        self.messages = messages
+
+
+def _type_name(value: Any) -> str:
+    return {
+        bool: "a boolean", int: "a number", float: "a number", str: "a string",
+        list: "a list", type(None): "null",
+    }.get(type(value), "a mapping" if isinstance(value, Mapping) else type(value).__name__)
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise FieldError(f"must be a non-empty string, not {_type_name(value)}")
+    return value
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise FieldError(f"must be true or false, not {_type_name(value)}")
+    return value
+
+
+def number(minimum: float = 0.0, *, exclusive: bool = False) -> Parser:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise FieldError(f"must be a number, not {_type_name(value)}")
+        if value < minimum or (exclusive and value == minimum):
+            raise FieldError(f"must be {'above' if exclusive else 'at least'} {minimum:g}")
+        return float(value)
+
+    return parse
+
+
+def integer(minimum: int = 0) -> Parser:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise FieldError(f"must be a whole number, not {_type_name(value)}")
+        if value < minimum:
+            raise FieldError(f"must be at least {minimum}")
+        return value
+
+    return parse
+
+
+def fraction(value: Any) -> float:
+    f = number()(value)
+    if f > 1.0:
+        raise FieldError("must be a fraction between 0 and 1")
+    return f
+
+
+def one_of(*choices: str) -> Parser:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise FieldError(f"must be one of {', '.join(choices)}, not {value!r}")
+        return str(value)
+
+    return parse
+
+
+def string_list(item: Parser = string, *, allow_empty: bool = False) -> Parser:
+    def parse(value: Any) -> tuple[Any, ...]:
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list):
+            raise FieldError(f"must be a list, not {_type_name(value)}")
+        if not value and not allow_empty:
+            raise FieldError("must not be empty")
+        out, problems = [], []
+        for i, v in enumerate(value):
+            try:
+                out.append(item(v))
+            except FieldError as exc:
+                problems.extend(f"item {i + 1}: {m}" for m in exc.messages)
+        if problems:
+            raise FieldError(*problems)
+        return tuple(out)
+
+    return parse
+
+
+def glob(value: Any) -> str:
+    s = string(value)
+    # fnmatch would quietly read an unclosed "[" as a literal; an author meant a class.
+    depth_ok = re.fullmatch(r"(?:[^\[\]]|\[!?\]?[^\]]*\])*", s) is not None
+    if not depth_ok:
+        raise FieldError(f"bad glob {s!r}: unbalanced '[' or ']'")
+    return s
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
+_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
+
+
+def duration(value: Any) -> float:
+    """Seconds, from a number or a string such as ``30s``, ``5m``, ``1h``, ``2d``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value <= 0:
+            raise FieldError("must be above 0")
+        return float(value)
+    m = _DURATION.match(value) if isinstance(value, str) else None
+    if m is None or float(m.group(1)) <= 0:
+        raise FieldError(f"must be a duration such as 30s, 5m, 1h or 2d, not {value!r}")
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+def regex(value: Any) -> str:
+    """Syntax only; what the linear-time engine cannot compile is found when the set compiles."""
+    s = string(value)
+    try:
+        re.compile(s)
+    except re.error as exc:
+        raise FieldError(f"{s!r}: invalid regular expression: {exc}") from None
+    return s
+
+
+def str_mapping(value: Any) -> Mapping[str, str]:
+    if not isinstance(value, Mapping):
+        raise FieldError(f"must be a mapping, not {_type_name(value)}")
+    out = {}
+    for k, v in value.items():
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise FieldError(f"value of {k!r} must be a string")
+        out[str(k)] = str(v)
+    return out
+
+
+def topics(value: Any) -> Mapping[str, tuple[str, ...]]:
+    if not isinstance(value, Mapping) or not value:
+        raise FieldError("must be a mapping of topic name to a list of phrases")
+    out = {}
+    for name, phrases in value.items():
+        try:
+            out[str(name)] = string_list()(phrases)
+        except FieldError as exc:
+            raise FieldError(f"topic {name!r}: {exc}") from None
+    return out
+
+
+def per(value: Any) -> tuple[str, ...]:
+    keys: Sequence[Any] = string_list(one_of("user", "team", "org"))(value)
+    if len(set(keys)) != len(keys):
+        raise FieldError("names the same key twice")
+    return tuple(keys)

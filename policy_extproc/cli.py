@@ -110,5 +110,65 @@ def _guess_path(body: bytes) -> str:
     return "/v1/chat/completions"
 
 
+@main.command()
+@click.option("--policies", required=True, multiple=True, type=click.Path(exists=True),
+              help="Policy file or directory (repeatable; env: comma-free single path).")
+@click.option("--listen", default="127.0.0.1:50051", show_default=True)
+@click.option("--redis", default=None, help="redis://host:port/db; none: in-memory state.")
+@click.option("--audit-log", default="audit.jsonl", show_default=True,
+              help="Hash-chained JSON-lines audit log.")
+@click.option("--fsync-interval", default=1.0, show_default=True, type=float,
+              help="Seconds between fsyncs of the audit log (0: every record).")
+@click.option("--otlp-endpoint", default=None, help="OTLP gRPC endpoint, e.g. localhost:4317.")
+@click.option("--catalog", default=None, type=click.Path(exists=True),
+              help="Model catalog (prices, providers); default: the packaged one.")
+@click.option("--max-body-bytes", default=4 * 1024 * 1024, show_default=True, type=int,
+              help="Largest request body; must agree with Envoy's buffer limits.")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(policies: tuple[str, ...], listen: str, redis: str | None, audit_log: str,
+          fsync_interval: float, otlp_endpoint: str | None, catalog: str | None,
+          max_body_bytes: int, workers: int, log_level: str) -> None:  # fmt: skip
+    """Run the ext_proc / ext_authz sidecar."""
+    import asyncio
+    import logging
+
+    from .server import ServerConfig
+    from .server import serve as run
+
+    logging.basicConfig(level=log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    config = ServerConfig(
+        policies=policies, listen=listen, redis=redis, audit_log=audit_log or None,
+        fsync_interval_s=fsync_interval, otlp_endpoint=otlp_endpoint, catalog=catalog,
+        max_body_bytes=max_body_bytes,
+    )  # fmt: skip
+    try:
+        asyncio.run(run(config))
+    except PolicyError as exc:
+        click.echo(str(exc), err=True)
+        click.echo("policy-extproc: the policy set does not load; not serving", err=True)
+        sys.exit(1)
+
+
+@main.group()
+def audit() -> None:
+    """Audit log tools."""
+
+
+@audit.command()
+@click.argument("file", type=click.Path(exists=True, dir_okay=False))
+def verify(file: str) -> None:
+    """Check the hash chain of an audit log; exit 1 at the first broken or missing link."""
+    from .audit.chain import verify as verify_chain
+
+    result = verify_chain(file)
+    if not result.ok:
+        click.echo(f"{file}: {result.message}")
+        sys.exit(1)
+    click.echo(f"{file}: ok, {result.lines} records, chain intact")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

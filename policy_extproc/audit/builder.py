@@ -18,6 +18,7 @@ def record_for(
     cost_usd: float | None = None,
     trace_id: str | None = None,
     error_code: str | None = None,
+    phase: str = "request",
 ) -> AuditRecord:
     """The audit record of one decision."""
     model = ctx.request.model if ctx.request is not None and ctx.request.model else None
@@ -44,8 +45,10 @@ def record_for(
         cost_usd=cost_usd,
         latency_us=max(0, latency_us),
         policy_version=policy_version,
-        error_code=error_code or (decision.code if decision.action != "allow" else None),
+        # Only failures (malformed input, state unavailable, ...): a policy block is no error.
+        error_code=error_code,
         alerts=decision.alerts,
         degraded=decision.degraded,
         trace_id=trace_id,
+        phase=phase,
     )

@@ -1,0 +1,166 @@
+"""Audit records as OpenTelemetry spans; the one module that imports OpenTelemetry.
+
+Each record becomes one span ``policy.decision`` (kind INTERNAL) covering the decision, from
+the record's ``timestamp`` for ``latency_us``. When the request carried W3C trace context
+(``traceparent``/``tracestate``), the span is a child of the caller's span; otherwise it starts
+a trace of its own. Spans are batched and exported over OTLP/gRPC from a background thread, so
+``emit`` never waits on the network; when the collector is down the queue fills and spans are
+dropped (the JSONL log keeps every record regardless).
+
+Sampling follows the SDK's default, parent-based: a ``traceparent`` whose sampled flag is off
+yields no span, as the rest of that trace is not kept either. ``OTEL_TRACES_SAMPLER`` and the
+``OTEL_BSP_*``/``OTEL_EXPORTER_OTLP_*`` variables apply as usual.
+
+Attributes use OpenTelemetry names where they exist, ``policy.*`` otherwise (see ``attributes``).
+The request id is ``policy.request_id``: the semantic convention for a request header,
+``http.request.header.x-request-id``, is a string array describing HTTP, which this span is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Mapping
+
+from opentelemetry.context import Context
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import AttributeValue
+
+from policy_extproc.audit.record import AuditRecord, timestamp_ns
+
+SPAN_NAME = "policy.decision"
+
+logger = logging.getLogger(__name__)
+_propagator = TraceContextTextMapPropagator()
+
+
+class OtelSink:
+    """Exports one ``policy.decision`` span per record to an OTLP/gRPC collector.
+
+    ``endpoint`` is the collector (``host:port`` or ``http://host:port``); ``exporter``
+    replaces the OTLP exporter (then ``endpoint`` is unused). ``close`` waits at most
+    ``close_timeout_s`` for pending spans to be exported.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        service_name: str = "policy-extproc",
+        insecure: bool = True,
+        exporter: SpanExporter | None = None,
+        close_timeout_s: float = 5.0,
+    ) -> None:
+        if exporter is None:
+            exporter = OTLPSpanExporter(endpoint=endpoint, insecure=insecure)
+        self._exporter = exporter
+        # Not the global provider: the sidecar's spans should not depend on (or change) what
+        # other code in the process registers. No atexit flush either: close() is bounded,
+        # the SDK's exit hook is not, and a dead collector must not hold up a pod's exit.
+        self._provider = TracerProvider(
+            resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
+        )
+        self._provider.add_span_processor(BatchSpanProcessor(self._exporter))
+        self._tracer = self._provider.get_tracer("policy_extproc.audit")
+        self._close_timeout_s = close_timeout_s
+        self._closed = False
+        self.failed = 0
+        """Records that could not be turned into a span (logged, never raised)."""
+
+    def emit(self, record: AuditRecord, *, trace_context: Mapping[str, str] | None = None) -> None:
+        """Queue the span for ``record``; never raises and never blocks on export."""
+        try:
+            start = timestamp_ns(record.timestamp)
+            span = self._tracer.start_span(
+                SPAN_NAME,
+                context=_parent(trace_context),
+                kind=SpanKind.INTERNAL,
+                attributes=attributes(record),
+                start_time=start,
+            )
+            if record.error_code is not None:
+                span.set_status(Status(StatusCode.ERROR, record.error_code))
+            span.end(end_time=start + record.latency_us * 1000)
+        except Exception:
+            # The span is the second copy of the record; the durable log has the first. Losing
+            # a span must not fail a request, but it is counted and logged.
+            self.failed += 1
+            logger.exception("audit span for request %s not created", record.request_id)
+
+    def close(self) -> None:
+        """Export pending spans (waiting at most ``close_timeout_s``) and shut down; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        # The SDK's force_flush ignores its timeout and an export retries for up to 10 s per
+        # batch, so the wait is bounded here, from outside.
+        worker = threading.Thread(target=self._flush_and_shutdown, name="otel-sink-close")
+        worker.daemon = True
+        worker.start()
+        worker.join(self._close_timeout_s)
+        if worker.is_alive():
+            logger.warning(
+                "audit spans not exported within %.1f s of close; giving up on them",
+                self._close_timeout_s,
+            )
+            # Interrupts the exporter's retry back-off, so the worker ends soon.
+            self._exporter.shutdown()
+
+    def _flush_and_shutdown(self) -> None:
+        self._provider.force_flush()
+        self._provider.shutdown()
+
+
+def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
+    """The span attributes for ``record``; absent values and empty lists are left out."""
+    attrs: dict[str, AttributeValue] = {
+        "policy.decision": record.decision,
+        "policy.reason": record.reason,
+        "policy.mode": record.mode,
+        "policy.latency_us": record.latency_us,
+        "policy.phase": record.phase,
+    }
+    optional: dict[str, str | int | float | None] = {
+        "gen_ai.request.model": record.model,
+        # gen_ai.provider.name replaced gen_ai.system in the GenAI conventions; both are set
+        # so backends on either version find it.
+        "gen_ai.provider.name": record.provider,
+        "gen_ai.system": record.provider,
+        "gen_ai.usage.input_tokens": None if record.usage is None else record.usage.input_tokens,
+        "gen_ai.usage.output_tokens": None if record.usage is None else record.usage.output_tokens,
+        "enduser.id": record.user,
+        "deployment.environment.name": record.environment,
+        "policy.name": record.policy,
+        "policy.rule": record.rule,
+        "policy.org": record.org,
+        "policy.team": record.team,
+        "policy.would_decide": record.would_decide,
+        "policy.request_id": record.request_id,
+        "policy.cost_usd": record.cost_usd,
+        "policy.version": record.policy_version or None,
+        "policy.error_code": record.error_code,
+    }
+    attrs.update((k, v) for k, v in optional.items() if v is not None)
+    lists: dict[str, tuple[str, ...]] = {
+        "policy.compliance": record.compliance,
+        "policy.fired": tuple(f"{f.policy}/{f.rule}:{f.action}" for f in record.fired),
+        "policy.redactions": tuple(f"{kind}={count}" for kind, count in record.redactions),
+        "policy.alerts": record.alerts,
+        "policy.degraded": record.degraded,
+    }
+    attrs.update((k, v) for k, v in lists.items() if v)
+    return attrs
+
+
+def _parent(trace_context: Mapping[str, str] | None) -> Context:
+    # An explicit empty Context, never the ambient one: without trace context from Envoy the
+    # span starts its own trace rather than joining whatever happens to be current.
+    if not trace_context:
+        return Context()
+    carrier = {k.lower(): v for k, v in trace_context.items()}
+    return _propagator.extract(carrier, context=Context())

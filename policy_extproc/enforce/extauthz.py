@@ -1,0 +1,71 @@
+"""ext_authz adapter: the same engine, answered as allow (200 OK) or deny (a JSON refusal).
+
+ext_authz cannot rewrite a body, so a ``modify`` decision is answered as allow with the
+decision header; deployments that need redaction use ext_proc.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import external_auth_pb2 as auth
+from envoy.type.v3 import http_status_pb2
+from google.rpc import status_pb2
+
+from ..errors import PolicyExtprocError
+from . import responses
+from .engine import Engine
+
+log = logging.getLogger(__name__)
+
+_OK = 0
+_PERMISSION_DENIED = 7
+
+
+def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(
+        header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
+        append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
+    )
+
+
+def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
+    """Decide one ext_authz CheckRequest."""
+    http = request.attributes.request.http
+    headers = {k.lower(): v for k, v in http.headers.items()}
+    headers.setdefault(":path", http.path)
+    headers.setdefault(":method", http.method)
+    if http.id:
+        headers.setdefault("x-request-id", http.id)
+    body = http.raw_body or http.body.encode()
+    ex = engine.begin(headers)
+    try:
+        # Envoy's with_request_body sets allow_partial_message: a body cut at max_request_bytes
+        # is shorter than its declared length, and is refused rather than half-evaluated.
+        declared = headers.get("content-length", "")
+        complete = not (declared.isdigit() and int(declared) > len(body))
+        decision, _ = engine.decide_request(ex, body, complete=complete)
+    except PolicyExtprocError as exc:
+        decision = engine.refuse(ex, exc)
+    except Exception:
+        log.exception("ext_authz check failed")
+        decision = engine.refuse(ex, PolicyExtprocError("internal error"))
+    rid = ex.request_id
+    if decision.action in ("allow", "modify"):
+        return auth.CheckResponse(
+            status=status_pb2.Status(code=_OK),
+            ok_response=auth.OkHttpResponse(
+                response_headers_to_add=[_header(responses.DECISION_HEADER, decision.action),
+                                         _header(responses.REQUEST_ID_HEADER, rid)],
+            ),
+        )
+    refusal = responses.refusal(decision, rid)
+    return auth.CheckResponse(
+        status=status_pb2.Status(code=_PERMISSION_DENIED, message=decision.reason),
+        denied_response=auth.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=refusal.status),  # type: ignore[arg-type]
+            headers=[_header(k, v) for k, v in refusal.headers],
+            body=refusal.body.decode(),
+        ),
+    )

@@ -1,0 +1,42 @@
+"""What the sidecar answers for one ext_proc message, in our own terms (no protobufs here).
+
+``translate`` turns these into ``ProcessingResponse`` messages; ``stream`` and ``responses``
+produce them. Keeping them plain values lets the protocol logic be tested without gRPC.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Phase = Literal["request_headers", "request_body", "response_headers", "response_body",
+                "request_trailers", "response_trailers"]  # fmt: skip
+BodyMode = Literal["NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL"]
+
+
+@dataclass(frozen=True, slots=True)
+class Continue:
+    """Let the message through, possibly changed."""
+
+    phase: Phase
+    set_headers: tuple[tuple[str, str], ...] = ()
+    remove_headers: tuple[str, ...] = ()
+    body: bytes | None = None  # replacement body (request or response)
+    clear_route_cache: bool = False
+    response_body_mode: BodyMode | None = None  # mode_override, only on response headers
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Immediate:
+    """Answer the client ourselves; the request never reaches (or leaves) the provider."""
+
+    status: int
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    details: str = ""
+
+
+Reply = Continue | Immediate

@@ -1,0 +1,127 @@
+"""The one place that knows what a client sees for a decision (DESIGN.md s7).
+
+block and escalate: 403, throttle: 429 with the x-ratelimit-* headers, malformed input: its
+error's 4xx; each with a JSON body in the OpenAI error shape plus the decision fields. Everything
+that continues carries ``x-policy-decision`` and ``x-request-id`` on the response headers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from typing import Any
+
+from ..errors import PolicyExtprocError
+from ..policy.decision import Decision
+from .replies import Continue, Immediate
+
+DECISION_HEADER = "x-policy-decision"
+PROVIDER_HEADER = "x-policy-provider"
+REDACTIONS_HEADER = "x-policy-redactions"
+REQUEST_ID_HEADER = "x-request-id"
+VERSION_HEADER = "x-policy-version"
+
+
+def _json(data: Mapping[str, Any]) -> bytes:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def metadata(decision: Decision, request_id: str, version: str = "") -> dict[str, Any]:
+    """Dynamic metadata for Envoy's access log and later filters (namespace policy_extproc)."""
+    md: dict[str, Any] = {"decision": decision.action, "request_id": request_id}
+    for key in ("policy", "rule", "code", "reroute"):
+        value = getattr(decision, key)
+        if value:
+            md[key] = value
+    if decision.mode == "log":
+        md["would_decide"] = decision.would_decide
+    if version:
+        md["policy_version"] = version
+    return md
+
+
+def error_body(decision: Decision, request_id: str) -> bytes:
+    """The JSON body of a refused request: OpenAI's error shape plus the decision fields."""
+    kind = "invalid_request_error" if decision.http_status in (400, 413) else "policy_violation"
+    body: dict[str, Any] = {
+        "error": {"type": kind, "code": decision.code or "blocked", "message": decision.reason},
+        "decision": decision.action,
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "reason": decision.reason,
+        "request_id": request_id,
+    }
+    if decision.approval_id:
+        body["approval_id"] = decision.approval_id
+    if decision.throttle is not None:
+        body["retry_after"] = decision.throttle.retry_after_s
+    return _json(body)
+
+
+def refusal(decision: Decision, request_id: str, version: str = "") -> Immediate:
+    """The immediate response for block, escalate, throttle and malformed input."""
+    headers = [
+        ("content-type", "application/json"),
+        (DECISION_HEADER, decision.action),
+        (REQUEST_ID_HEADER, request_id),
+    ]
+    t = decision.throttle
+    if t is not None:
+        headers += [
+            ("retry-after", str(max(1, math.ceil(t.retry_after_s)))),
+            ("x-ratelimit-limit", str(t.limit)),
+            ("x-ratelimit-remaining", str(max(0, t.remaining))),
+            ("x-ratelimit-reset", str(max(0, math.ceil(t.reset_s)))),
+        ]
+    return Immediate(
+        status=decision.http_status,
+        body=error_body(decision, request_id),
+        headers=tuple(headers),
+        metadata=metadata(decision, request_id, version),
+        details=f"policy_extproc_{decision.code or decision.action}",
+    )
+
+
+def request_error(exc: PolicyExtprocError) -> Decision:
+    """The decision for input we cannot evaluate: refused with the error's status and code."""
+    return Decision(action="block", reason=exc.message, code=exc.code,
+                    http_status=exc.http_status)  # fmt: skip
+
+
+def proceed(
+    decision: Decision, request_id: str, *, new_body: bytes | None, version: str = "",
+    phase: str = "request_body",
+) -> Continue:  # fmt: skip
+    """The request goes on: rewritten body (with its content-length), route change if any."""
+    headers: list[tuple[str, str]] = []
+    if new_body is not None:
+        headers.append(("content-length", str(len(new_body))))
+    if decision.reroute:
+        headers.append((PROVIDER_HEADER, decision.reroute))
+    return Continue(
+        phase=phase,  # type: ignore[arg-type]
+        set_headers=tuple(headers),
+        body=new_body,
+        clear_route_cache=decision.reroute is not None,
+        metadata=metadata(decision, request_id, version),
+    )
+
+
+def response_headers(
+    decision: Decision, request_id: str, *, body_mode: str | None, drop_length: bool
+) -> Continue:
+    """Headers every response through Envoy carries, and how to process the response body."""
+    headers = [(DECISION_HEADER, decision.action), (REQUEST_ID_HEADER, request_id)]
+    if decision.redactions:
+        headers.append((REDACTIONS_HEADER,
+                        ",".join(f"{k}={v}" for k, v in decision.redactions.items())))  # fmt: skip
+    if decision.reroute:
+        headers.append((PROVIDER_HEADER, decision.reroute))
+    return Continue(
+        phase="response_headers",
+        set_headers=tuple(headers),
+        # A streamed body we may rewrite chunk by chunk has no fixed length (DESIGN.md s8).
+        remove_headers=("content-length",) if drop_length else (),
+        response_body_mode=body_mode,  # type: ignore[arg-type]
+    )

@@ -1,0 +1,64 @@
+"""gRPC servicers: they only move messages between Envoy and the stream state machines."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+import grpc
+from envoy.service.auth.v3 import external_auth_pb2_grpc
+from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+
+from . import extauthz, translate
+from .engine import Engine
+from .stream import ExtProcStream
+
+log = logging.getLogger(__name__)
+
+
+class ExternalProcessor(epg.ExternalProcessorServicer):
+    """envoy.service.ext_proc.v3.ExternalProcessor: one state machine per stream."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.open_streams = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    async def Process(  # noqa: N802 (gRPC method name)
+        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[ep.ProcessingResponse]:
+        stream = ExtProcStream(self.engine)
+        self.open_streams += 1
+        self._idle.clear()
+        try:
+            async for msg in request_iterator:
+                reply = await stream.handle(translate.event(msg))
+                yield translate.response(reply)
+        except asyncio.CancelledError:
+            # Envoy reset the stream (client gone, timeout): what was decided is audited already.
+            log.debug("ext_proc stream cancelled in state %s", stream.state.value)
+            raise
+        finally:
+            stream.close()
+            self.open_streams -= 1
+            if self.open_streams == 0:
+                self._idle.set()
+
+    async def drained(self) -> None:
+        await self._idle.wait()
+
+
+class Authorization(external_auth_pb2_grpc.AuthorizationServicer):
+    """envoy.service.auth.v3.Authorization, for deployments that only need allow or deny."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    async def Check(  # noqa: N802 (gRPC method name)
+        self, request: CheckRequest, context: grpc.aio.ServicerContext
+    ) -> CheckResponse:
+        return extauthz.check(self.engine, request)

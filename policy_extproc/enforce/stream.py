@@ -1,0 +1,154 @@
+"""One ext_proc stream as a state machine: each message in, exactly one reply out, in order.
+
+Every transition lives in ``ExtProcStream.handle``'s table::
+
+    START --request_headers--> BODY        (body to come; refused early if declared too large)
+    START --request_headers(eos)--> RESPONSE   (no body: decided on the headers)
+    BODY --request_body(eos)--> RESPONSE   (decided; or DONE when refused)
+    BODY --request_body(not eos)--> DONE   (BUFFERED_PARTIAL hit the limit: JSON 413)
+    RESPONSE --response_headers--> RESPONSE_BODY   (or DONE at end of stream)
+    RESPONSE_BODY --response_body--> RESPONSE_BODY (DONE at end of stream)
+    any --trailers--> same state
+    anything else: a protocol error, answered with a deliberate 500 and audited.
+
+DESIGN.md s8: an exception must never close the stream with an error status (Envoy would fail
+the request with its own 500); every failure here becomes a reply we chose.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from typing import Any
+
+from ..errors import PolicyExtprocError, ProtocolError
+from . import responses
+from .engine import Engine, Exchange
+from .replies import Continue, Immediate, Reply
+from .translate import Event
+
+log = logging.getLogger(__name__)
+
+
+class State(enum.Enum):
+    START = "start"
+    BODY = "body"
+    RESPONSE = "response"
+    RESPONSE_BODY = "response_body"
+    DONE = "done"
+
+
+class InternalError(PolicyExtprocError):
+    code = "internal_error"
+    http_status = 500
+
+
+class ExtProcStream:
+    """Protocol state of one request's ext_proc stream."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.state = State.START
+        self.exchange: Exchange | None = None
+        self.claims: Any = None
+
+    async def handle(self, ev: Event) -> Reply:
+        """The reply to one message; never raises."""
+        try:
+            return self._handle(ev)
+        except PolicyExtprocError as exc:
+            return self._fail(exc)
+        except Exception as exc:  # a bug of ours must not become Envoy's generic 500
+            log.exception("ext_proc stream failed on %s", ev.phase)
+            return self._fail(InternalError(f"internal error while processing {ev.phase}: "
+                                            f"{type(exc).__name__}"))  # fmt: skip
+
+    def _handle(self, ev: Event) -> Reply:
+        phase, state = ev.phase, self.state
+        if phase in ("request_trailers", "response_trailers"):
+            return Continue(phase=phase)
+        if phase == "request_headers" and state is State.START:
+            return self._request_headers(ev)
+        if phase == "request_body" and state is State.BODY:
+            return self._request_body(ev.body, complete=ev.end_of_stream)
+        if phase == "response_headers" and state is State.RESPONSE:
+            return self._response_headers(ev)
+        if phase == "response_body" and state is State.RESPONSE_BODY:
+            return self._response_body(ev)
+        raise ProtocolError(f"unexpected {phase or 'unknown message'} in state {state.value}")
+
+    def _request_headers(self, ev: Event) -> Reply:
+        self.exchange = ex = self.engine.begin(ev.headers)
+        self.claims = ev.claims
+        if ev.end_of_stream:
+            return self._decide(b"", complete=True, phase="request_headers")
+        early = self.engine.early_refusal(ex)
+        if early is not None:
+            self.state = State.DONE
+            return responses.refusal(early, ex.request_id, self._version())
+        self.state = State.BODY
+        return Continue(phase="request_headers")
+
+    def _request_body(self, body: bytes, *, complete: bool) -> Reply:
+        return self._decide(body, complete=complete, phase="request_body")
+
+    def _decide(self, body: bytes, *, complete: bool, phase: str) -> Reply:
+        ex = self.exchange
+        assert ex is not None
+        decision, new_body = self.engine.decide_request(ex, body, complete=complete,
+                                                        claims=self.claims)  # fmt: skip
+        if decision.action in ("block", "throttle", "escalate"):
+            self.state = State.DONE
+            return responses.refusal(decision, ex.request_id, self._version())
+        self.state = State.RESPONSE
+        return responses.proceed(decision, ex.request_id, new_body=new_body,
+                                 version=self._version(), phase=phase)  # fmt: skip
+
+    def _response_headers(self, ev: Event) -> Reply:
+        ex = self.exchange
+        assert ex is not None and ex.decision is not None
+        self.engine.response_started(ex, ev.headers)
+        if ev.end_of_stream:
+            self.state = State.DONE
+            self.engine.finish(ex)
+            mode = None
+        else:
+            self.state = State.RESPONSE_BODY
+            # Envoy buffers response bodies by default; an SSE stream must flow chunk by chunk
+            # (mode_override needs allow_mode_override in the filter configuration).
+            mode = "STREAMED" if ex.streaming else None
+        return responses.response_headers(ex.decision, ex.request_id, body_mode=mode,
+                                          drop_length=ex.streaming)  # fmt: skip
+
+    def _response_body(self, ev: Event) -> Reply:
+        ex = self.exchange
+        assert ex is not None
+        self.engine.response_chunk(ex, ev.body, ev.end_of_stream)
+        if ev.end_of_stream:
+            self.state = State.DONE
+        return Continue(phase="response_body")
+
+    def _fail(self, exc: PolicyExtprocError) -> Reply:
+        """A deliberate answer for a failure: refuse the request with the error's code."""
+        if self.exchange is None:
+            self.exchange = self.engine.begin({})
+        ex = self.exchange
+        self.state = State.DONE
+        decision = self.engine.refuse(ex, exc)
+        return responses.refusal(decision, ex.request_id, self._version())
+
+    def _version(self) -> str:
+        ex = self.exchange
+        return ex.snapshot.version if ex is not None and ex.snapshot is not None else ""
+
+    def close(self) -> None:
+        """The stream ended (cleanly, cancelled, or the client went away)."""
+        if self.exchange is not None and self.state is not State.DONE:
+            self.engine.finish(self.exchange)
+        self.state = State.DONE
+
+    def __repr__(self) -> str:
+        return f"ExtProcStream({self.state.value})"
+
+
+__all__ = ["ExtProcStream", "Immediate", "State"]

@@ -1,0 +1,145 @@
+"""The one module that knows Envoy's ext_proc protobufs: messages in, replies out.
+
+Facts of the protocol it follows (DESIGN.md s8):
+- header values travel in ``raw_value`` (bytes); we read either field and set ``raw_value`` only;
+- a body mutation goes with a matching ``content-length`` mutation (``responses`` adds it);
+- ``clear_route_cache`` goes in the same ``CommonResponse`` as the header that picks the route;
+- decisions go back as dynamic metadata under our namespace (``receiving_namespaces``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from envoy.config.core.v3 import base_pb2
+from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
+from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+from envoy.type.v3 import http_status_pb2
+from google.protobuf import json_format, struct_pb2
+
+from .replies import Continue, Immediate, Phase, Reply
+
+NAMESPACE = "policy_extproc"
+JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
+
+_OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+_BODY_MODES = {
+    "NONE": processing_mode_pb2.ProcessingMode.NONE,
+    "STREAMED": processing_mode_pb2.ProcessingMode.STREAMED,
+    "BUFFERED": processing_mode_pb2.ProcessingMode.BUFFERED,
+    "BUFFERED_PARTIAL": processing_mode_pb2.ProcessingMode.BUFFERED_PARTIAL,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One incoming ext_proc message, decoded."""
+
+    phase: Phase | None  # None: a message kind we do not know
+    headers: Mapping[str, str]
+    body: bytes
+    end_of_stream: bool
+    claims: Mapping[str, Any] | None = None
+
+
+def _headers(hm: base_pb2.HeaderMap) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for h in hm.headers:
+        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        key = h.key.lower()
+        # Repeated headers fold into one comma-separated value (RFC 9110 s5.3).
+        out[key] = f"{out[key]},{value}" if key in out else value
+    return out
+
+
+def _claims(msg: ep.ProcessingRequest) -> Mapping[str, Any] | None:
+    if not msg.HasField("metadata_context"):
+        return None
+    ns = msg.metadata_context.filter_metadata.get(JWT_NAMESPACE)
+    if ns is None:
+        return None
+    data = json_format.MessageToDict(ns)
+    # jwt_authn writes the payload under the key named by ``payload_in_metadata``; take the
+    # one mapping that looks like claims (our configurations name it ``jwt_payload``).
+    payload = data.get("jwt_payload")
+    if isinstance(payload, dict):
+        return payload
+    return next((v for v in data.values() if isinstance(v, dict)), None)
+
+
+def event(msg: ep.ProcessingRequest) -> Event:
+    """Decode one ProcessingRequest."""
+    kind = msg.WhichOneof("request")
+    claims = _claims(msg)
+    if kind in ("request_headers", "response_headers"):
+        h = getattr(msg, kind)
+        return Event(kind, _headers(h.headers), b"", h.end_of_stream, claims)
+    if kind in ("request_body", "response_body"):
+        b = getattr(msg, kind)
+        return Event(kind, {}, b.body, b.end_of_stream, claims)
+    if kind in ("request_trailers", "response_trailers"):
+        return Event(kind, {}, b"", True, claims)
+    return Event(None, {}, b"", False, claims)
+
+
+def _mutation(set_headers: tuple[tuple[str, str], ...], remove: tuple[str, ...]
+              ) -> ep.HeaderMutation:  # fmt: skip
+    return ep.HeaderMutation(
+        set_headers=[
+            base_pb2.HeaderValueOption(
+                header=base_pb2.HeaderValue(key=k, raw_value=v.encode()), append_action=_OVERWRITE
+            )
+            for k, v in set_headers
+        ],
+        remove_headers=list(remove),
+    )
+
+
+def _struct(metadata: Mapping[str, Any]) -> struct_pb2.Struct:
+    s = struct_pb2.Struct()
+    s.update({NAMESPACE: dict(metadata)})
+    return s
+
+
+def response(reply: Reply) -> ep.ProcessingResponse:
+    """Encode one reply as the ProcessingResponse Envoy expects."""
+    if isinstance(reply, Immediate):
+        msg = ep.ProcessingResponse(
+            immediate_response=ep.ImmediateResponse(
+                status=http_status_pb2.HttpStatus(code=reply.status),  # type: ignore[arg-type]
+                headers=_mutation(reply.headers, ()),
+                body=reply.body,
+                details=reply.details,
+            )
+        )
+        if reply.metadata:
+            msg.dynamic_metadata.CopyFrom(_struct(reply.metadata))
+        return msg
+    return _continue(reply)
+
+
+def _continue(reply: Continue) -> ep.ProcessingResponse:
+    common = ep.CommonResponse()
+    if reply.set_headers or reply.remove_headers:
+        common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
+    if reply.body is not None:
+        common.body_mutation.body = reply.body
+    if reply.clear_route_cache:
+        common.clear_route_cache = True
+    msg = ep.ProcessingResponse()
+    phase = reply.phase
+    if phase in ("request_headers", "response_headers"):
+        getattr(msg, phase).response.CopyFrom(common)
+    elif phase in ("request_body", "response_body"):
+        getattr(msg, phase).response.CopyFrom(common)
+    elif phase == "request_trailers":
+        msg.request_trailers.SetInParent()
+    else:
+        msg.response_trailers.SetInParent()
+    if reply.response_body_mode is not None:
+        msg.mode_override.response_body_mode = _BODY_MODES[reply.response_body_mode]
+    if reply.metadata:
+        msg.dynamic_metadata.CopyFrom(_struct(reply.metadata))
+    return msg

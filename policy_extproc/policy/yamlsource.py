@@ -1,7 +1,9 @@
-"""YAML/JSON documents that remember the line of every mapping and key (safe loader only)."""
+"""YAML/JSON documents that remember the line of every mapping, key and list item (safe loader)."""
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any
 
 import yaml
@@ -16,6 +18,16 @@ class Located(dict[str, Any]):
 
     def line_of(self, key: str) -> int:
         return self.key_lines.get(key, self.line)
+
+
+class LocatedList(list[Any]):
+    """A sequence from a policy file, with the 1-based line of itself and of each item."""
+
+    line: int
+    item_lines: list[int]
+
+    def line_of(self, index: int) -> int:
+        return self.item_lines[index] if 0 <= index < len(self.item_lines) else self.line
 
 
 class _LineLoader(yaml.SafeLoader):
@@ -41,7 +53,26 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Located:
     return out
 
 
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LocatedList:
+    # A rule or policy that is not a mapping (a stray string, a number) is reported at its line.
+    out = LocatedList(
+        loader.construct_object(child, deep=True)  # type: ignore[no-untyped-call]
+        for child in node.value
+    )
+    out.line = node.start_mark.line + 1
+    out.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return out
+
+
 _LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+# YAML 1.1 reads JSON's 1e3, 2.5E-1 or 1.0e5 (no dot, or no exponent sign) as strings; a JSON
+# policy file means numbers. (add_implicit_resolver copies the table for this subclass only.)
+_LineLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 class SourceError(ValueError):
@@ -52,10 +83,23 @@ class SourceError(ValueError):
         self.line = line
 
 
-def load_documents(text: str) -> list[Any]:
-    """Every document of a YAML (or JSON) text, mappings as ``Located``."""
+def _json_tabs_as_spaces(text: str) -> str:
+    # YAML forbids tabs as indentation, JSON allows them. JSON also forbids raw tabs inside
+    # strings, so in a text that is valid JSON every tab is white space between tokens.
+    if "\t" not in text:
+        return text
     try:
-        return [d for d in yaml.load_all(text, Loader=_LineLoader) if d is not None]
+        json.loads(text)
+    except ValueError:
+        return text
+    return text.replace("\t", " ")
+
+
+def load_documents(text: str) -> list[Any]:
+    """Every document of a YAML (or JSON) text, mappings as ``Located``, lists as ``LocatedList``."""
+    try:
+        loaded = yaml.load_all(_json_tabs_as_spaces(text), Loader=_LineLoader)
+        return [d for d in loaded if d is not None]
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else 1

@@ -165,6 +165,7 @@ def test_an_error_code_sets_status_error(receiver: OtlpReceiver) -> None:
         "policy.reason": "body is not JSON",
         "policy.mode": "enforce",
         "policy.latency_us": 850,
+        "policy.phase": "request",
         "enduser.id": "alice",
         "deployment.environment.name": "development",
         "policy.org": "acme",

@@ -152,6 +152,20 @@ def serve(policies: tuple[str, ...], listen: str, redis: str | None, audit_log: 
         sys.exit(1)
 
 
+@main.command("mock-provider")
+@click.option("--listen", default="127.0.0.1:18080", show_default=True, help="HOST:PORT (0: any)")
+@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Fraction of requests failed with 503.")
+@click.option("--name", default="mock", show_default=True, help="Value of x-mock-provider.")
+@click.option("--latency-ms", default=0.0, show_default=True, type=float,
+              help="Delay before answering.")
+def mock_provider(listen: str, fail_rate: float, name: str, latency_ms: float) -> None:
+    """A fake OpenAI/Anthropic-compatible provider that echoes what it received."""
+    from .mockprovider.server import run
+
+    run(listen, fail_rate, name, latency_ms)
+
+
 @main.group()
 def audit() -> None:
     """Audit log tools."""

@@ -12,8 +12,9 @@ import click
 from .errors import PolicyError, RequestError
 
 
-@click.group(context_settings={"auto_envvar_prefix": "POLICY_EXTPROC",
-                               "help_option_names": ["-h", "--help"]})  # fmt: skip
+@click.group(
+    context_settings={"auto_envvar_prefix": "POLICY_EXTPROC", "help_option_names": ["-h", "--help"]}
+)
 def main() -> None:
     """Policy-enforcement sidecar for LLM traffic behind Envoy."""
 
@@ -34,8 +35,10 @@ def check(paths: tuple[str, ...]) -> None:
         click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
         sys.exit(1)
     files = len(policy_files(paths))
-    click.echo(f"ok: {len(snapshot)} policies, {snapshot.rule_count} rules in {files} file"
-               f"{'s' if files != 1 else ''} (version {snapshot.version})")  # fmt: skip
+    click.echo(
+        f"ok: {len(snapshot)} policies, {snapshot.rule_count} rules in {files} file"
+        f"{'s' if files != 1 else ''} (version {snapshot.version})"
+    )
 
 
 def _headers(values: tuple[str, ...]) -> dict[str, str]:
@@ -49,17 +52,37 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command("eval")
-@click.option("--policies", "policies", required=True, multiple=True,
-              type=click.Path(exists=True), help="Policy file or directory (repeatable).")
-@click.option("--request", "request_file", required=True, type=click.Path(exists=True,
-              dir_okay=False), help="The LLM request body (JSON).")  # fmt: skip
-@click.option("--path", "api_path", default=None,
-              help="API path of the request; default /v1/messages when the body looks like "
-                   "Anthropic's (has 'system' or 'anthropic_version'), else /v1/chat/completions.")
+@click.option(
+    "--policies",
+    "policies",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Policy file or directory (repeatable).",
+)
+@click.option(
+    "--request",
+    "request_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False),
+    help="The LLM request body (JSON).",
+)
+@click.option(
+    "--path",
+    "api_path",
+    default=None,
+    help="API path of the request; default /v1/messages when the body looks like "
+    "Anthropic's (has 'system' or 'anthropic_version'), else /v1/chat/completions.",
+)
 @click.option("-H", "--header", "headers", multiple=True, help="'name: value' (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record plus 'body'.")
-def eval_(policies: tuple[str, ...], request_file: str, api_path: str | None,
-          headers: tuple[str, ...], as_json: bool) -> None:  # fmt: skip
+def eval_(
+    policies: tuple[str, ...],
+    request_file: str,
+    api_path: str | None,
+    headers: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Decide one request offline and explain why."""
     from .audit.builder import record_for
     from .llm.request import parse_request, rewrite_request
@@ -111,25 +134,61 @@ def _guess_path(body: bytes) -> str:
 
 
 @main.command()
-@click.option("--policies", required=True, multiple=True, type=click.Path(exists=True),
-              help="Policy file or directory (repeatable; env: comma-free single path).")
+@click.option(
+    "--policies",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Policy file or directory (repeatable; env: comma-free single path).",
+)
 @click.option("--listen", default="127.0.0.1:50051", show_default=True)
 @click.option("--redis", default=None, help="redis://host:port/db; none: in-memory state.")
-@click.option("--audit-log", default="audit.jsonl", show_default=True,
-              help="Hash-chained JSON-lines audit log.")
-@click.option("--fsync-interval", default=1.0, show_default=True, type=float,
-              help="Seconds between fsyncs of the audit log (0: every record).")
+@click.option(
+    "--audit-log",
+    default="audit.jsonl",
+    show_default=True,
+    help="Hash-chained JSON-lines audit log.",
+)
+@click.option(
+    "--fsync-interval",
+    default=1.0,
+    show_default=True,
+    type=float,
+    help="Seconds between fsyncs of the audit log (0: every record).",
+)
 @click.option("--otlp-endpoint", default=None, help="OTLP gRPC endpoint, e.g. localhost:4317.")
-@click.option("--catalog", default=None, type=click.Path(exists=True),
-              help="Model catalog (prices, providers); default: the packaged one.")
-@click.option("--max-body-bytes", default=4 * 1024 * 1024, show_default=True, type=int,
-              help="Largest request body; must agree with Envoy's buffer limits.")
+@click.option(
+    "--catalog",
+    default=None,
+    type=click.Path(exists=True),
+    help="Model catalog (prices, providers); default: the packaged one.",
+)
+@click.option(
+    "--max-body-bytes",
+    default=4 * 1024 * 1024,
+    show_default=True,
+    type=int,
+    help="Largest request body; must agree with Envoy's buffer limits.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
-def serve(policies: tuple[str, ...], listen: str, redis: str | None, audit_log: str,
-          fsync_interval: float, otlp_endpoint: str | None, catalog: str | None,
-          max_body_bytes: int, workers: int, log_level: str) -> None:  # fmt: skip
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+def serve(
+    policies: tuple[str, ...],
+    listen: str,
+    redis: str | None,
+    audit_log: str,
+    fsync_interval: float,
+    otlp_endpoint: str | None,
+    catalog: str | None,
+    max_body_bytes: int,
+    workers: int,
+    log_level: str,
+) -> None:
     """Run the ext_proc / ext_authz sidecar."""
     import asyncio
     import logging
@@ -137,13 +196,19 @@ def serve(policies: tuple[str, ...], listen: str, redis: str | None, audit_log: 
     from .server import ServerConfig
     from .server import serve as run
 
-    logging.basicConfig(level=log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     config = ServerConfig(
-        policies=policies, listen=listen, redis=redis, audit_log=audit_log or None,
-        fsync_interval_s=fsync_interval, otlp_endpoint=otlp_endpoint, catalog=catalog,
+        policies=policies,
+        listen=listen,
+        redis=redis,
+        audit_log=audit_log or None,
+        fsync_interval_s=fsync_interval,
+        otlp_endpoint=otlp_endpoint,
+        catalog=catalog,
         max_body_bytes=max_body_bytes,
-    )  # fmt: skip
+    )
     try:
         asyncio.run(run(config))
     except PolicyError as exc:
@@ -154,11 +219,17 @@ def serve(policies: tuple[str, ...], listen: str, redis: str | None, audit_log: 
 
 @main.command("mock-provider")
 @click.option("--listen", default="127.0.0.1:18080", show_default=True, help="HOST:PORT (0: any)")
-@click.option("--fail-rate", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
-              help="Fraction of requests failed with 503.")
+@click.option(
+    "--fail-rate",
+    default=0.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Fraction of requests failed with 503.",
+)
 @click.option("--name", default="mock", show_default=True, help="Value of x-mock-provider.")
-@click.option("--latency-ms", default=0.0, show_default=True, type=float,
-              help="Delay before answering.")
+@click.option(
+    "--latency-ms", default=0.0, show_default=True, type=float, help="Delay before answering."
+)
 def mock_provider(listen: str, fail_rate: float, name: str, latency_ms: float) -> None:
     """A fake OpenAI/Anthropic-compatible provider that echoes what it received."""
     from .mockprovider.server import run

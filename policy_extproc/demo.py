@@ -50,7 +50,7 @@ curl -si localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-i
 curl -sN localhost:{listen}/v1/messages -H 'x-org-id: acme' -H 'x-team-id: ml' \\
   -H 'content-type: application/json' \\
   -d '{{"model":"claude-3-5-sonnet","max_tokens":100,"stream":true,"messages":[{{"role":"user","content":"Hi"}}]}}'
-"""
+"""  # noqa: E501
 
 
 def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -91,17 +91,31 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for name, port in PROVIDERS.items():
-            p = subprocess.Popen([exe, "mock-provider", "--listen", f"127.0.0.1:{port}",
-                                  "--name", name], stdout=subprocess.DEVNULL)  # fmt: skip
+            p = subprocess.Popen(
+                [exe, "mock-provider", "--listen", f"127.0.0.1:{port}", "--name", name],
+                stdout=subprocess.DEVNULL,
+            )
             procs.append(p)
             _wait_port(port, f"mock provider {name}", p)
-        sidecar = subprocess.Popen([exe, "serve", "--policies", str(ROOT / "examples/policies"),
-                                    "--listen", f"127.0.0.1:{SIDECAR}", "--audit-log",
-                                    str(audit)])  # fmt: skip
+        sidecar = subprocess.Popen(
+            [
+                exe,
+                "serve",
+                "--policies",
+                str(ROOT / "examples/policies"),
+                "--listen",
+                f"127.0.0.1:{SIDECAR}",
+                "--audit-log",
+                str(audit),
+            ]
+        )
         procs.append(sidecar)
         _wait_port(SIDECAR, "sidecar", sidecar)
-        proxy = subprocess.Popen([envoy, "-c", str(ROOT / "envoy/envoy.yaml"), "-l", "warning",
-                                  "--disable-hot-restart"], stdout=open(run_dir / "envoy-access.log", "wb"))  # fmt: skip
+        access_log = open(run_dir / "envoy-access.log", "wb")  # noqa: SIM115 (lives as long as Envoy)
+        proxy = subprocess.Popen(
+            [envoy, "-c", str(ROOT / "envoy/envoy.yaml"), "-l", "warning", "--disable-hot-restart"],
+            stdout=access_log,
+        )
         procs.append(proxy)
         _envoy_ready(proxy)
         print(CURLS.format(listen=LISTEN, admin=ADMIN, audit=audit, bin=BIN), flush=True)
@@ -109,7 +123,7 @@ def main() -> None:
         while True:
             for p in procs:
                 if p.poll() is not None:
-                    raise SystemExit(f"{p.args[0]} exited with code {p.returncode}; stopping")
+                    raise SystemExit(f"{p.args!r} exited with code {p.returncode}; stopping")
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -74,18 +74,27 @@ class Sidecar:
         self.sink = FanoutSink(self._open_sinks())
         self.engine = Engine(self.store, self.sink, EngineConfig(max_body_bytes=cfg.max_body_bytes))
         limit = cfg.max_body_bytes + _GRPC_OVERHEAD
-        server = grpc.aio.server(options=[
-            ("grpc.max_receive_message_length", limit),
-            ("grpc.max_send_message_length", limit),
-        ])  # fmt: skip
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+            ]
+        )
         self.processor = ExternalProcessor(self.engine)
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(Authorization(self.engine),
-                                                                   server)  # fmt: skip
+        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
+            Authorization(self.engine), server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
-            (EXT_PROC, EXT_AUTHZ, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-             reflection.SERVICE_NAME), server)  # fmt: skip
+            (
+                EXT_PROC,
+                EXT_AUTHZ,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            server,
+        )
         self.port = server.add_insecure_port(cfg.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {cfg.listen}")
@@ -94,15 +103,21 @@ class Sidecar:
         for service in ("", EXT_PROC, EXT_AUTHZ):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_policies())
-        log.info("serving on %s with %d policies (%d rules), version %s", cfg.listen,
-                 len(self.store.current), self.store.current.rule_count,
-                 self.store.current.version)  # fmt: skip
+        log.info(
+            "serving on %s with %d policies (%d rules), version %s",
+            cfg.listen,
+            len(self.store.current),
+            self.store.current.rule_count,
+            self.store.current.version,
+        )
 
     def _open_sinks(self) -> list[AuditSink]:
         sinks: list[AuditSink] = list(self._extra_sinks)
         if self.config.audit_log:
-            sinks.append(JsonlSink(AuditLog(self.config.audit_log,
-                                            fsync_interval_s=self.config.fsync_interval_s)))  # fmt: skip
+            log_file = AuditLog(
+                self.config.audit_log, fsync_interval_s=self.config.fsync_interval_s
+            )
+            sinks.append(JsonlSink(log_file))
         if self.config.otlp_endpoint:
             from .audit.otel import OtelSink
 
@@ -119,8 +134,11 @@ class Sidecar:
                 snapshot = await asyncio.to_thread(self.store.load)
                 log.info("policies reloaded: version %s", snapshot.version)
             except PolicyError as exc:
-                log.error("policy reload refused, still serving version %s:\n%s",
-                          self.store.current.version, exc)  # fmt: skip
+                log.error(
+                    "policy reload refused, still serving version %s:\n%s",
+                    self.store.current.version,
+                    exc,
+                )
             except Exception:
                 log.exception("policy reload failed")
 

@@ -38,8 +38,10 @@ def record_for(
         mode=decision.mode,
         would_decide=decision.would_decide,
         compliance=decision.compliance,
-        fired=tuple(FiredRule(f.policy, f.rule, f.action if f.mode == "enforce" else
-                              f"{f.action}:log") for f in decision.fired),  # fmt: skip
+        fired=tuple(
+            FiredRule(f.policy, f.rule, f.action if f.mode == "enforce" else f"{f.action}:log")
+            for f in decision.fired
+        ),
         redactions=redaction_counts(decision.redactions),
         usage=Usage(*usage) if usage is not None else None,
         cost_usd=cost_usd,

@@ -70,8 +70,9 @@ class Exchange:
 class Engine:
     """Turns request phases into decisions and audit records."""
 
-    def __init__(self, store: PolicyStore, sink: AuditSink, config: EngineConfig | None = None
-                 ) -> None:  # fmt: skip
+    def __init__(
+        self, store: PolicyStore, sink: AuditSink, config: EngineConfig | None = None
+    ) -> None:
         self.store = store
         self.sink = sink
         self.config = config or EngineConfig()
@@ -83,17 +84,24 @@ class Engine:
         """A decision that needs no body: a declared length over the limit."""
         length = ex.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.config.max_body_bytes:
-            exc = BodyTooLarge(f"request body of {length} bytes is over the limit of "
-                               f"{self.config.max_body_bytes} bytes")  # fmt: skip
+            exc = BodyTooLarge(
+                f"request body of {length} bytes is over the limit of "
+                f"{self.config.max_body_bytes} bytes"
+            )
             return self.refuse(ex, exc)
         return None
 
-    def decide_request(self, ex: Exchange, body: bytes, *, complete: bool,
-                       claims: Mapping[str, Any] | None = None) -> tuple[Decision, bytes | None]:  # fmt: skip
+    def decide_request(
+        self, ex: Exchange, body: bytes, *, complete: bool, claims: Mapping[str, Any] | None = None
+    ) -> tuple[Decision, bytes | None]:
         """The decision for a request whose body (possibly empty) has arrived, and its new body."""
         if not complete or len(body) > self.config.max_body_bytes:
-            return self.refuse(ex, BodyTooLarge(
-                f"request body is over the limit of {self.config.max_body_bytes} bytes")), None
+            return self.refuse(
+                ex,
+                BodyTooLarge(
+                    f"request body is over the limit of {self.config.max_body_bytes} bytes"
+                ),
+            ), None
         snapshot = self.store.current
         ex.snapshot = snapshot
         path = ex.headers.get(":path", "/")
@@ -107,8 +115,9 @@ class Engine:
             return self.refuse(ex, exc), None
         # ``claims`` come from Envoy's jwt_authn filter: verified, so they win over headers.
         ex.request = request
-        ex.ctx = ctx = build_context(ex.headers, request, claims=claims,
-                                     config=self.config.identity)  # fmt: skip
+        ex.ctx = ctx = build_context(
+            ex.headers, request, claims=claims, config=self.config.identity
+        )
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
         decision = decide(es, ctx, check_request(es, ctx))
         new_body = None
@@ -138,10 +147,15 @@ class Engine:
         if tp.count("-") >= 3:
             trace_id = tp.split("-")[1]
         record = record_for(
-            decision, ctx, started_ns=ex.started_ns, latency_us=latency_us,
-            policy_version=ex.snapshot.version if ex.snapshot else "", trace_id=trace_id,
-            error_code=ex.error_code, **extra,
-        )  # fmt: skip
+            decision,
+            ctx,
+            started_ns=ex.started_ns,
+            latency_us=latency_us,
+            policy_version=ex.snapshot.version if ex.snapshot else "",
+            trace_id=trace_id,
+            error_code=ex.error_code,
+            **extra,
+        )
         self.sink.emit(record, trace_context=ex.trace_context)
 
     # -- responses -------------------------------------------------------------------------
@@ -180,8 +194,7 @@ class Engine:
     def _audit_usage(self, ex: Exchange, usage: Usage) -> None:
         decision = ex.decision
         assert decision is not None
-        self._audit(ex, decision, usage=(usage.input_tokens, usage.output_tokens),
-                    phase="response")
+        self._audit(ex, decision, usage=(usage.input_tokens, usage.output_tokens), phase="response")
 
 
 def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:

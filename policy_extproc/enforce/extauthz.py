@@ -56,15 +56,17 @@ def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
         return auth.CheckResponse(
             status=status_pb2.Status(code=_OK),
             ok_response=auth.OkHttpResponse(
-                response_headers_to_add=[_header(responses.DECISION_HEADER, decision.action),
-                                         _header(responses.REQUEST_ID_HEADER, rid)],
+                response_headers_to_add=[
+                    _header(responses.DECISION_HEADER, decision.action),
+                    _header(responses.REQUEST_ID_HEADER, rid),
+                ],
             ),
         )
     refusal = responses.refusal(decision, rid)
     return auth.CheckResponse(
         status=status_pb2.Status(code=_PERMISSION_DENIED, message=decision.reason),
         denied_response=auth.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=refusal.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=refusal.status),
             headers=[_header(k, v) for k, v in refusal.headers],
             body=refusal.body.decode(),
         ),

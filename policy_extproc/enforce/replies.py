@@ -10,8 +10,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-Phase = Literal["request_headers", "request_body", "response_headers", "response_body",
-                "request_trailers", "response_trailers"]  # fmt: skip
+Phase = Literal[
+    "request_headers",
+    "request_body",
+    "response_headers",
+    "response_body",
+    "request_trailers",
+    "response_trailers",
+]
 BodyMode = Literal["NONE", "STREAMED", "BUFFERED", "BUFFERED_PARTIAL"]
 
 

@@ -85,14 +85,17 @@ def refusal(decision: Decision, request_id: str, version: str = "") -> Immediate
 
 def request_error(exc: PolicyExtprocError) -> Decision:
     """The decision for input we cannot evaluate: refused with the error's status and code."""
-    return Decision(action="block", reason=exc.message, code=exc.code,
-                    http_status=exc.http_status)  # fmt: skip
+    return Decision(action="block", reason=exc.message, code=exc.code, http_status=exc.http_status)
 
 
 def proceed(
-    decision: Decision, request_id: str, *, new_body: bytes | None, version: str = "",
+    decision: Decision,
+    request_id: str,
+    *,
+    new_body: bytes | None,
+    version: str = "",
     phase: str = "request_body",
-) -> Continue:  # fmt: skip
+) -> Continue:
     """The request goes on: rewritten body (with its content-length), route change if any."""
     headers: list[tuple[str, str]] = []
     if new_body is not None:
@@ -114,8 +117,9 @@ def response_headers(
     """Headers every response through Envoy carries, and how to process the response body."""
     headers = [(DECISION_HEADER, decision.action), (REQUEST_ID_HEADER, request_id)]
     if decision.redactions:
-        headers.append((REDACTIONS_HEADER,
-                        ",".join(f"{k}={v}" for k, v in decision.redactions.items())))  # fmt: skip
+        headers.append(
+            (REDACTIONS_HEADER, ",".join(f"{k}={v}" for k, v in decision.redactions.items()))
+        )
     if decision.reroute:
         headers.append((PROVIDER_HEADER, decision.reroute))
     return Continue(

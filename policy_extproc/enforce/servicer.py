@@ -28,8 +28,10 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         self._idle = asyncio.Event()
         self._idle.set()
 
-    async def Process(  # noqa: N802 (gRPC method name)
-        self, request_iterator: AsyncIterator[ep.ProcessingRequest], context: grpc.aio.ServicerContext
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[ep.ProcessingRequest],
+        context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ep.ProcessingResponse]:
         stream = ExtProcStream(self.engine)
         self.open_streams += 1
@@ -58,7 +60,7 @@ class Authorization(external_auth_pb2_grpc.AuthorizationServicer):
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
 
-    async def Check(  # noqa: N802 (gRPC method name)
+    async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
     ) -> CheckResponse:
         return extauthz.check(self.engine, request)

@@ -60,8 +60,9 @@ class ExtProcStream:
             return self._fail(exc)
         except Exception as exc:  # a bug of ours must not become Envoy's generic 500
             log.exception("ext_proc stream failed on %s", ev.phase)
-            return self._fail(InternalError(f"internal error while processing {ev.phase}: "
-                                            f"{type(exc).__name__}"))  # fmt: skip
+            return self._fail(
+                InternalError(f"internal error while processing {ev.phase}: {type(exc).__name__}")
+            )
 
     def _handle(self, ev: Event) -> Reply:
         phase, state = ev.phase, self.state
@@ -95,14 +96,16 @@ class ExtProcStream:
     def _decide(self, body: bytes, *, complete: bool, phase: str) -> Reply:
         ex = self.exchange
         assert ex is not None
-        decision, new_body = self.engine.decide_request(ex, body, complete=complete,
-                                                        claims=self.claims)  # fmt: skip
+        decision, new_body = self.engine.decide_request(
+            ex, body, complete=complete, claims=self.claims
+        )
         if decision.action in ("block", "throttle", "escalate"):
             self.state = State.DONE
             return responses.refusal(decision, ex.request_id, self._version())
         self.state = State.RESPONSE
-        return responses.proceed(decision, ex.request_id, new_body=new_body,
-                                 version=self._version(), phase=phase)  # fmt: skip
+        return responses.proceed(
+            decision, ex.request_id, new_body=new_body, version=self._version(), phase=phase
+        )
 
     def _response_headers(self, ev: Event) -> Reply:
         ex = self.exchange
@@ -117,8 +120,9 @@ class ExtProcStream:
             # Envoy buffers response bodies by default; an SSE stream must flow chunk by chunk
             # (mode_override needs allow_mode_override in the filter configuration).
             mode = "STREAMED" if ex.streaming else None
-        return responses.response_headers(ex.decision, ex.request_id, body_mode=mode,
-                                          drop_length=ex.streaming)  # fmt: skip
+        return responses.response_headers(
+            ex.decision, ex.request_id, body_mode=mode, drop_length=ex.streaming
+        )
 
     def _response_body(self, ev: Event) -> Reply:
         ex = self.exchange

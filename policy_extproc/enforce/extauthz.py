@@ -14,7 +14,7 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
 from ..errors import PolicyExtprocError
-from . import responses
+from . import responses, translate
 from .engine import Engine
 
 log = logging.getLogger(__name__)
@@ -32,14 +32,25 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
 
 def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
     """Decide one ext_authz CheckRequest."""
-    http = request.attributes.request.http
+    attrs = request.attributes
+    http = attrs.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
+    if http.HasField("header_map"):
+        # encode_raw_headers: true sends the headers here, values in raw_value, and leaves
+        # ``headers`` empty; repeated headers fold into one comma-separated value.
+        for h in http.header_map.headers:
+            key = h.key.lower()
+            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            headers[key] = f"{headers[key]},{value}" if key in headers else value
     headers.setdefault(":path", http.path)
     headers.setdefault(":method", http.method)
     if http.id:
         headers.setdefault("x-request-id", http.id)
     body = http.raw_body or http.body.encode()
-    ex = engine.begin(headers)
+    # Verified JWT claims (metadata_context_namespaces: [envoy.filters.http.jwt_authn]) win over
+    # identity headers, as for ext_proc (DESIGN.md s4).
+    claims = translate.jwt_claims(attrs.metadata_context)
+    ex = engine.begin(headers, claims)
     try:
         # Envoy's with_request_body sets allow_partial_message: a body cut at max_request_bytes
         # is shorter than its declared length, and is refused rather than half-evaluated.

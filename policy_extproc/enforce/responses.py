@@ -41,11 +41,36 @@ def metadata(decision: Decision, request_id: str, version: str = "") -> dict[str
     return md
 
 
+# What a refusal is when the decision does not say (one built by hand, not by ``combine``).
+_REFUSAL_CODES = {"block": "blocked", "throttle": "rate_limited", "escalate": "approval_required"}
+_REFUSAL_STATUS = {"block": 403, "throttle": 429, "escalate": 403}
+
+
+def _code(decision: Decision) -> str:
+    if decision.code:
+        return decision.code
+    if decision.throttle is not None:
+        return decision.throttle.code
+    return _REFUSAL_CODES.get(decision.action, "blocked")
+
+
+def _status(decision: Decision) -> int:
+    # A refusal answered with a 2xx (Decision's default status) would look like a success.
+    if decision.http_status >= 400:
+        return decision.http_status
+    return _REFUSAL_STATUS.get(decision.action, 403)
+
+
 def error_body(decision: Decision, request_id: str) -> bytes:
     """The JSON body of a refused request: OpenAI's error shape plus the decision fields."""
-    kind = "invalid_request_error" if decision.http_status in (400, 413) else "policy_violation"
+    if decision.http_status >= 500:
+        kind = "server_error"  # our failure (protocol, internal, audit, state), not a policy's
+    elif decision.http_status in (400, 413):
+        kind = "invalid_request_error"
+    else:
+        kind = "policy_violation"
     body: dict[str, Any] = {
-        "error": {"type": kind, "code": decision.code or "blocked", "message": decision.reason},
+        "error": {"type": kind, "code": _code(decision), "message": decision.reason},
         "decision": decision.action,
         "policy": decision.policy,
         "rule": decision.rule,
@@ -75,11 +100,11 @@ def refusal(decision: Decision, request_id: str, version: str = "") -> Immediate
             ("x-ratelimit-reset", str(max(0, math.ceil(t.reset_s)))),
         ]
     return Immediate(
-        status=decision.http_status,
+        status=_status(decision),
         body=error_body(decision, request_id),
         headers=tuple(headers),
         metadata=metadata(decision, request_id, version),
-        details=f"policy_extproc_{decision.code or decision.action}",
+        details=f"policy_extproc_{_code(decision)}",
     )
 
 

@@ -79,7 +79,7 @@ class ExtProcStream:
         raise ProtocolError(f"unexpected {phase or 'unknown message'} in state {state.value}")
 
     def _request_headers(self, ev: Event) -> Reply:
-        self.exchange = ex = self.engine.begin(ev.headers)
+        self.exchange = ex = self.engine.begin(ev.headers, ev.claims)
         self.claims = ev.claims
         if ev.end_of_stream:
             return self._decide(b"", complete=True, phase="request_headers")
@@ -138,7 +138,15 @@ class ExtProcStream:
             self.exchange = self.engine.begin({})
         ex = self.exchange
         self.state = State.DONE
-        decision = self.engine.refuse(ex, exc)
+        try:
+            decision = self.engine.refuse(ex, exc)
+        except Exception as audit_exc:
+            # The refusal could not be audited either (the audit log is down, say): still answer
+            # deliberately, never with a stream error. Nothing goes through unaudited: this
+            # answer refuses the request. A failed audit wins: its code says what to fix.
+            log.error("could not audit the refusal (%s): %s", exc.code, audit_exc)
+            cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
+            decision = responses.request_error(cause)
         return responses.refusal(decision, ex.request_id, self._version())
 
     def _version(self) -> str:
@@ -148,7 +156,13 @@ class ExtProcStream:
     def close(self) -> None:
         """The stream ended (cleanly, cancelled, or the client went away)."""
         if self.exchange is not None and self.state is not State.DONE:
-            self.engine.finish(self.exchange)
+            self.state = State.DONE
+            try:
+                self.engine.finish(self.exchange)
+            except Exception:
+                # Called from the servicer's ``finally``: raising here would turn a clean close
+                # into an error status (or mask a cancellation). The answers already went out.
+                log.exception("ext_proc stream: recording the end of the exchange failed")
         self.state = State.DONE
 
     def __repr__(self) -> str:

@@ -57,7 +57,16 @@ def _headers(hm: base_pb2.HeaderMap) -> dict[str, str]:
 def _claims(msg: ep.ProcessingRequest) -> Mapping[str, Any] | None:
     if not msg.HasField("metadata_context"):
         return None
-    ns = msg.metadata_context.filter_metadata.get(JWT_NAMESPACE)
+    return jwt_claims(msg.metadata_context)
+
+
+def jwt_claims(metadata: base_pb2.Metadata) -> Mapping[str, Any] | None:
+    """Verified JWT claims from the jwt_authn namespace of Envoy dynamic metadata, if any.
+
+    ext_proc forwards it in ``metadata_context`` (``metadata_options.forwarding_namespaces``),
+    ext_authz in ``attributes.metadata_context`` (``metadata_context_namespaces``).
+    """
+    ns = metadata.filter_metadata.get(JWT_NAMESPACE)
     if ns is None:
         return None
     data = json_format.MessageToDict(ns)

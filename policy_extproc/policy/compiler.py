@@ -67,13 +67,8 @@ def _patterns(
             add(rx, "regex", rule, i, f"pattern {rx!r}", False)
         for topic, phrases in rule.topics.items():
             for phrase in phrases:
-                words = phrase.split()
-                if len(words) == 1:
-                    add(words[0], "literal", rule, i, f"topic {topic!r}", rule.whole_words)
-                else:
-                    # Any run of white space between the words of a phrase.
-                    expr = r"\s+".join(re.escape(w) for w in words)
-                    add(expr, "regex", rule, i, f"topic {topic!r}", rule.whole_words)
+                # A literal: the engine matches its spaces against any run of white space.
+                add(phrase, "literal", rule, i, f"topic {topic!r}", rule.whole_words)
     if not specs:
         return None, ()
     try:

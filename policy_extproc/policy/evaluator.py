@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..detect.patterns import Hit, PatternSet, merge_spans
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
 from .decision import Decision, Fired, JsonPath, RequestContext, combine
 from .model import ContentFilterRule, ModelAccessRule
@@ -92,29 +93,46 @@ def _check_models(es: EffectiveSet, ctx: RequestContext, model: str, out: Findin
 
 
 class ScanText:
-    """Parts joined into one UTF-8 buffer, so each pattern database scans once per request."""
+    """Parts joined into one UTF-8 buffer, so each pattern database scans once per request.
 
-    __slots__ = ("ascii", "data", "parts", "starts")
+    The parts are joined with NUL, which no keyword, phrase (``\\s+``) or word character
+    matches, so a hit does not run from one part into the next; a pattern that does match NUL
+    (``.``, ``[^x]``) and crosses is caught by ``scan``, which then scans the parts one by one.
+    """
+
+    __slots__ = ("ascii", "data", "encoded", "parts", "starts")
 
     def __init__(self, parts: Sequence[TextPart]) -> None:
         self.parts = parts
-        encoded = [p.text.encode() for p in parts]
-        self.ascii = [len(b) == len(p.text) for b, p in zip(encoded, parts, strict=True)]
+        self.encoded = [p.text.encode() for p in parts]
+        self.ascii = [len(b) == len(p.text) for b, p in zip(self.encoded, parts, strict=True)]
         starts, pos = [], 0
-        for b in encoded:
+        for b in self.encoded:
             starts.append(pos)
             pos += len(b) + 1
         self.starts = starts
-        self.data = b"\n".join(encoded)
+        self.data = b"\0".join(self.encoded)
+
+    def _crosses(self, hit: Hit) -> bool:
+        i = bisect_right(self.starts, hit.start) - 1
+        return hit.end > self.starts[i] + len(self.encoded[i])
+
+    def scan(self, patterns: PatternSet) -> list[Hit]:
+        """Every hit of ``patterns``, each inside one part, as byte spans of ``data``."""
+        hits = patterns.scan(self.data)
+        if len(self.encoded) > 1 and any(self._crosses(h) for h in hits):
+            hits = []
+            for base, raw in zip(self.starts, self.encoded, strict=True):
+                hits.extend(Hit(h.tag, base + h.start, base + h.end) for h in patterns.scan(raw))
+        return hits
 
     def locate(self, start: int, end: int) -> tuple[int, int, int]:
         """(part index, start, end) in str offsets of the part, for a byte span of ``data``."""
         i = bisect_right(self.starts, start) - 1
         base = self.starts[i]
-        text = self.parts[i].text
-        s, e = start - base, min(end - base, len(text.encode()) if not self.ascii[i] else len(text))
+        raw = self.encoded[i]
+        s, e = start - base, min(end - base, len(raw))
         if not self.ascii[i]:
-            raw = text.encode()
             s, e = len(raw[:s].decode(errors="ignore")), len(raw[:e].decode(errors="ignore"))
         return i, s, e
 
@@ -128,11 +146,12 @@ def scan_content(
         return
     text = ScanText(parts)
     labels: dict[tuple[int, int], list[str]] = {}
+    spans: dict[str, list[tuple[int, int]]] = {}  # rule id -> byte spans to redact
     for cp in policies:
         patterns = cp.request_patterns if direction == "request" else cp.response_patterns
         targets = cp.request_targets if direction == "request" else cp.response_targets
         assert patterns is not None
-        for hit in patterns.scan(text.data):
+        for hit in text.scan(patterns):
             t = targets[hit.tag]
             key = (cp.index, t.rule_index)
             if key not in es.active:
@@ -143,11 +162,18 @@ def scan_content(
                 seen.append(t.label)
             # A log-mode policy records what it would redact (in ``fired``) and rewrites nothing.
             if rule.action == "redact" and cp.policy.mode == "enforce":
-                i, s, e = text.locate(hit.start, hit.end)
-                out.edits.setdefault(i, []).append((s, e, f"[REDACTED:{rule.id}]"))
-                out.redactions[rule.id] = out.redactions.get(rule.id, 0) + 1
+                spans.setdefault(rule.id, []).append((hit.start, hit.end))
     if not labels:
         return
+    # A regex reports every end of a match (\d+ on "123": 0-1, 0-2, 0-3) and patterns of one
+    # rule may overlap: redact (and count) each merged span once. Active rule ids are unique.
+    for rule_id, found_spans in spans.items():
+        merged = merge_spans(found_spans)
+        repl = f"[REDACTED:{rule_id}]"
+        for start, end in merged:
+            i, s, e = text.locate(start, end)
+            out.edits.setdefault(i, []).append((s, e, repl))
+        out.redactions[rule_id] = out.redactions.get(rule_id, 0) + len(merged)
     where = "prompt" if direction == "request" else "response"
     for e in es.rules_of("content_filter"):
         found = labels.get((e.policy.index, e.rule.index - 1))

@@ -24,7 +24,7 @@ from .model import (
     Rule,
     Scope,
 )
-from .yamlsource import Located, SourceError, load_documents
+from .yamlsource import Located, LocatedList, SourceError, load_documents
 
 PII_ENTITIES = (
     "EMAIL", "PHONE", "CREDIT_CARD", "US_SSN", "IBAN", "IP_ADDRESS", "US_PASSPORT",
@@ -154,9 +154,30 @@ class _Collector:
         self.problems.append(Problem(self.file, line, msg, policy, index, rtype))
 
 
-def _parse_rule(raw: Any, index: int, policy: str, out: _Collector) -> Rule | None:
+def _line_of_item(items: list[Any], index: int, default: int) -> int:
+    return items.line_of(index) if isinstance(items, LocatedList) else default
+
+
+def _nested_duplicates(value: Any, out: _Collector, policy: str | None,
+                       index: int | None = None, rtype: str | None = None,
+                       where: str = "") -> bool:  # fmt: skip
+    """Report equal keys in mappings inside a field (scope, topics, tags); True if none."""
+    ok = True
+    if isinstance(value, Located):
+        for key, line in value.duplicates:
+            out.add(line, f"{where}key '{key}' given twice", policy, index, rtype)
+            ok = False
+        for v in value.values():
+            ok = _nested_duplicates(v, out, policy, index, rtype, where) and ok
+    elif isinstance(value, list):
+        for v in value:
+            ok = _nested_duplicates(v, out, policy, index, rtype, where) and ok
+    return ok
+
+
+def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -> Rule | None:
     if not isinstance(raw, Located):
-        out.add(getattr(raw, "line", 0) or 0, "a rule must be a mapping", policy, index)
+        out.add(line, "a rule must be a mapping", policy, index)
         return None
     rtype = raw.get("type")
     if rtype not in RULE_TYPES:
@@ -173,6 +194,9 @@ def _parse_rule(raw: Any, index: int, policy: str, out: _Collector) -> Rule | No
         if key == "type":
             continue
         line = raw.line_of(key)
+        if not _nested_duplicates(value, out, policy, index, rtype, f"'{key}': "):
+            ok = False
+            continue
         try:
             if key == "id":
                 kwargs["id"] = f.string(value)
@@ -215,6 +239,7 @@ def _parse_scope(raw: Located, name: str, out: _Collector) -> Scope | None:
             out.add(raw.line_of("scope"), "'scope' must be a mapping of org/team/environment",
                     name)  # fmt: skip
             return None
+        ok = _nested_duplicates(scope, out, name, where="scope: ")
         for key, value in scope.items():
             if key not in SCOPE_KEYS:
                 out.add(scope.line_of(key), f"scope: unknown key {key!r} (known: "
@@ -239,10 +264,9 @@ def _parse_scope(raw: Located, name: str, out: _Collector) -> Scope | None:
     return Scope(**values) if ok else None
 
 
-def _parse_policy(raw: Any, out: _Collector) -> Policy | None:
+def _parse_policy(raw: Any, line: int, out: _Collector) -> Policy | None:
     if not isinstance(raw, Located):
-        out.add(getattr(raw, "line", 1), "a policy must be a mapping with 'policy_name' and "
-                "'rules'")  # fmt: skip
+        out.add(line, "a policy must be a mapping with 'policy_name' and 'rules'")
         return None
     name = raw.get("policy_name")
     if not isinstance(name, str) or not name.strip():
@@ -277,7 +301,8 @@ def _parse_policy(raw: Any, out: _Collector) -> Policy | None:
     rules = []
     ids: dict[str, int] = {}
     for i, r in enumerate(rules_raw, start=1):
-        rule = _parse_rule(r, i, name or "?", out)
+        rule = _parse_rule(r, i, _line_of_item(rules_raw, i - 1, raw.line_of("rules")),
+                           name or "?", out)  # fmt: skip
         if rule is None:
             ok = False
             continue
@@ -302,8 +327,8 @@ def parse_text(text: str, file: str, out: _Collector) -> list[Policy]:
     policies = []
     for doc in docs:
         items = doc if isinstance(doc, list) else [doc]
-        for raw in items:
-            p = _parse_policy(raw, out)
+        for n, raw in enumerate(items):
+            p = _parse_policy(raw, _line_of_item(items, n, 1), out)
             if p is not None:
                 policies.append(p)
     return policies

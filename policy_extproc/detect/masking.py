@@ -1,0 +1,69 @@
+"""Masking of found PII (DESIGN.md section 6): a type placeholder, a partial value, or a pseudonym.
+
+Masked text is what may travel on; the raw values never reach an audit record, span or log.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Literal
+
+from policy_extproc.detect.pii_validators import GROUPED, compact
+
+if TYPE_CHECKING:
+    from policy_extproc.detect.pii import PiiMatch
+
+MaskStyle = Literal["placeholder", "partial", "hash"]
+STYLES: tuple[MaskStyle, ...] = ("placeholder", "partial", "hash")
+
+
+def _pseudonym(entity: str, value: str, key: bytes) -> str:
+    # Normalised first so that "4111 1111 1111 1111" and "4111111111111111", or two spellings
+    # of one mail address, get the same pseudonym; the type is mixed in to keep types apart.
+    if entity == "EMAIL":
+        value = value.lower()
+    elif entity in GROUPED:
+        value = compact(value)
+    digest = hmac.new(key, f"{entity}:{value}".encode(), hashlib.sha256).hexdigest()
+    return f"[{entity}:{digest[:8]}]"
+
+
+def _partial(entity: str, value: str) -> str:
+    if entity == "EMAIL":
+        return "****" + value[value.rindex("@") :]
+    # A fixed run of stars hides the length; short values keep nothing at all.
+    return "****" + value[-4:] if len(value) >= 8 else "****"
+
+
+def mask(
+    text: str,
+    matches: Sequence[PiiMatch],
+    style: MaskStyle = "placeholder",
+    *,
+    key: bytes | None = None,
+) -> str:
+    """Text with each match replaced: "[EMAIL]", "****1234" or a keyed "[EMAIL:3f9a1c2b]"."""
+    if style not in STYLES:
+        raise ValueError(f"unknown mask style {style!r}; expected one of {', '.join(STYLES)}")
+    if style == "hash" and not key:
+        raise ValueError("mask style 'hash' needs a key (HMAC-SHA256)")
+    out: list[str] = []
+    pos = 0
+    for m in sorted(matches, key=lambda m: m.start):
+        if m.start < pos:
+            continue  # overlaps one already masked; find() never returns such pairs
+        value = text[m.start : m.end]
+        if style == "placeholder":
+            repl = f"[{m.entity}]"
+        elif style == "partial":
+            repl = _partial(m.entity, value)
+        else:
+            assert key is not None
+            repl = _pseudonym(m.entity, value, key)
+        out.append(text[pos : m.start])
+        out.append(repl)
+        pos = m.end
+    out.append(text[pos:])
+    return "".join(out)

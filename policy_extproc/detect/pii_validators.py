@@ -1,0 +1,335 @@
+"""Checks that turn a pattern candidate into a PII value: checksums, number plans, calendars.
+
+Each check takes the candidate exactly as it stands in the text and answers yes or no; none of
+them looks at context (the detector does that). Blockchain checksums live in ``pii_crypto``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import json
+import re
+from datetime import date
+
+import phonenumbers
+
+_SEPARATORS = str.maketrans("", "", " -")
+# Types whose values people write in groups: allow-globs and pseudonyms see them compacted.
+GROUPED = frozenset(
+    {"PHONE", "CREDIT_CARD", "US_SSN", "IBAN", "US_BANK_ROUTING", "US_ITIN", "UK_NHS"}
+)
+
+
+def compact(value: str) -> str:
+    """The value without the spaces and dashes people group digits with."""
+    return value.translate(_SEPARATORS)
+
+
+def _all_same(digits: str) -> bool:
+    return digits == digits[0] * len(digits)
+
+
+# --- payment cards ---------------------------------------------------------------------------
+
+
+def luhn_ok(digits: str) -> bool:
+    """The Luhn mod-10 check (ISO/IEC 7812-1 annex B) over a string of digits."""
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2:
+            d = d * 2 - 9 if d > 4 else d * 2
+        total += d
+    return total % 10 == 0
+
+
+# Issuer identification number ranges (ISO/IEC 7812) with the lengths each network issues.
+_IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
+    (4, 4, frozenset({13, 16, 19})),  # Visa
+    (51, 55, frozenset({16})),  # Mastercard
+    (2221, 2720, frozenset({16})),  # Mastercard 2-series
+    (34, 34, frozenset({15})),  # American Express
+    (37, 37, frozenset({15})),
+    (300, 305, frozenset({14, 16, 17, 18, 19})),  # Diners Club
+    (36, 36, frozenset({14, 16, 17, 18, 19})),
+    (38, 39, frozenset({14, 16, 17, 18, 19})),
+    (6011, 6011, frozenset({16, 17, 18, 19})),  # Discover
+    (644, 649, frozenset({16, 17, 18, 19})),
+    (65, 65, frozenset({16, 17, 18, 19})),
+    (3528, 3589, frozenset({16, 17, 18, 19})),  # JCB
+    (62, 62, frozenset({16, 17, 18, 19})),  # UnionPay
+    (2200, 2204, frozenset({16, 17, 18, 19})),  # Mir
+    (5018, 5018, frozenset({13, 14, 15, 16, 17, 18, 19})),  # Maestro
+    (5020, 5020, frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (5038, 5038, frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (5893, 5893, frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (6304, 6304, frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (6759, 6763, frozenset({13, 14, 15, 16, 17, 18, 19})),
+)
+
+# Digit groupings printed on cards and in forms: 4-4-4-4 (most), 4-6-5 (Amex), 4-6-4 (Diners),
+# and the 4-4-4-4-x forms of 17-19 digit cards.
+_GROUPINGS = frozenset(
+    {(4, 4, 4, 1), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 4)}
+    | {(4, 4, 4, 4, n) for n in (1, 2, 3)}
+    | {(4, 4, 5), (4, 4, 4, 4, 3)}
+)
+
+
+def is_credit_card(value: str) -> bool:
+    """13-19 digits in a usual grouping, a known issuer range for that length, and Luhn."""
+    seps = {ch for ch in value if not ch.isdigit()}
+    if len(seps) > 1:
+        return False
+    digits = compact(value)
+    if not 13 <= len(digits) <= 19 or _all_same(digits):
+        return False
+    if seps:
+        groups = tuple(len(g) for g in value.split(seps.pop()))
+        if groups not in _GROUPINGS:
+            return False
+    return luhn_ok(digits) and any(
+        lo <= int(digits[: len(str(lo))]) <= hi and len(digits) in lengths
+        for lo, hi, lengths in _IIN
+    )
+
+
+# --- US taxpayer numbers ---------------------------------------------------------------------
+
+# SSA: these two were printed in advertisements and wallets and were never valid for a person.
+_SSN_VOID = frozenset({"078051120", "219099999"})
+
+
+def _nine_digits(value: str) -> str | None:
+    seps = {ch for ch in value if not ch.isdigit()}
+    digits = compact(value)
+    if len(digits) != 9 or len(seps) > 1:
+        return None
+    return digits
+
+
+def is_us_ssn(value: str) -> bool:
+    """SSA rules: area not 000, 666 or 900-999; group not 00; serial not 0000."""
+    d = _nine_digits(value)
+    if d is None or d in _SSN_VOID:
+        return False
+    area = int(d[:3])
+    return 0 < area < 900 and area != 666 and d[3:5] != "00" and d[5:] != "0000"
+
+
+def is_us_itin(value: str) -> bool:
+    """IRS: 9xx, then a group in 50-65, 70-88, 90-92 or 94-99, then four digits."""
+    d = _nine_digits(value)
+    if d is None or d[0] != "9":
+        return False
+    g = int(d[3:5])
+    return 50 <= g <= 65 or 70 <= g <= 88 or 90 <= g <= 92 or 94 <= g <= 99
+
+
+# --- bank numbers -----------------------------------------------------------------------------
+
+# ISO 13616 IBAN registry (SWIFT, release 2024): total length per country code.
+_IBAN_REGISTRY = (
+    "AD:24 AE:23 AL:28 AT:20 AZ:28 BA:20 BE:16 BG:22 BH:22 BI:27 BR:29 BY:28 CH:21 CR:22 "
+    "CY:28 CZ:24 DE:22 DJ:27 DK:18 DO:28 EE:20 EG:29 ES:24 FI:18 FK:18 FO:18 FR:27 GB:22 "
+    "GE:22 GI:23 GL:18 GR:27 GT:28 HR:21 HU:28 IE:22 IL:23 IQ:23 IS:26 IT:27 JO:30 KW:30 "
+    "KZ:20 LB:28 LC:32 LI:21 LT:20 LU:20 LV:21 LY:25 MC:27 MD:24 ME:22 MK:19 MN:20 MR:27 "
+    "MT:31 MU:30 NI:28 NL:18 NO:15 OM:23 PK:24 PL:28 PS:29 PT:25 QA:29 RO:24 RS:22 RU:33 "
+    "SA:24 SC:31 SD:18 SE:24 SI:19 SK:24 SM:27 SO:23 ST:25 SV:28 TL:23 TN:24 TR:26 UA:29 "
+    "VA:22 VG:24 XK:20 YE:30"
+)
+_IBAN_LENGTH = {c: int(n) for c, n in (item.split(":") for item in _IBAN_REGISTRY.split())}
+
+
+def is_iban(value: str) -> bool:
+    """ISO 13616: registered country, its length, and mod 97 == 1 (ISO 7064) over the rotation."""
+    iban = value.replace(" ", "")
+    if _IBAN_LENGTH.get(iban[:2]) != len(iban) or not iban.isalnum():
+        return False
+    rotated = iban[4:] + iban[:4]
+    # Letters count as 10..35 (A..Z), which int(ch, 36) gives for both digits and letters.
+    return int("".join(str(int(ch, 36)) for ch in rotated)) % 97 == 1
+
+
+def is_aba_routing(value: str) -> bool:
+    """ABA routing number: a valid Federal Reserve prefix and the 3-7-1 weighted checksum."""
+    d = compact(value)
+    if len(d) != 9 or not d.isdigit() or _all_same(d):
+        return False
+    prefix = int(d[:2])
+    # 00 government, 01-12 Federal Reserve districts, 21-32 thrifts, 61-72 electronic, 80 travellers
+    if not (prefix <= 12 or 21 <= prefix <= 32 or 61 <= prefix <= 72 or prefix == 80):
+        return False
+    n = [ord(c) - 48 for c in d]
+    return (3 * (n[0] + n[3] + n[6]) + 7 * (n[1] + n[4] + n[7]) + n[2] + n[5] + n[8]) % 10 == 0
+
+
+def is_uk_nhs(value: str) -> bool:
+    """NHS number: ten digits whose tenth is the mod-11 check of the first nine (weights 10..2)."""
+    d = compact(value)
+    if len(d) != 10 or not d.isdigit() or _all_same(d):
+        return False
+    check = 11 - sum(int(c) * w for c, w in zip(d, range(10, 1, -1), strict=False)) % 11
+    if check == 11:
+        check = 0
+    return check != 10 and check == int(d[9])
+
+
+# --- network and contact ----------------------------------------------------------------------
+
+# Extensions that look like a TLD after an "@2x"-style asset name but are not mail domains.
+_FILE_EXTENSIONS = (
+    "png jpg jpeg gif svg webp bmp ico tif tiff css js mjs ts tsx jsx json yaml yml toml txt "
+    "log csv lock html htm xml md rst java kt rb go rs py pyc so dll exe bin wasm zip gz tar"
+)
+_FILE_TLDS = frozenset(_FILE_EXTENSIONS.split())
+
+
+def is_email(value: str) -> bool:
+    """RFC 5321 sizes (64 local, 253 domain), no empty atoms, labels without edge hyphens."""
+    local, _, domain = value.rpartition("@")
+    if not 0 < len(local) <= 64 or len(domain) > 253 or ".." in local:
+        return False
+    if local[0] == "." or local[-1] == ".":
+        return False
+    labels = domain.split(".")
+    tld = labels[-1].lower()
+    if tld in _FILE_TLDS or not tld.isalpha():
+        return False
+    return all(0 < len(lb) <= 63 and lb[0] != "-" and lb[-1] != "-" for lb in labels)
+
+
+def is_ipv4(value: str) -> bool:
+    """Four decimal octets 0-255 without leading zeros (which some parsers read as octal)."""
+    parts = value.split(".")
+    return len(parts) == 4 and all(
+        p.isdigit() and int(p) <= 255 and (p == "0" or p[0] != "0") for p in parts
+    )
+
+
+def is_ipv6(value: str) -> bool:
+    """An RFC 4291 text address with enough groups that it is no C++ scope or clock time."""
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    groups = [g for g in value.split(":") if g]
+    if len(groups) >= 3:
+        return True
+    # "fe80::1" is an address; "dead::beef" or "a::b" are more likely code.
+    return len(groups) == 2 and any(c.isdigit() for c in value) and sum(map(len, groups)) >= 5
+
+
+def is_phone(value: str, region: str | None) -> bool:
+    """A number the ITU plan (via libphonenumber metadata) says is assignable, not just dialable."""
+    try:
+        number = phonenumbers.parse(value, region)
+    except phonenumbers.NumberParseException:
+        return False
+    return phonenumbers.is_valid_number(number)
+
+
+# --- identity documents -----------------------------------------------------------------------
+
+_MONTHS = {
+    m: i
+    for i, names in enumerate(
+        (
+            ("jan", "january"),
+            ("feb", "february"),
+            ("mar", "march"),
+            ("apr", "april"),
+            ("may",),
+            ("jun", "june"),
+            ("jul", "july"),
+            ("aug", "august"),
+            ("sep", "sept", "september"),
+            ("oct", "october"),
+            ("nov", "november"),
+            ("dec", "december"),
+        ),
+        start=1,
+    )
+    for m in names
+}
+_NUMERIC_DATE = re.compile(r"(\d{1,4})([-/.])(\d{1,2})\2(\d{1,4})")
+_WORDY_DATE = re.compile(
+    r"(?:(?P<d1>\d{1,2})(?:st|nd|rd|th)?\s+(?:of\s+)?(?P<m1>[a-z]+)\.?,?\s+"
+    r"|(?P<m2>[a-z]+)\.?\s+(?P<d2>\d{1,2})(?:st|nd|rd|th)?,?\s+"
+    r"|(?P<d3>\d{1,2})-(?P<m3>[a-z]+)-)(?P<y>\d{4})",
+    re.IGNORECASE,
+)
+
+
+def _real_date(year: int, month: int, day: int) -> bool:
+    if year < 100:  # two-digit years in birth dates: 30-99 are the 1900s
+        year += 1900 if year >= 30 else 2000
+    if not 1900 <= year <= date.today().year:
+        return False
+    try:
+        date(year, month, day)
+    except ValueError:
+        return False
+    return True
+
+
+def is_birth_date(value: str) -> bool:
+    """A real past calendar date (1900 onwards) in ISO, US, European or spelled-out order."""
+    m = _NUMERIC_DATE.fullmatch(value)
+    if m:
+        a, b, c = m.group(1), m.group(3), m.group(4)
+        if len(a) == 4:
+            return _real_date(int(a), int(b), int(c))
+        if len(a) > 2 or len(c) not in (2, 4):
+            return False
+        # Month-first (US) or day-first (most elsewhere): either reading will do.
+        return _real_date(int(c), int(a), int(b)) or _real_date(int(c), int(b), int(a))
+    w = _WORDY_DATE.fullmatch(value)
+    if w is None:
+        return False
+    month = _MONTHS.get((w.group("m1") or w.group("m2") or w.group("m3")).lower())
+    day = int(w.group("d1") or w.group("d2") or w.group("d3"))
+    return month is not None and _real_date(int(w.group("y")), month, day)
+
+
+def is_driver_license(value: str) -> bool:
+    """Shaped like a state licence number (5+ digits) and not a date that happens to fit."""
+    digits = sum(c.isdigit() for c in value)
+    return digits >= 5 and not _all_same(compact(value)) and not is_birth_date(value)
+
+
+def is_us_passport(value: str) -> bool:
+    """State Department books: nine digits, or since 2021 a letter and eight digits."""
+    return not _all_same(value[-8:])
+
+
+# --- secrets ----------------------------------------------------------------------------------
+
+
+def _b64url_json(part: str) -> object:
+    try:
+        return json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        return None
+
+
+def is_jwt(value: str) -> bool:
+    """RFC 7519: base64url header that decodes to a JSON object naming its "alg"."""
+    header, _, rest = value.partition(".")
+    decoded = _b64url_json(header)
+    return isinstance(decoded, dict) and "alg" in decoded and "." in rest
+
+
+_KEY_PREFIX = re.compile(r"(?:[a-z]+[-_])+")
+
+
+def is_random_token(value: str, *, mixed_case: bool = True) -> bool:
+    """The random part of a provider key: two of upper, lower and digits (base62), or digits."""
+    prefix = _KEY_PREFIX.match(value)
+    tail = value[prefix.end() :] if prefix else value
+    has_digit = any(c.isdigit() for c in tail)
+    if not mixed_case:
+        return has_digit
+    return has_digit + any(c.isupper() for c in tail) + any(c.islower() for c in tail) >= 2

@@ -37,6 +37,19 @@ def _partial(entity: str, value: str) -> str:
     return "****" + value[-4:] if len(value) >= 8 else "****"
 
 
+def replacement(entity: str, value: str, style: MaskStyle, key: bytes | None = None) -> str:
+    """What one found value becomes under ``style``."""
+    if style == "placeholder":
+        return f"[{entity}]"
+    if style == "partial":
+        return _partial(entity, value)
+    if style == "hash":
+        if not key:
+            raise ValueError("mask style 'hash' needs a key (HMAC-SHA256)")
+        return _pseudonym(entity, value, key)
+    raise ValueError(f"unknown mask style {style!r}; expected one of {', '.join(STYLES)}")
+
+
 def mask(
     text: str,
     matches: Sequence[PiiMatch],
@@ -54,16 +67,8 @@ def mask(
     for m in sorted(matches, key=lambda m: m.start):
         if m.start < pos:
             continue  # overlaps one already masked; find() never returns such pairs
-        value = text[m.start : m.end]
-        if style == "placeholder":
-            repl = f"[{m.entity}]"
-        elif style == "partial":
-            repl = _partial(m.entity, value)
-        else:
-            assert key is not None
-            repl = _pseudonym(m.entity, value, key)
         out.append(text[pos : m.start])
-        out.append(repl)
+        out.append(replacement(m.entity, text[m.start : m.end], style, key))
         pos = m.end
     out.append(text[pos:])
     return "".join(out)

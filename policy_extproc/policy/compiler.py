@@ -38,14 +38,17 @@ class Target:
 class CompiledPolicy:
     """One policy with its pattern databases, built once per snapshot."""
 
-    __slots__ = ("index", "policy", "request_patterns", "request_targets", "response_patterns",
-                 "response_targets")  # fmt: skip
+    __slots__ = ("index", "pii", "policy", "request_patterns", "request_targets",
+                 "response_patterns", "response_targets")  # fmt: skip
 
     def __init__(self, policy: Policy, index: int) -> None:
+        from .privacy import build_detectors
+
         self.policy = policy
         self.index = index
         self.request_patterns, self.request_targets = _patterns(policy, "request")
         self.response_patterns, self.response_targets = _patterns(policy, "response")
+        self.pii = build_detectors(policy)
 
 
 def _patterns(

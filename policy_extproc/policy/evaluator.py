@@ -15,6 +15,7 @@ from ..detect.patterns import Hit, PatternSet, merge_spans
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
 from .decision import Decision, Fired, JsonPath, RequestContext, combine
 from .model import ContentFilterRule, ModelAccessRule
+from .privacy import scan_pii
 
 _MODEL_CACHE_LIMIT = 4096  # model names come from clients: bound what is remembered
 
@@ -196,6 +197,15 @@ def check_request(es: EffectiveSet, ctx: RequestContext) -> Findings:
         return out
     _check_models(es, ctx, req.model, out)
     scan_content(es, "request", req.parts, out)
+    scan_pii(es, "request", req.parts, out)
+    return out
+
+
+def check_response(es: EffectiveSet, parts: Sequence[TextPart]) -> Findings:
+    """Firings and rewrites of the output guardrails (direction response or both)."""
+    out = Findings()
+    scan_content(es, "response", parts, out)
+    scan_pii(es, "response", parts, out)
     return out
 
 

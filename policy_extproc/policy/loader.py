@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ..detect.pii import ENTITIES
 from ..errors import PolicyError, Problem
 from . import fields as f
 from .model import (
@@ -26,11 +27,7 @@ from .model import (
 )
 from .yamlsource import Located, LocatedList, SourceError, load_documents
 
-PII_ENTITIES = (
-    "EMAIL", "PHONE", "CREDIT_CARD", "US_SSN", "IBAN", "IP_ADDRESS", "US_PASSPORT",
-    "US_DRIVER_LICENSE", "DATE_OF_BIRTH", "US_BANK_ROUTING", "US_ITIN", "UK_NHS",
-    "CRYPTO_WALLET", "API_SECRET",
-)  # fmt: skip
+PII_ENTITIES = ENTITIES
 
 POLICY_EXTENSIONS = (".yaml", ".yml", ".json")
 
@@ -405,21 +402,23 @@ def read_paths(
 
 def check_set(policies: list[Policy]) -> list[Problem]:
     """Problems between loaded policies: overridden locks and same-scope rule id clashes."""
-    problems: list[Problem] = []
     ordered = sorted(policies, key=lambda p: p.scope.specificity)
-    by_id = [{r.id: r for r in p.rules} for p in ordered]
-    for i, general in enumerate(ordered):
-        for j in range(i + 1, len(ordered)):
-            specific = ordered[j]
-            if not general.scope.overlaps(specific.scope):
-                continue
-            same_level = general.scope.specificity == specific.scope.specificity
-            for rule in specific.rules:
-                base = by_id[i].get(rule.id)
-                if base is None:
+    # Only rules that share an id can clash: group by id instead of comparing every pair of
+    # policies (quadratic in the policies, times their rules: seconds at 50,000 rules).
+    by_id: dict[str, list[tuple[int, Rule]]] = {}
+    for i, p in enumerate(ordered):
+        for r in p.rules:
+            by_id.setdefault(r.id, []).append((i, r))
+    found: list[tuple[tuple[int, int, int], Problem]] = []
+    for defs in by_id.values():
+        for a, (i, base) in enumerate(defs):
+            general = ordered[i]
+            for j, rule in defs[a + 1 :]:
+                specific = ordered[j]
+                if i == j or not general.scope.overlaps(specific.scope):
                     continue
                 where = f"policy '{general.name}' ({general.file}:{base.line})"
-                if same_level:
+                if general.scope.specificity == specific.scope.specificity:
                     msg = (f"rule id {rule.id!r} is also defined by {where} with the same scope; "
                            "neither can override the other")
                 elif base.final:
@@ -429,9 +428,9 @@ def check_set(policies: list[Policy]) -> list[Problem]:
                            "an override must keep the type")
                 else:
                     continue
-                problems.append(Problem(specific.file, rule.line, msg, specific.name,
-                                        rule.index, rule.type))  # fmt: skip
-    return problems
+                found.append(((i, j, rule.index), Problem(specific.file, rule.line, msg,
+                                                          specific.name, rule.index, rule.type)))  # fmt: skip
+    return [problem for _, problem in sorted(found, key=lambda f: f[0])]
 
 
 __all__ = ["PER", "PII_ENTITIES", "check_set", "load_paths", "load_sources", "policy_files"]

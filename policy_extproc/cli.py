@@ -170,6 +170,13 @@ def _guess_path(body: bytes) -> str:
     type=int,
     help="Largest request body; must agree with Envoy's buffer limits.",
 )
+@click.option("--alert-webhook", default=None, help="URL that receives budget and approval alerts.")
+@click.option(
+    "--budget-time-zone",
+    default="UTC",
+    show_default=True,
+    help="Time zone of budget days and months (IANA name).",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -186,6 +193,8 @@ def serve(
     otlp_endpoint: str | None,
     catalog: str | None,
     max_body_bytes: int,
+    alert_webhook: str | None,
+    budget_time_zone: str,
     workers: int,
     log_level: str,
 ) -> None:
@@ -208,6 +217,8 @@ def serve(
         otlp_endpoint=otlp_endpoint,
         catalog=catalog,
         max_body_bytes=max_body_bytes,
+        alert_webhook=alert_webhook,
+        budget_time_zone=budget_time_zone,
     )
     try:
         asyncio.run(run(config))

@@ -24,9 +24,11 @@ from grpc_reflection.v1alpha import reflection
 
 from .audit.chain import AuditLog
 from .audit.sink import AuditSink, FanoutSink, JsonlSink
+from .enforce import limits
+from .enforce.alerts import AlertNotifier
 from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
 from .enforce.servicer import Authorization, ExternalProcessor
-from .errors import PolicyError
+from .errors import PolicyError, StateError
 from .llm.catalog import load_catalog
 from .policy.store import PolicyStore
 from .state.base import StateBackend
@@ -54,6 +56,8 @@ class ServerConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
+    alert_webhook: str | None = None
+    budget_time_zone: str = "UTC"
 
 
 class Sidecar:
@@ -66,6 +70,7 @@ class Sidecar:
         self.port = 0
         self._server: grpc.aio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
+        self._sweep: asyncio.Task[None] | None = None
         self.health = HealthServicer()
         self.sink: AuditSink | None = None
         self.state: StateBackend | None = None
@@ -77,12 +82,17 @@ class Sidecar:
         self.catalog = load_catalog(cfg.catalog)
         self.state = self._open_state()
         self.sink = FanoutSink(self._open_sinks())
+        self.alerts = AlertNotifier(cfg.alert_webhook)
         self.engine = Engine(
             self.store,
             self.sink,
-            EngineConfig(max_body_bytes=cfg.max_body_bytes),
+            EngineConfig(
+                max_body_bytes=cfg.max_body_bytes,
+                limits=limits.Settings(time_zone=cfg.budget_time_zone),
+            ),
             state=self.state,
             catalog=self.catalog,
+            alerts=self.alerts,
         )
         limit = cfg.max_body_bytes + _GRPC_OVERHEAD
         server = grpc.aio.server(
@@ -114,6 +124,7 @@ class Sidecar:
         for service in ("", EXT_PROC, EXT_AUTHZ):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_policies())
+        self._sweep = asyncio.create_task(self._sweep_reservations())
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(
@@ -165,14 +176,28 @@ class Sidecar:
             except Exception:
                 log.exception("policy reload failed")
 
+    async def _sweep_reservations(self) -> None:
+        # Reservations whose response never came (sidecar restarted mid-request, stream lost)
+        # go back after their ttl; admit and reconcile also sweep their own org lazily.
+        while True:
+            await asyncio.sleep(30)
+            try:
+                await self.engine.state.expire_reservations()
+            except StateError as exc:
+                log.warning("reservation sweep failed: %s", exc)
+
     async def stop(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
+        for task in (self._watch, self._sweep):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self.config.grace_s)
+        if hasattr(self, "engine"):
+            await self.engine.drain()
+            await self.alerts.close()
         if self.sink is not None:
             self.sink.close()
         if self.state is not None:

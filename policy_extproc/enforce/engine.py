@@ -8,26 +8,30 @@ answer cannot lose the record).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from ..audit.builder import record_for
 from ..audit.sink import AuditSink
-from ..errors import BodyTooLarge, PolicyExtprocError, RequestError
+from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, parse_request, rewrite_request
 from ..llm.response import SseParser, Usage, parse_response
 from ..policy.compiler import EffectiveSet, Snapshot
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
 from ..policy.decision import Decision, RequestContext
-from ..policy.evaluator import check_request, decide
+from ..policy.evaluator import Findings, check_request, decide
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
-from . import responses
+from . import limits, responses
+from .alerts import AlertNotifier
+from .limits import needs_state
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ _TRACE_HEADERS = ("traceparent", "tracestate")
 class EngineConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     identity: IdentityConfig = DEFAULT_IDENTITY
+    limits: limits.Settings = field(default_factory=limits.Settings)
 
 
 @dataclass(slots=True)
@@ -62,10 +67,13 @@ class Exchange:
     usage: Usage | None = None
     finished: bool = False
     error_code: str | None = None
+    plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
+    request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
     def request_id(self) -> str:
-        return self.headers.get("x-request-id", "")
+        # Envoy generates x-request-id (generate_request_id); direct gRPC callers may not.
+        return self.headers.get("x-request-id") or self.request_id_fallback
 
     @property
     def trace_context(self) -> dict[str, str] | None:
@@ -84,12 +92,16 @@ class Engine:
         *,
         state: StateBackend | None = None,
         catalog: Catalog | None = None,
+        alerts: AlertNotifier | None = None,
     ) -> None:
         self.store = store
         self.sink = sink
         self.config = config or EngineConfig()
         self.state: StateBackend = state if state is not None else MemoryState()
         self.catalog = catalog if catalog is not None else load_catalog()
+        self.degraded_count = 0  # decisions admitted without the state backend (fail open)
+        self.alerts = alerts if alerts is not None else AlertNotifier(None)
+        self._background: set[asyncio.Task[None]] = set()
 
     def begin(
         self, headers: Mapping[str, str], claims: Mapping[str, Any] | None = None
@@ -107,7 +119,7 @@ class Engine:
             return self.refuse(ex, exc)
         return None
 
-    def decide_request(
+    async def decide_request(
         self, ex: Exchange, body: bytes, *, complete: bool, claims: Mapping[str, Any] | None = None
     ) -> tuple[Decision, bytes | None]:
         """The decision for a request whose body (possibly empty) has arrived, and its new body."""
@@ -139,18 +151,96 @@ class Engine:
             ex.headers, request, claims=claims, config=self.config.identity
         )
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-        decision = decide(es, ctx, check_request(es, ctx))
+        findings = check_request(es, ctx)
+        extra: dict[str, Any] = {}
+        if request is not None and needs_state(es) and _passes(findings):
+            try:
+                extra = await self._admit(ex, es, ctx, findings)
+            except PolicyExtprocError as exc:  # missing identity, state unavailable (closed)
+                return self.refuse(ex, exc), None
+        decision = decide(es, ctx, findings, **extra)
+        if decision.action == "throttle" and decision.throttle is not None:
+            decision = replace(decision, code=decision.throttle.code)
         new_body = None
+        fields = self._set_fields(ex)
         if (
             request is not None
-            and (decision.new_texts or decision.reroute_model)
+            and (decision.new_texts or decision.reroute_model or fields)
             and decision.action in ("allow", "modify")
         ):
             # A reroute's model mapping rewrites ``model`` too (DESIGN.md s7).
-            new_body = rewrite_request(request, decision.new_texts, model=decision.reroute_model)
+            new_body = rewrite_request(
+                request, decision.new_texts, model=decision.reroute_model, set_fields=fields
+            )
         ex.decision = decision
         self._audit(ex, decision)
         return decision, new_body
+
+    async def _admit(
+        self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
+    ) -> dict[str, Any]:
+        """Consume every limiter and reserve every budget of the request, all or none."""
+        now = time.time()
+        p = limits.plan(es, ctx, self.catalog, self.config.limits, now)
+        if p.empty:
+            return {}
+        alerts = (
+            []
+            if p.price_known
+            else [
+                f"model {ctx.request.model!r} has no price in the "  # type: ignore[union-attr]
+                "catalog: cost estimated at the fallback price"
+            ]
+        )
+        try:
+            adm = await self.state.admit(
+                ctx.org or "-",
+                ex.request_id,
+                p.limits,
+                p.budgets,
+                now=now,
+                reservation_ttl_s=self.config.limits.reservation_ttl_s,
+            )
+        except StateError as exc:
+            if not p.fail_open:
+                raise StateError(
+                    f"limits and budgets cannot be checked ({exc.message}); "
+                    "failing closed (on_error: closed)"
+                ) from exc
+            log.warning("state backend unavailable, admitting (on_error: open): %s", exc)
+            self.degraded_count += 1
+            return {"degraded": ("state_unavailable:open",), "alerts": tuple(alerts)}
+        oc = limits.outcome(p, adm, now)
+        if adm.admitted:
+            ex.plan = p
+        alerts.extend(oc.alerts)
+        for text in alerts:
+            self.alerts.notify(
+                {
+                    "alert": text,
+                    "org": ctx.org,
+                    "team": ctx.team,
+                    "user": ctx.user,
+                    "model": ctx.request.model if ctx.request else None,
+                    "request_id": ex.request_id,
+                }
+            )
+        findings.fired.extend(oc.fired)
+        return {"alerts": tuple(alerts), "throttle": oc.throttle}
+
+    def _set_fields(self, ex: Exchange) -> dict[str, Any]:
+        """Body fields to add: ask a streamed OpenAI answer for its usage when a budget needs it."""
+        req = ex.request
+        if ex.plan is None or req is None or not req.stream:
+            return {}
+        if req.api not in ("openai.chat", "openai.completions"):
+            return {}  # Anthropic and the Responses API always report usage in the stream
+        opts = req.body.get("stream_options")
+        if isinstance(opts, dict) and opts.get("include_usage") is True:
+            return {}
+        return {
+            "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+        }
 
     def refuse(self, ex: Exchange, exc: PolicyExtprocError) -> Decision:
         """Refuse the request for an error, audited with whatever identity it carried."""
@@ -214,16 +304,61 @@ class Engine:
                 ex.usage = parse_response(ex.request.api, b"".join(ex.response_chunks)).usage
             except PolicyExtprocError:
                 ex.usage = None
+        cost = None
         if ex.usage is not None:
-            self._audit_usage(ex, ex.usage)
+            cost = self.catalog.cost(ex.request.model, ex.usage)
+            if cost is None and ex.plan is not None:
+                cost = limits.fallback_cost(self.config.limits, ex.usage)
+            # The response record carries usage and cost; the request's alerts were its own.
+            usage = (ex.usage.input_tokens, ex.usage.output_tokens)
+            self._audit(
+                ex, replace(ex.decision, alerts=()), usage=usage, cost_usd=cost, phase="response"
+            )
+        if ex.plan is not None:
+            self._spawn(self._settle(ex, ex.plan, ex.usage, cost))
 
-    def _audit_usage(self, ex: Exchange, usage: Usage) -> None:
-        decision = ex.decision
-        assert decision is not None
-        self._audit(ex, decision, usage=(usage.input_tokens, usage.output_tokens), phase="response")
+    async def _settle(
+        self, ex: Exchange, p: limits.Plan, usage: Usage | None, cost: float | None
+    ) -> None:
+        """Replace the reservation with the real cost, or give it back (provider error)."""
+        org = ex.ctx.org or "-"
+        try:
+            if usage is not None and cost is not None and 200 <= ex.status < 300:
+                tokens = usage.input_tokens + usage.output_tokens
+                await self.state.reconcile(
+                    org,
+                    ex.request_id,
+                    actual_usd=dict.fromkeys(p.budget_keys, cost),
+                    actual_tokens=dict.fromkeys(p.token_keys, tokens),
+                )
+            elif ex.status >= 400 or (ex.status and usage is None and not ex.streaming):
+                # The provider refused or failed: nothing was spent.
+                await self.state.release(org, ex.request_id)
+            # A stream cut short keeps its reservation until it expires: the provider may have
+            # charged for what it generated, and the estimate is the better guess.
+        except StateError as exc:
+            log.warning("could not settle the reservation of %s: %s", ex.request_id, exc)
+
+    def _spawn(self, coro: Any) -> None:
+        # Off the response path: the client's bytes never wait for Redis.
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background settlements (shutdown)."""
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
 
 
 def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:
     from dataclasses import replace
 
     return replace(ctx, request_id=request_id)
+
+
+def _passes(findings: Findings) -> bool:
+    """Whether the request-only rules let it through (only then are limits consumed)."""
+    return not any(
+        f.mode == "enforce" and f.action in ("block", "escalate") for f in findings.fired
+    )

@@ -30,7 +30,7 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
+async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
     """Decide one ext_authz CheckRequest."""
     attrs = request.attributes
     http = attrs.request.http
@@ -56,7 +56,7 @@ def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
         # is shorter than its declared length, and is refused rather than half-evaluated.
         declared = headers.get("content-length", "")
         complete = not (declared.isdigit() and int(declared) > len(body))
-        decision, _ = engine.decide_request(ex, body, complete=complete)
+        decision, _ = await engine.decide_request(ex, body, complete=complete)
     except PolicyExtprocError as exc:
         decision = engine.refuse(ex, exc)
     except Exception:

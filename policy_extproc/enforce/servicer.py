@@ -63,4 +63,4 @@ class Authorization(external_auth_pb2_grpc.AuthorizationServicer):
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
     ) -> CheckResponse:
-        return extauthz.check(self.engine, request)
+        return await extauthz.check(self.engine, request)

@@ -55,7 +55,7 @@ class ExtProcStream:
     async def handle(self, ev: Event) -> Reply:
         """The reply to one message; never raises."""
         try:
-            return self._handle(ev)
+            return await self._handle(ev)
         except PolicyExtprocError as exc:
             return self._fail(exc)
         except Exception as exc:  # a bug of ours must not become Envoy's generic 500
@@ -64,25 +64,25 @@ class ExtProcStream:
                 InternalError(f"internal error while processing {ev.phase}: {type(exc).__name__}")
             )
 
-    def _handle(self, ev: Event) -> Reply:
+    async def _handle(self, ev: Event) -> Reply:
         phase, state = ev.phase, self.state
         if phase in ("request_trailers", "response_trailers"):
             return Continue(phase=phase)
         if phase == "request_headers" and state is State.START:
-            return self._request_headers(ev)
+            return await self._request_headers(ev)
         if phase == "request_body" and state is State.BODY:
-            return self._request_body(ev.body, complete=ev.end_of_stream)
+            return await self._decide(ev.body, complete=ev.end_of_stream, phase="request_body")
         if phase == "response_headers" and state is State.RESPONSE:
             return self._response_headers(ev)
         if phase == "response_body" and state is State.RESPONSE_BODY:
             return self._response_body(ev)
         raise ProtocolError(f"unexpected {phase or 'unknown message'} in state {state.value}")
 
-    def _request_headers(self, ev: Event) -> Reply:
+    async def _request_headers(self, ev: Event) -> Reply:
         self.exchange = ex = self.engine.begin(ev.headers, ev.claims)
         self.claims = ev.claims
         if ev.end_of_stream:
-            return self._decide(b"", complete=True, phase="request_headers")
+            return await self._decide(b"", complete=True, phase="request_headers")
         early = self.engine.early_refusal(ex)
         if early is not None:
             self.state = State.DONE
@@ -90,13 +90,10 @@ class ExtProcStream:
         self.state = State.BODY
         return Continue(phase="request_headers")
 
-    def _request_body(self, body: bytes, *, complete: bool) -> Reply:
-        return self._decide(body, complete=complete, phase="request_body")
-
-    def _decide(self, body: bytes, *, complete: bool, phase: str) -> Reply:
+    async def _decide(self, body: bytes, *, complete: bool, phase: str) -> Reply:
         ex = self.exchange
         assert ex is not None
-        decision, new_body = self.engine.decide_request(
+        decision, new_body = await self.engine.decide_request(
             ex, body, complete=complete, claims=self.claims
         )
         if decision.action in ("block", "throttle", "escalate"):

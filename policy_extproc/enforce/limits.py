@@ -1,0 +1,277 @@
+"""Rate limits and cost budgets of one request: what to ask the state backend, and what it means.
+
+``plan`` turns the rules in force into limiter and budget specs (keys per user, team or org, a
+calendar period for budgets, the estimated cost reserved now); ``outcome`` turns the backend's
+``Admission`` back into firings, 429 figures and alerts. Both are pure; the engine does the I/O.
+
+Token limits charge the *estimated* tokens at admission, so a token limit bites on the request
+that would exceed it, not the next one; ``reconcile`` then corrects by the real usage.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from ..errors import MissingIdentity
+from ..llm.catalog import Catalog
+from ..llm.response import Usage
+from ..llm.tokens import estimate_request_tokens
+from ..policy.compiler import EffectiveRule, EffectiveSet
+from ..policy.decision import Fired, RequestContext, Throttle
+from ..policy.model import CostBudgetRule, ModelAccessRule, RateLimitRule
+from ..state.base import Admission, BudgetSpec, LimitSpec
+from ..state.budget_period import budget_period
+
+_HEADER = {"user": "x-user-id", "team": "x-team-id", "org": "x-org-id"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How costs are estimated before the response says what they were."""
+
+    default_output_tokens: int = 1024  # when the request sets no max_tokens
+    # A model the catalog does not know is priced like an expensive one, so a budget can't be
+    # escaped by naming an unknown model; the decision says the price was a guess.
+    unknown_input_per_mtok: float = 15.0
+    unknown_output_per_mtok: float = 60.0
+    time_zone: str = "UTC"  # calendar days and months of budgets
+    reservation_ttl_s: float = 600.0
+
+
+@dataclass(slots=True)
+class Owner:
+    """Which rule a limiter or budget key belongs to."""
+
+    rule: EffectiveRule
+    per: str
+    subject: str
+    kind: str  # requests, tokens, budget
+    period_end: float = 0.0
+    alert_at: tuple[float, ...] = ()
+
+
+@dataclass(slots=True)
+class Plan:
+    limits: list[LimitSpec] = field(default_factory=list)
+    budgets: list[BudgetSpec] = field(default_factory=list)
+    owners: dict[str, Owner] = field(default_factory=dict)
+    fail_open: bool = True  # every rule involved says on_error: open
+    input_tokens: int = 0
+    output_tokens: int = 0
+    estimated_usd: float = 0.0
+    price_known: bool = True
+
+    @property
+    def empty(self) -> bool:
+        return not self.limits and not self.budgets
+
+    @property
+    def token_keys(self) -> list[str]:
+        return [k for k, o in self.owners.items() if o.kind == "tokens"]
+
+    @property
+    def budget_keys(self) -> list[str]:
+        return [k for k, o in self.owners.items() if o.kind == "budget"]
+
+
+def needs_state(es: EffectiveSet) -> bool:
+    """Whether any limiter or budget could apply in this scope (decided once per scope)."""
+    if es.rules_of("rate_limit") or es.rules_of("cost_budget"):
+        return True
+    return any(e.rule.max_cost_per_day for e in es.rules_of("model_access"))  # type: ignore[attr-defined]
+
+
+def _subject(ctx: RequestContext, per: str, e: EffectiveRule) -> str:
+    value = {"user": ctx.user, "team": ctx.team, "org": ctx.org}[per]
+    if not value:
+        raise MissingIdentity(
+            f"rule '{e.rule.id}' of policy '{e.policy_name}' limits per {per}, but the request "
+            f"names no {per} (header {_HEADER[per]} or a verified token claim)"
+        )
+    return value
+
+
+def plan(
+    es: EffectiveSet, ctx: RequestContext, catalog: Catalog, settings: Settings, now: float
+) -> Plan:
+    """Every limiter and budget this request must pass, with its estimated tokens and cost."""
+    p = Plan()
+    req = ctx.request
+    if req is None:
+        return p
+    p.input_tokens = estimate_request_tokens(req)
+    p.output_tokens = req.max_tokens or settings.default_output_tokens
+    cost = catalog.estimate_cost(req.model, p.input_tokens, p.output_tokens)
+    if cost is None:
+        p.price_known = False
+        cost = (
+            p.input_tokens * settings.unknown_input_per_mtok
+            + p.output_tokens * settings.unknown_output_per_mtok
+        ) / 1e6
+    p.estimated_usd = cost
+    tokens = p.input_tokens + p.output_tokens
+    for e in es.rules_of("rate_limit"):
+        rl: RateLimitRule = e.rule  # type: ignore[assignment]
+        p.fail_open &= rl.on_error == "open"
+        for per in rl.per:
+            subject = _subject(ctx, per, e)
+            base = f"rl:{per}:{subject}:{e.policy_name}:{rl.id}"
+            if rl.requests is not None:
+                key = f"{base}:req"
+                p.limits.append(LimitSpec(key, rl.requests, rl.window_s, rl.burst, 1))
+                p.owners[key] = Owner(e, per, subject, "requests")
+            if rl.tokens is not None:
+                key = f"{base}:tok"
+                p.limits.append(LimitSpec(key, rl.tokens, rl.window_s, 0, tokens, estimated=True))
+                p.owners[key] = Owner(e, per, subject, "tokens")
+    for e in es.rules_of("cost_budget"):
+        cb: CostBudgetRule = e.rule  # type: ignore[assignment]
+        p.fail_open &= cb.on_error == "open"
+        for per in cb.per:
+            _budget(
+                p,
+                e,
+                ctx,
+                per,
+                cb.period,
+                cb.limit_usd,
+                cb.action == "block",
+                cb.alert_at,
+                settings,
+                now,
+                cb.id,
+            )
+    for e in es.rules_of("model_access"):
+        ma: ModelAccessRule = e.rule  # type: ignore[assignment]
+        if ma.max_cost_per_day is None:
+            continue
+        if ma.roles is not None and not ctx.roles.intersection(ma.roles):
+            continue
+        # The seed's shorthand: a per-user daily budget, enforced, alerting at 50/80/100 %.
+        p.fail_open = False
+        _budget(
+            p,
+            e,
+            ctx,
+            "user",
+            "day",
+            ma.max_cost_per_day,
+            True,
+            (0.5, 0.8, 1.0),
+            settings,
+            now,
+            f"{ma.id}.max_cost_per_day",
+        )
+    return p
+
+
+def _budget(
+    p: Plan,
+    e: EffectiveRule,
+    ctx: RequestContext,
+    per: str,
+    period: str,
+    limit: float,
+    enforce: bool,
+    alert_at: tuple[float, ...],
+    settings: Settings,
+    now: float,
+    rule_id: str,
+) -> None:
+    subject = _subject(ctx, per, e)
+    bp = budget_period(period, now, settings.time_zone)  # type: ignore[arg-type]
+    key = f"b:{per}:{subject}:{e.policy_name}:{rule_id}:{bp.label}"
+    p.budgets.append(BudgetSpec(key, limit, p.estimated_usd, bp.expires_at, enforce))
+    p.owners[key] = Owner(e, per, subject, "budget", bp.end, alert_at)
+
+
+def fallback_cost(settings: Settings, usage: Usage) -> float:
+    """The cost of ``usage`` of a model the catalog does not price."""
+    return (
+        usage.input_tokens * settings.unknown_input_per_mtok
+        + usage.output_tokens * settings.unknown_output_per_mtok
+    ) / 1e6
+
+
+def _fire(o: Owner, action: str, reason: str) -> Fired:
+    e = o.rule
+    return Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, e.policy.policy.mode)
+
+
+@dataclass(slots=True)
+class Outcome:
+    fired: list[Fired] = field(default_factory=list)
+    throttle: Throttle | None = None
+    alerts: list[str] = field(default_factory=list)
+
+
+def outcome(p: Plan, adm: Admission, now: float) -> Outcome:
+    """Firings, 429 figures and alerts of one admission."""
+    out = Outcome()
+    for b in adm.budgets:
+        o = p.owners[b.key]
+        for t in b.crossed(o.alert_at):
+            out.alerts.append(
+                f"budget {o.rule.policy_name}/{o.rule.rule.id} per {o.per} "
+                f"{o.subject}: {t:.0%} of ${b.limit_usd:.2f} reached "
+                f"(${b.spent_after_usd:.2f})"
+            )
+        if not b.enforce and b.fraction > 1.0:
+            out.fired.append(
+                _fire(o, "notify", f"budget ${b.limit_usd:.2f} per {o.per} exceeded (notify only)")
+            )
+    if adm.admitted:
+        tight = adm.tightest
+        if tight is not None:
+            out.throttle = Throttle(
+                tight.limit, max(0, min(tight.remaining, tight.limit)), tight.reset_after_s, 0.0
+            )
+        return out
+    key = adm.denied_by or ""
+    denied = p.owners.get(key)
+    if denied is None:
+        return out
+    o = denied
+    if o.kind == "budget":
+        b = next(x for x in adm.budgets if x.key == key)
+        wait = max(1.0, o.period_end - now)
+        reason = (
+            f"{_period_word(o)} budget of ${b.limit_usd:.2f} per {o.per} reached "
+            f"(${b.spent_before_usd:.2f} spent, this request needs ~${p.estimated_usd:.4f})"
+        )
+        out.fired.append(_fire(o, "throttle", reason))
+        out.throttle = Throttle(math.ceil(b.limit_usd), 0, wait, wait, "budget_exceeded")
+        out.alerts.append(
+            f"blocked by budget {o.rule.policy_name}/{o.rule.rule.id} per {o.per} {o.subject}"
+        )
+        return out
+    state = next(x for x in adm.limits if x.key == key)
+    rl: RateLimitRule = o.rule.rule  # type: ignore[assignment]
+    unit = "requests" if o.kind == "requests" else "tokens"
+    if math.isinf(state.retry_after_s):
+        # More tokens than the limit allows at once: waiting will never help.
+        out.fired.append(
+            _fire(
+                o,
+                "block",
+                f"request needs more {unit} than the limit of "
+                f"{state.limit} per {rl.window} per {o.per} allows",
+            )
+        )
+        return out
+    out.fired.append(
+        _fire(
+            o,
+            "throttle",
+            f"rate limit of {state.limit} {unit} per {rl.window} per {o.per} exceeded",
+        )
+    )
+    out.throttle = Throttle(state.limit, 0, state.reset_after_s, state.retry_after_s)
+    return out
+
+
+def _period_word(o: Owner) -> str:
+    rule = o.rule.rule
+    period = getattr(rule, "period", "day")
+    return "daily" if period == "day" else "monthly"

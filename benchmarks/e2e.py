@@ -24,6 +24,7 @@ import json
 import shlex
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -194,7 +195,9 @@ def chat_request(port: int, prompt_chars: int) -> bytes:
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        "x-org-id: bench\r\nx-user-id: bench-user\r\n\r\n"
+        # The example policies' org and team: baseline and team rules (model access, keyword,
+        # regex and topic filters, redaction) are all evaluated on every request.
+        "x-org-id: acme\r\nx-team-id: ml\r\nx-user-id: bench-user\r\n\r\n"
     )
     return head.encode() + body.encode()
 
@@ -207,7 +210,8 @@ class SidecarCommand(ManagedProcess):
 
     def __init__(self, command: str) -> None:
         port = free_port()
-        argv = shlex.split(command.format(listen=f"127.0.0.1:{port}", port=port))
+        audit = Path(tempfile.mkdtemp(prefix="bench-audit-")) / "audit.jsonl"
+        argv = shlex.split(command.format(listen=f"127.0.0.1:{port}", port=port, audit=audit))
         super().__init__(argv, "sidecar")
         self.port = port
 
@@ -223,15 +227,24 @@ class SidecarCommand(ManagedProcess):
         return self
 
 
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_SIDECAR = (
+    f"{Path(sys.executable).parent / 'policy-extproc'} serve --log-level warning "
+    f"--policies {ROOT / 'examples' / 'policies'} --audit-log {{audit}} --listen {{listen}}"
+)
+
+
 def start_sidecar(command: str | None) -> ManagedProcess:
     """Start the ext_proc server Envoy calls; returns it started, with its port.
 
-    Hook for the real sidecar: --sidecar-cmd runs any command ({listen} and {port} are filled
-    in); without it, the pass-through processor, which answers every phase with nothing to do.
-    When policy_extproc.server can be started in a process of its own with a given port, that
-    belongs here as the default.
+    The real sidecar (`policy-extproc serve` with examples/policies) unless --sidecar-cmd names
+    another command ({listen} and {port} are filled in) or --passthrough asks for the
+    pass-through processor, which answers every phase with nothing to do (Envoy's own cost).
     """
-    sidecar: ManagedProcess = SidecarCommand(command) if command else PassThroughProcess()
+    if command == "passthrough":
+        sidecar: ManagedProcess = PassThroughProcess()
+    else:
+        sidecar = SidecarCommand(command or DEFAULT_SIDECAR)
     return sidecar.start()
 
 
@@ -267,6 +280,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["open", "closed", "both"], default="both")
     parser.add_argument("--prompt-chars", type=int, default=400, help="size of the user prompt")
     parser.add_argument("--sidecar-cmd", help="command starting the sidecar; {listen} is filled in")
+    parser.add_argument(
+        "--passthrough",
+        action="store_true",
+        help="measure a do-nothing ext_proc server instead of the sidecar",
+    )
     parser.add_argument("--no-direct", action="store_true", help="skip the mock-direct target")
     args = parser.parse_args(argv)
 
@@ -274,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         mock = MockProviderProcess("openai").start()
         started.append(mock)
-        sidecar = start_sidecar(args.sidecar_cmd)
+        sidecar = start_sidecar("passthrough" if args.passthrough else args.sidecar_cmd)
         started.append(sidecar)
         ports = EnvoyPorts(
             extproc=sidecar.port,
@@ -293,7 +311,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = {"envoy": without.port, "envoy+ext_proc": with_ext.port}
         if not args.no_direct:
             targets = {"mock (direct)": mock.port, **targets}
-        sidecar_name = args.sidecar_cmd or "pass-through ext_proc (tests/envoy_harness.py)"
+        sidecar_name = (
+            "pass-through ext_proc (tests/envoy_harness.py)"
+            if args.passthrough
+            else args.sidecar_cmd or "policy-extproc serve, examples/policies"
+        )
         print(
             f"sidecar: {sidecar_name}\nprompt: {args.prompt_chars} chars, {args.duration:g} s "
             f"per run, Envoy --concurrency 1\n\n{HEADER}",

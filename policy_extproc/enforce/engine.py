@@ -44,6 +44,9 @@ class EngineConfig:
     max_body_bytes: int = DEFAULT_MAX_BODY
     identity: IdentityConfig = DEFAULT_IDENTITY
     limits: limits.Settings = field(default_factory=limits.Settings)
+    # Read every response for its usage, even where no rule needs it (audit completeness at
+    # the cost of two more ext_proc messages per request).
+    record_usage: bool = False
 
 
 @dataclass(slots=True)
@@ -107,6 +110,25 @@ class Engine:
         self, headers: Mapping[str, str], claims: Mapping[str, Any] | None = None
     ) -> Exchange:
         return Exchange(headers=headers, started_ns=time.time_ns(), claims=claims)
+
+    def needs_response(self, ex: Exchange) -> bool:
+        """Whether any rule in the request's scope reads the response (usage, output, status).
+
+        Decided on the request headers, from the identity alone: when nothing does, Envoy is
+        told to skip the response phases, and its route configuration adds x-policy-decision
+        from our dynamic metadata instead.
+        """
+        if self.config.record_usage or not self.store.ready:
+            return True
+        ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
+        es = self.store.current.resolve(ctx.org, ctx.team, ctx.environment)
+        return (
+            needs_state(es)
+            or bool(es.content["response"])
+            or bool(es.rules_of("failover"))
+            or bool(es.rules_of("compliance"))
+            or any(e.rule.direction != "request" for e in es.rules_of("pii"))  # type: ignore[attr-defined]
+        )
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: a declared length over the limit."""

@@ -31,6 +31,9 @@ class Continue:
     body: bytes | None = None  # replacement body (request or response)
     clear_route_cache: bool = False
     response_body_mode: BodyMode | None = None  # mode_override, only on response headers
+    # mode_override on request headers: Envoy skips the response phases of this exchange
+    # (no rule in the request's scope reads the response), saving two messages.
+    skip_response: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 

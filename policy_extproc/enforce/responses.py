@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import PolicyExtprocError
-from ..policy.decision import Decision
+from ..policy.decision import Decision, Throttle
 from .replies import Continue, Immediate
 
 DECISION_HEADER = "x-policy-decision"
@@ -34,6 +34,9 @@ def metadata(decision: Decision, request_id: str, version: str = "") -> dict[str
         value = getattr(decision, key)
         if value:
             md[key] = value
+    if decision.redactions:
+        # Envoy's route adds x-policy-redactions from this when the response phases are skipped.
+        md["redactions"] = ",".join(f"{k}={v}" for k, v in decision.redactions.items())
     if decision.mode == "log":
         md["would_decide"] = decision.would_decide
     if version:
@@ -61,6 +64,12 @@ def _status(decision: Decision) -> int:
     return _REFUSAL_STATUS.get(decision.action, 403)
 
 
+def _retry_after(t: Throttle) -> int:
+    # Whole seconds (RFC 9110 s10.2.3), at least 1: "0" invites a retry storm. The body says the
+    # same as the header, so a client reading either waits alike.
+    return max(1, math.ceil(t.retry_after_s))
+
+
 def error_body(decision: Decision, request_id: str) -> bytes:
     """The JSON body of a refused request: OpenAI's error shape plus the decision fields."""
     if decision.http_status >= 500:
@@ -80,7 +89,7 @@ def error_body(decision: Decision, request_id: str) -> bytes:
     if decision.approval_id:
         body["approval_id"] = decision.approval_id
     if decision.throttle is not None:
-        body["retry_after"] = decision.throttle.retry_after_s
+        body["retry_after"] = _retry_after(decision.throttle)
     return _json(body)
 
 
@@ -94,7 +103,7 @@ def refusal(decision: Decision, request_id: str, version: str = "") -> Immediate
     t = decision.throttle
     if t is not None:
         headers += [
-            ("retry-after", str(max(1, math.ceil(t.retry_after_s)))),
+            ("retry-after", str(_retry_after(t))),
             ("x-ratelimit-limit", str(t.limit)),
             ("x-ratelimit-remaining", str(max(0, t.remaining))),
             ("x-ratelimit-reset", str(max(0, math.ceil(t.reset_s)))),

@@ -88,7 +88,15 @@ class ExtProcStream:
             self.state = State.DONE
             return responses.refusal(early, ex.request_id, self._version())
         self.state = State.BODY
-        return Continue(phase="request_headers")
+        # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
+        # is dropped, and the route chosen with it forgotten.
+        spoofed = tuple(h for h in ev.headers if h.startswith("x-policy-"))
+        return Continue(
+            phase="request_headers",
+            remove_headers=spoofed,
+            clear_route_cache=bool(spoofed),
+            skip_response=not self.engine.needs_response(ex),
+        )
 
     async def _decide(self, body: bytes, *, complete: bool, phase: str) -> Reply:
         ex = self.exchange

@@ -33,6 +33,16 @@ _BODY_MODES = {
 }
 
 
+_SKIP_RESPONSE = processing_mode_pb2.ProcessingMode(
+    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED,
+    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    response_header_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
+    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+)
+
+
 @dataclass(frozen=True, slots=True)
 class Event:
     """One incoming ext_proc message, decoded."""
@@ -151,6 +161,10 @@ def _continue(reply: Continue) -> ep.ProcessingResponse:
         msg.response_trailers.SetInParent()
     if reply.response_body_mode is not None:
         msg.mode_override.response_body_mode = _BODY_MODES[reply.response_body_mode]
+    if reply.skip_response:
+        # Envoy applies the whole ProcessingMode it is given (ext_proc.cc onReceiveMessage), so
+        # the request side is restated as configured: headers sent, body buffered.
+        msg.mode_override.CopyFrom(_SKIP_RESPONSE)
     if reply.metadata:
         msg.dynamic_metadata.CopyFrom(_struct(reply.metadata))
     return msg

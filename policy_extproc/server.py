@@ -116,9 +116,14 @@ class Sidecar:
             ),
             server,
         )
-        self.port = server.add_insecure_port(cfg.listen)
+        try:
+            self.port = server.add_insecure_port(cfg.listen)
+        except RuntimeError:  # grpcio raises "Failed to bind" rather than returning 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {cfg.listen}")
+            # Close what start opened (audit log and its fsync thread, state backend).
+            await self.stop()
+            raise OSError(f"cannot listen on {cfg.listen}: address in use or not available")
         await server.start()
         self._server = server
         for service in ("", EXT_PROC, EXT_AUTHZ):

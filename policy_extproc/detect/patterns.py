@@ -41,10 +41,15 @@ _MAX_SPELLINGS = 16
 # White space as str.split() knows it: ASCII controls are translated byte for byte to a space
 # (offsets unchanged); runs, and the multi-byte Unicode spaces, are squeezed to one space.
 _ASCII_SPACE = bytes.maketrans(b"\t\n\v\f\r\x1c\x1d\x1e\x1f", b" " * 9)
-_UNICODE_SPACE = rb"\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80"
+_UNICODE_SPACE = (  # U+0085, U+00A0, U+1680, U+2000-200A, U+2028/9, U+202F, U+205F, U+3000
+    rb"\xc2[\x85\xa0]|\xe1\x9a\x80|\xe2\x80[\x80-\x8a\xa8\xa9\xaf]|\xe2\x81\x9f|\xe3\x80\x80"
+)
 _ASCII_RUN = re.compile(rb" {2,}")
 _ANY_RUN = re.compile(rb"(?: |" + _UNICODE_SPACE + rb"){2,}|" + _UNICODE_SPACE)
-_SPACE_CLASS = r"[\s\x{1c}-\x{1f}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}\x{3000}]+"
+_SPACE_CLASS = (
+    r"[\s\x{1c}-\x{1f}\x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}\x{205f}"
+    r"\x{3000}]+"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,10 +183,7 @@ class _Squeezed:
         data = original.translate(_ASCII_SPACE)
         self._keys: list[int] | None = None
         self._cum: list[int] = []
-        if original.isascii():
-            run = _ASCII_RUN if b"  " in data else None
-        else:
-            run = _ANY_RUN
+        run = _ANY_RUN if not original.isascii() else _ASCII_RUN if b"  " in data else None
         if run is not None:
             squeezed = run.sub(b" ", data)
             if len(squeezed) != len(data):
@@ -201,6 +203,21 @@ class _Squeezed:
             return offset
         i = bisect_right(self._keys, offset) - 1
         return offset + self._cum[i] if i >= 0 else offset
+
+
+_last_squeezed: tuple[bytes, _Squeezed] | None = None
+
+
+def _squeezed(data: bytes) -> _Squeezed:
+    # A request's text is scanned by the pattern sets of several policies in a row: squeeze it
+    # once. One entry, replaced whole, so concurrent threads at worst squeeze twice.
+    global _last_squeezed
+    last = _last_squeezed
+    if last is not None and last[0] is data:
+        return last[1]
+    squeezed = _Squeezed(data)
+    _last_squeezed = (data, squeezed)
+    return squeezed
 
 
 class PatternSet:
@@ -245,7 +262,7 @@ class PatternSet:
             return hits
         if self._lit_db is not None:
             if self._squeeze:
-                squeezed = _Squeezed(data)
+                squeezed = _squeezed(data)
                 found: list[Hit] = []
                 handler = _literal_handler(self._lit, self._lit_len, squeezed.data, found)
                 self._lit_db.scan(squeezed.data, match_event_handler=handler)

@@ -22,15 +22,17 @@ from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, parse_request, rewrite_request
 from ..llm.response import SseParser, Usage, parse_response
-from ..policy.compiler import EffectiveSet, Snapshot
+from ..policy.compiler import EffectiveRule, EffectiveSet, Snapshot
+from ..policy.compliance import PACKS
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
-from ..policy.decision import Decision, RequestContext
+from ..policy.decision import Decision, Fired, RequestContext
 from ..policy.evaluator import Findings, check_request, decide
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
-from . import limits, responses
+from . import approvals, failover, limits, responses
 from .alerts import AlertNotifier
+from .failover import default_provider
 from .limits import needs_state
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,7 @@ class Exchange:
     finished: bool = False
     error_code: str | None = None
     plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
+    route: failover.Route | None = None  # where it went, and the breaker watching that provider
     request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -175,11 +178,11 @@ class Engine:
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
         findings = check_request(es, ctx)
         extra: dict[str, Any] = {}
-        if request is not None and needs_state(es) and _passes(findings):
+        if request is not None and _passes(findings):
             try:
-                extra = await self._admit(ex, es, ctx, findings)
-            except PolicyExtprocError as exc:  # missing identity, state unavailable (closed)
-                return self.refuse(ex, exc), None
+                extra = await self._stateful(ex, es, ctx, findings)
+            except PolicyExtprocError as exc:  # missing identity, state unavailable (closed),
+                return self.refuse(ex, exc), None  # an approval id that does not fit
         decision = decide(es, ctx, findings, **extra)
         if decision.action == "throttle" and decision.throttle is not None:
             decision = replace(decision, code=decision.throttle.code)
@@ -197,6 +200,101 @@ class Engine:
         ex.decision = decision
         self._audit(ex, decision)
         return decision, new_body
+
+    async def _stateful(
+        self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
+    ) -> dict[str, Any]:
+        """Approvals, limits and budgets, failover: the checks that need shared state."""
+        assert ctx.request is not None
+        extra: dict[str, Any] = {}
+        presented = None
+        if es.rules_of("approval"):
+            est = limits.estimate(ctx.request, self.catalog, self.config.limits)
+            triggers = approvals.triggered(es, ctx, est.usd)
+            for t in triggers:
+                if t.rule.policy.policy.mode == "log":
+                    findings.fire(t.rule, "escalate", t.reason)  # shadow: would escalate
+            enforced = [t for t in triggers if t.rule.policy.policy.mode == "enforce"]
+            if enforced and ctx.approval_id:
+                presented = await approvals.check_presented(self.state, ctx)
+            elif enforced:
+                approval = await approvals.open_approval(self.state, ctx, enforced[0], est.usd)
+                for t in enforced:
+                    findings.fire(t.rule, "escalate", t.reason)
+                self.alerts.notify(
+                    {
+                        "type": "approval_required",
+                        "approval_id": approval.id,
+                        "org": ctx.org,
+                        "user": ctx.user,
+                        **approval.details,
+                    }
+                )
+                return {
+                    "approval_id": approval.id,
+                    "alerts": (f"approval {approval.id} requested",),
+                }
+        if needs_state(es):
+            extra = await self._admit(ex, es, ctx, findings)
+        if presented is not None and _passes(findings, also=("throttle",)):
+            # Used only by a request that goes through: a throttled one keeps its approval.
+            try:
+                await approvals.consume(self.state, ctx, presented)
+            except PolicyExtprocError:
+                if ex.plan is not None:  # admitted, but the approval was used meanwhile
+                    await self.state.release(ctx.org or "-", ex.request_id)
+                    ex.plan = None
+                raise
+            findings.fired.append(
+                Fired(
+                    presented.details.get("policy", ""),
+                    presented.details.get("rule", "approval"),
+                    "approval",
+                    "allow",
+                    f"approved by {presented.approver} ({presented.id})",
+                )
+            )
+        if es.rules_of("failover") and _passes(findings):
+            extra.update(await self._route(ex, es, ctx, findings))
+        self._residency(ex, es, ctx, findings)
+        return extra
+
+    def _residency(
+        self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
+    ) -> None:
+        """GDPR pack: personal data goes only to providers the catalog marks EU-resident."""
+        assert ctx.request is not None
+        for e in es.rules_of("compliance"):
+            if not PACKS[e.rule.framework].eu_only:  # type: ignore[attr-defined]
+                continue
+            provider = (
+                ex.route.provider if ex.route else default_provider(ctx.request, self.catalog)
+            )
+            info = self.catalog.provider(provider)
+            if info is None or not info.eu_resident:
+                mode = "log" if e.rule.mode == "log" else None  # type: ignore[attr-defined]
+                findings.fire(
+                    e,
+                    "block",
+                    f"{e.rule.framework}: provider {provider} is not "  # type: ignore[attr-defined]
+                    "EU-resident (catalog)",
+                    mode,
+                )
+
+    async def _route(
+        self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
+    ) -> dict[str, Any]:
+        assert ctx.request is not None
+        try:
+            r = await failover.route(self.state, es, ctx.request, self.catalog)
+        except StateError as exc:
+            # Breakers unreadable: send the request where it was going anyway.
+            log.warning("circuit breaker state unavailable: %s", exc)
+            return {"degraded": ("breaker_unavailable:open",)}
+        ex.route = r
+        if r.fired is not None:
+            findings.fired.append(r.fired)
+        return {"reroute": r.reroute, "reroute_model": r.model} if r.reroute else {}
 
     async def _admit(
         self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
@@ -300,6 +398,9 @@ class Engine:
     def response_started(self, ex: Exchange, headers: Mapping[str, str]) -> None:
         status = headers.get(":status", "0")
         ex.status = int(status) if status.isdigit() else 0
+        r = ex.route
+        if r is not None and r.rule is not None and ex.status:
+            self._spawn(self._record_outcome(r.rule, r.provider, ex.status))
         ex.streaming = "text/event-stream" in headers.get("content-type", "")
         if ex.streaming and ex.request is not None:
             ex.sse = SseParser(ex.request.api)
@@ -338,6 +439,12 @@ class Engine:
             )
         if ex.plan is not None:
             self._spawn(self._settle(ex, ex.plan, ex.usage, cost))
+
+    async def _record_outcome(self, rule: EffectiveRule, provider: str, status: int) -> None:
+        try:
+            await failover.record(self.state, rule, provider, status)
+        except StateError as exc:
+            log.warning("could not record %s's response in its breaker: %s", provider, exc)
 
     async def _settle(
         self, ex: Exchange, p: limits.Plan, usage: Usage | None, cost: float | None
@@ -379,8 +486,7 @@ def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:
     return replace(ctx, request_id=request_id)
 
 
-def _passes(findings: Findings) -> bool:
-    """Whether the request-only rules let it through (only then are limits consumed)."""
-    return not any(
-        f.mode == "enforce" and f.action in ("block", "escalate") for f in findings.fired
-    )
+def _passes(findings: Findings, also: tuple[str, ...] = ()) -> bool:
+    """Whether nothing enforced refuses the request so far (only then is state consumed)."""
+    refusing = ("block", "escalate", *also)
+    return not any(f.mode == "enforce" and f.action in refusing for f in findings.fired)

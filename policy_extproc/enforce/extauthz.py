@@ -14,8 +14,9 @@ from envoy.type.v3 import http_status_pb2
 from google.rpc import status_pb2
 
 from ..errors import PolicyExtprocError
+from ..policy.decision import Decision
 from . import responses, translate
-from .engine import Engine
+from .engine import Engine, Exchange
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +29,17 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
         header=base_pb2.HeaderValue(key=key, raw_value=value.encode()),
         append_action=base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD,
     )
+
+
+def _refuse(engine: Engine, ex: Exchange, exc: PolicyExtprocError) -> Decision:
+    """Refuse for ``exc``; when even that cannot be audited, still answer with a JSON refusal
+    (an RPC error would leave the client with Envoy's bare status_on_error)."""
+    try:
+        return engine.refuse(ex, exc)
+    except Exception as audit_exc:
+        log.error("ext_authz: could not audit the refusal (%s): %s", exc.code, audit_exc)
+        cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
+        return responses.request_error(cause)
 
 
 async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
@@ -58,10 +70,10 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
         complete = not (declared.isdigit() and int(declared) > len(body))
         decision, _ = await engine.decide_request(ex, body, complete=complete)
     except PolicyExtprocError as exc:
-        decision = engine.refuse(ex, exc)
+        decision = _refuse(engine, ex, exc)
     except Exception:
         log.exception("ext_authz check failed")
-        decision = engine.refuse(ex, PolicyExtprocError("internal error"))
+        decision = _refuse(engine, ex, PolicyExtprocError("internal error"))
     rid = ex.request_id
     if decision.action in ("allow", "modify"):
         return auth.CheckResponse(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from ..errors import MissingIdentity
 from ..llm.catalog import Catalog
+from ..llm.request import LlmRequest
 from ..llm.response import Usage
 from ..llm.tokens import estimate_request_tokens
 from ..policy.compiler import EffectiveRule, EffectiveSet
@@ -75,6 +76,29 @@ class Plan:
         return [k for k, o in self.owners.items() if o.kind == "budget"]
 
 
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """What a request is expected to cost before its response says what it did."""
+
+    input_tokens: int
+    output_tokens: int
+    usd: float
+    price_known: bool
+
+
+def estimate(req: LlmRequest, catalog: Catalog, settings: Settings) -> Estimate:
+    """Prompt tokens from the text, output tokens from max_tokens or the default, at list price."""
+    tokens_in = estimate_request_tokens(req)
+    tokens_out = req.max_tokens or settings.default_output_tokens
+    cost = catalog.estimate_cost(req.model, tokens_in, tokens_out)
+    if cost is not None:
+        return Estimate(tokens_in, tokens_out, cost, True)
+    guess = (
+        tokens_in * settings.unknown_input_per_mtok + tokens_out * settings.unknown_output_per_mtok
+    ) / 1e6
+    return Estimate(tokens_in, tokens_out, guess, False)
+
+
 def needs_state(es: EffectiveSet) -> bool:
     """Whether any limiter or budget could apply in this scope (decided once per scope)."""
     if es.rules_of("rate_limit") or es.rules_of("cost_budget"):
@@ -100,16 +124,9 @@ def plan(
     req = ctx.request
     if req is None:
         return p
-    p.input_tokens = estimate_request_tokens(req)
-    p.output_tokens = req.max_tokens or settings.default_output_tokens
-    cost = catalog.estimate_cost(req.model, p.input_tokens, p.output_tokens)
-    if cost is None:
-        p.price_known = False
-        cost = (
-            p.input_tokens * settings.unknown_input_per_mtok
-            + p.output_tokens * settings.unknown_output_per_mtok
-        ) / 1e6
-    p.estimated_usd = cost
+    est = estimate(req, catalog, settings)
+    p.input_tokens, p.output_tokens = est.input_tokens, est.output_tokens
+    p.estimated_usd, p.price_known = est.usd, est.price_known
     tokens = p.input_tokens + p.output_tokens
     for e in es.rules_of("rate_limit"):
         rl: RateLimitRule = e.rule  # type: ignore[assignment]

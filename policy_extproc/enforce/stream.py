@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from dataclasses import replace
 from typing import Any
 
 from ..errors import PolicyExtprocError, ProtocolError
@@ -81,16 +82,26 @@ class ExtProcStream:
     async def _request_headers(self, ev: Event) -> Reply:
         self.exchange = ex = self.engine.begin(ev.headers, ev.claims)
         self.claims = ev.claims
+        # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
+        # is dropped, and the route chosen with it forgotten.
+        spoofed = tuple(h for h in ev.headers if h.startswith("x-policy-"))
         if ev.end_of_stream:
-            return await self._decide(b"", complete=True, phase="request_headers")
+            reply = await self._decide(b"", complete=True, phase="request_headers")
+            if spoofed and isinstance(reply, Continue):
+                # A request without a body is decided here: drop the spoofed headers too, but
+                # not one we set ourselves (a reroute's x-policy-provider).
+                ours = {k for k, _ in reply.set_headers}
+                reply = replace(
+                    reply,
+                    remove_headers=(*reply.remove_headers, *(h for h in spoofed if h not in ours)),
+                    clear_route_cache=True,
+                )
+            return reply
         early = self.engine.early_refusal(ex)
         if early is not None:
             self.state = State.DONE
             return responses.refusal(early, ex.request_id, self._version())
         self.state = State.BODY
-        # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
-        # is dropped, and the route chosen with it forgotten.
-        spoofed = tuple(h for h in ev.headers if h.startswith("x-policy-"))
         return Continue(
             phase="request_headers",
             remove_headers=spoofed,

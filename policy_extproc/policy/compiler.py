@@ -117,7 +117,8 @@ class EffectiveSet:
                 chosen[rule.id] = EffectiveRule(rule, cp, overrode)
         # Least to most specific policy, then rule order within it.
         pos = {cp.index: n for n, cp in enumerate(self.policies)}
-        self.rules = tuple(sorted(chosen.values(), key=lambda e: (pos[e.policy.index], e.rule.index)))
+        order = sorted(chosen.values(), key=lambda e: (pos[e.policy.index], e.rule.index))
+        self.rules = tuple(order)
         self.active = frozenset((e.policy.index, e.rule.index - 1) for e in self.rules)
         self.by_type: dict[str, tuple[EffectiveRule, ...]] = {}
         for e in self.rules:

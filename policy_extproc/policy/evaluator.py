@@ -9,7 +9,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, cast
 
 from ..detect.patterns import Hit, PatternSet, merge_spans
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
@@ -39,9 +39,10 @@ class Findings:
     edits: dict[int, list[tuple[int, int, str]]] = field(default_factory=dict)
     redactions: dict[str, int] = field(default_factory=dict)
 
-    def fire(self, e: EffectiveRule, action: str, reason: str) -> None:
-        mode = e.policy.policy.mode
-        self.fired.append(Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, mode))
+    def fire(self, e: EffectiveRule, action: str, reason: str, mode: str | None = None) -> None:
+        """Record a firing; its mode is the policy's unless the rule says (compliance log)."""
+        m = mode or e.policy.policy.mode
+        self.fired.append(Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, m))  # type: ignore[arg-type]
 
     def new_texts(self, parts: Sequence[TextPart]) -> dict[JsonPath, str]:
         """The rewritten text of every part that has edits (overlaps resolved, first wins)."""
@@ -81,12 +82,14 @@ def _check_models(es: EffectiveSet, ctx: RequestContext, model: str, out: Findin
                     fired.append((e, "block", "the request names no model"))
                 elif not es.glob(rule.models).fullmatch(model):
                     allowed = ", ".join(rule.models)
-                    fired.append((e, "block", f"model {model!r} is not allowed (allowed: {allowed})"))
+                    why = f"model {model!r} is not allowed (allowed: {allowed})"
+                    fired.append((e, "block", why))
         cached = tuple(fired)
         if len(es.model_cache) >= _MODEL_CACHE_LIMIT:
             es.model_cache.clear()
         es.model_cache[key] = cached
-    for e, action, reason in cached:  # type: ignore[misc]
+    # EffectiveSet.model_cache holds what this function put there.
+    for e, action, reason in cast("tuple[tuple[EffectiveRule, str, str], ...]", cached):
         out.fire(e, action, reason)
 
 
@@ -105,7 +108,9 @@ class ScanText:
 
     def __init__(self, parts: Sequence[TextPart]) -> None:
         self.parts = parts
-        self.encoded = [p.text.encode() for p in parts]
+        # A JSON body may hold lone surrogates ("\ud800"), which UTF-8 cannot encode: each
+        # becomes "?", one byte for one character, so offsets still map back to the text.
+        self.encoded = [p.text.encode("utf-8", "replace") for p in parts]
         self.ascii = [len(b) == len(p.text) for b, p in zip(self.encoded, parts, strict=True)]
         starts, pos = [], 0
         for b in self.encoded:
@@ -171,9 +176,9 @@ def scan_content(
     for rule_id, found_spans in spans.items():
         merged = merge_spans(found_spans)
         repl = f"[REDACTED:{rule_id}]"
-        for start, end in merged:
-            i, s, e = text.locate(start, end)
-            out.edits.setdefault(i, []).append((s, e, repl))
+        for span_start, span_end in merged:
+            i, start, end = text.locate(span_start, span_end)
+            out.edits.setdefault(i, []).append((start, end, repl))
         out.redactions[rule_id] = out.redactions.get(rule_id, 0) + len(merged)
     where = "prompt" if direction == "request" else "response"
     for e in es.rules_of("content_filter"):

@@ -1,4 +1,4 @@
-"""Human-readable explanation of a decision: policies applied, where each rule came from, firings."""
+"""Human-readable explanation of a decision: policies applied, each rule's origin, firings."""
 
 from __future__ import annotations
 
@@ -33,8 +33,9 @@ def explain(es: EffectiveSet, ctx: RequestContext, decision: Decision) -> list[s
     if decision.would_decide:
         lines.append(f"shadow: log-mode policies would decide {decision.would_decide}")
     req = ctx.request
+    roles = ",".join(sorted(ctx.roles)) or "-"
     who = (f"org={ctx.org or '-'} team={ctx.team or '-'} user={ctx.user or '-'} "
-           f"environment={ctx.environment or '-'} roles={','.join(sorted(ctx.roles)) or '-'}")  # fmt: skip
+           f"environment={ctx.environment or '-'} roles={roles}")  # fmt: skip
     if req is not None:
         who += f" api={req.api} model={req.model or '-'} prompt_parts={len(req.parts)}"
     lines.append(f"request: {who}")

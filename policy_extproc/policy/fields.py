@@ -22,10 +22,12 @@ class FieldError(ValueError):
 
 
 def _type_name(value: Any) -> str:
-    return {
-        bool: "a boolean", int: "a number", float: "a number", str: "a string",
-        list: "a list", type(None): "null",
-    }.get(type(value), "a mapping" if isinstance(value, Mapping) else type(value).__name__)
+    # isinstance, not type(): the YAML reader hands out dict and list subclasses with lines.
+    for kind, name in ((bool, "a boolean"), (int | float, "a number"), (str, "a string"),
+                       (list, "a list"), (Mapping, "a mapping"), (type(None), "null")):  # fmt: skip
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 def string(value: Any) -> str:
@@ -53,6 +55,8 @@ def number(minimum: float = 0.0, *, exclusive: bool = False) -> Parser:
 
 def integer(minimum: int = 0) -> Parser:
     def parse(value: Any) -> int:
+        if isinstance(value, float):
+            raise FieldError(f"must be a whole number, not {value:g}")
         if isinstance(value, bool) or not isinstance(value, int):
             raise FieldError(f"must be a whole number, not {_type_name(value)}")
         if value < minimum:
@@ -86,7 +90,8 @@ def string_list(item: Parser = string, *, allow_empty: bool = False) -> Parser:
             raise FieldError(f"must be a list, not {_type_name(value)}")
         if not value and not allow_empty:
             raise FieldError("must not be empty")
-        out, problems = [], []
+        out: list[Any] = []
+        problems: list[str] = []
         for i, v in enumerate(value):
             try:
                 out.append(item(v))

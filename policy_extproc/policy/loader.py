@@ -177,7 +177,7 @@ def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -
         out.add(line, "a rule must be a mapping", policy, index)
         return None
     rtype = raw.get("type")
-    if rtype not in RULE_TYPES:
+    if not isinstance(rtype, str) or rtype not in RULE_TYPES:
         msg = "missing 'type'" if rtype is None else f"unknown rule type {rtype!r}"
         out.add(raw.line_of("type"), f"{msg} (one of {', '.join(RULE_TYPES)})", policy, index)
         return None
@@ -428,8 +428,9 @@ def check_set(policies: list[Policy]) -> list[Problem]:
                            "an override must keep the type")
                 else:
                     continue
-                found.append(((i, j, rule.index), Problem(specific.file, rule.line, msg,
-                                                          specific.name, rule.index, rule.type)))  # fmt: skip
+                problem = Problem(specific.file, rule.line, msg, specific.name, rule.index,
+                                  rule.type)  # fmt: skip
+                found.append(((i, j, rule.index), problem))
     return [problem for _, problem in sorted(found, key=lambda f: f[0])]
 
 

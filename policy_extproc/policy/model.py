@@ -47,7 +47,8 @@ class Scope:
 
     def overlaps(self, other: Scope) -> bool:
         """Whether some request could match both scopes."""
-        return all(a is None or b is None or a == b for a, b in zip(self.keys, other.keys, strict=True))
+        pairs = zip(self.keys, other.keys, strict=True)
+        return all(a is None or b is None or a == b for a, b in pairs)
 
     def __str__(self) -> str:
         named = [f"{k}={v}" for k, v in zip(SCOPE_KEYS, self.keys, strict=True) if v is not None]

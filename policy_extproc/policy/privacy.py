@@ -15,10 +15,11 @@ from typing import TYPE_CHECKING
 from ..detect.masking import replacement
 from ..detect.pii import PiiDetector
 from ..errors import PolicyError, Problem
-from .model import PiiRule, Policy
+from .compliance import PACKS
+from .model import ComplianceRule, PiiRule, Policy
 
 if TYPE_CHECKING:
-    from .compiler import EffectiveSet
+    from .compiler import EffectiveRule, EffectiveSet
     from .evaluator import Findings, TextPart
 
 KEY_ENV = "POLICY_EXTPROC_PII_HASH_KEY"
@@ -40,6 +41,11 @@ def build_detectors(policy: Policy) -> Mapping[int, PiiDetector]:
     detectors: dict[int, PiiDetector] = {}
     problems = []
     for i, rule in enumerate(policy.rules):
+        if isinstance(rule, ComplianceRule):
+            pack = PACKS[rule.framework]
+            if pack.entities:
+                detectors[i] = PiiDetector(pack.entities)
+            continue
         if not isinstance(rule, PiiRule):
             continue
         if rule.style == "hash" and hash_key() is None:
@@ -79,13 +85,16 @@ class JoinedText:
 def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: Findings) -> None:
     """Run every applying ``pii`` rule of ``direction`` over ``parts``."""
     rules = [e for e in es.rules_of("pii") if e.rule.direction in (direction, "both")]  # type: ignore[attr-defined]
+    # Compliance packs mask their data types in both directions (policy/compliance.py).
+    rules += [e for e in es.rules_of("compliance") if e.rule.index - 1 in e.policy.pii]
     if not rules or not parts:
         return
     joined = JoinedText(parts)
     where = "prompt" if direction == "request" else "response"
     key: bytes | None = None
     for e in rules:
-        rule: PiiRule = e.rule  # type: ignore[assignment]
+        rule = _as_pii(e.rule)
+        mode = _mode(e)
         matches = e.policy.pii[e.rule.index - 1].find(joined.text)
         if not matches:
             continue
@@ -94,10 +103,10 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
             counts[m.entity] = counts.get(m.entity, 0) + 1
         summary = ", ".join(f"{n} {entity}" for entity, n in counts.items())
         if rule.action == "block":
-            out.fire(e, "block", f"{where} contains personal data ({summary})")
+            out.fire(e, "block", f"{where} contains personal data ({summary})", mode)
             continue
-        out.fire(e, "modify", f"masked {summary} in the {where}")
-        if e.policy.policy.mode != "enforce":
+        out.fire(e, "modify", f"masked {summary} in the {where}", mode)
+        if mode != "enforce":
             continue  # shadow: say what would be masked, change nothing
         if rule.style == "hash" and key is None:
             key = hash_key()
@@ -109,3 +118,20 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
                 (s, end, replacement(m.entity, text[s:end], rule.style, key))
             )
             out.redactions[m.entity] = out.redactions.get(m.entity, 0) + 1
+
+
+def _as_pii(rule: object) -> PiiRule:
+    """A compliance pack behaves as a placeholder-masking pii rule over its data types."""
+    if isinstance(rule, ComplianceRule):
+        entities = PACKS[rule.framework].entities
+        return PiiRule(id=rule.id, index=rule.index, line=rule.line, final=rule.final,
+                       entities=entities, direction="both")  # fmt: skip
+    assert isinstance(rule, PiiRule)
+    return rule
+
+
+def _mode(e: EffectiveRule) -> str:
+    """Shadow when the policy is in log mode, or the compliance rule itself says ``mode: log``."""
+    if e.policy.policy.mode == "log" or getattr(e.rule, "mode", "enforce") == "log":
+        return "log"
+    return "enforce"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -32,38 +32,48 @@ class LocatedList(list[Any]):
 
 # libyaml's parser when PyYAML was built with it (the wheels are): the pure-Python scanner spends
 # about 2 s on 10,000 rules. Both keep marks on nodes, so lines are the same either way.
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+if TYPE_CHECKING:
+    _SafeLoader = yaml.SafeLoader
+else:
+    _SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _LineLoader(_SafeLoader):  # type: ignore[misc,valid-type]
+class _LineLoader(_SafeLoader):
     pass
 
 
+_MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> Located:
+    # Merge keys ("<<: *defaults") put the merged pairs first; keys written in the mapping come
+    # after them and override them, as YAML says. Only two written keys are a duplicate.
+    written = sum(1 for k, _ in node.value if k.tag != _MERGE_TAG)
     loader.flatten_mapping(node)
+    first_written = len(node.value) - written
     out = Located()
     out.line = node.start_mark.line + 1
     out.key_lines = {}
     out.duplicates = []
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+    seen: set[str] = set()
+    for n, (key_node, value_node) in enumerate(node.value):
+        key = loader.construct_object(key_node, deep=True)
         if not isinstance(key, str):
             key = str(key)
         line = key_node.start_mark.line + 1
-        if key in out:
-            # PyYAML silently keeps the last of two equal keys; a policy author means neither.
-            out.duplicates.append((key, line))
-        out[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
+        if n >= first_written:
+            if key in seen:
+                # PyYAML silently keeps the last of two equal keys; a policy author means neither.
+                out.duplicates.append((key, line))
+            seen.add(key)
+        out[key] = loader.construct_object(value_node, deep=True)
         out.key_lines[key] = line
     return out
 
 
 def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LocatedList:
     # A rule or policy that is not a mapping (a stray string, a number) is reported at its line.
-    out = LocatedList(
-        loader.construct_object(child, deep=True)  # type: ignore[no-untyped-call]
-        for child in node.value
-    )
+    out = LocatedList(loader.construct_object(child, deep=True) for child in node.value)
     out.line = node.start_mark.line + 1
     out.item_lines = [child.start_mark.line + 1 for child in node.value]
     return out
@@ -101,7 +111,7 @@ def _json_tabs_as_spaces(text: str) -> str:
 
 
 def load_documents(text: str) -> list[Any]:
-    """Every document of a YAML (or JSON) text, mappings as ``Located``, lists as ``LocatedList``."""
+    """Every document of a YAML (or JSON) text; mappings are ``Located``, lists ``LocatedList``."""
     try:
         loaded = yaml.load_all(_json_tabs_as_spaces(text), Loader=_LineLoader)
         return [d for d in loaded if d is not None]

@@ -1,0 +1,95 @@
+"""Provider failover: circuit breakers fed by the responses the sidecar sees, shared by replicas.
+
+A ``failover`` rule watches one provider. Failures (5xx, 429, Envoy's own 503/504 for connect
+failures and timeouts) within ``window`` open its breaker; while open, requests go to the first
+fallback whose breaker is not open and that serves the model (under the catalog's name for it
+there); after ``cooldown`` the breaker is half-open and traffic goes back to the provider, where
+one success closes it and one failure opens it again.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from ..llm.catalog import Catalog
+from ..llm.request import LlmRequest
+from ..policy.compiler import EffectiveRule, EffectiveSet
+from ..policy.decision import Fired
+from ..policy.model import FailoverRule
+from ..state.base import StateBackend
+
+
+def default_provider(req: LlmRequest, catalog: Catalog) -> str:
+    """The provider Envoy's routes send this request to when nobody reroutes it."""
+    info = catalog.model(req.model) if req.model else None
+    if info is not None:
+        return info.provider
+    return "anthropic" if req.api == "anthropic.messages" else "openai"
+
+
+def is_failure(status: int) -> bool:
+    """What counts against a provider: server errors and rate limiting (not client errors)."""
+    return status >= 500 or status == 429
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    provider: str  # where the request goes
+    reroute: str | None  # set when that is not where Envoy would send it
+    model: str | None  # the model name to send there, when it differs
+    fired: Fired | None
+    rule: EffectiveRule | None  # the breaker rule watching ``provider``
+
+
+def watching(es: EffectiveSet, provider: str) -> EffectiveRule | None:
+    """The failover rule in force for ``provider``, if any."""
+    for e in es.rules_of("failover"):
+        if e.rule.provider == provider:  # type: ignore[attr-defined]
+            return e
+    return None
+
+
+async def route(state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog: Catalog) -> Route:
+    """Where this request goes: its provider, or a fallback while the provider's breaker is open."""
+    primary = default_provider(req, catalog)
+    e = watching(es, primary)
+    if e is None:
+        return Route(primary, None, None, None, None)
+    rule: FailoverRule = e.rule  # type: ignore[assignment]
+    now = time.time()
+    breaker = await state.breaker_state(primary, cooldown_s=rule.cooldown_s, now=now)
+    if breaker.status != "open":
+        return Route(primary, None, None, None, e)
+    for fallback in rule.fallbacks:
+        target = catalog.model_at(req.model, fallback) if catalog.model(req.model) else req.model
+        if target is None:
+            continue  # the fallback does not serve this model
+        fb_rule = watching(es, fallback)
+        if fb_rule is not None:
+            fb: FailoverRule = fb_rule.rule  # type: ignore[assignment]
+            fb_state = await state.breaker_state(fallback, cooldown_s=fb.cooldown_s, now=now)
+            if fb_state.status == "open":
+                continue
+        reason = (
+            f"provider {primary} is failing ({breaker.failures} failures, circuit open); "
+            f"rerouted to {fallback}"
+        )
+        fired = Fired(e.policy_name, rule.id, rule.type, "reroute", reason, e.policy.policy.mode)
+        if e.policy.policy.mode == "log":
+            return Route(primary, None, None, fired, e)  # shadow: say so, change nothing
+        return Route(fallback, fallback, target if target != req.model else None, fired, fb_rule)
+    return Route(primary, None, None, None, e)  # every fallback is down too: try the provider
+
+
+async def record(state: StateBackend, e: EffectiveRule, provider: str, status: int) -> None:
+    """Feed one response status into the provider's breaker."""
+    rule: FailoverRule = e.rule  # type: ignore[assignment]
+    await state.breaker_record(
+        provider,
+        not is_failure(status),
+        window_s=rule.window_s,
+        failure_threshold=rule.failure_threshold,
+        cooldown_s=rule.cooldown_s,
+        now=time.time(),
+    )

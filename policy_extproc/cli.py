@@ -226,6 +226,9 @@ def serve(
         click.echo(str(exc), err=True)
         click.echo("policy-extproc: the policy set does not load; not serving", err=True)
         sys.exit(1)
+    except OSError as exc:  # the port is taken, the audit log cannot be opened, ...
+        click.echo(f"policy-extproc: cannot start: {exc}", err=True)
+        sys.exit(1)
 
 
 @main.command("mock-provider")

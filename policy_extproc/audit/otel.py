@@ -5,7 +5,8 @@ the record's ``timestamp`` for ``latency_us``. When the request carried W3C trac
 (``traceparent``/``tracestate``), the span is a child of the caller's span; otherwise it starts
 a trace of its own. Spans are batched and exported over OTLP/gRPC from a background thread, so
 ``emit`` never waits on the network; when the collector is down the queue fills and spans are
-dropped (the JSONL log keeps every record regardless).
+dropped (the JSONL log keeps every record regardless). The sink counts spans queued, exported
+and failed, for the metrics endpoint (``backlog``).
 
 Sampling follows the SDK's default, parent-based: a ``traceparent`` whose sampled flag is off
 yields no span, as the rest of that trace is not kept either. ``OTEL_TRACES_SAMPLER`` and the
@@ -20,13 +21,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
@@ -65,12 +66,22 @@ class OtelSink:
         self._provider = TracerProvider(
             resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
         )
-        self._provider.add_span_processor(BatchSpanProcessor(self._exporter))
+        self._provider.add_span_processor(
+            BatchSpanProcessor(_CountingExporter(self._exporter, self))
+        )
         self._tracer = self._provider.get_tracer("policy_extproc.audit")
         self._close_timeout_s = close_timeout_s
         self._closed = False
         self.failed = 0
         """Records that could not be turned into a span (logged, never raised)."""
+        # The SDK keeps its queue length and its drops private, so the sink counts both ends:
+        # spans handed to the batch processor, and spans its worker handed to the exporter.
+        self.queued = 0
+        """Sampled spans handed to the batch processor."""
+        self.exported = 0
+        """Spans the collector accepted."""
+        self.export_failed = 0
+        """Spans whose export failed after the exporter's retries (lost)."""
 
     def emit(self, record: AuditRecord, *, trace_context: Mapping[str, str] | None = None) -> None:
         """Queue the span for ``record``; never raises and never blocks on export."""
@@ -86,6 +97,8 @@ class OtelSink:
             if record.error_code is not None:
                 span.set_status(Status(StatusCode.ERROR, record.error_code))
             span.end(end_time=start + record.latency_us * 1000)
+            if span.get_span_context().trace_flags.sampled:
+                self.queued += 1
         except Exception:
             # The span is the second copy of the record; the durable log has the first. Losing
             # a span must not fail a request, but it is counted and logged.
@@ -114,6 +127,39 @@ class OtelSink:
     def _flush_and_shutdown(self) -> None:
         self._provider.force_flush()
         self._provider.shutdown()
+
+    @property
+    def backlog(self) -> int:
+        """Spans queued and not yet exported or failed: the batch queue and the batch in flight,
+        plus any the SDK dropped because its queue was full (it does not report those)."""
+        return max(0, self.queued - self.exported - self.export_failed)
+
+
+class _CountingExporter(SpanExporter):
+    """Passes batches to the real exporter and counts the outcome on the sink."""
+
+    def __init__(self, exporter: SpanExporter, sink: OtelSink) -> None:
+        self._exporter = exporter
+        self._sink = sink
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        # Called from the batch processor's one worker thread: the counters have one writer.
+        try:
+            result = self._exporter.export(spans)
+        except Exception:
+            self._sink.export_failed += len(spans)
+            raise
+        if result is SpanExportResult.SUCCESS:
+            self._sink.exported += len(spans)
+        else:
+            self._sink.export_failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self._exporter.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self._exporter.force_flush(timeout_millis)
 
 
 def attributes(record: AuditRecord) -> dict[str, AttributeValue]:

@@ -40,6 +40,11 @@ class AlertNotifier:
         self._queue: asyncio.Queue[Mapping[str, Any]] = asyncio.Queue(queue_size)
         self._worker: asyncio.Task[None] | None = None
 
+    @property
+    def pending(self) -> int:
+        """Alerts waiting in the queue (not counting the one being delivered)."""
+        return self._queue.qsize()
+
     def notify(self, alert: Mapping[str, Any]) -> None:
         """Queue one alert (a JSON object); dropped and counted when the queue is full."""
         if self.url is None:

@@ -21,16 +21,16 @@ from ..audit.sink import AuditSink
 from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, parse_request, rewrite_request
-from ..llm.response import SseParser, Usage, parse_response
+from ..llm.response import SseParser, Usage, parse_response, rewrite_response
 from ..policy.compiler import EffectiveRule, EffectiveSet, Snapshot
 from ..policy.compliance import PACKS
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
 from ..policy.decision import Decision, Fired, RequestContext
-from ..policy.evaluator import Findings, check_request, decide
+from ..policy.evaluator import Findings, check_request, check_response, decide
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
-from . import approvals, failover, limits, responses
+from . import approvals, failover, guard, limits, responses
 from .alerts import AlertNotifier
 from .failover import default_provider
 from .limits import needs_state
@@ -49,6 +49,7 @@ class EngineConfig:
     # Read every response for its usage, even where no rule needs it (audit completeness at
     # the cost of two more ext_proc messages per request).
     record_usage: bool = False
+    stream_holdback: int = guard.DEFAULT_HOLDBACK
 
 
 @dataclass(slots=True)
@@ -74,6 +75,9 @@ class Exchange:
     error_code: str | None = None
     plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
     route: failover.Route | None = None  # where it went, and the breaker watching that provider
+    guarded: bool = False  # output guardrails apply to this answer
+    stream_guard: guard.StreamGuard | None = None  # ... and it is streamed
+    response_findings: Findings | None = None
     request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property
@@ -402,24 +406,71 @@ class Engine:
         if r is not None and r.rule is not None and ex.status:
             self._spawn(self._record_outcome(r.rule, r.provider, ex.status))
         ex.streaming = "text/event-stream" in headers.get("content-type", "")
+        ex.guarded = (
+            ex.es is not None
+            and ex.request is not None
+            and 200 <= ex.status < 300
+            and guard.has_response_rules(ex.es)
+        )
         if ex.streaming and ex.request is not None:
-            ex.sse = SseParser(ex.request.api)
+            if ex.guarded:
+                assert ex.es is not None
+                cap = self.config.stream_holdback
+                ex.stream_guard = guard.StreamGuard(
+                    ex.es, ex.request.api, ex.request_id, guard.holdback(ex.es, cap)
+                )
+            else:
+                ex.sse = SseParser(ex.request.api)
 
-    def response_chunk(self, ex: Exchange, chunk: bytes, end: bool) -> None:
-        """Watch the response body (streamed or buffered) for usage; finish at its end."""
-        if ex.sse is not None:
+    def response_chunk(
+        self, ex: Exchange, chunk: bytes, end: bool
+    ) -> tuple[bytes | None, Decision | None]:
+        """Watch the response body for usage and output rules; finish at its end.
+
+        Returns the bytes to send instead of ``chunk`` (None: unchanged) and, for a buffered
+        answer a rule refuses, the decision to answer the client with instead.
+        """
+        out: bytes | None = None
+        refusal = None
+        if ex.stream_guard is not None:
+            out = ex.stream_guard.feed(chunk, end)
+        elif ex.sse is not None:
             ex.sse.feed(chunk)
         else:
             ex.response_chunks.append(chunk)
+            if end and ex.guarded:
+                out, refusal = self._guard_buffered(ex)
         if end:
             self.finish(ex)
+        return out, refusal
+
+    def _guard_buffered(self, ex: Exchange) -> tuple[bytes | None, Decision | None]:
+        assert ex.request is not None and ex.es is not None
+        try:
+            resp = parse_response(ex.request.api, b"".join(ex.response_chunks))
+        except PolicyExtprocError:
+            return None, None  # not the JSON the API promises: nothing we can scan or rewrite
+        findings = check_response(ex.es, resp.parts)
+        if not findings.fired:
+            return None, None
+        ex.response_findings = findings
+        decision = guard.response_decision(findings, ex.es)
+        if decision.action == "block":
+            return None, decision
+        if findings.edits:
+            return rewrite_response(resp, findings.new_texts(resp.parts)), None
+        return None, None
 
     def finish(self, ex: Exchange) -> None:
         """The response is over (or the stream closed): record what it cost."""
         if ex.finished or ex.decision is None or ex.request is None:
             return
         ex.finished = True
-        if ex.sse is not None:
+        if ex.stream_guard is not None:
+            ex.usage = ex.stream_guard.usage
+            if ex.stream_guard.findings.fired:
+                ex.response_findings = ex.stream_guard.findings
+        elif ex.sse is not None:
             ex.sse.flush()  # a last event with no blank line after it still counts
             ex.usage = ex.sse.usage
         elif ex.response_chunks and 200 <= ex.status < 300:
@@ -432,11 +483,14 @@ class Engine:
             cost = self.catalog.cost(ex.request.model, ex.usage)
             if cost is None and ex.plan is not None:
                 cost = limits.fallback_cost(self.config.limits, ex.usage)
-            # The response record carries usage and cost; the request's alerts were its own.
-            usage = (ex.usage.input_tokens, ex.usage.output_tokens)
-            self._audit(
-                ex, replace(ex.decision, alerts=()), usage=usage, cost_usd=cost, phase="response"
-            )
+        if ex.usage is not None or ex.response_findings is not None:
+            # The response record: usage, cost and the output guardrails' decision (else the
+            # request's, without the alerts that were the request record's own).
+            decision = replace(ex.decision, alerts=())
+            if ex.response_findings is not None and ex.es is not None:
+                decision = guard.response_decision(ex.response_findings, ex.es)
+            usage = (ex.usage.input_tokens, ex.usage.output_tokens) if ex.usage else None
+            self._audit(ex, decision, usage=usage, cost_usd=cost, phase="response")
         if ex.plan is not None:
             self._spawn(self._settle(ex, ex.plan, ex.usage, cost))
 

@@ -1,7 +1,8 @@
 """ext_authz adapter: the same engine, answered as allow (200 OK) or deny (a JSON refusal).
 
-ext_authz cannot rewrite a body, so a ``modify`` decision is answered as allow with the
-decision header; deployments that need redaction use ext_proc.
+ext_authz cannot rewrite a body. A request that a policy wants redacted (``modify``) is
+therefore refused (403 ``redaction_unavailable``), never let through unredacted: failing open is
+a setting elsewhere, never a silent side effect. Deployments that redact use ext_proc.
 """
 
 from __future__ import annotations
@@ -17,6 +18,12 @@ from ..errors import PolicyExtprocError
 from ..policy.decision import Decision
 from . import responses, translate
 from .engine import Engine, Exchange
+
+
+class RedactionUnavailable(PolicyExtprocError):
+    code = "redaction_unavailable"
+    http_status = 403
+
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +81,18 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
     except Exception:
         log.exception("ext_authz check failed")
         decision = _refuse(engine, ex, PolicyExtprocError("internal error"))
+    if decision.action == "modify":
+        rule = f"{decision.policy}/{decision.rule}"
+        decision = _refuse(
+            engine,
+            ex,
+            RedactionUnavailable(
+                f"this request must be redacted ({rule}), which ext_authz cannot do; "
+                "route it through the ext_proc filter"
+            ),
+        )
     rid = ex.request_id
-    if decision.action in ("allow", "modify"):
+    if decision.action == "allow":
         return auth.CheckResponse(
             status=status_pb2.Status(code=_OK),
             ok_response=auth.OkHttpResponse(

@@ -143,10 +143,23 @@ class ExtProcStream:
     def _response_body(self, ev: Event) -> Reply:
         ex = self.exchange
         assert ex is not None
-        self.engine.response_chunk(ex, ev.body, ev.end_of_stream)
+        body, refusal = self.engine.response_chunk(ex, ev.body, ev.end_of_stream)
         if ev.end_of_stream:
             self.state = State.DONE
-        return Continue(phase="response_body")
+        if refusal is not None:
+            # A buffered answer a rule refuses: the client gets the policy error instead. The
+            # response headers are still held by Envoy in BUFFERED mode, so this replaces all.
+            self.state = State.DONE
+            return responses.refusal(refusal, ex.request_id, self._version())
+        if body is None:
+            return Continue(phase="response_body")
+        if ex.streaming:
+            return Continue(phase="response_body", body=body)
+        headers = [("content-length", str(len(body)))]
+        if ex.response_findings is not None and ex.response_findings.redactions:
+            counts = {**ex.decision.redactions, **ex.response_findings.redactions}  # type: ignore[union-attr]
+            headers.append(("x-policy-redactions", ",".join(f"{k}={v}" for k, v in counts.items())))
+        return Continue(phase="response_body", body=body, set_headers=tuple(headers))
 
     def _fail(self, exc: PolicyExtprocError) -> Reply:
         """A deliberate answer for a failure: refuse the request with the error's code."""

@@ -85,7 +85,13 @@ def jwt_claims(metadata: base_pb2.Metadata) -> Mapping[str, Any] | None:
     payload = data.get("jwt_payload")
     if isinstance(payload, dict):
         return payload
-    return next((v for v in data.values() if isinstance(v, dict)), None)
+    mappings = [v for v in data.values() if isinstance(v, dict)]
+    # With header_in_metadata the JOSE header ({alg, kid, typ}) sits beside the payload: taking
+    # it would drop the verified identity. A payload has registered claims (RFC 7519 s4.1).
+    for v in mappings:
+        if "sub" in v or "iss" in v:
+            return v
+    return mappings[0] if len(mappings) == 1 else None
 
 
 def event(msg: ep.ProcessingRequest) -> Event:

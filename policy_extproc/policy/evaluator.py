@@ -66,6 +66,11 @@ class Findings:
 # -- model access ---------------------------------------------------------------------------
 
 
+def _shown(model: str) -> str:
+    """A client's model name as reasons quote it: bounded, whatever the client sent."""
+    return repr(model if len(model) <= 80 else model[:77] + "...")
+
+
 def _check_models(es: EffectiveSet, ctx: RequestContext, model: str, out: Findings) -> None:
     key = (model, ctx.roles)
     cached = es.model_cache.get(key)
@@ -76,13 +81,13 @@ def _check_models(es: EffectiveSet, ctx: RequestContext, model: str, out: Findin
             if rule.roles is not None and not ctx.roles.intersection(rule.roles):
                 continue
             if rule.deny_models and es.glob(rule.deny_models).fullmatch(model):
-                fired.append((e, "block", f"model {model!r} is denied"))
+                fired.append((e, "block", f"model {_shown(model)} is denied"))
             elif rule.models is not None and rule.action == "block":
                 if not model:
                     fired.append((e, "block", "the request names no model"))
                 elif not es.glob(rule.models).fullmatch(model):
                     allowed = ", ".join(rule.models)
-                    why = f"model {model!r} is not allowed (allowed: {allowed})"
+                    why = f"model {_shown(model)} is not allowed (allowed: {allowed})"
                     fired.append((e, "block", why))
         cached = tuple(fired)
         if len(es.model_cache) >= _MODEL_CACHE_LIMIT:

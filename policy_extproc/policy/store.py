@@ -1,20 +1,38 @@
 """Holds the snapshot in force; a reload builds a whole new one and swaps it in, or keeps the old.
 
-Requests read ``store.current`` once when they start and keep that snapshot to the end, so a swap
-never changes the rules under a request in flight. A policy set with a mistake is never swapped
-in: the last good set keeps serving and ``last_error`` says what is wrong (health detail, admin).
+The policy set is the policy files plus the policies pushed through the admin API (handed in
+as sources by ``admin.pushed``; a pushed policy's file name is ``pushed:<name>``). Requests
+read ``store.current`` once when they start and keep that snapshot to the end, so a swap never
+changes the rules under a request in flight. A policy set with a mistake is never swapped in:
+the last good set keeps serving and ``last_error`` says what is wrong (health detail, admin).
 """
 
 from __future__ import annotations
 
 import os
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import PolicyError
-from .compiler import Snapshot, compile_paths
-from .loader import policy_files
+from ..errors import PolicyError, Problem
+from .compiler import Snapshot
+from .loader import POLICY_EXTENSIONS, policy_files, read_sources
+from .model import Policy
+
+Source = tuple[str, str]  # (file name, text), as the loader reads them
+
+PUSHED = "pushed:"
+
+
+def pushed_file(name: str) -> str:
+    """The file name a pushed policy carries (in problems, explanations and the version hash)."""
+    return PUSHED + name
+
+
+def is_pushed(policy: Policy) -> bool:
+    """Whether ``policy`` came through the admin API rather than a file."""
+    return policy.file.startswith(PUSHED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +45,7 @@ class LoadError:
 
 
 class PolicyStore:
-    """The current snapshot, its source paths, and the outcome of the last reload."""
+    """The current snapshot, its sources (files and pushed policies), the last reload's outcome."""
 
     def __init__(self, paths: Sequence[str] = (), snapshot: Snapshot | None = None) -> None:
         self.paths = tuple(paths)
@@ -36,6 +54,11 @@ class PolicyStore:
         self.loaded_at = time.time() if snapshot is not None else 0.0
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
+        self._pushed: tuple[Source, ...] = ()
+        # Reloads run in worker threads (file watch, admin pushes): one compile-and-swap at a
+        # time, each reading the latest files and pushed sources, so the last to finish is
+        # never older than the one before it.
+        self._lock = threading.Lock()
 
     @property
     def ready(self) -> bool:
@@ -46,6 +69,15 @@ class PolicyStore:
         if self._current is None:
             raise RuntimeError("no policy set loaded yet")
         return self._current
+
+    @property
+    def pushed(self) -> tuple[Source, ...]:
+        """The pushed policies the next ``load`` compiles with the files."""
+        return self._pushed
+
+    def set_pushed(self, sources: Iterable[Source]) -> None:
+        """Replace the pushed policies; they take effect at the next ``load``."""
+        self._pushed = tuple(sorted(sources))  # sorted: the same set gives the same version
 
     def on_swap(self, listener: Callable[[Snapshot], None]) -> None:
         self._listeners.append(listener)
@@ -59,15 +91,45 @@ class PolicyStore:
             listener(snapshot)
 
     def load(self) -> Snapshot:
-        """Compile the files at ``paths`` and swap; on a mistake keep the current set and raise."""
-        self._fingerprint = self.fingerprint()
+        """Compile the files and pushed policies and swap; on a mistake keep the set and raise."""
+        with self._lock:
+            self._fingerprint = self.fingerprint()
+            try:
+                snapshot = self.compile(self._pushed)
+            except PolicyError as exc:
+                self.last_error = LoadError(time.time(), exc)
+                raise
+            snapshot.warm()
+            self.swap(snapshot)
+            return snapshot
+
+    def compile(self, pushed: Sequence[Source]) -> Snapshot:
+        """The would-be set of the files as they are now plus ``pushed``; nothing is swapped.
+
+        Raises ``PolicyError`` with every problem, in the lines ``check`` prints.
+        """
+        sources: list[Source] = []
+        problems: list[Problem] = []
+        files = policy_files(self.paths)
+        for path in files:
+            try:
+                sources.append((str(path), path.read_text(encoding="utf-8")))
+            except (OSError, UnicodeDecodeError) as exc:
+                problems.append(Problem(str(path), 0, f"cannot read: {exc}"))
+        if not files and not pushed and not problems:
+            problems.append(Problem(", ".join(self.paths), 0, "no policy files found "
+                                    f"({'/'.join(POLICY_EXTENSIONS)})"))  # fmt: skip
+        # One read of files and pushed together: duplicate names and rule clashes between a
+        # file and a pushed policy are found like those between two files.
+        policies, more = read_sources([*sources, *pushed])
+        problems += more
         try:
-            snapshot = compile_paths(self.paths)
+            snapshot = Snapshot(policies)
         except PolicyError as exc:
-            self.last_error = LoadError(time.time(), exc)
-            raise
-        snapshot.warm()
-        self.swap(snapshot)
+            problems.extend(exc.problems)
+        if problems:
+            problems.sort(key=lambda p: (p.file, p.line))
+            raise PolicyError(problems)
         return snapshot
 
     def fingerprint(self) -> tuple[tuple[str, float, int], ...]:

@@ -43,8 +43,11 @@ def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     root = tmp_path_factory.mktemp("guard")
     (root / "policies").mkdir()
     (root / "policies" / "p.yaml").write_text(POLICY)
-    config = ServerConfig(policies=(str(root / "policies"),), listen="127.0.0.1:0",
-                          audit_log=str(root / "audit.jsonl"))  # fmt: skip
+    config = ServerConfig(
+        policies=(str(root / "policies"),),
+        listen="127.0.0.1:0",
+        audit_log=str(root / "audit.jsonl"),
+    )
     sink = RecordingSink()
     loop = BackgroundLoop()
 
@@ -67,8 +70,11 @@ def proxy(envoy_factory, guarded: Running) -> EnvoyProcess:  # type: ignore[no-u
 
 
 def chat(text: str, *, stream: bool = False) -> dict[str, object]:
-    return {"model": "gpt-4o-mini", "stream": stream,
-            "messages": [{"role": "user", "content": text}]}  # fmt: skip
+    return {
+        "model": "gpt-4o-mini",
+        "stream": stream,
+        "messages": [{"role": "user", "content": text}],
+    }
 
 
 def streamed_text(resp: Response) -> str:
@@ -97,8 +103,9 @@ def test_buffered_answer_is_rewritten(proxy: EnvoyProcess, mock_provider: MockPr
 
 def test_streamed_answer_is_rewritten_across_chunks(proxy: EnvoyProcess) -> None:
     prompt = f"the aurora project, contact {SECRET_MAIL} today " + "and more words " * 20
-    resp = http_request(proxy.url, "/v1/chat/completions", chat(prompt, stream=True),
-                        headers=HEADERS)  # fmt: skip
+    resp = http_request(
+        proxy.url, "/v1/chat/completions", chat(prompt, stream=True), headers=HEADERS
+    )
     assert resp.status == 200
     text = streamed_text(resp)
     assert "aurora" not in text and SECRET_MAIL not in text
@@ -107,8 +114,12 @@ def test_streamed_answer_is_rewritten_across_chunks(proxy: EnvoyProcess) -> None
 
 
 def test_anthropic_stream_is_rewritten(proxy: EnvoyProcess) -> None:
-    body = {"model": "claude-3-5-haiku", "max_tokens": 100, "stream": True,
-            "messages": [{"role": "user", "content": f"mail {SECRET_MAIL} about aurora"}]}  # fmt: skip
+    body = {
+        "model": "claude-3-5-haiku",
+        "max_tokens": 100,
+        "stream": True,
+        "messages": [{"role": "user", "content": f"mail {SECRET_MAIL} about aurora"}],
+    }
     resp = http_request(proxy.url, "/v1/messages", body, headers=HEADERS)
     assert resp.status == 200
     text = "".join(
@@ -120,8 +131,9 @@ def test_anthropic_stream_is_rewritten(proxy: EnvoyProcess) -> None:
 
 
 def test_buffered_answer_is_refused(proxy: EnvoyProcess) -> None:
-    resp = http_request(proxy.url, "/v1/chat/completions", chat("say forbidden fruit"),
-                        headers=HEADERS)  # fmt: skip
+    resp = http_request(
+        proxy.url, "/v1/chat/completions", chat("say forbidden fruit"), headers=HEADERS
+    )
     assert resp.status == 403
     body = resp.json()
     assert body["error"]["code"] == "blocked" and body["rule"] == "forbidden"
@@ -130,9 +142,12 @@ def test_buffered_answer_is_refused(proxy: EnvoyProcess) -> None:
 
 
 def test_streamed_answer_is_cut_before_the_match(proxy: EnvoyProcess) -> None:
-    resp = http_request(proxy.url, "/v1/chat/completions",
-                        chat("a harmless start, then forbidden fruit", stream=True),
-                        headers=HEADERS)  # fmt: skip
+    resp = http_request(
+        proxy.url,
+        "/v1/chat/completions",
+        chat("a harmless start, then forbidden fruit", stream=True),
+        headers=HEADERS,
+    )
     events = resp.sse()
     assert streamed_text(resp).startswith("echo:") or streamed_text(resp) == ""
     errors = [json.loads(d) for _, d in events if d != "[DONE]" and "error" in json.loads(d)]

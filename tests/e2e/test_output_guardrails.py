@@ -9,15 +9,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
-from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.mockprovider import MockProvider
-from policy_extproc.server import ServerConfig, Sidecar
-from tests.envoy_harness import BackgroundLoop, EnvoyProcess, Response, http_request
+from tests.e2e.sidecars import RunningSidecar, running_sidecar
+from tests.envoy_harness import EnvoyProcess, Response, http_request
 
 POLICY = """
 policy_name: output_rules
@@ -32,41 +29,15 @@ HEADERS = {"x-org-id": "guard", "x-user-id": "u1"}
 SECRET_MAIL = "bob.secret@example.com"
 
 
-@dataclass
-class Running:
-    sidecar: Sidecar
-    sink: RecordingSink
+@pytest.fixture(scope="module")
+def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
+    with running_sidecar(POLICY, tmp_path_factory.mktemp("guard")) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    root = tmp_path_factory.mktemp("guard")
-    (root / "policies").mkdir()
-    (root / "policies" / "p.yaml").write_text(POLICY)
-    config = ServerConfig(
-        policies=(str(root / "policies"),),
-        listen="127.0.0.1:0",
-        audit_log=str(root / "audit.jsonl"),
-    )
-    sink = RecordingSink()
-    loop = BackgroundLoop()
-
-    async def start() -> Sidecar:
-        s = Sidecar(config, sinks=[sink])
-        await s.start()
-        return s
-
-    sidecar = loop.run(start())
-    try:
-        yield Running(sidecar, sink)
-    finally:
-        loop.run(sidecar.stop())
-        loop.close()
-
-
-@pytest.fixture(scope="module")
-def proxy(envoy_factory, guarded: Running) -> EnvoyProcess:  # type: ignore[no-untyped-def]
-    return envoy_factory(guarded.sidecar.port)
+def proxy(envoy_factory, guarded: RunningSidecar) -> EnvoyProcess:  # type: ignore[no-untyped-def]
+    return envoy_factory(guarded.port)
 
 
 def chat(text: str, *, stream: bool = False) -> dict[str, object]:
@@ -155,7 +126,7 @@ def test_streamed_answer_is_cut_before_the_match(proxy: EnvoyProcess) -> None:
     assert "forbidden fruit" not in streamed_text(resp)
 
 
-def test_audit_has_the_response_decisions_and_no_values(guarded: Running) -> None:
+def test_audit_has_the_response_decisions_and_no_values(guarded: RunningSidecar) -> None:
     records = [r for r in guarded.sink.records if r.org == "guard"]
     responses = [r for r in records if r.phase == "response"]
     assert any(dict(r.redactions).get("EMAIL") for r in responses)
@@ -164,9 +135,8 @@ def test_audit_has_the_response_decisions_and_no_values(guarded: Running) -> Non
     assert SECRET_MAIL not in dumped and "aurora project" not in dumped
 
 
-def test_audit_log_file_verifies(guarded: Running) -> None:
+def test_audit_log_file_verifies(guarded: RunningSidecar) -> None:
     from policy_extproc.audit.chain import verify
 
-    assert guarded.sidecar.config.audit_log is not None
-    result = verify(Path(guarded.sidecar.config.audit_log))
+    result = verify(guarded.audit_log)
     assert result.ok, result.message

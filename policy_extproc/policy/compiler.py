@@ -64,10 +64,12 @@ def _patterns(
     for i, rule in enumerate(policy.rules):
         if not isinstance(rule, ContentFilterRule) or rule.direction not in (direction, "both"):
             continue
-        for kw in rule.keywords:
-            add(kw, "literal", rule, i, f"keyword {kw!r}", rule.whole_words)
-        for rx in rule.patterns:
-            add(rx, "regex", rule, i, f"pattern {rx!r}", False)
+        # Labels name keywords and patterns by position, never by their text: for a keyword,
+        # the text is what was matched, and reasons go into audit records and spans.
+        for n, kw in enumerate(rule.keywords, 1):
+            add(kw, "literal", rule, i, f"keyword #{n}", rule.whole_words)
+        for n, rx in enumerate(rule.patterns, 1):
+            add(rx, "regex", rule, i, f"pattern #{n}", False)
         for topic, phrases in rule.topics.items():
             for phrase in phrases:
                 # A literal: the engine matches its spaces against any run of white space.
@@ -80,7 +82,7 @@ def _patterns(
         problems = []
         for pattern, why in exc.failures:
             rule = policy.rules[targets[pattern.tag].rule_index]
-            problems.append(Problem(policy.file, rule.line, f"{targets[pattern.tag].label}: the "
+            problems.append(Problem(policy.file, rule.line, f"pattern {pattern.expr!r}: the "
                                     f"linear-time engine cannot compile it: {why}", policy.name,
                                     rule.index, rule.type))  # fmt: skip
         raise PolicyError(problems) from exc
@@ -103,7 +105,7 @@ class EffectiveSet:
     """The policies applying to one scope (least to most specific) and the rules in force."""
 
     __slots__ = ("active", "by_type", "compliance", "content", "glob_cache", "model_cache",
-                 "policies", "rules")  # fmt: skip
+                 "policies", "position", "rules")  # fmt: skip
 
     def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
         self.policies = tuple(policies)
@@ -119,10 +121,13 @@ class EffectiveSet:
         pos = {cp.index: n for n, cp in enumerate(self.policies)}
         order = sorted(chosen.values(), key=lambda e: (pos[e.policy.index], e.rule.index))
         self.rules = tuple(order)
-        self.active = frozenset((e.policy.index, e.rule.index - 1) for e in self.rules)
-        self.by_type: dict[str, tuple[EffectiveRule, ...]] = {}
+        # (policy index, 0-based rule index) -> place in ``rules``, for the rules in force.
+        self.position = {(e.policy.index, e.rule.index - 1): n for n, e in enumerate(self.rules)}
+        self.active = frozenset(self.position)
+        by_type: dict[str, list[EffectiveRule]] = {}
         for e in self.rules:
-            self.by_type[e.rule.type] = (*self.by_type.get(e.rule.type, ()), e)
+            by_type.setdefault(e.rule.type, []).append(e)
+        self.by_type = {t: tuple(rules) for t, rules in by_type.items()}
         self.content = {
             d: tuple(cp for cp in self.policies if getattr(cp, f"{d}_patterns") is not None)
             for d in ("request", "response")

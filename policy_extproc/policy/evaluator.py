@@ -186,14 +186,15 @@ def scan_content(
             out.edits.setdefault(i, []).append((start, end, repl))
         out.redactions[rule_id] = out.redactions.get(rule_id, 0) + len(merged)
     where = "prompt" if direction == "request" else "response"
-    for e in es.rules_of("content_filter"):
-        found = labels.get((e.policy.index, e.rule.index - 1))
-        if found:
-            rule = e.rule  # type: ignore[assignment]
-            action = "block" if rule.action == "block" else "modify"
-            verb = "matches" if action == "block" else "redacted"
-            out.fire(e, action, f"{where} {verb} {', '.join(found[:3])}"
-                     + (f" and {len(found) - 3} more" if len(found) > 3 else ""))  # fmt: skip
+    # In the order of the rules in force; by the rules that matched, not all (thousands) of them.
+    for key in sorted(labels, key=es.position.__getitem__):
+        found = labels[key]
+        e = es.rules[es.position[key]]
+        rule = e.rule  # type: ignore[assignment]
+        action = "block" if rule.action == "block" else "modify"
+        verb = "matches" if action == "block" else "redacted"
+        more = f" and {len(found) - 3} more" if len(found) > 3 else ""
+        out.fire(e, action, f"{where} {verb} {', '.join(found[:3])}{more} of rule '{e.rule.id}'")
 
 
 # -- the request --------------------------------------------------------------------------------

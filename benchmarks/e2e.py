@@ -186,7 +186,7 @@ async def closed_loop(
     return Result(f"closed c={connections}", latencies, errors, time.perf_counter() - start)
 
 
-def chat_request(port: int, prompt_chars: int) -> bytes:
+def chat_request(port: int, prompt_chars: int, team: str = "ml") -> bytes:
     """A prepared POST /v1/chat/completions with a prompt of prompt_chars characters."""
     words = ("the quick brown fox jumps over the lazy dog " * (prompt_chars // 44 + 1))[
         :prompt_chars
@@ -197,7 +197,8 @@ def chat_request(port: int, prompt_chars: int) -> bytes:
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
         # The example policies' org and team: baseline and team rules (model access, keyword,
         # regex and topic filters, redaction) are all evaluated on every request.
-        "x-org-id: acme\r\nx-team-id: ml\r\nx-user-id: bench-user\r\n\r\n"
+        f"x-org-id: acme\r\nx-team-id: {team}\r\nx-user-id: bench-user\r\n"
+        "x-environment: bench\r\n\r\n"
     )
     return head.encode() + body.encode()
 
@@ -230,7 +231,8 @@ class SidecarCommand(ManagedProcess):
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_SIDECAR = (
     f"{Path(sys.executable).parent / 'policy-extproc'} serve --log-level warning "
-    f"--policies {ROOT / 'examples' / 'policies'} --audit-log {{audit}} --listen {{listen}}"
+    f"--policies {ROOT / 'examples' / 'policies'} --policies {ROOT / 'benchmarks' / 'policies'} "
+    "--audit-log {audit} --listen {listen}"
 )
 
 
@@ -254,7 +256,7 @@ async def measure(
     """Warm up, then run each mode against each target; print rows as they come."""
     results: dict[tuple[str, str], Result] = {}
     for name, port in targets.items():
-        raw = chat_request(port, args.prompt_chars)
+        raw = chat_request(port, args.prompt_chars, args.team)
         await closed_loop("127.0.0.1", port, raw, 4, args.warmup)  # connections, caches, JIT-free
         if args.mode in ("open", "both"):
             results[name, "open"] = await open_loop(
@@ -280,6 +282,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--mode", choices=["open", "closed", "both"], default="both")
     parser.add_argument("--prompt-chars", type=int, default=400, help="size of the user prompt")
     parser.add_argument("--sidecar-cmd", help="command starting the sidecar; {listen} is filled in")
+    parser.add_argument(
+        "--team",
+        default="ml",
+        help="team of the requests: ml (a budget: the sidecar reads every response for its "
+        "usage) or support (no rule reads the response: 2 ext_proc messages per request)",
+    )
     parser.add_argument(
         "--passthrough",
         action="store_true",

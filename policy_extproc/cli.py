@@ -4,12 +4,21 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
 import click
 
-from .errors import PolicyError, RequestError
+from .admin.auth import TOKEN_ENV as ADMIN_TOKEN_ENV
+from .admin.cli import approvals, policies
+from .errors import AdminError, PolicyError, RequestError, StateError
+
+
+# Every option of every command reads POLICY_EXTPROC_<OPTION> (DESIGN.md s3). Click would
+# derive POLICY_EXTPROC_<COMMAND>_<OPTION> for a subcommand; an explicit prefix on each command
+# keeps the documented names.
+ENV = {"auto_envvar_prefix": "POLICY_EXTPROC"}
 
 
 @click.group(
@@ -19,7 +28,7 @@ def main() -> None:
     """Policy-enforcement sidecar for LLM traffic behind Envoy."""
 
 
-@main.command()
+@main.command(context_settings=ENV)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 def check(paths: tuple[str, ...]) -> None:
     """Validate policy files and directories: one line per problem, exit 1 if any."""
@@ -51,7 +60,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     return out
 
 
-@main.command("eval")
+@main.command("eval", context_settings=ENV)
 @click.option(
     "--policies",
     "policies",
@@ -133,7 +142,7 @@ def _guess_path(body: bytes) -> str:
     return "/v1/chat/completions"
 
 
-@main.command()
+@main.command(context_settings=ENV)
 @click.option(
     "--policies",
     required=True,
@@ -177,6 +186,20 @@ def _guess_path(body: bytes) -> str:
     show_default=True,
     help="Time zone of budget days and months (IANA name).",
 )
+@click.option(
+    "--metrics-listen",
+    default=None,
+    callback=lambda ctx, param, value: _listen_address(value),
+    help="HOST:PORT serving Prometheus /metrics and /healthz; none: off.",
+)
+@click.option(
+    "--admin-listen",
+    default="127.0.0.1:50052",
+    show_default=True,
+    envvar="POLICY_EXTPROC_ADMIN_LISTEN",
+    help="HOST:PORT of the admin API ('off': none); off loopback it needs the token in "
+    "POLICY_EXTPROC_ADMIN_TOKEN.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -195,6 +218,8 @@ def serve(
     max_body_bytes: int,
     alert_webhook: str | None,
     budget_time_zone: str,
+    metrics_listen: str | None,
+    admin_listen: str,
     workers: int,
     log_level: str,
 ) -> None:
@@ -219,6 +244,10 @@ def serve(
         max_body_bytes=max_body_bytes,
         alert_webhook=alert_webhook,
         budget_time_zone=budget_time_zone,
+        metrics_listen=metrics_listen or None,
+        admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
+        # From the environment only: a token on the command line would show in `ps`.
+        admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
     )
     try:
         asyncio.run(run(config))
@@ -229,9 +258,23 @@ def serve(
     except OSError as exc:  # the port is taken, the audit log cannot be opened, ...
         click.echo(f"policy-extproc: cannot start: {exc}", err=True)
         sys.exit(1)
+    except (AdminError, StateError) as exc:  # admin API open without a token; Redis down
+        click.echo(f"policy-extproc: {exc.message}; not serving", err=True)
+        sys.exit(1)
 
 
-@main.command("mock-provider")
+def _listen_address(value: str | None) -> str | None:
+    if value:
+        from .metrics import parse_listen
+
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from exc
+    return value
+
+
+@main.command("mock-provider", context_settings=ENV)
 @click.option("--listen", default="127.0.0.1:18080", show_default=True, help="HOST:PORT (0: any)")
 @click.option(
     "--fail-rate",
@@ -251,12 +294,12 @@ def mock_provider(listen: str, fail_rate: float, name: str, latency_ms: float) -
     run(listen, fail_rate, name, latency_ms)
 
 
-@main.group()
+@main.group(context_settings=ENV)
 def audit() -> None:
     """Audit log tools."""
 
 
-@audit.command()
+@audit.command(context_settings=ENV)
 @click.argument("file", type=click.Path(exists=True, dir_okay=False))
 def verify(file: str) -> None:
     """Check the hash chain of an audit log; exit 1 at the first broken or missing link."""
@@ -267,6 +310,10 @@ def verify(file: str) -> None:
         click.echo(f"{file}: {result.message}")
         sys.exit(1)
     click.echo(f"{file}: ok, {result.lines} records, chain intact")
+
+
+main.add_command(policies)
+main.add_command(approvals)
 
 
 if __name__ == "__main__":  # pragma: no cover

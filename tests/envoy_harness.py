@@ -12,7 +12,7 @@ Every process is stopped by stop(): SIGTERM, then SIGKILL after a bound. Nothing
 port: Envoy binds 0 for its listener and admin and reports the real ports, the other servers
 bind 0 and print theirs.
 
-    python -m tests.envoy_harness render      rewrite envoy/envoy.yaml from the template
+    python -m tests.envoy_harness render      rewrite envoy/envoy.yaml and envoy/envoy-jwt.yaml
     python -m tests.envoy_harness passthrough-extproc --listen 127.0.0.1:0
 """
 
@@ -50,6 +50,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVOY_DIR = REPO_ROOT / "envoy"
 TEMPLATE = ENVOY_DIR / "envoy.yaml.tmpl"
 DEFAULT_CONFIG = ENVOY_DIR / "envoy.yaml"
+# JWT mode (DESIGN.md section 4): the same placeholders, rendered the same way.
+JWT_TEMPLATE = ENVOY_DIR / "envoy-jwt.yaml.tmpl"
+JWT_CONFIG = ENVOY_DIR / "envoy-jwt.yaml"
+# Rendered templates with the default ports: (template, what it renders to).
+RENDERED = ((TEMPLATE, DEFAULT_CONFIG), (JWT_TEMPLATE, JWT_CONFIG))
 # The one body limit of envoy/envoy.yaml.tmpl (DESIGN.md section 8).
 BODY_LIMIT = 4 * 1024 * 1024
 # A ProcessingRequest holds the body plus headers: the gRPC limit must sit above BODY_LIMIT.
@@ -244,14 +249,16 @@ class EnvoyProcess(ManagedProcess):
         ports: EnvoyPorts,
         *,
         ext_proc: bool = True,
+        template: Path = TEMPLATE,
         config_text: str | None = None,
         workdir: Path | None = None,
         log_level: str = "warning",
     ) -> None:
         super().__init__([], "envoy", workdir=workdir)
         self.config_path = self.workdir / "envoy.yaml"
-        text = config_text if config_text is not None else render_config(ports, ext_proc=ext_proc)
-        self.config_path.write_text(text)
+        if config_text is None:
+            config_text = render_config(ports, ext_proc=ext_proc, template=template)
+        self.config_path.write_text(config_text)
         self._admin_path = self.workdir / "admin-address.txt"
         # Hot restart off: no shared memory, so any number of Envoys can run side by side.
         # Access logs flushed every 100 ms instead of the default 10 s, for tests to read.
@@ -470,16 +477,17 @@ def _serve_passthrough(listen: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Regenerate envoy/envoy.yaml, or run the pass-through ext_proc server."""
+    """Regenerate envoy/*.yaml from their templates, or run the pass-through ext_proc server."""
     parser = argparse.ArgumentParser(prog="python -m tests.envoy_harness")
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("render", help="write envoy/envoy.yaml from the template, default ports")
+    sub.add_parser("render", help="write envoy/*.yaml from their templates, default ports")
     serve = sub.add_parser("passthrough-extproc", help="run the pass-through ext_proc server")
     serve.add_argument("--listen", default="127.0.0.1:50051")
     args = parser.parse_args(argv)
     if args.command == "render":
-        DEFAULT_CONFIG.write_text(render_config(DEFAULT_PORTS))
-        print(f"wrote {DEFAULT_CONFIG}")
+        for template, config in RENDERED:
+            config.write_text(render_config(DEFAULT_PORTS, template=template))
+            print(f"wrote {config}")
     else:
         _serve_passthrough(args.listen)
     return 0

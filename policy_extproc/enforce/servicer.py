@@ -33,7 +33,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ep.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ep.ProcessingResponse]:
-        stream = ExtProcStream(self.engine)
+        stream = ExtProcStream(self.engine, trace_context=_trace_context(context))
         self.open_streams += 1
         self._idle.clear()
         try:
@@ -52,6 +52,19 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
 
     async def drained(self) -> None:
         await self._idle.wait()
+
+
+def _trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:
+    """W3C trace context of Envoy's own span, sent as gRPC metadata on the Process stream.
+
+    With tracing on, Envoy puts its span's ``traceparent`` there even when the client sent
+    none, so the policy.decision span joins the request's trace in the tracing backend.
+    """
+    out = {}
+    for key, value in context.invocation_metadata() or ():
+        if key in ("traceparent", "tracestate") and isinstance(value, str):
+            out[key] = value
+    return out
 
 
 class Authorization(external_auth_pb2_grpc.AuthorizationServicer):

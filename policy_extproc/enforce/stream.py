@@ -39,6 +39,18 @@ class State(enum.Enum):
     DONE = "done"
 
 
+class EnvoyLocalReply(PolicyExtprocError):
+    """The client got Envoy's own answer (a 413 over the buffer limit, say), not ours."""
+
+    code = "envoy_local_reply"
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.http_status = status
+        if status == 413:
+            self.code = "body_too_large"
+
+
 class InternalError(PolicyExtprocError):
     code = "internal_error"
     http_status = 500
@@ -47,8 +59,9 @@ class InternalError(PolicyExtprocError):
 class ExtProcStream:
     """Protocol state of one request's ext_proc stream."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, trace_context: dict[str, str] | None = None) -> None:
         self.engine = engine
+        self.trace_context = trace_context or {}
         self.state = State.START
         self.exchange: Exchange | None = None
         self.claims: Any = None
@@ -77,10 +90,32 @@ class ExtProcStream:
             return self._response_headers(ev)
         if phase == "response_body" and state is State.RESPONSE_BODY:
             return self._response_body(ev)
+        if phase in ("response_headers", "response_body") and state in (State.START, State.BODY):
+            return self._local_reply(ev)
         raise ProtocolError(f"unexpected {phase or 'unknown message'} in state {state.value}")
 
+    def _local_reply(self, ev: Event) -> Reply:
+        """Envoy answered the client itself before we decided: a filter ahead of ours refused
+        (jwt_authn's 401, the health check), or Envoy's own limit hit (a body over the buffer
+        limit: 413). Nothing of ours to add or decide; a request we had seen is audited with
+        the status it got."""
+        ex = self.exchange
+        if ev.phase == "response_headers" and ex is not None and ex.decision is None:
+            status = ev.headers.get(":status", "0")
+            self.engine.refuse(
+                ex,
+                EnvoyLocalReply(
+                    f"Envoy answered {status} before the request reached the policies",
+                    int(status) if status.isdigit() else 500,
+                ),
+            )
+        return Continue(phase=ev.phase)  # type: ignore[arg-type]
+
     async def _request_headers(self, ev: Event) -> Reply:
-        self.exchange = ex = self.engine.begin(ev.headers, ev.claims)
+        headers = ev.headers
+        if self.trace_context and "traceparent" not in headers:
+            headers = {**headers, **self.trace_context}  # Envoy's span, from the gRPC metadata
+        self.exchange = ex = self.engine.begin(headers, ev.claims)
         self.claims = ev.claims
         # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
         # is dropped, and the route chosen with it forgotten.

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import pytest
 
 from policy_extproc.mockprovider import MockProvider
 from tests.envoy_harness import (
+    TEMPLATE,
     BackgroundLoop,
     EnvoyPorts,
     EnvoyProcess,
@@ -73,14 +75,17 @@ EnvoyFactory = Callable[..., EnvoyProcess]
 def envoy_factory(
     mock_providers: dict[str, MockProvider], tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[EnvoyFactory]:
-    """make(extproc_port=None, *, ext_proc=True) -> a started Envoy in front of the mocks.
+    """make(extproc_port=None, *, ext_proc=True, template=TEMPLATE) -> a started Envoy.
 
-    extproc_port None points the filter at a port nobody listens on (the sidecar is down).
+    In front of the mocks. extproc_port None points the filter at a port nobody listens on (the
+    sidecar is down); template picks the configuration (envoy-jwt.yaml.tmpl: JWT mode).
     Every Envoy made is stopped when the module's tests are done.
     """
     made: list[EnvoyProcess] = []
 
-    def make(extproc_port: int | None = None, *, ext_proc: bool = True) -> EnvoyProcess:
+    def make(
+        extproc_port: int | None = None, *, ext_proc: bool = True, template: Path = TEMPLATE
+    ) -> EnvoyProcess:
         ports = EnvoyPorts(
             extproc=extproc_port if extproc_port is not None else free_port(),
             openai=mock_providers["openai"].port,
@@ -89,7 +94,9 @@ def envoy_factory(
             listen=0,
             admin=0,
         )
-        envoy = EnvoyProcess(ports, ext_proc=ext_proc, workdir=tmp_path_factory.mktemp("envoy"))
+        envoy = EnvoyProcess(
+            ports, ext_proc=ext_proc, template=template, workdir=tmp_path_factory.mktemp("envoy")
+        )
         made.append(envoy)
         return envoy.start()
 

@@ -72,6 +72,7 @@ def test_kill9_mid_load_loses_no_decision_the_client_saw(envoy_factory, tmp_path
     ]
 
     def client(n: int) -> None:
+        # Each request from another user: the example's per-user rate limit never throttles.
         i = 0
         while not stop.is_set():
             body = bodies[(n + i) % len(bodies)]
@@ -82,7 +83,7 @@ def test_kill9_mid_load_loses_no_decision_the_client_saw(envoy_factory, tmp_path
                     "/v1/chat/completions",
                     body,
                     timeout=10,
-                    headers={"x-org-id": "acme", "x-team-id": "ml"},
+                    headers={"x-org-id": "acme", "x-team-id": "ml", "x-user-id": f"u{n}-{i}"},
                 )
             except OSError:
                 continue
@@ -121,7 +122,7 @@ def test_kill9_mid_load_loses_no_decision_the_client_saw(envoy_factory, tmp_path
             envoy.url,
             "/v1/chat/completions",
             bodies[0],
-            headers={"x-org-id": "acme", "x-team-id": "ml"},
+            headers={"x-org-id": "acme", "x-team-id": "ml", "x-user-id": "after-restart"},
         )
         assert resp.status == 200
     finally:

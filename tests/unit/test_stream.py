@@ -348,11 +348,7 @@ async def _to_state(stream: ExtProcStream, state: State) -> None:
 # Every (state, message) pair that the table of stream.py does not allow.
 OUT_OF_ORDER = [
     (State.START, req_body(b"{}")),
-    (State.START, resp_headers()),
-    (State.START, resp_body(b"{}")),
     (State.BODY, req_headers(chat("again"))),
-    (State.BODY, resp_headers()),
-    (State.BODY, resp_body(b"{}")),
     (State.RESPONSE, req_headers(chat("again"))),
     (State.RESPONSE, req_body(b"{}")),
     (State.RESPONSE, resp_body(b"{}")),
@@ -385,6 +381,31 @@ async def test_a_message_out_of_order_is_a_deliberate_500(
     assert sink.records[-1].error_code == "protocol_error"
     if state is not State.START:
         assert sink.records[-1].request_id == "rid-1"
+
+
+async def test_envoy_local_reply_before_any_request_phase_passes_untouched(
+    stream: ExtProcStream, sink: RecordingSink
+) -> None:
+    # jwt_authn's 401 or the health check answer before ext_proc saw the request: Envoy still
+    # runs the response side through us. Nothing to decide, nothing to audit.
+    reply = await stream.handle(resp_headers())
+    assert isinstance(reply, Continue) and reply.phase == "response_headers"
+    reply = await stream.handle(resp_body(b'{"code":"invalid_token"}'))
+    assert isinstance(reply, Continue) and reply.body is None
+    assert sink.records == []
+
+
+async def test_envoy_local_reply_after_the_request_headers_is_audited(
+    stream: ExtProcStream, sink: RecordingSink
+) -> None:
+    # A body over Envoy's buffer limit: Envoy answers 413 itself after the request headers.
+    await stream.handle(req_headers(chat("big")))
+    headers = Event("response_headers", {":status": "413"}, b"", False)
+    reply = await stream.handle(headers)
+    assert isinstance(reply, Continue)
+    assert sink.records[-1].error_code == "body_too_large"
+    assert sink.records[-1].request_id == "rid-1"
+    assert isinstance(await stream.handle(resp_body(b"{}")), Continue)
 
 
 # -- failures inside ---------------------------------------------------------------------------

@@ -239,6 +239,15 @@ async def test_get_without_a_body_passes(server: Running) -> None:
 # -- protocol errors, disconnects and bugs -------------------------------------------------------
 
 
+async def test_envoy_local_reply_without_a_request_phase_passes(server: Running) -> None:
+    # jwt_authn's 401, the health check: Envoy answered before ext_proc saw the request, and
+    # still sends the response side through us. It passes untouched and is not a decision.
+    before = len(server.sink.records)
+    answers = await run_exchange(server.stub, [response_headers(401), response_body(b"{}")])
+    assert [a.WhichOneof("response") for a in answers] == ["response_headers", "response_body"]
+    assert len(server.sink.records) == before
+
+
 @pytest.mark.parametrize(
     "first_messages",
     [
@@ -259,15 +268,6 @@ async def test_get_without_a_body_passes(server: Running) -> None:
         ),
     ],
 )
-async def test_envoy_local_reply_without_a_request_phase_passes(server: Running) -> None:
-    # jwt_authn's 401, the health check: Envoy answered before ext_proc saw the request, and
-    # still sends the response side through us. It passes untouched and is not a decision.
-    before = len(server.sink.records)
-    answers = await run_exchange(server.stub, [response_headers(401), response_body(b"{}")])
-    assert [a.WhichOneof("response") for a in answers] == ["response_headers", "response_body"]
-    assert len(server.sink.records) == before
-
-
 async def test_a_message_out_of_order_gets_a_deliberate_500_and_the_server_goes_on(
     server: Running, first_messages: list
 ) -> None:

@@ -84,7 +84,8 @@ def test_eval_explains_the_decision() -> None:
     result = run("eval", "--policies", "cli", "--request", "requests/codename.json", *ACME_ML)
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
-        "decision: modify (policy 'acme_org', rule 'codenames'): prompt redacted keyword #1 of rule 'codenames'",
+        "decision: modify (policy 'acme_org', rule 'codenames'): prompt redacted keyword #1 of "
+        "rule 'codenames'",
         "request: org=acme team=ml user=- environment=- roles=- api=openai.chat "
         "model=gpt-4o-mini prompt_parts=2",
         "policies applied (least to most specific):",
@@ -96,7 +97,8 @@ def test_eval_explains_the_decision() -> None:
         "    acme_ml/models (model_access): overrides 'acme_org'",
         "    acme_ml/weapons (content_filter): own",
         "fired:",
-        "  MODIFY acme_org/codenames (content_filter): prompt redacted keyword #1 of rule 'codenames'",
+        "  MODIFY acme_org/codenames (content_filter): prompt redacted keyword #1 of rule "
+        "'codenames'",
         "redactions: codenames=1",
         "compliance: SOC2",
         "rewritten body:",
@@ -113,7 +115,9 @@ def test_eval_block_has_no_rewritten_body() -> None:
         "decision: block (policy 'acme_ml', rule 'models'): model 'gpt-4o' is "
         "not allowed (allowed: gpt-4o-mini, claude-3-haiku)"
     )
-    assert "  BLOCK acme_org/secrets (content_filter): prompt matches keyword #1 of rule 'secrets'" in lines
+    secrets = "  BLOCK acme_org/secrets (content_filter): prompt matches keyword #1 of rule "
+    secrets += "'secrets'"
+    assert secrets in lines
     assert "rewritten body:" not in lines
 
 

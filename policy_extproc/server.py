@@ -14,6 +14,7 @@ import contextlib
 import logging
 import signal
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
@@ -22,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from .admin.control import ControlPlane
 from .audit.chain import AuditLog
 from .audit.sink import AuditSink, FanoutSink, JsonlSink
 from .enforce import limits
@@ -32,6 +34,9 @@ from .errors import PolicyError, StateError
 from .llm.catalog import load_catalog
 from .policy.store import PolicyStore
 from .state.base import StateBackend
+
+if TYPE_CHECKING:
+    from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +63,12 @@ class ServerConfig:
     grace_s: float = 10.0
     alert_webhook: str | None = None
     budget_time_zone: str = "UTC"
+    metrics_listen: str | None = None  # HOST:PORT of /metrics and /healthz; None: off
+    # Control plane (admin/): the admin API's listener (None: off) and bearer token; without a
+    # token it must be loopback. Pushed policies are re-read this often even without news.
+    admin_listen: str | None = "127.0.0.1:50052"
+    admin_token: str | None = None
+    policy_poll_s: float = 5.0
 
 
 class Sidecar:
@@ -66,6 +77,13 @@ class Sidecar:
     def __init__(self, config: ServerConfig, *, sinks: list[AuditSink] | None = None) -> None:
         self.config = config
         self.store = PolicyStore(config.policies)
+        self.control = ControlPlane(
+            self.store,
+            redis_url=config.redis,
+            admin_listen=config.admin_listen,
+            admin_token=config.admin_token,
+            poll_s=config.policy_poll_s,
+        )
         self._extra_sinks = sinks or []
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -75,13 +93,25 @@ class Sidecar:
         self.sink: AuditSink | None = None
         self.state: StateBackend | None = None
         self.processor: ExternalProcessor | None = None
+        self.metrics: Metrics | None = None
+        self.metrics_port = 0
+        if config.metrics_listen:
+            from .metrics import Metrics
+
+            self.metrics = Metrics(config.metrics_listen)  # a bad address fails here, early
 
     async def start(self) -> None:
         cfg = self.config
-        self.store.load()  # raises PolicyError: nothing to serve
+        self.control.check()  # AdminError: an admin API open to the network without a token
+        try:
+            await self.control.load()  # files and pushed policies; PolicyError: nothing to serve
+        except BaseException:
+            await self.control.stop()
+            raise
         self.catalog = load_catalog(cfg.catalog)
         self.state = self._open_state()
-        self.sink = FanoutSink(self._open_sinks())
+        # The live decision stream last: the durable log has the record before any watcher.
+        self.sink = FanoutSink([*self._open_sinks(), self.control.live])
         self.alerts = AlertNotifier(cfg.alert_webhook)
         self.engine = Engine(
             self.store,
@@ -126,6 +156,20 @@ class Sidecar:
             raise OSError(f"cannot listen on {cfg.listen}: address in use or not available")
         await server.start()
         self._server = server
+        try:
+            await self.control.serve(self.state, self.sink)
+        except BaseException:
+            await self.stop()
+            raise
+        if self.metrics is not None:
+            self.metrics.watch(
+                self.store, processor=self.processor, alerts=self.alerts, audit=self.sink
+            )
+            try:
+                self.metrics_port = self.metrics.serve()
+            except OSError:
+                await self.stop()
+                raise
         for service in ("", EXT_PROC, EXT_AUTHZ):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         self._watch = asyncio.create_task(self._watch_policies())
@@ -161,6 +205,8 @@ class Sidecar:
             from .audit.otel import OtelSink
 
             sinks.append(OtelSink(self.config.otlp_endpoint))
+        if self.metrics is not None:
+            sinks.append(self.metrics.sink)  # counts every record; never raises
         return sinks
 
     async def _watch_policies(self) -> None:
@@ -191,7 +237,12 @@ class Sidecar:
             except StateError as exc:
                 log.warning("reservation sweep failed: %s", exc)
 
+    @property
+    def admin_port(self) -> int:
+        return self.control.admin_port
+
     async def stop(self) -> None:
+        await self.control.stop()
         for task in (self._watch, self._sweep):
             if task is not None:
                 task.cancel()
@@ -207,6 +258,8 @@ class Sidecar:
             self.sink.close()
         if self.state is not None:
             await self.state.close()
+        if self.metrics is not None:
+            await self.metrics.close()  # last: the final counts stay scrapable while draining
 
 
 async def serve(config: ServerConfig) -> None:

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 from ..errors import AdminError
 
+# Trailing metadata of an INVALID_ARGUMENT for a policy set that does not load: the number of
+# problem lines in the status details (so a client tells them from a one-line refusal).
+PROBLEMS_KEY = "policy-problems"
+
 
 class NotFound(AdminError):
     """No such policy or approval."""
@@ -27,4 +31,4 @@ class Conflict(AdminError):
     http_status = 409
 
 
-__all__ = ["AdminError", "Conflict", "NotFound"]
+__all__ = ["PROBLEMS_KEY", "AdminError", "Conflict", "NotFound"]

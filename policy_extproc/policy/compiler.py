@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import translate
 
 from ..detect.patterns import Pattern, PatternError, PatternSet
@@ -213,8 +213,16 @@ class Snapshot:
 
 
 def policy_version(policies: Sequence[Policy]) -> str:
-    """A content hash of the policy set, recorded with every decision."""
-    return hashlib.sha256(repr(tuple(policies)).encode()).hexdigest()[:16]
+    """A content hash of the policy set, recorded with every decision.
+
+    Only what the policies say counts: not the files they came from nor their lines, so the
+    same set mounted elsewhere, reformatted, or pushed through the admin API has one version.
+    """
+    h = hashlib.sha256()
+    for p in sorted(policies, key=lambda p: p.name):
+        rules = tuple(replace(r, line=0) for r in p.rules)
+        h.update(repr(replace(p, rules=rules, file="", line=0)).encode())
+    return h.hexdigest()[:16]
 
 
 def compile_paths(paths: Sequence[str]) -> Snapshot:

@@ -38,11 +38,11 @@ class PolicyRepository(Protocol):
     async def write(
         self, expected: int, put: Mapping[str, str], delete: Sequence[str] = ()
     ) -> int | None:
-        """Store ``put`` and remove ``delete`` if still at ``expected``: the new version, else None."""
+        """Store ``put``, remove ``delete`` if still at ``expected``: the new version, else None."""
         ...
 
     def changes(self) -> AsyncIterator[int | None]:
-        """Versions announced by writers; None when some may have been missed (after reconnecting)."""
+        """Versions announced by writers; None when some may have been missed (reconnected)."""
         ...
 
     async def close(self) -> None:
@@ -69,7 +69,7 @@ class MemoryPolicies:
     async def write(
         self, expected: int, put: Mapping[str, str], delete: Sequence[str] = ()
     ) -> int | None:
-        """Store ``put`` and remove ``delete`` if still at ``expected``: the new version, else None."""
+        """Store ``put``, remove ``delete`` if still at ``expected``: the new version, else None."""
         if expected != self._version:
             return None
         self._texts.update(put)

@@ -15,6 +15,7 @@ so ``changes`` yields None after every (re)subscription, and the caller re-reads
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from importlib import resources
@@ -93,7 +94,7 @@ class RedisPolicies:
     async def write(
         self, expected: int, put: Mapping[str, str], delete: Sequence[str] = ()
     ) -> int | None:
-        """Store ``put`` and remove ``delete`` if still at ``expected``: the new version, else None."""
+        """Store ``put``, remove ``delete`` if still at ``expected``: the new version, else None."""
         args: list[Any] = [expected, CHANNEL, len(put)]
         for name, text in put.items():
             args += (name, text)
@@ -119,10 +120,8 @@ class RedisPolicies:
             except (RedisError, OSError, TimeoutError) as exc:
                 log.warning("policy announcements: %s; subscribing again", exc)
             finally:
-                try:
+                with contextlib.suppress(RedisError, OSError):
                     await pubsub.aclose()
-                except (RedisError, OSError):
-                    pass
             await asyncio.sleep(RECONNECT_S)
 
     async def _subscribe(self, pubsub: PubSub) -> None:

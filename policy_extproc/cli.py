@@ -14,7 +14,6 @@ from .admin.auth import TOKEN_ENV as ADMIN_TOKEN_ENV
 from .admin.cli import approvals, policies
 from .errors import AdminError, PolicyError, RequestError, StateError
 
-
 # Every option of every command reads POLICY_EXTPROC_<OPTION> (DESIGN.md s3). Click would
 # derive POLICY_EXTPROC_<COMMAND>_<OPTION> for a subcommand; an explicit prefix on each command
 # keeps the documented names.
@@ -250,6 +249,14 @@ def serve(
         admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
     )
     try:
+        if workers > 1:
+            from .workers import WorkersError
+            from .workers import run as run_workers
+
+            try:
+                sys.exit(run_workers(config, workers))
+            except WorkersError as exc:
+                raise click.UsageError(str(exc)) from None
         asyncio.run(run(config))
     except PolicyError as exc:
         click.echo(str(exc), err=True)

@@ -1,0 +1,82 @@
+"""``serve --workers N``: N sidecar processes on one port, for more than one core.
+
+gRPC binds with SO_REUSEPORT on Linux, so the kernel spreads Envoy's connections over the
+workers. Each worker is a whole sidecar: its own event loop, its own audit log (a hash chain is
+one writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...), and the shared
+state in Redis, which is why more than one worker needs ``--redis`` (in-process counters would
+give each worker its own limits). Only worker 0 serves the admin API; metrics, when on, are
+served by worker i on the configured port + i.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import multiprocessing
+import signal
+from dataclasses import fields, replace
+from pathlib import Path
+from typing import Any
+
+from .server import ServerConfig, serve
+
+log = logging.getLogger(__name__)
+
+
+class WorkersError(ValueError):
+    pass
+
+
+def worker_config(config: ServerConfig, index: int) -> ServerConfig:
+    """The configuration of worker ``index``."""
+    changes: dict[str, Any] = {}
+    if config.audit_log:
+        path = Path(config.audit_log)
+        changes["audit_log"] = str(path.with_name(f"{path.stem}-{index}{path.suffix}"))
+    names = {f.name for f in fields(config)}
+    if "admin_listen" in names and index > 0:
+        changes["admin_listen"] = None
+    metrics = getattr(config, "metrics_listen", None)
+    if metrics and index > 0:
+        host, _, port = metrics.rpartition(":")
+        changes["metrics_listen"] = f"{host}:{int(port) + index}"
+    return replace(config, **changes)
+
+
+def _worker(config: ServerConfig, level: int) -> None:
+    name = multiprocessing.current_process().name
+    logging.basicConfig(
+        level=level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
+    )
+    asyncio.run(serve(config))
+
+
+def run(config: ServerConfig, workers: int) -> int:
+    """Run ``workers`` sidecars until SIGTERM/SIGINT; the exit code is the worst of theirs."""
+    if workers > 1 and not config.redis:
+        raise WorkersError(
+            "--workers above 1 needs --redis: every worker must see the same "
+            "limits, budgets, approvals and breakers"
+        )
+    if config.listen.endswith(":0"):
+        raise WorkersError("--workers above 1 needs a fixed --listen port")
+    ctx = multiprocessing.get_context("spawn")
+    level = logging.getLogger().getEffectiveLevel()
+    procs = [
+        ctx.Process(target=_worker, args=(worker_config(config, i), level), name=f"worker-{i}")
+        for i in range(workers)
+    ]
+    for p in procs:
+        p.start()
+
+    def stop(_signum: int, _frame: object) -> None:
+        # Each worker drains its streams and flushes its audit log on SIGTERM.
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for p in procs:
+        p.join()
+    return max((p.exitcode or 0) for p in procs)

@@ -1,0 +1,53 @@
+"""Dry runs: decide one request against a snapshot, as ``policy-extproc eval`` does, and explain.
+
+Only the rules decided from the request alone take part (models, content, PII, approvals by
+model or tag); limits and budgets need shared state and are left out, so nothing is consumed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..audit.builder import record_for
+from ..audit.record import AuditRecord
+from ..llm.request import parse_request, rewrite_request
+from ..policy.compiler import Snapshot
+from ..policy.context import build_context
+from ..policy.evaluator import check_request, decide
+from ..policy.explain import explain
+
+
+@dataclass(frozen=True, slots=True)
+class DryRun:
+    """The would-be decision's audit record, its explanation, and the rewritten body if any."""
+
+    record: AuditRecord
+    explanation: list[str]
+    body: bytes | None
+
+
+def guess_path(body: bytes) -> str:
+    """/v1/messages for a body that looks like Anthropic's, else /v1/chat/completions."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return "/v1/chat/completions"
+    if isinstance(data, dict) and ("system" in data or "anthropic_version" in data):
+        return "/v1/messages"
+    return "/v1/chat/completions"
+
+
+def dry_run(snapshot: Snapshot, body: bytes, headers: Mapping[str, str], path: str = "") -> DryRun:
+    """Decide ``body`` without enforcing anything; raises ``RequestError`` for a bad body."""
+    hdrs = {k.lower(): v for k, v in headers.items()}
+    request = parse_request(path or hdrs.get(":path") or guess_path(body), body)
+    ctx = build_context(hdrs, request)
+    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+    decision = decide(es, ctx, check_request(es, ctx))
+    new_body = None
+    if decision.new_texts and decision.action in ("allow", "modify"):
+        new_body = rewrite_request(request, decision.new_texts)
+    record = record_for(decision, ctx, policy_version=snapshot.version)
+    return DryRun(record, explain(es, ctx, decision), new_body)

@@ -1,0 +1,51 @@
+"""The admin gRPC server: PolicyAdmin (token-guarded) and reflection, on a listener of its own.
+
+Apart from the ext_proc listener so that it can be bound elsewhere (loopback by default) and
+so that an admin client never competes with Envoy's streams for the same server's limits.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+from grpc_reflection.v1alpha import reflection
+
+from .._proto import admin_pb2_grpc
+from .auth import SERVICE, TokenAuth, check_listen
+from .service import PolicyAdmin
+
+log = logging.getLogger(__name__)
+
+
+class AdminServer:
+    """Serves ``service`` on ``listen``; ``start`` refuses a non-loopback listener without token."""
+
+    def __init__(self, service: PolicyAdmin, listen: str, token: str | None) -> None:
+        self.service = service
+        self.listen = listen
+        self.token = token or None
+        self.port = 0
+        self._server: grpc.aio.Server | None = None
+
+    async def start(self) -> None:
+        check_listen(self.listen, self.token)  # AdminError, before anything is bound
+        interceptors = [TokenAuth(self.token)] if self.token else []
+        server = grpc.aio.server(interceptors=interceptors)
+        admin_pb2_grpc.add_PolicyAdminServicer_to_server(self.service, server)
+        reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
+        self.port = server.add_insecure_port(self.listen)
+        if self.port == 0:
+            raise OSError(f"cannot listen on {self.listen} (admin API)")
+        await server.start()
+        self._server = server
+        host = self.listen.rsplit(":", 1)[0]
+        guard = "bearer token required" if self.token else "loopback only, no token"
+        log.info("admin API on %s:%d (%s)", host, self.port, guard)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        """End live decision streams (they never end on their own), then stop the server."""
+        self.service.live.close()
+        if self._server is not None:
+            await self._server.stop(grace_s)
+            self._server = None

@@ -47,8 +47,8 @@ class AuditRecord:
     ``timestamp`` is when the decision started (the request reached the sidecar), as RFC 3339
     UTC with microseconds (see ``utc_timestamp``); the decision took ``latency_us`` from there.
     ``mode`` is ``log`` when a policy in shadow mode (``mode: log``) fired: ``would_decide`` is
-    then the decision with the shadow rules enforced too, and ``decision`` what was enforced. ``degraded`` names fail-open paths taken, such as
-    ``state_unavailable:open``.
+    then the decision with the shadow rules enforced too, and ``decision`` what was enforced.
+    ``degraded`` names fail-open paths taken, such as ``state_unavailable:open``.
     """
 
     decision: str

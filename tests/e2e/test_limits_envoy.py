@@ -77,7 +77,11 @@ def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar
     (policy_dir / "limits.yaml").write_text(POLICIES)
     sink = RecordingSink()
     config = ServerConfig(
-        policies=(str(policy_dir),), listen="127.0.0.1:0", audit_log=None, grace_s=2.0
+        policies=(str(policy_dir),),
+        listen="127.0.0.1:0",
+        audit_log=None,
+        grace_s=2.0,
+        admin_listen=None,
     )
     running = Sidecar(config, sinks=[sink])
     loop = BackgroundLoop()

@@ -152,6 +152,13 @@ def _guess_path(body: bytes) -> str:
 @click.option("--listen", default="127.0.0.1:50051", show_default=True)
 @click.option("--redis", default=None, help="redis://host:port/db; none: in-memory state.")
 @click.option(
+    "--redis-timeout",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.001, 10.0),
+    help="Seconds a Redis call may take; past it a rule's on_error (open|closed) decides.",
+)
+@click.option(
     "--audit-log",
     default="audit.jsonl",
     show_default=True,
@@ -210,6 +217,7 @@ def serve(
     policies: tuple[str, ...],
     listen: str,
     redis: str | None,
+    redis_timeout: float,
     audit_log: str,
     fsync_interval: float,
     otlp_endpoint: str | None,
@@ -236,6 +244,7 @@ def serve(
         policies=policies,
         listen=listen,
         redis=redis,
+        redis_timeout_s=redis_timeout,
         audit_log=audit_log or None,
         fsync_interval_s=fsync_interval,
         otlp_endpoint=otlp_endpoint,

@@ -57,6 +57,7 @@ class ServerConfig:
     fsync_interval_s: float = 1.0
     otlp_endpoint: str | None = None
     redis: str | None = None
+    redis_timeout_s: float = 0.1  # bound on each Redis call; past it, the rule's on_error decides
     catalog: str | None = None
     max_body_bytes: int = DEFAULT_MAX_BODY
     watch_interval_s: float = 1.0
@@ -189,7 +190,7 @@ class Sidecar:
         if self.config.redis:
             from .state.redis import RedisState
 
-            return RedisState.from_url(self.config.redis)
+            return RedisState.from_url(self.config.redis, timeout_s=self.config.redis_timeout_s)
         from .state.memory import MemoryState
 
         return MemoryState()

@@ -43,7 +43,7 @@ from policy_extproc.state.base import (
     to_micros,
 )
 
-DEFAULT_TIMEOUT_S = 0.05
+DEFAULT_TIMEOUT_S = 0.1
 DEFAULT_MAX_CONNECTIONS = 64
 SWEEP_BATCH = 256
 _APPROVALS = "pe:{approvals}:"  # low volume: every approval and the index in one hash slot

@@ -286,7 +286,7 @@ def cost_budget(limit_usd: str, *, action: str = "block", on_error: str = "close
 async def decided(stub: epg.ExternalProcessorStub, body: bytes, rid: str) -> Answer:
     """One request, sent again (as a client would) while it fails closed with a 503.
 
-    A burst of ~100 streams on one replica can push a Redis call past the backend's 50 ms
+    A burst of ~100 streams on one replica can push a Redis call past the backend's 100 ms
     bound (pool and event loop saturated on two shared cores): the call fails closed, 503
     state_unavailable. Retrying lets every request end admitted or refused by the limit.
     """

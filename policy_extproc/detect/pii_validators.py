@@ -12,6 +12,7 @@ import ipaddress
 import json
 import re
 from datetime import date
+from functools import lru_cache
 
 import phonenumbers
 
@@ -222,8 +223,13 @@ def is_ipv6(value: str) -> bool:
     return len(groups) == 2 and any(c.isdigit() for c in value) and sum(map(len, groups)) >= 5
 
 
+@lru_cache(maxsize=4096)
 def is_phone(value: str, region: str | None) -> bool:
-    """A number the ITU plan (via libphonenumber metadata) says is assignable, not just dialable."""
+    """A number the ITU plan (via libphonenumber metadata) says is assignable, not just dialable.
+
+    The slowest validator (~25 us a number) and a pure function: cached, because a chat resends
+    its whole history every turn, so the same numbers come back request after request.
+    """
     try:
         number = phonenumbers.parse(value, region)
     except phonenumbers.NumberParseException:

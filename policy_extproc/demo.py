@@ -24,32 +24,54 @@ LISTEN, ADMIN, SIDECAR = 10000, 9901, 50051
 CURLS = """
 Envoy is listening on http://127.0.0.1:{listen} (admin http://127.0.0.1:{admin}).
 The audit log is {audit}; verify it with: {bin}/policy-extproc audit verify {audit}
+Every acme request names its user (x-user-id): the baseline limits each user's rate.
 Paste any of these (add -i to see the x-policy-decision header):
 
 # allow: the ML team may use gpt-4o
 curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
-  -H 'content-type: application/json' \\
+  -H 'x-user-id: alice' -H 'content-type: application/json' \\
   -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"Hello there"}}]}}'
 
 # block (model access by team): the support team may not use gpt-4o
 curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: support' \\
-  -H 'content-type: application/json' \\
+  -H 'x-user-id: sam' -H 'content-type: application/json' \\
   -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"Hello there"}}]}}'
 
 # block (content): a credential in the prompt
 curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
-  -H 'content-type: application/json' \\
+  -H 'x-user-id: alice' -H 'content-type: application/json' \\
   -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"my api_key = sk-123"}}]}}'
 
-# redact: the code name never reaches the provider (the echo shows what it received)
+# modify (redact): the code name and the e-mail never reach the provider (the echo shows
+# what it received)
 curl -si localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
-  -H 'content-type: application/json' \\
-  -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"Status of project-aurora?"}}]}}'
+  -H 'x-user-id: alice' -H 'content-type: application/json' \\
+  -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"Status of project-aurora? Mail bob@example.org"}}]}}'
+
+# throttle: support users get 3 requests a minute; the 4th is a 429 with retry-after
+for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' localhost:{listen}/v1/chat/completions \\
+  -H 'x-org-id: acme' -H 'x-team-id: support' -H 'x-user-id: tom' -H 'content-type: application/json' \\
+  -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hi"}}]}}'; done; echo
+
+# escalate: gpt-4.5 needs a human's approval (403 approval_required with an approval_id) ...
+curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
+  -H 'x-user-id: alice' -H 'content-type: application/json' \\
+  -d '{{"model":"gpt-4.5-preview","messages":[{{"role":"user","content":"Plan the launch"}}]}}'
+# ... an approver approves it (list shows the pending ones) ...
+{bin}/policy-extproc approvals list
+{bin}/policy-extproc approvals approve ID --reason 'launch week'
+# ... and the same user resends the same request with the id: it passes, once.
+curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
+  -H 'x-user-id: alice' -H 'x-approval-id: ID' -H 'content-type: application/json' \\
+  -d '{{"model":"gpt-4.5-preview","messages":[{{"role":"user","content":"Plan the launch"}}]}}'
 
 # Anthropic format, streamed
 curl -sN localhost:{listen}/v1/messages -H 'x-org-id: acme' -H 'x-team-id: ml' \\
-  -H 'content-type: application/json' \\
+  -H 'x-user-id: alice' -H 'content-type: application/json' \\
   -d '{{"model":"claude-3-5-sonnet","max_tokens":100,"stream":true,"messages":[{{"role":"user","content":"Hi"}}]}}'
+
+Policies: examples/policies/ (edited files are live within a second). The admin API listens
+on 127.0.0.1:50052: {bin}/policy-extproc policies list
 """  # noqa: E501
 
 

@@ -180,7 +180,17 @@ def test_sidecar_port_is_not_exposed(objects: list[Obj]) -> None:
     assert [p["targetPort"] for p in service["spec"]["ports"]] == ["http"]
     policy = find(objects, "NetworkPolicy", "llm-gateway")
     ports = {p["port"] for rule in policy["spec"]["ingress"] for p in rule["ports"]}
-    assert ports == {8080, 8081}
+    assert ports == {8080, 8081, 9090}  # Envoy, its probe port, the sidecar's /metrics
+    assert 50051 not in ports and 50052 not in ports  # ext_proc and the admin API: pod-local
+
+
+def test_metrics_port_is_the_one_prometheus_is_told(objects: list[Obj]) -> None:
+    pod = find(objects, "Deployment", "llm-gateway")["spec"]["template"]
+    env = env_of(container(objects, "llm-gateway", "policy-extproc"))
+    port = env["POLICY_EXTPROC_METRICS_LISTEN"].rsplit(":", 1)[1]
+    assert pod["metadata"]["annotations"]["prometheus.io/port"] == port
+    ports = container(objects, "llm-gateway", "policy-extproc")["ports"]
+    assert {"name": "metrics", "containerPort": int(port)} in ports
 
 
 def test_shutdown_outlasts_the_sidecar_drain(objects: list[Obj]) -> None:

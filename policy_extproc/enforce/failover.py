@@ -91,5 +91,7 @@ async def record(state: StateBackend, e: EffectiveRule, provider: str, status: i
         window_s=rule.window_s,
         failure_threshold=rule.failure_threshold,
         cooldown_s=rule.cooldown_s,
+        failure_ratio=rule.failure_ratio,
+        min_requests=rule.min_requests,
         now=time.time(),
     )

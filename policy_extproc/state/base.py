@@ -223,9 +223,16 @@ class StateBackend(Protocol):
         window_s: float,
         failure_threshold: int,
         cooldown_s: float,
+        failure_ratio: float | None = None,
+        min_requests: int = 1,
         now: float | None = None,
     ) -> BreakerState:
-        """Count one upstream outcome and return the breaker after it."""
+        """Count one upstream outcome and return the breaker after it.
+
+        A closed breaker opens on ``failure_threshold`` failures within ``window_s``; with a
+        ``failure_ratio``, instead, when at least ``min_requests`` outcomes in the window hold
+        that share of failures or more.
+        """
         ...
 
     async def breaker_state(

@@ -59,6 +59,7 @@ class _Breaker:
     open: bool = False
     opened_at: float = 0.0
     failures: deque[float] = field(default_factory=deque)
+    successes: deque[float] = field(default_factory=deque)  # kept for failure_ratio only
     touched: float = 0.0
 
 
@@ -258,23 +259,31 @@ class MemoryState:
         window_s: float,
         failure_threshold: int,
         cooldown_s: float,
+        failure_ratio: float | None = None,
+        min_requests: int = 1,
         now: float | None = None,
     ) -> BreakerState:
         """Count one upstream outcome and return the breaker after it."""
         now = clock(now)
         b = self._breakers.setdefault(provider, _Breaker())
         b.touched = now + max(window_s, cooldown_s) + BREAKER_KEEP_S
-        while b.failures and b.failures[0] <= now - window_s:
-            b.failures.popleft()
+        for times in (b.failures, b.successes):
+            while times and times[0] <= now - window_s:
+                times.popleft()
         half_open = b.open and now >= b.opened_at + cooldown_s
         if half_open and ok:
             b.open = False
             b.failures.clear()
+            b.successes.clear()
         elif half_open:
             b.opened_at = now  # the probe failed: another full cooldown
-        elif not b.open and not ok:
-            b.failures.append(now)
-            if len(b.failures) >= failure_threshold:
+        elif not b.open:
+            if ok and failure_ratio is None:
+                pass  # counting mode needs only the failures
+            else:
+                (b.successes if ok else b.failures).append(now)
+            if _trips(len(b.failures), len(b.successes), failure_threshold, failure_ratio,
+                      min_requests):  # fmt: skip
                 b.open, b.opened_at = True, now
         return _breaker_state(provider, b, now, cooldown_s)
 
@@ -376,6 +385,16 @@ def _admission(
         for b, before in zip(budgets, befores, strict=True)
     )
     return Admission(admitted, denied_by, longest, tuple(states), budget_states)
+
+
+def _trips(
+    failures: int, successes: int, threshold: int, ratio: float | None, min_requests: int
+) -> bool:
+    """Whether a closed breaker opens on these outcomes in its window (see breaker_record)."""
+    if ratio is None:
+        return failures >= threshold
+    total = failures + successes
+    return failures > 0 and total >= min_requests and failures >= ratio * total
 
 
 def _breaker_state(provider: str, b: _Breaker, now: float, cooldown_s: float) -> BreakerState:

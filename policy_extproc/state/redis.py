@@ -198,11 +198,15 @@ class RedisState:
         window_s: float,
         failure_threshold: int,
         cooldown_s: float,
+        failure_ratio: float | None = None,
+        min_requests: int = 1,
         now: float | None = None,
     ) -> BreakerState:
         """Count one upstream outcome and return the breaker after it."""
         now = clock(now)
-        args = [now, int(ok), window_s, failure_threshold, cooldown_s, BREAKER_KEEP_S]
+        ratio = -1 if failure_ratio is None else failure_ratio
+        args = [now, int(ok), window_s, failure_threshold, cooldown_s, BREAKER_KEEP_S, ratio,
+                min_requests]  # fmt: skip
         call = self._breaker_record(keys=_breaker_keys(provider), args=args)
         raw = await self._run("breaker_record", call)
         return _breaker(provider, raw, now, cooldown_s)
@@ -320,7 +324,8 @@ def _admission(
 
 
 def _breaker_keys(provider: str) -> list[str]:
-    return [f"pe:{{breaker:{provider}}}", f"pe:{{breaker:{provider}}}:failures"]
+    tag = f"pe:{{breaker:{provider}}}"
+    return [tag, f"{tag}:failures", f"{tag}:successes"]
 
 
 def _breaker(provider: str, raw: list[Any], now: float, cooldown_s: float) -> BreakerState:

@@ -315,6 +315,33 @@ async def test_breaker_cycle_is_shared_by_replicas(replicas: Pair) -> None:
     assert (await b.breaker_state("anthropic", cooldown_s=60, now=T0)).status == "closed"
 
 
+async def test_breaker_with_a_failure_ratio_opens_on_the_share_not_the_count(
+    replicas: Pair,
+) -> None:
+    a, b = replicas
+    spec = {"window_s": 30, "failure_threshold": 3, "cooldown_s": 60, "failure_ratio": 0.5}
+
+    async def record(backend: StateBackend, ok: bool, at: float) -> str:
+        state = await backend.breaker_record("openai", ok, **spec, min_requests=6, now=T0 + at)
+        return state.status
+
+    # Busy and mostly fine: 3 failures (the count threshold) are no reason to open here.
+    for i in range(6):
+        assert await record(a if i % 2 else b, True, i) == "closed"
+    for i in range(3):
+        assert await record(b, False, 6 + i) == "closed"  # 3 of 9 failed
+    assert await record(a, False, 10) == "closed"  # 4 of 10
+    assert await record(b, False, 11) == "closed"  # 5 of 11
+    assert await record(a, False, 12) == "open"  # 6 of 12: half
+    assert (await b.breaker_state("openai", cooldown_s=60, now=T0 + 13)).status == "open"
+    # After the cooldown, a successful probe closes it and forgets the old outcomes.
+    assert await record(b, True, 73) == "closed"
+    # Too few requests in the window to judge: 2 failures out of 2 are not a ratio.
+    assert await record(a, False, 74) == "closed"
+    assert await record(b, False, 75) == "closed"
+    assert await record(a, True, 120) == "closed"  # both failures left the window
+
+
 # -- approvals -------------------------------------------------------------------------
 
 

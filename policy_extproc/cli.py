@@ -255,7 +255,7 @@ def serve(
         metrics_listen=metrics_listen or None,
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
         # From the environment only: a token on the command line would show in `ps`.
-        admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+        admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
     )
     try:
         if workers > 1:

@@ -26,11 +26,22 @@ from .errors import PROBLEMS_KEY
 DEFAULT_ADMIN = "127.0.0.1:50052"
 TIMEOUT_S = 30.0
 
+
+def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    # gRPC would take a port over 65535 modulo 2**16 and call someone else, and an empty
+    # target fails with an "invalid URI" that names nothing the user typed.
+    host, sep, port = value.rpartition(":")
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) <= 65535:
+        raise click.BadParameter(f"{value!r} is not HOST:PORT ([::1]:PORT for IPv6)")
+    return value
+
+
 admin_option = click.option(
     "--admin",
     default=DEFAULT_ADMIN,
     show_default=True,
     envvar="POLICY_EXTPROC_ADMIN",
+    callback=_address,
     help="HOST:PORT of the admin API (policy-extproc serve --admin-listen).",
 )
 
@@ -43,7 +54,7 @@ def _fail(message: str) -> NoReturn:
 @contextmanager
 def _client(admin: str) -> Iterator[Callable[..., Any]]:
     """call(method_name, request) on the admin API, with the token; errors end the command."""
-    token = os.environ.get(TOKEN_ENV, "")
+    token = _token()
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(admin) as channel:
         stub = admin_pb2_grpc.PolicyAdminStub(channel)
@@ -52,12 +63,21 @@ def _client(admin: str) -> Iterator[Callable[..., Any]]:
             try:
                 return getattr(stub, method)(request, metadata=metadata, timeout=TIMEOUT_S)
             except grpc.RpcError as exc:
-                _report(exc, admin)
+                _report(exc, admin, bool(token))
 
         yield call
 
 
-def _report(exc: grpc.RpcError, admin: str) -> NoReturn:
+def _token() -> str:
+    # A token read from a file or a Secret often ends with a newline; gRPC refuses such a
+    # header value with a bare "Invalid metadata", so trim it here and name what else is wrong.
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if not all(" " < c <= "~" for c in token):
+        _fail(f"{TOKEN_ENV} holds characters a bearer token cannot carry (printable ASCII only)")
+    return token
+
+
+def _report(exc: grpc.RpcError, admin: str, has_token: bool) -> NoReturn:
     code, details = exc.code(), exc.details() or ""
     trailers = dict(exc.trailing_metadata() or ())
     if code == grpc.StatusCode.INVALID_ARGUMENT and PROBLEMS_KEY in trailers:
@@ -69,8 +89,17 @@ def _report(exc: grpc.RpcError, admin: str) -> NoReturn:
         sys.exit(1)
     if code == grpc.StatusCode.UNAVAILABLE and "redis" not in details:
         _fail(f"cannot reach the admin API at {admin}: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        _fail(f"no answer from the admin API at {admin} within {TIMEOUT_S:g} s")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        _fail(
+            f"{admin} does not serve the admin API (policy_extproc.v1.PolicyAdmin): "
+            "give the address of policy-extproc serve --admin-listen"
+        )
+    if code == grpc.StatusCode.UNAUTHENTICATED and has_token:
+        _fail(f"the admin API at {admin} rejected the token in {TOKEN_ENV}")
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        _fail(f"{details} (is {TOKEN_ENV} set to the server's token?)")
+        _fail(f"the admin API at {admin} wants a token: {TOKEN_ENV} is not set")
     _fail(f"{code.name.lower()}: {details}")
 
 
@@ -167,15 +196,16 @@ def approvals() -> None:
 @click.option("--org", default="", help="Only this organisation.")
 @click.option(
     "--status",
-    default="",
-    type=click.Choice(["", "pending", "approved", "denied", "consumed"]),
+    default=None,
+    type=click.Choice(["pending", "approved", "denied", "consumed"]),
     help="Only approvals in this state (default: all).",
 )
 @admin_option
-def list_approvals(org: str, status: str, admin: str) -> None:
+def list_approvals(org: str, status: str | None, admin: str) -> None:
     """Unexpired approvals, oldest first."""
+    request = admin_pb2.ListApprovalsRequest(org=org, status=status or "")
     with _client(admin) as call:
-        resp = call("ListApprovals", admin_pb2.ListApprovalsRequest(org=org, status=status))
+        resp = call("ListApprovals", request)
     rows = [["ID", "ORG", "USER", "STATUS", "EXPIRES", "BY", "DETAILS"]]
     for a in resp.approvals:
         details = " ".join(f"{k}={v}" for k, v in sorted(a.details.items()))

@@ -80,14 +80,22 @@ async def open_approval(
         fingerprint=fingerprint(ctx.request),
         created_at=now,
         expires_at=now + rule.ttl_s,
+        # The verdict's audit record takes team, environment, policy, rule, model and
+        # request_id from here (admin.approvals.verdict_record): unset ones are left out, so
+        # it says None as the escalated request's record does, not "".
         details={
-            "team": ctx.team,
-            "model": ctx.request.model,
-            "estimated_cost_usd": f"{estimated_usd:.4f}",
-            "reason": trigger.reason,
-            "policy": trigger.rule.policy_name,
-            "rule": rule.id,
-            "request_id": ctx.request_id,
+            k: v
+            for k, v in {
+                "team": ctx.team,
+                "environment": ctx.environment,
+                "model": ctx.request.model,
+                "estimated_cost_usd": f"{estimated_usd:.4f}",
+                "reason": trigger.reason,
+                "policy": trigger.rule.policy_name,
+                "rule": rule.id,
+                "request_id": ctx.request_id,
+            }.items()
+            if v
         },
     )
     await state.approval_put(approval, now=now)

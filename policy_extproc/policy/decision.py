@@ -104,8 +104,8 @@ def combine(fired: list[Fired] | tuple[Fired, ...], **extra: object) -> Decision
             action, lead = fr.action, fr  # type: ignore[assignment]
         if sev > SEVERITY[would]:
             would = fr.action  # type: ignore[assignment]
-    if lead is None:
-        lead = next((fr for fr in fired if fr.action == "modify" and fr.mode == "enforce"), None)
+    if lead is None:  # nothing above allow: the firing that allowed it explicitly (an approval)
+        lead = next((fr for fr in fired if fr.action == "allow" and fr.mode == "enforce"), None)
     reason = lead.reason if lead else "no rule fired"
     return Decision(
         action=action,

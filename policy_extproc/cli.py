@@ -196,7 +196,7 @@ def _guess_path(body: bytes) -> str:
     "--metrics-listen",
     default=None,
     callback=lambda ctx, param, value: _listen_address(value),
-    help="HOST:PORT serving Prometheus /metrics and /healthz; none: off.",
+    help="HOST:PORT serving Prometheus /metrics and /healthz; unset or 'off': none.",
 )
 @click.option(
     "--admin-listen",
@@ -280,6 +280,8 @@ def serve(
 
 
 def _listen_address(value: str | None) -> str | None:
+    if value and value.lower() in ("off", "none"):
+        return None
     if value:
         from .metrics import parse_listen
 
@@ -287,7 +289,7 @@ def _listen_address(value: str | None) -> str | None:
             parse_listen(value)
         except ValueError as exc:
             raise click.BadParameter(str(exc)) from exc
-    return value
+    return value or None
 
 
 @main.command("mock-provider", context_settings=ENV)

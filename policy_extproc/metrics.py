@@ -20,8 +20,13 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_alert_queue_depth, policy_extproc_audit_spans_total{outcome},
     policy_extproc_audit_span_backlog                              read at scrape time
 
-A response record repeats its request's firings, redactions and degradations, so only request
-records feed those counters; response records add usage and cost.
+A response record carries either its request's decision again (firings, redactions,
+degradations) or, when an output guardrail fired, the guardrails' own decision. Decisions,
+errors and degradations are counted from request records only; response records add usage and
+cost, and their firings and redactions unless they repeat the request's. To tell, the sink
+remembers the firings and redactions of let-through requests that had any, until their response
+record comes, for at most ``MAX_OPEN_EXCHANGES`` requests (oldest forgotten first; a repeat of a
+forgotten one would be counted again).
 
 Label values that come from a client (a model name can be anything) are bounded: each label
 keeps at most ``MAX_LABEL_VALUES`` distinct values and folds the rest, and any value longer
@@ -37,6 +42,7 @@ import asyncio
 import logging
 import socket
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -48,7 +54,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.registry import Collector
 
-from .audit.record import AuditRecord
+from .audit.record import AuditRecord, FiredRule, Redactions
 from .audit.sink import AuditSink, FanoutSink
 
 if TYPE_CHECKING:
@@ -76,6 +82,9 @@ LATENCY_BUCKETS = (
 MAX_LABEL_VALUES = 200
 MAX_LABEL_LENGTH = 128
 OTHER = "other"
+MAX_OPEN_EXCHANGES = 10_000
+# Request decisions that let the request through, so a response record may follow.
+_CONTINUES = frozenset({"allow", "modify"})
 # Degradations that mean the state backend (Redis) failed and the request went on (on_error: open).
 _STATE_DEGRADED = frozenset({"state_unavailable", "breaker_unavailable"})
 
@@ -162,6 +171,9 @@ class MetricsSink:
         # Sidecars that never see a state failure still show the series, at zero.
         for on_error in ("closed", "open"):
             self.state_errors.labels(on_error)
+        # request_id -> (firings, redactions) of a let-through request that had some, oldest
+        # first, until its response record says whether it repeats them (module docstring).
+        self._open: OrderedDict[str, tuple[tuple[FiredRule, ...], Redactions]] = OrderedDict()
 
     def emit(self, record: AuditRecord, *, trace_context: Mapping[str, str] | None = None) -> None:
         """Count ``record``; a failure here is logged, never passed on to the decision."""
@@ -182,12 +194,17 @@ class MetricsSink:
             record.decision, label("policy", record.policy), label("rule", record.rule), record.mode
         ).inc()
         self.latency.observe(record.latency_us / 1_000_000)
-        for fired in record.fired:
-            self.firings.labels(
-                label("policy", fired.policy), label("rule", fired.rule), fired.action
-            ).inc()
-        for kind, count in record.redactions:
-            self.redactions.labels(label("type", kind)).inc(count)
+        self._findings(record)
+        if (
+            record.request_id
+            and (record.fired or record.redactions)
+            and record.decision in _CONTINUES
+            and not record.error_code
+        ):
+            self._open[record.request_id] = (record.fired, record.redactions)
+            self._open.move_to_end(record.request_id)
+            while len(self._open) > MAX_OPEN_EXCHANGES:
+                self._open.popitem(last=False)
         if record.error_code:
             self.errors.labels(label("code", record.error_code)).inc()
             if record.error_code == "state_unavailable":
@@ -198,12 +215,24 @@ class MetricsSink:
                 self.state_errors.labels("open").inc()
 
     def _response(self, record: AuditRecord) -> None:
+        request = self._open.pop(record.request_id, ((), ())) if record.request_id else ((), ())
+        if (record.fired, record.redactions) != request:  # the output guardrails' decision
+            self._findings(record)
         model = self.limit("model", record.model)
         if record.usage is not None:
             self.tokens.labels("input", model).inc(max(0, record.usage.input_tokens))
             self.tokens.labels("output", model).inc(max(0, record.usage.output_tokens))
         if record.cost_usd is not None and record.cost_usd > 0:
             self.cost.labels(model).inc(record.cost_usd)
+
+    def _findings(self, record: AuditRecord) -> None:
+        label = self.limit
+        for fired in record.fired:
+            self.firings.labels(
+                label("policy", fired.policy), label("rule", fired.rule), fired.action
+            ).inc()
+        for kind, count in record.redactions:
+            self.redactions.labels(label("type", kind)).inc(count)
 
 
 @runtime_checkable

@@ -5,7 +5,7 @@ workers. Each worker is a whole sidecar: its own event loop, its own audit log (
 one writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...), and the shared
 state in Redis, which is why more than one worker needs ``--redis`` (in-process counters would
 give each worker its own limits). Only worker 0 serves the admin API; metrics, when on, are
-served by worker i on the configured port + i.
+served by worker i on the configured port + i (or each on a free port, with port 0).
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ def worker_config(config: ServerConfig, index: int) -> ServerConfig:
     metrics = getattr(config, "metrics_listen", None)
     if metrics and index > 0:
         host, _, port = metrics.rpartition(":")
-        changes["metrics_listen"] = f"{host}:{int(port) + index}"
+        if int(port):  # port 0: every worker picks a free port of its own
+            changes["metrics_listen"] = f"{host}:{int(port) + index}"
     return replace(config, **changes)
 
 

@@ -92,6 +92,7 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Decide one request offline and explain why."""
+    from .admin.evaluate import guess_path
     from .audit.builder import record_for
     from .llm.request import parse_request, rewrite_request
     from .policy.compiler import compile_paths
@@ -107,7 +108,7 @@ def eval_(
         sys.exit(1)
     body = Path(request_file).read_bytes()
     hdrs = _headers(headers)
-    path = api_path or hdrs.get(":path") or _guess_path(body)
+    path = api_path or hdrs.get(":path") or guess_path(body)
     try:
         request = parse_request(path, body)
     except RequestError as exc:
@@ -129,16 +130,6 @@ def eval_(
     if new_body is not None:
         click.echo("rewritten body:")
         click.echo(new_body.decode())
-
-
-def _guess_path(body: bytes) -> str:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return "/v1/chat/completions"
-    if isinstance(data, dict) and ("system" in data or "anthropic_version" in data):
-        return "/v1/messages"
-    return "/v1/chat/completions"
 
 
 @main.command(context_settings=ENV)

@@ -21,6 +21,7 @@ from click.testing import CliRunner, Result
 from policy_extproc.admin import cli as admin_cli
 from policy_extproc.admin.auth import TOKEN_ENV
 from policy_extproc.cli import main
+from tests.integration.admin_policies import BAD, TEAM
 from tests.integration.helpers import (
     Running,
     chat_body,
@@ -45,31 +46,6 @@ rules:
     id: big-models
     models: ["gpt-4.5*"]
     ttl: 1h
-"""
-
-TEAM = """policy_name: acme_ml
-org: acme
-team: ml
-rules:
-  - type: content_filter
-    id: words
-    keywords: [classified]
-"""
-
-# Two mistakes: an unknown rule type, and an override of acme_base's final rule.
-BAD = """policy_name: acme_ml
-org: acme
-team: ml
-rules:
-  - type: telepathy
----
-policy_name: acme_dev
-org: acme
-environment: dev
-rules:
-  - type: content_filter
-    id: secrets
-    keywords: [x]
 """
 
 

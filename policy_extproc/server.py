@@ -65,9 +65,10 @@ class ServerConfig:
     alert_webhook: str | None = None
     budget_time_zone: str = "UTC"
     metrics_listen: str | None = None  # HOST:PORT of /metrics and /healthz; None: off
-    # Control plane (admin/): the admin API's listener (None: off) and bearer token; without a
-    # token it must be loopback. Pushed policies are re-read this often even without news.
-    admin_listen: str | None = "127.0.0.1:50052"
+    # Control plane (admin/): the admin API's listener (None: off; `serve` defaults it to
+    # 127.0.0.1:50052) and bearer token; without a token it must be loopback. Pushed policies are
+    # re-read this often even without news.
+    admin_listen: str | None = None
     admin_token: str | None = None
     policy_poll_s: float = 5.0
 

@@ -39,6 +39,8 @@ def _start_sidecar(port: int, audit: Path) -> subprocess.Popen[bytes]:
             str(audit),
             "--log-level",
             "warning",
+            "--admin-listen",
+            "off",  # its default port is fixed: another run on this machine may hold it
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -258,6 +258,8 @@ async def serve(tmp_path: Path) -> AsyncIterator[object]:
             str(tmp_path / "audit.jsonl"),
             "--fsync-interval",
             "0",
+            "--admin-listen",
+            "off",  # its default port is fixed: another run on this machine may hold it
             *extra,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,

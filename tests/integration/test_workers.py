@@ -54,6 +54,8 @@ def test_workers_share_the_port_and_each_keeps_its_chain(tmp_path: Path, redis_u
             str(audit),
             "--redis",
             redis_url,
+            "--admin-listen",
+            "off",  # its default port is fixed: another run on this machine may hold it
             "--workers",
             "2",
             "--log-level",
@@ -99,12 +101,15 @@ def test_each_worker_gets_its_own_audit_log_and_metrics_port() -> None:
     from policy_extproc.workers import worker_config
 
     base = ServerConfig(
-        policies=("p",), audit_log="/var/log/audit.jsonl", metrics_listen="0.0.0.0:9090"
+        policies=("p",),
+        audit_log="/var/log/audit.jsonl",
+        metrics_listen="0.0.0.0:9090",
+        admin_listen="127.0.0.1:50052",
     )
     configs = [worker_config(base, i) for i in range(3)]
     assert [c.audit_log for c in configs] == [f"/var/log/audit-{i}.jsonl" for i in range(3)]
     assert [c.metrics_listen for c in configs] == ["0.0.0.0:9090", "0.0.0.0:9091", "0.0.0.0:9092"]
-    assert [c.admin_listen for c in configs] == [base.admin_listen, None, None]
+    assert [c.admin_listen for c in configs] == ["127.0.0.1:50052", None, None]
     # Port 0: each worker binds a free port of its own, never "port 1", "port 2".
     free = replace(base, metrics_listen="127.0.0.1:0")
     assert {worker_config(free, i).metrics_listen for i in range(3)} == {"127.0.0.1:0"}

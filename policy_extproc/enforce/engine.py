@@ -33,7 +33,7 @@ from ..state.memory import MemoryState
 from . import approvals, failover, guard, limits, responses
 from .alerts import AlertNotifier
 from .failover import default_provider
-from .limits import needs_state
+from .limits import needs_state, needs_usage
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Engine:
         ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
         es = self.store.current.resolve(ctx.org, ctx.team, ctx.environment)
         return (
-            needs_state(es)
+            needs_usage(es)
             or bool(es.content["response"])
             or bool(es.rules_of("failover"))
             or bool(es.rules_of("compliance"))

@@ -106,6 +106,19 @@ def needs_state(es: EffectiveSet) -> bool:
     return any(e.rule.max_cost_per_day for e in es.rules_of("model_access"))  # type: ignore[attr-defined]
 
 
+def needs_usage(es: EffectiveSet) -> bool:
+    """Whether a limiter or budget of this scope is settled from the response's usage.
+
+    Budgets and token limits reserve an estimate that the real usage replaces; request counts
+    are final when admitted, so a scope with only those need not see the response.
+    """
+    if es.rules_of("cost_budget"):
+        return True
+    if any(e.rule.tokens for e in es.rules_of("rate_limit")):  # type: ignore[attr-defined]
+        return True
+    return any(e.rule.max_cost_per_day for e in es.rules_of("model_access"))  # type: ignore[attr-defined]
+
+
 def _subject(ctx: RequestContext, per: str, e: EffectiveRule) -> str:
     value = {"user": ctx.user, "team": ctx.team, "org": ctx.org}[per]
     if not value:

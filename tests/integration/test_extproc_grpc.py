@@ -65,6 +65,14 @@ POLICIES = """
       per: org
       limit_usd: 1000
       period: month
+- policy_name: counted_base
+  org: counted
+  rules:
+    - {type: rate_limit, id: requests, per: org, requests: 1000, window: minute}
+- policy_name: tokened_base
+  org: tokened
+  rules:
+    - {type: rate_limit, id: tokens, per: org, tokens: 100000, window: minute}
 """
 
 MiB = 1024 * 1024
@@ -448,12 +456,22 @@ async def test_a_scope_that_reads_no_response_asks_envoy_to_skip_it(server: Runn
     assert mode.request_body_mode == mode.BUFFERED
 
 
-async def test_a_scope_with_a_budget_keeps_the_response_phases(server: Running) -> None:
+@pytest.mark.parametrize(
+    ("org", "skipped"),
+    [
+        ("metered", False),  # a budget: the reservation is settled from the usage
+        ("tokened", False),  # a token limit: the same
+        ("counted", True),  # a request count is final when admitted
+    ],
+)
+async def test_only_limits_settled_from_usage_keep_the_response_phases(
+    server: Running, org: str, skipped: bool
+) -> None:
     body = chat_body("hello")
     answers = await run_exchange(
-        server.stub, [request_headers(body=body, request_id="r-keep", org="metered")]
+        server.stub, [request_headers(body=body, request_id=f"r-{org}", org=org)]
     )
-    assert not answers[0].HasField("mode_override")
+    assert answers[0].HasField("mode_override") == skipped
 
 
 async def test_sse_response_is_streamed_and_its_usage_audited(server: Running) -> None:

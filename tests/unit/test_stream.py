@@ -740,8 +740,14 @@ async def test_response_phases_are_skipped_only_when_no_rule_reads_them(
     plain = as_continue(await ExtProcStream(engine).handle(req_headers(chat("hi"))))
     assert plain.skip_response is True  # acme's rules read the request only
     limited = ExtProcStream(limited_engine(sink))
-    metered = as_continue(await limited.handle(req_headers(chat("hi"), extra={"x-user-id": "u"})))
-    assert metered.skip_response is False  # a limit settles on the response's usage
+    counted = as_continue(await limited.handle(req_headers(chat("hi"), extra={"x-user-id": "u"})))
+    assert counted.skip_response is True  # a request count is final once admitted
+    tokens = "{type: rate_limit, id: t, per: user, tokens: 1000, window: minute}"
+    policy = f"policy_name: p\norg: acme\nrules:\n  - {tokens}\n"
+    engine = Engine(PolicyStore(snapshot=Snapshot(load_sources([("t.yaml", policy)]))), sink)
+    metered = ExtProcStream(engine)
+    reply = as_continue(await metered.handle(req_headers(chat("hi"), extra={"x-user-id": "u"})))
+    assert reply.skip_response is False  # a token limit settles on the response's usage
 
 
 async def test_spoofed_policy_headers_are_removed_from_the_request(stream: ExtProcStream) -> None:

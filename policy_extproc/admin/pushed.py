@@ -14,7 +14,6 @@ then swaps the new snapshot in atomically. Requests in flight keep the snapshot 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -109,10 +108,13 @@ class PushedPolicies:
     async def stop(self) -> None:
         """Stop following the repository (the caller closes it)."""
         for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # A cancel can be lost inside a read with a timeout of its own (the client's, on
+            # Python 3.11, may turn it into a TimeoutError that the loop retries): ask again.
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=0.5)
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("policy follower ended with %r", task.exception())
         self._tasks = []
 
     # -- changes made here -------------------------------------------------------------------

@@ -118,6 +118,9 @@ class RedisPolicies:
                     if msg is not None and msg.get("type") == "message":
                         yield _version(msg.get("data"))
             except (RedisError, OSError, TimeoutError) as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc  # a stop, seen as a read timeout
                 log.warning("policy announcements: %s; subscribing again", exc)
             finally:
                 with contextlib.suppress(RedisError, OSError):

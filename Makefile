@@ -33,6 +33,8 @@ run: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
+	$(BIN)/python benchmarks/limits.py
+	$(BIN)/python benchmarks/fanout.py
 
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=policy_extproc/_proto \

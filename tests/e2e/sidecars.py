@@ -28,6 +28,10 @@ class RunningSidecar:
     def records(self, request_id: str) -> list[AuditRecord]:
         return [r for r in self.sink.records if r.request_id == request_id]
 
+    def settle(self) -> None:
+        """Wait for the work the sidecar does off the response path (breakers, budgets)."""
+        self.loop.run(self.sidecar.engine.drain())
+
 
 @contextlib.contextmanager
 def running_sidecar(policy_text: str, workdir: Path, **config: object) -> Iterator[RunningSidecar]:

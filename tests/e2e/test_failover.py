@@ -56,7 +56,7 @@ def test_traffic_moves_away_and_back(
     for _ in range(THRESHOLD + 5):
         resp = send()
         served_by.append(resp.headers.get("x-mock-provider"))
-        time.sleep(0.02)  # the breaker is fed off the response path
+        sidecar.settle()  # the breaker is fed off the response path
     failures_at_a = a.stats()["total"] - 1
     assert failures_at_a <= THRESHOLD, served_by
     assert served_by[-5:] == ["azure-openai"] * 5
@@ -67,5 +67,5 @@ def test_traffic_moves_away_and_back(
     a.configure(fail_rate=0.0)  # A recovers; after the cooldown a probe goes back to A
     time.sleep(COOLDOWN_S + 0.2)
     assert send().headers["x-mock-provider"] == "openai"
-    time.sleep(0.05)
+    sidecar.settle()
     assert [send().headers["x-mock-provider"] for _ in range(3)] == ["openai"] * 3

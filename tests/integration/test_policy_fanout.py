@@ -3,7 +3,8 @@
 Two in-process ``Sidecar`` replicas share one real redis-server; each is driven by a steady
 stream of ext_proc requests, as Envoy would send them, while a new policy is pushed through
 replica A. The bar: not one request fails during the switch, and both replicas switch (the
-measured times are printed; the limit below is a safety net, never an assertion about speed).
+limit below is a safety net, never an assertion about speed; benchmarks/fanout.py measures how
+long the switch takes).
 """
 
 from __future__ import annotations
@@ -126,11 +127,9 @@ async def test_a_push_through_one_replica_is_live_on_both_with_no_failed_request
     port = a.running.sidecar.admin_port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = admin_pb2_grpc.PolicyAdminStub(channel)
-        pushed_at = time.time()
         resp = await stub.PutPolicies(
             admin_pb2.PutPoliciesRequest(text=PUSHED, file_name="acme_ml.yaml"), metadata=AUTH
         )
-        answered_at = time.time()
     assert list(resp.names) == ["acme_ml"]
 
     def switched(r: Load) -> bool:
@@ -150,13 +149,11 @@ async def test_a_push_through_one_replica_is_live_on_both_with_no_failed_request
     stop.set()
     await asyncio.gather(*workers)
 
-    report = [f"push answered after {1000 * (answered_at - pushed_at):.1f} ms"]
-    for tag, r in (("A (pushed to)", a), ("B (other replica)", b)):
+    for r in (a, b):
         assert r.failures == [], r.failures
         new = r.running.sidecar.store.current.version
         (swap_at,) = [t for t, v in r.swaps if v == new]
         records = r.running.sink.records
-        first_new = min(timestamp_ns(x.timestamp) for x in records if x.policy_version == new)
         # Requests that started after the swap were all decided by the new set; those in
         # flight at the swap kept the set they started with.
         after = [x for x in records if timestamp_ns(x.timestamp) / 1e9 > swap_at]
@@ -164,9 +161,3 @@ async def test_a_push_through_one_replica_is_live_on_both_with_no_failed_request
         assert {x.policy_version for x in records} == {old[id(r)], new}
         assert {x.decision for x in records if x.policy_version == new} == {"block"}
         assert {x.decision for x in records if x.policy_version == old[id(r)]} == {"allow"}
-        report.append(
-            f"{tag}: swapped {1000 * (swap_at - pushed_at):.1f} ms after the push began; first "
-            f"decision on the new set {1000 * (first_new / 1e9 - pushed_at):.1f} ms after; "
-            f"{len(records)} decisions, 0 failed"
-        )
-    print("\npolicy fan-out: " + "; ".join(report))

@@ -92,13 +92,8 @@ def eval_(
     as_json: bool,
 ) -> None:
     """Decide one request offline and explain why."""
-    from .admin.evaluate import guess_path
-    from .audit.builder import record_for
-    from .llm.request import parse_request, rewrite_request
+    from .admin.evaluate import dry_run
     from .policy.compiler import compile_paths
-    from .policy.context import build_context
-    from .policy.evaluator import check_request, decide
-    from .policy.explain import explain
 
     try:
         snapshot = compile_paths(policies)
@@ -106,30 +101,21 @@ def eval_(
         for problem in exc.problems:
             click.echo(str(problem), err=True)
         sys.exit(1)
-    body = Path(request_file).read_bytes()
-    hdrs = _headers(headers)
-    path = api_path or hdrs.get(":path") or guess_path(body)
     try:
-        request = parse_request(path, body)
+        run = dry_run(snapshot, Path(request_file).read_bytes(), _headers(headers), api_path or "")
     except RequestError as exc:
         click.echo(f"{request_file}: {exc.code}: {exc.message}", err=True)
         sys.exit(2)
-    ctx = build_context(hdrs, request)
-    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-    decision = decide(es, ctx, check_request(es, ctx))
-    new_body = None
-    if decision.new_texts and decision.action in ("allow", "modify"):
-        new_body = rewrite_request(request, decision.new_texts)
     if as_json:
-        record = record_for(decision, ctx, policy_version=snapshot.version).to_dict()
-        record["body"] = json.loads(new_body) if new_body is not None else None
+        record = run.record.to_dict()
+        record["body"] = json.loads(run.body) if run.body is not None else None
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
         return
-    for line in explain(es, ctx, decision):
+    for line in run.explanation:
         click.echo(line)
-    if new_body is not None:
+    if run.body is not None:
         click.echo("rewritten body:")
-        click.echo(new_body.decode())
+        click.echo(run.body.decode())
 
 
 @main.command(context_settings=ENV)

@@ -128,7 +128,9 @@ class Engine:
         if self.config.record_usage or not self.store.ready:
             return True
         ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
-        es = self.store.current.resolve(ctx.org, ctx.team, ctx.environment)
+        # The request is decided on this same snapshot, even if another is swapped in meanwhile.
+        ex.snapshot = self.store.current
+        es = ex.snapshot.resolve(ctx.org, ctx.team, ctx.environment)
         return (
             needs_usage(es)
             or bool(es.content["response"])
@@ -163,8 +165,9 @@ class Engine:
                     f"request body is over the limit of {self.config.max_body_bytes} bytes"
                 ),
             ), None
-        snapshot = self.store.current
-        ex.snapshot = snapshot
+        if ex.snapshot is None:
+            ex.snapshot = self.store.current
+        snapshot = ex.snapshot
         path = ex.headers.get(":path", "/")
         try:
             if not body and ex.headers.get(":method", "POST") in ("GET", "HEAD", "OPTIONS"):
@@ -212,6 +215,7 @@ class Engine:
         assert ctx.request is not None
         extra: dict[str, Any] = {}
         presented = None
+        est = None  # estimated once, for approvals and budgets alike
         if es.rules_of("approval"):
             est = limits.estimate(ctx.request, self.catalog, self.config.limits)
             triggers = approvals.triggered(es, ctx, est.usd)
@@ -239,7 +243,7 @@ class Engine:
                     "alerts": (f"approval {approval.id} requested",),
                 }
         if needs_state(es):
-            extra = await self._admit(ex, es, ctx, findings)
+            extra = await self._admit(ex, es, ctx, findings, est)
         if presented is not None and _passes(findings, also=("throttle",)):
             # Used only by a request that goes through: a throttled one keeps its approval.
             try:
@@ -301,11 +305,16 @@ class Engine:
         return {"reroute": r.reroute, "reroute_model": r.model} if r.reroute else {}
 
     async def _admit(
-        self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
+        self,
+        ex: Exchange,
+        es: EffectiveSet,
+        ctx: RequestContext,
+        findings: Findings,
+        est: limits.Estimate | None,
     ) -> dict[str, Any]:
         """Consume every limiter and reserve every budget of the request, all or none."""
         now = time.time()
-        p = limits.plan(es, ctx, self.catalog, self.config.limits, now)
+        p = limits.plan(es, ctx, self.catalog, self.config.limits, now, est)
         if p.empty:
             return {}
         alerts = (

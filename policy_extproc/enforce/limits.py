@@ -130,14 +130,21 @@ def _subject(ctx: RequestContext, per: str, e: EffectiveRule) -> str:
 
 
 def plan(
-    es: EffectiveSet, ctx: RequestContext, catalog: Catalog, settings: Settings, now: float
+    es: EffectiveSet,
+    ctx: RequestContext,
+    catalog: Catalog,
+    settings: Settings,
+    now: float,
+    est: Estimate | None = None,
 ) -> Plan:
-    """Every limiter and budget this request must pass, with its estimated tokens and cost."""
+    """Every limiter and budget this request must pass, with its estimated tokens and cost
+    (``est``, when the caller has estimated the request already)."""
     p = Plan()
     req = ctx.request
     if req is None:
         return p
-    est = estimate(req, catalog, settings)
+    if est is None:
+        est = estimate(req, catalog, settings)
     p.input_tokens, p.output_tokens = est.input_tokens, est.output_tokens
     p.estimated_usd, p.price_known = est.usd, est.price_known
     tokens = p.input_tokens + p.output_tokens

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from ..errors import PolicyError, Problem
-from .compiler import Snapshot
+from .compiler import Snapshot, compile_read
 from .loader import POLICY_EXTENSIONS, policy_files, read_sources
 from .model import Policy
 
@@ -122,15 +122,7 @@ class PolicyStore:
         # One read of files and pushed together: duplicate names and rule clashes between a
         # file and a pushed policy are found like those between two files.
         policies, more = read_sources([*sources, *pushed])
-        problems += more
-        try:
-            snapshot = Snapshot(policies)
-        except PolicyError as exc:
-            problems.extend(exc.problems)
-        if problems:
-            problems.sort(key=lambda p: (p.file, p.line))
-            raise PolicyError(problems)
-        return snapshot
+        return compile_read(policies, problems + more)
 
     def fingerprint(self) -> tuple[tuple[str, float, int], ...]:
         """Path, mtime and size of every policy file, following symlinks.

@@ -814,3 +814,25 @@ async def test_pii_is_masked_counted_and_never_recorded(sink: RecordingSink) -> 
     dump = json.dumps(record.to_dict())
     for value in ("bob@example.com", "ann@example.org", "123-45-6789"):
         assert value not in dump
+
+
+async def test_a_request_is_decided_on_the_snapshot_in_force_at_its_headers(
+    sink: RecordingSink,
+) -> None:
+    def snapshot(action: str) -> Snapshot:
+        rule = f"{{type: content_filter, id: words, keywords: [memo], action: {action}}}"
+        return Snapshot(load_sources([("p.yaml", f"policy_name: p\norg: acme\nrules: [{rule}]\n")]))
+
+    store = PolicyStore(snapshot=snapshot("redact"))
+    before = store.current.version
+    stream = ExtProcStream(Engine(store, sink))
+    as_continue(await stream.handle(req_headers(chat("a memo"))))
+    store.swap(snapshot("block"))  # between the headers and the body
+    reply = as_continue(await stream.handle(req_body(chat("a memo"))))
+    assert reply.metadata["decision"] == "modify"
+    assert sink.records[-1].policy_version == before
+    # The next request starts on the new set.
+    assert (
+        as_immediate(await send_request(ExtProcStream(Engine(store, sink)), chat("memo"))).status
+        == 403
+    )

@@ -27,6 +27,7 @@ import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -68,15 +69,21 @@ class Ports:
         return {"openai": self.openai, "azure-openai": self.azure, "anthropic": self.anthropic}
 
     def envoy_config(self) -> str:
-        """envoy/envoy.yaml.tmpl with these ports (tests/envoy_harness.py render_config)."""
-        return string.Template(ENVOY_TEMPLATE.read_text()).substitute(
-            LISTEN_PORT=self.listen,
-            ADMIN_PORT=self.admin,
-            EXTPROC_PORT=self.extproc,
-            OPENAI_PORT=self.openai,
-            AZURE_PORT=self.azure,
-            ANTHROPIC_PORT=self.anthropic,
-        )
+        """envoy/envoy.yaml.tmpl with these ports."""
+        return render_envoy(ENVOY_TEMPLATE.read_text(), self)
+
+
+def render_envoy(template: str, ports: Any) -> str:
+    """An Envoy template (envoy/*.tmpl) with the ports of ``ports`` (listen, admin, extproc,
+    openai, azure, anthropic) filled in; the test harness renders its configurations so too."""
+    return string.Template(template).substitute(
+        LISTEN_PORT=ports.listen,
+        ADMIN_PORT=ports.admin,
+        EXTPROC_PORT=ports.extproc,
+        OPENAI_PORT=ports.openai,
+        AZURE_PORT=ports.azure,
+        ANTHROPIC_PORT=ports.anthropic,
+    )
 
 
 CURLS = """

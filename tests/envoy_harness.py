@@ -28,7 +28,6 @@ import re
 import shutil
 import signal
 import socket
-import string
 import subprocess
 import sys
 import tempfile
@@ -45,6 +44,8 @@ from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
+
+from policy_extproc.demo import render_envoy
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 ENVOY_DIR = REPO_ROOT / "envoy"
@@ -101,14 +102,7 @@ def render_config(
     text = template.read_text()
     if not ext_proc:
         text = _EXT_PROC_BLOCK.sub("", text)
-    return string.Template(text).substitute(
-        LISTEN_PORT=ports.listen,
-        ADMIN_PORT=ports.admin,
-        EXTPROC_PORT=ports.extproc,
-        OPENAI_PORT=ports.openai,
-        AZURE_PORT=ports.azure,
-        ANTHROPIC_PORT=ports.anthropic,
-    )
+    return render_envoy(text, ports)
 
 
 def validate_config(path: str | os.PathLike[str]) -> tuple[bool, str]:

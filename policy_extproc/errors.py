@@ -9,7 +9,12 @@ metric is labelled with; the HTTP status is what the client gets when the error 
     │   ├── MalformedBody      malformed_body       body is not the JSON the API expects
     │   ├── UnknownApi         unknown_api          path/body is no LLM API we know (400)
     │   ├── BodyTooLarge       body_too_large       over the configured limit (413)
-    │   └── MissingIdentity    missing_identity     a policy needs an identity key that is absent
+    │   ├── WorkBudgetExceeded work_budget_exceeded the body would cost more detection work
+    │   │                                           than one request may use (413)
+    │   ├── TokenPrompt        token_prompt_unsupported  a prompt given as token ids (no text)
+    │   ├── MissingIdentity    missing_identity     no organisation, or a policy needs an
+    │   │                                           identity key that is absent
+    │   └── AmbiguousIdentity  ambiguous_identity   two values for one identity header
     ├── StateError             state_unavailable    the state backend (Redis) failed or timed out
     ├── ProtocolError          protocol_error       Envoy sent a message out of order
     └── AdminError             admin_error          an admin call was refused (auth, not found)
@@ -87,8 +92,21 @@ class BodyTooLarge(RequestError):
     http_status = 413
 
 
+class WorkBudgetExceeded(RequestError):
+    code = "work_budget_exceeded"
+    http_status = 413
+
+
+class TokenPrompt(RequestError):
+    code = "token_prompt_unsupported"
+
+
 class MissingIdentity(RequestError):
     code = "missing_identity"
+
+
+class AmbiguousIdentity(RequestError):
+    code = "ambiguous_identity"
 
 
 class StateError(PolicyExtprocError):

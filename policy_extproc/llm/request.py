@@ -30,11 +30,17 @@ JsonPath = tuple[str | int, ...]
 
 @dataclass(frozen=True, slots=True)
 class PromptPart:
-    """One piece of text in a body, with its JSON path so it can be rewritten in place."""
+    """One piece of text in a body, with its JSON path so it can be rewritten in place.
+
+    ``group``: parts with the same group that stand next to each other are text the provider
+    concatenates (the text parts of one message, consecutive Anthropic text blocks), so they
+    are matched as one joined text; -1 (the default) is a part of its own.
+    """
 
     path: JsonPath
     text: str
     role: str
+    group: int = -1
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +53,9 @@ class LlmRequest:
     max_tokens: int | None
     stream: bool
     body: dict[str, Any] = field(repr=False)
+    # The Azure OpenAI deployment the path names (/openai/deployments/{id}/...), else None:
+    # Azure routes by it, not by the body's model, so model rules judge what it resolves to.
+    deployment: str | None = None
     _prompt_text: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @property

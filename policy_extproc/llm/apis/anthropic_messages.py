@@ -42,8 +42,8 @@ _COMMON = ("type", "id", "model", "role", "signature", "encrypted_content", "med
 _API = generic(*_COMMON)
 
 
-def _s(*keys: str, **fields: Shape) -> Shape:
-    return skipping(*keys, rest=_API, **fields)
+def _s(*keys: str, enum: bool = False, **fields: Shape) -> Shape:
+    return skipping(*keys, rest=_API, enum=enum, **fields)
 
 
 TOP = _s(

@@ -187,7 +187,8 @@ class Shape:
     (None: free text, every string at any depth is scanned; with ``deep``, this shape
     itself). ``skip``: nothing in this value is text. ``ids``: keys ending in ``_id`` /
     ``_ids`` are identifiers (API structures only, never in free-form JSON such as tool
-    arguments or schemas).
+    arguments or schemas). ``enum``: a string value here is an enum ("auto"), while an object
+    in its place has text (``tool_choice``).
     """
 
     fields: dict[str, Shape] = field(default_factory=dict)
@@ -195,6 +196,7 @@ class Shape:
     skip: bool = False
     ids: bool = False
     deep: bool = False
+    enum: bool = False  # a string right here (not inside an object) is one of the API's enums
 
 
 NOT_TEXT = Shape(skip=True)
@@ -207,11 +209,11 @@ def generic(*keys: str) -> Shape:
     return Shape(fields=dict.fromkeys(keys, NOT_TEXT), ids=True, deep=True)
 
 
-def skipping(*keys: str, rest: Shape, **fields: Shape) -> Shape:
+def skipping(*keys: str, rest: Shape, enum: bool = False, **fields: Shape) -> Shape:
     """An API object whose ``keys`` are not text, ``fields`` have their own shape, and whose
     other keys hold ``rest`` (the format's generic shape, or FREE for free-form JSON)."""
     return Shape(fields={**rest.fields, **dict.fromkeys(keys, NOT_TEXT), **fields}, rest=rest,
-                 ids=True)  # fmt: skip
+                 ids=True, enum=enum)  # fmt: skip
 
 
 # JSON Schema (tool parameters, response formats): descriptions, titles, enums, defaults and
@@ -234,7 +236,7 @@ def walk(value: Any, sh: Shape, path: JsonPath, role: str, out: Parsed) -> None:
     """Every string in value that its shape does not declare as non-text becomes a part."""
     t = type(value)
     if t is str:
-        if value:
+        if value and not sh.enum:
             out.parts.append(PromptPart(path, value, role))
     elif t is dict:
         fields, rest, ids = sh.fields, sh.rest or (sh if sh.deep else FREE), sh.ids
@@ -248,7 +250,7 @@ def walk(value: Any, sh: Shape, path: JsonPath, role: str, out: Parsed) -> None:
                 continue
             tv = type(v)
             if tv is str:
-                if v:
+                if v and not sub.enum:
                     out.parts.append(PromptPart((*path, k), v, role))
             elif tv is dict or tv is list:
                 walk(v, sub, (*path, k), role, out)

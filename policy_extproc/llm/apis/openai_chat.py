@@ -42,13 +42,13 @@ _COMMON = ("type", "id", "model", "role", "status", "detail", "format", "voice",
 _API = generic(*_COMMON)
 
 
-def _s(*keys: str, **fields: Shape) -> Shape:
-    return skipping(*keys, rest=_API, **fields)
+def _s(*keys: str, enum: bool = False, **fields: Shape) -> Shape:
+    return skipping(*keys, rest=_API, enum=enum, **fields)
 
 
 _FUNCTION = _s("strict", parameters=SCHEMA)
 _TOOL = _s(function=_FUNCTION, custom=_s(format=_s("syntax")))  # grammar definitions are text
-_TOOL_CHOICE = _s("mode")  # "auto" / "none" / "required", or an object naming a tool
+_TOOL_CHOICE = _s("mode", enum=True)  # "auto" / "none" / "required", or an object naming a tool
 TOP = _s(
     "messages",  # read by parse()
     "modalities",

@@ -40,8 +40,8 @@ _COMMON = ("type", "id", "model", "status", "role", "encrypted_content", "detail
 _API = generic(*_COMMON)
 
 
-def _s(*keys: str, **fields: Shape) -> Shape:
-    return skipping(*keys, rest=_API, **fields)
+def _s(*keys: str, enum: bool = False, **fields: Shape) -> Shape:
+    return skipping(*keys, rest=_API, enum=enum, **fields)
 
 
 _TOOL = _s(
@@ -79,7 +79,7 @@ TOP = _s(
     "user",
     metadata=FREE,
     tools=_TOOL,
-    tool_choice=_s("mode", "server_label"),
+    tool_choice=_s("mode", "server_label", enum=True),
     text=_s("verbosity", format=_s("strict", schema=SCHEMA)),  # name, description are text
 )
 _ITEM = _s("arguments", "input", "output", "content")  # read by _item()

@@ -550,3 +550,19 @@ def test_fuzz_bodies_parse_or_are_a_request_error(path: str, body: dict[str, Any
 def test_fuzz_bytes_parse_or_are_a_request_error(raw: bytes) -> None:
     with contextlib.suppress(RequestError):
         parse_request(CHAT, b'{"messages":[{"role":"user","content":' + raw + b"}]}")
+
+
+def test_the_dry_run_refuses_token_prompts_as_the_server_does(tmp_path: Any) -> None:
+    from policy_extproc.admin.evaluate import dry_run
+    from policy_extproc.errors import TokenPrompt
+    from policy_extproc.policy.compiler import Snapshot
+
+    (tmp_path / "p.yaml").write_text(
+        "- {policy_name: all, rules: []}\n"
+        "- {policy_name: ok, org: tokens, allow_token_prompts: true, rules: []}\n"
+    )
+    snapshot = Snapshot(load_paths([str(tmp_path / "p.yaml")]))
+    body = b'{"model":"gpt-3.5-turbo-instruct","prompt":[1,2,3]}'
+    with pytest.raises(TokenPrompt):
+        dry_run(snapshot, body, {"x-org-id": "acme"}, COMPLETIONS)
+    assert dry_run(snapshot, body, {"x-org-id": "tokens"}, COMPLETIONS).record.decision == "allow"

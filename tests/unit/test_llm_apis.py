@@ -284,6 +284,24 @@ def test_binary_documents_carry_no_parts(source: dict[str, Any]) -> None:
     assert req.parts == () and req.encoded == {}
 
 
+@pytest.mark.parametrize(
+    ("data", "text"),
+    [
+        (b64("undeclared but text"), "undeclared but text"),
+        (base64.b64encode(b"\x89PNG\r\n\x1a\n\x00\x00").decode(), None),  # binary: not text
+        (base64.b64encode(b"a\x00b").decode(), None),  # NUL bytes: binary
+        ("not base64!", None),
+    ],
+)
+def test_a_file_of_no_declared_type_is_text_if_it_reads_as_text(
+    data: str, text: str | None
+) -> None:
+    part = {"type": "file", "file": {"filename": "blob", "file_data": data}}
+    req = _parse(CHAT, {"messages": [{"role": "user", "content": [part]}]})
+    data_parts = [p.text for p in req.parts if p.path[-1] == "file_data"]
+    assert data_parts == ([text] if text else [])
+
+
 def test_a_text_document_that_is_not_base64_of_utf8_is_refused() -> None:
     bad = base64.b64encode(b"\xff\xfe caf\xe9").decode()
     source = {"type": "base64", "media_type": "text/plain", "data": bad}

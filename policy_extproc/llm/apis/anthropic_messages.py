@@ -164,7 +164,7 @@ def _document(block: Json, path: JsonPath, role: str, out: Parsed) -> None:
                 (*spath, "data"),
                 source.get("data"),
                 role,
-                media_type=media if isinstance(media, str) else "application/octet-stream",
+                media_type=media if isinstance(media, str) else None,
             )
         elif kind == "content":
             inner = source.get("content")

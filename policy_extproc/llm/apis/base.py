@@ -312,9 +312,11 @@ def encoded_text(
 ) -> None:
     """A base64 document: if it is text, its decoded text is a part (re-encoded on rewrite).
 
-    The media type comes from the field beside it or from a data URL; with neither, from the
-    file name. Binary documents (PDF, images) carry no text we can read and are not parts. A
-    text document we cannot decode is refused: it would reach the model unchecked.
+    The media type comes from the field beside it or from a data URL; a declared non-text type
+    (PDF, images) carries no text we can read. With no type, a text file name says text; with
+    neither, the data is text if it decodes to UTF-8 without NUL bytes (fail closed: unknown
+    data that reads as text is checked as text). A declared text document we cannot decode is
+    refused: it would reach the model unchecked.
     """
     if not isinstance(data, str):
         raise bad(path, "must be a string")
@@ -323,15 +325,19 @@ def encoded_text(
     if m is not None:
         prefix = m.group(0)
         media_type = media_type or m.group(1)
-    if media_type:
-        if not is_text_type(media_type):
-            return
-    elif not (isinstance(filename, str) and filename.lower().endswith(_TEXT_SUFFIXES)):
+    declared = bool(media_type) or (
+        isinstance(filename, str) and filename.lower().endswith(_TEXT_SUFFIXES)
+    )
+    if media_type and not is_text_type(media_type):
         return
     try:
         text = base64.b64decode(data[len(prefix) :], validate=True).decode("utf-8")
     except (binascii.Error, ValueError) as exc:
+        if not declared:
+            return  # binary data of no declared type
         raise bad(path, "is a text document that is not valid base64 of UTF-8 text") from exc
+    if not declared and "\x00" in text:
+        return
     if text:
         out.parts.append(PromptPart(path, text, role))
         out.encoded[path] = prefix

@@ -138,6 +138,12 @@ def _has_surrogate(value: Any) -> bool:
     return False
 
 
+def _where(path: JsonPath) -> str:
+    """A path for an error message, bounded: its keys are the client's."""
+    shown = dotted(path)
+    return shown if len(shown) <= 200 else shown[:200] + "..."
+
+
 def _short(key: str) -> str:
     return repr(key if len(key) <= 60 else key[:60] + "...")
 
@@ -179,7 +185,7 @@ def load_json_object(body: bytes, what: str, *, strict: bool = False) -> dict[st
         if where is not None:
             raise MalformedBody(
                 f"{what} body has a lone surrogate (\\u{ord(where[1]):04x}, not Unicode text) "
-                f"in {dotted(where[0]) or 'a key'}"
+                f"in {_where(where[0]) or 'a key'}"
             )
     return data
 
@@ -193,7 +199,7 @@ def _non_finite(text: str, what: str, literal: str) -> str:
     except RecursionError:
         path = None
     if path:
-        return f"field '{dotted(path)}' is a number out of range"
+        return f"field '{_where(path)}' is a number out of range"
     return f"{what} body has a number out of range"
 
 

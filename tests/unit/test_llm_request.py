@@ -279,7 +279,14 @@ GOOD: list[tuple[str, str, dict[str, Any], list[tuple[tuple[str | int, ...], str
                                 "data": "doc body",
                             },
                         },
-                        {"type": "document", "source": {"type": "base64", "data": "JVBERi0="}},
+                        {
+                            "type": "document",
+                            "source": {
+                                "type": "base64",
+                                "media_type": "application/pdf",
+                                "data": "JVBERi0=",
+                            },
+                        },
                     ],
                 },
                 {

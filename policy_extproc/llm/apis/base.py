@@ -90,7 +90,8 @@ def dotted(path: JsonPath) -> str:
 
 
 def bad(path: JsonPath, what: str) -> MalformedBody:
-    return MalformedBody(f"field '{dotted(path)}' {what}")
+    shown = dotted(path)  # bounded: keys on the path may be the client's (prompt variables)
+    return MalformedBody(f"field '{shown if len(shown) <= 200 else shown[:200] + '...'}' {what}")
 
 
 def role_of(msg: Json, path: JsonPath) -> str:

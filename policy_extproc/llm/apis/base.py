@@ -259,7 +259,7 @@ def walk(value: Any, sh: Shape, path: JsonPath, role: str, out: Parsed) -> None:
         for i, v in enumerate(value):
             tv = type(v)
             if tv is str:
-                if v:
+                if v and not sh.enum:
                     out.parts.append(PromptPart((*path, i), v, role))
             elif tv is dict or tv is list:
                 walk(v, sh, (*path, i), role, out)

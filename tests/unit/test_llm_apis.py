@@ -40,6 +40,7 @@ def _parse(path: str, body: Any) -> LlmRequest:
 @pytest.mark.parametrize("f", FIELDS, ids=[f.name for f in FIELDS])
 def test_field_is_a_part(f: Field) -> None:
     req = _parse(f.path, f.build(MARK))
+    assert len({p.path for p in req.parts}) == len(req.parts)
     found = [p for p in req.parts if p.path == f.at]
     assert [p.text for p in found] == [MARK]
     assert at(req.body, f.at) == f.stored(MARK)
@@ -560,6 +561,7 @@ def test_fuzz_bodies_parse_or_are_a_request_error(path: str, body: dict[str, Any
         return
     for part in req.parts:  # every path leads to a string in the body
         assert isinstance(at(req.body, part.path), str)
+    assert len({p.path for p in req.parts}) == len(req.parts)  # no string is read twice
     rewrite_request(req, {p.path: "x" for p in req.parts[:3]})
 
 

@@ -465,8 +465,13 @@ NUMBERS: list[tuple[str, dict[str, Any], str]] = [
     (MESSAGES, {"temperature": 1.5}, "field 'temperature' must be between 0 and 1"),
     (MESSAGES, {"top_k": 2.5}, "field 'top_k' must be an integer"),
 ]
-_MINIMAL = {CHAT: {"messages": []}, COMPLETIONS: {"prompt": "x"}, EMBEDDINGS: {"input": "x"},
-            RESPONSES: {"input": "x"}, MESSAGES: {"messages": []}}  # fmt: skip
+_MINIMAL: dict[str, dict[str, Any]] = {
+    CHAT: {"messages": []},
+    COMPLETIONS: {"prompt": "x"},
+    EMBEDDINGS: {"input": "x"},
+    RESPONSES: {"input": "x"},
+    MESSAGES: {"messages": []},
+}
 
 
 @pytest.mark.parametrize(("path", "extra", "message"), NUMBERS, ids=[n[2] for n in NUMBERS])
@@ -586,3 +591,38 @@ def test_the_dry_run_refuses_token_prompts_as_the_server_does(tmp_path: Any) -> 
     with pytest.raises(TokenPrompt):
         dry_run(snapshot, body, {"x-org-id": "acme"}, COMPLETIONS)
     assert dry_run(snapshot, body, {"x-org-id": "tokens"}, COMPLETIONS).record.decision == "allow"
+
+
+def _locations(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    out = [path]
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += _locations(v, (*path, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += _locations(v, (*path, i))
+    return out
+
+
+def _put(body: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = dict(body) if isinstance(body, dict) else list(body)
+    copy[path[0]] = _put(body[path[0]], path[1:], value)
+    return copy
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_fuzz_real_bodies_with_one_value_replaced(data: st.DataObject) -> None:
+    f = data.draw(st.sampled_from(FIELDS))
+    body = f.build("some text")
+    where = data.draw(st.sampled_from(_locations(body)[1:]))
+    mutated = _put(body, where, data.draw(_JSON))
+    try:
+        req = parse_request(f.path, json.dumps(mutated).encode())
+    except RequestError as exc:
+        assert exc.http_status == 400
+        return
+    assert len({p.path for p in req.parts}) == len(req.parts)
+    rewrite_request(req, {p.path: "x" for p in req.parts})

@@ -626,3 +626,8 @@ def test_fuzz_real_bodies_with_one_value_replaced(data: st.DataObject) -> None:
         return
     assert len({p.path for p in req.parts}) == len(req.parts)
     rewrite_request(req, {p.path: "x" for p in req.parts})
+
+
+def test_a_prompt_template_without_variables_still_has_its_other_strings_scanned() -> None:
+    req = _parse(RESPONSES, {"prompt": {"id": "pmpt_1", "version": "2", "note": MARK}})
+    assert [(p.path, p.text) for p in req.parts] == [(("prompt", "note"), MARK)]

@@ -162,6 +162,7 @@ def _part_rest(b: Json, path: JsonPath, role: str, out: Parsed) -> None:
 
 def _prompt(prompt: Json, out: Parsed) -> None:
     """A prompt template's variables: strings or content parts, each filled into the prompt."""
+    walk_rest(prompt, _PROMPT, ("prompt",), "user", out, frozenset(("variables",)))
     variables = prompt.get("variables")
     if variables is None:
         return
@@ -172,7 +173,6 @@ def _prompt(prompt: Json, out: Parsed) -> None:
         else:
             _part_text(value, vpath, "user", out, -1)
             _part_rest(value, vpath, "user", out)
-    walk_rest(prompt, _PROMPT, ("prompt",), "user", out, frozenset(("variables",)))
 
 
 _PROMPT = _s("version")

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 
 from ..audit.builder import record_for
 from ..audit.record import AuditRecord
-from ..llm.request import parse_request, rewrite_request
+from ..errors import TokenPrompt
+from ..llm.request import TOKEN_PROMPT_REFUSAL, parse_request, rewrite_request
 from ..policy.compiler import Snapshot
 from ..policy.context import build_context
 from ..policy.evaluator import check_request, decide
 from ..policy.explain import explain
+from ..policy.model import allows_token_prompts
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +47,8 @@ def dry_run(snapshot: Snapshot, body: bytes, headers: Mapping[str, str], path: s
     request = parse_request(path or hdrs.get(":path") or guess_path(body), body)
     ctx = build_context(hdrs, request)
     es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+    if request.token_prompts and not allows_token_prompts(cp.policy for cp in es.policies):
+        raise TokenPrompt(TOKEN_PROMPT_REFUSAL)  # as the server refuses it
     decision = decide(es, ctx, check_request(es, ctx))
     new_body = None
     if decision.new_texts and decision.action in ("allow", "modify"):

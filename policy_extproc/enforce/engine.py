@@ -18,15 +18,16 @@ from typing import Any
 
 from ..audit.builder import record_for
 from ..audit.sink import AuditSink
-from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError
+from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError, TokenPrompt
 from ..llm.catalog import Catalog, load_catalog
-from ..llm.request import LlmRequest, parse_request, rewrite_request
+from ..llm.request import TOKEN_PROMPT_REFUSAL, LlmRequest, parse_request, rewrite_request
 from ..llm.response import SseParser, Usage, parse_response, rewrite_response
 from ..policy.compiler import EffectiveRule, EffectiveSet, Snapshot
 from ..policy.compliance import PACKS
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
 from ..policy.decision import Decision, Fired, RequestContext
 from ..policy.evaluator import Findings, check_request, check_response, decide
+from ..policy.model import allows_token_prompts
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
@@ -183,6 +184,9 @@ class Engine:
             ex.headers, request, claims=claims, config=self.config.identity
         )
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+        tokens_ok = request is None or not request.token_prompts
+        if not (tokens_ok or allows_token_prompts(cp.policy for cp in es.policies)):
+            return self.refuse(ex, TokenPrompt(TOKEN_PROMPT_REFUSAL)), None
         findings = check_request(es, ctx)
         extra: dict[str, Any] = {}
         if request is not None and _passes(findings):

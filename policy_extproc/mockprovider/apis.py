@@ -8,6 +8,7 @@ Anthropic Messages (including their streaming event sequences).
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import re
@@ -39,12 +40,53 @@ def estimate_tokens(text: str) -> int:
 
 
 def _text(content: Any) -> str:
-    """Plain text of a message content: a string, or a list of text parts (all APIs)."""
+    """Plain text of a message content, as the model would read it (all APIs): a string, or
+    the text of its parts, documents (plain, base64 text, content blocks), files with base64
+    text, tool results and search results, so an echo shows what the provider received."""
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return " ".join(p.get("text", "") for p in content if isinstance(p, dict))
+        return " ".join(t for t in map(_part_text, content) if t)
     return ""
+
+
+def _part_text(part: Any) -> str:
+    if not isinstance(part, dict):
+        return ""
+    kind = part.get("type")
+    if isinstance(part.get("text"), str):
+        return str(part["text"])
+    if kind in ("tool_result", "search_result"):
+        return _text(part.get("content"))
+    if kind == "document":
+        source = part.get("source")
+        if not isinstance(source, dict):
+            return ""
+        if source.get("type") == "text":
+            return str(source.get("data", ""))
+        if source.get("type") == "content":
+            return _text(source.get("content"))
+        if source.get("type") == "base64" and str(source.get("media_type", "")).startswith("text/"):
+            return _decoded(source.get("data"))
+    if kind == "file" and isinstance(part.get("file"), dict):
+        return _decoded(part["file"].get("file_data"))
+    if kind == "input_file":
+        return _decoded(part.get("file_data"))
+    return ""
+
+
+def _decoded(data: Any) -> str:
+    """A base64 text document (bare or a data: URL); binary or broken data reads as nothing."""
+    if not isinstance(data, str):
+        return ""
+    if data.startswith("data:"):
+        head, _, data = data.partition(",")
+        if not head.startswith("data:text/") or not head.endswith(";base64"):
+            return ""
+    try:
+        return base64.b64decode(data, validate=True).decode("utf-8")
+    except ValueError:
+        return ""
 
 
 def _pieces(text: str) -> list[str]:
@@ -163,7 +205,10 @@ def embeddings(payload: Json) -> Reply:
 
 def responses(payload: Json) -> Reply:
     """OpenAI POST /v1/responses, with its semantic stream events when streaming."""
-    given = _require(payload, "input", (str, list))
+    # input is optional: a prompt template or a previous response may supply it
+    given = payload.get("input") or ""
+    if not isinstance(given, str | list):
+        raise BadRequest("Invalid type for 'input'.")
     items = [{"role": "user", "content": given}] if isinstance(given, str) else given
     items = [i for i in items if isinstance(i, dict)]
     users = [_text(i.get("content")) for i in items if i.get("role") == "user"]

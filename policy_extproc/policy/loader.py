@@ -137,7 +137,7 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
 }
 
 _POLICY_FIELDS = {"policy_name", "scope", "org", "team", "environment", "mode", "compliance",
-                  "description", "rules"}  # fmt: skip
+                  "description", "rules", "allow_token_prompts"}  # fmt: skip
 
 
 @dataclass
@@ -284,7 +284,8 @@ def _parse_policy(raw: Any, line: int, out: _Collector) -> Policy | None:
     extras: dict[str, Any] = {}
     for key, parse in (("mode", f.one_of("enforce", "log")), ("compliance",
                        f.string_list(f.one_of(*FRAMEWORKS), allow_empty=True)),
-                       ("description", f.string)):  # fmt: skip
+                       ("description", f.string),
+                       ("allow_token_prompts", f.boolean)):  # fmt: skip
         if key in raw:
             try:
                 extras[key] = parse(raw[key])

@@ -5,7 +5,7 @@ Everything here is immutable and validated by ``loader``; nothing here parses or
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -192,3 +192,11 @@ class Policy:
     description: str = ""
     file: str = "<memory>"
     line: int = 1
+    # Accept prompts given as token ids (/v1/completions, /v1/embeddings): no rule can read
+    # them, so they are refused unless a policy that applies to the request says so.
+    allow_token_prompts: bool = False
+
+
+def allows_token_prompts(policies: Iterable[Policy]) -> bool:
+    """Whether any of the policies applying to a request accepts token-id prompts."""
+    return any(p.allow_token_prompts for p in policies)

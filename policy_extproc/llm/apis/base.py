@@ -1,0 +1,349 @@
+"""What every API format module is made of: prompt parts, shapes of non-text fields, the walk.
+
+A format module declares where its text lives in two ways. Its ``parse`` function reads the
+structures that carry roles and joined text (messages, content parts), and a ``Shape`` tree says
+which other keys are *not* text (ids, enums, URLs, base64 media). Everything else is walked: every
+string value anywhere in the body becomes a ``PromptPart``, so a field a provider adds next month
+is scanned on day one (fail closed on the unknown).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import math
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from policy_extproc.errors import MalformedBody
+
+Api = Literal[
+    "openai.chat",
+    "openai.completions",
+    "openai.embeddings",
+    "openai.responses",
+    "anthropic.messages",
+]
+JsonPath = tuple[str | int, ...]
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class PromptPart:
+    """One piece of text in a body, with its JSON path so it can be rewritten in place.
+
+    ``group``: parts with the same group that stand next to each other are text the provider
+    concatenates (the text parts of one message, consecutive Anthropic text blocks), so they
+    are matched as one joined text; -1 (the default) is a part of its own.
+    """
+
+    path: JsonPath
+    text: str
+    role: str
+    group: int = -1
+
+
+@dataclass(slots=True)
+class Parsed:
+    """What a format's parser collects: parts, encoded documents, token prompts, groups."""
+
+    parts: list[PromptPart] = field(default_factory=list)
+    # Parts whose text was decoded from base64: path -> the prefix to re-encode it behind
+    # ("data:text/plain;base64," or "" for bare base64), so a rewrite can put it back.
+    encoded: dict[JsonPath, str] = field(default_factory=dict)
+    token_prompts: bool = False  # a prompt given as token ids: no text to check
+    groups: int = 0
+
+    def group(self) -> int:
+        """A new group number for parts the provider joins."""
+        g = self.groups
+        self.groups = g + 1
+        return g
+
+
+@dataclass(frozen=True, slots=True)
+class ApiFormat:
+    """One API format: how to recognise it, how to read it, what its known numbers are."""
+
+    api: Api
+    suffixes: tuple[str, ...]  # request path suffixes, e.g. "/v1/chat/completions"
+    azure: str | None  # the Azure deployment sub-path (/openai/deployments/{id}/<azure>)
+    parse: Callable[[Json, Parsed], None]
+    max_tokens: tuple[str, ...]  # fields that cap the answer's tokens, first non-null wins
+    numbers: Mapping[str, Num]  # top-level fields with a JSON type and a range
+
+
+# --- errors and small readers -----------------------------------------------------------------
+
+
+def dotted(path: JsonPath) -> str:
+    """A JSON path as people write it: messages[0].content[2].text."""
+    out: list[str] = []
+    for key in path:
+        if isinstance(key, int):
+            out.append(f"[{key}]")
+        else:
+            out.append(f".{key}" if out else key)
+    return "".join(out)
+
+
+def bad(path: JsonPath, what: str) -> MalformedBody:
+    shown = dotted(path)  # bounded: keys on the path may be the client's (prompt variables)
+    return MalformedBody(f"field '{shown if len(shown) <= 200 else shown[:200] + '...'}' {what}")
+
+
+def role_of(msg: Json, path: JsonPath) -> str:
+    role = msg.get("role")
+    if isinstance(role, str):
+        return role
+    if role is None:
+        raise bad((*path, "role"), "is required")
+    raise bad((*path, "role"), "must be a string")
+
+
+def required_list(body: Json, key: str) -> list[Any]:
+    value = body.get(key)
+    if isinstance(value, list):
+        return value
+    if value is None:
+        raise bad((key,), "is required")
+    raise bad((key,), "must be a list")
+
+
+def obj(value: Any, path: JsonPath) -> Json:
+    if not isinstance(value, dict):
+        raise bad(path, "must be an object")
+    return value
+
+
+def block_type(block: Any, path: JsonPath) -> str:
+    kind = obj(block, path).get("type")
+    if not isinstance(kind, str):
+        raise bad((*path, "type"), "must be a string")
+    return kind
+
+
+def add(out: Parsed, path: JsonPath, text: str, role: str, group: int = -1) -> None:
+    if text:  # an empty string has nothing to police or rewrite
+        out.parts.append(PromptPart(path, text, role, group))
+
+
+def text_field(o: Any, path: JsonPath, key: str, role: str, out: Parsed, group: int = -1) -> None:
+    """Add o[key], which the provider requires to be a string (o must be an object)."""
+    text = obj(o, path).get(key)
+    if not isinstance(text, str):
+        raise bad((*path, key), "must be a string")
+    add(out, (*path, key), text, role, group)
+
+
+# --- known numbers ----------------------------------------------------------------------------
+
+INT_MAX = 2**31 - 1  # no provider accepts more; bigger ones would overflow cost arithmetic
+
+
+@dataclass(frozen=True, slots=True)
+class Num:
+    """A top-level field's JSON type and range: "int", "number" (finite) or "bool"."""
+
+    kind: Literal["int", "number", "bool"]
+    lo: float = 0
+    hi: float = INT_MAX
+
+
+BOOL = Num("bool")
+COUNT = Num("int", 1)  # max_tokens and friends
+PENALTY = Num("number", -2.0, 2.0)
+
+
+def check_numbers(body: Json, spec: Mapping[str, Num]) -> None:
+    """Refuse known fields of the wrong JSON type or out of range, naming the field."""
+    for key, value in body.items():
+        num = spec.get(key)
+        if num is None or value is None:  # null counts as absent, as for OpenAI
+            continue
+        kind = type(value)
+        if num.kind == "bool":
+            if kind is not bool:
+                raise bad((key,), "must be a boolean")
+            continue
+        if num.kind == "int":
+            if kind is not int:
+                raise bad((key,), "must be an integer")
+        elif (kind is not int and kind is not float) or not math.isfinite(value):
+            raise bad((key,), "must be a finite number")
+        if not num.lo <= value <= num.hi:
+            raise bad((key,), f"must be between {num.lo:g} and {num.hi:g}")
+
+
+# --- shapes: which keys are not text ----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Shape:
+    """Where a JSON value sits: which of its keys are not text, and what the others hold.
+
+    ``fields`` names keys with a shape of their own; any other key has the shape ``rest``
+    (None: free text, every string at any depth is scanned; with ``deep``, this shape
+    itself). ``skip``: nothing in this value is text. ``ids``: keys ending in ``_id`` /
+    ``_ids`` are identifiers (API structures only, never in free-form JSON such as tool
+    arguments or schemas). ``enum``: a string value here is an enum ("auto"), while an object
+    in its place has text (``tool_choice``).
+    """
+
+    fields: dict[str, Shape] = field(default_factory=dict)
+    rest: Shape | None = None
+    skip: bool = False
+    ids: bool = False
+    deep: bool = False
+    enum: bool = False  # a string right here (not inside an object) is one of the API's enums
+
+
+NOT_TEXT = Shape(skip=True)
+FREE = Shape()
+
+
+def generic(*keys: str) -> Shape:
+    """The shape of an API's objects we know nothing more about: ``keys`` (the API's enums,
+    ids, URLs) are not text at any depth, every other string is."""
+    return Shape(fields=dict.fromkeys(keys, NOT_TEXT), ids=True, deep=True)
+
+
+def skipping(*keys: str, rest: Shape, enum: bool = False, **fields: Shape) -> Shape:
+    """An API object whose ``keys`` are not text, ``fields`` have their own shape, and whose
+    other keys hold ``rest`` (the format's generic shape, or FREE for free-form JSON)."""
+    return Shape(fields={**rest.fields, **dict.fromkeys(keys, NOT_TEXT), **fields}, rest=rest,
+                 ids=True, enum=enum)  # fmt: skip
+
+
+# JSON Schema (tool parameters, response formats): descriptions, titles, enums, defaults and
+# examples are text the model reads; the keywords below are structure.
+SCHEMA = Shape(ids=False)
+_SCHEMA_MAP = Shape(rest=SCHEMA)  # properties, $defs: a name -> a schema
+SCHEMA.fields.update(
+    {
+        **dict.fromkeys(("type", "format", "$ref", "$schema", "$id", "$anchor"), NOT_TEXT),
+        **dict.fromkeys(("properties", "patternProperties", "$defs", "definitions"), _SCHEMA_MAP),
+        **dict.fromkeys(
+            ("items", "additionalProperties", "anyOf", "oneOf", "allOf", "not", "prefixItems"),
+            SCHEMA,
+        ),
+    }
+)
+
+
+def walk(value: Any, sh: Shape, path: JsonPath, role: str, out: Parsed) -> None:
+    """Every string in value that its shape does not declare as non-text becomes a part."""
+    t = type(value)
+    if t is str:
+        if value and not sh.enum:
+            out.parts.append(PromptPart(path, value, role))
+    elif t is dict:
+        fields, rest, ids = sh.fields, sh.rest or (sh if sh.deep else FREE), sh.ids
+        for k, v in value.items():
+            sub = fields.get(k)
+            if sub is None:
+                if ids and k.endswith(_ID_SUFFIXES):
+                    continue
+                sub = rest
+            if sub.skip:
+                continue
+            tv = type(v)
+            if tv is str:
+                if v and not sub.enum:
+                    out.parts.append(PromptPart((*path, k), v, role))
+            elif tv is dict or tv is list:
+                walk(v, sub, (*path, k), role, out)
+    elif t is list:
+        for i, v in enumerate(value):
+            tv = type(v)
+            if tv is str:
+                if v and not sh.enum:
+                    out.parts.append(PromptPart((*path, i), v, role))
+            elif tv is dict or tv is list:
+                walk(v, sh, (*path, i), role, out)
+
+
+_ID_SUFFIXES = ("_id", "_ids")
+
+
+def walk_rest(
+    o: Json, sh: Shape, path: JsonPath, role: str, out: Parsed, handled: frozenset[str]
+) -> None:
+    """walk() for the keys of o that its format's parser did not read itself."""
+    fields, rest, ids = sh.fields, sh.rest or (sh if sh.deep else FREE), sh.ids
+    for k, v in o.items():
+        if k in handled:
+            continue
+        sub = fields.get(k)
+        if sub is None:
+            if ids and k.endswith(_ID_SUFFIXES):
+                continue
+            sub = rest
+        if not sub.skip:
+            walk(v, sub, (*path, k), role, out)
+
+
+# --- base64 documents -------------------------------------------------------------------------
+
+_DATA_URL = re.compile(r"data:([\w.+-]+/[\w.+-]+)?((?:;[\w.+-]+=[\w.+-]+)*);base64,", re.ASCII)
+_TEXT_TYPES = re.compile(
+    r"text/.*|application/(json|xml|yaml|x-yaml|toml|csv|javascript|x-sh|x-python|sql|"
+    r"markdown|x-ndjson|ld\+json)\Z"
+)
+_TEXT_SUFFIXES = (
+    *(".txt", ".md", ".rst", ".csv", ".tsv", ".json", ".xml", ".yaml", ".yml", ".toml", ".ini"),
+    *(".html", ".htm", ".py", ".js", ".ts", ".sql", ".log", ".sh"),
+)
+
+
+def is_text_type(media_type: str) -> bool:
+    return _TEXT_TYPES.match(media_type.strip().lower()) is not None
+
+
+def encoded_text(
+    out: Parsed,
+    path: JsonPath,
+    data: Any,
+    role: str,
+    *,
+    media_type: str | None = None,
+    filename: Any = None,
+) -> None:
+    """A base64 document: if it is text, its decoded text is a part (re-encoded on rewrite).
+
+    The media type comes from the field beside it or from a data URL; a declared non-text type
+    (PDF, images) carries no text we can read. With no type, a text file name says text; with
+    neither, the data is text if it decodes to UTF-8 without NUL bytes (fail closed: unknown
+    data that reads as text is checked as text). A declared text document we cannot decode is
+    refused: it would reach the model unchecked.
+    """
+    if not isinstance(data, str):
+        raise bad(path, "must be a string")
+    prefix = ""
+    m = _DATA_URL.match(data)
+    if m is not None:
+        prefix = m.group(0)
+        media_type = media_type or m.group(1)
+    declared = bool(media_type) or (
+        isinstance(filename, str) and filename.lower().endswith(_TEXT_SUFFIXES)
+    )
+    if media_type and not is_text_type(media_type):
+        return
+    try:
+        text = base64.b64decode(data[len(prefix) :], validate=True).decode("utf-8")
+    except (binascii.Error, ValueError) as exc:
+        if not declared:
+            return  # binary data of no declared type
+        raise bad(path, "is a text document that is not valid base64 of UTF-8 text") from exc
+    if not declared and "\x00" in text:
+        return
+    if text:
+        out.parts.append(PromptPart(path, text, role))
+        out.encoded[path] = prefix
+
+
+def encode_text(prefix: str, text: str) -> str:
+    """The base64 form of a rewritten text document, behind its original prefix."""
+    return prefix + base64.b64encode(text.encode("utf-8")).decode("ascii")

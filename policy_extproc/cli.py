@@ -20,9 +20,14 @@ from .errors import AdminError, PolicyError, RequestError, StateError
 ENV = {"auto_envvar_prefix": "POLICY_EXTPROC"}
 
 
+# What ``eval`` exits with: scripts tell a refused or rewritten request from an allowed one.
+EXIT_NOT_ALLOWED = 3
+
+
 @click.group(
     context_settings={"auto_envvar_prefix": "POLICY_EXTPROC", "help_option_names": ["-h", "--help"]}
 )
+@click.version_option(package_name="policy-extproc", prog_name="policy-extproc")
 def main() -> None:
     """Policy-enforcement sidecar for LLM traffic behind Envoy."""
 
@@ -91,7 +96,11 @@ def eval_(
     headers: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Decide one request offline and explain why."""
+    """Decide one request offline and explain why.
+
+    Exit status: 0 when the decision is allow, 3 when it is anything else (modify, block,
+    throttle, escalate), 2 when the request cannot be evaluated, 1 when the policies do not load.
+    """
     from .admin.evaluate import dry_run
     from .policy.compiler import compile_paths
 
@@ -110,12 +119,69 @@ def eval_(
         record = run.record.to_dict()
         record["body"] = json.loads(run.body) if run.body is not None else None
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-        return
-    for line in run.explanation:
-        click.echo(line)
-    if run.body is not None:
-        click.echo("rewritten body:")
-        click.echo(run.body.decode())
+    else:
+        for line in run.explanation:
+            click.echo(line)
+        if run.body is not None:
+            click.echo("rewritten body:")
+            click.echo(run.body.decode())
+    if run.record.decision != "allow":
+        sys.exit(EXIT_NOT_ALLOWED)
+
+
+@main.command("test", context_settings=ENV)
+@click.option(
+    "--policies",
+    "policies",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Policy file or directory (repeatable).",
+)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-v", "--verbose", is_flag=True, help="Name every test, passed ones too.")
+def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> None:
+    """Run policy tests: every *_test.yaml under PATHS; exit 1 if one fails."""
+    from .policy.compiler import compile_paths
+    from .policytest import PolicyTestError, find_test_files, read_cases, run_case
+
+    try:
+        snapshot = compile_paths(policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    files = find_test_files(paths)
+    if not files:
+        click.echo("no test files (*_test.yaml) found", err=True)
+        sys.exit(1)
+    passed = failed = 0
+    errors: list[str] = []
+    for file in files:
+        try:
+            cases = read_cases(str(file), file.read_text(encoding="utf-8"))
+        except (PolicyTestError, OSError, UnicodeDecodeError) as exc:
+            errors.append(str(exc))
+            continue
+        for case in cases:
+            outcome = run_case(snapshot, case)
+            if outcome.passed:
+                passed += 1
+                if verbose:
+                    click.echo(f"PASS {case.file}:{case.line}: {case.name}")
+                continue
+            failed += 1
+            click.echo(f"FAIL {case.file}:{case.line}: {case.name}")
+            for why in outcome.failures:
+                click.echo(f"     {why}")
+    for message in errors:
+        click.echo(f"ERROR {message}")
+    summary = f"{passed} passed, {failed} failed"
+    if errors:
+        summary += f", {len(errors)} error{'s' if len(errors) != 1 else ''}"
+    click.echo(summary)
+    if failed or errors:
+        sys.exit(1)
 
 
 @main.command(context_settings=ENV)

@@ -337,7 +337,9 @@ def policy_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             # Kubernetes ConfigMap volumes hold "..data"/"..2024_..." entries: skip dot paths.
-            found = (x for x in p.rglob("*") if x.suffix in POLICY_EXTENSIONS and x.is_file())
+            # Policy tests (``*_test.yaml``, see ``policytest``) may sit beside the policies.
+            found = (x for x in p.rglob("*") if x.suffix in POLICY_EXTENSIONS and x.is_file()
+                     and not x.stem.endswith("_test"))
             files.extend(sorted(x for x in found
                                 if not any(part.startswith(".") for part in
                                            x.relative_to(p).parts)))  # fmt: skip

@@ -344,11 +344,8 @@ def policy_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         if p.is_dir():
             # Kubernetes ConfigMap volumes hold "..data"/"..2024_..." entries: skip dot paths.
             # Policy tests (``*_test.yaml``, see ``policytest``) may sit beside the policies.
-            found = (
-                x
-                for x in p.rglob("*")
-                if x.suffix in POLICY_EXTENSIONS and x.is_file() and not x.stem.endswith("_test")
-            )
+            found = (x for x in p.rglob("*") if x.suffix in POLICY_EXTENSIONS and x.is_file()
+                     and not x.stem.endswith("_test"))  # fmt: skip
             files.extend(sorted(x for x in found
                                 if not any(part.startswith(".") for part in
                                            x.relative_to(p).parts)))  # fmt: skip
@@ -445,17 +442,13 @@ def check_set(policies: list[Policy]) -> list[Problem]:
                     continue
                 where = f"policy '{general.name}' ({general.file}:{base.line})"
                 if general.scope.specificity == specific.scope.specificity:
-                    msg = (
-                        f"rule id {rule.id!r} is also defined by {where} with the same scope; "
-                        "neither can override the other"
-                    )
+                    msg = (f"rule id {rule.id!r} is also defined by {where} with the same scope; "
+                           "neither can override the other")
                 elif base.final:
                     msg = f"overrides rule {rule.id!r} of {where}, which is final (locked)"
                 elif base.type != rule.type:
-                    msg = (
-                        f"overrides rule {rule.id!r} of {where}, which is a {base.type} rule; "
-                        "an override must keep the type"
-                    )
+                    msg = (f"overrides rule {rule.id!r} of {where}, which is a {base.type} rule; "
+                           "an override must keep the type")
                 else:
                     continue
                 problem = Problem(specific.file, rule.line, msg, specific.name, rule.index,

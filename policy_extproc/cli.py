@@ -228,7 +228,26 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     type=int,
     help="Largest request body; must agree with Envoy's buffer limits.",
 )
-@click.option("--alert-webhook", default=None, help="URL that receives budget and approval alerts.")
+@click.option(
+    "--alert-webhook",
+    default=None,
+    help="URL that receives alerts: enforced blocks, approvals waiting, budget thresholds.",
+)
+@click.option(
+    "--alert-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "slack"]),
+    help="Webhook payload: the alert as a JSON object, or Slack's {\"text\": ...}.",
+)
+@click.option(
+    "--alert-window",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 86400.0),
+    help="Seconds: at most one alert per (policy, rule, user) in this window; the next one "
+    "counts those suppressed.",
+)
 @click.option(
     "--budget-time-zone",
     default="UTC",
@@ -267,6 +286,8 @@ def serve(
     catalog: str | None,
     max_body_bytes: int,
     alert_webhook: str | None,
+    alert_format: str,
+    alert_window: float,
     budget_time_zone: str,
     metrics_listen: str | None,
     admin_listen: str,
@@ -294,6 +315,8 @@ def serve(
         catalog=catalog,
         max_body_bytes=max_body_bytes,
         alert_webhook=alert_webhook,
+        alert_format=alert_format,
+        alert_window_s=alert_window,
         budget_time_zone=budget_time_zone,
         metrics_listen=metrics_listen or None,
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,

@@ -202,14 +202,16 @@ def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -
                 kwargs["id"] = f.string(value)
             elif key == "final":
                 kwargs["final"] = f.boolean(value)
+            elif key == "alert":
+                kwargs["alert"] = f.boolean(value)
             elif key in spec:
                 name, parse = spec[key]
                 kwargs[name] = parse(value)
             else:
-                known = ", ".join(["id", "final", *spec])
+                known = ", ".join(["id", "final", "alert", *spec])
                 raise f.FieldError(f"unknown field (known: {known})")
         except f.FieldError as exc:
-            sep = " " if key in spec or key in ("id", "final") else ": "
+            sep = " " if key in spec or key in ("id", "final", "alert") else ": "
             for message in exc.messages:
                 out.add(line, f"'{key}'{sep}{message}", policy, index, rtype)
             ok = False

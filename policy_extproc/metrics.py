@@ -16,7 +16,8 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_cost_usd_total{model}                           response records, cost_usd
     policy_extproc_open_streams, policy_extproc_policies, policy_extproc_policy_rules,
     policy_extproc_policy_info{version}, policy_extproc_policy_loaded_timestamp_seconds,
-    policy_extproc_policy_reload_errors, policy_extproc_alerts_{sent,failed,dropped}_total,
+    policy_extproc_policy_reload_errors,
+    policy_extproc_alerts_{sent,failed,dropped,suppressed,silenced}_total,
     policy_extproc_alert_queue_depth, policy_extproc_audit_spans_total{outcome},
     policy_extproc_audit_span_backlog                              read at scrape time
 
@@ -288,6 +289,14 @@ class RuntimeCollector(Collector):
             )
             yield _counter(
                 "policy_extproc_alerts_dropped", "Alerts dropped: the queue was full.", a.dropped
+            )
+            yield _counter(
+                "policy_extproc_alerts_suppressed",
+                "Alerts held back: the same policy, rule and user alerted within the window.",
+                a.suppressed,
+            )
+            yield _counter(
+                "policy_extproc_alerts_silenced", "Alerts of rules with alert: false.", a.silenced
             )
             yield _gauge(
                 "policy_extproc_alert_queue_depth", "Alerts waiting for delivery.", a.pending

@@ -396,6 +396,8 @@ class FakeAlerts:
     failed: int = 0
     dropped: int = 0
     pending: int = 0
+    suppressed: int = 0
+    silenced: int = 0
 
 
 class CountingSpans(RecordingSink):
@@ -431,7 +433,7 @@ def test_the_collector_reads_the_running_parts(tmp_path: Path) -> None:
         Sources(
             store,
             processor=FakeProcessor(open_streams=3),  # type: ignore[arg-type]
-            alerts=FakeAlerts(sent=4, failed=1, dropped=2, pending=5),  # type: ignore[arg-type]
+            alerts=FakeAlerts(4, 1, 2, 5, suppressed=7, silenced=8),  # type: ignore[arg-type]
             audit=FanoutSink([RecordingSink(), spans]),
         )
     )
@@ -444,6 +446,8 @@ def test_the_collector_reads_the_running_parts(tmp_path: Path) -> None:
     assert value(registry, "policy_extproc_alerts_sent_total") == 4
     assert value(registry, "policy_extproc_alerts_failed_total") == 1
     assert value(registry, "policy_extproc_alerts_dropped_total") == 2
+    assert value(registry, "policy_extproc_alerts_suppressed_total") == 7
+    assert value(registry, "policy_extproc_alerts_silenced_total") == 8
     assert value(registry, "policy_extproc_alert_queue_depth") == 5
     spans_total = "policy_extproc_audit_spans_total"
     assert value(registry, spans_total, outcome="queued") == 10

@@ -275,6 +275,13 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object a line, with the request id and trace id of the request logging.",
+)
 def serve(
     policies: tuple[str, ...],
     listen: str,
@@ -293,17 +300,17 @@ def serve(
     admin_listen: str,
     workers: int,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the ext_proc / ext_authz sidecar."""
     import asyncio
-    import logging
 
+    from .logformat import configure
     from .server import ServerConfig
     from .server import serve as run
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+
+    configure(log_level, log_format)  # type: ignore[arg-type]
     config = ServerConfig(
         policies=policies,
         listen=listen,

@@ -277,11 +277,12 @@ class Sidecar:
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     sidecar = Sidecar(config)
-    await sidecar.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start: a SIGTERM that comes as soon as "serving on" is logged still drains.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await sidecar.start()
     await stop.wait()
     log.info("shutting down: draining open streams (up to %.0fs)", config.grace_s)
     await sidecar.stop()

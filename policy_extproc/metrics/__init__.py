@@ -14,9 +14,12 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_state_errors_total{on_error}                    state backend failures
     policy_extproc_tokens_total{direction, model}                  response records, usage
     policy_extproc_cost_usd_total{model}                           response records, cost_usd
+    policy_extproc_spend_usd_total{org, team}                      response records, cost_usd
+    policy_extproc_tenant_tokens_total{org, team, direction}       response records, usage
+    gen_ai_client_token_usage{gen_ai_token_type, ...} (histogram)  response records, usage
     policy_extproc_open_streams, policy_extproc_policies, policy_extproc_policy_rules,
     policy_extproc_policy_info{version}, policy_extproc_policy_loaded_timestamp_seconds,
-    policy_extproc_policy_reload_errors,
+    policy_extproc_policy_reload_failing, policy_extproc_policy_reload_failures_total,
     policy_extproc_alerts_{sent,failed,dropped,suppressed,silenced}_total,
     policy_extproc_alert_queue_depth, policy_extproc_audit_spans_total{outcome},
     policy_extproc_audit_span_backlog                              read at scrape time
@@ -31,7 +34,8 @@ forgotten one would be counted again).
 
 Label values that come from a client (a model name can be anything) are bounded: each label
 keeps at most ``MAX_LABEL_VALUES`` distinct values and folds the rest, and any value longer
-than ``MAX_LABEL_LENGTH``, into ``other``.
+than ``MAX_LABEL_LENGTH``, into ``other``; (org, team) pairs are kept for ``MAX_TENANTS``.
+The registry also has the standard process, platform and GC collectors.
 
 The package: ``sink`` counts records, ``runtime`` reads the running parts at scrape time,
 ``endpoint`` serves ``/metrics`` and ``/healthz`` on a thread of its own (a scrape never runs on
@@ -46,7 +50,7 @@ import socket
 import threading
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 
 from .endpoint import _Handler, _HttpServer, parse_listen
 from .runtime import RuntimeCollector, Sources, SpanCounts
@@ -92,6 +96,10 @@ class Metrics:
     def __init__(self, listen: str, *, limit: LabelLimit | None = None) -> None:
         self.host, self.port = parse_listen(listen)
         self.registry = CollectorRegistry()
+        # The process itself: CPU, memory, file descriptors, GC, Python version.
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.sink = MetricsSink(self.registry, limit=limit)
         self._http: _HttpServer | None = None
         self._thread: threading.Thread | None = None

@@ -123,9 +123,14 @@ class RuntimeCollector(Collector):
                 store.loaded_at,
             )
         yield _gauge(
-            "policy_extproc_policy_reload_errors",
+            "policy_extproc_policy_reload_failing",
             "1 while the last policy load was refused (the last good set keeps serving).",
             0 if store.last_error is None else 1,
+        )
+        yield _counter(
+            "policy_extproc_policy_reload_failures",
+            "Policy loads refused since start (a bad file or push; the last good set served).",
+            store.load_failures,
         )
 
 

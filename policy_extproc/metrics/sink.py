@@ -13,7 +13,8 @@ from ..audit.record import AuditRecord, FiredRule, Redactions
 log = logging.getLogger(__name__)
 
 # A decision takes tens to hundreds of microseconds in the pure core, milliseconds with Redis;
-# past 100 ms Envoy's default message_timeout (200 ms) is close (DESIGN.md s8).
+# the shipped Envoy gives up at its message_timeout (0.5 s), and a large body may ask for up to
+# max_message_timeout (5 s): the buckets reach that far, so a slow tail is seen, not clipped.
 LATENCY_BUCKETS = (
     0.00005,
     0.0001,
@@ -26,8 +27,18 @@ LATENCY_BUCKETS = (
     0.025,
     0.05,
     0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
 )
+# gen_ai.client.token.usage's advised buckets (OpenTelemetry GenAI metrics conventions).
+TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 MAX_LABEL_VALUES = 200
+# Organisations and teams are tenants: a deployment may have thousands. Spend is kept for the
+# first MAX_TENANTS (org, team) pairs seen and folded into "other" past that, as models are.
+MAX_TENANTS = 100
 MAX_LABEL_LENGTH = 128
 OTHER = "other"
 MAX_OPEN_EXCHANGES = 10_000
@@ -59,8 +70,16 @@ class LabelLimit:
 class MetricsSink:
     """An ``AuditSink`` that counts records into Prometheus metrics; it never raises."""
 
-    def __init__(self, registry: CollectorRegistry, *, limit: LabelLimit | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        limit: LabelLimit | None = None,
+        tenants: LabelLimit | None = None,
+    ) -> None:
         self.limit = limit or LabelLimit()
+        # One label "tenant" holding "org/team", so the cap counts pairs, not orgs and teams apart.
+        self.tenants = tenants or LabelLimit(MAX_TENANTS)
         r = registry
         self.decisions = Counter(
             "policy_extproc_decisions_total",
@@ -116,6 +135,25 @@ class MetricsSink:
             ["model"],
             registry=r,
         )
+        self.spend = Counter(
+            "policy_extproc_spend_usd_total",
+            "Cost of responses in US dollars (catalog prices), by organisation and team.",
+            ["org", "team"],
+            registry=r,
+        )
+        self.tenant_tokens = Counter(
+            "policy_extproc_tenant_tokens_total",
+            "Tokens the provider reported, by organisation, team and direction.",
+            ["org", "team", "direction"],
+            registry=r,
+        )
+        self.token_usage = Histogram(
+            "gen_ai_client_token_usage",
+            "Tokens per request (OpenTelemetry gen_ai.client.token.usage), by token type.",
+            ["gen_ai_token_type", "gen_ai_request_model", "gen_ai_provider_name"],
+            buckets=TOKEN_BUCKETS,
+            registry=r,
+        )
         # Sidecars that never see a state failure still show the series, at zero.
         for on_error in ("closed", "open"):
             self.state_errors.labels(on_error)
@@ -167,11 +205,24 @@ class MetricsSink:
         if (record.fired, record.redactions) != request:  # the output guardrails' decision
             self._findings(record)
         model = self.limit("model", record.model)
+        org, team = self._tenant(record)
         if record.usage is not None:
-            self.tokens.labels("input", model).inc(max(0, record.usage.input_tokens))
-            self.tokens.labels("output", model).inc(max(0, record.usage.output_tokens))
+            provider = self.limit("provider", record.provider)
+            for direction, n in (("input", record.usage.input_tokens),
+                                 ("output", record.usage.output_tokens)):  # fmt: skip
+                n = max(0, n)
+                self.tokens.labels(direction, model).inc(n)
+                self.tenant_tokens.labels(org, team, direction).inc(n)
+                self.token_usage.labels(direction, model, provider).observe(n)
         if record.cost_usd is not None and record.cost_usd > 0:
             self.cost.labels(model).inc(record.cost_usd)
+            self.spend.labels(org, team).inc(record.cost_usd)
+
+    def _tenant(self, record: AuditRecord) -> tuple[str, str]:
+        org, team = record.org or "", record.team or ""
+        if self.tenants("tenant", f"{org}/{team}") == OTHER:
+            return OTHER, OTHER
+        return org, team
 
     def _findings(self, record: AuditRecord) -> None:
         label = self.limit

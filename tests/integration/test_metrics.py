@@ -221,7 +221,8 @@ async def test_the_policy_set_in_force_and_its_reloads(server: Running) -> None:
     assert sample(m, "policy_extproc_policy_info", version=first) == 1
     assert sample(m, "policy_extproc_policies") == 1
     assert sample(m, "policy_extproc_policy_rules") == 4
-    assert sample(m, "policy_extproc_policy_reload_errors") == 0
+    assert sample(m, "policy_extproc_policy_reload_failing") == 0
+    assert sample(m, "policy_extproc_policy_reload_failures_total") == 0
     loaded = sample(m, "policy_extproc_policy_loaded_timestamp_seconds")
     assert loaded == server.sidecar.store.loaded_at
 
@@ -235,8 +236,17 @@ async def test_the_policy_set_in_force_and_its_reloads(server: Running) -> None:
     write_policies(server.policy_dir, "policy_name: [broken\n")
     await wait_for(lambda: server.sidecar.store.last_error is not None, "the refused reload")
     m = scrape(port)
-    assert sample(m, "policy_extproc_policy_reload_errors") == 1
+    assert sample(m, "policy_extproc_policy_reload_failing") == 1
+    assert sample(m, "policy_extproc_policy_reload_failures_total") >= 1
     assert sample(m, "policy_extproc_policy_info", version=second) == 1  # still serving it
+
+
+async def test_the_process_collectors_are_served(server: Running) -> None:
+    m = scrape(server.sidecar.metrics_port)
+    names = {name for name, _ in m}
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total",
+            "process_open_fds", "python_gc_collections_total"} <= names  # fmt: skip
+    assert any(name == "python_info" for name, _ in m)
 
 
 async def test_open_streams_are_read_at_scrape_time(server: Running) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 
@@ -11,6 +12,15 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from ..audit.record import AuditRecord, FiredRule, Redactions
 
 log = logging.getLogger(__name__)
+
+# The budget alerts enforce/limits.py writes into a record ("budget P/R per team ml: 80% of
+# $500.00 reached ...", "blocked by budget P/R per team ml"): counted by threshold, so an
+# alert rule can fire when a budget is used up. tests/unit/test_metrics.py feeds it the texts
+# limits.outcome really writes.
+_BUDGET_ALERT = re.compile(
+    r"^(?:budget (?P<policy>[^/\s]+)/(?P<rule>\S+) per .*?: (?P<pct>\d+)% of "
+    r"|blocked by budget (?P<bpolicy>[^/\s]+)/(?P<brule>\S+) per )"
+)
 
 # A decision takes tens to hundreds of microseconds in the pure core, milliseconds with Redis;
 # the shipped Envoy gives up at its message_timeout (0.5 s), and a large body may ask for up to
@@ -154,6 +164,20 @@ class MetricsSink:
             buckets=TOKEN_BUCKETS,
             registry=r,
         )
+        self.budget_alerts = Counter(
+            "policy_extproc_budget_alerts_total",
+            "Budget thresholds crossed (threshold 50%, 80%, 100%, ...) and budget refusals "
+            "(threshold 'blocked'), by policy and rule.",
+            ["policy", "rule", "threshold"],
+            registry=r,
+        )
+        self.phase_latency = Histogram(
+            "policy_extproc_phase_seconds",
+            "Time the sidecar spent answering one ext_proc message, by phase.",
+            ["phase"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         # Sidecars that never see a state failure still show the series, at zero.
         for on_error in ("closed", "open"):
             self.state_errors.labels(on_error)
@@ -173,6 +197,10 @@ class MetricsSink:
 
     def close(self) -> None:
         """Nothing to flush: the registry is read by the endpoint until it stops."""
+
+    def phase(self, phase: str, seconds: float) -> None:
+        """One ext_proc message answered (request_headers, request_body, ...) in ``seconds``."""
+        self.phase_latency.labels(phase).observe(seconds)
 
     def _request(self, record: AuditRecord) -> None:
         label = self.limit
@@ -195,6 +223,13 @@ class MetricsSink:
             self.errors.labels(label("code", record.error_code)).inc()
             if record.error_code == "state_unavailable":
                 self.state_errors.labels("closed").inc()
+        for text in record.alerts:
+            m = _BUDGET_ALERT.match(text)
+            if m is not None:
+                policy, rule = m["policy"] or m["bpolicy"], m["rule"] or m["brule"]
+                threshold = f"{m['pct']}%" if m["pct"] else "blocked"
+                self.budget_alerts.labels(label("policy", policy), label("rule", rule),
+                                          label("threshold", threshold)).inc()  # fmt: skip
         for kind in record.degraded:
             self.degraded.labels(label("kind", kind)).inc()
             if kind.partition(":")[0] in _STATE_DEGRADED:

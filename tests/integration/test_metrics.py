@@ -398,3 +398,19 @@ def test_cli_reports_a_metrics_port_in_use(tmp_path: Path, taken_port: int) -> N
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 1, result.output
     assert f"cannot start: cannot serve metrics on 127.0.0.1:{taken_port}" in result.output
+
+
+async def test_budget_thresholds_and_refusals_are_counted(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    from tests.integration.test_limits_sidecar import chat, cost_budget, room_for, send
+
+    server = await start(stack, tmp_path, cost_budget(room_for(2.5)))
+    answers = [await send(server.stub, chat(), f"k-{i}") for i in range(3)]
+    assert [a.refused for a in answers] == [False, False, True]
+    m = scrape(server.sidecar.metrics_port)
+    name = "policy_extproc_budget_alerts_total"
+    by = {"policy": "acme_budget", "rule": "daily"}
+    assert sample(m, name, **by, threshold="50%") == 1
+    assert sample(m, name, **by, threshold="80%") == 1
+    assert sample(m, name, **by, threshold="blocked") == 1

@@ -32,22 +32,44 @@ def main() -> None:
     """Policy-enforcement sidecar for LLM traffic behind Envoy."""
 
 
+OUTPUT = click.option(
+    "--output",
+    "output",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON document on stdout, for scripts.",
+)
+
+
 @main.command(context_settings=ENV)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-def check(paths: tuple[str, ...]) -> None:
+@OUTPUT
+def check(paths: tuple[str, ...], output: str) -> None:
     """Validate policy files and directories: one line per problem, exit 1 if any."""
+    from dataclasses import asdict
+
     from .policy.compiler import compile_paths
     from .policy.loader import policy_files
 
     try:
         snapshot = compile_paths(paths)
     except PolicyError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem))
         n = len(exc.problems)
+        if output == "json":
+            problems = [{**asdict(p), "line_text": str(p)} for p in exc.problems]
+            click.echo(json.dumps({"ok": False, "problems": problems}, indent=2))
+        else:
+            for problem in exc.problems:
+                click.echo(str(problem))
         click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
         sys.exit(1)
     files = len(policy_files(paths))
+    if output == "json":
+        summary = {"ok": True, "policies": len(snapshot), "rules": snapshot.rule_count,
+                   "files": files, "version": snapshot.version}  # fmt: skip
+        click.echo(json.dumps(summary, indent=2))
+        return
     click.echo(
         f"ok: {len(snapshot)} policies, {snapshot.rule_count} rules in {files} file"
         f"{'s' if files != 1 else ''} (version {snapshot.version})"

@@ -311,3 +311,21 @@ def test_version() -> None:
     result = run("--version")
     assert result.exit_code == 0
     assert re.fullmatch(r"policy-extproc, version \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_check_output_json() -> None:
+    result = run("check", "--output", "json", "cli", "valid/seed.json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["policies"], summary["rules"], summary["files"]) == (
+        True, 4, 8, 4)  # fmt: skip
+    result = run("check", "--output", "json", "invalid/required_fields.yaml")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    first = report["problems"][0]
+    assert (first["file"], first["line"], first["policy"], first["rule_index"],
+            first["rule_type"]) == ("invalid/required_fields.yaml", 3, "required", 1,
+                                    "cost_budget")  # fmt: skip
+    assert first["message"] == "'limit_usd' is required"
+    assert first["line_text"].startswith("invalid/required_fields.yaml:3: policy 'required'")

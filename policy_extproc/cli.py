@@ -151,6 +151,14 @@ def eval_(
         sys.exit(EXIT_NOT_ALLOWED)
 
 
+@main.command(context_settings=ENV)
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors and CI linters)."""
+    from .policy.schema import policy_schema
+
+    click.echo(json.dumps(policy_schema(), indent=2))
+
+
 @main.command("test", context_settings=ENV)
 @click.option(
     "--policies",

@@ -20,29 +20,56 @@ from .errors import AdminError, PolicyError, RequestError, StateError
 ENV = {"auto_envvar_prefix": "POLICY_EXTPROC"}
 
 
+# What ``eval`` exits with: scripts tell a refused or rewritten request from an allowed one.
+EXIT_NOT_ALLOWED = 3
+
+
 @click.group(
     context_settings={"auto_envvar_prefix": "POLICY_EXTPROC", "help_option_names": ["-h", "--help"]}
 )
+@click.version_option(package_name="policy-extproc", prog_name="policy-extproc")
 def main() -> None:
     """Policy-enforcement sidecar for LLM traffic behind Envoy."""
 
 
+OUTPUT = click.option(
+    "--output",
+    "output",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one JSON document on stdout, for scripts.",
+)
+
+
 @main.command(context_settings=ENV)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-def check(paths: tuple[str, ...]) -> None:
+@OUTPUT
+def check(paths: tuple[str, ...], output: str) -> None:
     """Validate policy files and directories: one line per problem, exit 1 if any."""
+    from dataclasses import asdict
+
     from .policy.compiler import compile_paths
     from .policy.loader import policy_files
 
     try:
         snapshot = compile_paths(paths)
     except PolicyError as exc:
-        for problem in exc.problems:
-            click.echo(str(problem))
         n = len(exc.problems)
+        if output == "json":
+            problems = [{**asdict(p), "line_text": str(p)} for p in exc.problems]
+            click.echo(json.dumps({"ok": False, "problems": problems}, indent=2))
+        else:
+            for problem in exc.problems:
+                click.echo(str(problem))
         click.echo(f"{n} problem{'s' if n != 1 else ''} found", err=True)
         sys.exit(1)
     files = len(policy_files(paths))
+    if output == "json":
+        summary = {"ok": True, "policies": len(snapshot), "rules": snapshot.rule_count,
+                   "files": files, "version": snapshot.version}  # fmt: skip
+        click.echo(json.dumps(summary, indent=2))
+        return
     click.echo(
         f"ok: {len(snapshot)} policies, {snapshot.rule_count} rules in {files} file"
         f"{'s' if files != 1 else ''} (version {snapshot.version})"
@@ -91,7 +118,11 @@ def eval_(
     headers: tuple[str, ...],
     as_json: bool,
 ) -> None:
-    """Decide one request offline and explain why."""
+    """Decide one request offline and explain why.
+
+    Exit status: 0 when the decision is allow, 3 when it is anything else (modify, block,
+    throttle, escalate), 2 when the request cannot be evaluated, 1 when the policies do not load.
+    """
     from .admin.evaluate import dry_run
     from .policy.compiler import compile_paths
 
@@ -110,12 +141,77 @@ def eval_(
         record = run.record.to_dict()
         record["body"] = json.loads(run.body) if run.body is not None else None
         click.echo(json.dumps(record, indent=2, ensure_ascii=False))
-        return
-    for line in run.explanation:
-        click.echo(line)
-    if run.body is not None:
-        click.echo("rewritten body:")
-        click.echo(run.body.decode())
+    else:
+        for line in run.explanation:
+            click.echo(line)
+        if run.body is not None:
+            click.echo("rewritten body:")
+            click.echo(run.body.decode())
+    if run.record.decision != "allow":
+        sys.exit(EXIT_NOT_ALLOWED)
+
+
+@main.command(context_settings=ENV)
+def schema() -> None:
+    """Print the JSON Schema of policy files (for editors and CI linters)."""
+    from .policy.schema import policy_schema
+
+    click.echo(json.dumps(policy_schema(), indent=2))
+
+
+@main.command("test", context_settings=ENV)
+@click.option(
+    "--policies",
+    "policies",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Policy file or directory (repeatable).",
+)
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option("-v", "--verbose", is_flag=True, help="Name every test, passed ones too.")
+def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> None:
+    """Run policy tests: every *_test.yaml under PATHS; exit 1 if one fails."""
+    from .policy.compiler import compile_paths
+    from .policytest import PolicyTestError, find_test_files, read_cases, run_case
+
+    try:
+        snapshot = compile_paths(policies)
+    except PolicyError as exc:
+        for problem in exc.problems:
+            click.echo(str(problem), err=True)
+        sys.exit(1)
+    files = find_test_files(paths)
+    if not files:
+        click.echo("no test files (*_test.yaml) found", err=True)
+        sys.exit(1)
+    passed = failed = 0
+    errors: list[str] = []
+    for file in files:
+        try:
+            cases = read_cases(str(file), file.read_text(encoding="utf-8"))
+        except (PolicyTestError, OSError, UnicodeDecodeError) as exc:
+            errors.append(str(exc))
+            continue
+        for case in cases:
+            outcome = run_case(snapshot, case)
+            if outcome.passed:
+                passed += 1
+                if verbose:
+                    click.echo(f"PASS {case.file}:{case.line}: {case.name}")
+                continue
+            failed += 1
+            click.echo(f"FAIL {case.file}:{case.line}: {case.name}")
+            for why in outcome.failures:
+                click.echo(f"     {why}")
+    for message in errors:
+        click.echo(f"ERROR {message}")
+    summary = f"{passed} passed, {failed} failed"
+    if errors:
+        summary += f", {len(errors)} error{'s' if len(errors) != 1 else ''}"
+    click.echo(summary)
+    if failed or errors:
+        sys.exit(1)
 
 
 @main.command(context_settings=ENV)
@@ -162,7 +258,26 @@ def eval_(
     type=int,
     help="Largest request body; must agree with Envoy's buffer limits.",
 )
-@click.option("--alert-webhook", default=None, help="URL that receives budget and approval alerts.")
+@click.option(
+    "--alert-webhook",
+    default=None,
+    help="URL that receives alerts: enforced blocks, approvals waiting, budget thresholds.",
+)
+@click.option(
+    "--alert-format",
+    default="json",
+    show_default=True,
+    type=click.Choice(["json", "slack"]),
+    help="Webhook payload: the alert as a JSON object, or Slack's {\"text\": ...}.",
+)
+@click.option(
+    "--alert-window",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 86400.0),
+    help="Seconds: at most one alert per (policy, rule, user) in this window; the next one "
+    "counts those suppressed.",
+)
 @click.option(
     "--budget-time-zone",
     default="UTC",
@@ -190,6 +305,13 @@ def eval_(
     show_default=True,
     type=click.Choice(["debug", "info", "warning", "error"]),
 )
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    type=click.Choice(["text", "json"]),
+    help="json: one object a line, with the request id and trace id of the request logging.",
+)
 def serve(
     policies: tuple[str, ...],
     listen: str,
@@ -201,22 +323,24 @@ def serve(
     catalog: str | None,
     max_body_bytes: int,
     alert_webhook: str | None,
+    alert_format: str,
+    alert_window: float,
     budget_time_zone: str,
     metrics_listen: str | None,
     admin_listen: str,
     workers: int,
     log_level: str,
+    log_format: str,
 ) -> None:
     """Run the ext_proc / ext_authz sidecar."""
     import asyncio
-    import logging
 
+    from .logformat import configure
     from .server import ServerConfig
     from .server import serve as run
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+
+    configure(log_level, log_format)  # type: ignore[arg-type]
     config = ServerConfig(
         policies=policies,
         listen=listen,
@@ -228,6 +352,8 @@ def serve(
         catalog=catalog,
         max_body_bytes=max_body_bytes,
         alert_webhook=alert_webhook,
+        alert_format=alert_format,
+        alert_window_s=alert_window,
         budget_time_zone=budget_time_zone,
         metrics_listen=metrics_listen or None,
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,

@@ -28,6 +28,7 @@ from .audit.chain import AuditLog
 from .audit.sink import AuditSink, FanoutSink, JsonlSink
 from .enforce import limits
 from .enforce.alerts import AlertNotifier
+from .enforce.decision_alerts import BlockAlertSink, RuleOptOuts
 from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
 from .enforce.servicer import Authorization, ExternalProcessor
 from .errors import PolicyError, StateError
@@ -63,6 +64,8 @@ class ServerConfig:
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     alert_webhook: str | None = None
+    alert_format: str = "json"  # json | slack
+    alert_window_s: float = 300.0  # one alert per (policy, rule, user) per window
     budget_time_zone: str = "UTC"
     metrics_listen: str | None = None  # HOST:PORT of /metrics and /healthz; None: off
     # Control plane (admin/): the admin API's listener (None: off; `serve` defaults it to
@@ -113,8 +116,13 @@ class Sidecar:
         self.catalog = load_catalog(cfg.catalog)
         self.state = self._open_state()
         # The live decision stream last: the durable log has the record before any watcher.
+        self.alerts = AlertNotifier(
+            cfg.alert_webhook,
+            format=cfg.alert_format,  # type: ignore[arg-type]
+            window_s=cfg.alert_window_s,
+            opted_out=RuleOptOuts(lambda: self.store.current if self.store.ready else None),
+        )
         self.sink = FanoutSink([*self._open_sinks(), self.control.live])
-        self.alerts = AlertNotifier(cfg.alert_webhook)
         self.engine = Engine(
             self.store,
             self.sink,
@@ -209,6 +217,8 @@ class Sidecar:
             sinks.append(OtelSink(self.config.otlp_endpoint))
         if self.metrics is not None:
             sinks.append(self.metrics.sink)  # counts every record; never raises
+        if self.config.alert_webhook:
+            sinks.append(BlockAlertSink(self.alerts))  # queues, never raises
         return sinks
 
     async def _watch_policies(self) -> None:
@@ -267,11 +277,12 @@ class Sidecar:
 async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     sidecar = Sidecar(config)
-    await sidecar.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Before start: a SIGTERM that comes as soon as "serving on" is logged still drains.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    await sidecar.start()
     await stop.wait()
     log.info("shutting down: draining open streams (up to %.0fs)", config.grace_s)
     await sidecar.stop()

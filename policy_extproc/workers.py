@@ -18,6 +18,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from .logformat import LogFormat, configure, configured_format
 from .server import ServerConfig, serve
 
 log = logging.getLogger(__name__)
@@ -44,11 +45,8 @@ def worker_config(config: ServerConfig, index: int) -> ServerConfig:
     return replace(config, **changes)
 
 
-def _worker(config: ServerConfig, level: int) -> None:
-    name = multiprocessing.current_process().name
-    logging.basicConfig(
-        level=level, format=f"%(asctime)s %(levelname)s [{name}] %(name)s: %(message)s"
-    )
+def _worker(config: ServerConfig, level: int, fmt: LogFormat) -> None:
+    configure(level, fmt, worker=multiprocessing.current_process().name)
     asyncio.run(serve(config))
 
 
@@ -64,7 +62,11 @@ def run(config: ServerConfig, workers: int) -> int:
     ctx = multiprocessing.get_context("spawn")
     level = logging.getLogger().getEffectiveLevel()
     procs = [
-        ctx.Process(target=_worker, args=(worker_config(config, i), level), name=f"worker-{i}")
+        ctx.Process(
+            target=_worker,
+            args=(worker_config(config, i), level, configured_format()),
+            name=f"worker-{i}",
+        )
         for i in range(workers)
     ]
     for p in procs:

@@ -240,7 +240,8 @@ class Engine:
                         "org": ctx.org,
                         "user": ctx.user,
                         **approval.details,
-                    }
+                    },
+                    key=(enforced[0].rule.policy_name, enforced[0].rule.rule.id, ctx.user),
                 )
                 return {
                     "approval_id": approval.id,

@@ -13,6 +13,12 @@ from typing import Any
 Parser = Callable[[Any], Any]
 
 
+def described(parser: Parser, schema: dict[str, Any]) -> Parser:
+    """Attach the JSON Schema of what ``parser`` accepts (``policy.schema`` reads it)."""
+    parser.json_schema = schema  # type: ignore[attr-defined]
+    return parser
+
+
 class FieldError(ValueError):
     """Why a value is wrong; ``messages`` holds one line per problem (a list may have several)."""
 
@@ -50,7 +56,8 @@ def number(minimum: float = 0.0, *, exclusive: bool = False) -> Parser:
             raise FieldError(f"must be {'above' if exclusive else 'at least'} {minimum:g}")
         return float(value)
 
-    return parse
+    bound = "exclusiveMinimum" if exclusive else "minimum"
+    return described(parse, {"type": "number", bound: minimum})
 
 
 def integer(minimum: int = 0) -> Parser:
@@ -63,7 +70,7 @@ def integer(minimum: int = 0) -> Parser:
             raise FieldError(f"must be at least {minimum}")
         return value
 
-    return parse
+    return described(parse, {"type": "integer", "minimum": minimum})
 
 
 def fraction(value: Any) -> float:
@@ -79,7 +86,7 @@ def one_of(*choices: str) -> Parser:
             raise FieldError(f"must be one of {', '.join(choices)}, not {value!r}")
         return str(value)
 
-    return parse
+    return described(parse, {"enum": list(choices)})
 
 
 def string_list(item: Parser = string, *, allow_empty: bool = False) -> Parser:
@@ -101,7 +108,12 @@ def string_list(item: Parser = string, *, allow_empty: bool = False) -> Parser:
             raise FieldError(*problems)
         return tuple(out)
 
-    return parse
+    items = item.json_schema  # type: ignore[attr-defined]
+    many: dict[str, Any] = {"type": "array", "items": items}
+    if not allow_empty:
+        many["minItems"] = 1
+    # A single value is read as a list of one, as the parser does.
+    return described(parse, {"anyOf": [items, many]})
 
 
 def glob(value: Any) -> str:
@@ -167,3 +179,18 @@ def per(value: Any) -> tuple[str, ...]:
     if len(set(keys)) != len(keys):
         raise FieldError("names the same key twice")
     return tuple(keys)
+
+
+# What each plain parser accepts, for the JSON Schema of the policy format.
+described(string, {"type": "string", "minLength": 1, "pattern": "\\S"})
+described(boolean, {"type": "boolean"})
+described(fraction, {"type": "number", "minimum": 0, "maximum": 1})
+described(glob, {"type": "string", "minLength": 1})
+described(duration, {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
+                               {"type": "string", "pattern": _DURATION.pattern}]})  # fmt: skip
+described(regex, {"type": "string", "minLength": 1, "format": "regex"})
+described(str_mapping, {"type": "object",
+                        "additionalProperties": {"type": ["string", "number"]}})  # fmt: skip
+described(topics, {"type": "object", "minProperties": 1,
+                   "additionalProperties": string_list().json_schema})  # type: ignore[attr-defined]  # fmt: skip
+described(per, string_list(one_of("user", "team", "org")).json_schema)  # type: ignore[attr-defined]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +145,9 @@ class _Collector:
     file: str
     problems: list[Problem]
     names: list[tuple[str, str, int]]  # every policy name seen, loaded or not: (name, file, line)
+    # The valid rules of policies that do not load, so that compiling them can still report
+    # their own problems (a pattern the engine refuses): check lists every problem at once.
+    partial: list[Policy] = field(default_factory=list)
 
     def add(self, line: int, msg: str, policy: str | None = None, index: int | None = None,
             rtype: str | None = None) -> None:  # fmt: skip
@@ -199,14 +202,16 @@ def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -
                 kwargs["id"] = f.string(value)
             elif key == "final":
                 kwargs["final"] = f.boolean(value)
+            elif key == "alert":
+                kwargs["alert"] = f.boolean(value)
             elif key in spec:
                 name, parse = spec[key]
                 kwargs[name] = parse(value)
             else:
-                known = ", ".join(["id", "final", *spec])
+                known = ", ".join(["id", "final", "alert", *spec])
                 raise f.FieldError(f"unknown field (known: {known})")
         except f.FieldError as exc:
-            sep = " " if key in spec or key in ("id", "final") else ": "
+            sep = " " if key in spec or key in ("id", "final", "alert") else ": "
             for message in exc.messages:
                 out.add(line, f"'{key}'{sep}{message}", policy, index, rtype)
             ok = False
@@ -311,6 +316,9 @@ def _parse_policy(raw: Any, line: int, out: _Collector) -> Policy | None:
         ids[rule.id] = i
         rules.append(rule)
     if not ok or scope is None or name is None:
+        if rules:
+            out.partial.append(Policy(name=name or "?", scope=scope or Scope(), rules=tuple(rules),
+                                      file=out.file, line=raw.line))  # fmt: skip
         return None
     return Policy(name=name, scope=scope, rules=tuple(rules), file=out.file, line=raw.line,
                   **extras)  # fmt: skip
@@ -338,7 +346,9 @@ def policy_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
     for p in map(Path, paths):
         if p.is_dir():
             # Kubernetes ConfigMap volumes hold "..data"/"..2024_..." entries: skip dot paths.
-            found = (x for x in p.rglob("*") if x.suffix in POLICY_EXTENSIONS and x.is_file())
+            # Policy tests (``*_test.yaml``, see ``policytest``) may sit beside the policies.
+            found = (x for x in p.rglob("*") if x.suffix in POLICY_EXTENSIONS and x.is_file()
+                     and not x.stem.endswith("_test"))  # fmt: skip
             files.extend(sorted(x for x in found
                                 if not any(part.startswith(".") for part in
                                            x.relative_to(p).parts)))  # fmt: skip
@@ -360,8 +370,10 @@ def read_sources(sources: Iterable[tuple[str, str]]) -> tuple[tuple[Policy, ...]
     problems: list[Problem] = []
     policies: list[Policy] = []
     names: list[tuple[str, str, int]] = []
+    partial: list[Policy] = []
     for name, text in sources:
-        policies.extend(parse_text(text, name, _Collector(name, problems, names)))
+        policies.extend(parse_text(text, name, _Collector(name, problems, names, partial)))
+    problems.extend(_compile_problems(partial))
     first: dict[str, tuple[str, int]] = {}
     for name, file, line in names:
         if name in first:
@@ -371,6 +383,19 @@ def read_sources(sources: Iterable[tuple[str, str]]) -> tuple[tuple[Policy, ...]
             first.setdefault(name, (file, line))
     problems.extend(check_set(policies))
     return tuple(policies), problems
+
+
+def _compile_problems(partial: list[Policy]) -> list[Problem]:
+    """What compiling the valid rules of policies that did not load would report."""
+    from .compiler import CompiledPolicy
+
+    found: list[Problem] = []
+    for policy in partial:
+        try:
+            CompiledPolicy(policy, 0)
+        except PolicyError as exc:
+            found.extend(exc.problems)
+    return found
 
 
 def load_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[Policy, ...]:

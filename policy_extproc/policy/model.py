@@ -63,6 +63,7 @@ class Rule:
     index: int
     line: int
     final: bool
+    alert: bool = True  # false: an enforced block or escalation by this rule alerts nobody
 
     type = "rule"
 

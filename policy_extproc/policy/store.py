@@ -51,6 +51,7 @@ class PolicyStore:
         self.paths = tuple(paths)
         self._current = snapshot
         self.last_error: LoadError | None = None
+        self.load_failures = 0  # loads refused since start (the metric's counter)
         self.loaded_at = time.time() if snapshot is not None else 0.0
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
@@ -98,6 +99,7 @@ class PolicyStore:
                 snapshot = self.compile(self._pushed)
             except PolicyError as exc:
                 self.last_error = LoadError(time.time(), exc)
+                self.load_failures += 1
                 raise
             snapshot.warm()
             self.swap(snapshot)

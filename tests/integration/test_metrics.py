@@ -221,7 +221,8 @@ async def test_the_policy_set_in_force_and_its_reloads(server: Running) -> None:
     assert sample(m, "policy_extproc_policy_info", version=first) == 1
     assert sample(m, "policy_extproc_policies") == 1
     assert sample(m, "policy_extproc_policy_rules") == 4
-    assert sample(m, "policy_extproc_policy_reload_errors") == 0
+    assert sample(m, "policy_extproc_policy_reload_failing") == 0
+    assert sample(m, "policy_extproc_policy_reload_failures_total") == 0
     loaded = sample(m, "policy_extproc_policy_loaded_timestamp_seconds")
     assert loaded == server.sidecar.store.loaded_at
 
@@ -235,8 +236,17 @@ async def test_the_policy_set_in_force_and_its_reloads(server: Running) -> None:
     write_policies(server.policy_dir, "policy_name: [broken\n")
     await wait_for(lambda: server.sidecar.store.last_error is not None, "the refused reload")
     m = scrape(port)
-    assert sample(m, "policy_extproc_policy_reload_errors") == 1
+    assert sample(m, "policy_extproc_policy_reload_failing") == 1
+    assert sample(m, "policy_extproc_policy_reload_failures_total") >= 1
     assert sample(m, "policy_extproc_policy_info", version=second) == 1  # still serving it
+
+
+async def test_the_process_collectors_are_served(server: Running) -> None:
+    m = scrape(server.sidecar.metrics_port)
+    names = {name for name, _ in m}
+    assert {"process_resident_memory_bytes", "process_cpu_seconds_total",
+            "process_open_fds", "python_gc_collections_total"} <= names  # fmt: skip
+    assert any(name == "python_info" for name, _ in m)
 
 
 async def test_open_streams_are_read_at_scrape_time(server: Running) -> None:
@@ -388,3 +398,19 @@ def test_cli_reports_a_metrics_port_in_use(tmp_path: Path, taken_port: int) -> N
     result = CliRunner().invoke(main, argv)
     assert result.exit_code == 1, result.output
     assert f"cannot start: cannot serve metrics on 127.0.0.1:{taken_port}" in result.output
+
+
+async def test_budget_thresholds_and_refusals_are_counted(
+    stack: AsyncExitStack, tmp_path: Path
+) -> None:
+    from tests.integration.test_limits_sidecar import chat, cost_budget, room_for, send
+
+    server = await start(stack, tmp_path, cost_budget(room_for(2.5)))
+    answers = [await send(server.stub, chat(), f"k-{i}") for i in range(3)]
+    assert [a.refused for a in answers] == [False, False, True]
+    m = scrape(server.sidecar.metrics_port)
+    name = "policy_extproc_budget_alerts_total"
+    by = {"policy": "acme_budget", "rule": "daily"}
+    assert sample(m, name, **by, threshold="50%") == 1
+    assert sample(m, name, **by, threshold="80%") == 1
+    assert sample(m, name, **by, threshold="blocked") == 1

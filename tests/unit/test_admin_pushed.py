@@ -90,7 +90,7 @@ async def test_a_bad_push_is_refused_with_check_lines_and_changes_nothing(tmp_pa
         await a.put(bad, "team.yaml")
     assert [str(p) for p in exc.value.problems] == [
         "team.yaml:9: policy 'acme_ml' rule 1 (content_filter): 'colour': unknown field "
-        "(known: id, final, keywords, patterns, topics, action, direction, case_sensitive, "
+        "(known: id, final, alert, keywords, patterns, topics, action, direction, case_sensitive, "
         "whole_words)"
     ]
     assert await repo.version() == 0

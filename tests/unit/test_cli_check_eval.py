@@ -82,7 +82,7 @@ def test_check_of_a_missing_path_is_a_usage_error() -> None:
 
 def test_eval_explains_the_decision() -> None:
     result = run("eval", "--policies", "cli", "--request", "requests/codename.json", *ACME_ML)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output  # not allow: a script can tell
     assert result.stdout.splitlines() == [
         "decision: modify (policy 'acme_org', rule 'codenames'): prompt redacted keyword #1 of "
         "rule 'codenames'",
@@ -109,7 +109,7 @@ def test_eval_explains_the_decision() -> None:
 
 def test_eval_block_has_no_rewritten_body() -> None:
     result = run("eval", "--policies", "cli", "--request", "requests/password.json", *ACME_ML)
-    assert result.exit_code == 0
+    assert result.exit_code == 3
     lines = result.stdout.splitlines()
     assert lines[0] == (
         "decision: block (policy 'acme_ml', rule 'models'): model 'gpt-4o' is "
@@ -137,7 +137,7 @@ def test_eval_json_prints_the_audit_record_and_body() -> None:
         "x-request-id: req-1",
         "--json",
     )
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 3, result.output
     record = json.loads(result.stdout)
     seed_shape = [
         "decision",
@@ -206,6 +206,7 @@ def test_eval_json_body_is_null_when_nothing_is_rewritten() -> None:
     result = run("eval", "--policies", "cli", "--request", "requests/password.json", "--json")
     record = json.loads(result.stdout)
     assert (record["decision"], record["body"], record["fired"]) == ("allow", None, [])
+    assert result.exit_code == 0
 
 
 def test_eval_guesses_an_anthropic_body() -> None:
@@ -296,7 +297,7 @@ def test_the_installed_command() -> None:
         timeout=60,
         cwd=DATA,
     )
-    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.returncode == 3, evaluated.stderr
     record = json.loads(evaluated.stdout)
     assert (record["decision"], record["rule"], record["environment"]) == (
         "block",
@@ -304,3 +305,27 @@ def test_the_installed_command() -> None:
         "development",
     )
     assert [f["rule"] for f in record["fired"]] == ["model_access", "content_filter"]
+
+
+def test_version() -> None:
+    result = run("--version")
+    assert result.exit_code == 0
+    assert re.fullmatch(r"policy-extproc, version \d+\.\d+\.\d+\S*\n", result.stdout)
+
+
+def test_check_output_json() -> None:
+    result = run("check", "--output", "json", "cli", "valid/seed.json")
+    assert result.exit_code == 0
+    summary = json.loads(result.stdout)
+    assert (summary["ok"], summary["policies"], summary["rules"], summary["files"]) == (
+        True, 4, 8, 4)  # fmt: skip
+    result = run("check", "--output", "json", "invalid/required_fields.yaml")
+    assert result.exit_code == 1
+    report = json.loads(result.stdout)
+    assert report["ok"] is False
+    first = report["problems"][0]
+    assert (first["file"], first["line"], first["policy"], first["rule_index"],
+            first["rule_type"]) == ("invalid/required_fields.yaml", 3, "required", 1,
+                                    "cost_budget")  # fmt: skip
+    assert first["message"] == "'limit_usd' is required"
+    assert first["line_text"].startswith("invalid/required_fields.yaml:3: policy 'required'")

@@ -235,6 +235,48 @@ def test_response_records_add_tokens_and_cost_by_model(
     assert value(registry, cost, model="claude-3-haiku") == pytest.approx(0.5)
 
 
+def test_spend_and_tokens_per_tenant_and_the_token_usage_histogram(
+    registry: CollectorRegistry, sink: MetricsSink
+) -> None:
+    sink.emit(record(phase="response", team="ml", provider="openai", usage=Usage(100, 20),
+                     cost_usd=0.5))  # fmt: skip
+    sink.emit(record(phase="response", team="ml", usage=Usage(10, 2), cost_usd=0.25))
+    sink.emit(record(phase="response", org="globex", usage=Usage(1, 1), cost_usd=0.125))
+    spend = "policy_extproc_spend_usd_total"
+    assert value(registry, spend, org="acme", team="ml") == pytest.approx(0.75)
+    assert value(registry, spend, org="globex", team="") == pytest.approx(0.125)
+    tokens = "policy_extproc_tenant_tokens_total"
+    assert value(registry, tokens, org="acme", team="ml", direction="input") == 110
+    assert value(registry, tokens, org="acme", team="ml", direction="output") == 22
+    usage = "gen_ai_client_token_usage"
+    labels = {"gen_ai_token_type": "input", "gen_ai_request_model": "gpt-4o-mini"}
+    assert value(registry, f"{usage}_count", **labels, gen_ai_provider_name="openai") == 1
+    assert value(registry, f"{usage}_sum", **labels, gen_ai_provider_name="openai") == 100
+    assert value(registry, f"{usage}_bucket", **labels, gen_ai_provider_name="openai",
+                 le="256.0") == 1  # fmt: skip
+    assert value(registry, f"{usage}_bucket", **labels, gen_ai_provider_name="openai",
+                 le="64.0") == 0  # fmt: skip
+
+
+def test_tenants_past_the_cap_count_as_other(registry: CollectorRegistry) -> None:
+    sink = MetricsSink(registry, tenants=LabelLimit(2))
+    for org in ("a", "b", "c", "d"):
+        sink.emit(record(phase="response", org=org, team="t", usage=Usage(1, 1), cost_usd=1.0))
+    spend = "policy_extproc_spend_usd_total"
+    assert {(s["org"], s["team"]) for s in series(registry, spend)} == {
+        ("a", "t"), ("b", "t"), ("other", "other")}  # fmt: skip
+    assert value(registry, spend, org="other", team="other") == 2.0
+
+
+def test_latency_buckets_reach_envoys_largest_timeout(
+    registry: CollectorRegistry, sink: MetricsSink
+) -> None:
+    sink.emit(record(latency_us=3_000_000))
+    hist = "policy_extproc_decision_latency_seconds_bucket"
+    assert value(registry, hist, le="2.5") == 0
+    assert value(registry, hist, le="5.0") == 1
+
+
 def test_a_response_without_usage_or_price_adds_no_series(
     registry: CollectorRegistry, sink: MetricsSink
 ) -> None:
@@ -396,6 +438,8 @@ class FakeAlerts:
     failed: int = 0
     dropped: int = 0
     pending: int = 0
+    suppressed: int = 0
+    silenced: int = 0
 
 
 class CountingSpans(RecordingSink):
@@ -431,7 +475,7 @@ def test_the_collector_reads_the_running_parts(tmp_path: Path) -> None:
         Sources(
             store,
             processor=FakeProcessor(open_streams=3),  # type: ignore[arg-type]
-            alerts=FakeAlerts(sent=4, failed=1, dropped=2, pending=5),  # type: ignore[arg-type]
+            alerts=FakeAlerts(4, 1, 2, 5, suppressed=7, silenced=8),  # type: ignore[arg-type]
             audit=FanoutSink([RecordingSink(), spans]),
         )
     )
@@ -439,11 +483,14 @@ def test_the_collector_reads_the_running_parts(tmp_path: Path) -> None:
     assert value(registry, "policy_extproc_policy_rules") == 2
     assert value(registry, "policy_extproc_policy_info", version=store.current.version) == 1
     assert value(registry, "policy_extproc_policy_loaded_timestamp_seconds") == store.loaded_at
-    assert value(registry, "policy_extproc_policy_reload_errors") == 0
+    assert value(registry, "policy_extproc_policy_reload_failing") == 0
+    assert value(registry, "policy_extproc_policy_reload_failures_total") == 0
     assert value(registry, "policy_extproc_open_streams") == 3
     assert value(registry, "policy_extproc_alerts_sent_total") == 4
     assert value(registry, "policy_extproc_alerts_failed_total") == 1
     assert value(registry, "policy_extproc_alerts_dropped_total") == 2
+    assert value(registry, "policy_extproc_alerts_suppressed_total") == 7
+    assert value(registry, "policy_extproc_alerts_silenced_total") == 8
     assert value(registry, "policy_extproc_alert_queue_depth") == 5
     spans_total = "policy_extproc_audit_spans_total"
     assert value(registry, spans_total, outcome="queued") == 10
@@ -469,19 +516,24 @@ def test_absent_parts_report_nothing(tmp_path: Path) -> None:
         "policy_extproc_policy_rules",
         "policy_extproc_policy_info",
         "policy_extproc_policy_loaded_timestamp_seconds",
-        "policy_extproc_policy_reload_errors",
+        "policy_extproc_policy_reload_failing",
+        "policy_extproc_policy_reload_failures_total",
     }
 
 
-def test_a_store_not_loaded_reports_only_the_reload_error_gauge(tmp_path: Path) -> None:
+def test_a_store_not_loaded_reports_only_the_reload_failures(tmp_path: Path) -> None:
     (tmp_path / "policies.yaml").write_text("policy_name: [not, a, name]\n")
     store = PolicyStore([str(tmp_path)])
     with pytest.raises(Exception, match="policy"):
         store.load()
     registry = collected(Sources(store))
     names = {s.name for family in registry.collect() for s in family.samples}
-    assert names == {"policy_extproc_policy_reload_errors"}
-    assert value(registry, "policy_extproc_policy_reload_errors") == 1
+    assert names == {
+        "policy_extproc_policy_reload_failing",
+        "policy_extproc_policy_reload_failures_total",
+    }
+    assert value(registry, "policy_extproc_policy_reload_failing") == 1
+    assert value(registry, "policy_extproc_policy_reload_failures_total") == 1
 
 
 # -- the endpoint --------------------------------------------------------------------------------

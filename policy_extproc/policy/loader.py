@@ -136,8 +136,14 @@ _CHECKS: Mapping[str, Callable[[Any], str | None]] = {
     "failover": _check_failover,
 }
 
-_POLICY_FIELDS = {"policy_name", "scope", "org", "team", "environment", "mode", "compliance",
-                  "description", "rules", "allow_token_prompts"}  # fmt: skip
+# Policy fields besides the name, the scope and the rules, with their parsers.
+_POLICY_EXTRAS: Mapping[str, f.Parser] = {
+    "mode": f.one_of("enforce", "log"),
+    "compliance": f.string_list(f.one_of(*FRAMEWORKS), allow_empty=True),
+    "description": f.string,
+    "allow_token_prompts": f.boolean,
+}
+_POLICY_FIELDS = {"policy_name", "scope", "org", "team", "environment", "rules", *_POLICY_EXTRAS}
 
 
 @dataclass
@@ -287,10 +293,7 @@ def _parse_policy(raw: Any, line: int, out: _Collector) -> Policy | None:
             ok = False
     scope = _parse_scope(raw, name or "?", out)
     extras: dict[str, Any] = {}
-    for key, parse in (("mode", f.one_of("enforce", "log")), ("compliance",
-                       f.string_list(f.one_of(*FRAMEWORKS), allow_empty=True)),
-                       ("description", f.string),
-                       ("allow_token_prompts", f.boolean)):  # fmt: skip
+    for key, parse in _POLICY_EXTRAS.items():
         if key in raw:
             try:
                 extras[key] = parse(raw[key])

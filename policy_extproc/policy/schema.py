@@ -13,8 +13,8 @@ from __future__ import annotations
 from typing import Any
 
 from . import fields as f
-from .loader import _FIELDS, _REQUIRED
-from .model import FRAMEWORKS, RULE_TYPES, SCOPE_KEYS
+from .loader import _FIELDS, _POLICY_EXTRAS, _REQUIRED
+from .model import RULE_TYPES, SCOPE_KEYS
 
 SCHEMA_ID = "urn:policy-extproc:policy:v1"
 _COMMON: dict[str, tuple[f.Parser, str]] = {
@@ -60,9 +60,7 @@ def policy_schema() -> dict[str, Any]:
                 "description": "Which requests it applies to; a missing key matches any.",
             },
             **{k: {**scope_value, "description": f"Shorthand for scope.{k}."} for k in SCOPE_KEYS},
-            "mode": {**_of(f.one_of("enforce", "log")), "description": "log: shadow mode."},
-            "compliance": {"type": "array", "items": {"enum": list(FRAMEWORKS)}},
-            "description": {"type": "string"},
+            **{k: _of(parser) for k, parser in _POLICY_EXTRAS.items()},
             "rules": {"type": "array", "items": {"$ref": "#/$defs/rule"}},
         },
         "required": ["policy_name"],

@@ -86,3 +86,9 @@ def test_what_check_refuses_the_schema_refuses(change: dict[str, Any]) -> None:
 def test_a_list_of_policies_validates() -> None:
     doc = [BASE, {"policy_name": "q", "rules": [{"type": "pii"}]}]
     assert not list(VALIDATOR.iter_errors(doc))
+
+
+def test_the_schema_knows_every_policy_field() -> None:
+    from policy_extproc.policy.loader import _POLICY_FIELDS
+
+    assert set(policy_schema()["$defs"]["policy"]["properties"]) == set(_POLICY_FIELDS)

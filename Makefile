@@ -6,14 +6,16 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint run bench protos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock deploy/install.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# The image's install (deploy/Dockerfile runs the same script): the locked dependencies with
+	# their hashes, the files xds-protos shares with other packages left as their owners wrote
+	# them, every file checked against its RECORD.
+	PIP_QUIET=1 $(BIN)/python deploy/install.py --lock requirements.lock
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# xds-protos ships an old copy of opentelemetry/proto that overwrites opentelemetry-proto's
-	# (grpc/grpc#42926); put the real one back so the OTLP exporter imports.
-	$(BIN)/pip install --quiet --force-reinstall --no-deps \
-		"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	# The dev tools must not have overwritten anything either.
+	$(BIN)/python deploy/install.py --check
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -21,13 +21,13 @@ $(STAMP): pyproject.toml requirements.lock deploy/install.py
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check policy_extproc tests benchmarks
+	$(BIN)/ruff check policy_extproc tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check policy_extproc tests benchmarks
-	$(BIN)/ruff format --check policy_extproc tests benchmarks
+	$(BIN)/ruff check policy_extproc tests benchmarks deploy
+	$(BIN)/ruff format --check policy_extproc tests benchmarks deploy
 	$(BIN)/mypy
 
 run: $(STAMP)

@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/limits.py
 	$(BIN)/python benchmarks/fanout.py
+	$(BIN)/python benchmarks/tls.py
 
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=policy_extproc/_proto \

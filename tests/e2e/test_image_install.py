@@ -31,7 +31,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tests.envoy_harness import REPO_ROOT
 from tests.otlp_receiver import OtlpReceiver
 
-pytestmark = [pytest.mark.e2e, pytest.mark.image]
+# The install (a few dozen wheels, bytecode compiled as the image has it) is the slow part: about
+# 40 s on an idle 2-core machine, several times that on a busy one. A bound, not a measure.
+pytestmark = [pytest.mark.e2e, pytest.mark.image, pytest.mark.timeout(900)]
 
 DOCKERFILE = REPO_ROOT / "deploy" / "Dockerfile"
 

@@ -59,21 +59,32 @@ def _signature(files: TlsFiles) -> tuple[tuple[int, int, int], ...]:
     return tuple(out)
 
 
+def _read(files: TlsFiles) -> tuple[bytes, bytes, bytes | None]:
+    def read(path: str) -> bytes:
+        with open(path, "rb") as f:
+            return f.read()
+
+    return read(files.cert), read(files.key), read(files.client_ca) if files.client_ca else None
+
+
+def _no_password() -> bytes:
+    # An encrypted key would otherwise make OpenSSL prompt on the terminal; gRPC cannot use
+    # one anyway.
+    raise TlsError("the private key is encrypted; give an unencrypted PEM key")
+
+
 def _load(files: TlsFiles) -> grpc.ServerCertificateConfiguration:
     """Read and check the pair (the key matches the certificate, the CA parses)."""
     try:
+        cert, key, ca = _read(files)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(files.cert, files.key)
+        context.load_cert_chain(files.cert, files.key, password=_no_password)
         if files.client_ca:
             context.load_verify_locations(files.client_ca)
-        with open(files.cert, "rb") as f:
-            cert = f.read()
-        with open(files.key, "rb") as f:
-            key = f.read()
-        ca = None
-        if files.client_ca:
-            with open(files.client_ca, "rb") as f:
-                ca = f.read()
+        # What was checked is what is served: a rotation between the two reads is caught here
+        # (and retried at the next handshake, the files' stat having changed again).
+        if _read(files) != (cert, key, ca):
+            raise TlsError("the files changed while being read")
     except (OSError, ssl.SSLError) as exc:
         raise TlsError(f"{files.cert}, {files.key}: {exc}") from exc
     return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=ca)

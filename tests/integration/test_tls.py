@@ -15,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives import serialization
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from policy_extproc.errors import TlsError
@@ -146,6 +147,17 @@ async def test_unusable_certificate_stops_the_start(tmp_path: Path) -> None:
     mismatched = TlsFiles(str(server / "tls.crt"), str(other / "tls.key"))
     with pytest.raises(TlsError):
         await _sidecar(tmp_path, tls=mismatched, admin_listen=None).start()
+    # An encrypted key is refused, not a passphrase prompt on a terminal nobody watches.
+    key = serialization.load_pem_private_key((server / "tls.key").read_bytes(), None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"secret"),
+    )
+    (tmp_path / "encrypted.key").write_bytes(encrypted)
+    locked = TlsFiles(str(server / "tls.crt"), str(tmp_path / "encrypted.key"))
+    with pytest.raises(TlsError, match="encrypted"):
+        await _sidecar(tmp_path, tls=locked, admin_listen=None).start()
     missing = TlsFiles(str(tmp_path / "nope.crt"), str(server / "tls.key"))
     with pytest.raises(TlsError, match=r"nope\.crt"):
         await _sidecar(tmp_path, tls=missing, admin_listen=None).start()

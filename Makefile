@@ -6,26 +6,28 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install test lint run bench protos clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml requirements.lock deploy/install.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
+	# The image's install (deploy/Dockerfile runs the same script): the locked dependencies with
+	# their hashes, the files xds-protos shares with other packages left as their owners wrote
+	# them, every file checked against its RECORD.
+	PIP_QUIET=1 $(BIN)/python deploy/install.py --lock requirements.lock
 	$(BIN)/pip install --quiet -e '.[dev]'
-	# xds-protos ships an old copy of opentelemetry/proto that overwrites opentelemetry-proto's
-	# (grpc/grpc#42926); put the real one back so the OTLP exporter imports.
-	$(BIN)/pip install --quiet --force-reinstall --no-deps \
-		"opentelemetry-proto==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')"
+	# The dev tools must not have overwritten anything either.
+	$(BIN)/python deploy/install.py --check
 	touch $(STAMP)
 
 install: $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/ruff check policy_extproc tests benchmarks
+	$(BIN)/ruff check policy_extproc tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check policy_extproc tests benchmarks
-	$(BIN)/ruff format --check policy_extproc tests benchmarks
+	$(BIN)/ruff check policy_extproc tests benchmarks deploy
+	$(BIN)/ruff format --check policy_extproc tests benchmarks deploy
 	$(BIN)/mypy
 
 run: $(STAMP)
@@ -35,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/limits.py
 	$(BIN)/python benchmarks/fanout.py
+	$(BIN)/python benchmarks/tls.py
 
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=policy_extproc/_proto \

@@ -6,13 +6,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from .admin.auth import TOKEN_ENV as ADMIN_TOKEN_ENV
 from .admin.cli import approvals, policies
-from .errors import AdminError, PolicyError, RequestError, StateError
+from .errors import AdminError, PolicyError, RequestError, StateError, TlsError
 
 # Every option of every command reads POLICY_EXTPROC_<OPTION> (DESIGN.md s3). Click would
 # derive POLICY_EXTPROC_<COMMAND>_<OPTION> for a subcommand; an explicit prefix on each command
@@ -74,6 +75,31 @@ def check(paths: tuple[str, ...], output: str) -> None:
         f"ok: {len(snapshot)} policies, {snapshot.rule_count} rules in {files} file"
         f"{'s' if files != 1 else ''} (version {snapshot.version})"
     )
+
+
+def _tls_options(f: Callable[..., None]) -> Callable[..., None]:
+    """--tls-* for the ext_proc/ext_authz listener, --admin-tls-* for the admin API."""
+    pem = click.Path(exists=True, dir_okay=False)
+    for prefix, what in (
+        ("admin-tls", "the admin API"),
+        ("tls", "the ext_proc/ext_authz listener"),
+    ):
+        f = click.option(
+            f"--{prefix}-client-ca",
+            default=None,
+            type=pem,
+            help=f"PEM CA whose client certificates {what} accepts (mTLS; needs the cert).",
+        )(f)
+        f = click.option(
+            f"--{prefix}-key", default=None, type=pem, help=f"PEM private key of {what}."
+        )(f)
+        f = click.option(
+            f"--{prefix}-cert",
+            default=None,
+            type=pem,
+            help=f"PEM certificate chain of {what}: TLS on (re-read when the file changes).",
+        )(f)
+    return f
 
 
 def _headers(values: tuple[str, ...]) -> dict[str, str]:
@@ -298,6 +324,7 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     help="HOST:PORT of the admin API ('off': none); off loopback it needs the token in "
     "POLICY_EXTPROC_ADMIN_TOKEN.",
 )
+@_tls_options
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -331,6 +358,7 @@ def serve(
     workers: int,
     log_level: str,
     log_format: str,
+    **tls_files: str | None,
 ) -> None:
     """Run the ext_proc / ext_authz sidecar."""
     import asyncio
@@ -338,7 +366,16 @@ def serve(
     from .logformat import configure
     from .server import ServerConfig
     from .server import serve as run
+    from .tls import TlsFiles
 
+    f = tls_files
+    try:
+        tls = TlsFiles.of(f["tls_cert"], f["tls_key"], f["tls_client_ca"], "--tls")
+        admin_tls = TlsFiles.of(
+            f["admin_tls_cert"], f["admin_tls_key"], f["admin_tls_client_ca"], "--admin-tls"
+        )
+    except TlsError as exc:
+        raise click.UsageError(exc.message) from None
 
     configure(log_level, log_format)  # type: ignore[arg-type]
     config = ServerConfig(
@@ -359,6 +396,8 @@ def serve(
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
         # From the environment only: a token on the command line would show in `ps`.
         admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
+        tls=tls,
+        admin_tls=admin_tls,
     )
     try:
         if workers > 1:
@@ -377,7 +416,7 @@ def serve(
     except OSError as exc:  # the port is taken, the audit log cannot be opened, ...
         click.echo(f"policy-extproc: cannot start: {exc}", err=True)
         sys.exit(1)
-    except (AdminError, StateError) as exc:  # admin API open without a token; Redis down
+    except (AdminError, StateError, TlsError) as exc:  # no admin token; Redis down; bad cert
         click.echo(f"policy-extproc: {exc.message}; not serving", err=True)
         sys.exit(1)
 

@@ -17,7 +17,8 @@ metric is labelled with; the HTTP status is what the client gets when the error 
     │   └── AmbiguousIdentity  ambiguous_identity   two values for one identity header
     ├── StateError             state_unavailable    the state backend (Redis) failed or timed out
     ├── ProtocolError          protocol_error       Envoy sent a message out of order
-    └── AdminError             admin_error          an admin call was refused (auth, not found)
+    ├── AdminError             admin_error          an admin call was refused (auth, not found)
+    └── TlsError               tls_error            a certificate, key or CA file cannot be used
 
 Foreign exceptions (redis, grpc, yaml) are translated at the boundary that meets them, with
 ``raise ... from exc``; they never travel further.
@@ -120,3 +121,7 @@ class ProtocolError(PolicyExtprocError):
 
 class AdminError(PolicyExtprocError):
     code = "admin_error"
+
+
+class TlsError(PolicyExtprocError):
+    code = "tls_error"

@@ -35,6 +35,7 @@ from .errors import PolicyError, StateError
 from .llm.catalog import load_catalog
 from .policy.store import PolicyStore
 from .state.base import StateBackend
+from .tls import CertificateReloader, TlsFiles, server_credentials
 
 if TYPE_CHECKING:
     from .metrics import Metrics
@@ -74,6 +75,10 @@ class ServerConfig:
     admin_listen: str | None = None
     admin_token: str | None = None
     policy_poll_s: float = 5.0
+    # TLS on the ext_proc/ext_authz listener and on the admin API (None: plaintext); with a
+    # client CA, mTLS. The files are re-read when they change (tls.py).
+    tls: TlsFiles | None = None
+    admin_tls: TlsFiles | None = None
 
 
 class Sidecar:
@@ -88,7 +93,9 @@ class Sidecar:
             admin_listen=config.admin_listen,
             admin_token=config.admin_token,
             poll_s=config.policy_poll_s,
+            admin_tls=config.admin_tls,
         )
+        self.tls: CertificateReloader | None = None
         self._extra_sinks = sinks or []
         self.port = 0
         self._server: grpc.aio.Server | None = None
@@ -108,6 +115,10 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.config
         self.control.check()  # AdminError: an admin API open to the network without a token
+        # TlsError: an unusable certificate, before anything opens.
+        credentials = None
+        if cfg.tls is not None:
+            credentials, self.tls = server_credentials(cfg.tls)
         try:
             await self.control.load()  # files and pushed policies; PolicyError: nothing to serve
         except BaseException:
@@ -157,7 +168,10 @@ class Sidecar:
             server,
         )
         try:
-            self.port = server.add_insecure_port(cfg.listen)
+            if credentials is not None:
+                self.port = server.add_secure_port(cfg.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(cfg.listen)
         except RuntimeError:  # grpcio raises "Failed to bind" rather than returning 0
             self.port = 0
         if self.port == 0:
@@ -187,9 +201,10 @@ class Sidecar:
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(
-            "serving on %s:%d with %d policies (%d rules), version %s",
+            "serving on %s:%d%s with %d policies (%d rules), version %s",
             host,
             self.port,
+            "" if cfg.tls is None else (" (mTLS)" if cfg.tls.client_ca else " (TLS)"),
             len(self.store.current),
             self.store.current.rule_count,
             self.store.current.version,

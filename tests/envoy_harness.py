@@ -61,6 +61,9 @@ BODY_LIMIT = 4 * 1024 * 1024
 # A ProcessingRequest holds the body plus headers: the gRPC limit must sit above BODY_LIMIT.
 GRPC_MESSAGE_LIMIT = BODY_LIMIT + 1024 * 1024
 _EXT_PROC_BLOCK = re.compile(r"^[ \t]*# BEGIN ext_proc\n.*?^[ \t]*# END ext_proc\n", re.M | re.S)
+# The commented-out transport_socket of the policy_extproc cluster, and where its files live.
+_TLS_BLOCK = re.compile(r"^([ \t]*)# BEGIN tls\n(.*?)^[ \t]*# END tls\n", re.M | re.S)
+TLS_DIR = "/etc/envoy/tls"
 T = TypeVar("T")
 
 
@@ -96,13 +99,33 @@ def envoy_binary() -> str:
 
 
 def render_config(
-    ports: EnvoyPorts = DEFAULT_PORTS, *, ext_proc: bool = True, template: Path = TEMPLATE
+    ports: EnvoyPorts = DEFAULT_PORTS,
+    *,
+    ext_proc: bool = True,
+    template: Path = TEMPLATE,
+    tls: Path | None = None,
 ) -> str:
-    """The template with ports filled in; without the ext_proc filter when ext_proc is False."""
+    """The template with ports filled in; without the ext_proc filter when ext_proc is False;
+    with TLS to the sidecar when ``tls`` is a folder of tls.crt, tls.key and ca.crt."""
     text = template.read_text()
     if not ext_proc:
         text = _EXT_PROC_BLOCK.sub("", text)
+    if tls is not None:
+        text = enable_tls(text, tls)
     return render_envoy(text, ports)
+
+
+def enable_tls(text: str, directory: Path | str = TLS_DIR) -> str:
+    """An Envoy config with its "# BEGIN tls" lines uncommented, their files in ``directory``."""
+
+    def uncomment(match: re.Match[str]) -> str:
+        indent = match.group(1)
+        lines = match.group(2).splitlines()
+        assert all(line.startswith(f"{indent}# ") for line in lines), "a tls line not commented"
+        yaml_lines = (indent + line[len(indent) + 2 :] for line in lines)
+        return "\n".join(yaml_lines).replace(TLS_DIR, str(directory)) + "\n"
+
+    return _TLS_BLOCK.sub(uncomment, text)
 
 
 def validate_config(path: str | os.PathLike[str]) -> tuple[bool, str]:
@@ -247,11 +270,12 @@ class EnvoyProcess(ManagedProcess):
         config_text: str | None = None,
         workdir: Path | None = None,
         log_level: str = "warning",
+        tls: Path | None = None,
     ) -> None:
         super().__init__([], "envoy", workdir=workdir)
         self.config_path = self.workdir / "envoy.yaml"
         if config_text is None:
-            config_text = render_config(ports, ext_proc=ext_proc, template=template)
+            config_text = render_config(ports, ext_proc=ext_proc, template=template, tls=tls)
         self.config_path.write_text(config_text)
         self._admin_path = self.workdir / "admin-address.txt"
         # Hot restart off: no shared memory, so any number of Envoys can run side by side.

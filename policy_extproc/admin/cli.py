@@ -20,6 +20,7 @@ import click
 import grpc
 
 from .._proto import admin_pb2, admin_pb2_grpc
+from ..errors import TlsError
 from .auth import TOKEN_ENV
 from .errors import PROBLEMS_KEY
 
@@ -36,7 +37,7 @@ def _address(ctx: click.Context, param: click.Parameter, value: str) -> str:
     return value
 
 
-admin_option = click.option(
+_address_option = click.option(
     "--admin",
     default=DEFAULT_ADMIN,
     show_default=True,
@@ -44,6 +45,51 @@ admin_option = click.option(
     callback=_address,
     help="HOST:PORT of the admin API (policy-extproc serve --admin-listen).",
 )
+_TLS_KEY = "policy_extproc.admin_tls"
+
+
+def _remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    # Not a parameter of each command: _client() reads them from the context.
+    ctx.meta.setdefault(_TLS_KEY, {})[param.name] = value
+
+
+# The client's TLS. Environment variables of their own, not POLICY_EXTPROC_TLS_*: those are the
+# server's files (serve --tls-cert), and the CLI often runs in the sidecar's container.
+_TLS_OPTIONS = (
+    (
+        "--tls-ca",
+        "POLICY_EXTPROC_ADMIN_TLS_CA",
+        "PEM CA that signed the admin API's certificate: TLS on (serve --admin-tls-cert).",
+    ),
+    (
+        "--tls-cert",
+        "POLICY_EXTPROC_ADMIN_CLIENT_CERT",
+        "PEM client certificate, for an admin API with --admin-tls-client-ca (mTLS).",
+    ),
+    ("--tls-key", "POLICY_EXTPROC_ADMIN_CLIENT_KEY", "PEM key of --tls-cert."),
+    (
+        "--tls-server-name",
+        "POLICY_EXTPROC_ADMIN_TLS_SERVER_NAME",
+        "The name the admin API's "
+        "certificate carries, when --admin is another (a port-forward to 127.0.0.1).",
+    ),
+)
+
+
+def admin_option(f: Callable[..., None]) -> Callable[..., None]:
+    """--admin HOST:PORT, and the client TLS options that go with it."""
+    for flag, env, text in reversed(_TLS_OPTIONS):
+        kind = click.STRING if flag == "--tls-server-name" else click.Path(dir_okay=False)
+        f = click.option(
+            flag,
+            envvar=env,
+            default=None,
+            type=kind,
+            expose_value=False,
+            callback=_remember,
+            help=text,
+        )(f)
+    return _address_option(f)
 
 
 def _fail(message: str) -> NoReturn:
@@ -56,7 +102,7 @@ def _client(admin: str) -> Iterator[Callable[..., Any]]:
     """call(method_name, request) on the admin API, with the token; errors end the command."""
     token = _token()
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(admin) as channel:
+    with _channel(admin) as channel:
         stub = admin_pb2_grpc.PolicyAdminStub(channel)
 
         def call(method: str, request: Any) -> Any:
@@ -66,6 +112,23 @@ def _client(admin: str) -> Iterator[Callable[..., Any]]:
                 _report(exc, admin, bool(token))
 
         yield call
+
+
+def _channel(admin: str) -> grpc.Channel:
+    tls = click.get_current_context().meta.get(_TLS_KEY, {})
+    ca, cert, key = tls.get("tls_ca"), tls.get("tls_cert"), tls.get("tls_key")
+    if not (ca or cert or key):
+        return grpc.insecure_channel(admin)
+    from ..tls import channel_credentials
+
+    try:
+        credentials = channel_credentials(ca, cert, key)
+    except TlsError as exc:
+        _fail(exc.message)
+    options = []
+    if name := tls.get("tls_server_name"):
+        options.append(("grpc.ssl_target_name_override", name))
+    return grpc.secure_channel(admin, credentials, options=options)
 
 
 def _token() -> str:

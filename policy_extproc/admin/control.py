@@ -17,6 +17,7 @@ from ..policy.compiler import Snapshot
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.policies import MemoryPolicies, PolicyRepository
+from ..tls import TlsFiles
 from .approvals import Approvals
 from .auth import check_listen
 from .live import LiveDecisions
@@ -48,6 +49,7 @@ class ControlPlane:
         admin_token: str | None = None,
         poll_s: float = POLL_S,
         repository: Callable[[str | None], PolicyRepository] = open_repository,
+        admin_tls: TlsFiles | None = None,
     ) -> None:
         self.store = store
         self.admin_listen = admin_listen or None
@@ -56,6 +58,7 @@ class ControlPlane:
         self.repository = repository(redis_url)
         self.pushed = PushedPolicies(store, self.repository, poll_s=poll_s)
         self.admin: AdminServer | None = None
+        self.admin_tls = admin_tls
 
     @property
     def admin_port(self) -> int:
@@ -77,7 +80,7 @@ class ControlPlane:
             return
         approvals = Approvals(state, sink, lambda: self.store.current.version)
         service = PolicyAdmin(self.store, self.pushed, approvals, self.live)
-        self.admin = AdminServer(service, self.admin_listen, self.admin_token)
+        self.admin = AdminServer(service, self.admin_listen, self.admin_token, tls=self.admin_tls)
         await self.admin.start()
 
     async def stop(self) -> None:

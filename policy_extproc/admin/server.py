@@ -12,6 +12,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from .._proto import admin_pb2_grpc
+from ..tls import CertificateReloader, TlsFiles, server_credentials
 from .auth import SERVICE, TokenAuth, check_listen
 from .service import PolicyAdmin
 
@@ -21,26 +22,43 @@ log = logging.getLogger(__name__)
 class AdminServer:
     """Serves ``service`` on ``listen``; ``start`` refuses a non-loopback listener without token."""
 
-    def __init__(self, service: PolicyAdmin, listen: str, token: str | None) -> None:
+    def __init__(
+        self,
+        service: PolicyAdmin,
+        listen: str,
+        token: str | None,
+        *,
+        tls: TlsFiles | None = None,
+    ) -> None:
         self.service = service
         self.listen = listen
         self.token = token or None
+        self.tls = tls  # None: plaintext; with client_ca: mTLS
+        self.reloader: CertificateReloader | None = None
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
         check_listen(self.listen, self.token)  # AdminError, before anything is bound
+        credentials = None
+        if self.tls is not None:  # TlsError, before anything is bound
+            credentials, self.reloader = server_credentials(self.tls)
         interceptors = [TokenAuth(self.token)] if self.token else []
         server = grpc.aio.server(interceptors=interceptors)
         admin_pb2_grpc.add_PolicyAdminServicer_to_server(self.service, server)
         reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
-        self.port = server.add_insecure_port(self.listen)
+        if credentials is not None:
+            self.port = server.add_secure_port(self.listen, credentials)
+        else:
+            self.port = server.add_insecure_port(self.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {self.listen} (admin API)")
         await server.start()
         self._server = server
         host = self.listen.rsplit(":", 1)[0]
         guard = "bearer token required" if self.token else "loopback only, no token"
+        if self.tls is not None:
+            guard += ", mTLS" if self.tls.client_ca else ", TLS"
         log.info("admin API on %s:%d (%s)", host, self.port, guard)
 
     async def stop(self, grace_s: float = 1.0) -> None:

@@ -103,7 +103,14 @@ def _validate(objs: list[Obj]) -> None:
 
 def test_base_objects_validate(objects: list[Obj]) -> None:
     kinds = sorted({o["kind"] for o in objects})
-    assert kinds == ["ConfigMap", "Deployment", "NetworkPolicy", "Service"]
+    assert kinds == [
+        "ConfigMap",
+        "Deployment",
+        "HorizontalPodAutoscaler",
+        "NetworkPolicy",
+        "PodDisruptionBudget",
+        "Service",
+    ]
     _validate(objects)
 
 
@@ -131,6 +138,15 @@ def test_kubectl_kustomize_builds_and_validates(folder: Path) -> None:
 
 def test_envoy_k8s_validates() -> None:
     ok, output = validate_config(ENVOY_K8S)
+    assert ok, output
+
+
+def test_envoy_config_in_the_configmap_validates(objects: list[Obj], tmp_path: Path) -> None:
+    # What the pod mounts: the ConfigMap as kustomize generates it, not the file beside it.
+    data = find(objects, "ConfigMap", "envoy-config")["data"]
+    assert set(data) == {"envoy.yaml"}
+    (tmp_path / "envoy.yaml").write_text(data["envoy.yaml"])
+    ok, output = validate_config(tmp_path / "envoy.yaml")
     assert ok, output
 
 
@@ -164,7 +180,8 @@ def test_every_container_is_locked_down(objects: list[Obj]) -> None:
             assert {"cpu", "memory"} <= set(c["resources"]["requests"]), where
             assert "memory" in c["resources"]["limits"], where
             assert "readinessProbe" in c and "livenessProbe" in c, where
-            assert not c["image"].endswith(":latest") and ":" in c["image"], where
+            # A full version, not a floating tag (redis:7, :latest): what runs is what was tested.
+            assert re.search(r":v?\d+\.\d+\.\d+$", c["image"]), f"{where}: {c['image']}"
 
 
 def test_sidecar_probes_are_grpc_health(objects: list[Obj]) -> None:
@@ -296,6 +313,45 @@ def test_traces_reach_jaeger(objects: list[Obj], envoy_config: Obj) -> None:
         p["name"]: p["port"] for p in find(objects, "Service", "jaeger")["spec"]["ports"]
     }
     assert config["exporters"]["otlp/jaeger"]["endpoint"] == f"jaeger:{jaeger_ports['otlp-grpc']}"
+
+
+def test_replicas_are_the_hpas_and_spread(objects: list[Obj]) -> None:
+    deployment = find(objects, "Deployment", "llm-gateway")
+    hpa = find(objects, "HorizontalPodAutoscaler", "llm-gateway")
+    target = hpa["spec"]["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", "llm-gateway")
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count"
+    assert hpa["spec"]["minReplicas"] >= 2
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["resource"]["name"] == "cpu"
+    for c in containers([deployment]):  # utilisation is of the requests
+        assert "cpu" in c["resources"]["requests"]
+    labels = deployment["spec"]["template"]["metadata"]["labels"]
+    pdb = find(objects, "PodDisruptionBudget", "llm-gateway")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+    spread = deployment["spec"]["template"]["spec"]["topologySpreadConstraints"]
+    assert {s["topologyKey"] for s in spread} >= {"kubernetes.io/hostname"}
+    for s in spread:
+        assert s["labelSelector"]["matchLabels"].items() <= labels.items()
+
+
+def test_gateway_egress_allows_what_the_sidecar_and_envoy_call(objects: list[Obj]) -> None:
+    policy = find(objects, "NetworkPolicy", "llm-gateway")
+    assert "Egress" in policy["spec"]["policyTypes"]
+    allowed: dict[str, set[int]] = {}
+    for rule in policy["spec"]["egress"]:
+        for peer in rule["to"]:
+            labels = peer.get("podSelector", {}).get("matchLabels", {})
+            key = labels.get("app.kubernetes.io/name") or labels.get("k8s-app")
+            if "ipBlock" in peer:
+                key = "internet"
+                assert "169.254.0.0/16" in peer["ipBlock"]["except"]  # no cloud metadata
+            allowed.setdefault(key or "other", set()).update(p["port"] for p in rule["ports"])
+    for name in ("redis", "otel-collector"):
+        ports = {p["port"] for p in find(objects, "Service", name)["spec"]["ports"]}
+        assert ports <= allowed[name], name
+    assert 53 in allowed["kube-dns"] and allowed["internet"] == {443}
 
 
 def test_redis_url_names_the_redis_service(objects: list[Obj]) -> None:

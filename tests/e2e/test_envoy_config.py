@@ -224,7 +224,8 @@ def test_sidecar_down_fails_closed(
 ) -> None:
     no_sidecar = envoy_factory(None)
     resp = http_request(no_sidecar.url, CHAT, chat("nobody checks me"))
-    assert resp.status == 500
+    assert resp.status == 503  # status_on_error; the JSON body: tests/e2e/test_tls_envoy.py
+    assert resp.json()["error"]["code"] == "policy_unavailable"
     assert mock_provider.stats()["total"] == 0
 
 

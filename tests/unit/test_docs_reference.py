@@ -67,7 +67,8 @@ def _client_codes() -> set[str]:
         if cls.__module__.startswith("policy_extproc.admin"):
             continue  # admin API errors answer the admin CLI, not a client through Envoy
         code = cls.__dict__.get("code")
-        if isinstance(code, str) and code not in ("invalid_policy", "admin_error"):
+        # Start-up and admin errors answer the operator, not a client through Envoy.
+        if isinstance(code, str) and code not in ("invalid_policy", "admin_error", "tls_error"):
             found.add(code)
     return found
 

@@ -185,6 +185,13 @@ def eval_(
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
+    "--allow-anonymous",
+    is_flag=True,
+    default=False,
+    help="Decide requests that name no organisation by the policies of empty scope, instead "
+    "of refusing them with 400 missing_identity.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -205,6 +212,7 @@ def serve(
     metrics_listen: str | None,
     admin_listen: str,
     workers: int,
+    allow_anonymous: bool,
     log_level: str,
 ) -> None:
     """Run the ext_proc / ext_authz sidecar."""
@@ -233,6 +241,7 @@ def serve(
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
         # From the environment only: a token on the command line would show in `ps`.
         admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
+        allow_anonymous=allow_anonymous,
     )
     try:
         if workers > 1:

@@ -71,6 +71,9 @@ class ServerConfig:
     admin_listen: str | None = None
     admin_token: str | None = None
     policy_poll_s: float = 5.0
+    # Decide requests that name no organisation by the policies of empty scope, instead of
+    # refusing them with 400 missing_identity (the default: fail closed).
+    allow_anonymous: bool = False
 
 
 class Sidecar:
@@ -121,6 +124,7 @@ class Sidecar:
             EngineConfig(
                 max_body_bytes=cfg.max_body_bytes,
                 limits=limits.Settings(time_zone=cfg.budget_time_zone),
+                allow_anonymous=cfg.allow_anonymous,
             ),
             state=self.state,
             catalog=self.catalog,

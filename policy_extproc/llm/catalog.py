@@ -1,7 +1,10 @@
 """The model catalog: providers, models, list prices and each model's name at other providers.
 
 Loaded once (the packaged default_catalog.yaml or an operator's file) and consulted on every
-request for cost estimates, budgets and failover renames, so lookups are cached.
+request for cost estimates, budgets and failover renames, so lookups are cached. Its
+``deployments`` map Azure OpenAI deployment names to the models they serve: a request to
+``/openai/deployments/{name}/...`` is judged, limited and priced as that model
+(``judged_model``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from typing import Any, Literal, cast
 import yaml
 
 from policy_extproc.errors import PolicyError, Problem
+from policy_extproc.llm.model_names import BEDROCK_PREFIX as _BEDROCK_PREFIX
+from policy_extproc.llm.model_names import canonical
 from policy_extproc.llm.response import Usage
 
 ProviderApi = Literal["openai", "anthropic"]
@@ -58,11 +63,6 @@ class ModelInfo:
 # with another price, so it does not match. Single digits other than 0 are minor versions
 # (claude-opus-4-5 is not claude-opus-4), so they do not match either.
 _VERSION_SUFFIX = re.compile(r"(?:[-@:](?:\d{2,}|0|v\d+|latest|preview|exp))+")
-# Bedrock ids: an optional cross-region inference profile prefix, then the vendor.
-_BEDROCK_PREFIX = re.compile(
-    r"(?:(?:us|eu|apac|jp|au|ca|global|us-gov)\.)?"
-    r"(?P<vendor>anthropic|openai|mistral|meta|amazon|cohere)\."
-)
 _CACHE_LIMIT = 4096  # model names come from clients: bound the cache
 _MISS = object()
 
@@ -70,15 +70,20 @@ _MISS = object()
 class Catalog:
     """Models, providers and prices, with cached model lookups."""
 
-    __slots__ = ("_by_alias", "_cache", "_models", "_providers", "prices_as_of")
+    __slots__ = ("_by_alias", "_cache", "_deployments", "_models", "_providers", "prices_as_of")
 
     def __init__(
         self,
         providers: Mapping[str, Provider],
         models: Mapping[str, ModelInfo],
         prices_as_of: str | None = None,
+        deployments: Mapping[str, str] | None = None,
     ) -> None:
         self._providers: Mapping[str, Provider] = MappingProxyType(dict(providers))
+        # canonical deployment name -> canonical model name
+        self._deployments = {
+            canonical(name): canonical(model) for name, model in (deployments or {}).items()
+        }
         self._models = {name.lower(): info for name, info in models.items()}
         by_alias: dict[str, ModelInfo | None] = {}
         for info in models.values():
@@ -102,10 +107,26 @@ class Catalog:
         self._cache[name] = info
         return info
 
+    def judged_model(self, model: str, deployment: str | None = None) -> str:
+        """The canonical name of the model a request is judged, limited and priced as.
+
+        An Azure OpenAI deployment (the path's ``/openai/deployments/{id}/``) serves its own
+        model whatever the body's ``model`` says: the catalog's ``deployments`` name it; an
+        unknown deployment is judged by its own name (so an allow list that does not name it
+        refuses it). Otherwise the body's model, canonical (``model_names.canonical``).
+        """
+        if deployment is not None:
+            key = canonical(deployment)
+            return self._deployments.get(key, key)
+        return canonical(model)
+
+    def deployments(self) -> Mapping[str, str]:
+        """Azure deployment name to model name, both canonical (read-only)."""
+        return MappingProxyType(self._deployments)
+
     def _resolve(self, name: str) -> ModelInfo | None:
-        key = name.strip().lower()
         # "models/gemini-1.5-pro" (Gemini API), "openai/gpt-4o" (gateways): the last segment.
-        key = key.rpartition("/")[2]
+        key = canonical(name).rpartition("/")[2]
         info = self._models.get(key) or self._by_alias.get(key)
         if info is not None:
             return info
@@ -180,7 +201,7 @@ class Catalog:
 
 # --- loading ----------------------------------------------------------------------------------
 
-_TOP_FIELDS = ("prices_as_of", "providers", "models")
+_TOP_FIELDS = ("prices_as_of", "providers", "models", "deployments")
 _PROVIDER_FIELDS = ("api", "eu_resident")
 _MODEL_FIELDS = ("provider", "price", "aliases")
 _PRICE_FIELDS = ("input", "output", "cached_input")
@@ -362,9 +383,34 @@ def parse_catalog(text: str, file: str) -> Catalog:
             # Check names against every declared provider, valid or not: one mistake, one line.
             elif (info := _model(name, spec, declared, out)) is not None:
                 models[name] = info
+    deployments = _deployments(data.get("deployments", {}), out)
     if out.found:
         raise PolicyError(out.found)
-    return Catalog(providers, models, None if as_of is None else str(as_of))
+    return Catalog(providers, models, None if as_of is None else str(as_of), deployments)
+
+
+def _deployments(section: Any, out: _Problems) -> dict[str, str]:
+    """``deployments: {name: model}``: Azure deployment names and the model each serves."""
+    if section is None:
+        return {}
+    if not isinstance(section, dict):
+        out.add(("deployments",), "field 'deployments' must map deployment names to models")
+        return {}
+    found: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for name, model in section.items():
+        path = ("deployments", name)
+        if not isinstance(name, str) or not canonical(name):
+            out.add(path, f"deployment names must be non-empty strings, not {name!r}")
+        elif not isinstance(model, str) or not canonical(model):
+            out.add(path, f"deployment '{name}': the model it serves must be a model name")
+        elif canonical(name) in seen:
+            # Deployment names are compared as model names are: case-insensitively.
+            out.add(path, f"deployment '{name}' is also spelled '{seen[canonical(name)]}'")
+        else:
+            seen[canonical(name)] = name
+            found[name] = model
+    return found
 
 
 @functools.lru_cache(maxsize=1)

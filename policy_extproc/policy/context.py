@@ -1,4 +1,16 @@
-"""Who is asking: the request context from verified JWT claims, then request headers (DESIGN s4)."""
+"""Who is asking: the request context from verified JWT claims, then request headers (DESIGN s4).
+
+Identity is canonical and required:
+
+- organisation, team, environment and roles are compared case-insensitively after trimming
+  (``policy.identity.canonical``); the context holds the canonical form, and so do audit records;
+- two values for one identity (a repeated header, which Envoy and ``translate`` fold into
+  ``a,b``, a folded ``acme, x``, or a claim that is a list of two) are refused
+  (``AmbiguousIdentity``): no policy can say which one the request belongs to;
+- a request that names no organisation is refused (``MissingIdentity``) unless the operator
+  started the sidecar with ``--allow-anonymous``: a policy scoped to an organisation must never
+  be walked around by leaving the header out. Policies with an empty scope apply to everyone.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +18,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..errors import AmbiguousIdentity, MissingIdentity
 from .decision import RequestContext
+from .identity import canonical
 
 if TYPE_CHECKING:
+    from ..llm.catalog import Catalog
     from ..llm.request import LlmRequest
 
 
@@ -28,6 +43,9 @@ class IdentityConfig:
     user_claim: str = "sub"
     environment_claim: str = "environment"
     roles_claim: str = "roles"
+    # A request without an organisation is decided by the policies of empty scope only, instead
+    # of refused with missing_identity (``serve --allow-anonymous``).
+    allow_anonymous: bool = False
 
 
 DEFAULT_IDENTITY = IdentityConfig()
@@ -61,11 +79,16 @@ def build_context(
     *,
     claims: Mapping[str, Any] | None = None,
     config: IdentityConfig = DEFAULT_IDENTITY,
+    catalog: Catalog | None = None,
+    strict: bool = True,
 ) -> RequestContext:
     """The request context; ``headers`` keys are lower-case, ``claims`` are verified JWT claims.
 
     A claim, when present, wins over the header of the same meaning: in JWT mode the shipped
     Envoy configuration also strips the headers, so a client cannot claim another tenant.
+    ``strict``: two values for one identity raise ``AmbiguousIdentity``; otherwise (the audit
+    record of a refusal) that field is left empty. ``catalog`` resolves the model the policies
+    judge (an Azure deployment to its model); default: the packaged catalog.
     """
     claims = claims or {}
 
@@ -73,15 +96,46 @@ def build_context(
         value = _claim(claims, claim)
         return value if value is not None else headers.get(header, "")
 
+    def single(claim: str, header: str, fold: bool) -> str:
+        values = _split(pick(claim, header))
+        if len(values) > 1:
+            if strict:
+                source = f"claim '{claim}'" if _claim(claims, claim) is not None else header
+                raise AmbiguousIdentity(
+                    f"{source} carries {len(values)} values; a request names one (send the "
+                    "header once, without commas)"
+                )
+            return ""
+        if not values:
+            return ""
+        return canonical(values[0]) if fold else values[0]
+
     roles = pick(config.roles_claim, config.roles_header)
+    model = ""
+    if request is not None:
+        if catalog is None:
+            from ..llm.catalog import load_catalog
+
+            catalog = load_catalog()
+        model = catalog.judged_model(request.model, request.deployment)
     return RequestContext(
-        org=pick(config.org_claim, config.org_header).strip(),
-        team=pick(config.team_claim, config.team_header).strip(),
-        user=pick(config.user_claim, config.user_header).strip(),
-        environment=pick(config.environment_claim, config.environment_header).strip(),
-        roles=frozenset(_split(roles)),
+        org=single(config.org_claim, config.org_header, True),
+        team=single(config.team_claim, config.team_header, True),
+        user=single(config.user_claim, config.user_header, False),
+        environment=single(config.environment_claim, config.environment_header, True),
+        roles=frozenset(canonical(r) for r in _split(roles)),
         tags=parse_tags(headers.get(config.tags_header, "")),
         request_id=headers.get("x-request-id", ""),
         request=request,
         approval_id=headers.get(config.approval_header) or None,
+        model=model,
     )
+
+
+def require_identity(ctx: RequestContext, config: IdentityConfig = DEFAULT_IDENTITY) -> None:
+    """Refuse a request that names no organisation, unless anonymous requests are allowed."""
+    if not ctx.org and not config.allow_anonymous:
+        raise MissingIdentity(
+            f"the request names no organisation (header {config.org_header} or a verified "
+            f"token claim '{config.org_claim}')"
+        )

@@ -236,8 +236,8 @@ class Snapshot:
     def warm(self) -> None:
         """Resolve every scope that a policy names, so first requests pay no compile cost."""
         for cp in self.policies:
-            s = cp.policy.scope
-            self.resolve(s.org or "", s.team or "", s.environment or "")
+            # Under the canonical key, as request contexts hold it.
+            self.resolve(*(canonical(v or "") for v in cp.policy.scope.keys))
 
 
 def policy_version(policies: Sequence[Policy]) -> str:

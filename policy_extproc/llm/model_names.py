@@ -40,7 +40,7 @@ def canonical(name: str) -> str:
     else:
         key = unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
         key = key.strip()
-    stripped = True
+    stripped = "/" in key
     while stripped:  # "openai/azure/gpt-4o" is still gpt-4o
         stripped = False
         for prefix in PROVIDER_PREFIXES:

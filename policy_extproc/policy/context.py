@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmbiguousIdentity, MissingIdentity
+from ..llm.catalog import Catalog, load_catalog
 from .decision import RequestContext
 from .identity import canonical
 
 if TYPE_CHECKING:
-    from ..llm.catalog import Catalog
     from ..llm.request import LlmRequest
 
 
@@ -91,45 +91,67 @@ def build_context(
     judge (an Azure deployment to its model); default: the packaged catalog.
     """
     claims = claims or {}
-
-    def pick(claim: str, header: str) -> str:
-        value = _claim(claims, claim)
-        return value if value is not None else headers.get(header, "")
-
-    def single(claim: str, header: str, fold: bool) -> str:
-        values = _split(pick(claim, header))
-        if len(values) > 1:
-            if strict:
-                source = f"claim '{claim}'" if _claim(claims, claim) is not None else header
-                raise AmbiguousIdentity(
-                    f"{source} carries {len(values)} values; a request names one (send the "
-                    "header once, without commas)"
-                )
-            return ""
-        if not values:
-            return ""
-        return canonical(values[0]) if fold else values[0]
-
-    roles = pick(config.roles_claim, config.roles_header)
+    org = _single(claims, headers, config.org_claim, config.org_header, True, strict)
+    team = _single(claims, headers, config.team_claim, config.team_header, True, strict)
+    user = _single(claims, headers, config.user_claim, config.user_header, False, strict)
+    env = _single(
+        claims, headers, config.environment_claim, config.environment_header, True, strict
+    )
+    roles = _pick(claims, headers, config.roles_claim, config.roles_header)
     model = ""
     if request is not None:
-        if catalog is None:
-            from ..llm.catalog import load_catalog
-
-            catalog = load_catalog()
-        model = catalog.judged_model(request.model, request.deployment)
+        model = (catalog or load_catalog()).judged_model(request.model, request.deployment)
+    tags = headers.get(config.tags_header)
     return RequestContext(
-        org=single(config.org_claim, config.org_header, True),
-        team=single(config.team_claim, config.team_header, True),
-        user=single(config.user_claim, config.user_header, False),
-        environment=single(config.environment_claim, config.environment_header, True),
-        roles=frozenset(canonical(r) for r in _split(roles)),
-        tags=parse_tags(headers.get(config.tags_header, "")),
+        org=org,
+        team=team,
+        user=user,
+        environment=env,
+        roles=_roles(roles) if roles else frozenset(),
+        tags=parse_tags(tags) if tags else {},
         request_id=headers.get("x-request-id", ""),
         request=request,
         approval_id=headers.get(config.approval_header) or None,
         model=model,
     )
+
+
+def _roles(value: str) -> frozenset[str]:
+    if value.isascii():  # the common case: fold the whole list at once
+        return frozenset(_split(value.lower()))
+    return frozenset(canonical(r) for r in _split(value))
+
+
+def _pick(claims: Mapping[str, Any], headers: Mapping[str, str], claim: str, header: str) -> str:
+    value = _claim(claims, claim) if claims else None
+    return value if value is not None else headers.get(header, "")
+
+
+def _single(
+    claims: Mapping[str, Any],
+    headers: Mapping[str, str],
+    claim: str,
+    header: str,
+    fold: bool,
+    strict: bool,
+) -> str:
+    """The one value of an identity, canonical when ``fold``; two values are ambiguous."""
+    raw = _pick(claims, headers, claim, header)
+    if "," not in raw:  # the common case: one value, no list to split
+        value = raw.strip()
+        return canonical(value) if fold and value else value
+    values = _split(raw)
+    if len(values) > 1:
+        if strict:
+            source = f"claim '{claim}'" if claims and _claim(claims, claim) is not None else header
+            raise AmbiguousIdentity(
+                f"{source} carries {len(values)} values; a request names one (send the "
+                "header once, without commas)"
+            )
+        return ""
+    if not values:
+        return ""
+    return canonical(values[0]) if fold else values[0]
 
 
 def require_identity(ctx: RequestContext, config: IdentityConfig = DEFAULT_IDENTITY) -> None:

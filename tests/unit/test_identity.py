@@ -227,3 +227,34 @@ def test_check_sees_an_override_of_a_locked_rule_spelled_in_another_case() -> No
 @pytest.mark.parametrize(("group", "case"), group_cases("identity"))
 def test_identity_case(group: str, case: Mapping[str, Any]) -> None:
     run_case(group, case)
+
+
+# -- the operator's opt-out ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "want"),
+    [
+        ([], {}, False),
+        (["--allow-anonymous"], {}, True),
+        ([], {"POLICY_EXTPROC_ALLOW_ANONYMOUS": "1"}, True),
+        ([], {"POLICY_EXTPROC_ALLOW_ANONYMOUS": "false"}, False),
+    ],
+)
+def test_serve_takes_the_opt_out_as_a_flag_or_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], want: bool
+) -> None:
+    from policy_extproc.cli import serve
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    ctx = serve.make_context("serve", ["--policies", ".", *argv])
+    assert ctx.params["allow_anonymous"] is want
+
+
+def test_the_engine_and_identity_configs_agree() -> None:
+    from policy_extproc.enforce.engine import EngineConfig
+
+    assert EngineConfig(allow_anonymous=True).identity.allow_anonymous
+    assert EngineConfig(identity=IdentityConfig(allow_anonymous=True)).allow_anonymous
+    assert not EngineConfig().identity.allow_anonymous

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -31,6 +32,8 @@ from tests.envoy_harness import EnvoyProcess
 
 pytestmark = pytest.mark.e2e
 
+DEFAULT_CATALOG = Path(__file__).parents[2] / "policy_extproc/llm/default_catalog.yaml"
+DEPLOYMENTS = "deployments: {o1-prod: o1}"
 POLICY = """
 - policy_name: acme_models
   org: acme
@@ -42,7 +45,11 @@ POLICY = """
 
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
-    with running_sidecar(POLICY, tmp_path_factory.mktemp("sdk"), admin_listen=None) as running:
+    workdir = tmp_path_factory.mktemp("sdk")
+    # The packaged catalog, with one Azure deployment that is not named after its model.
+    catalog = workdir / "catalog.yaml"
+    catalog.write_text(DEFAULT_CATALOG.read_text().replace("deployments: {}", DEPLOYMENTS))
+    with running_sidecar(POLICY, workdir, admin_listen=None, catalog=str(catalog)) as running:
         yield running
 
 
@@ -106,6 +113,33 @@ def test_an_allowed_model_in_capitals_still_passes(
     )
     assert reply.choices[0].message.content == "echo: hi"
     assert mock_provider.stats()["last_body"]["model"] == "GPT-4o-MINI"  # the bytes go on as sent
+
+
+def test_an_azure_deployment_is_judged_as_its_model(
+    proxy: EnvoyProcess, sidecar: RunningSidecar, mock_provider: MockProvider
+) -> None:
+    """The Azure client puts the deployment in the path; Azure serves o1 there, whatever the
+    body's model says, so the deny list judges o1."""
+    path = "/openai/deployments/o1-prod/chat/completions"
+    if parse_request(path, b'{"messages": []}').deployment is None:
+        pytest.skip("llm.request does not fill LlmRequest.deployment from the path yet")
+    client = openai.AzureOpenAI(
+        azure_endpoint=proxy.url,
+        azure_deployment="o1-prod",
+        api_version="2024-10-21",
+        api_key="azure-test",
+        default_headers=identity("azure-user"),
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+    )
+    with pytest.raises(openai.PermissionDeniedError) as info:
+        client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert info.value.response.json()["rule"] == "no-reasoning"
+    assert mock_provider.stats()["total"] == 0
+    (record,) = records_of(sidecar, "azure-user")
+    assert record.model == "o1"
 
 
 # -- missing identity -----------------------------------------------------------------------------

@@ -258,3 +258,13 @@ def test_the_engine_and_identity_configs_agree() -> None:
     assert EngineConfig(allow_anonymous=True).identity.allow_anonymous
     assert EngineConfig(identity=IdentityConfig(allow_anonymous=True)).allow_anonymous
     assert not EngineConfig().identity.allow_anonymous
+
+
+async def test_watching_decisions_by_organisation_takes_any_spelling() -> None:
+    from policy_extproc.admin.live import LiveDecisions
+    from tests.unit.test_admin_live import record
+
+    live = LiveDecisions()
+    sub = live.subscribe(org=" ACME")
+    assert sub.wants(record(1, org="acme"))  # records hold the canonical form
+    assert not sub.wants(record(2, org="globex"))

@@ -298,6 +298,26 @@ async def test_a_deny_list_holds_against_every_spelling_of_a_model(
     assert record["model"] == model.strip().lower().removeprefix("openai/")
 
 
+FORMATS = [
+    ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]}),
+    ("/v1/completions", {"prompt": "hi"}),
+    ("/v1/embeddings", {"input": "hi"}),
+    ("/v1/responses", {"input": "hi"}),
+    ("/v1/messages", {"max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]}),
+]
+
+
+@pytest.mark.parametrize(("path", "body"), FORMATS, ids=[p for p, _ in FORMATS])
+@pytest.mark.parametrize("model", ["O1-PREVIEW", "openai/o1-preview", " o1-preview"])
+async def test_every_api_format_judges_the_canonical_model(
+    server: Running, path: str, body: dict[str, Any], model: str
+) -> None:
+    raw = json.dumps({"model": model, **body}).encode()
+    answers = await run_exchange(server.stub, full_request(raw, path=path, request_id="r-fmt"))
+    status, error = refused(answers[-1])
+    assert status == 403 and error["rule"] == "no-reasoning"
+
+
 async def test_an_azure_deployment_is_judged_as_its_model(tmp_path: Path) -> None:
     path = "/openai/deployments/o1-prod/chat/completions?api-version=2024-10-21"
     if parse_request(path, chat_body("hi")).deployment is None:

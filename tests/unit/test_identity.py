@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy_extproc.errors import AmbiguousIdentity, MissingIdentity, PolicyError
 from policy_extproc.llm.request import parse_request
@@ -268,3 +270,23 @@ async def test_watching_decisions_by_organisation_takes_any_spelling() -> None:
     sub = live.subscribe(org=" ACME")
     assert sub.wants(record(1, org="acme"))  # records hold the canonical form
     assert not sub.wants(record(2, org="globex"))
+
+
+_space = st.sampled_from(["", " ", "\t", "\u00a0", "\u3000"])
+
+
+@st.composite
+def _spelled(draw: st.DrawFn, value: str) -> str:
+    mixed = "".join(c.upper() if draw(st.booleans()) else c for c in value)
+    if draw(st.booleans()):  # fullwidth letters
+        mixed = "".join(chr(ord(c) + 0xFEE0) if c.isalpha() else c for c in mixed)
+    return draw(_space) + mixed + draw(_space)
+
+
+@settings(max_examples=200, deadline=None)
+@given(org=_spelled("acme"), env=_spelled("development"))
+def test_no_spelling_of_an_organisation_or_environment_escapes_its_policy(
+    org: str, env: str
+) -> None:
+    decision = decide({"x-org-id": org, "x-environment": env}, "prod-password")
+    assert decision.action == "block" and decision.rule == "dev-word", (org, env)

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from policy_extproc.enforce import limits
 from policy_extproc.errors import PolicyError
@@ -209,3 +211,34 @@ def test_budgets_price_a_deployment_as_its_model() -> None:
         replace(azure_request("o1-prod"), deployment=None, model="gpt-4o-mini"), cat, settings
     )
     assert via_deployment.usd > cheap.usd
+
+
+# -- a property: no spelling of a denied model passes ------------------------------------------
+
+_DENY = """
+- policy_name: deny
+  org: acme
+  rules:
+    - {type: model_access, id: models, models: ["gpt-4o*"], deny_models: ["o1*", "claude-3-opus*"]}
+"""
+_DENIED = ["o1", "o1-preview", "o1-mini-2024-09-12", "claude-3-opus-20240229"]
+_space = st.sampled_from(["", " ", "\t", "\n", "\u00a0", "\u3000", "  "])
+
+
+@st.composite
+def _spelling(draw: st.DrawFn) -> str:
+    name = draw(st.sampled_from(_DENIED))
+    name = "".join(c.upper() if draw(st.booleans()) else c for c in name)
+    prefixes = draw(st.lists(st.sampled_from(model_names.PROVIDER_PREFIXES), max_size=2))
+    prefix = "".join(p.upper() if draw(st.booleans()) else p for p in prefixes)
+    return draw(_space) + prefix + name + draw(_space)
+
+
+@settings(max_examples=300, deadline=None)
+@given(model=_spelling())
+def test_no_spelling_of_a_denied_model_passes(model: str) -> None:
+    snapshot = Snapshot(load_sources([("p.yaml", _DENY)]))
+    body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    request = parse_request("/v1/chat/completions", json.dumps(body).encode())
+    decision = evaluate(snapshot, build_context({"x-org-id": "acme"}, request))
+    assert decision.action == "block" and "is denied" in decision.reason, model

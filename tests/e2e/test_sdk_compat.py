@@ -3,7 +3,8 @@
 - Model spelling: a deny list ``o1*`` holds against ``O1-PREVIEW``, ``openai/o1-preview`` and
   ``" o1-preview"`` (each passed before: the globs were case-sensitive and saw the raw name).
 - Missing identity: a client that names no organisation gets a 400 ``missing_identity``, which
-  the SDKs raise as BadRequestError; the refusal is audited.
+  the SDKs raise as BadRequestError; the refusal is audited. In JWT mode the token's claims
+  follow the same rules (no ``org``, two of them, ``ACME``).
 - Streaming: under a budget the sidecar asks OpenAI streams for usage; the SDKs' usual loops
   (``chunk.choices[0]``) work, because the usage-only chunk is taken out again, and the budget
   is charged the cost the provider reported.
@@ -28,7 +29,8 @@ from policy_extproc.policy.context import build_context
 from policy_extproc.state.base import BudgetSpec
 from tests.e2e.conftest import EnvoyFactory
 from tests.e2e.sidecars import RunningSidecar, running_sidecar
-from tests.envoy_harness import EnvoyProcess
+from tests.e2e.test_jwt_identity import mint
+from tests.envoy_harness import JWT_TEMPLATE, EnvoyProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -180,6 +182,51 @@ def test_an_anthropic_client_without_an_organisation_is_refused(
     assert mock_providers["anthropic"].stats()["total"] == before
     (record,) = records_of(sidecar, "nobody-anthropic")
     assert record.error_code == "missing_identity"
+
+
+# -- JWT mode: the token is the identity, by the same rules ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def jwt_proxy(envoy_factory: EnvoyFactory, sidecar: RunningSidecar) -> EnvoyProcess:
+    return envoy_factory(sidecar.port, template=JWT_TEMPLATE)
+
+
+@pytest.mark.parametrize(
+    ("claims", "model", "error", "code"),
+    [
+        # No org claim: the client's own x-org-id is stripped by Envoy, so nothing names one.
+        ({"sub": "jwt-no-org"}, "gpt-4o-mini", openai.BadRequestError, "missing_identity"),
+        (
+            {"sub": "jwt-two-orgs", "org": ["acme", "globex"]},
+            "gpt-4o-mini",
+            openai.BadRequestError,
+            "ambiguous_identity",
+        ),
+        ({"sub": "jwt-caps", "org": "ACME"}, "O1-PREVIEW", openai.PermissionDeniedError, "blocked"),
+    ],
+)
+def test_a_tokens_identity_follows_the_same_rules(
+    jwt_proxy: EnvoyProcess,
+    sidecar: RunningSidecar,
+    claims: dict[str, Any],
+    model: str,
+    error: type[openai.APIStatusError],
+    code: str,
+) -> None:
+    client = openai.OpenAI(
+        base_url=f"{jwt_proxy.url}/v1",
+        api_key=mint(**claims),  # the SDK sends its API key as the bearer token
+        default_headers={"x-org-id": "acme"},  # spoofed: JWT mode removes it
+        max_retries=0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+    )
+    with pytest.raises(error) as info:
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    assert info.value.response.json()["error"]["code"] == code
+    (record,) = records_of(sidecar, claims["sub"])
+    assert record.decision == "block"
+    assert record.org == ("acme" if code == "blocked" else None)
 
 
 # -- streaming under a budget -------------------------------------------------------------------

@@ -327,6 +327,13 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
 @_tls_options
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
+    "--allow-anonymous",
+    is_flag=True,
+    default=False,
+    help="Decide requests that name no organisation by the policies of empty scope, instead "
+    "of refusing them with 400 missing_identity.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -356,6 +363,7 @@ def serve(
     metrics_listen: str | None,
     admin_listen: str,
     workers: int,
+    allow_anonymous: bool,
     log_level: str,
     log_format: str,
     **tls_files: str | None,
@@ -398,6 +406,7 @@ def serve(
         admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
         tls=tls,
         admin_tls=admin_tls,
+        allow_anonymous=allow_anonymous,
     )
     try:
         if workers > 1:

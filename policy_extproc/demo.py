@@ -107,6 +107,16 @@ curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id
   -H 'x-user-id: alice' -H 'content-type: application/json' \\
   -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"my api_key = sk-123"}}]}}'
 
+# block (model spelling): the baseline denies o1*, however the model is written
+curl -s localhost:{listen}/v1/chat/completions -H 'x-org-id: ACME' -H 'x-team-id: ml' \\
+  -H 'x-user-id: alice' -H 'content-type: application/json' \\
+  -d '{{"model":"OpenAI/O1-PREVIEW","messages":[{{"role":"user","content":"Hello there"}}]}}'
+
+# refused (identity): a request that names no organisation gets a 400 missing_identity
+curl -s localhost:{listen}/v1/chat/completions -H 'x-user-id: alice' \\
+  -H 'content-type: application/json' \\
+  -d '{{"model":"gpt-4o","messages":[{{"role":"user","content":"Hello there"}}]}}'
+
 # modify (redact): the code name and the e-mail never reach the provider (the echo shows
 # what it received)
 curl -si localhost:{listen}/v1/chat/completions -H 'x-org-id: acme' -H 'x-team-id: ml' \\

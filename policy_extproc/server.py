@@ -79,6 +79,9 @@ class ServerConfig:
     # client CA, mTLS. The files are re-read when they change (tls.py).
     tls: TlsFiles | None = None
     admin_tls: TlsFiles | None = None
+    # Decide requests that name no organisation by the policies of empty scope, instead of
+    # refusing them with 400 missing_identity (the default: fail closed).
+    allow_anonymous: bool = False
 
 
 class Sidecar:
@@ -140,6 +143,7 @@ class Sidecar:
             EngineConfig(
                 max_body_bytes=cfg.max_body_bytes,
                 limits=limits.Settings(time_zone=cfg.budget_time_zone),
+                allow_anonymous=cfg.allow_anonymous,
             ),
             state=self.state,
             catalog=self.catalog,

@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Collection, Mapping
 
 from ..audit.record import AuditRecord
+from ..policy.identity import canonical
 
 QUEUE_SIZE = 1000
 
@@ -27,7 +28,8 @@ class Subscription:
         decisions: Collection[str],
         maxsize: int,
     ) -> None:
-        self.org = org
+        # Records hold the canonical organisation (policy.identity): so does the filter.
+        self.org = canonical(org) if org is not None else None
         self.decisions = frozenset(decisions)
         self.dropped = 0
         self._live = live

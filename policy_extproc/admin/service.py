@@ -24,6 +24,7 @@ import grpc
 
 from .._proto import admin_pb2, admin_pb2_grpc
 from ..errors import AdminError, PolicyError, RequestError, StateError
+from ..policy.identity import canonical
 from ..policy.store import PolicyStore, is_pushed, pushed_file
 from . import convert
 from .approvals import Approvals
@@ -162,7 +163,9 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
 
     @_translated
     async def ListApprovals(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        found = await self.approvals.list(request.org or None, request.status or None)
+        # Approvals hold the canonical organisation of their request (policy.identity).
+        org = canonical(request.org) if request.org else None
+        found = await self.approvals.list(org, request.status or None)
         return admin_pb2.ListApprovalsResponse(approvals=[convert.approval(a) for a in found])
 
     @_translated

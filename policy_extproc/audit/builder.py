@@ -21,7 +21,8 @@ def record_for(
     phase: str = "request",
 ) -> AuditRecord:
     """The audit record of one decision."""
-    model = ctx.request.model if ctx.request is not None and ctx.request.model else None
+    # The model as judged and priced (canonical, an Azure deployment resolved), else as sent.
+    model = ctx.model or (ctx.request.model if ctx.request is not None else "") or None
     return AuditRecord(
         decision=decision.action,
         policy=decision.policy,

@@ -42,8 +42,9 @@ def triggered(es: EffectiveSet, ctx: RequestContext, estimated_usd: float) -> li
     for e in es.rules_of("approval"):
         rule: ApprovalRule = e.rule  # type: ignore[assignment]
         why = []
-        if rule.models and es.glob(rule.models).fullmatch(req.model):
-            why.append(f"model {req.model!r} needs approval")
+        # The model as judged (canonical, a deployment resolved), by any of its spellings.
+        if rule.models and es.matches_model(rule.models, ctx.model, any_spelling=True):
+            why.append(f"model {ctx.model!r} needs approval")
         if rule.min_estimated_cost_usd is not None and estimated_usd >= rule.min_estimated_cost_usd:
             why.append(
                 f"estimated cost ${estimated_usd:.2f} is at least "

@@ -21,10 +21,10 @@ from ..audit.sink import AuditSink
 from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError, TokenPrompt
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import TOKEN_PROMPT_REFUSAL, LlmRequest, parse_request, rewrite_request
-from ..llm.response import SseParser, Usage, parse_response, rewrite_response
+from ..llm.response import SseParser, Usage, UsageChunkFilter, parse_response, rewrite_response
 from ..policy.compiler import EffectiveRule, EffectiveSet, Snapshot
 from ..policy.compliance import PACKS
-from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
+from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context, require_identity
 from ..policy.decision import Decision, Fired, RequestContext
 from ..policy.evaluator import Findings, check_request, check_response, decide
 from ..policy.model import allows_token_prompts
@@ -51,6 +51,16 @@ class EngineConfig:
     # the cost of two more ext_proc messages per request).
     record_usage: bool = False
     stream_holdback: int = guard.DEFAULT_HOLDBACK
+    # Decide requests that name no organisation (by the policies of empty scope) instead of
+    # refusing them with missing_identity; the same switch as ``identity.allow_anonymous``.
+    allow_anonymous: bool = False
+
+    def __post_init__(self) -> None:
+        # One setting, two spellings: either turns it on, and both then say so.
+        if self.allow_anonymous and not self.identity.allow_anonymous:
+            object.__setattr__(self, "identity", replace(self.identity, allow_anonymous=True))
+        elif self.identity.allow_anonymous:
+            object.__setattr__(self, "allow_anonymous", True)
 
 
 @dataclass(slots=True)
@@ -78,6 +88,10 @@ class Exchange:
     route: failover.Route | None = None  # where it went, and the breaker watching that provider
     guarded: bool = False  # output guardrails apply to this answer
     stream_guard: guard.StreamGuard | None = None  # ... and it is streamed
+    # We asked the stream for usage the client did not ask for (_set_fields): the usage-only
+    # chunk is removed from what the client gets (usage_filter, once the answer streams).
+    hide_usage: bool = False
+    usage_filter: UsageChunkFilter | None = None
     response_findings: Findings | None = None
     request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
 
@@ -128,7 +142,9 @@ class Engine:
         """
         if self.config.record_usage or not self.store.ready:
             return True
-        ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
+        ctx = build_context(
+            ex.headers, None, claims=ex.claims, config=self.config.identity, strict=False
+        )
         # The request is decided on this same snapshot, even if another is swapped in meanwhile.
         ex.snapshot = self.store.current
         es = ex.snapshot.resolve(ctx.org, ctx.team, ctx.environment)
@@ -141,7 +157,11 @@ class Engine:
         )
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
-        """A decision that needs no body: a declared length over the limit."""
+        """A decision that needs no body: an identity missing or ambiguous, a declared length
+        over the limit."""
+        refused = self._identity_refusal(ex)
+        if refused is not None:
+            return refused
         length = ex.headers.get("content-length", "")
         if length.isdigit() and int(length) > self.config.max_body_bytes:
             exc = BodyTooLarge(
@@ -159,6 +179,9 @@ class Engine:
             claims = ex.claims
         else:
             ex.claims = claims
+        refused = self._identity_refusal(ex)
+        if refused is not None:
+            return refused, None
         if not complete or len(body) > self.config.max_body_bytes:
             return self.refuse(
                 ex,
@@ -181,7 +204,7 @@ class Engine:
         # ``claims`` come from Envoy's jwt_authn filter: verified, so they win over headers.
         ex.request = request
         ex.ctx = ctx = build_context(
-            ex.headers, request, claims=claims, config=self.config.identity
+            ex.headers, request, claims=claims, config=self.config.identity, catalog=self.catalog
         )
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
         tokens_ok = request is None or not request.token_prompts
@@ -367,7 +390,11 @@ class Engine:
         return {"alerts": tuple(alerts), "throttle": oc.throttle}
 
     def _set_fields(self, ex: Exchange) -> dict[str, Any]:
-        """Body fields to add: ask a streamed OpenAI answer for its usage when a budget needs it."""
+        """Body fields to add: ask a streamed OpenAI answer for its usage when a budget needs it.
+
+        The client did not ask for it, so the usage-only chunk it brings is taken out of the
+        stream again (``hide_usage``): the client gets the stream it asked for.
+        """
         req = ex.request
         if ex.plan is None or req is None or not req.stream:
             return {}
@@ -376,16 +403,28 @@ class Engine:
         opts = req.body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage") is True:
             return {}
+        ex.hide_usage = True
         return {
             "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
         }
+
+    def _identity_refusal(self, ex: Exchange) -> Decision | None:
+        """Refuse (audited) a request whose identity is ambiguous or names no organisation."""
+        try:
+            ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
+            require_identity(ctx, self.config.identity)
+        except RequestError as exc:
+            return self.refuse(ex, exc)
+        return None
 
     def refuse(self, ex: Exchange, exc: PolicyExtprocError) -> Decision:
         """Refuse the request for an error, audited with whatever identity it carried."""
         decision = responses.request_error(exc)
         ex.error_code = exc.code
         if not ex.ctx.org and not ex.ctx.user and (ex.headers or ex.claims):
-            ex.ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
+            ex.ctx = build_context(
+                ex.headers, None, claims=ex.claims, config=self.config.identity, strict=False
+            )
         ex.decision = decision
         if ex.snapshot is None and self.store.ready:
             ex.snapshot = self.store.current
@@ -435,6 +474,10 @@ class Engine:
                 )
             else:
                 ex.sse = SseParser(ex.request.api)
+            if ex.hide_usage:
+                ex.usage_filter = UsageChunkFilter(ex.request.api)
+                if ex.stream_guard is None:
+                    ex.sse = None  # the filter's parser reads the usage: one parse, not two
 
     def response_chunk(
         self, ex: Exchange, chunk: bytes, end: bool
@@ -450,10 +493,17 @@ class Engine:
             out = ex.stream_guard.feed(chunk, end)
         elif ex.sse is not None:
             ex.sse.feed(chunk)
+        elif ex.usage_filter is not None:
+            pass  # streamed, read by the filter below
         else:
             ex.response_chunks.append(chunk)
             if end and ex.guarded:
                 out, refusal = self._guard_buffered(ex)
+        if ex.usage_filter is not None:
+            # After the guardrails: what they let through, less the chunk we asked for.
+            data = out if out is not None else chunk
+            filtered = ex.usage_filter.feed(data, end)
+            out = None if filtered == chunk else filtered
         if end:
             self.finish(ex)
         return out, refusal
@@ -487,6 +537,9 @@ class Engine:
         elif ex.sse is not None:
             ex.sse.flush()  # a last event with no blank line after it still counts
             ex.usage = ex.sse.usage
+        elif ex.usage_filter is not None:
+            ex.usage_filter.feed(b"", True)
+            ex.usage = ex.usage_filter.usage
         elif ex.response_chunks and 200 <= ex.status < 300:
             try:
                 ex.usage = parse_response(ex.request.api, b"".join(ex.response_chunks)).usage
@@ -494,7 +547,8 @@ class Engine:
                 ex.usage = None
         cost = None
         if ex.usage is not None:
-            cost = self.catalog.cost(ex.request.model, ex.usage)
+            # Priced as the model it was judged as (an Azure deployment's model), as estimated.
+            cost = self.catalog.cost(ex.ctx.model or ex.request.model, ex.usage)
             if cost is None and ex.plan is not None:
                 cost = limits.fallback_cost(self.config.limits, ex.usage)
         if ex.usage is not None or ex.response_findings is not None:

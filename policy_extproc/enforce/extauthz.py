@@ -56,7 +56,8 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
     headers = {k.lower(): v for k, v in http.headers.items()}
     if http.HasField("header_map"):
         # encode_raw_headers: true sends the headers here, values in raw_value, and leaves
-        # ``headers`` empty; repeated headers fold into one comma-separated value.
+        # ``headers`` empty; repeated headers fold into one comma-separated value (Envoy folds
+        # them so in ``headers`` too): a repeated identity header is refused as ambiguous.
         for h in http.header_map.headers:
             key = h.key.lower()
             value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value

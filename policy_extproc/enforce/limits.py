@@ -90,7 +90,10 @@ def estimate(req: LlmRequest, catalog: Catalog, settings: Settings) -> Estimate:
     """Prompt tokens from the text, output tokens from max_tokens or the default, at list price."""
     tokens_in = estimate_request_tokens(req)
     tokens_out = req.max_tokens or settings.default_output_tokens
-    cost = catalog.estimate_cost(req.model, tokens_in, tokens_out)
+    # Priced as the model the request is judged as: an Azure deployment's model (catalog).
+    cost = catalog.estimate_cost(
+        catalog.judged_model(req.model, req.deployment), tokens_in, tokens_out
+    )
     if cost is not None:
         return Estimate(tokens_in, tokens_out, cost, True)
     guess = (

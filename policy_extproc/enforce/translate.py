@@ -59,7 +59,9 @@ def _headers(hm: base_pb2.HeaderMap) -> dict[str, str]:
     for h in hm.headers:
         value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
         key = h.key.lower()
-        # Repeated headers fold into one comma-separated value (RFC 9110 s5.3).
+        # Repeated headers fold into one comma-separated value (RFC 9110 s5.3), as Envoy folds
+        # them for ext_authz: an identity header sent twice reads as two values, and is
+        # refused as ambiguous (policy.context), never decided as the first or the last one.
         out[key] = f"{out[key]},{value}" if key in out else value
     return out
 

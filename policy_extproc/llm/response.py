@@ -326,3 +326,45 @@ class SseParser:
             usage = openai_usage(payload.get("usage"))
             if usage is not None:
                 self._usage = usage
+
+
+def usage_only(event: SseEvent) -> bool:
+    """Whether an OpenAI chat or completions chunk is the one ``include_usage`` adds.
+
+    With ``stream_options.include_usage`` the API sends, before ``[DONE]``, one more chunk with
+    an empty ``choices`` list and the whole request's ``usage`` (API reference, "The chat
+    completion chunk object"); no other chunk has both.
+    """
+    payload = event.payload
+    return (
+        isinstance(payload, dict)
+        and payload.get("choices") == []
+        and isinstance(payload.get("usage"), dict)
+    )
+
+
+class UsageChunkFilter:
+    """Removes the usage-only chunk from an OpenAI chat or completions stream, and reads it.
+
+    The sidecar asks for usage (``stream_options.include_usage``) when a budget or token limit
+    needs the real cost; a client that did not ask for it must not get the extra chunk: the
+    official SDKs' usual ``for chunk in stream: chunk.choices[0]`` loop would raise IndexError.
+    Every other byte goes on as it came; a partial event waits for its end (at most one event).
+    """
+
+    __slots__ = ("parser",)
+
+    def __init__(self, api: Api) -> None:
+        self.parser = SseParser(api)
+
+    def feed(self, chunk: bytes, end: bool) -> bytes:
+        """The bytes to send on for ``chunk``: its complete events, the usage-only one left out."""
+        events = self.parser.feed(chunk)
+        if end:
+            events += self.parser.flush()
+        return b"".join(ev.raw for ev in events if not usage_only(ev))
+
+    @property
+    def usage(self) -> Usage | None:
+        """The usage the stream reported (from the chunk removed), None until it came."""
+        return self.parser.usage

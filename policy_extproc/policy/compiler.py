@@ -6,7 +6,10 @@ Everything that can be prepared before a request arrives is prepared here, once 
   request scans its text once per applying policy (an organisation, its team, its environment:
   a handful) and the compile cost stays linear in the number of rules;
 - the effective rule set of a scope (inheritance, overrides, locks) is computed the first time a
-  request of that scope arrives and cached; requests with the same applying policies share it.
+  request of that scope arrives and cached; requests with the same applying policies share it;
+- identity and model names are canonical on both sides (``policy.identity``,
+  ``llm.model_names``): scope values and roles are folded here, model globs when first used,
+  so ``ACME``, ``O1-PREVIEW`` or ``openai/o1-preview`` meet the policies written for them.
 
 Snapshots are never mutated after construction; a new policy set is a new snapshot, swapped in
 atomically by the store.
@@ -22,6 +25,8 @@ from fnmatch import translate
 
 from ..detect.patterns import Pattern, PatternError, PatternSet
 from ..errors import PolicyError, Problem
+from ..llm import model_names
+from .identity import canonical
 from .model import ContentFilterRule, Policy, Rule
 
 _CACHE_LIMIT = 50_000  # distinct (org, team, environment) keys remembered; headers are untrusted
@@ -39,13 +44,19 @@ class CompiledPolicy:
     """One policy with its pattern databases, built once per snapshot."""
 
     __slots__ = ("index", "pii", "policy", "request_patterns", "request_targets",
-                 "response_patterns", "response_targets")  # fmt: skip
+                 "response_patterns", "response_targets", "roles")  # fmt: skip
 
     def __init__(self, policy: Policy, index: int) -> None:
         from .privacy import build_detectors
 
         self.policy = policy
         self.index = index
+        # 0-based rule index -> its roles, canonical (a request's roles are, see context).
+        self.roles: dict[int, frozenset[str]] = {
+            i: frozenset(canonical(r) for r in roles)
+            for i, rule in enumerate(policy.rules)
+            if (roles := getattr(rule, "roles", None)) is not None
+        }
         self.request_patterns, self.request_targets = _patterns(policy, "request")
         self.response_patterns, self.response_targets = _patterns(policy, "response")
         self.pii = build_detectors(policy)
@@ -138,19 +149,32 @@ class EffectiveSet:
         for e in self.by_type.get("compliance", ()):
             tags[e.rule.framework] = None  # type: ignore[attr-defined]
         self.compliance = tuple(tags)
-        self.model_cache: dict[tuple[str, frozenset[str]], tuple[object, ...]] = {}
+        # (model, deployment, roles) -> the model_access firings (evaluator._check_models)
+        self.model_cache: dict[tuple[str, str | None, frozenset[str]], tuple[object, ...]] = {}
         self.glob_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
 
     def rules_of(self, rule_type: str) -> tuple[EffectiveRule, ...]:
         return self.by_type.get(rule_type, ())
 
     def glob(self, globs: tuple[str, ...]) -> re.Pattern[str]:
-        """One compiled regex for a list of globs (model names are matched case-sensitively)."""
+        """One compiled regex for a list of model globs, each in canonical spelling: it matches
+        canonical names (``llm.model_names``), and ignores case for callers that pass others."""
         rx = self.glob_cache.get(globs)
         if rx is None:
-            rx = re.compile("|".join(f"(?:{translate(g)})" for g in globs))
+            alternatives = "|".join(f"(?:{translate(model_names.canonical(g))})" for g in globs)
+            rx = re.compile(alternatives, re.IGNORECASE)
             self.glob_cache[globs] = rx
         return rx
+
+    def matches_model(
+        self, globs: tuple[str, ...], model: str, *, any_spelling: bool = False
+    ) -> bool:
+        """Whether canonical ``model`` matches one of ``globs``; ``any_spelling`` (deny lists,
+        approvals) also tries the model's other names (``model_names.spellings``)."""
+        rx = self.glob(globs)
+        if not any_spelling:
+            return rx.fullmatch(model) is not None
+        return any(rx.fullmatch(name) is not None for name in model_names.spellings(model))
 
 
 class Snapshot:
@@ -169,7 +193,8 @@ class Snapshot:
         self.version = version or policy_version(policies)
         self._index: dict[tuple[str | None, str | None, str | None], list[CompiledPolicy]] = {}
         for cp in self.policies:
-            self._index.setdefault(cp.policy.scope.keys, []).append(cp)
+            keys = tuple(None if v is None else canonical(v) for v in cp.policy.scope.keys)
+            self._index.setdefault(keys, []).append(cp)  # type: ignore[arg-type]
         self._by_key: dict[tuple[str, str, str], EffectiveSet] = {}
         self._by_policies: dict[tuple[int, ...], EffectiveSet] = {}
 
@@ -181,11 +206,16 @@ class Snapshot:
         return sum(len(cp.policy.rules) for cp in self.policies)
 
     def resolve(self, org: str, team: str, environment: str) -> EffectiveSet:
-        """The effective set for a request's scope (cached; computed once per distinct scope)."""
+        """The effective set for a request's scope (cached; computed once per distinct scope).
+
+        The values are compared canonically (``policy.identity``): a request context holds them
+        so already; any other spelling is folded here, once per distinct key.
+        """
         key = (org, team, environment)
         es = self._by_key.get(key)
         if es is not None:
             return es
+        org, team, environment = (canonical(v or "") for v in (org, team, environment))
         found: list[CompiledPolicy] = []
         orgs = (None, org) if org else (None,)
         teams = (None, team) if team else (None,)
@@ -208,8 +238,8 @@ class Snapshot:
     def warm(self) -> None:
         """Resolve every scope that a policy names, so first requests pay no compile cost."""
         for cp in self.policies:
-            s = cp.policy.scope
-            self.resolve(s.org or "", s.team or "", s.environment or "")
+            # Under the canonical key, as request contexts hold it.
+            self.resolve(*(canonical(v or "") for v in cp.policy.scope.keys))
 
 
 def policy_version(policies: Sequence[Policy]) -> str:

@@ -27,6 +27,9 @@ class RequestContext:
     request_id: str = ""
     request: LlmRequest | None = None
     approval_id: str | None = None
+    # The model the policies judge: canonical (llm.model_names), an Azure deployment resolved
+    # to its model through the catalog; "" without a request. Prices and budgets use it too.
+    model: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from ..detect.patterns import Hit, PatternSet, merge_spans
+from ..llm import model_names
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
 from .decision import Decision, Fired, JsonPath, RequestContext, combine
 from .model import ContentFilterRule, ModelAccessRule
@@ -71,23 +72,37 @@ def _shown(model: str) -> str:
     return repr(model if len(model) <= 80 else model[:77] + "...")
 
 
-def _check_models(es: EffectiveSet, ctx: RequestContext, model: str, out: Findings) -> None:
-    key = (model, ctx.roles)
+def _check_models(es: EffectiveSet, ctx: RequestContext, out: Findings) -> None:
+    """Allow and deny lists against the model the request is judged as (``ctx.model``).
+
+    That name is canonical and, for an Azure deployment, the deployment's model (context.py);
+    deny lists also see the model's other spellings, allow lists only the canonical name.
+    """
+    req = ctx.request
+    deployment = req.deployment if req is not None else None
+    model = ctx.model
+    if not model and req is not None:  # a context built by hand, without a catalog
+        model = model_names.canonical(deployment if deployment is not None else req.model)
+    key = (model, deployment, ctx.roles)
     cached = es.model_cache.get(key)
     if cached is None:
+        shown = _shown(model)
+        if deployment is not None:
+            shown = f"{shown} (deployment {_shown(deployment)})"
         fired: list[tuple[EffectiveRule, str, str]] = []
         for e in es.rules_of("model_access"):
             rule: ModelAccessRule = e.rule  # type: ignore[assignment]
-            if rule.roles is not None and not ctx.roles.intersection(rule.roles):
+            roles = e.policy.roles.get(rule.index - 1)
+            if roles is not None and not ctx.roles.intersection(roles):
                 continue
-            if rule.deny_models and es.glob(rule.deny_models).fullmatch(model):
-                fired.append((e, "block", f"model {_shown(model)} is denied"))
+            if rule.deny_models and es.matches_model(rule.deny_models, model, any_spelling=True):
+                fired.append((e, "block", f"model {shown} is denied"))
             elif rule.models is not None and rule.action == "block":
                 if not model:
                     fired.append((e, "block", "the request names no model"))
-                elif not es.glob(rule.models).fullmatch(model):
+                elif not es.matches_model(rule.models, model):
                     allowed = ", ".join(rule.models)
-                    why = f"model {_shown(model)} is not allowed (allowed: {allowed})"
+                    why = f"model {shown} is not allowed (allowed: {allowed})"
                     fired.append((e, "block", why))
         cached = tuple(fired)
         if len(es.model_cache) >= _MODEL_CACHE_LIMIT:
@@ -206,7 +221,7 @@ def check_request(es: EffectiveSet, ctx: RequestContext) -> Findings:
     req = ctx.request
     if req is None:
         return out
-    _check_models(es, ctx, req.model, out)
+    _check_models(es, ctx, out)
     scan_content(es, "request", req.parts, out)
     scan_pii(es, "request", req.parts, out)
     return out

@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from .identity import canonical
+
 Action = Literal["allow", "modify", "throttle", "escalate", "block"]
 
 # The decision is the most severe action among the rules that fire (DESIGN.md s5).
@@ -39,16 +41,16 @@ class Scope:
         return (len(levels), levels)
 
     def matches(self, org: str, team: str, environment: str) -> bool:
-        return (
-            (self.org is None or self.org == org)
-            and (self.team is None or self.team == team)
-            and (self.environment is None or self.environment == environment)
+        # Identity values compare canonically (policy.identity): ACME is acme.
+        return all(
+            v is None or canonical(v) == canonical(value)
+            for v, value in zip(self.keys, (org, team, environment), strict=True)
         )
 
     def overlaps(self, other: Scope) -> bool:
         """Whether some request could match both scopes."""
         pairs = zip(self.keys, other.keys, strict=True)
-        return all(a is None or b is None or a == b for a, b in pairs)
+        return all(a is None or b is None or canonical(a) == canonical(b) for a, b in pairs)
 
     def __str__(self) -> str:
         named = [f"{k}={v}" for k, v in zip(SCOPE_KEYS, self.keys, strict=True) if v is not None]

@@ -343,6 +343,20 @@ def test_block_credential(steps: list[Step]) -> None:
     assert (body["error"]["code"], body["rule"]) == ("blocked", "secrets")
 
 
+def test_block_model_spelling(steps: list[Step]) -> None:
+    (step,) = under(steps, "# block (model spelling)")
+    assert step.fetched[0].status == 403
+    body = step.json()
+    assert (body["error"]["code"], body["rule"]) == ("blocked", "no-reasoning-models")
+    assert "'o1-preview' is denied" in body["reason"]
+
+
+def test_refused_without_an_organisation(steps: list[Step]) -> None:
+    (step,) = under(steps, "# refused (identity)")
+    assert step.fetched[0].status == 400
+    assert step.json()["error"]["code"] == "missing_identity"
+
+
 def test_redact(steps: list[Step]) -> None:
     (step,) = under(steps, "# modify (redact)")
     head, _, body = step.output.partition("\r\n\r\n")  # -i: the headers are printed

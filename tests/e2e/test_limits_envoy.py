@@ -20,6 +20,7 @@ from policy_extproc.enforce import limits
 from policy_extproc.llm.request import parse_request
 from policy_extproc.llm.response import Usage
 from policy_extproc.mockprovider import MockProvider
+from policy_extproc.mockprovider.apis import chat_completions
 from policy_extproc.policy.context import build_context
 from policy_extproc.server import ServerConfig, Sidecar
 from policy_extproc.state.base import BudgetSpec
@@ -146,6 +147,12 @@ def test_over_the_rate_limit_a_client_gets_a_429_with_the_ratelimit_headers(
     assert record["decision"] == "throttle"
 
 
+def _frames(sse: Any) -> list[dict[str, Any]]:
+    """The JSON payloads of a mock provider's SSE frames."""
+    data = [raw.removeprefix(b"data: ").strip() for raw in sse]
+    return [json.loads(d) for d in data if d != b"[DONE]"]
+
+
 def test_a_streamed_chat_under_a_budget_asks_for_usage_and_is_charged_its_cost(
     envoy: EnvoyProcess, mock_provider: MockProvider, sidecar: RunningSidecar
 ) -> None:
@@ -160,7 +167,15 @@ def test_a_streamed_chat_under_a_budget_asks_for_usage_and_is_charged_its_cost(
     assert received["messages"] == body["messages"]
     events = [data for _, data in resp.sse()]
     assert events[-1] == "[DONE]"
-    reported = json.loads(events[-2])["usage"]  # the client gets the usage chunk too
+    # The client did not ask for usage: the usage-only chunk the sidecar asked for is taken
+    # out of its stream (every chunk it gets has a choice), ...
+    assert all(json.loads(data)["choices"] for data in events[:-1])
+    # ... and the budget is charged what the provider reported in that chunk.
+    (reported,) = [
+        frame["usage"]
+        for frame in _frames(chat_completions(received))  # the mock's answer to what it got
+        if frame.get("choices") == []
+    ]
 
     request_id = resp.headers["x-request-id"]
     poll(lambda: sidecar.records(request_id, "response"), "the response's audit record")

@@ -286,6 +286,11 @@ async def test_approvals_listed_decided_audited_and_streamed(admin: Admin) -> No
     )
     assert [a.id for a in listed.approvals] == ["ap-1", "ap-2"]
     assert listed.approvals[0].details["model"] == "o1"
+    # Organisations compare canonically, as requests and records hold them.
+    by_org = await admin.stub.ListApprovals(
+        admin_pb2.ListApprovalsRequest(org=" ACME", status="pending"), metadata=AUTH
+    )
+    assert [a.id for a in by_org.approvals] == ["ap-1", "ap-2"]
 
     approve = admin_pb2.DecideApprovalRequest(
         id="ap-1", verdict=admin_pb2.VERDICT_APPROVE, approver="bob", reason="ok for today"

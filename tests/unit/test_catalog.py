@@ -263,7 +263,8 @@ BAD_CATALOGS = [
     (
         "providers: {}\nmodels: {}\nprice: 1\n",
         [
-            "3: unknown field 'price' (expected one of: prices_as_of, providers, models)",
+            "3: unknown field 'price' "
+            "(expected one of: prices_as_of, providers, models, deployments)",
             "1: field 'providers' must be a non-empty mapping of provider names to their settings",
             "2: field 'models' must be a non-empty mapping of model names to their settings",
         ],

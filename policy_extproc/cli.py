@@ -139,7 +139,31 @@ def eval_(
     "--audit-log",
     default="audit.jsonl",
     show_default=True,
-    help="Hash-chained JSON-lines audit log.",
+    help="Hash-chained JSON-lines audit log; '-': standard output only.",
+)
+@click.option(
+    "--audit-max-bytes",
+    default=None,
+    callback=lambda ctx, param, value: _size(value),
+    help="Rotate the audit log once it would grow past this size (e.g. 100M); the hash chain "
+    "continues in the new file.",
+)
+@click.option(
+    "--audit-max-age",
+    default=None,
+    callback=lambda ctx, param, value: _seconds(value, "--audit-max-age"),
+    help="Rotate the audit log once its file is this old (e.g. 1h, 1d).",
+)
+@click.option(
+    "--audit-keep",
+    default=None,
+    type=click.IntRange(1),
+    help="Closed audit segments to keep beside the live file (default: all; ship them first).",
+)
+@click.option(
+    "--audit-stdout/--no-audit-stdout",
+    default=False,
+    help="Also write every audit line, hash chain included, to standard output (log agents).",
 )
 @click.option(
     "--fsync-interval",
@@ -183,6 +207,13 @@ def eval_(
     help="HOST:PORT of the admin API ('off': none); off loopback it needs the token in "
     "POLICY_EXTPROC_ADMIN_TOKEN.",
 )
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 3600.0),
+    help="Seconds open streams may finish after SIGTERM; the rest are cut (and audited as cut).",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -196,6 +227,10 @@ def serve(
     redis: str | None,
     redis_timeout: float,
     audit_log: str,
+    audit_max_bytes: int | None,
+    audit_max_age: float | None,
+    audit_keep: int | None,
+    audit_stdout: bool,
     fsync_interval: float,
     otlp_endpoint: str | None,
     catalog: str | None,
@@ -204,6 +239,7 @@ def serve(
     budget_time_zone: str,
     metrics_listen: str | None,
     admin_listen: str,
+    grace: float,
     workers: int,
     log_level: str,
 ) -> None:
@@ -223,7 +259,12 @@ def serve(
         redis=redis,
         redis_timeout_s=redis_timeout,
         audit_log=audit_log or None,
+        audit_max_bytes=audit_max_bytes,
+        audit_max_age_s=audit_max_age,
+        audit_keep=audit_keep,
+        audit_stdout=audit_stdout,
         fsync_interval_s=fsync_interval,
+        grace_s=grace,
         otlp_endpoint=otlp_endpoint,
         catalog=catalog,
         max_body_bytes=max_body_bytes,
@@ -254,6 +295,30 @@ def serve(
     except (AdminError, StateError) as exc:  # admin API open without a token; Redis down
         click.echo(f"policy-extproc: {exc.message}; not serving", err=True)
         sys.exit(1)
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(value: str | None) -> int | None:
+    if not value:
+        return None
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
+    if not number.isdigit() or int(number) * _SIZE_UNITS[unit] < 4096:
+        raise click.BadParameter(f"{value!r}: a size of at least 4096 bytes, such as 100M")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _seconds(value: str | None, flag: str) -> float | None:
+    if not value:
+        return None
+    from .policy.fields import FieldError, duration
+
+    try:
+        return duration(value)
+    except FieldError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _listen_address(value: str | None) -> str | None:
@@ -295,16 +360,46 @@ def audit() -> None:
 
 
 @audit.command(context_settings=ENV)
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def verify(file: str) -> None:
-    """Check the hash chain of an audit log; exit 1 at the first broken or missing link."""
-    from .audit.chain import verify as verify_chain
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+def verify(paths: tuple[str, ...]) -> None:
+    """Check the hash chain of audit logs; exit 1 at the first broken or missing link.
 
-    result = verify_chain(file)
-    if not result.ok:
-        click.echo(f"{file}: {result.message}")
+    A directory is checked as the segments of one or more chains (rotation), linked by hash.
+    """
+    from .audit.chain import verify as verify_chain
+    from .audit.verify import verify_directory
+
+    failed = False
+    for path in paths:
+        if not Path(path).is_dir():
+            result = verify_chain(path)
+            if not result.ok:
+                click.echo(f"{path}: {result.message}")
+                failed = True
+            else:
+                click.echo(f"{path}: ok, {result.lines} records, chain intact")
+            continue
+        chains = verify_directory(path)
+        if not chains:
+            click.echo(f"{path}: no audit log found")
+            failed = True
+        for chain in chains:
+            names = ", ".join(p.name for p in chain.files)
+            if not chain.result.ok:
+                click.echo(f"{path}: {chain.result.message} (chain {names})")
+                failed = True
+                continue
+            start = (
+                "from the first line"
+                if chain.continues is None
+                else f"from a segment no longer here (prev_hash {chain.continues[:16]}...)"
+            )
+            click.echo(
+                f"{path}: ok, {chain.result.lines} records in {len(chain.files)} "
+                f"file{'s' if len(chain.files) != 1 else ''}, chain intact {start}: {names}"
+            )
+    if failed:
         sys.exit(1)
-    click.echo(f"{file}: ok, {result.lines} records, chain intact")
 
 
 main.add_command(policies)

@@ -4,7 +4,14 @@ Start: load policies (a bad set at start-up is fatal: there is no last good set 
 the audit sinks, listen, and only then report SERVING on gRPC health. Run: reload policies when
 their files change (a bad reload keeps the last good set). Stop (SIGTERM, on every Kubernetes
 rollout): report NOT_SERVING, stop accepting, let open streams finish within ``grace``, then
-cancel the rest, and flush the audit log last.
+cancel the rest (each cut stream gets a response record saying so), and flush the audit log last.
+
+Readiness (gRPC health, service ``""`` and the two Envoy services) is SERVING only while every
+condition holds: the policies are loaded, the pushed policies were read from Redis (a Redis down
+at start does not stop the start: the sidecar serves the policy files, each rule's ``on_error``
+decides, and it turns ready when Redis answers), and the audit log can be written. Service
+``liveness`` is SERVING from start to stop, for a liveness probe that must not restart a pod
+that only waits for Redis or for disk space. SIGHUP reopens the audit log (logrotate).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .admin.control import ControlPlane
 from .audit.chain import AuditLog
+from .audit.health import WatchedSink
 from .audit.sink import AuditSink, FanoutSink, JsonlSink
 from .enforce import limits
 from .enforce.alerts import AlertNotifier
@@ -45,6 +53,11 @@ EXT_AUTHZ = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_
 # gRPC's default 4 MiB receive limit would drop a stream carrying a body at our own limit; leave
 # room for the rest of the message (DESIGN.md s8).
 _GRPC_OVERHEAD = 1024 * 1024
+LIVENESS = "liveness"
+# While the audit log cannot be written, a probe line is tried this often.
+AUDIT_PROBE_S = 1.0
+# While Redis was down at start, the pushed policies are read again this often.
+REDIS_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +66,12 @@ class ServerConfig:
 
     policies: tuple[str, ...]
     listen: str = "127.0.0.1:50051"
-    audit_log: str | None = "audit.jsonl"
+    audit_log: str | None = "audit.jsonl"  # "-": standard output only
     fsync_interval_s: float = 1.0
+    audit_max_bytes: int | None = None  # rotate the audit log past this size
+    audit_max_age_s: float | None = None  # or once its file is this old
+    audit_keep: int | None = None  # closed segments kept (None: all)
+    audit_stdout: bool = False  # every audit line on standard output too (node log agents)
     otlp_endpoint: str | None = None
     redis: str | None = None
     redis_timeout_s: float = 0.1  # bound on each Redis call; past it, the rule's on_error decides
@@ -97,6 +114,11 @@ class Sidecar:
         self.processor: ExternalProcessor | None = None
         self.metrics: Metrics | None = None
         self.metrics_port = 0
+        self.audit_log: AuditLog | None = None
+        self.watched: WatchedSink | None = None
+        self._ready = {"policies": False, "redis": True, "audit": True}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: list[asyncio.Task[None]] = []
         if config.metrics_listen:
             from .metrics import Metrics
 
@@ -104,9 +126,12 @@ class Sidecar:
 
     async def start(self) -> None:
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health()  # NOT_SERVING until every condition holds
         self.control.check()  # AdminError: an admin API open to the network without a token
         try:
-            await self.control.load()  # files and pushed policies; PolicyError: nothing to serve
+            await self._load_policies()
         except BaseException:
             await self.control.stop()
             raise
@@ -172,10 +197,11 @@ class Sidecar:
             except OSError:
                 await self.stop()
                 raise
-        for service in ("", EXT_PROC, EXT_AUTHZ):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._ready["policies"] = True
+        await self._set_health()
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
+        self._background.append(asyncio.create_task(self._probe_audit()))
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(
@@ -196,13 +222,90 @@ class Sidecar:
 
         return MemoryState()
 
+    async def _load_policies(self) -> None:
+        try:
+            await self.control.load()  # files and pushed policies; PolicyError: nothing to serve
+        except StateError as exc:
+            if not self.config.redis:
+                raise
+            # Serving the files beats restarting in a loop: this pod stays out of rotation
+            # (not ready) until the pushed policies are read, and state rules apply on_error.
+            log.warning("%s: serving the policy files, not ready until Redis answers", exc.message)
+            await asyncio.to_thread(self.store.load)  # PolicyError: nothing to serve at all
+            self._ready["redis"] = False
+            self._background.append(asyncio.create_task(self._wait_for_redis()))
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(REDIS_RETRY_S)
+            try:
+                snapshot = await self.control.load()
+            except StateError as exc:
+                log.debug("Redis still unreachable: %s", exc)
+                continue
+            except PolicyError as exc:
+                # The pushed set does not load with these files: keep the files, say so, and
+                # stay ready, as a refused reload does.
+                log.error("pushed policies refused here, serving the policy files:\n%s", exc)
+            else:
+                log.info("Redis answers: serving version %s", snapshot.version)
+            self._ready["redis"] = True
+            await self._set_health()
+            return
+
+    async def _set_health(self) -> None:
+        serving = all(self._ready.values())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        for service in ("", EXT_PROC, EXT_AUTHZ):
+            await self.health.set(service, status)
+
+    def _audit_changed(self, writable: bool) -> None:
+        # Called where the record was emitted: on the loop, or on a thread (approvals).
+        def apply() -> None:
+            self._ready["audit"] = writable
+            self._background.append(asyncio.ensure_future(self._set_health()))
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(apply)
+
+    async def _probe_audit(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_PROBE_S)
+            if self.watched is not None and not self.watched.healthy:
+                await asyncio.to_thread(self.watched.probe)
+            self._background = [t for t in self._background if not t.done()]
+
+    def reopen_audit(self) -> None:
+        """Open the audit log's path again (SIGHUP, after logrotate renamed the file)."""
+        if self.audit_log is None:
+            return
+        try:
+            self.audit_log.reopen()
+        except Exception as exc:  # the next record tries again, and fails closed meanwhile
+            log.error("audit log reopen failed: %s", exc)
+
     def _open_sinks(self) -> list[AuditSink]:
         sinks: list[AuditSink] = list(self._extra_sinks)
-        if self.config.audit_log:
-            log_file = AuditLog(
-                self.config.audit_log, fsync_interval_s=self.config.fsync_interval_s
+        cfg = self.config
+        if cfg.audit_log:
+            path = None if cfg.audit_log == "-" else cfg.audit_log
+            tee = 1 if cfg.audit_stdout or path is None else None
+            self.audit_log = AuditLog(
+                path,
+                fsync_interval_s=cfg.fsync_interval_s,
+                max_bytes=cfg.audit_max_bytes,
+                max_age_s=cfg.audit_max_age_s,
+                keep=cfg.audit_keep,
+                tee=tee,
             )
-            sinks.append(JsonlSink(log_file))
+            self.watched = WatchedSink(
+                JsonlSink(self.audit_log), self.audit_log, self._audit_changed
+            )
+            sinks.append(self.watched)
         if self.config.otlp_endpoint:
             from .audit.otel import OtelSink
 
@@ -244,8 +347,10 @@ class Sidecar:
         return self.control.admin_port
 
     async def stop(self) -> None:
+        if hasattr(self, "engine"):
+            self.engine.stopping = True  # streams cut from here on are audited as such
         await self.control.stop()
-        for task in (self._watch, self._sweep):
+        for task in (self._watch, self._sweep, *self._background):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -272,6 +377,7 @@ async def serve(config: ServerConfig) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.reopen_audit)
     await stop.wait()
     log.info("shutting down: draining open streams (up to %.0fs)", config.grace_s)
     await sidecar.stop()

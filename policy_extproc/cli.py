@@ -161,6 +161,20 @@ def eval_(
     help="Closed audit segments to keep beside the live file (default: all; ship them first).",
 )
 @click.option(
+    "--audit-otlp/--no-audit-otlp",
+    default=True,
+    show_default=True,
+    help="With --otlp-endpoint: every audit line, and a checkpoint of the chain's head every "
+    "--audit-checkpoint-interval, as OTLP log records.",
+)
+@click.option(
+    "--audit-checkpoint-interval",
+    default="10s",
+    show_default=True,
+    callback=lambda ctx, param, value: _seconds(value, "--audit-checkpoint-interval"),
+    help="How often the chain's head is exported (OTLP logs).",
+)
+@click.option(
     "--audit-stdout/--no-audit-stdout",
     default=False,
     help="Also write every audit line, hash chain included, to standard output (log agents).",
@@ -231,6 +245,8 @@ def serve(
     audit_max_age: float | None,
     audit_keep: int | None,
     audit_stdout: bool,
+    audit_otlp: bool,
+    audit_checkpoint_interval: float,
     fsync_interval: float,
     otlp_endpoint: str | None,
     catalog: str | None,
@@ -263,6 +279,8 @@ def serve(
         audit_max_age_s=audit_max_age,
         audit_keep=audit_keep,
         audit_stdout=audit_stdout,
+        audit_otlp=audit_otlp,
+        audit_checkpoint_s=audit_checkpoint_interval,
         fsync_interval_s=fsync_interval,
         grace_s=grace,
         otlp_endpoint=otlp_endpoint,
@@ -361,25 +379,34 @@ def audit() -> None:
 
 @audit.command(context_settings=ENV)
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
-def verify(paths: tuple[str, ...]) -> None:
+@click.option(
+    "--checkpoints",
+    "checkpoint_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines of this log's checkpoints as the collector received them (or an OTLP JSON "
+    "export): every checkpointed line must be in the log, so lines cut off the end are found.",
+)
+def verify(paths: tuple[str, ...], checkpoint_file: str | None) -> None:
     """Check the hash chain of audit logs; exit 1 at the first broken or missing link.
 
     A directory is checked as the segments of one or more chains (rotation), linked by hash.
     """
     from .audit.chain import verify as verify_chain
-    from .audit.verify import verify_directory
+    from .audit.verify import checkpoints, verify_directory
 
     failed = False
+    seen: set[str] = set()
     for path in paths:
         if not Path(path).is_dir():
-            result = verify_chain(path)
+            result = verify_chain(path, seen=seen)
             if not result.ok:
                 click.echo(f"{path}: {result.message}")
                 failed = True
             else:
                 click.echo(f"{path}: ok, {result.lines} records, chain intact")
             continue
-        chains = verify_directory(path)
+        chains = verify_directory(path, seen=seen)
         if not chains:
             click.echo(f"{path}: no audit log found")
             failed = True
@@ -398,6 +425,21 @@ def verify(paths: tuple[str, ...]) -> None:
                 f"{path}: ok, {chain.result.lines} records in {len(chain.files)} "
                 f"file{'s' if len(chain.files) != 1 else ''}, chain intact {start}: {names}"
             )
+    if checkpoint_file is not None:
+        try:
+            marks = checkpoints(Path(checkpoint_file).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise click.BadParameter(f"{checkpoint_file}: not JSON lines: {exc}") from None
+        missing = [(h, n) for h, n in marks if h not in seen]
+        for digest, lines in missing:
+            at = f" (line {lines} of its writer)" if lines is not None else ""
+            click.echo(
+                f"checkpoint {digest[:16]}...{at} is not in the log: lines were cut off the "
+                "end, or the log was replaced"
+            )
+        if not missing:
+            click.echo(f"{checkpoint_file}: all {len(marks)} checkpoints found in the log")
+        failed = failed or bool(missing)
     if failed:
         sys.exit(1)
 

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -44,6 +45,7 @@ from .policy.store import PolicyStore
 from .state.base import StateBackend
 
 if TYPE_CHECKING:
+    from .audit.otel_logs import OtelAuditLogs
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,8 @@ class ServerConfig:
     audit_max_age_s: float | None = None  # or once its file is this old
     audit_keep: int | None = None  # closed segments kept (None: all)
     audit_stdout: bool = False  # every audit line on standard output too (node log agents)
+    audit_otlp: bool = True  # with otlp_endpoint: audit lines and checkpoints as OTLP log records
+    audit_checkpoint_s: float = 10.0  # how often the chain's head is sent (OTLP logs)
     otlp_endpoint: str | None = None
     redis: str | None = None
     redis_timeout_s: float = 0.1  # bound on each Redis call; past it, the rule's on_error decides
@@ -116,6 +120,7 @@ class Sidecar:
         self.metrics_port = 0
         self.audit_log: AuditLog | None = None
         self.watched: WatchedSink | None = None
+        self.audit_logs: OtelAuditLogs | None = None
         self._ready = {"policies": False, "redis": True, "audit": True}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -279,6 +284,16 @@ class Sidecar:
                 await asyncio.to_thread(self.watched.probe)
             self._background = [t for t in self._background if not t.done()]
 
+    async def _checkpoints(self) -> None:
+        # The chain's head, off the pod: cutting lines off the end of the file is then found.
+        while True:
+            await asyncio.sleep(self.config.audit_checkpoint_s)
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        if self.audit_logs is not None and self.audit_log is not None:
+            self.audit_logs.checkpoint(self.audit_log.last_hash, self.audit_log.lines)
+
     def reopen_audit(self) -> None:
         """Open the audit log's path again (SIGHUP, after logrotate renamed the file)."""
         if self.audit_log is None:
@@ -302,6 +317,13 @@ class Sidecar:
                 keep=cfg.audit_keep,
                 tee=tee,
             )
+            if cfg.otlp_endpoint and cfg.audit_otlp:
+                from .audit.otel_logs import OtelAuditLogs
+
+                chain = f"{socket.gethostname()}:{path or 'stdout'}"
+                self.audit_logs = OtelAuditLogs(cfg.otlp_endpoint, chain=chain)
+                self.audit_log.listeners.append(self.audit_logs.line)
+                self._background.append(asyncio.create_task(self._checkpoints()))
             self.watched = WatchedSink(
                 JsonlSink(self.audit_log), self.audit_log, self._audit_changed
             )
@@ -363,6 +385,9 @@ class Sidecar:
             await self.alerts.close()
         if self.sink is not None:
             self.sink.close()
+        if self.audit_logs is not None:
+            self._checkpoint()  # the head as the log closes
+            self.audit_logs.close()
         if self.state is not None:
             await self.state.close()
         if self.metrics is not None:

@@ -37,6 +37,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -97,6 +98,8 @@ class AuditLog:
         self._size = 0
         self._opened_at = time.monotonic()
         self.lines = 0  # lines written by this object
+        # Called with each line's bytes once it is written (OTLP log export); never fails a write.
+        self.listeners: list[Callable[[bytes], None]] = []
         if self._path is not None:
             self._fd, self._last_hash, self._size = self._open(self._path, recover=True)
         self._syncer: threading.Thread | None = None
@@ -186,6 +189,11 @@ class AuditLog:
                 self._write_tee(data, primary=fd is None)
             self._last_hash = digest
             self.lines += 1
+            for listener in self.listeners:
+                try:
+                    listener(data)
+                except Exception:
+                    logger.exception("audit line listener failed")
         return digest
 
     def reopen(self) -> None:

@@ -42,8 +42,13 @@ def line_hash(line: dict[str, Any]) -> str:
     return hashlib.sha256(canonical_json(unhashed).encode()).hexdigest()
 
 
-def verify(path: str | os.PathLike[str], *, start_hash: str = GENESIS) -> VerifyResult:
-    """Recompute every hash and link of an audit log; report the first bad line."""
+def verify(
+    path: str | os.PathLike[str], *, start_hash: str = GENESIS, seen: set[str] | None = None
+) -> VerifyResult:
+    """Recompute every hash and link of an audit log; report the first bad line.
+
+    ``seen``, if given, collects the hash of every line that checked out (for checkpoints).
+    """
     expected = start_hash
     number = 0
     try:
@@ -52,6 +57,8 @@ def verify(path: str | os.PathLike[str], *, start_hash: str = GENESIS) -> Verify
                 problem, expected = _check_line(raw, number, expected)
                 if problem is not None:
                     return VerifyResult(False, number - 1, number, problem)
+                if seen is not None:
+                    seen.add(expected)
     except OSError as exc:
         return VerifyResult(False, number, None, f"cannot read {path}: {exc}")
     return VerifyResult(True, number, None, f"ok: {number} lines")
@@ -101,7 +108,9 @@ class ChainResult:
     continues: str | None = None
 
 
-def verify_directory(directory: str | os.PathLike[str]) -> list[ChainResult]:
+def verify_directory(
+    directory: str | os.PathLike[str], *, seen: set[str] | None = None
+) -> list[ChainResult]:
     """Find the chains of every audit file in ``directory`` and check each from end to end."""
     heads: dict[Path, tuple[str, str | None]] = {}  # file -> (first prev_hash, last hash)
     bad: list[ChainResult] = []
@@ -122,10 +131,10 @@ def verify_directory(directory: str | os.PathLike[str]) -> list[ChainResult]:
         following.setdefault(prev, []).append(path)
     starts = [p for p, (prev, _) in heads.items() if prev == GENESIS or prev not in ends]
     results: list[ChainResult] = []
-    seen: set[Path] = set()
+    reached: set[Path] = set()
     for start in sorted(starts, key=lambda p: p.name):
-        results.append(_follow(start, heads, following, seen))
-    for path in sorted(set(heads) - seen):  # in a loop of links: no start to reach it from
+        results.append(_follow(start, heads, following, reached, seen))
+    for path in sorted(set(heads) - reached):  # in a loop of links: no start to reach it from
         message = f"{path.name}: its chain links back to itself"
         results.append(ChainResult((path,), VerifyResult(False, 0, None, message)))
     return bad + results
@@ -135,17 +144,18 @@ def _follow(
     start: Path,
     heads: dict[Path, tuple[str, str | None]],
     following: dict[str, list[Path]],
-    seen: set[Path],
+    reached: set[Path],
+    seen: set[str] | None,
 ) -> ChainResult:
     prev = heads[start][0]
     continues = None if prev == GENESIS else prev
     files: list[Path] = []
     total = 0
     path: Path | None = start
-    while path is not None and path not in seen:
-        seen.add(path)
+    while path is not None and path not in reached:
+        reached.add(path)
         files.append(path)
-        result = verify(path, start_hash=prev)
+        result = verify(path, start_hash=prev, seen=seen)
         total += result.lines
         if not result.ok:
             message = f"{path.name}: {result.message}"
@@ -169,3 +179,33 @@ def _hash_of(line: bytes | None) -> str | None:
         return None
     digest = json.loads(line).get("hash")
     return digest if isinstance(digest, str) else None
+
+
+def checkpoints(text: str) -> list[tuple[str, int | None]]:
+    """The (hash, lines) checkpoints in ``text``: JSON lines of checkpoint bodies, audit lines, or
+    a collector's OTLP JSON export (``resourceLogs``), whose log bodies are those."""
+    found: list[tuple[str, int | None]] = []
+    for raw in text.splitlines():
+        if raw.strip():
+            _collect(json.loads(raw), found)
+    return found
+
+
+def _collect(value: Any, found: list[tuple[str, int | None]]) -> None:
+    if isinstance(value, dict):
+        digest = value.get("hash")
+        if isinstance(digest, str) and len(digest) == 64 and "prev_hash" not in value:
+            lines = value.get("lines")
+            found.append((digest, lines if isinstance(lines, int) else None))
+            return
+        for key, item in value.items():
+            if key == "stringValue" and isinstance(item, str) and item.startswith("{"):
+                try:
+                    _collect(json.loads(item), found)
+                except ValueError:
+                    continue
+            else:
+                _collect(item, found)
+    elif isinstance(value, list):
+        for item in value:
+            _collect(item, found)

@@ -302,3 +302,100 @@ class RedisClusterServers:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class RedisSentinelGroup:
+    """A master, one replica and one Sentinel watching them as ``mymaster``, on free ports."""
+
+    service = "mymaster"
+
+    def __init__(self) -> None:
+        self.master = RedisServer()
+        self.replica = RedisServer(None, "--replicaof", "127.0.0.1", str(self.master.port))
+        self.sentinel_port = free_port()
+        self._dir = Path(tempfile.mkdtemp(prefix="pe-sentinel-"))
+        self._proc: subprocess.Popen[bytes] | None = None
+        self.cli = str(Path(self.master.binary).with_name("redis-cli"))
+
+    @property
+    def url(self) -> str:
+        """redis+sentinel:// URL of the group."""
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}"
+
+    def start(self) -> None:
+        """Start master, replica and Sentinel; wait until the Sentinel knows the replica."""
+        self.master.start()
+        self.replica.start()
+        conf = self._dir / "sentinel.conf"  # the Sentinel rewrites it: a file of its own
+        conf.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self._dir}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 5000\n"
+        )
+        self._proc = subprocess.Popen(
+            [self.master.binary, str(conf), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while "slaves=1" not in self.ask("sentinel", "masters").replace("\n", "="):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel did not find the replica")
+            time.sleep(0.1)
+
+    def ask(self, *args: str) -> str:
+        """A command to the Sentinel; its output."""
+        done = subprocess.run(
+            [self.cli, "-p", str(self.sentinel_port), *args],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        return done.stdout
+
+    def replica_keys(self) -> str:
+        """KEYS * on the replica (to wait for replication)."""
+        done = subprocess.run(
+            [self.cli, "-p", str(self.replica.port), "keys", "*"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )  # fmt: skip
+        return done.stdout
+
+    def master_port(self) -> int:
+        """The port of the master the Sentinel names now."""
+        out = self.ask("sentinel", "get-master-addr-by-name", self.service).split()
+        return int(out[1]) if len(out) == 2 else 0
+
+    def failover(self) -> int:
+        """Make the replica the master (SENTINEL FAILOVER); its port."""
+        self.ask("sentinel", "failover", self.service)
+        deadline = time.monotonic() + 30
+        while self.master_port() != self.replica.port:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinel did not fail over")
+            time.sleep(0.1)
+        return self.replica.port
+
+    def close(self) -> None:
+        """Stop everything and remove the directories."""
+        if self._proc is not None:
+            self._proc.kill()
+            self._proc.wait()
+        self.master.close()
+        self.replica.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self) -> RedisSentinelGroup:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

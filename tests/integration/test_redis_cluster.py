@@ -19,7 +19,7 @@ from policy_extproc.state import connect
 from policy_extproc.state.base import LimitSpec
 from policy_extproc.state.redis import _APPROVALS, RedisState, _breaker_keys, _prefix
 from policy_extproc.state.redis_policies import CHANNEL, TEXTS, VERSION, RedisPolicies
-from tests.redis_server import RedisClusterServers
+from tests.redis_server import RedisClusterServers, RedisSentinelGroup
 
 pytestmark = pytest.mark.redis
 
@@ -168,3 +168,29 @@ async def test_a_killed_master_is_replaced_and_state_and_announcements_carry_on(
             await changes.aclose()
             await state.close()
             await policies.close()
+
+
+async def test_sentinel_names_the_master_and_a_failover_keeps_the_count() -> None:
+    with RedisSentinelGroup() as group:
+        state = RedisState.from_url(group.url, timeout_s=1.0)
+        spec = LimitSpec("rl:user:carol:r1:requests", 3, 3600.0)
+        try:
+            async with asyncio.timeout(HANG_GUARD_S):
+                results = [await state.admit(ORG, f"s{i}", [spec], now=T0) for i in range(2)]
+                assert all(r.admitted for r in results)
+                # wait until the replica has the writes, then let the Sentinel promote it
+                while "rl:user:carol" not in group.replica_keys():
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(group.failover)
+                admitted = None
+                while admitted is None:
+                    try:
+                        admitted = [
+                            (await state.admit(ORG, f"t{i}", [spec], now=T0)).admitted
+                            for i in range(2)
+                        ]
+                    except StateError:
+                        await asyncio.sleep(0.1)  # the old master went read-only meanwhile
+                assert admitted == [True, False]  # the promoted replica had the count
+        finally:
+            await state.close()

@@ -249,11 +249,12 @@ class Sidecar:
                 log.debug("Redis still unreachable: %s", exc)
                 continue
             except PolicyError as exc:
-                # The pushed set does not load with these files: keep the files, say so, and
-                # stay ready, as a refused reload does.
-                log.error("pushed policies refused here, serving the policy files:\n%s", exc)
-            else:
-                log.info("Redis answers: serving version %s", snapshot.version)
+                # The pushed set does not load with these files: as at a normal start, this
+                # replica must not serve without them; stay not ready and try again later.
+                log.error("pushed policies do not load here; not ready:\n%s", exc)
+                await asyncio.sleep(30 * REDIS_RETRY_S)
+                continue
+            log.info("Redis answers: serving version %s", snapshot.version)
             self._ready["redis"] = True
             await self._set_health()
             return

@@ -11,6 +11,8 @@ the second half (after warm-up: imports, caches and arenas settle first).
 Prints figures; asserts nothing. Usage:
 
     .venv/bin/python benchmarks/soak.py [--rate 100] [--duration 300] [--sample 10]
+        [--no-rotation]   (for a sidecar without the audit rotation flags, e.g. an older tree
+                           on PYTHONPATH)
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ async def one(stub: epg.ExternalProcessorStub, i: int) -> bool:
         return False
 
 
-async def run(rate: float, duration: float, sample: float) -> None:
+async def run(rate: float, duration: float, sample: float, rotation: bool = True) -> None:
     work = Path(tempfile.mkdtemp(prefix="pe-soak-"))
     (work / "policies").mkdir()
     (work / "policies" / "soak.yaml").write_text(POLICY)
@@ -103,7 +105,7 @@ async def run(rate: float, duration: float, sample: float) -> None:
     proc = await asyncio.create_subprocess_exec(
         str(exe), "serve", "--policies", str(work / "policies"), "--listen", "127.0.0.1:0",
         "--admin-listen", "off", "--audit-log", str(work / "audit.jsonl"),
-        "--audit-max-bytes", "8M", "--audit-keep", "2",
+        *(("--audit-max-bytes", "8M", "--audit-keep", "2") if rotation else ()),
         stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     assert proc.stderr is not None
@@ -151,8 +153,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0)
     parser.add_argument("--duration", type=float, default=300.0)
     parser.add_argument("--sample", type=float, default=10.0)
+    parser.add_argument("--no-rotation", dest="rotation", action="store_false")
     args = parser.parse_args()
-    asyncio.run(run(args.rate, args.duration, args.sample))
+    asyncio.run(run(args.rate, args.duration, args.sample, args.rotation))
 
 
 if __name__ == "__main__":

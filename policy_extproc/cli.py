@@ -392,55 +392,18 @@ def verify(paths: tuple[str, ...], checkpoint_file: str | None) -> None:
 
     A directory is checked as the segments of one or more chains (rotation), linked by hash.
     """
-    from .audit.chain import verify as verify_chain
-    from .audit.verify import checkpoints, verify_directory
+    from .audit.verify import report
 
-    failed = False
-    seen: set[str] = set()
-    for path in paths:
-        if not Path(path).is_dir():
-            result = verify_chain(path, seen=seen)
-            if not result.ok:
-                click.echo(f"{path}: {result.message}")
-                failed = True
-            else:
-                click.echo(f"{path}: ok, {result.lines} records, chain intact")
-            continue
-        chains = verify_directory(path, seen=seen)
-        if not chains:
-            click.echo(f"{path}: no audit log found")
-            failed = True
-        for chain in chains:
-            names = ", ".join(p.name for p in chain.files)
-            if not chain.result.ok:
-                click.echo(f"{path}: {chain.result.message} (chain {names})")
-                failed = True
-                continue
-            start = (
-                "from the first line"
-                if chain.continues is None
-                else f"from a segment no longer here (prev_hash {chain.continues[:16]}...)"
-            )
-            click.echo(
-                f"{path}: ok, {chain.result.lines} records in {len(chain.files)} "
-                f"file{'s' if len(chain.files) != 1 else ''}, chain intact {start}: {names}"
-            )
+    text = None
     if checkpoint_file is not None:
-        try:
-            marks = checkpoints(Path(checkpoint_file).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise click.BadParameter(f"{checkpoint_file}: not JSON lines: {exc}") from None
-        missing = [(h, n) for h, n in marks if h not in seen]
-        for digest, lines in missing:
-            at = f" (line {lines} of its writer)" if lines is not None else ""
-            click.echo(
-                f"checkpoint {digest[:16]}...{at} is not in the log: lines were cut off the "
-                "end, or the log was replaced"
-            )
-        if not missing:
-            click.echo(f"{checkpoint_file}: all {len(marks)} checkpoints found in the log")
-        failed = failed or bool(missing)
-    if failed:
+        text = Path(checkpoint_file).read_text(encoding="utf-8")
+    try:
+        lines, ok = report(paths, text, checkpoint_name=checkpoint_file or "")
+    except ValueError as exc:
+        raise click.BadParameter(f"{checkpoint_file}: not JSON lines: {exc}") from None
+    for line in lines:
+        click.echo(line)
+    if not ok:
         sys.exit(1)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -209,3 +210,56 @@ def _collect(value: Any, found: list[tuple[str, int | None]]) -> None:
     elif isinstance(value, list):
         for item in value:
             _collect(item, found)
+
+
+def report(
+    paths: Sequence[str], checkpoint_text: str | None = None, *, checkpoint_name: str = ""
+) -> tuple[list[str], bool]:
+    """What ``audit verify`` prints for files, directories and checkpoints, and whether all
+    is well (ValueError: the checkpoints are not JSON lines)."""
+    out: list[str] = []
+    ok = True
+    seen: set[str] = set()
+    for path in paths:
+        if not Path(path).is_dir():
+            result = verify(path, seen=seen)
+            ok = ok and result.ok
+            out.append(
+                f"{path}: ok, {result.lines} records, chain intact"
+                if result.ok
+                else f"{path}: {result.message}"
+            )
+            continue
+        chains = verify_directory(path, seen=seen)
+        if not chains:
+            out.append(f"{path}: no audit log found")
+            ok = False
+        for chain in chains:
+            names = ", ".join(p.name for p in chain.files)
+            if not chain.result.ok:
+                out.append(f"{path}: {chain.result.message} (chain {names})")
+                ok = False
+                continue
+            start = (
+                "from the first line"
+                if chain.continues is None
+                else f"from a segment no longer here (prev_hash {chain.continues[:16]}...)"
+            )
+            n = len(chain.files)
+            out.append(
+                f"{path}: ok, {chain.result.lines} records in {n} file{'s' if n != 1 else ''},"
+                f" chain intact {start}: {names}"
+            )
+    if checkpoint_text is not None:
+        marks = checkpoints(checkpoint_text)
+        missing = [(h, n) for h, n in marks if h not in seen]
+        for digest, lines in missing:
+            at = f" (line {lines} of its writer)" if lines is not None else ""
+            out.append(
+                f"checkpoint {digest[:16]}...{at} is not in the log: lines were cut off the "
+                "end, or the log was replaced"
+            )
+        if not missing:
+            out.append(f"{checkpoint_name}: all {len(marks)} checkpoints found in the log")
+        ok = ok and not missing
+    return out, ok

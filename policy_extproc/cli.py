@@ -261,7 +261,45 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     "--audit-log",
     default="audit.jsonl",
     show_default=True,
-    help="Hash-chained JSON-lines audit log.",
+    help="Hash-chained JSON-lines audit log; '-': standard output only.",
+)
+@click.option(
+    "--audit-max-bytes",
+    default=None,
+    callback=lambda ctx, param, value: _size(value),
+    help="Rotate the audit log once it would grow past this size (e.g. 100M); the hash chain "
+    "continues in the new file.",
+)
+@click.option(
+    "--audit-max-age",
+    default=None,
+    callback=lambda ctx, param, value: _seconds(value, "--audit-max-age"),
+    help="Rotate the audit log once its file is this old (e.g. 1h, 1d).",
+)
+@click.option(
+    "--audit-keep",
+    default=None,
+    type=click.IntRange(1),
+    help="Closed audit segments to keep beside the live file (default: all; ship them first).",
+)
+@click.option(
+    "--audit-otlp/--no-audit-otlp",
+    default=True,
+    show_default=True,
+    help="With --otlp-endpoint: every audit line, and a checkpoint of the chain's head every "
+    "--audit-checkpoint-interval, as OTLP log records.",
+)
+@click.option(
+    "--audit-checkpoint-interval",
+    default="10s",
+    show_default=True,
+    callback=lambda ctx, param, value: _seconds(value, "--audit-checkpoint-interval"),
+    help="How often the chain's head is exported (OTLP logs).",
+)
+@click.option(
+    "--audit-stdout/--no-audit-stdout",
+    default=False,
+    help="Also write every audit line, hash chain included, to standard output (log agents).",
 )
 @click.option(
     "--fsync-interval",
@@ -325,6 +363,13 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     "POLICY_EXTPROC_ADMIN_TOKEN.",
 )
 @_tls_options
+@click.option(
+    "--grace",
+    default=10.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 3600.0),
+    help="Seconds open streams may finish after SIGTERM; the rest are cut (and audited as cut).",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--allow-anonymous",
@@ -352,6 +397,12 @@ def serve(
     redis: str | None,
     redis_timeout: float,
     audit_log: str,
+    audit_max_bytes: int | None,
+    audit_max_age: float | None,
+    audit_keep: int | None,
+    audit_stdout: bool,
+    audit_otlp: bool,
+    audit_checkpoint_interval: float,
     fsync_interval: float,
     otlp_endpoint: str | None,
     catalog: str | None,
@@ -362,6 +413,7 @@ def serve(
     budget_time_zone: str,
     metrics_listen: str | None,
     admin_listen: str,
+    grace: float,
     workers: int,
     allow_anonymous: bool,
     log_level: str,
@@ -392,7 +444,14 @@ def serve(
         redis=redis,
         redis_timeout_s=redis_timeout,
         audit_log=audit_log or None,
+        audit_max_bytes=audit_max_bytes,
+        audit_max_age_s=audit_max_age,
+        audit_keep=audit_keep,
+        audit_stdout=audit_stdout,
+        audit_otlp=audit_otlp,
+        audit_checkpoint_s=audit_checkpoint_interval,
         fsync_interval_s=fsync_interval,
+        grace_s=grace,
         otlp_endpoint=otlp_endpoint,
         catalog=catalog,
         max_body_bytes=max_body_bytes,
@@ -428,6 +487,30 @@ def serve(
     except (AdminError, StateError, TlsError) as exc:  # no admin token; Redis down; bad cert
         click.echo(f"policy-extproc: {exc.message}; not serving", err=True)
         sys.exit(1)
+
+
+_SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}
+
+
+def _size(value: str | None) -> int | None:
+    if not value:
+        return None
+    text = value.strip().upper().removesuffix("B").removesuffix("I")
+    number, unit = (text[:-1], text[-1]) if text[-1:] in _SIZE_UNITS else (text, "")
+    if not number.isdigit() or int(number) * _SIZE_UNITS[unit] < 4096:
+        raise click.BadParameter(f"{value!r}: a size of at least 4096 bytes, such as 100M")
+    return int(number) * _SIZE_UNITS[unit]
+
+
+def _seconds(value: str | None, flag: str) -> float | None:
+    if not value:
+        return None
+    from .policy.fields import FieldError, duration
+
+    try:
+        return duration(value)
+    except FieldError as exc:
+        raise click.BadParameter(str(exc), param_hint=flag) from None
 
 
 def _listen_address(value: str | None) -> str | None:
@@ -469,16 +552,33 @@ def audit() -> None:
 
 
 @audit.command(context_settings=ENV)
-@click.argument("file", type=click.Path(exists=True, dir_okay=False))
-def verify(file: str) -> None:
-    """Check the hash chain of an audit log; exit 1 at the first broken or missing link."""
-    from .audit.chain import verify as verify_chain
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
+@click.option(
+    "--checkpoints",
+    "checkpoint_file",
+    default=None,
+    type=click.Path(exists=True, dir_okay=False),
+    help="JSON lines of this log's checkpoints as the collector received them (or an OTLP JSON "
+    "export): every checkpointed line must be in the log, so lines cut off the end are found.",
+)
+def verify(paths: tuple[str, ...], checkpoint_file: str | None) -> None:
+    """Check the hash chain of audit logs; exit 1 at the first broken or missing link.
 
-    result = verify_chain(file)
-    if not result.ok:
-        click.echo(f"{file}: {result.message}")
+    A directory is checked as the segments of one or more chains (rotation), linked by hash.
+    """
+    from .audit.verify import report
+
+    text = None
+    if checkpoint_file is not None:
+        text = Path(checkpoint_file).read_text(encoding="utf-8")
+    try:
+        lines, ok = report(paths, text, checkpoint_name=checkpoint_file or "")
+    except ValueError as exc:
+        raise click.BadParameter(f"{checkpoint_file}: not JSON lines: {exc}") from None
+    for line in lines:
+        click.echo(line)
+    if not ok:
         sys.exit(1)
-    click.echo(f"{file}: ok, {result.lines} records, chain intact")
 
 
 main.add_command(policies)

@@ -4,7 +4,14 @@ Start: load policies (a bad set at start-up is fatal: there is no last good set 
 the audit sinks, listen, and only then report SERVING on gRPC health. Run: reload policies when
 their files change (a bad reload keeps the last good set). Stop (SIGTERM, on every Kubernetes
 rollout): report NOT_SERVING, stop accepting, let open streams finish within ``grace``, then
-cancel the rest, and flush the audit log last.
+cancel the rest (each cut stream gets a response record saying so), and flush the audit log last.
+
+Readiness (gRPC health, service ``""`` and the two Envoy services) is SERVING only while every
+condition holds: the policies are loaded, the pushed policies were read from Redis (a Redis down
+at start does not stop the start: the sidecar serves the policy files, each rule's ``on_error``
+decides, and it turns ready when Redis answers), and the audit log can be written. Service
+``liveness`` is SERVING from start to stop, for a liveness probe that must not restart a pod
+that only waits for Redis or for disk space. SIGHUP reopens the audit log (logrotate).
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -25,6 +33,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .admin.control import ControlPlane
 from .audit.chain import AuditLog
+from .audit.health import WatchedSink
 from .audit.sink import AuditSink, FanoutSink, JsonlSink
 from .enforce import limits
 from .enforce.alerts import AlertNotifier
@@ -38,6 +47,7 @@ from .state.base import StateBackend
 from .tls import CertificateReloader, TlsFiles, server_credentials
 
 if TYPE_CHECKING:
+    from .audit.otel_logs import OtelAuditLogs
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,11 @@ EXT_AUTHZ = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_
 # gRPC's default 4 MiB receive limit would drop a stream carrying a body at our own limit; leave
 # room for the rest of the message (DESIGN.md s8).
 _GRPC_OVERHEAD = 1024 * 1024
+LIVENESS = "liveness"
+# While the audit log cannot be written, a probe line is tried this often.
+AUDIT_PROBE_S = 1.0
+# While Redis was down at start, the pushed policies are read again this often.
+REDIS_RETRY_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,8 +70,14 @@ class ServerConfig:
 
     policies: tuple[str, ...]
     listen: str = "127.0.0.1:50051"
-    audit_log: str | None = "audit.jsonl"
+    audit_log: str | None = "audit.jsonl"  # "-": standard output only
     fsync_interval_s: float = 1.0
+    audit_max_bytes: int | None = None  # rotate the audit log past this size
+    audit_max_age_s: float | None = None  # or once its file is this old
+    audit_keep: int | None = None  # closed segments kept (None: all)
+    audit_stdout: bool = False  # every audit line on standard output too (node log agents)
+    audit_otlp: bool = True  # with otlp_endpoint: audit lines and checkpoints as OTLP log records
+    audit_checkpoint_s: float = 10.0  # how often the chain's head is sent (OTLP logs)
     otlp_endpoint: str | None = None
     redis: str | None = None
     redis_timeout_s: float = 0.1  # bound on each Redis call; past it, the rule's on_error decides
@@ -110,6 +131,12 @@ class Sidecar:
         self.processor: ExternalProcessor | None = None
         self.metrics: Metrics | None = None
         self.metrics_port = 0
+        self.audit_log: AuditLog | None = None
+        self.watched: WatchedSink | None = None
+        self.audit_logs: OtelAuditLogs | None = None
+        self._ready = {"policies": False, "redis": True, "audit": True}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._background: list[asyncio.Task[None]] = []
         if config.metrics_listen:
             from .metrics import Metrics
 
@@ -117,13 +144,16 @@ class Sidecar:
 
     async def start(self) -> None:
         cfg = self.config
+        self._loop = asyncio.get_running_loop()
+        await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
+        await self._set_health()  # NOT_SERVING until every condition holds
         self.control.check()  # AdminError: an admin API open to the network without a token
         # TlsError: an unusable certificate, before anything opens.
         credentials = None
         if cfg.tls is not None:
             credentials, self.tls = server_credentials(cfg.tls)
         try:
-            await self.control.load()  # files and pushed policies; PolicyError: nothing to serve
+            await self._load_policies()
         except BaseException:
             await self.control.stop()
             raise
@@ -198,10 +228,11 @@ class Sidecar:
             except OSError:
                 await self.stop()
                 raise
-        for service in ("", EXT_PROC, EXT_AUTHZ):
-            await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        self._ready["policies"] = True
+        await self._set_health()
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
+        self._background.append(asyncio.create_task(self._probe_audit()))
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(
@@ -223,13 +254,108 @@ class Sidecar:
 
         return MemoryState()
 
+    async def _load_policies(self) -> None:
+        try:
+            await self.control.load()  # files and pushed policies; PolicyError: nothing to serve
+        except StateError as exc:
+            if not self.config.redis:
+                raise
+            # Serving the files beats restarting in a loop: this pod stays out of rotation
+            # (not ready) until the pushed policies are read, and state rules apply on_error.
+            log.warning("%s: serving the policy files, not ready until Redis answers", exc.message)
+            await asyncio.to_thread(self.store.load)  # PolicyError: nothing to serve at all
+            self._ready["redis"] = False
+            self._background.append(asyncio.create_task(self._wait_for_redis()))
+
+    async def _wait_for_redis(self) -> None:
+        while True:
+            await asyncio.sleep(REDIS_RETRY_S)
+            try:
+                snapshot = await self.control.load()
+            except StateError as exc:
+                log.debug("Redis still unreachable: %s", exc)
+                continue
+            except PolicyError as exc:
+                # The pushed set does not load with these files: as at a normal start, this
+                # replica must not serve without them; stay not ready and try again later.
+                log.error("pushed policies do not load here; not ready:\n%s", exc)
+                await asyncio.sleep(30 * REDIS_RETRY_S)
+                continue
+            log.info("Redis answers: serving version %s", snapshot.version)
+            self._ready["redis"] = True
+            await self._set_health()
+            return
+
+    async def _set_health(self) -> None:
+        serving = all(self._ready.values())
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if serving
+            else (health_pb2.HealthCheckResponse.NOT_SERVING)
+        )
+        for service in ("", EXT_PROC, EXT_AUTHZ):
+            await self.health.set(service, status)
+
+    def _audit_changed(self, writable: bool) -> None:
+        # Called where the record was emitted: on the loop, or on a thread (approvals).
+        def apply() -> None:
+            self._ready["audit"] = writable
+            self._background.append(asyncio.ensure_future(self._set_health()))
+
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(apply)
+
+    async def _probe_audit(self) -> None:
+        while True:
+            await asyncio.sleep(AUDIT_PROBE_S)
+            if self.watched is not None and not self.watched.healthy:
+                await asyncio.to_thread(self.watched.probe)
+            self._background = [t for t in self._background if not t.done()]
+
+    async def _checkpoints(self) -> None:
+        # The chain's head, off the pod: cutting lines off the end of the file is then found.
+        while True:
+            await asyncio.sleep(self.config.audit_checkpoint_s)
+            self._checkpoint()
+
+    def _checkpoint(self) -> None:
+        if self.audit_logs is not None and self.audit_log is not None:
+            self.audit_logs.checkpoint(self.audit_log.last_hash, self.audit_log.lines)
+
+    def reopen_audit(self) -> None:
+        """Open the audit log's path again (SIGHUP, after logrotate renamed the file)."""
+        if self.audit_log is None:
+            return
+        try:
+            self.audit_log.reopen()
+        except Exception as exc:  # the next record tries again, and fails closed meanwhile
+            log.error("audit log reopen failed: %s", exc)
+
     def _open_sinks(self) -> list[AuditSink]:
         sinks: list[AuditSink] = list(self._extra_sinks)
-        if self.config.audit_log:
-            log_file = AuditLog(
-                self.config.audit_log, fsync_interval_s=self.config.fsync_interval_s
+        cfg = self.config
+        if cfg.audit_log:
+            path = None if cfg.audit_log == "-" else cfg.audit_log
+            tee = 1 if cfg.audit_stdout or path is None else None
+            self.audit_log = AuditLog(
+                path,
+                fsync_interval_s=cfg.fsync_interval_s,
+                max_bytes=cfg.audit_max_bytes,
+                max_age_s=cfg.audit_max_age_s,
+                keep=cfg.audit_keep,
+                tee=tee,
             )
-            sinks.append(JsonlSink(log_file))
+            if cfg.otlp_endpoint and cfg.audit_otlp:
+                from .audit.otel_logs import OtelAuditLogs
+
+                chain = f"{socket.gethostname()}:{path or 'stdout'}"
+                self.audit_logs = OtelAuditLogs(cfg.otlp_endpoint, chain=chain)
+                self.audit_log.listeners.append(self.audit_logs.line)
+                self._background.append(asyncio.create_task(self._checkpoints()))
+            self.watched = WatchedSink(
+                JsonlSink(self.audit_log), self.audit_log, self._audit_changed
+            )
+            sinks.append(self.watched)
         if self.config.otlp_endpoint:
             from .audit.otel import OtelSink
 
@@ -273,8 +399,10 @@ class Sidecar:
         return self.control.admin_port
 
     async def stop(self) -> None:
+        if hasattr(self, "engine"):
+            self.engine.stopping = True  # streams cut from here on are audited as such
         await self.control.stop()
-        for task in (self._watch, self._sweep):
+        for task in (self._watch, self._sweep, *self._background):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -287,6 +415,9 @@ class Sidecar:
             await self.alerts.close()
         if self.sink is not None:
             self.sink.close()
+        if self.audit_logs is not None:
+            self._checkpoint()  # the head as the log closes
+            self.audit_logs.close()
         if self.state is not None:
             await self.state.close()
         if self.metrics is not None:
@@ -301,6 +432,7 @@ async def serve(config: ServerConfig) -> None:
     # Before start: a SIGTERM that comes as soon as "serving on" is logged still drains.
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.reopen_audit)  # no log yet: nothing to do
     await sidecar.start()
     await stop.wait()
     log.info("shutting down: draining open streams (up to %.0fs)", config.grace_s)

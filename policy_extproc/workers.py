@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import multiprocessing
+import os
 import signal
 from dataclasses import fields, replace
 from pathlib import Path
@@ -31,7 +32,7 @@ class WorkersError(ValueError):
 def worker_config(config: ServerConfig, index: int) -> ServerConfig:
     """The configuration of worker ``index``."""
     changes: dict[str, Any] = {}
-    if config.audit_log:
+    if config.audit_log and config.audit_log != "-":  # "-": every worker on stdout
         path = Path(config.audit_log)
         changes["audit_log"] = str(path.with_name(f"{path.stem}-{index}{path.suffix}"))
     names = {f.name for f in fields(config)}
@@ -78,8 +79,15 @@ def run(config: ServerConfig, workers: int) -> int:
             if p.is_alive():
                 p.terminate()
 
+    def reopen(_signum: int, _frame: object) -> None:
+        # logrotate signals the process it knows: each worker reopens its own audit log.
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                os.kill(p.pid, signal.SIGHUP)
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGHUP, reopen)
     for p in procs:
         p.join()
     return max((p.exitcode or 0) for p in procs)

@@ -1,4 +1,4 @@
-"""An in-process OTLP/gRPC trace receiver for tests: a collector that keeps every span.
+"""An in-process OTLP/gRPC receiver for tests: a collector that keeps every span and log record.
 
     with OtlpReceiver() as receiver:
         exporter_endpoint = receiver.endpoint          # "127.0.0.1:<free port>"
@@ -10,19 +10,21 @@ It serves ``opentelemetry.proto.collector.trace.v1.TraceService`` on port 0 of 1
 tests never collide), decodes what it receives into ``ReceivedSpan`` values with plain Python
 attributes, and can be told to fail (``fail_with``) to test exporters against a broken collector.
 Anything that speaks OTLP/gRPC can export to it: the sidecar's ``OtelSink``, or Envoy's
-OpenTelemetry tracer in end-to-end tests.
+OpenTelemetry tracer in end-to-end tests. It serves ``LogsService`` too: ``wait_for_logs``
+returns ``ReceivedLog`` values (the audit lines and checkpoints of ``OtelAuditLogs``).
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 import grpc
+from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
@@ -47,13 +49,27 @@ class ReceivedSpan:
     scope: str
 
 
+@dataclass(frozen=True, slots=True)
+class ReceivedLog:
+    """One log record as received: its body (as Python), event name and attributes."""
+
+    body: Any
+    event_name: str
+    time_unix_nano: int
+    attributes: Mapping[str, Any]
+    resource: Mapping[str, Any]
+    scope: str
+
+
 class OtlpReceiver:
     """A trace collector on a free local port that keeps every span it receives."""
 
     def __init__(self) -> None:
         self._spans: list[ReceivedSpan] = []
+        self._logs: list[ReceivedLog] = []
         self._changed = threading.Condition()
         self.requests = 0
+        self.log_requests = 0
         self.fail_with: grpc.StatusCode | None = None
         """When set, every Export is answered with this status and its spans are not kept."""
         self._server: grpc.Server | None = None
@@ -76,6 +92,7 @@ class OtlpReceiver:
         """Start serving; returns self."""
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_Servicer(self), server)
+        logs_service_pb2_grpc.add_LogsServiceServicer_to_server(_LogsServicer(self), server)
         self._port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self._server = server
@@ -94,10 +111,26 @@ class OtlpReceiver:
                 raise AssertionError(f"expected {count} spans, received {len(self._spans)}")
             return list(self._spans)
 
+    @property
+    def logs(self) -> list[ReceivedLog]:
+        """Every log record received so far, in arrival order."""
+        with self._changed:
+            return list(self._logs)
+
+    def wait_for_logs(
+        self, predicate: Callable[[list[ReceivedLog]], bool], timeout: float = 30.0
+    ) -> list[ReceivedLog]:
+        """Block until ``predicate(logs so far)`` holds and return the logs."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self._logs), timeout):
+                raise AssertionError(f"log records received do not match: {self._logs}")
+            return list(self._logs)
+
     def clear(self) -> None:
         """Forget the spans received so far."""
         with self._changed:
             self._spans.clear()
+            self._logs.clear()
 
     def __enter__(self) -> OtlpReceiver:
         return self.start()
@@ -121,6 +154,41 @@ class OtlpReceiver:
             self.requests += 1
             self._spans.extend(received)
             self._changed.notify_all()
+
+    def _receive_logs(self, request: logs_service_pb2.ExportLogsServiceRequest) -> None:
+        received = [
+            ReceivedLog(
+                body=_value(record.body),
+                event_name=record.event_name,
+                time_unix_nano=record.time_unix_nano,
+                attributes=_attributes(record.attributes),
+                resource=_attributes(rl.resource.attributes),
+                scope=sl.scope.name,
+            )
+            for rl in request.resource_logs
+            for sl in rl.scope_logs
+            for record in sl.log_records
+        ]
+        with self._changed:
+            self.log_requests += 1
+            self._logs.extend(received)
+            self._changed.notify_all()
+
+
+class _LogsServicer(logs_service_pb2_grpc.LogsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self,
+        request: logs_service_pb2.ExportLogsServiceRequest,
+        context: grpc.ServicerContext,
+    ) -> logs_service_pb2.ExportLogsServiceResponse:
+        failure = self._receiver.fail_with
+        if failure is not None:
+            context.abort(failure, "failing on purpose (OtlpReceiver.fail_with)")
+        self._receiver._receive_logs(request)
+        return logs_service_pb2.ExportLogsServiceResponse()
 
 
 class _Servicer(trace_service_pb2_grpc.TraceServiceServicer):

@@ -12,32 +12,51 @@ process being killed. ``fsync`` (which makes it survive the machine) runs every
 
 The file path is the operator's choice. Reopening an existing file continues its chain from its
 last line, so one file holds one chain across restarts. One ``AuditLog`` owns a file at a time
-(an exclusive ``flock``): several processes need several files. Rotation is out of scope.
+(an exclusive ``flock``): several processes need several files.
+
+Rotation (``max_bytes``, ``max_age_s``): the file is renamed to ``<name>.<UTC stamp>`` and a new
+one started whose first line links to the last line of the old one, so the chain runs across
+segments (``segments.verify_directory`` checks them in chain order); ``keep`` bounds how many
+closed segments stay. ``reopen`` (SIGHUP) closes the file and opens the path again, for
+logrotate's rename-and-signal: the chain continues from the last line written, into the new
+file. A file cut short under us (``copytruncate``) is noticed and logged; it is not supported,
+as the lines written between the copy and the truncation are lost.
+
+``tee`` (a file descriptor, stdout for node log agents) gets every line too, byte for byte, so
+the copy shipped can be verified as the file is. With no path, the tee is the log: each start
+then begins a new chain (there is nothing to continue from).
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import threading
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from policy_extproc.audit.record import AuditRecord
+from policy_extproc.audit import segments
+from policy_extproc.audit.record import AuditRecord, utc_timestamp
+from policy_extproc.audit.verify import GENESIS, VerifyResult, canonical_json, line_hash, verify
 from policy_extproc.errors import PolicyExtprocError
 
-GENESIS = "0" * 64
 _TAIL_BLOCK = 64 * 1024
 
 logger = logging.getLogger(__name__)
 # fdatasync covers the data and the file size, which is all a reader needs; plain fsync elsewhere.
 _sync = getattr(os, "fdatasync", os.fsync)
+
+
+__all__ = ["GENESIS", "AuditLog", "AuditLogError", "VerifyResult", "canonical_json", "line_hash",
+           "verify"]  # fmt: skip
 
 
 class AuditLogError(PolicyExtprocError):
@@ -47,69 +66,80 @@ class AuditLogError(PolicyExtprocError):
     http_status = 503
 
 
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    """What ``verify`` found: ``lines`` is how many lines checked out before the first bad one."""
-
-    ok: bool
-    lines: int
-    first_bad_line: int | None
-    message: str
-
-
-def canonical_json(line: dict[str, Any]) -> str:
-    """The exact text the hash is taken over."""
-    return json.dumps(line, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def line_hash(line: dict[str, Any]) -> str:
-    """SHA-256 hex of the canonical JSON of ``line`` without its ``hash`` key."""
-    unhashed = {k: v for k, v in line.items() if k != "hash"}
-    return hashlib.sha256(canonical_json(unhashed).encode()).hexdigest()
-
-
 class AuditLog:
     """An append-only, hash-chained JSON-lines file; ``append`` is thread-safe."""
 
-    def __init__(self, path: str | os.PathLike[str], *, fsync_interval_s: float = 1.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None,
+        *,
+        fsync_interval_s: float = 1.0,
+        max_bytes: int | None = None,
+        max_age_s: float | None = None,
+        keep: int | None = None,
+        tee: int | None = None,
+    ) -> None:
         if fsync_interval_s < 0:
             raise ValueError("fsync_interval_s must be >= 0")
-        self._path = Path(path)
+        if path is None and tee is None:
+            raise ValueError("an audit log needs a path or a tee")
+        self._path = Path(path) if path is not None else None
         self._interval = fsync_interval_s
+        self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._keep = keep
+        self._tee = tee
         self._lock = threading.Lock()
         self._dirty = False
         self._stop = threading.Event()
-        existed = self._path.exists()
-        try:
-            fd = os.open(self._path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        except OSError as exc:
-            raise AuditLogError(f"{self._path}: cannot open audit log: {exc}") from exc
-        try:
-            # A second writer would fork the chain: two lines claiming the same prev_hash.
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            raise AuditLogError(f"{self._path}: audit log is open by another writer") from exc
-        try:
-            self._last_hash = self._recover(fd)
-            # Only this object writes the file (flock), so the size can be tracked, not asked.
-            self._size = os.fstat(fd).st_size
-            if not existed:
-                _sync_directory(self._path.parent)
-        except BaseException:
-            os.close(fd)
-            raise
-        self._fd: int | None = fd
+        self._closed = False
+        self._fd: int | None = None
+        self._last_hash = GENESIS
+        self._size = 0
+        self._opened_at = time.monotonic()
+        self.lines = 0  # lines written by this object
+        # Called with each line's bytes once it is written (OTLP log export); never fails a write.
+        self.listeners: list[Callable[[bytes], None]] = []
+        if self._path is not None:
+            self._fd, self._last_hash, self._size = self._open(self._path, recover=True)
         self._syncer: threading.Thread | None = None
-        if fsync_interval_s > 0:
+        if fsync_interval_s > 0 and self._path is not None:
             self._syncer = threading.Thread(
                 target=self._sync_loop, name="audit-log-fsync", daemon=True
             )
             self._syncer.start()
 
+    def _open(self, path: Path, *, recover: bool) -> tuple[int, str, int]:
+        existed = path.exists()
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise AuditLogError(f"{path}: cannot open audit log: {exc}") from exc
+        try:
+            # A second writer would fork the chain: two lines claiming the same prev_hash.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            raise AuditLogError(f"{path}: audit log is open by another writer") from exc
+        try:
+            last = self._recover(fd)
+            if last == GENESIS:
+                # A new or empty file: continue the chain of the segment before it, if any
+                # (rotated by us or renamed by logrotate), or of what this object wrote last.
+                last = self._last_hash if not recover else segments.last_hash_before(path)
+            # Only this object writes the file (flock), so the size can be tracked, not asked.
+            size = os.fstat(fd).st_size
+            if not existed:
+                _sync_directory(path.parent)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._opened_at = time.monotonic()
+        return fd, last, size
+
     @property
-    def path(self) -> Path:
-        """Where the log is."""
+    def path(self) -> Path | None:
+        """Where the log is (None when it goes to the tee only)."""
         return self._path
 
     @property
@@ -119,32 +149,63 @@ class AuditLog:
 
     def append(self, record: AuditRecord) -> str:
         """Write ``record`` as the next line of the chain and return its hash."""
-        line = record.to_dict()
+        return self._append(record.to_dict())
+
+    def append_event(self, event: str, **fields: object) -> str:
+        """Write a chain event (``audit_resumed``, ``shutdown``, ...) as the next line."""
+        return self._append({"event": event, "timestamp": utc_timestamp(), **fields})
+
+    def _append(self, line: dict[str, Any]) -> str:
         with self._lock:
-            fd = self._fd
-            if fd is None:
-                raise AuditLogError(f"{self._path}: audit log is closed")
+            if self._closed:
+                raise AuditLogError(f"{self._where}: audit log is closed")
             line["prev_hash"] = self._last_hash
             try:
                 digest = hashlib.sha256(canonical_json(line).encode()).hexdigest()
             except UnicodeEncodeError as exc:
                 # A lone surrogate (bytes decoded with surrogateescape) has no UTF-8 form.
-                raise AuditLogError(f"{self._path}: record text is not valid Unicode") from exc
+                raise AuditLogError(f"{self._where}: record text is not valid Unicode") from exc
             line["hash"] = digest
             # Written in field order, not canonical order, so a person reading the file sees the
             # decision first; verify() re-canonicalises before hashing.
             data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
-            self._write(fd, data)
-            self._size += len(data)
+            if self._fd is None and self._path is not None:
+                # A rotation or reopen that failed: try again, the disk may have room now.
+                self._fd, _, self._size = self._open(self._path, recover=False)
+            elif self._rotation_due(len(data)):
+                self._rotate()
+            fd = self._fd
+            if fd is not None:
+                self._write(fd, data)
+                self._size += len(data)
+                if self._interval == 0:
+                    try:
+                        _sync(fd)
+                    except OSError as exc:
+                        raise AuditLogError(f"{self._where}: fsync failed: {exc}") from exc
+                else:
+                    self._dirty = True
+            if self._tee is not None:
+                self._write_tee(data, primary=fd is None)
             self._last_hash = digest
-            if self._interval == 0:
+            self.lines += 1
+            for listener in self.listeners:
                 try:
-                    _sync(fd)
-                except OSError as exc:
-                    raise AuditLogError(f"{self._path}: fsync failed: {exc}") from exc
-            else:
-                self._dirty = True
+                    listener(data)
+                except Exception:
+                    logger.exception("audit line listener failed")
         return digest
+
+    def reopen(self) -> None:
+        """Close the file and open the path again (SIGHUP after logrotate renamed it)."""
+        if self._path is None:
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._close_fd()
+            self._fd, self._last_hash, self._size = self._open(self._path, recover=False)
+        logger.info("audit log %s reopened; the chain continues", self._path)
 
     def close(self) -> None:
         """Stop the fsync thread, fsync what is written, and close the file; idempotent."""
@@ -152,15 +213,8 @@ class AuditLog:
         if self._syncer is not None:
             self._syncer.join()
         with self._lock:
-            fd, self._fd = self._fd, None
-            if fd is None:
-                return
-            try:
-                _sync(fd)
-            except OSError as exc:
-                logger.error("audit log %s: fsync on close failed: %s", self._path, exc)
-            finally:
-                os.close(fd)
+            self._closed = True
+            self._close_fd()
 
     def __enter__(self) -> AuditLog:
         return self
@@ -173,29 +227,95 @@ class AuditLog:
     ) -> None:
         self.close()
 
+    @property
+    def _where(self) -> str:
+        return str(self._path) if self._path is not None else "audit stream"
+
+    def _close_fd(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        try:
+            _sync(fd)
+        except OSError as exc:
+            logger.error("audit log %s: fsync on close failed: %s", self._path, exc)
+        finally:
+            os.close(fd)
+
+    def _rotation_due(self, incoming: int) -> bool:
+        if self._size == 0:
+            return False
+        if self._max_bytes is not None and self._size + incoming > self._max_bytes:
+            return True
+        age = time.monotonic() - self._opened_at
+        return self._max_age_s is not None and age >= self._max_age_s
+
+    def _rotate(self) -> None:
+        assert self._path is not None
+        aside = segments.closed_name(self._path)
+        self._close_fd()
+        try:
+            os.rename(self._path, aside)
+        except OSError as exc:
+            raise AuditLogError(f"{self._path}: cannot rotate to {aside}: {exc}") from exc
+        self._fd, _, self._size = self._open(self._path, recover=False)
+        if self._keep is not None:
+            for old in segments.closed_segments(self._path)[: -self._keep or None]:
+                with contextlib.suppress(OSError):
+                    old.unlink()
+
     def _write(self, fd: int, data: bytes) -> None:
         # One write() for the whole line: with O_APPEND the kernel places it at the end in one
         # piece. A short write (disk full, a signal) is rolled back, so no partial line is left
         # for the next line to be glued onto.
         try:
             written = os.write(fd, data)
-            if written != len(data):
-                raise OSError(f"short write ({written} of {len(data)} bytes)")
-        except OSError as exc:
+        except OSError as exc:  # nothing was written
+            raise AuditLogError(f"{self._path}: write failed: {exc}") from exc
+        if written != len(data):
             try:
                 os.ftruncate(fd, self._size)
             except OSError:
                 logger.exception("audit log %s: cannot roll back a partial line", self._path)
-            raise AuditLogError(f"{self._path}: write failed: {exc}") from exc
+            raise AuditLogError(
+                f"{self._path}: write failed: short write ({written} of {len(data)} bytes)"
+            )
+        end = os.lseek(fd, 0, os.SEEK_CUR)
+        if end != self._size + len(data):
+            # Someone cut the file (logrotate's copytruncate) or wrote to it: what was written
+            # between the copy and the cut is lost. Rename and SIGHUP instead.
+            logger.error(
+                "audit log %s changed size under us (%d bytes, expected %d): copytruncate is not"
+                " supported, lines may be lost; rotate by renaming and sending SIGHUP",
+                self._path,
+                end - len(data),
+                self._size,
+            )
+            self._size = end - len(data)
+
+    def _write_tee(self, data: bytes, *, primary: bool) -> None:
+        assert self._tee is not None
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._tee, view) :]
+        except OSError as exc:
+            if primary:
+                raise AuditLogError(f"audit stream: write failed: {exc}") from exc
+            logger.error(
+                "audit log copy to fd %d failed (the file has the line): %s", self._tee, exc
+            )
 
     def _sync_loop(self) -> None:
-        fd = self._fd
-        assert fd is not None
         while not self._stop.wait(self._interval):
             if not self._dirty:
                 continue
             # Cleared before syncing: an append that lands during the fsync marks it again.
             self._dirty = False
+            with self._lock:
+                fd = self._fd  # a rotation may swap it; fsync outside the lock, appends go on
+            if fd is None:
+                continue
             try:
                 _sync(fd)
             except OSError as exc:
@@ -231,6 +351,7 @@ class AuditLog:
         # left by the filesystem). It is no part of the chain; copy it aside, then cut it off.
         cut = _last_newline(fd, size) + 1
         partial = os.pread(fd, size - cut, cut)
+        assert self._path is not None  # only files are recovered
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
         aside = self._path.with_name(f"{self._path.name}.corrupt-{stamp}")
         try:
@@ -252,52 +373,6 @@ class AuditLog:
             aside,
         )
         return cut
-
-
-def verify(path: str | os.PathLike[str], *, start_hash: str = GENESIS) -> VerifyResult:
-    """Recompute every hash and link of an audit log; report the first bad line."""
-    expected = start_hash
-    number = 0
-    try:
-        with open(path, "rb") as file:
-            for number, raw in enumerate(file, start=1):
-                problem, expected = _check_line(raw, number, expected)
-                if problem is not None:
-                    return VerifyResult(False, number - 1, number, problem)
-    except OSError as exc:
-        return VerifyResult(False, number, None, f"cannot read {path}: {exc}")
-    return VerifyResult(True, number, None, f"ok: {number} lines")
-
-
-def _check_line(raw: bytes, number: int, expected_prev: str) -> tuple[str | None, str]:
-    """A problem with one line (or None), and the hash the next line must link to."""
-    if not raw.endswith(b"\n"):
-        return f"line {number}: incomplete line (no newline: a write was cut short)", ""
-    try:
-        line = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
-    except ValueError:
-        return f"line {number}: not valid JSON", ""
-    if not isinstance(line, dict) or "hash" not in line or "prev_hash" not in line:
-        return f"line {number}: not an audit line (no hash or prev_hash)", ""
-    try:
-        digest = line_hash(line)
-    except UnicodeEncodeError:
-        return f"line {number}: not valid Unicode", ""
-    if digest != line["hash"]:
-        return f"line {number}: hash mismatch (record altered)", ""
-    if line["prev_hash"] != expected_prev:
-        if number == 1:
-            return f"line 1: prev_hash does not start the chain (expected {expected_prev})", ""
-        return f"line {number}: prev_hash does not match the hash of line {number - 1}", ""
-    return None, str(line["hash"])
-
-
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # Parsers disagree on which duplicate wins; a line that reads two ways is tampering.
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
 
 
 def _last_newline(fd: int, end: int) -> int:

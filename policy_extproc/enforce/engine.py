@@ -125,6 +125,8 @@ class Engine:
         self.state: StateBackend = state if state is not None else MemoryState()
         self.catalog = catalog if catalog is not None else load_catalog()
         self.degraded_count = 0  # decisions admitted without the state backend (fail open)
+        # Set by the server when it stops: a stream cut from then on gets a response record.
+        self.stopping = False
         self.alerts = alerts if alerts is not None else AlertNotifier(None)
         self._background: set[asyncio.Task[None]] = set()
 
@@ -525,11 +527,14 @@ class Engine:
             return rewrite_response(resp, findings.new_texts(resp.parts)), None
         return None, None
 
-    def finish(self, ex: Exchange) -> None:
-        """The response is over (or the stream closed): record what it cost."""
+    def finish(self, ex: Exchange, *, cut: bool = False) -> None:
+        """The response is over (or the stream closed, ``cut``): record what it cost."""
         if ex.finished or ex.decision is None or ex.request is None:
             return
         ex.finished = True
+        shutdown = cut and self.stopping
+        if shutdown:
+            ex.error_code = "stream_cut_by_shutdown"  # the record says why no usage came
         if ex.stream_guard is not None:
             ex.usage = ex.stream_guard.usage
             if ex.stream_guard.findings.fired:
@@ -551,7 +556,7 @@ class Engine:
             cost = self.catalog.cost(ex.ctx.model or ex.request.model, ex.usage)
             if cost is None and ex.plan is not None:
                 cost = limits.fallback_cost(self.config.limits, ex.usage)
-        if ex.usage is not None or ex.response_findings is not None:
+        if ex.usage is not None or ex.response_findings is not None or shutdown:
             # The response record: usage, cost and the output guardrails' decision (else the
             # request's, without the alerts that were the request record's own).
             decision = replace(ex.decision, alerts=())

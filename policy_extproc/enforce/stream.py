@@ -208,7 +208,14 @@ class ExtProcStream:
             # The refusal could not be audited either (the audit log is down, say): still answer
             # deliberately, never with a stream error. Nothing goes through unaudited: this
             # answer refuses the request. A failed audit wins: its code says what to fix.
-            log.error("could not audit the refusal (%s): %s", exc.code, audit_exc)
+            # An unwritable audit log is reported by its watcher, once, not once per request.
+            unwritable = getattr(audit_exc, "code", None) == "audit_unavailable"
+            log.log(
+                logging.DEBUG if unwritable else logging.ERROR,
+                "could not audit the refusal (%s): %s",
+                exc.code,
+                audit_exc,
+            )
             cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
             decision = responses.request_error(cause)
         return responses.refusal(decision, ex.request_id, self._version())
@@ -222,7 +229,7 @@ class ExtProcStream:
         if self.exchange is not None and self.state is not State.DONE:
             self.state = State.DONE
             try:
-                self.engine.finish(self.exchange)
+                self.engine.finish(self.exchange, cut=True)
             except Exception:
                 # Called from the servicer's ``finally``: raising here would turn a clean close
                 # into an error status (or mask a cancellation). The answers already went out.

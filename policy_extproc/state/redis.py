@@ -5,7 +5,8 @@ so the org's counters share one Redis Cluster hash slot and a script may touch a
 Every key expires. Each call is bounded by ``timeout_s`` and is never retried (a retried
 admit could consume twice); any failure or timeout becomes ``StateError`` at once, and the
 caller applies the rule's ``on_error``. The connection pool drops a connection that failed and
-checks pooled ones before use, so the first call after Redis comes back succeeds.
+checks pooled ones before use, so the first call after Redis comes back succeeds. The client
+is a single server's, a Redis Cluster's or a Sentinel master's (``connect``).
 
 The Lua sources are in ``state/lua/``: the ARGV and return layouts are documented there.
 """
@@ -18,13 +19,11 @@ from collections.abc import Awaitable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policy_extproc.errors import StateError
+from policy_extproc.state import connect
 from policy_extproc.state.base import (
     BREAKER_KEEP_S,
     LATE_RECONCILE_S,
@@ -64,7 +63,7 @@ def _prefix(org: str) -> str:
 class RedisState:
     """StateBackend on Redis."""
 
-    def __init__(self, client: Redis, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, client: connect.Client, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._client = client
         self._timeout_s = timeout_s
         # Orgs this process reserved for, so expire_reservations knows whose index to sweep;
@@ -90,21 +89,15 @@ class RedisState:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> RedisState:
-        """Connect lazily to ``url`` (redis://, rediss://, unix://); nothing is sent yet."""
-        pool = BlockingConnectionPool.from_url(
-            url,
-            max_connections=max_connections,
-            timeout=timeout_s,  # waiting for a free connection counts against the bound
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            retry=Retry(NoBackoff(), 0),
-            decode_responses=True,
-        )
-        return cls(Redis.from_pool(pool), timeout_s=timeout_s)  # the client owns the pool
+        """Connect lazily to ``url`` (see ``connect``: one server, Cluster, Sentinel)."""
+        target = connect.parse(url)
+        client = connect.client(target, timeout_s=timeout_s, max_connections=max_connections)
+        return cls(client, timeout_s=timeout_s)
 
     async def _run(self, what: str, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self._timeout_s):
+                await connect.ready(self._client)
                 return await call
         except (TimeoutError, RedisTimeoutError) as exc:
             ms = self._timeout_s * 1000

@@ -19,16 +19,14 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from importlib import resources
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policy_extproc.errors import StateError
+from policy_extproc.state import connect
 from policy_extproc.state.policies import Pushed
 
 log = logging.getLogger(__name__)
@@ -51,28 +49,26 @@ T = TypeVar("T")
 class RedisPolicies:
     """PolicyRepository on Redis, with change announcements on a pub/sub channel."""
 
-    def __init__(self, client: Redis, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(self, client: connect.Client, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
         self._client = client
         self._timeout_s = timeout_s
-        lua = resources.files("policy_extproc.state").joinpath("lua", "policies_write.lua")
-        self._write = client.register_script(lua.read_text(encoding="utf-8"))
+        lua = resources.files("policy_extproc.state").joinpath("lua")
+        self._write = client.register_script(lua.joinpath("policies_write.lua").read_text("utf-8"))
+        self._read = client.register_script(lua.joinpath("policies_read.lua").read_text("utf-8"))
 
     @classmethod
     def from_url(cls, url: str, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> RedisPolicies:
         """Connect lazily to ``url``; a connection of its own, apart from the state counters'."""
-        client = Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            health_check_interval=HEALTH_CHECK_S,
-            retry=Retry(NoBackoff(), 0),  # a failure is reported; the caller decides to retry
-            decode_responses=True,
+        target = connect.parse(url)
+        client = connect.client(
+            target, timeout_s=timeout_s, max_connections=8, health_check_s=HEALTH_CHECK_S
         )
         return cls(client, timeout_s=timeout_s)
 
     async def _run(self, what: str, call: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self._timeout_s):
+                await connect.ready(self._client)
                 return await call
         except (TimeoutError, RedisTimeoutError) as exc:
             raise StateError(f"redis {what}: no answer within {self._timeout_s:g} s") from exc
@@ -80,12 +76,10 @@ class RedisPolicies:
             raise StateError(f"redis {what}: {exc}") from exc
 
     async def read(self) -> Pushed:
-        """Every pushed policy and their version, read in one transaction."""
-        pipe = self._client.pipeline(transaction=True)
-        pipe.hgetall(TEXTS)
-        pipe.get(VERSION)
-        texts, version = await self._run("read policies", pipe.execute())
-        return Pushed(int(version or 0), cast(dict[str, str], texts))
+        """Every pushed policy and their version, read in one atomic step."""
+        version, flat = await self._run("read policies", self._read(keys=[TEXTS, VERSION]))
+        texts: dict[str, str] = dict(zip(flat[::2], flat[1::2], strict=True))
+        return Pushed(int(version), texts)
 
     async def version(self) -> int:
         """The current version (0 when nothing was ever pushed, or Redis lost it)."""
@@ -109,22 +103,25 @@ class RedisPolicies:
         Never ends on its own: a lost connection is logged and subscribed again.
         """
         while True:
-            pubsub = self._client.pubsub()
+            pubsub: PubSub | None = None
             try:
+                await self._run("subscribe", connect.ready(self._client))
+                pubsub = self._client.pubsub()
                 await self._subscribe(pubsub)
                 yield None
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
                     if msg is not None and msg.get("type") == "message":
                         yield _version(msg.get("data"))
-            except (RedisError, OSError, TimeoutError) as exc:
+            except (RedisError, OSError, TimeoutError, StateError) as exc:
                 task = asyncio.current_task()
                 if task is not None and task.cancelling():
                     raise asyncio.CancelledError from exc  # a stop, seen as a read timeout
                 log.warning("policy announcements: %s; subscribing again", exc)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()
             await asyncio.sleep(RECONNECT_S)
 
     async def _subscribe(self, pubsub: PubSub) -> None:

@@ -185,9 +185,12 @@ def test_every_container_is_locked_down(objects: list[Obj]) -> None:
 
 
 def test_sidecar_probes_are_grpc_health(objects: list[Obj]) -> None:
+    from policy_extproc.server import LIVENESS
+
     sidecar = container(objects, "llm-gateway", "policy-extproc")
-    for probe in ("readinessProbe", "livenessProbe"):
-        assert sidecar[probe]["grpc"] == {"port": 50051, "service": ""}
+    assert sidecar["readinessProbe"]["grpc"] == {"port": 50051, "service": ""}
+    # liveness has its own service: not ready (Redis, audit disk) is no reason to restart
+    assert sidecar["livenessProbe"]["grpc"] == {"port": 50051, "service": LIVENESS}
     envoy = container(objects, "llm-gateway", "envoy")
     assert envoy["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "probes"}
 
@@ -369,3 +372,17 @@ def test_services_select_their_pods(objects: list[Obj]) -> None:
         port_names = {p["name"] for c in containers([deployment]) for p in c["ports"]}
         for port in service["spec"]["ports"]:
             assert port["targetPort"] in port_names, f"{name}: {port['targetPort']}"
+
+
+def test_the_audit_volume_is_bounded_and_rotation_stays_under_it(objects: list[Obj]) -> None:
+    from policy_extproc.cli import _size
+
+    sidecar = container(objects, "llm-gateway", "policy-extproc")
+    env = {e["name"]: e.get("value") for e in sidecar["env"]}
+    volumes = find(objects, "Deployment", "llm-gateway")["spec"]["template"]["spec"]["volumes"]
+    [audit] = [v for v in volumes if v["name"] == "audit-log"]
+    limit = _size(audit["emptyDir"]["sizeLimit"].replace("i", ""))
+    segment = _size(env["POLICY_EXTPROC_AUDIT_MAX_BYTES"])
+    keep = int(env["POLICY_EXTPROC_AUDIT_KEEP"])
+    assert limit is not None and segment is not None
+    assert (keep + 1) * segment < limit  # closed segments and the live file

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import redis
 
-from tests.redis_server import RedisServer
+from tests.redis_server import RedisClusterServers, RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +32,18 @@ def own_redis() -> Iterator[RedisServer]:
     """A redis-server that only this test uses, so it may kill, pause or restart it."""
     with RedisServer() as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster (three masters, three replicas) for the session."""
+    with RedisClusterServers() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_url(redis_cluster: RedisClusterServers) -> str:
+    """URL of the session's Redis Cluster, every master emptied before the test."""
+    for port in redis_cluster.masters_of(redis_cluster.any_port()):
+        redis_cluster.command(port, "flushall")
+    return redis_cluster.url

@@ -32,13 +32,15 @@ ORG = "acme"
 Pair = tuple[StateBackend, StateBackend]
 
 
-@pytest.fixture(params=["memory", "redis"])
-async def replicas(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Pair]:
-    """Two handles on one shared state: one MemoryState twice, or two Redis clients."""
+@pytest.fixture(params=["memory", "redis", "cluster"])
+async def replicas(request: pytest.FixtureRequest) -> AsyncIterator[Pair]:
+    """Two handles on one shared state: one MemoryState twice, or two clients of one Redis
+    (a single server, or a Redis Cluster of three masters)."""
     if request.param == "memory":
         memory = MemoryState()
         yield memory, memory
         return
+    redis_url = request.getfixturevalue("redis_url" if request.param == "redis" else "cluster_url")
     # A generous bound: a busy test machine must not turn into a StateError here.
     a, b = RedisState.from_url(redis_url, timeout_s=5), RedisState.from_url(redis_url, timeout_s=5)
     yield a, b

@@ -162,3 +162,22 @@ async def test_memory_is_bounded_once_time_passes() -> None:
     assert state.stored() == 1000
     await state.admit(ORG, "later", [LimitSpec("rl:x", 1, 60.0)], now=later + 7200)
     assert state.stored() == 1
+
+
+async def test_settled_reservations_leave_the_expiry_heap_before_their_ttl() -> None:
+    state = MemoryState()
+    budget = BudgetSpec("budget:user:alice:b1:day", 1e6, 0.01, T0 + 86400)
+    open_ones = 10
+    for i in range(5000):
+        now = T0 + i * 0.01  # 100 req/s, all within the 600 s ttl
+        await state.admit(ORG, f"r{i}", (), [budget], now=now, reservation_ttl_s=600)
+        if i < open_ones:
+            continue  # these never get an answer
+        if i % 2:
+            actual = {budget.key: 0.01}
+            await state.reconcile(ORG, f"r{i}", actual_usd=actual, actual_tokens={}, now=now)
+        else:
+            await state.release(ORG, f"r{i}", now=now)
+    assert state.scheduled() <= 2 * 64 + open_ones
+    # the open ones still expire at their ttl and give their budget back
+    assert await state.expire_reservations(now=T0 + 700) == open_ones

@@ -19,6 +19,7 @@ def record_for(
     trace_id: str | None = None,
     error_code: str | None = None,
     phase: str = "request",
+    outcome: str | None = None,
 ) -> AuditRecord:
     """The audit record of one decision."""
     model = ctx.request.model if ctx.request is not None and ctx.request.model else None
@@ -53,4 +54,5 @@ def record_for(
         degraded=decision.degraded,
         trace_id=trace_id,
         phase=phase,
+        outcome=outcome,
     )

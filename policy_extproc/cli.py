@@ -183,6 +183,45 @@ def eval_(
     help="HOST:PORT of the admin API ('off': none); off loopback it needs the token in "
     "POLICY_EXTPROC_ADMIN_TOKEN.",
 )
+@click.option(
+    "--work-budget",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Work one request may cost, in body bytes x text scanners (PII rules, compliance "
+    "packs, content filters) in force; over it: 413 work_budget_exceeded. 0: no limit.",
+)
+@click.option(
+    "--work-timeout",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 300.0),
+    help="Seconds a large body's examination may take in a worker process; over it: 413 "
+    "work_budget_exceeded. The sidecar asks Envoy for this plus 0.5 s: keep it within the "
+    "ext_proc filter's max_message_timeout.",
+)
+@click.option(
+    "--offload-bytes",
+    default=32 * 1024,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Bodies at least this large are examined in a worker process, off the event loop.",
+)
+@click.option(
+    "--offload-workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Worker processes that examine large bodies (0: every body in the event loop).",
+)
+@click.option(
+    "--message-timeout",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.06, 300.0),
+    help="Envoy's ext_proc message_timeout: a decision later than this is refused and "
+    "audited as envoy_gave_up.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -204,6 +243,11 @@ def serve(
     budget_time_zone: str,
     metrics_listen: str | None,
     admin_listen: str,
+    work_budget: int,
+    work_timeout: float,
+    offload_bytes: int,
+    offload_workers: int,
+    message_timeout: float,
     workers: int,
     log_level: str,
 ) -> None:
@@ -233,6 +277,11 @@ def serve(
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
         # From the environment only: a token on the command line would show in `ps`.
         admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
+        work_budget=work_budget,
+        work_timeout_s=work_timeout,
+        offload_bytes=offload_bytes,
+        offload_workers=offload_workers,
+        message_timeout_s=message_timeout,
     )
     try:
         if workers > 1:

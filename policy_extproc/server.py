@@ -30,6 +30,7 @@ from .enforce import limits
 from .enforce.alerts import AlertNotifier
 from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
 from .enforce.servicer import Authorization, ExternalProcessor
+from .enforce.work import DEFAULT_BUDGET, DEFAULT_OFFLOAD_BYTES, DEFAULT_TIMEOUT_S, WorkSettings
 from .errors import PolicyError, StateError
 from .llm.catalog import load_catalog
 from .policy.store import PolicyStore
@@ -71,6 +72,14 @@ class ServerConfig:
     admin_listen: str | None = None
     admin_token: str | None = None
     policy_poll_s: float = 5.0
+    # The work one request may cost (enforce/work.py): body bytes x text scanners, and the
+    # elapsed time of a large body's examination in a worker process (0 workers: in the loop).
+    work_budget: int = DEFAULT_BUDGET
+    work_timeout_s: float = DEFAULT_TIMEOUT_S
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
+    offload_workers: int = 1
+    # Envoy's ext_proc message_timeout, as in envoy/*.yaml.
+    message_timeout_s: float = 0.5
 
 
 class Sidecar:
@@ -121,6 +130,13 @@ class Sidecar:
             EngineConfig(
                 max_body_bytes=cfg.max_body_bytes,
                 limits=limits.Settings(time_zone=cfg.budget_time_zone),
+                work=WorkSettings(
+                    budget=cfg.work_budget,
+                    timeout_s=cfg.work_timeout_s,
+                    offload_bytes=cfg.offload_bytes,
+                    workers=cfg.offload_workers,
+                ),
+                message_timeout_s=cfg.message_timeout_s,
             ),
             state=self.state,
             catalog=self.catalog,
@@ -255,6 +271,7 @@ class Sidecar:
             await self._server.stop(self.config.grace_s)
         if hasattr(self, "engine"):
             await self.engine.drain()
+            self.engine.close()
             await self.alerts.close()
         if self.sink is not None:
             self.sink.close()

@@ -261,13 +261,11 @@ class Engine:
         if not redact and decision.action == "modify":
             rule = f"{decision.policy}/{decision.rule}"
             self._unreserve(ex)
-            return self.refuse(
-                ex,
-                RedactionUnavailable(
-                    f"this request must be redacted ({rule}), which ext_authz cannot do; "
-                    "route it through the ext_proc filter"
-                ),
-            ), None
+            exc = RedactionUnavailable(
+                f"this request must be redacted ({rule}), which ext_authz cannot do; "
+                "route it through the ext_proc filter"
+            )
+            return self.refuse(ex, exc, fired=decision), None
         if ex.deadline_ns is not None and time.monotonic_ns() > ex.deadline_ns:
             # Envoy has stopped waiting: whatever we answer now, the client has its 504 and
             # the request never reaches the provider. Say so, instead of what was decided.
@@ -458,9 +456,22 @@ class Engine:
             "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
         }
 
-    def refuse(self, ex: Exchange, exc: PolicyExtprocError) -> Decision:
-        """Refuse the request for an error, audited with whatever identity it carried."""
+    def refuse(
+        self, ex: Exchange, exc: PolicyExtprocError, *, fired: Decision | None = None
+    ) -> Decision:
+        """Refuse the request for an error, audited with whatever identity it carried.
+
+        ``fired``: the decision the rules took, whose rule and firings the refusal names.
+        """
         decision = responses.request_error(exc)
+        if fired is not None:
+            decision = replace(
+                decision,
+                policy=fired.policy,
+                rule=fired.rule,
+                fired=fired.fired,
+                compliance=fired.compliance,
+            )
         ex.error_code = exc.code
         ex.outcome = getattr(exc, "outcome", None)
         if not ex.ctx.org and not ex.ctx.user and (ex.headers or ex.claims):

@@ -29,9 +29,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import multiprocessing
 import pickle
 import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -176,7 +178,7 @@ class WorkerFailed(PolicyExtprocError):
 
 @dataclass(slots=True)
 class _Worker:
-    process: Any  # multiprocessing.process.BaseProcess
+    process: subprocess.Popen[bytes]
     conn: Connection
     versions: set[str] = field(default_factory=set)
 
@@ -187,7 +189,6 @@ class WorkerPool:
     def __init__(self, size: int, timeout_s: float) -> None:
         self.size = size
         self.timeout_s = timeout_s
-        self._ctx = multiprocessing.get_context("spawn")  # no copy of the loop's threads
         self._idle: list[_Worker] = []
         self._slots: asyncio.Semaphore | None = None  # made in the loop that uses it
         # Pipe I/O off the loop: a 3 MB send blocks until the worker has read it.
@@ -204,14 +205,20 @@ class WorkerPool:
         return blob
 
     def _spawn(self) -> _Worker:
-        parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(
-            target=_worker_main, args=(child,), name="policy-extproc-work", daemon=True
-        )
-        proc.start()
-        child.close()
+        # A fresh interpreter (not fork: the loop's threads and locks would be copied half-way;
+        # not multiprocessing's spawn: it re-imports the parent's __main__), talking over a
+        # socket pair with multiprocessing's framing.
+        parent, child = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
         self.started += 1
-        return _Worker(proc, parent)
+        return _Worker(proc, Connection(parent.detach()))
 
     async def _acquire(self) -> _Worker:
         # One slot per worker: a request waits for a free one (behind other large bodies only).
@@ -237,7 +244,7 @@ class WorkerPool:
         self.killed += 1
         w.process.kill()
         w.conn.close()
-        w.process.join(timeout=1)
+        w.process.wait()
         assert self._slots is not None
         self._slots.release()
 
@@ -283,9 +290,11 @@ class WorkerPool:
     def close(self) -> None:
         for w in self._idle:
             w.conn.close()  # the worker sees EOF and returns
-            w.process.join(timeout=1)
-            if w.process.is_alive():
+            try:
+                w.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
                 w.process.kill()
+                w.process.wait()
         self._idle.clear()
         self._threads.shutdown(wait=False, cancel_futures=True)
 
@@ -322,3 +331,9 @@ class WorkRunner:
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
+
+
+if __name__ == "__main__":  # a worker process (WorkerPool._spawn)
+    from policy_extproc.enforce.work import _worker_main as serve_worker
+
+    serve_worker(Connection(int(sys.argv[1])))

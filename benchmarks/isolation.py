@@ -1,0 +1,189 @@
+"""One tenant's large PII-dense body against another tenant's small requests, through the sidecar.
+
+Starts ``policy-extproc serve`` as its own process (so the client's work does not share its
+GIL), then for each configuration:
+
+- tenant ``big`` sends one chat request of N e-mail addresses (3 MB at 150,000) over ext_proc;
+- meanwhile tenant ``small`` sends small requests (a ~1 KB prompt, one e-mail) back to back on
+  ``--streams`` concurrent streams, each a whole ext_proc exchange (headers, body);
+- printed: the big request's own time and decision, and the small requests' p50 / p99 / max
+  latency and count while the big one was in the sidecar.
+
+Configurations: ``--offload-workers 0`` (every body examined on the event loop, as before this
+change) and the default (large bodies examined in a worker process). Prints; asserts nothing.
+
+    .venv/bin/python benchmarks/isolation.py [--emails 150000] [--emails 15000] [--streams 4]
+        [--work-timeout 300]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from tests.envoy_harness import ManagedProcess, free_port
+from tests.integration.helpers import (
+    Exchange,
+    chat_body,
+    request_body,
+    request_headers,
+)
+
+POLICIES = """
+- policy_name: everyone
+  rules:
+    - type: pii
+      entities: [EMAIL, PHONE, CREDIT_CARD, US_SSN]
+    - type: content_filter
+      id: secrets
+      keywords: [confidential, project aurora]
+      action: redact
+"""
+
+
+class Sidecar(ManagedProcess):
+    def __init__(self, workdir: Path, port: int, extra: list[str]) -> None:
+        super().__init__([], "sidecar", workdir=workdir)
+        policies = workdir / "policies.yaml"
+        policies.write_text(POLICIES)
+        self.port = port
+        self.argv = [
+            str(Path(sys.executable).with_name("policy-extproc")),
+            "serve",
+            "--policies",
+            str(policies),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--audit-log",
+            str(workdir / "audit.jsonl"),
+            "--admin-listen",
+            "off",
+            "--log-level",
+            "warning",
+            *extra,
+        ]
+
+    def start(self, timeout: float = 30.0) -> Sidecar:
+        self.spawn()
+
+        async def ready() -> bool:
+            try:
+                async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as ch:
+                    await asyncio.wait_for(ch.channel_ready(), 0.5)
+                return True
+            except (TimeoutError, grpc.aio.AioRpcError):
+                return False
+
+        self.poll("gRPC ready", lambda: asyncio.run(ready()) or None, timeout)
+        return self
+
+
+async def one(stub: object, body: bytes, org: str, rid: str) -> tuple[float, str]:
+    """One whole request exchange; (seconds, decision or error code)."""
+    t = time.perf_counter()
+    ex = Exchange(stub)  # type: ignore[arg-type]
+    answer = await ex.send(request_headers(body=body, org=org, request_id=rid))
+    if answer.WhichOneof("response") != "immediate_response":
+        answer = await ex.send(request_body(body))
+    await ex.close()
+    kind = answer.WhichOneof("response")
+    if kind == "immediate_response":
+        outcome = json.loads(answer.immediate_response.body)["error"]["code"]
+    else:
+        fields = answer.dynamic_metadata.fields["policy_extproc"].struct_value.fields
+        outcome = fields["decision"].string_value
+    return time.perf_counter() - t, outcome
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+async def measure(port: int, emails: int, streams: int) -> dict[str, object]:
+    big = chat_body(" ".join(f"user{i}@example.com" for i in range(emails)))  # 150k: 3.2 MB
+    small = chat_body("Please summarise the notes below. " * 30 + "Reply to ann@example.org.")
+    async with grpc.aio.insecure_channel(
+        f"127.0.0.1:{port}",
+        options=[
+            ("grpc.max_send_message_length", 8 << 20),
+            ("grpc.max_receive_message_length", 8 << 20),
+        ],
+    ) as ch:
+        from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+
+        stub = epg.ExternalProcessorStub(ch)
+        for i in range(20):  # warm: connections, caches, the first small decisions
+            await one(stub, small, "small", f"warm-{i}")
+        done = asyncio.Event()
+        window: list[float] = []  # [start, end] of the big request
+        during: list[float] = []  # small requests sent while the big one was in the sidecar
+
+        async def tenant(n: int) -> None:
+            i = 0
+            while not done.is_set():
+                sent = time.perf_counter()
+                seconds, _ = await one(stub, small, "small", f"s{n}-{i}")
+                # A small request stalled behind the big one ends after it: it counts too.
+                if window and window[0] <= sent and (len(window) == 1 or sent <= window[1]):
+                    during.append(seconds)
+                i += 1
+
+        workers = [asyncio.create_task(tenant(n)) for n in range(streams)]
+        await asyncio.sleep(0.5)
+        window.append(time.perf_counter())
+        big_s, big_outcome = await one(stub, big, "big", "big-1")
+        window.append(time.perf_counter())
+        done.set()
+        await asyncio.gather(*workers)
+    return {
+        "body_mb": len(big) / 1e6,
+        "big_s": big_s,
+        "big": big_outcome,
+        "n": len(during),
+        "p50_ms": 1e3 * statistics.median(during) if during else float("nan"),
+        "p99_ms": 1e3 * pct(during, 0.99) if during else float("nan"),
+        "max_ms": 1e3 * max(during) if during else float("nan"),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--emails", type=int, action="append", help="repeatable; default 15000, 150000"
+    )
+    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--work-timeout", default="300", help="seconds (so the big one finishes)")
+    args = parser.parse_args()
+    sizes = args.emails or [15000, 150000]
+    configs = {
+        "in the loop (--offload-workers 0)": ["--offload-workers", "0"],
+        "worker process (default)": [],
+    }
+    print(f"{'configuration':<36} {'emails':>7} {'MB':>5} {'big s':>7} {'big':>22} "
+          f"{'small n':>7} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}")  # fmt: skip
+    for emails in sizes:
+        for name, extra in configs.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                port = free_port()
+                flags = [*extra, "--work-timeout", args.work_timeout, "--work-budget", "0"]
+                with Sidecar(Path(tmp), port, flags):
+                    r = asyncio.run(measure(port, emails, args.streams))
+            print(f"{name:<36} {emails:>7} {r['body_mb']:>5.1f} {r['big_s']:>7.2f} "
+                  f"{r['big']:>22} {r['n']:>7} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
+                  f"{r['max_ms']:>7.1f}", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

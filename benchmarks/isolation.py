@@ -4,15 +4,15 @@ Starts ``policy-extproc serve`` as its own process (so the client's work does no
 GIL), then for each configuration:
 
 - tenant ``big`` sends one chat request of N e-mail addresses (3 MB at 150,000) over ext_proc;
-- meanwhile tenant ``small`` sends small requests (a ~1 KB prompt, one e-mail) back to back on
-  ``--streams`` concurrent streams, each a whole ext_proc exchange (headers, body);
+- meanwhile tenant ``small`` sends small requests (a ~1 KB prompt, one e-mail) at ``--rate``
+  per second (open loop), each a whole ext_proc exchange (headers, body) on its own stream;
 - printed: the big request's own time and decision, and the small requests' p50 / p99 / max
   latency and count while the big one was in the sidecar.
 
 Configurations: ``--offload-workers 0`` (every body examined on the event loop, as before this
 change) and the default (large bodies examined in a worker process). Prints; asserts nothing.
 
-    .venv/bin/python benchmarks/isolation.py [--emails 150000] [--emails 15000] [--streams 4]
+    .venv/bin/python benchmarks/isolation.py [--emails 150000] [--emails 15000] [--rate 200]
         [--work-timeout 300]
 """
 
@@ -110,7 +110,7 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-async def measure(port: int, emails: int, streams: int) -> dict[str, object]:
+async def measure(port: int, emails: int, rate: float) -> dict[str, object]:
     big = chat_body(" ".join(f"user{i}@example.com" for i in range(emails)))  # 150k: 3.2 MB
     small = chat_body("Please summarise the notes below. " * 30 + "Reply to ann@example.org.")
     async with grpc.aio.insecure_channel(
@@ -127,25 +127,36 @@ async def measure(port: int, emails: int, streams: int) -> dict[str, object]:
             await one(stub, small, "small", f"warm-{i}")
         done = asyncio.Event()
         window: list[float] = []  # [start, end] of the big request
-        during: list[float] = []  # small requests sent while the big one was in the sidecar
+        during: list[float] = []  # small requests due while the big one was in the sidecar
+        pending: set[asyncio.Task[None]] = set()
 
-        async def tenant(n: int) -> None:
-            i = 0
+        async def small_one(due: float, i: int) -> None:
+            seconds, _ = await one(stub, small, "small", f"s-{i}")
+            # From when it was due, not when it went out: a stall is not hidden by the requests
+            # it delays. One stalled behind the big request ends after it: it counts too.
+            latency = time.perf_counter() - due if due else seconds
+            if window and window[0] <= due and (len(window) == 1 or due <= window[1]):
+                during.append(latency)
+
+        async def tenant() -> None:
+            # Open loop: requests go out at a fixed rate whatever the answers do.
+            start, i = time.perf_counter(), 0
             while not done.is_set():
-                sent = time.perf_counter()
-                seconds, _ = await one(stub, small, "small", f"s{n}-{i}")
-                # A small request stalled behind the big one ends after it: it counts too.
-                if window and window[0] <= sent and (len(window) == 1 or sent <= window[1]):
-                    during.append(seconds)
+                due = start + i / rate
+                await asyncio.sleep(max(0.0, due - time.perf_counter()))
+                task = asyncio.create_task(small_one(due, i))
+                pending.add(task)
+                task.add_done_callback(pending.discard)
                 i += 1
 
-        workers = [asyncio.create_task(tenant(n)) for n in range(streams)]
+        sender = asyncio.create_task(tenant())
         await asyncio.sleep(0.5)
         window.append(time.perf_counter())
         big_s, big_outcome = await one(stub, big, "big", "big-1")
         window.append(time.perf_counter())
         done.set()
-        await asyncio.gather(*workers)
+        await sender
+        await asyncio.gather(*pending)
     return {
         "body_mb": len(big) / 1e6,
         "big_s": big_s,
@@ -162,7 +173,7 @@ def main() -> int:
     parser.add_argument(
         "--emails", type=int, action="append", help="repeatable; default 15000, 150000"
     )
-    parser.add_argument("--streams", type=int, default=4)
+    parser.add_argument("--rate", type=float, default=200.0, help="small requests per second")
     parser.add_argument("--work-timeout", default="300", help="seconds (so the big one finishes)")
     args = parser.parse_args()
     sizes = args.emails or [15000, 150000]
@@ -178,7 +189,7 @@ def main() -> int:
                 port = free_port()
                 flags = [*extra, "--work-timeout", args.work_timeout, "--work-budget", "0"]
                 with Sidecar(Path(tmp), port, flags):
-                    r = asyncio.run(measure(port, emails, args.streams))
+                    r = asyncio.run(measure(port, emails, args.rate))
             print(f"{name:<36} {emails:>7} {r['body_mb']:>5.1f} {r['big_s']:>7.2f} "
                   f"{r['big']:>22} {r['n']:>7} {r['p50_ms']:>7.1f} {r['p99_ms']:>7.1f} "
                   f"{r['max_ms']:>7.1f}", flush=True)  # fmt: skip

@@ -261,11 +261,11 @@ class Engine:
         if not redact and decision.action == "modify":
             rule = f"{decision.policy}/{decision.rule}"
             self._unreserve(ex)
-            exc = RedactionUnavailable(
+            unavailable = RedactionUnavailable(
                 f"this request must be redacted ({rule}), which ext_authz cannot do; "
                 "route it through the ext_proc filter"
             )
-            return self.refuse(ex, exc, fired=decision), None
+            return self.refuse(ex, unavailable, fired=decision), None
         if ex.deadline_ns is not None and time.monotonic_ns() > ex.deadline_ns:
             # Envoy has stopped waiting: whatever we answer now, the client has its 504 and
             # the request never reaches the provider. Say so, instead of what was decided.

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import pickle
 import signal
 import socket
@@ -54,6 +55,7 @@ log = logging.getLogger(__name__)
 DEFAULT_OFFLOAD_BYTES = 32 * 1024
 DEFAULT_TIMEOUT_S = 4.0  # + EXTENSION_MARGIN_S = 4.5 s, within Envoy's max_message_timeout: 5s
 EXTENSION_MARGIN_S = 0.5  # the override asks Envoy for the time bound plus this
+WORKER_NICENESS = 10
 # 4 MiB bodies (the body limit) with 16 scanners, or 64 MiB with one.
 DEFAULT_BUDGET = 64 * 1024 * 1024
 
@@ -140,6 +142,9 @@ def _compact(ex: Examined) -> Examined:
 def _worker_main(conn: Connection) -> None:
     """A worker: examine one request at a time until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops us
+    # Background work: where the worker and the event loop want the same core, the kernel
+    # runs the loop first, so other streams are answered while a large body waits.
+    os.nice(WORKER_NICENESS)
     snapshots: dict[str, Snapshot] = {}
     while True:
         try:

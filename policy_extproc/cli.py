@@ -215,6 +215,13 @@ def eval_(
     help="Worker processes that examine large bodies (0: every body in the event loop).",
 )
 @click.option(
+    "--offload-warm/--offload-lazy",
+    default=True,
+    show_default=True,
+    help="Start the worker processes and compile the policies in them at start and on every "
+    "policy change (lazy: on the first large body).",
+)
+@click.option(
     "--message-timeout",
     default=0.5,
     show_default=True,
@@ -247,6 +254,7 @@ def serve(
     work_timeout: float,
     offload_bytes: int,
     offload_workers: int,
+    offload_warm: bool,
     message_timeout: float,
     workers: int,
     log_level: str,
@@ -281,6 +289,7 @@ def serve(
         work_timeout_s=work_timeout,
         offload_bytes=offload_bytes,
         offload_workers=offload_workers,
+        offload_warm=offload_warm,
         message_timeout_s=message_timeout,
     )
     try:

@@ -33,6 +33,7 @@ from .enforce.servicer import Authorization, ExternalProcessor
 from .enforce.work import DEFAULT_BUDGET, DEFAULT_OFFLOAD_BYTES, DEFAULT_TIMEOUT_S, WorkSettings
 from .errors import PolicyError, StateError
 from .llm.catalog import load_catalog
+from .policy.compiler import Snapshot
 from .policy.store import PolicyStore
 from .state.base import StateBackend
 
@@ -78,6 +79,9 @@ class ServerConfig:
     work_timeout_s: float = DEFAULT_TIMEOUT_S
     offload_bytes: int = DEFAULT_OFFLOAD_BYTES
     offload_workers: int = 1
+    # Start the workers and compile the policies in them at start and on every swap, so the
+    # first large body after either pays no start-up (off: on first use; tests).
+    offload_warm: bool = True
     # Envoy's ext_proc message_timeout, as in envoy/*.yaml.
     message_timeout_s: float = 0.5
 
@@ -100,6 +104,8 @@ class Sidecar:
         self._server: grpc.aio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._sweep: asyncio.Task[None] | None = None
+        self._warming: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.health = HealthServicer()
         self.sink: AuditSink | None = None
         self.state: StateBackend | None = None
@@ -190,6 +196,15 @@ class Sidecar:
                 raise
         for service in ("", EXT_PROC, EXT_AUTHZ):
             await self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        if cfg.offload_warm and cfg.offload_workers:
+            loop = asyncio.get_running_loop()
+
+            # Swaps happen in reload threads and admin calls: hop onto the loop.
+            def rewarm(snapshot: Snapshot) -> None:
+                loop.call_soon_threadsafe(self._warm_workers, snapshot)
+
+            self.store.on_swap(rewarm)
+            self._warm_workers(self.store.current)
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
         # The bound port, not the configured one: with port 0 only this line says where we are.
@@ -202,6 +217,13 @@ class Sidecar:
             self.store.current.rule_count,
             self.store.current.version,
         )
+
+    def _warm_workers(self, snapshot: Snapshot) -> None:
+        if self._stopping:
+            return
+        task = asyncio.get_running_loop().create_task(self.engine.work.warm(snapshot))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     def _open_state(self) -> StateBackend:
         if self.config.redis:
@@ -260,8 +282,9 @@ class Sidecar:
         return self.control.admin_port
 
     async def stop(self) -> None:
+        self._stopping = True
         await self.control.stop()
-        for task in (self._watch, self._sweep):
+        for task in (self._watch, self._sweep, *self._warming):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import pickle
 import signal
 import socket
@@ -142,9 +141,6 @@ def _compact(ex: Examined) -> Examined:
 def _worker_main(conn: Connection) -> None:
     """A worker: examine one request at a time until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops us
-    # Background work: where the worker and the event loop want the same core, the kernel
-    # runs the loop first, so other streams are answered while a large body waits.
-    os.nice(WORKER_NICENESS)
     snapshots: dict[str, Snapshot] = {}
     while True:
         try:
@@ -158,7 +154,10 @@ def _worker_main(conn: Connection) -> None:
                 if len(snapshots) >= 2:
                     snapshots.clear()
                 snapshots[version] = snapshot
-            answer: tuple[str, Any] = ("ok", _compact(examine(snapshot, *job)))
+            if job is None:  # a warm-up: the snapshot is compiled, nothing to examine
+                answer: tuple[str, Any] = ("ok", None)
+            else:
+                answer = ("ok", _compact(examine(snapshot, *job)))
         except PolicyExtprocError as exc:
             answer = ("error", exc)
         except Exception as exc:  # a bug of ours: named, not sent (it may not pickle)
@@ -216,7 +215,7 @@ class WorkerPool:
         parent, child = socket.socketpair()
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", __name__, str(child.fileno())],
+                [sys.executable, "-c", _WORKER_START, str(child.fileno())],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
             )
@@ -292,6 +291,31 @@ class WorkerPool:
             raise value
         raise WorkerFailed("internal error while examining the request")
 
+    def compiled(self) -> set[str]:
+        """The snapshot versions that every idle worker has compiled."""
+        sets = [w.versions for w in self._idle]
+        return set.intersection(*sets) if sets else set()
+
+    async def warm(self, snapshot: Snapshot) -> None:
+        """Start every worker and have it compile ``snapshot`` now, not on the first large body."""
+
+        async def one() -> None:
+            w = await self._acquire()
+            try:
+                message = (snapshot.version, self._blob(snapshot), None)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+            except BaseException:
+                self._kill(w)
+                raise
+            w.versions.add(snapshot.version)
+            self._release(w)
+
+        results = await asyncio.gather(*(one() for _ in range(self.size)), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                log.warning("could not warm a worker process: %s", r)
+
     def close(self) -> None:
         for w in self._idle:
             w.conn.close()  # the worker sees EOF and returns
@@ -333,12 +357,23 @@ class WorkRunner:
         job = (dict(headers), dict(claims) if claims else None, body, self.identity)
         return await self.pool.run(snapshot, job)
 
+    async def warm(self, snapshot: Snapshot) -> None:
+        """Have the workers compile ``snapshot`` ahead of the first large body (start, swap)."""
+        if self.pool is not None:
+            await self.pool.warm(snapshot)
+
     def close(self) -> None:
         if self.pool is not None:
             self.pool.close()
 
 
-if __name__ == "__main__":  # a worker process (WorkerPool._spawn)
-    from policy_extproc.enforce.work import _worker_main as serve_worker
-
-    serve_worker(Connection(int(sys.argv[1])))
+# A worker lowers its priority first, before its imports and its compile of the policies:
+# where a worker and the event loop want the same core, the kernel runs the loop, so other
+# streams are answered while a large body waits.
+_WORKER_START = f"""
+import os, sys
+os.nice({WORKER_NICENESS})
+from multiprocessing.connection import Connection
+from policy_extproc.enforce.work import _worker_main
+_worker_main(Connection(int(sys.argv[1])))
+"""

@@ -245,6 +245,7 @@ async def running_sidecar(
     write_policies(policy_dir, policies)
     config.setdefault("audit_log", None)
     config.setdefault("grace_s", 5.0)
+    config.setdefault("offload_warm", False)  # a worker process only for tests that need one
     sink = RecordingSink()
     sidecar = Sidecar(
         ServerConfig(policies=(str(policy_dir),), listen="127.0.0.1:0", **config), sinks=[sink]

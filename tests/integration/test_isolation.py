@@ -30,6 +30,7 @@ from tests.integration.helpers import (
     request_headers,
     running_sidecar,
     wait_for,
+    write_policies,
 )
 
 POLICIES = """
@@ -246,3 +247,21 @@ async def test_no_error_message_names_a_server_path(tmp_path: Path) -> None:
         assert json.loads(text)["error"]["code"] == "audit_unavailable"
         assert str(tmp_path) not in text and "Errno" not in text
         assert str(tmp_path) not in answer.immediate_response.details
+
+
+async def test_workers_compile_the_policies_at_start_and_on_every_change(tmp_path: Path) -> None:
+    async with running_sidecar(
+        tmp_path, POLICIES, offload_warm=True, watch_interval_s=0.05
+    ) as server:
+        pool = server.sidecar.engine.work.pool
+        assert pool is not None
+        first = server.sidecar.store.current.version
+        await wait_for(lambda: first in pool.compiled(), "the worker to compile the policies")
+        write_policies(server.policy_dir, POLICIES.replace("confidential", "classified"))
+        await wait_for(lambda: server.sidecar.store.current.version != first, "the reload")
+        second = server.sidecar.store.current.version
+        await wait_for(lambda: second in pool.compiled(), "the worker to compile the new set")
+        assert pool.started == 1
+        # A large body is decided on the new set.
+        _, answer = await decide(server, chat_body("classified " * 5000), rid="after")
+        assert common(answer).body_mutation.body.count(b"[REDACTED:secrets]") == 5000

@@ -183,4 +183,5 @@ def test_serve_flags_default_to_the_server_config() -> None:
     assert flags["work_timeout"] == defaults.work_timeout_s
     assert flags["offload_bytes"] == defaults.offload_bytes
     assert flags["offload_workers"] == defaults.offload_workers
+    assert flags["offload_warm"] == defaults.offload_warm
     assert flags["message_timeout"] == defaults.message_timeout_s

@@ -106,6 +106,7 @@ class Exchange:
     outcome: str | None = None
     # time.monotonic_ns() after which Envoy no longer waits for the message being decided.
     deadline_ns: int | None = None
+    scope: EffectiveSet | None = None  # the rules in force for the identity, before the body
     plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
     route: failover.Route | None = None  # where it went, and the breaker watching that provider
     guarded: bool = False  # output guardrails apply to this answer
@@ -182,7 +183,7 @@ class Engine:
                 f"{self.config.max_body_bytes} bytes"
             )
             return self.refuse(ex, exc)
-        if length.isdigit() and self.store.ready:
+        if length.isdigit() and self.store.ready and self.config.work.budget:
             try:
                 check_budget(self.config.work, self._scope(ex), int(length))
             except RequestError as exc:
@@ -191,10 +192,12 @@ class Engine:
 
     def _scope(self, ex: Exchange) -> EffectiveSet:
         """The rules in force for the exchange's identity (headers and claims, no body)."""
-        if ex.snapshot is None:
-            ex.snapshot = self.store.current
-        ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
-        return ex.snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+        if ex.scope is None:
+            if ex.snapshot is None:
+                ex.snapshot = self.store.current
+            ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
+            ex.scope = ex.snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+        return ex.scope
 
     def extension_s(self, size: int) -> float | None:
         """Seconds to ask Envoy for while a body of ``size`` bytes is examined (None: none)."""
@@ -216,8 +219,8 @@ class Engine:
         """
         if claims is None:
             claims = ex.claims
-        else:
-            ex.claims = claims
+        elif claims is not ex.claims:
+            ex.claims, ex.scope = claims, None
         if not complete or len(body) > self.config.max_body_bytes:
             return self.refuse(
                 ex,
@@ -229,7 +232,8 @@ class Engine:
             ex.snapshot = self.store.current
         snapshot = ex.snapshot
         try:
-            check_budget(self.config.work, self._scope(ex), len(body))
+            if self.config.work.budget:
+                check_budget(self.config.work, self._scope(ex), len(body))
             examined = await self.work.examine(snapshot, ex.headers, claims, body)
         except RequestError as exc:
             ex.ctx = build_context(ex.headers, None, claims=claims, config=self.config.identity)

@@ -265,3 +265,24 @@ async def test_workers_compile_the_policies_at_start_and_on_every_change(tmp_pat
         # A large body is decided on the new set.
         _, answer = await decide(server, chat_body("classified " * 5000), rid="after")
         assert common(answer).body_mutation.body.count(b"[REDACTED:secrets]") == 5000
+
+
+async def test_a_worker_that_dies_fails_its_request_closed_and_is_replaced(tmp_path: Path) -> None:
+    async with running_sidecar(tmp_path, POLICIES, offload_bytes=0) as server:
+        pool = server.sidecar.engine.work.pool
+        assert pool is not None
+        _, answer = await decide(server, chat_body("first"), rid="first")
+        assert answer.WhichOneof("response") == "request_body"
+        [worker] = pool._idle
+        worker.process.kill()  # out of memory, say
+        worker.process.wait()
+        ex, answer = await decide(server, chat_body("mail ann@example.org"), rid="died")
+        assert answer.immediate_response.status.code == 500
+        error = immediate_json(answer)["error"]
+        assert error["code"] == "internal_error" and "example.org" not in error["message"]
+        assert await ex.close() == grpc.StatusCode.OK
+        [record] = records_for(server, "died")
+        assert record["error_code"] == "internal_error" and record["decision"] == "block"
+        _, answer = await decide(server, chat_body("mail ann@example.org"), rid="after")
+        assert b"[EMAIL]" in common(answer).body_mutation.body
+        assert pool.started == 2

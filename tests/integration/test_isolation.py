@@ -126,8 +126,10 @@ async def test_the_worker_decides_and_audits_exactly_as_the_loop(
     sidecars: Sidecars, text: str
 ) -> None:
     body = chat_body(text)
-    in_loop = await sidecars.start(POLICIES, offload_workers=0, channel_options=OPTIONS)
-    worker = await sidecars.start(POLICIES, offload_bytes=0, channel_options=OPTIONS)
+    # No deadline in the way on a busy machine: the two paths are compared, not timed.
+    common_config: dict[str, Any] = {"channel_options": OPTIONS, "message_timeout_s": 300}
+    in_loop = await sidecars.start(POLICIES, offload_workers=0, **common_config)
+    worker = await sidecars.start(POLICIES, offload_bytes=0, **common_config)
     answers, records = [], []
     for server in (in_loop, worker):
         ex, answer = await decide(server, body, rid="same")
@@ -142,8 +144,8 @@ async def test_the_worker_decides_and_audits_exactly_as_the_loop(
 
 async def test_the_worker_refuses_like_the_loop(sidecars: Sidecars) -> None:
     bodies = [b"{not json" + b" " * 40_000, chat_body("a forbidden word " + "x " * 20_000)]
-    in_loop = await sidecars.start(POLICIES, offload_workers=0)
-    worker = await sidecars.start(POLICIES, offload_bytes=0)
+    in_loop = await sidecars.start(POLICIES, offload_workers=0, message_timeout_s=300)
+    worker = await sidecars.start(POLICIES, offload_bytes=0, message_timeout_s=300)
     for i, body in enumerate(bodies):
         seen = []
         for server in (in_loop, worker):

@@ -18,7 +18,13 @@ from typing import Any
 
 from ..audit.builder import record_for
 from ..audit.sink import AuditSink
-from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError
+from ..errors import (
+    BodyTooLarge,
+    EnvoyGaveUp,
+    PolicyExtprocError,
+    RequestError,
+    StateError,
+)
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, rewrite_request
 from ..llm.response import SseParser, Usage, parse_response, rewrite_response
@@ -63,22 +69,6 @@ class RedactionUnavailable(PolicyExtprocError):
 
     code = "redaction_unavailable"
     http_status = 403
-
-
-class EnvoyGaveUp(PolicyExtprocError):
-    """Envoy stopped waiting for the decision (message timeout): the client got its 504."""
-
-    code = "envoy_gave_up"
-    http_status = 504
-    outcome = "envoy_gave_up"
-
-
-class StreamCancelled(PolicyExtprocError):
-    """The stream was reset before the request was decided (the client went away)."""
-
-    code = "stream_cancelled"
-    http_status = 499
-    outcome = "stream_cancelled"
 
 
 @dataclass(slots=True)

@@ -23,9 +23,9 @@ import time
 from dataclasses import replace
 from typing import Any
 
-from ..errors import PolicyExtprocError, ProtocolError
+from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
 from . import responses
-from .engine import Engine, EnvoyGaveUp, Exchange, StreamCancelled
+from .engine import Engine, Exchange
 from .replies import Continue, Immediate, Reply
 from .translate import Event
 

@@ -192,12 +192,17 @@ def main() -> int:
     )
     parser.add_argument("--rate", type=float, default=200.0, help="small requests per second")
     parser.add_argument("--work-timeout", default="300", help="seconds (so the big one finishes)")
+    parser.add_argument(
+        "--skip-loop", action="store_true", help="only the worker configuration (and baseline)"
+    )
     args = parser.parse_args()
     sizes = args.emails or [15000, 150000]
     configs = {
         "in the loop (--offload-workers 0)": ["--offload-workers", "0"],
         "worker process (default)": [],
     }
+    if args.skip_loop:
+        del configs["in the loop (--offload-workers 0)"]
     runs = [(0, "no large body (baseline)", [])]
     runs += [(n, name, extra) for n in sizes for name, extra in configs.items()]
     print(f"{'configuration':<36} {'emails':>7} {'MB':>5} {'big s':>7} {'big':>22} "

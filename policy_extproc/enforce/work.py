@@ -248,7 +248,7 @@ class WorkerPool:
         self.killed += 1
         w.process.kill()
         w.conn.close()
-        w.process.wait()
+        self._threads.submit(w.process.wait)  # reaped off the loop
         assert self._slots is not None
         self._slots.release()
 

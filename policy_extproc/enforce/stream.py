@@ -10,6 +10,12 @@ Every transition lives in ``ExtProcStream.handle``'s table::
     RESPONSE_BODY --response_body--> RESPONSE_BODY (DONE at end of stream)
     any --trailers--> same state
     anything else: a protocol error, answered with a deliberate 500 and audited.
+    START/BODY --stream ends or is reset (``close``)--> DONE, audited: stream_cancelled, or
+                                                       envoy_gave_up past Envoy's deadline
+
+A large body is examined in a worker process; before its answer the servicer sends Envoy an
+``override_message_timeout`` (``extension``). Each message arms a deadline (Envoy's message
+timeout, or the time asked for): a decision reached after it is refused as envoy_gave_up.
 
 DESIGN.md s8: an exception must never close the stream with an error status (Envoy would fail
 the request with its own 500); every failure here becomes a reply we chose.

@@ -370,6 +370,52 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     type=click.FloatRange(0.0, 3600.0),
     help="Seconds open streams may finish after SIGTERM; the rest are cut (and audited as cut).",
 )
+@click.option(
+    "--work-budget",
+    default=64 * 1024 * 1024,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Work one request may cost, in body bytes x text scanners (PII rules, compliance "
+    "packs, content filters) in force; over it: 413 work_budget_exceeded. 0: no limit.",
+)
+@click.option(
+    "--work-timeout",
+    default=4.0,
+    show_default=True,
+    type=click.FloatRange(0.01, 300.0),
+    help="Seconds a large body's examination may take in a worker process; over it: 413 "
+    "work_budget_exceeded. The sidecar asks Envoy for this plus 0.5 s: keep it within the "
+    "ext_proc filter's max_message_timeout.",
+)
+@click.option(
+    "--offload-bytes",
+    default=32 * 1024,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Bodies at least this large are examined in a worker process, off the event loop.",
+)
+@click.option(
+    "--offload-workers",
+    default=1,
+    show_default=True,
+    type=click.IntRange(0, 64),
+    help="Worker processes that examine large bodies (0: every body in the event loop).",
+)
+@click.option(
+    "--offload-warm/--offload-lazy",
+    default=True,
+    show_default=True,
+    help="Start the worker processes and compile the policies in them at start and on every "
+    "policy change (lazy: on the first large body).",
+)
+@click.option(
+    "--message-timeout",
+    default=0.5,
+    show_default=True,
+    type=click.FloatRange(0.06, 300.0),
+    help="Envoy's ext_proc message_timeout: a decision later than this is refused and "
+    "audited as envoy_gave_up.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--allow-anonymous",
@@ -414,6 +460,12 @@ def serve(
     metrics_listen: str | None,
     admin_listen: str,
     grace: float,
+    work_budget: int,
+    work_timeout: float,
+    offload_bytes: int,
+    offload_workers: int,
+    offload_warm: bool,
+    message_timeout: float,
     workers: int,
     allow_anonymous: bool,
     log_level: str,
@@ -466,6 +518,12 @@ def serve(
         tls=tls,
         admin_tls=admin_tls,
         allow_anonymous=allow_anonymous,
+        work_budget=work_budget,
+        work_timeout_s=work_timeout,
+        offload_bytes=offload_bytes,
+        offload_workers=offload_workers,
+        offload_warm=offload_warm,
+        message_timeout_s=message_timeout,
     )
     try:
         if workers > 1:

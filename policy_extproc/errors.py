@@ -16,6 +16,9 @@ metric is labelled with; the HTTP status is what the client gets when the error 
     │   │                                           identity key that is absent
     │   └── AmbiguousIdentity  ambiguous_identity   two values for one identity header
     ├── StateError             state_unavailable    the state backend (Redis) failed or timed out
+    ├── EnvoyGaveUp            envoy_gave_up        the decision came after Envoy's message
+    │                                               timeout (the client got Envoy's 504)
+    ├── StreamCancelled        stream_cancelled     the stream was reset before the decision
     ├── ProtocolError          protocol_error       Envoy sent a message out of order
     ├── AdminError             admin_error          an admin call was refused (auth, not found)
     └── TlsError               tls_error            a certificate, key or CA file cannot be used
@@ -125,3 +128,17 @@ class AdminError(PolicyExtprocError):
 
 class TlsError(PolicyExtprocError):
     code = "tls_error"
+class EnvoyGaveUp(PolicyExtprocError):
+    """Envoy stopped waiting for the decision (message timeout): the client got its 504."""
+
+    code = "envoy_gave_up"
+    http_status = 504
+    outcome = "envoy_gave_up"  # the audit record's ``outcome``: what the client got
+
+
+class StreamCancelled(PolicyExtprocError):
+    """The stream was reset before the request was decided (the client went away)."""
+
+    code = "stream_cancelled"
+    http_status = 499  # no client reads it: the stream is gone
+    outcome = "stream_cancelled"

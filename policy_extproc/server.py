@@ -40,8 +40,10 @@ from .enforce.alerts import AlertNotifier
 from .enforce.decision_alerts import BlockAlertSink, RuleOptOuts
 from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
 from .enforce.servicer import Authorization, ExternalProcessor
+from .enforce.work import DEFAULT_BUDGET, DEFAULT_OFFLOAD_BYTES, DEFAULT_TIMEOUT_S, WorkSettings
 from .errors import PolicyError, StateError
 from .llm.catalog import load_catalog
+from .policy.compiler import Snapshot
 from .policy.store import PolicyStore
 from .state.base import StateBackend
 from .tls import CertificateReloader, TlsFiles, server_credentials
@@ -103,6 +105,17 @@ class ServerConfig:
     # Decide requests that name no organisation by the policies of empty scope, instead of
     # refusing them with 400 missing_identity (the default: fail closed).
     allow_anonymous: bool = False
+    # The work one request may cost (enforce/work.py): body bytes x text scanners, and the
+    # elapsed time of a large body's examination in a worker process (0 workers: in the loop).
+    work_budget: int = DEFAULT_BUDGET
+    work_timeout_s: float = DEFAULT_TIMEOUT_S
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
+    offload_workers: int = 1
+    # Start the workers and compile the policies in them at start and on every swap, so the
+    # first large body after either pays no start-up (off: on first use; tests).
+    offload_warm: bool = True
+    # Envoy's ext_proc message_timeout, as in envoy/*.yaml.
+    message_timeout_s: float = 0.5
 
 
 class Sidecar:
@@ -125,6 +138,8 @@ class Sidecar:
         self._server: grpc.aio.Server | None = None
         self._watch: asyncio.Task[None] | None = None
         self._sweep: asyncio.Task[None] | None = None
+        self._warming: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self.health = HealthServicer()
         self.sink: AuditSink | None = None
         self.state: StateBackend | None = None
@@ -174,6 +189,13 @@ class Sidecar:
                 max_body_bytes=cfg.max_body_bytes,
                 limits=limits.Settings(time_zone=cfg.budget_time_zone),
                 allow_anonymous=cfg.allow_anonymous,
+                work=WorkSettings(
+                    budget=cfg.work_budget,
+                    timeout_s=cfg.work_timeout_s,
+                    offload_bytes=cfg.offload_bytes,
+                    workers=cfg.offload_workers,
+                ),
+                message_timeout_s=cfg.message_timeout_s,
             ),
             state=self.state,
             catalog=self.catalog,
@@ -230,6 +252,15 @@ class Sidecar:
                 raise
         self._ready["policies"] = True
         await self._set_health()
+        if cfg.offload_warm and cfg.offload_workers:
+            loop = asyncio.get_running_loop()
+
+            # Swaps happen in reload threads and admin calls: hop onto the loop.
+            def rewarm(snapshot: Snapshot) -> None:
+                loop.call_soon_threadsafe(self._warm_workers, snapshot)
+
+            self.store.on_swap(rewarm)
+            self._warm_workers(self.store.current)
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
         self._background.append(asyncio.create_task(self._probe_audit()))
@@ -244,6 +275,13 @@ class Sidecar:
             self.store.current.rule_count,
             self.store.current.version,
         )
+
+    def _warm_workers(self, snapshot: Snapshot) -> None:
+        if self._stopping:
+            return
+        task = asyncio.get_running_loop().create_task(self.engine.work.warm(snapshot))
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     def _open_state(self) -> StateBackend:
         if self.config.redis:
@@ -401,8 +439,9 @@ class Sidecar:
     async def stop(self) -> None:
         if hasattr(self, "engine"):
             self.engine.stopping = True  # streams cut from here on are audited as such
+        self._stopping = True
         await self.control.stop()
-        for task in (self._watch, self._sweep, *self._background):
+        for task in (self._watch, self._sweep, *self._background, *self._warming):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -412,6 +451,7 @@ class Sidecar:
             await self._server.stop(self.config.grace_s)
         if hasattr(self, "engine"):
             await self.engine.drain()
+            self.engine.close()
             await self.alerts.close()
         if self.sink is not None:
             self.sink.close()

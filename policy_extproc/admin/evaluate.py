@@ -12,13 +12,11 @@ from dataclasses import dataclass
 
 from ..audit.builder import record_for
 from ..audit.record import AuditRecord
-from ..errors import TokenPrompt
-from ..llm.request import TOKEN_PROMPT_REFUSAL, parse_request, rewrite_request
+from ..enforce.work import examine
+from ..llm.request import rewrite_request
 from ..policy.compiler import Snapshot
-from ..policy.context import build_context
-from ..policy.evaluator import check_request, decide
+from ..policy.evaluator import decide
 from ..policy.explain import explain
-from ..policy.model import allows_token_prompts
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,14 +42,15 @@ def guess_path(body: bytes) -> str:
 def dry_run(snapshot: Snapshot, body: bytes, headers: Mapping[str, str], path: str = "") -> DryRun:
     """Decide ``body`` without enforcing anything; raises ``RequestError`` for a bad body."""
     hdrs = {k.lower(): v for k, v in headers.items()}
-    request = parse_request(path or hdrs.get(":path") or guess_path(body), body)
-    ctx = build_context(hdrs, request)
+    hdrs[":path"] = path or hdrs.get(":path") or guess_path(body)
+    hdrs.setdefault(":method", "POST")
+    # The server's own request pipeline (parse, identity, token prompts, the request rules).
+    examined = examine(snapshot, hdrs, None, body)
+    request, ctx = examined.request, examined.ctx
     es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-    if request.token_prompts and not allows_token_prompts(cp.policy for cp in es.policies):
-        raise TokenPrompt(TOKEN_PROMPT_REFUSAL)  # as the server refuses it
-    decision = decide(es, ctx, check_request(es, ctx))
+    decision = decide(es, ctx, examined.findings)
     new_body = None
-    if decision.new_texts and decision.action in ("allow", "modify"):
+    if request is not None and decision.new_texts and decision.action in ("allow", "modify"):
         new_body = rewrite_request(request, decision.new_texts)
     record = record_for(decision, ctx, policy_version=snapshot.version)
     return DryRun(record, explain(es, ctx, decision), new_body)

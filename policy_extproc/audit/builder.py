@@ -19,6 +19,7 @@ def record_for(
     trace_id: str | None = None,
     error_code: str | None = None,
     phase: str = "request",
+    outcome: str | None = None,
 ) -> AuditRecord:
     """The audit record of one decision."""
     # The model as judged and priced (canonical, an Azure deployment resolved), else as sent.
@@ -54,4 +55,5 @@ def record_for(
         degraded=decision.degraded,
         trace_id=trace_id,
         phase=phase,
+        outcome=outcome,
     )

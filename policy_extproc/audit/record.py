@@ -79,6 +79,10 @@ class AuditRecord:
     # "request": the decision on the request; "response": the same exchange once the response
     # is over (usage, cost, output guardrails). Both carry the request_id.
     phase: str = "request"
+    # What the client got when it is not the decision: "envoy_gave_up" (Envoy's message
+    # timeout fired first: its 504, nothing reached the provider), "stream_cancelled" (the
+    # stream was reset before the request was decided). None: the decision is what it got.
+    outcome: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, once, so that neither sink can be handed a record it cannot write.
@@ -126,6 +130,7 @@ class AuditRecord:
             "degraded": list(self.degraded),
             "trace_id": self.trace_id,
             "phase": self.phase,
+            "outcome": self.outcome,
         }
 
     @classmethod
@@ -161,6 +166,7 @@ class AuditRecord:
             degraded=tuple(data.get("degraded", ())),
             trace_id=data.get("trace_id"),
             phase=data.get("phase", "request"),
+            outcome=data.get("outcome"),
         )
 
 

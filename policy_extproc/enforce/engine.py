@@ -18,16 +18,21 @@ from typing import Any
 
 from ..audit.builder import record_for
 from ..audit.sink import AuditSink
-from ..errors import BodyTooLarge, PolicyExtprocError, RequestError, StateError, TokenPrompt
+from ..errors import (
+    BodyTooLarge,
+    EnvoyGaveUp,
+    PolicyExtprocError,
+    RequestError,
+    StateError,
+)
 from ..llm.catalog import Catalog, load_catalog
-from ..llm.request import TOKEN_PROMPT_REFUSAL, LlmRequest, parse_request, rewrite_request
+from ..llm.request import LlmRequest, rewrite_request
 from ..llm.response import SseParser, Usage, UsageChunkFilter, parse_response, rewrite_response
 from ..policy.compiler import EffectiveRule, EffectiveSet, Snapshot
 from ..policy.compliance import PACKS
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context, require_identity
 from ..policy.decision import Decision, Fired, RequestContext
-from ..policy.evaluator import Findings, check_request, check_response, decide
-from ..policy.model import allows_token_prompts
+from ..policy.evaluator import Findings, check_response, decide
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
@@ -35,6 +40,7 @@ from . import approvals, failover, guard, limits, responses
 from .alerts import AlertNotifier
 from .failover import default_provider
 from .limits import needs_state, needs_usage
+from .work import WorkRunner, WorkSettings, check_budget
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,11 @@ class EngineConfig:
     # Decide requests that name no organisation (by the policies of empty scope) instead of
     # refusing them with missing_identity; the same switch as ``identity.allow_anonymous``.
     allow_anonymous: bool = False
+    # The work budget and where large bodies are examined (enforce/work.py).
+    work: WorkSettings = field(default_factory=WorkSettings)
+    # Envoy's ext_proc message_timeout (envoy/*.yaml): a decision that would reach Envoy after
+    # it gave up is refused and audited as such, never recorded as what the client got.
+    message_timeout_s: float = 0.5
 
     def __post_init__(self) -> None:
         # One setting, two spellings: either turns it on, and both then say so.
@@ -61,6 +72,13 @@ class EngineConfig:
             object.__setattr__(self, "identity", replace(self.identity, allow_anonymous=True))
         elif self.identity.allow_anonymous:
             object.__setattr__(self, "allow_anonymous", True)
+
+
+class RedactionUnavailable(PolicyExtprocError):
+    """ext_authz cannot rewrite a body: a request that must be redacted is refused instead."""
+
+    code = "redaction_unavailable"
+    http_status = 403
 
 
 @dataclass(slots=True)
@@ -84,6 +102,11 @@ class Exchange:
     usage: Usage | None = None
     finished: bool = False
     error_code: str | None = None
+    # What the client got when it is not the decision (Envoy gave up, the stream was reset).
+    outcome: str | None = None
+    # time.monotonic_ns() after which Envoy no longer waits for the message being decided.
+    deadline_ns: int | None = None
+    scope: EffectiveSet | None = None  # the rules in force for the identity, before the body
     plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
     route: failover.Route | None = None  # where it went, and the breaker watching that provider
     guarded: bool = False  # output guardrails apply to this answer
@@ -129,6 +152,7 @@ class Engine:
         self.stopping = False
         self.alerts = alerts if alerts is not None else AlertNotifier(None)
         self._background: set[asyncio.Task[None]] = set()
+        self.work = WorkRunner(self.config.work, self.config.identity, self.catalog)
 
     def begin(
         self, headers: Mapping[str, str], claims: Mapping[str, Any] | None = None
@@ -171,16 +195,46 @@ class Engine:
                 f"{self.config.max_body_bytes} bytes"
             )
             return self.refuse(ex, exc)
+        if length.isdigit() and self.store.ready and self.config.work.budget:
+            try:
+                check_budget(self.config.work, self._scope(ex), int(length))
+            except RequestError as exc:
+                return self.refuse(ex, exc)
         return None
 
+    def _scope(self, ex: Exchange) -> EffectiveSet:
+        """The rules in force for the exchange's identity (headers and claims, no body)."""
+        if ex.scope is None:
+            if ex.snapshot is None:
+                ex.snapshot = self.store.current
+            ctx = build_context(
+                ex.headers, None, claims=ex.claims, config=self.config.identity, strict=False
+            )
+            ex.scope = ex.snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+        return ex.scope
+
+    def extension_s(self, size: int) -> float | None:
+        """Seconds to ask Envoy for while a body of ``size`` bytes is examined (None: none)."""
+        return self.work.extension_s(size)
+
     async def decide_request(
-        self, ex: Exchange, body: bytes, *, complete: bool, claims: Mapping[str, Any] | None = None
+        self,
+        ex: Exchange,
+        body: bytes,
+        *,
+        complete: bool,
+        claims: Mapping[str, Any] | None = None,
+        redact: bool = True,
     ) -> tuple[Decision, bytes | None]:
-        """The decision for a request whose body (possibly empty) has arrived, and its new body."""
+        """The decision for a request whose body (possibly empty) has arrived, and its new body.
+
+        ``redact=False`` (ext_authz, which cannot rewrite a body): a request that a policy
+        wants redacted is refused, with one audit record for it.
+        """
         if claims is None:
             claims = ex.claims
-        else:
-            ex.claims = claims
+        elif claims is not ex.claims:
+            ex.claims, ex.scope = claims, None
         refused = self._identity_refusal(ex)
         if refused is not None:
             return refused, None
@@ -194,25 +248,19 @@ class Engine:
         if ex.snapshot is None:
             ex.snapshot = self.store.current
         snapshot = ex.snapshot
-        path = ex.headers.get(":path", "/")
         try:
-            if not body and ex.headers.get(":method", "POST") in ("GET", "HEAD", "OPTIONS"):
-                request = None  # model listings, health checks: nothing for a policy to read
-            else:
-                request = parse_request(path, body)
+            if self.config.work.budget:
+                check_budget(self.config.work, self._scope(ex), len(body))
+            examined = await self.work.examine(snapshot, ex.headers, claims, body)
         except RequestError as exc:
-            ex.ctx = build_context(ex.headers, None, claims=claims, config=self.config.identity)
+            ex.ctx = build_context(
+                ex.headers, None, claims=claims, config=self.config.identity, strict=False
+            )
             return self.refuse(ex, exc), None
-        # ``claims`` come from Envoy's jwt_authn filter: verified, so they win over headers.
-        ex.request = request
-        ex.ctx = ctx = build_context(
-            ex.headers, request, claims=claims, config=self.config.identity, catalog=self.catalog
-        )
+        ex.request = request = examined.request
+        ex.ctx = ctx = examined.ctx
         ex.es = es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-        tokens_ok = request is None or not request.token_prompts
-        if not (tokens_ok or allows_token_prompts(cp.policy for cp in es.policies)):
-            return self.refuse(ex, TokenPrompt(TOKEN_PROMPT_REFUSAL)), None
-        findings = check_request(es, ctx)
+        findings = examined.findings
         extra: dict[str, Any] = {}
         if request is not None and _passes(findings):
             try:
@@ -233,9 +281,36 @@ class Engine:
             new_body = rewrite_request(
                 request, decision.new_texts, model=decision.reroute_model, set_fields=fields
             )
+        if not redact and decision.action == "modify":
+            rule = f"{decision.policy}/{decision.rule}"
+            self._unreserve(ex)
+            unavailable = RedactionUnavailable(
+                f"this request must be redacted ({rule}), which ext_authz cannot do; "
+                "route it through the ext_proc filter"
+            )
+            return self.refuse(ex, unavailable, fired=decision), None
+        if ex.deadline_ns is not None and time.monotonic_ns() > ex.deadline_ns:
+            # Envoy has stopped waiting: whatever we answer now, the client has its 504 and
+            # the request never reaches the provider. Say so, instead of what was decided.
+            self._unreserve(ex)
+            return self.refuse(
+                ex, EnvoyGaveUp("the decision took longer than Envoy waits for it")
+            ), None
         ex.decision = decision
         self._audit(ex, decision)
         return decision, new_body
+
+    def _unreserve(self, ex: Exchange) -> None:
+        """Give back what was admitted for a request that is refused after all."""
+        if ex.plan is not None:
+            ex.plan = None
+            self._spawn(self._release(ex.ctx.org or "-", ex.request_id))
+
+    async def _release(self, org: str, request_id: str) -> None:
+        try:
+            await self.state.release(org, request_id)
+        except StateError as exc:
+            log.warning("could not release the reservation of %s: %s", request_id, exc)
 
     async def _stateful(
         self, ex: Exchange, es: EffectiveSet, ctx: RequestContext, findings: Findings
@@ -419,10 +494,24 @@ class Engine:
             return self.refuse(ex, exc)
         return None
 
-    def refuse(self, ex: Exchange, exc: PolicyExtprocError) -> Decision:
-        """Refuse the request for an error, audited with whatever identity it carried."""
+    def refuse(
+        self, ex: Exchange, exc: PolicyExtprocError, *, fired: Decision | None = None
+    ) -> Decision:
+        """Refuse the request for an error, audited with whatever identity it carried.
+
+        ``fired``: the decision the rules took, whose rule and firings the refusal names.
+        """
         decision = responses.request_error(exc)
+        if fired is not None:
+            decision = replace(
+                decision,
+                policy=fired.policy,
+                rule=fired.rule,
+                fired=fired.fired,
+                compliance=fired.compliance,
+            )
         ex.error_code = exc.code
+        ex.outcome = getattr(exc, "outcome", None)
         if not ex.ctx.org and not ex.ctx.user and (ex.headers or ex.claims):
             ex.ctx = build_context(
                 ex.headers, None, claims=ex.claims, config=self.config.identity, strict=False
@@ -448,6 +537,7 @@ class Engine:
             policy_version=ex.snapshot.version if ex.snapshot else "",
             trace_id=trace_id,
             error_code=ex.error_code,
+            outcome=ex.outcome,
             **extra,
         )
         self.sink.emit(record, trace_context=ex.trace_context)
@@ -605,6 +695,10 @@ class Engine:
         """Wait for background settlements (shutdown)."""
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+
+    def close(self) -> None:
+        """Stop the worker processes (shutdown, after the streams have drained)."""
+        self.work.close()
 
 
 def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:

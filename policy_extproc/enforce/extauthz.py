@@ -1,8 +1,9 @@
 """ext_authz adapter: the same engine, answered as allow (200 OK) or deny (a JSON refusal).
 
 ext_authz cannot rewrite a body. A request that a policy wants redacted (``modify``) is
-therefore refused (403 ``redaction_unavailable``), never let through unredacted: failing open is
-a setting elsewhere, never a silent side effect. Deployments that redact use ext_proc.
+therefore refused (403 ``redaction_unavailable``, one audit record), never let through
+unredacted: failing open is a setting elsewhere, never a silent side effect. Deployments that
+redact use ext_proc.
 """
 
 from __future__ import annotations
@@ -17,13 +18,7 @@ from google.rpc import status_pb2
 from ..errors import PolicyExtprocError
 from ..policy.decision import Decision
 from . import responses, translate
-from .engine import Engine, Exchange
-
-
-class RedactionUnavailable(PolicyExtprocError):
-    code = "redaction_unavailable"
-    http_status = 403
-
+from .engine import Engine, Exchange, RedactionUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -76,22 +71,13 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
         # is shorter than its declared length, and is refused rather than half-evaluated.
         declared = headers.get("content-length", "")
         complete = not (declared.isdigit() and int(declared) > len(body))
-        decision, _ = await engine.decide_request(ex, body, complete=complete)
+        # redact=False: a request to be redacted is refused by the engine, one record for it.
+        decision, _ = await engine.decide_request(ex, body, complete=complete, redact=False)
     except PolicyExtprocError as exc:
         decision = _refuse(engine, ex, exc)
     except Exception:
         log.exception("ext_authz check failed")
         decision = _refuse(engine, ex, PolicyExtprocError("internal error"))
-    if decision.action == "modify":
-        rule = f"{decision.policy}/{decision.rule}"
-        decision = _refuse(
-            engine,
-            ex,
-            RedactionUnavailable(
-                f"this request must be redacted ({rule}), which ext_authz cannot do; "
-                "route it through the ext_proc filter"
-            ),
-        )
     rid = ex.request_id
     if decision.action == "allow":
         return auth.CheckResponse(
@@ -105,10 +91,15 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
         )
     refusal = responses.refusal(decision, rid)
     return auth.CheckResponse(
-        status=status_pb2.Status(code=_PERMISSION_DENIED, message=decision.reason),
+        status=status_pb2.Status(
+            code=_PERMISSION_DENIED, message=responses.public_reason(decision)
+        ),
         denied_response=auth.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=refusal.status),
             headers=[_header(k, v) for k, v in refusal.headers],
             body=refusal.body.decode(),
         ),
     )
+
+
+__all__ = ["RedactionUnavailable", "check"]

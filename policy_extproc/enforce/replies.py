@@ -48,4 +48,16 @@ class Immediate:
     details: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Extend:
+    """Not an answer: ask Envoy to wait longer for the answer to the message in hand.
+
+    ``ProcessingResponse.override_message_timeout`` restarts Envoy's message timer with this
+    value; Envoy ignores a value over the filter's ``max_message_timeout``, and honours one
+    override per message. The real answer follows.
+    """
+
+    seconds: float
+
+
 Reply = Continue | Immediate

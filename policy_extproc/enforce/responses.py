@@ -70,8 +70,30 @@ def _retry_after(t: Throttle) -> int:
     return max(1, math.ceil(t.retry_after_s))
 
 
+# What a client reads for a failure of ours. The detailed reason (a file path, a Redis error, an
+# exception name) goes to the audit record and the log, which are the operator's; the client
+# learns what happened and whether retrying can help, never where or how the server broke.
+_PUBLIC_REASONS = {
+    "audit_unavailable": "the decision could not be recorded in the audit log, so the request "
+    "is refused; retry later",
+    "state_unavailable": "limits and budgets cannot be checked right now, so the request is "
+    "refused; retry later",
+    "envoy_gave_up": "the policy decision took longer than the gateway waits for it",
+    "protocol_error": "the gateway sent the policy service an unexpected message",
+}
+_INTERNAL = "internal error in the policy service"
+
+
+def public_reason(decision: Decision) -> str:
+    """The reason a client is shown: the decision's own, or for a 5xx a fixed sentence."""
+    if decision.http_status < 500:
+        return decision.reason
+    return _PUBLIC_REASONS.get(_code(decision), _INTERNAL)
+
+
 def error_body(decision: Decision, request_id: str) -> bytes:
     """The JSON body of a refused request: OpenAI's error shape plus the decision fields."""
+    reason = public_reason(decision)
     if decision.http_status >= 500:
         kind = "server_error"  # our failure (protocol, internal, audit, state), not a policy's
     elif decision.http_status in (400, 413):
@@ -79,11 +101,11 @@ def error_body(decision: Decision, request_id: str) -> bytes:
     else:
         kind = "policy_violation"
     body: dict[str, Any] = {
-        "error": {"type": kind, "code": _code(decision), "message": decision.reason},
+        "error": {"type": kind, "code": _code(decision), "message": reason},
         "decision": decision.action,
         "policy": decision.policy,
         "rule": decision.rule,
-        "reason": decision.reason,
+        "reason": reason,
         "request_id": request_id,
     }
     if decision.approval_id:

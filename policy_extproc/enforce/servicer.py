@@ -14,6 +14,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from . import extauthz, translate
 from .engine import Engine
+from .replies import Extend
 from .stream import ExtProcStream
 
 log = logging.getLogger(__name__)
@@ -38,10 +39,17 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         self._idle.clear()
         try:
             async for msg in request_iterator:
-                reply = await stream.handle(translate.event(msg))
+                ev = translate.event(msg)
+                more = stream.extension(ev)
+                if more is not None:
+                    # A large body goes to a worker: ask Envoy to wait for it (one override
+                    # per message), before the work starts.
+                    yield translate.extend(Extend(more))
+                reply = await stream.handle(ev)
                 yield translate.response(reply)
         except asyncio.CancelledError:
-            # Envoy reset the stream (client gone, timeout): what was decided is audited already.
+            # Envoy reset the stream (client gone, message timeout): ``close`` audits a request
+            # that was not decided yet, saying what happened to it.
             log.debug("ext_proc stream cancelled in state %s", stream.state.value)
             raise
         finally:

@@ -10,6 +10,12 @@ Every transition lives in ``ExtProcStream.handle``'s table::
     RESPONSE_BODY --response_body--> RESPONSE_BODY (DONE at end of stream)
     any --trailers--> same state
     anything else: a protocol error, answered with a deliberate 500 and audited.
+    START/BODY --stream ends or is reset (``close``)--> DONE, audited: stream_cancelled, or
+                                                       envoy_gave_up past Envoy's deadline
+
+A large body is examined in a worker process; before its answer the servicer sends Envoy an
+``override_message_timeout`` (``extension``). Each message arms a deadline (Envoy's message
+timeout, or the time asked for): a decision reached after it is refused as envoy_gave_up.
 
 DESIGN.md s8: an exception must never close the stream with an error status (Envoy would fail
 the request with its own 500); every failure here becomes a reply we chose.
@@ -19,16 +25,20 @@ from __future__ import annotations
 
 import enum
 import logging
+import time
 from dataclasses import replace
 from typing import Any
 
-from ..errors import PolicyExtprocError, ProtocolError
+from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
 from . import responses
 from .engine import Engine, Exchange
 from .replies import Continue, Immediate, Reply
 from .translate import Event
 
 log = logging.getLogger(__name__)
+
+
+_DEADLINE_MARGIN_S = 0.05
 
 
 class State(enum.Enum):
@@ -65,14 +75,40 @@ class ExtProcStream:
         self.state = State.START
         self.exchange: Exchange | None = None
         self.claims: Any = None
+        self._granted_s: float | None = None  # the override asked for the message in hand
+        self._pending = False  # a message is being answered
+        self._received_ns = 0
+
+    def extension(self, ev: Event) -> float | None:
+        """Seconds to ask Envoy for before answering ``ev`` (a large body), or None."""
+        self._granted_s = None
+        if ev.phase == "request_body" and self.state is State.BODY:
+            self._granted_s = self.engine.extension_s(len(ev.body))
+        return self._granted_s
+
+    def _arm(self) -> None:
+        # Envoy's timer started when it sent the message, a little before we got it: the
+        # margin keeps a decision that Envoy would no longer take from being recorded as taken.
+        ex = self.exchange
+        if ex is None:
+            return
+        granted = self._granted_s or self.engine.config.message_timeout_s
+        ex.deadline_ns = self._received_ns + int((granted - _DEADLINE_MARGIN_S) * 1e9)
 
     async def handle(self, ev: Event) -> Reply:
         """The reply to one message; never raises."""
+        self._pending = True
+        self._received_ns = time.monotonic_ns()
+        self._arm()
         try:
-            return await self._handle(ev)
+            reply = await self._handle(ev)
+            self._pending = False
+            return reply
         except PolicyExtprocError as exc:
+            self._pending = False
             return self._fail(exc)
         except Exception as exc:  # a bug of ours must not become Envoy's generic 500
+            self._pending = False
             log.exception("ext_proc stream failed on %s", ev.phase)
             return self._fail(
                 InternalError(f"internal error while processing {ev.phase}: {type(exc).__name__}")
@@ -117,6 +153,7 @@ class ExtProcStream:
             headers = {**headers, **self.trace_context}  # Envoy's span, from the gRPC metadata
         self.exchange = ex = self.engine.begin(headers, ev.claims)
         self.claims = ev.claims
+        self._arm()
         # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
         # is dropped, and the route chosen with it forgotten.
         spoofed = tuple(h for h in ev.headers if h.startswith("x-policy-"))
@@ -225,7 +262,27 @@ class ExtProcStream:
         return ex.snapshot.version if ex is not None and ex.snapshot is not None else ""
 
     def close(self) -> None:
-        """The stream ended (cleanly, cancelled, or the client went away)."""
+        """The stream ended (cleanly, cancelled, or the client went away).
+
+        A request not decided yet gets its record now, saying what the client got: Envoy's
+        504 when a message was still being answered past Envoy's deadline, otherwise a reset
+        stream (the client went away, or Envoy gave up for its own reasons).
+        """
+        ex = self.exchange
+        if ex is not None and ex.decision is None and self.state is not State.DONE:
+            self.state = State.DONE
+            late = ex.deadline_ns is not None and time.monotonic_ns() > ex.deadline_ns
+            exc: PolicyExtprocError
+            if self._pending and late:
+                exc = EnvoyGaveUp("Envoy stopped waiting for the decision (message timeout)")
+            elif self._pending:
+                exc = StreamCancelled("the stream was reset while the request was being decided")
+            else:
+                exc = StreamCancelled("the stream ended before the request body arrived")
+            try:
+                self.engine.refuse(ex, exc)
+            except Exception:
+                log.exception("ext_proc stream: recording the abandoned request failed")
         if self.exchange is not None and self.state is not State.DONE:
             self.state = State.DONE
             try:

@@ -19,7 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 
-from .replies import Continue, Immediate, Phase, Reply
+from .replies import Continue, Extend, Immediate, Phase, Reply
 
 NAMESPACE = "policy_extproc"
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
@@ -129,6 +129,13 @@ def _struct(metadata: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
     s.update({NAMESPACE: dict(metadata)})
     return s
+
+
+def extend(reply: Extend) -> ep.ProcessingResponse:
+    """A ProcessingResponse holding only ``override_message_timeout`` (ext_proc v3 proto)."""
+    msg = ep.ProcessingResponse()
+    msg.override_message_timeout.FromNanoseconds(int(reply.seconds * 1e9))
+    return msg
 
 
 def response(reply: Reply) -> ep.ProcessingResponse:

@@ -40,6 +40,7 @@ def running_sidecar(policy_text: str, workdir: Path, **config: object) -> Iterat
     policies.mkdir(parents=True, exist_ok=True)
     (policies / "policies.yaml").write_text(policy_text)
     audit = workdir / "audit.jsonl"
+    config.setdefault("offload_warm", False)  # a worker process only for tests that need one
     cfg = ServerConfig(
         policies=(str(policies),), listen="127.0.0.1:0", audit_log=str(audit), **config
     )  # type: ignore[arg-type]

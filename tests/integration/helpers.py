@@ -145,11 +145,21 @@ class Exchange:
     def __init__(self, stub: epg.ExternalProcessorStub) -> None:
         self.call = stub.Process()
         self.answers: list[ep.ProcessingResponse] = []
+        # override_message_timeout messages (asking Envoy for more time; not answers), in order
+        self.extensions: list[float] = []
 
     async def send(self, msg: ep.ProcessingRequest) -> ep.ProcessingResponse:
         await self.call.write(msg)
-        answer = await self.call.read()
-        assert isinstance(answer, ep.ProcessingResponse), f"stream ended: {answer!r}"
+        while True:
+            answer = await self.call.read()
+            assert isinstance(answer, ep.ProcessingResponse), f"stream ended: {answer!r}"
+            if answer.WhichOneof("response") is not None or not answer.HasField(
+                "override_message_timeout"
+            ):
+                break
+            # Envoy restarts its timer and keeps waiting for the answer (one per message).
+            assert not answer.HasField("dynamic_metadata") and not answer.HasField("mode_override")
+            self.extensions.append(answer.override_message_timeout.ToNanoseconds() / 1e9)
         self.answers.append(answer)
         return answer
 
@@ -235,6 +245,7 @@ async def running_sidecar(
     write_policies(policy_dir, policies)
     config.setdefault("audit_log", None)
     config.setdefault("grace_s", 5.0)
+    config.setdefault("offload_warm", False)  # a worker process only for tests that need one
     sink = RecordingSink()
     sidecar = Sidecar(
         ServerConfig(policies=(str(policy_dir),), listen="127.0.0.1:0", **config), sinks=[sink]

@@ -312,7 +312,9 @@ def test_request_errors_keep_their_status_and_code(exc: Any, status: int, kind: 
     reply = responses.refusal(decision, "rid-x")
     assert reply.status == status
     body = json.loads(reply.body)
-    assert body["error"] == {"type": kind, "code": exc.code, "message": exc.message}
+    # A 4xx says what was wrong with the request; a 5xx (ours) says only what happened.
+    message = exc.message if status < 500 else responses.public_reason(decision)
+    assert body["error"] == {"type": kind, "code": exc.code, "message": message}
     assert body["decision"] == "block"
     assert body["request_id"] == "rid-x"
     assert reply.details == f"policy_extproc_{exc.code}"

@@ -462,13 +462,18 @@ async def test_an_audit_failure_at_close_does_not_raise(
 # -- closing early ---------------------------------------------------------------------------
 
 
-async def test_close_after_request_headers_audits_nothing_more(
+async def test_close_after_request_headers_records_the_abandoned_request(
     stream: ExtProcStream, sink: RecordingSink
 ) -> None:
+    # Every request has a record: one whose body never came says so, and that it went nowhere.
     await stream.handle(req_headers(chat("hi")))
     stream.close()
     assert stream.state is State.DONE
-    assert sink.records == []
+    [record] = sink.records
+    assert record.outcome == "stream_cancelled" and record.error_code == "stream_cancelled"
+    assert record.decision == "block"
+    stream.close()
+    assert len(sink.records) == 1
 
 
 async def test_close_mid_response_records_the_usage_seen(

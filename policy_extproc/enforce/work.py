@@ -1,0 +1,395 @@
+"""The CPU work of deciding a request, its budget, and where it runs.
+
+``examine`` is the one function that turns a request body into findings: parse, build the
+context, resolve the rules in force, run every detector. It runs in the event loop for the
+common small body, and in a worker process for a large one (``WorkRunner``), so that one
+tenant's 3 MB of e-mail addresses never holds up the other streams: the loop only moves bytes.
+Both paths call the same function on the same compiled policies, so they decide alike.
+
+Why processes, not threads: the detectors are Python with Hyperscan scans in between. A thread
+shares the GIL with the loop (every stream then waits up to ``sys.getswitchinterval`` at each
+wake-up), and a pattern database's default scratch space may not be used by two scans at once.
+A worker process has its own interpreter and compiles its own copy of the snapshot from the
+same policies (sent once per worker and version), and it can be stopped: a request over its
+time bound is killed with its worker, not left running.
+
+The work budget, in two parts (``WorkSettings``):
+
+- ``budget``: a unit known before any work, *body bytes x text scanners in force* (each PII
+  rule, compliance pack with data types, and policy with request content filters scans the
+  text once). A body over it is refused with 413 ``work_budget_exceeded`` on its headers
+  (declared length) or on its body.
+- ``timeout_s``: the elapsed time one offloaded request may take; past it the worker is killed
+  and the request refused with the same 413. The sidecar asks Envoy for this much time, plus a
+  margin, with ``override_message_timeout``: it must stay within Envoy's
+  ``max_message_timeout`` (5 s in the shipped configurations).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ..errors import PolicyExtprocError, TokenPrompt, WorkBudgetExceeded
+from ..llm.catalog import Catalog
+from ..llm.request import TOKEN_PROMPT_REFUSAL, LlmRequest, parse_request
+from ..policy.compiler import EffectiveSet, Snapshot
+from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
+from ..policy.decision import RequestContext
+from ..policy.evaluator import Findings, check_request
+from ..policy.model import allows_token_prompts
+
+log = logging.getLogger(__name__)
+
+# Bodies below this many bytes are examined in the loop: a few KB take well under a
+# millisecond, less than the round trip to a worker.
+DEFAULT_OFFLOAD_BYTES = 32 * 1024
+DEFAULT_TIMEOUT_S = 4.0  # + EXTENSION_MARGIN_S = 4.5 s, within Envoy's max_message_timeout: 5s
+EXTENSION_MARGIN_S = 0.5  # the override asks Envoy for the time bound plus this
+WORKER_NICENESS = 10
+# 4 MiB bodies (the body limit) with 16 scanners, or 64 MiB with one.
+DEFAULT_BUDGET = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class WorkSettings:
+    """How much work one request may cost, and where large bodies are examined."""
+
+    budget: int = DEFAULT_BUDGET  # body bytes x text scanners; 0: no limit
+    timeout_s: float = DEFAULT_TIMEOUT_S  # elapsed bound of an offloaded examination
+    offload_bytes: int = DEFAULT_OFFLOAD_BYTES  # bodies at least this large go to a worker
+    workers: int = 1  # worker processes; 0: every body is examined in the loop
+
+
+@dataclass(slots=True)
+class Examined:
+    """What ``examine`` found: the parsed request, its context, and the rules' findings."""
+
+    request: LlmRequest | None
+    ctx: RequestContext
+    findings: Findings = field(default_factory=Findings)
+
+
+def examine(
+    snapshot: Snapshot,
+    headers: Mapping[str, str],
+    claims: Mapping[str, Any] | None,
+    body: bytes,
+    identity: IdentityConfig = DEFAULT_IDENTITY,
+    catalog: Catalog | None = None,
+) -> Examined:
+    """Parse the body and run the request-only rules on it; raises ``RequestError``.
+
+    ``catalog`` resolves an Azure deployment to the model the rules judge.
+    """
+    if not body and headers.get(":method", "POST") in ("GET", "HEAD", "OPTIONS"):
+        request = None  # model listings, health checks: nothing for a policy to read
+    else:
+        request = parse_request(headers.get(":path", "/"), body)
+    # ``claims`` come from Envoy's jwt_authn filter: verified, so they win over headers.
+    ctx = build_context(headers, request, claims=claims, config=identity, catalog=catalog)
+    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+    # Token ids are text no rule can read: refused unless a policy in force allows them.
+    tokens = request is not None and request.token_prompts
+    if tokens and not allows_token_prompts(cp.policy for cp in es.policies):
+        raise TokenPrompt(TOKEN_PROMPT_REFUSAL)
+    return Examined(request, ctx, check_request(es, ctx))
+
+
+def scanners(es: EffectiveSet) -> int:
+    """How many times the request's text is scanned in this scope (at least once: parsing)."""
+    n = len(es.content["request"])
+    n += len([e for e in es.rules_of("pii") if e.rule.direction != "response"])  # type: ignore[attr-defined]
+    n += sum(1 for e in es.rules_of("compliance") if e.rule.index - 1 in e.policy.pii)
+    return max(1, n)
+
+
+def check_budget(settings: WorkSettings, es: EffectiveSet, size: int) -> None:
+    """Refuse, before any work, a body whose size times its scanners is over the budget."""
+    if settings.budget <= 0:
+        return
+    n = scanners(es)
+    if size * n > settings.budget:
+        raise WorkBudgetExceeded(
+            f"request body of {size} bytes scanned by {n} rules is {size * n} units of work, "
+            f"over the limit of {settings.budget} per request (body bytes x scanners)"
+        )
+
+
+def _compact(ex: Examined) -> Examined:
+    """The same findings with each part's edits folded into one whole-part replacement.
+
+    ``Findings.new_texts`` gives the same texts from it, and the answer a worker sends back
+    holds one edit per part instead of one per e-mail address (150,000 tuples to unpickle in
+    the loop would cost more than the work saved).
+    """
+    f = ex.findings
+    if ex.request is None or not f.edits:
+        return ex
+    parts = ex.request.parts
+    edits = {}
+    for i, part_edits in f.edits.items():
+        text = Findings(edits={i: part_edits}).new_texts(parts)[parts[i].path]
+        edits[i] = [(0, len(parts[i].text), text)]
+    f.edits = edits
+    return ex
+
+
+# -- worker processes ----------------------------------------------------------------------------
+
+
+def _worker_main(conn: Connection) -> None:
+    """A worker: examine one request at a time until the parent closes the pipe."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops us
+    snapshots: dict[str, Snapshot] = {}
+    while True:
+        try:
+            version, policies, job = conn.recv()
+        except (EOFError, OSError):
+            return
+        snapshot = snapshots.get(version)
+        try:
+            if snapshot is None:
+                snapshot = Snapshot(pickle.loads(policies), version)
+                if len(snapshots) >= 2:
+                    snapshots.clear()
+                snapshots[version] = snapshot
+            if job is None:  # a warm-up: the snapshot is compiled, nothing to examine
+                answer: tuple[str, Any] = ("ok", None)
+            else:
+                answer = ("ok", _compact(examine(snapshot, *job)))
+        except PolicyExtprocError as exc:
+            answer = ("error", exc)
+        except Exception as exc:  # a bug of ours: named, not sent (it may not pickle)
+            log.exception("worker: examining a request failed")
+            answer = ("crash", type(exc).__name__)
+        try:
+            conn.send(answer)
+        except (EOFError, OSError):
+            return
+
+
+def _roundtrip(conn: Connection, message: tuple[Any, ...]) -> tuple[str, Any]:
+    conn.send(message)
+    answer: tuple[str, Any] = conn.recv()
+    return answer
+
+
+class WorkerFailed(PolicyExtprocError):
+    code = "internal_error"
+    http_status = 500
+
+
+@dataclass(slots=True)
+class _Worker:
+    process: subprocess.Popen[bytes]
+    conn: Connection
+    versions: set[str] = field(default_factory=set)
+
+
+class WorkerPool:
+    """Worker processes, started on first use; one request at a time in each."""
+
+    def __init__(self, size: int, timeout_s: float) -> None:
+        self.size = size
+        self.timeout_s = timeout_s
+        self._idle: list[_Worker] = []
+        self._slots: asyncio.Semaphore | None = None  # made in the loop that uses it
+        # Pipe I/O off the loop: a 3 MB send blocks until the worker has read it.
+        self._threads = ThreadPoolExecutor(max_workers=size * 2, thread_name_prefix="work-io")
+        self._blobs: dict[str, bytes] = {}
+        self.started = 0  # worker processes started, killed ones' replacements included
+        self.killed = 0
+
+    def _blob(self, snapshot: Snapshot) -> bytes:
+        blob = self._blobs.get(snapshot.version)
+        if blob is None:
+            blob = pickle.dumps([cp.policy for cp in snapshot.policies], protocol=5)
+            self._blobs = {snapshot.version: blob}
+        return blob
+
+    def _spawn(self) -> _Worker:
+        # A fresh interpreter (not fork: the loop's threads and locks would be copied half-way;
+        # not multiprocessing's spawn: it re-imports the parent's __main__), talking over a
+        # socket pair with multiprocessing's framing.
+        parent, child = socket.socketpair()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", _WORKER_START, str(child.fileno())],
+                pass_fds=[child.fileno()],
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        self.started += 1
+        return _Worker(proc, Connection(parent.detach()))
+
+    async def _acquire(self) -> _Worker:
+        # One slot per worker: a request waits for a free one (behind other large bodies only).
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.size)
+        await self._slots.acquire()
+        if self._idle:
+            return self._idle.pop()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._threads, self._spawn)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _release(self, w: _Worker) -> None:
+        self._idle.append(w)
+        assert self._slots is not None
+        self._slots.release()
+
+    def _kill(self, w: _Worker) -> None:
+        # The worker may be mid-way through a large body: stop it now; the slot it frees
+        # starts a new one when next needed.
+        self.killed += 1
+        w.process.kill()
+        w.conn.close()
+        self._threads.submit(w.process.wait)  # reaped off the loop
+        assert self._slots is not None
+        self._slots.release()
+
+    async def run(self, snapshot: Snapshot, job: tuple[Any, ...]) -> Examined:
+        """``examine(snapshot, *job)`` in a worker, within ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        w: _Worker | None = None
+
+        async def attempt() -> tuple[str, Any]:
+            nonlocal w
+            w = await self._acquire()
+            blob = None if snapshot.version in w.versions else self._blob(snapshot)
+            message = (snapshot.version, blob, job)
+            return await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+
+        try:
+            kind, value = await asyncio.wait_for(attempt(), self.timeout_s)
+        except TimeoutError:
+            if w is not None:
+                self._kill(w)
+            raise WorkBudgetExceeded(
+                f"examining the request took more than {self.timeout_s:g} s, "
+                "the limit for one request"
+            ) from None
+        except (EOFError, OSError) as exc:
+            if w is not None:
+                self._kill(w)
+            raise WorkerFailed("internal error while examining the request") from exc
+        except BaseException:  # cancelled: Envoy gave up, the client left; stop the work
+            if w is not None:
+                self._kill(w)
+            raise
+        assert w is not None
+        w.versions.add(snapshot.version)
+        self._release(w)
+        if kind == "ok":
+            result: Examined = value
+            return result
+        if kind == "error":
+            raise value
+        raise WorkerFailed("internal error while examining the request")
+
+    def compiled(self) -> set[str]:
+        """The snapshot versions that every idle worker has compiled."""
+        sets = [w.versions for w in self._idle]
+        return set.intersection(*sets) if sets else set()
+
+    async def warm(self, snapshot: Snapshot) -> None:
+        """Start every worker and have it compile ``snapshot`` now, not on the first large body."""
+
+        async def one() -> None:
+            w = await self._acquire()
+            try:
+                message = (snapshot.version, self._blob(snapshot), None)
+                loop = asyncio.get_running_loop()
+                await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+            except BaseException:
+                self._kill(w)
+                raise
+            w.versions.add(snapshot.version)
+            self._release(w)
+
+        results = await asyncio.gather(*(one() for _ in range(self.size)), return_exceptions=True)
+        for r in results:
+            if isinstance(r, Exception):
+                log.warning("could not warm a worker process: %s", r)
+
+    def close(self) -> None:
+        for w in self._idle:
+            w.conn.close()  # the worker sees EOF and returns
+            try:
+                w.process.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+        self._idle.clear()
+        self._threads.shutdown(wait=False, cancel_futures=True)
+
+
+class WorkRunner:
+    """Examines each request in the loop or in a worker, by body size."""
+
+    def __init__(
+        self,
+        settings: WorkSettings,
+        identity: IdentityConfig = DEFAULT_IDENTITY,
+        catalog: Catalog | None = None,
+    ) -> None:
+        self.settings = settings
+        self.identity = identity
+        self.catalog = catalog
+        self.pool = WorkerPool(settings.workers, settings.timeout_s) if settings.workers else None
+
+    def offloads(self, size: int) -> bool:
+        return self.pool is not None and size >= self.settings.offload_bytes
+
+    def extension_s(self, size: int) -> float | None:
+        """The message timeout to ask Envoy for while a body of ``size`` is examined, if any."""
+        if not self.offloads(size):
+            return None
+        return self.settings.timeout_s + EXTENSION_MARGIN_S
+
+    async def examine(
+        self,
+        snapshot: Snapshot,
+        headers: Mapping[str, str],
+        claims: Mapping[str, Any] | None,
+        body: bytes,
+    ) -> Examined:
+        if self.pool is None or not self.offloads(len(body)):
+            return examine(snapshot, headers, claims, body, self.identity, self.catalog)
+        job = (dict(headers), dict(claims) if claims else None, body, self.identity, self.catalog)
+        return await self.pool.run(snapshot, job)
+
+    async def warm(self, snapshot: Snapshot) -> None:
+        """Have the workers compile ``snapshot`` ahead of the first large body (start, swap)."""
+        if self.pool is not None:
+            await self.pool.warm(snapshot)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+
+
+# A worker lowers its priority first, before its imports and its compile of the policies:
+# where a worker and the event loop want the same core, the kernel runs the loop, so other
+# streams are answered while a large body waits.
+_WORKER_START = f"""
+import os, sys
+os.nice({WORKER_NICENESS})
+from multiprocessing.connection import Connection
+from policy_extproc.enforce.work import _worker_main
+_worker_main(Connection(int(sys.argv[1])))
+"""

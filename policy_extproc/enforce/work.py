@@ -41,7 +41,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..errors import PolicyExtprocError, TokenPrompt, WorkBudgetExceeded
-from ..llm.catalog import Catalog
+from ..llm.catalog import Catalog, ModelJudge
 from ..llm.request import TOKEN_PROMPT_REFUSAL, LlmRequest, parse_request
 from ..policy.compiler import EffectiveSet, Snapshot
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
@@ -86,7 +86,7 @@ def examine(
     claims: Mapping[str, Any] | None,
     body: bytes,
     identity: IdentityConfig = DEFAULT_IDENTITY,
-    catalog: Catalog | None = None,
+    catalog: Catalog | ModelJudge | None = None,
 ) -> Examined:
     """Parse the body and run the request-only rules on it; raises ``RequestError``.
 
@@ -370,7 +370,9 @@ class WorkRunner:
     ) -> Examined:
         if self.pool is None or not self.offloads(len(body)):
             return examine(snapshot, headers, claims, body, self.identity, self.catalog)
-        job = (dict(headers), dict(claims) if claims else None, body, self.identity, self.catalog)
+        # The worker gets what judging the model needs, not the whole catalog (prices etc.).
+        judge = self.catalog.judge if self.catalog is not None else None
+        job = (dict(headers), dict(claims) if claims else None, body, self.identity, judge)
         return await self.pool.run(snapshot, job)
 
     async def warm(self, snapshot: Snapshot) -> None:

@@ -64,10 +64,41 @@ _CACHE_LIMIT = 4096  # model names come from clients: bound the cache
 _MISS = object()
 
 
+@dataclass(frozen=True, slots=True)
+class ModelJudge:
+    """Which model a request is judged as: the catalog's Azure deployments, and nothing else.
+
+    Small and plain, so it can travel to a worker process (``enforce/work.py``) with a request.
+    """
+
+    deployments: Mapping[str, str]  # canonical deployment name -> canonical model name
+
+    def judged_model(self, model: str, deployment: str | None = None) -> str:
+        """The canonical name of the model a request is judged, limited and priced as.
+
+        An Azure OpenAI deployment (the path's ``/openai/deployments/{id}/``) serves its own
+        model whatever the body's ``model`` says: the catalog's ``deployments`` name it; an
+        unknown deployment is judged by its own name (so an allow list that does not name it
+        refuses it). Otherwise the body's model, canonical (``model_names.canonical``).
+        """
+        if deployment is not None:
+            key = canonical(deployment)
+            return self.deployments.get(key, key)
+        return canonical(model)
+
+
 class Catalog:
     """Models, providers and prices, with cached model lookups."""
 
-    __slots__ = ("_by_alias", "_cache", "_deployments", "_models", "_providers", "prices_as_of")
+    __slots__ = (
+        "_by_alias",
+        "_cache",
+        "_deployments",
+        "_judge",
+        "_models",
+        "_providers",
+        "prices_as_of",
+    )
 
     def __init__(
         self,
@@ -81,6 +112,7 @@ class Catalog:
         self._deployments = {
             canonical(name): canonical(model) for name, model in (deployments or {}).items()
         }
+        self._judge = ModelJudge(self._deployments)
         self._models = {name.lower(): info for name, info in models.items()}
         by_alias: dict[str, ModelInfo | None] = {}
         for info in models.values():
@@ -105,17 +137,12 @@ class Catalog:
         return info
 
     def judged_model(self, model: str, deployment: str | None = None) -> str:
-        """The canonical name of the model a request is judged, limited and priced as.
+        """The canonical name of the model a request is judged as (``ModelJudge``)."""
+        return self.judge.judged_model(model, deployment)
 
-        An Azure OpenAI deployment (the path's ``/openai/deployments/{id}/``) serves its own
-        model whatever the body's ``model`` says: the catalog's ``deployments`` name it; an
-        unknown deployment is judged by its own name (so an allow list that does not name it
-        refuses it). Otherwise the body's model, canonical (``model_names.canonical``).
-        """
-        if deployment is not None:
-            key = canonical(deployment)
-            return self._deployments.get(key, key)
-        return canonical(model)
+    @property
+    def judge(self) -> ModelJudge:
+        return self._judge
 
     def deployments(self) -> Mapping[str, str]:
         """Azure deployment name to model name, both canonical (read-only)."""

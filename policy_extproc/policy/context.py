@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmbiguousIdentity, MissingIdentity
-from ..llm.catalog import Catalog, load_catalog
+from ..llm.catalog import Catalog, ModelJudge, load_catalog
 from .decision import RequestContext
 from .identity import canonical
 
@@ -79,7 +79,7 @@ def build_context(
     *,
     claims: Mapping[str, Any] | None = None,
     config: IdentityConfig = DEFAULT_IDENTITY,
-    catalog: Catalog | None = None,
+    catalog: Catalog | ModelJudge | None = None,
     strict: bool = True,
 ) -> RequestContext:
     """The request context; ``headers`` keys are lower-case, ``claims`` are verified JWT claims.

@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
 import click
 
 from .admin.auth import TOKEN_ENV as ADMIN_TOKEN_ENV
+from .admin.auth import token_from_env
 from .admin.cli import approvals, policies
 from .errors import AdminError, PolicyError, RequestError, StateError
 
@@ -183,6 +183,14 @@ def eval_(
     help="HOST:PORT of the admin API ('off': none); off loopback it needs the token in "
     "POLICY_EXTPROC_ADMIN_TOKEN.",
 )
+@click.option(
+    "--admin-tokens",
+    default=None,
+    type=click.Path(exists=True),
+    help="Admin identities: a file of name:role:token lines (role viewer, approver or admin), "
+    f"or a directory of such files (a mounted Secret); {ADMIN_TOKEN_ENV} (or "
+    f"{ADMIN_TOKEN_ENV}_FILE) adds one admin token named 'admin'.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -204,6 +212,7 @@ def serve(
     budget_time_zone: str,
     metrics_listen: str | None,
     admin_listen: str,
+    admin_tokens: str | None,
     workers: int,
     log_level: str,
 ) -> None:
@@ -217,6 +226,11 @@ def serve(
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:
+        # From the environment or a file only: a token on the command line would show in `ps`.
+        admin_token = token_from_env()
+    except AdminError as exc:
+        raise click.UsageError(exc.message) from None
     config = ServerConfig(
         policies=policies,
         listen=listen,
@@ -231,8 +245,8 @@ def serve(
         budget_time_zone=budget_time_zone,
         metrics_listen=metrics_listen or None,
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
-        # From the environment only: a token on the command line would show in `ps`.
-        admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
+        admin_token=admin_token,
+        admin_tokens=admin_tokens,
     )
     try:
         if workers > 1:

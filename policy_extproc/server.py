@@ -70,6 +70,7 @@ class ServerConfig:
     # re-read this often even without news.
     admin_listen: str | None = None
     admin_token: str | None = None
+    admin_tokens: str | None = None  # name:role:token lines: a file, or a Secret's directory
     policy_poll_s: float = 5.0
 
 
@@ -84,6 +85,7 @@ class Sidecar:
             redis_url=config.redis,
             admin_listen=config.admin_listen,
             admin_token=config.admin_token,
+            admin_tokens=config.admin_tokens,
             poll_s=config.policy_poll_s,
         )
         self._extra_sinks = sinks or []

@@ -12,7 +12,7 @@ import grpc
 from grpc_reflection.v1alpha import reflection
 
 from .._proto import admin_pb2_grpc
-from .auth import SERVICE, TokenAuth, check_listen
+from .auth import SERVICE, Identities, TokenAuth, check_listen
 from .service import PolicyAdmin
 
 log = logging.getLogger(__name__)
@@ -21,10 +21,11 @@ log = logging.getLogger(__name__)
 class AdminServer:
     """Serves ``service`` on ``listen``; ``start`` refuses a non-loopback listener without token."""
 
-    def __init__(self, service: PolicyAdmin, listen: str, token: str | None) -> None:
+    def __init__(self, service: PolicyAdmin, listen: str, token: Identities | str | None) -> None:
         self.service = service
         self.listen = listen
-        self.token = token or None
+        # A bare string is the single admin token (POLICY_EXTPROC_ADMIN_TOKEN).
+        self.token = Identities.single(token) if isinstance(token, str) and token else token or None
         self.port = 0
         self._server: grpc.aio.Server | None = None
 
@@ -40,7 +41,7 @@ class AdminServer:
         await server.start()
         self._server = server
         host = self.listen.rsplit(":", 1)[0]
-        guard = "bearer token required" if self.token else "loopback only, no token"
+        guard = f"{len(self.token)} bearer tokens" if self.token else "loopback only, no token"
         log.info("admin API on %s:%d (%s)", host, self.port, guard)
 
     async def stop(self, grace_s: float = 1.0) -> None:

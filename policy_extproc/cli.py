@@ -191,6 +191,14 @@ def eval_(
     f"or a directory of such files (a mounted Secret); {ADMIN_TOKEN_ENV} (or "
     f"{ADMIN_TOKEN_ENV}_FILE) adds one admin token named 'admin'.",
 )
+@click.option(
+    "--decision-stream-max",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="With --redis: also append every audit record to the Redis Stream "
+    "policy-extproc:decisions, capped near this many entries (the dashboard reads it); 0: off.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--log-level",
@@ -213,6 +221,7 @@ def serve(
     metrics_listen: str | None,
     admin_listen: str,
     admin_tokens: str | None,
+    decision_stream_max: int,
     workers: int,
     log_level: str,
 ) -> None:
@@ -247,6 +256,7 @@ def serve(
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
         admin_token=admin_token,
         admin_tokens=admin_tokens,
+        decision_stream_max=decision_stream_max,
     )
     try:
         if workers > 1:

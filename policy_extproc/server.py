@@ -71,6 +71,9 @@ class ServerConfig:
     admin_listen: str | None = None
     admin_token: str | None = None
     admin_tokens: str | None = None  # name:role:token lines: a file, or a Secret's directory
+    # With Redis: every record is also appended to a Redis Stream capped near this many entries
+    # (the dashboard reads it: the decisions of all replicas); 0: no stream.
+    decision_stream_max: int = 100_000
     policy_poll_s: float = 5.0
 
 
@@ -209,6 +212,12 @@ class Sidecar:
             from .audit.otel import OtelSink
 
             sinks.append(OtelSink(self.config.otlp_endpoint))
+        if self.config.redis and self.config.decision_stream_max > 0:
+            from .audit.stream import RedisStreamSink
+
+            sinks.append(
+                RedisStreamSink(self.config.redis, maxlen=self.config.decision_stream_max)
+            )  # best effort: never raises, never blocks
         if self.metrics is not None:
             sinks.append(self.metrics.sink)  # counts every record; never raises
         return sinks

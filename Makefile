@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	rm -rf build/screenshots  # the dashboard's browser tests write fresh ones for a reviewer
 	$(BIN)/ruff check policy_extproc tests benchmarks
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -35,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/evaluate.py
 	$(BIN)/python benchmarks/limits.py
 	$(BIN)/python benchmarks/fanout.py
+	$(BIN)/python benchmarks/dashboard.py
 
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=policy_extproc/_proto \

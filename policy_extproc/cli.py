@@ -186,7 +186,7 @@ def eval_(
 @click.option(
     "--admin-tokens",
     default=None,
-    type=click.Path(exists=True),
+    type=click.Path(),
     help="Admin identities: a file of name:role:token lines (role viewer, approver or admin), "
     f"or a directory of such files (a mounted Secret); {ADMIN_TOKEN_ENV} (or "
     f"{ADMIN_TOKEN_ENV}_FILE) adds one admin token named 'admin'.",
@@ -349,7 +349,7 @@ def verify(file: str) -> None:
 @click.option(
     "--admin-tokens",
     default=None,
-    type=click.Path(exists=True),
+    type=click.Path(),
     help="The sidecars' admin identities (name:role:token lines, a file or a Secret directory): "
     "people sign in with their token. None (and no POLICY_EXTPROC_ADMIN_TOKEN): loopback only.",
 )

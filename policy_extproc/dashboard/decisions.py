@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
+import operator
 import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
@@ -47,6 +49,7 @@ class Entry:
     model: str
     cost_usd: float
     tokens: int
+    reason: str
     raw: bytes
 
     def record(self) -> dict[str, Any]:
@@ -58,8 +61,9 @@ class Entry:
         return datetime.fromtimestamp(self.ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def entry_of(entry_id: str, data: Mapping[str, Any]) -> Entry | None:
-    """An index entry from a record dict (``AuditRecord.to_dict``); None if it is not one."""
+def entry_of(entry_id: str, data: Mapping[str, Any], raw: bytes | None = None) -> Entry | None:
+    """An index entry from a record dict (``AuditRecord.to_dict``) and its JSON if at hand;
+    None if it is not a record."""
     try:
         ts = timestamp_ns(str(data["timestamp"])) / 1e9
     except (KeyError, ValueError, TypeError):
@@ -89,7 +93,8 @@ def entry_of(entry_id: str, data: Mapping[str, Any]) -> Entry | None:
         model=s("model"),
         cost_usd=float(data.get("cost_usd") or 0.0),
         tokens=tokens,
-        raw=json.dumps(data, separators=(",", ":")).encode(),
+        reason=str(data.get("reason") or ""),
+        raw=raw if raw is not None else json.dumps(data, separators=(",", ":")).encode(),
     )
 
 
@@ -138,8 +143,10 @@ class DecisionIndex:
         self.maxlen = maxlen
         self._entries: deque[Entry] = deque(maxlen=maxlen)
         self._by_id: dict[str, Entry] = {}
+        self._by_request: dict[str, list[Entry]] = {}
         self.version = 0
         self.source = "none"
+        self.loaded = False  # the backlog is read (until then pages say they are loading)
         self.error: str | None = None
 
     def __len__(self) -> int:
@@ -147,9 +154,16 @@ class DecisionIndex:
 
     def add(self, entry: Entry) -> None:
         if len(self._entries) == self.maxlen:
-            self._by_id.pop(self._entries[0].id, None)
+            old = self._entries[0]
+            self._by_id.pop(old.id, None)
+            same = self._by_request.get(old.request_id)
+            if same:
+                same.remove(old)
+                if not same:
+                    del self._by_request[old.request_id]
         self._entries.append(entry)
         self._by_id[entry.id] = entry
+        self._by_request.setdefault(entry.request_id, []).append(entry)
         self.version += 1
 
     def get(self, entry_id: str) -> Entry | None:
@@ -160,14 +174,30 @@ class DecisionIndex:
 
     def search(self, query: Query, limit: int = 100) -> list[Entry]:
         """The newest entries matching ``query``, newest first."""
-        if query.request_id:  # the common lookup: no need to look at every entry's fields
-            found = (e for e in self.newest() if e.request_id == query.request_id)
+        if query.request_id:  # the common lookup: straight from its own index
+            found = reversed(self._by_request.get(query.request_id, ()))
             return [e for e in found if query.matches(e)][:limit]
-        return list(itertools.islice((e for e in self.newest() if query.matches(e)), limit))
+        candidates: Iterable[Entry] = self.newest()
+        if query.until is not None:
+            until = query.until
+            candidates = itertools.dropwhile(lambda e: e.ts > until, candidates)
+        if query.since is not None:
+            since = query.since
+            candidates = itertools.takewhile(lambda e: e.ts >= since, candidates)
+        exact = [(k, getattr(query, k)) for k in _EXACT if getattr(query, k)]
+        if exact:
+            # One C-level attribute fetch and tuple compare per entry: fast over 100,000.
+            get = operator.attrgetter(*(k for k, _ in exact))
+            want = tuple(v for _, v in exact) if len(exact) > 1 else exact[0][1]
+            candidates = (e for e in candidates if get(e) == want)
+        return list(itertools.islice((e for e in candidates if query.matches(e)), limit))
 
     def since(self, ts: float) -> Iterable[Entry]:
         """Entries at or after ``ts`` (newest first, stops at the first older one)."""
         return itertools.takewhile(lambda e: e.ts >= ts, self.newest())
+
+
+_EXACT = ("user", "org", "team", "decision")
 
 
 class RedisFeed:
@@ -176,7 +206,8 @@ class RedisFeed:
     def __init__(self, url: str, index: DecisionIndex, key: str = STREAM_KEY) -> None:
         import redis.asyncio as aioredis
 
-        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0)
+        # Reads block up to 1 s for news: the socket timeout must be longer than that.
+        self.client = aioredis.Redis.from_url(url, socket_connect_timeout=2.0, socket_timeout=10.0)
         self.index = index
         self.key = key
         index.source = "redis"
@@ -187,11 +218,19 @@ class RedisFeed:
             try:
                 if last is None:
                     last = await self._backfill()
+                    self.index.loaded = True
+                    # 100,000 entries are that many objects for the cyclic GC to walk on each
+                    # full collection (pauses of a few hundred ms): they hold no cycles, so
+                    # move what exists now out of its reach.
+                    gc.freeze()
                 while True:
                     got: Any = await self.client.xread({self.key: last}, count=1000, block=1000)
                     for _, entries in got or ():
                         for raw_id, fields in entries:
-                            last = self._add(raw_id, fields)
+                            last = _text(raw_id)
+                            entry = _parse(last, fields)
+                            if entry is not None:
+                                self.index.add(entry)
                     self.index.error = None
             except asyncio.CancelledError:
                 raise
@@ -211,22 +250,26 @@ class RedisFeed:
                 break
             batch.extend(got)
             high = f"({_text(got[-1][0])}"  # exclusive: the next chunk starts below it
-        last = "0-0"
-        for raw_id, fields in reversed(batch):
-            last = self._add(raw_id, fields)
-        return last
-
-    def _add(self, raw_id: Any, fields: Mapping[Any, Any]) -> str:
-        entry_id = _text(raw_id)
-        data = decode_entry(fields)
-        entry = entry_of(entry_id, data) if data is not None else None
-        if entry is not None:
-            self.index.add(entry)
-        return entry_id
+        if not batch:
+            return "0-0"
+        # Parsing 100,000 records takes a while: off the event loop, so pages keep answering.
+        entries = await asyncio.to_thread(lambda: [_parse(_text(i), f) for i, f in batch])
+        for entry in reversed(entries):
+            if entry is not None:
+                self.index.add(entry)
+        return _text(batch[0][0])
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.client.aclose()
+
+
+def _parse(entry_id: str, fields: Mapping[Any, Any]) -> Entry | None:
+    data = decode_entry(fields)
+    if data is None:
+        return None
+    raw = fields.get(b"r", fields.get("r"))
+    return entry_of(entry_id, data, raw if isinstance(raw, bytes) else None)
 
 
 def _failed(index: DecisionIndex, message: str) -> None:
@@ -248,6 +291,7 @@ class LiveFeed:
         self.index = index
         self._n = 0
         index.source = "live"
+        index.loaded = True  # nothing to read back: the live stream starts now
 
     async def run(self) -> None:
         from google.protobuf.json_format import MessageToDict

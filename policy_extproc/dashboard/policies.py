@@ -12,8 +12,7 @@ import difflib
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import PolicyError
-from ..policy.compiler import Snapshot
+from ..policy.compiler import CompiledPolicy, Snapshot
 from ..policy.loader import read_sources
 from ..policy.model import Policy
 from ..policy.store import is_pushed
@@ -110,6 +109,31 @@ def tree(rows: list[PolicyRow]) -> TreeNode:
     return root
 
 
+def _uncompiled(policy: Policy, index: int) -> CompiledPolicy:
+    # The dashboard scans no text: a policy without its pattern databases (compiling them for
+    # 100 policies takes seconds), enough for the compiler's own scope resolution below.
+    cp = CompiledPolicy.__new__(CompiledPolicy)
+    cp.policy, cp.index = policy, index
+    cp.request_patterns, cp.request_targets = None, ()
+    cp.response_patterns, cp.response_targets = None, ()
+    cp.pii = {}
+    return cp
+
+
+class RulesSnapshot(Snapshot):
+    """``Snapshot.resolve`` (which policies apply to a scope, which rules are in force and
+    where each comes from) over policies that are not compiled for scanning."""
+
+    def __init__(self, policies: tuple[Policy, ...], version: str) -> None:
+        self.policies = tuple(_uncompiled(p, i) for i, p in enumerate(policies))
+        self.version = version
+        self._index = {}
+        for cp in self.policies:
+            self._index.setdefault(cp.policy.scope.keys, []).append(cp)
+        self._by_key = {}
+        self._by_policies = {}
+
+
 class PolicySet:
     """The policies in force, loaded here from their texts; one per policy version."""
 
@@ -122,11 +146,7 @@ class PolicySet:
         policies, self.problems = read_sources(texts.items())
         wanted = set(self.by_name)
         self.policies: tuple[Policy, ...] = tuple(p for p in policies if p.name in wanted)
-        try:
-            self.snapshot: Snapshot | None = Snapshot(self.policies, version)
-        except PolicyError as exc:  # e.g. a hash key the sidecar has and the dashboard lacks
-            self.problems = [*self.problems, *exc.problems]
-            self.snapshot = None
+        self.snapshot: Snapshot | None = RulesSnapshot(self.policies, version)
 
     def policy(self, name: str) -> Policy | None:
         return next((p for p in self.policies if p.name == name), None)

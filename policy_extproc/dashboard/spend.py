@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -60,13 +61,6 @@ class Spend:
     entries: int = 0
 
 
-def _subject(per: str, e: Entry) -> str | None:
-    value = {"user": e.user, "team": e.team, "org": e.org}[per]
-    if not value:
-        return None
-    return f"{per} {value}" if per == "org" else f"{per} {value} ({e.org})"
-
-
 def period_starts(now: float, tz: str) -> tuple[float, float]:
     """Epoch seconds at which today and this month began, in ``tz``."""
     local = datetime.fromtimestamp(now, ZoneInfo(tz))
@@ -74,80 +68,138 @@ def period_starts(now: float, tz: str) -> tuple[float, float]:
     return day.timestamp(), day.replace(day=1).timestamp()
 
 
+Key = tuple[str, str, str, str]  # org, team, environment, user
+
+
+def since(now: float, tz: str) -> float:
+    """The oldest decision the figures read: the start of the month, or a day back."""
+    return min(period_starts(now, tz)[1], now - WINDOWS["day"])
+
+
 def compute(
-    index: DecisionIndex, policies: PolicySet | None, *, now: float | None = None, tz: str = "UTC"
+    index: DecisionIndex | Iterable[Entry],
+    policies: PolicySet | None,
+    *,
+    now: float | None = None,
+    tz: str = "UTC",
 ) -> Spend:
-    """One pass over this month's decisions (newest first)."""
+    """Two steps: one pass over this month's decisions adds them up per (org, team,
+    environment, user); then the budgets and limits in force for each such key are applied to
+    its sums. So the cost is one cheap pass, whatever the number of rules."""
     now = time.time() if now is None else now
     day_start, month_start = period_starts(now, tz)
-    out = Spend()
-    totals: dict[str, dict[str, list[float]]] = {"org": {}, "team": {}, "user": {}}
-    budget: dict[tuple[str, str, str, str], float] = defaultdict(float)
-    limit_n: dict[tuple[str, str, str], int] = defaultdict(int)
-    limit_t: dict[tuple[str, str, str], int] = defaultdict(int)
+    windows = sorted(WINDOWS.items(), key=lambda kv: kv[1])
+    cost: dict[Key, list[float]] = defaultdict(lambda: [0.0, 0.0])  # today, this month
+    requests: dict[Key, list[int]] = defaultdict(lambda: [0] * len(windows))
+    tokens: dict[Key, list[int]] = defaultdict(lambda: [0] * len(windows))
     blocked: Counter[str] = Counter()
-    in_force: dict[tuple[str, str, str], list[tuple[str, str, object]]] = {}
-    rules: dict[tuple[str, str], object] = {}
-
-    def applying(e: Entry) -> list[tuple[str, str, object]]:
-        key = (e.org, e.team, e.environment)
-        found = in_force.get(key)
-        if found is None:
-            found = []
-            if policies is not None and policies.snapshot is not None:
-                es = policies.snapshot.resolve(*key)
-                for r in (*es.rules_of("cost_budget"), *es.rules_of("rate_limit")):
-                    found.append((r.policy_name, r.rule.id, r.rule))
-                    rules[(r.policy_name, r.rule.id)] = r.rule
-            in_force[key] = found
-        return found
-
-    for e in index.since(min(month_start, now - WINDOWS["day"])):
+    out = Spend()
+    # A list taken on the event loop when called from a thread: the index changes under it.
+    entries = index.since(since(now, tz)) if isinstance(index, DecisionIndex) else index
+    for e in entries:
+        if e.ts < month_start and now - e.ts > WINDOWS["day"]:
+            break
         out.entries += 1
-        if e.decision == "block" and e.phase == "request" and e.ts >= now - WINDOWS["day"]:
+        key = (e.org, e.team, e.environment, e.user)
+        if e.cost_usd and e.ts >= month_start:
+            acc = cost[key]
+            acc[1] += e.cost_usd
+            if e.ts >= day_start:
+                acc[0] += e.cost_usd
+        age = now - e.ts
+        if age > WINDOWS["day"]:
+            continue
+        counted = e.phase == "request" and e.decision not in ("throttle", "block")
+        for n, (_, seconds) in enumerate(windows):
+            if age <= seconds:
+                if counted:
+                    requests[key][n] += 1
+                if e.tokens:
+                    tokens[key][n] += e.tokens
+        if e.decision == "block" and e.phase == "request":
             for r in e.rules or (f"{e.policy}/-",):
                 blocked[r] += 1
-        for policy, rule_id, rule in applying(e):
-            if isinstance(rule, CostBudgetRule) and e.cost_usd:
-                start = day_start if rule.period == "day" else month_start
-                if e.ts >= start:
-                    for per in rule.per:
-                        subject = _subject(per, e)
-                        if subject:
-                            budget[(policy, rule_id, subject, rule.period)] += e.cost_usd
-            elif isinstance(rule, RateLimitRule) and e.ts >= now - rule.window_s:
-                for per in rule.per:
-                    subject = _subject(per, e)
-                    if not subject:
-                        continue
-                    if e.phase == "request" and e.decision not in ("throttle", "block"):
-                        limit_n[(policy, rule_id, subject)] += 1
-                    limit_t[(policy, rule_id, subject)] += e.tokens
-        if e.cost_usd and e.ts >= month_start:
-            for per in ("org", "team", "user"):
-                value = {"org": e.org, "team": e.team, "user": e.user}[per]
-                if not value:
-                    continue
-                name = value if per == "org" else f"{value} ({e.org})"
-                acc = totals[per].setdefault(name, [0.0, 0.0])
-                acc[1] += e.cost_usd
-                if e.ts >= day_start:
-                    acc[0] += e.cost_usd
-    out.by_org = {k: (v[0], v[1]) for k, v in sorted(totals["org"].items())}
-    out.by_team = {k: (v[0], v[1]) for k, v in sorted(totals["team"].items())}
-    out.by_user = {k: (v[0], v[1]) for k, v in sorted(totals["user"].items())}
-    for (policy, rule_id, subject, period), spent in budget.items():
-        rule = rules[(policy, rule_id)]
-        assert isinstance(rule, CostBudgetRule)
-        out.budgets.append(BudgetRow(policy, rule_id, subject, period, spent, rule.limit_usd))
-    out.budgets.sort(key=lambda b: -b.fraction)
-    for policy, rule_id, subject in limit_n.keys() | limit_t.keys():
-        rule = rules[(policy, rule_id)]
-        assert isinstance(rule, RateLimitRule)
-        key = (policy, rule_id, subject)
-        out.limits.append(LimitRow(policy, rule_id, subject, rule.window, limit_n.get(key, 0),
-                                   rule.requests, limit_t.get(key, 0), rule.tokens))  # fmt: skip
-    out.limits.sort(key=lambda r: (-(r.requests / r.requests_limit if r.requests_limit else 0),
-                                   r.subject))  # fmt: skip
+    _totals(out, cost)
+    _apply(out, policies, cost, requests, tokens, [w for w, _ in windows])
     out.blocked = blocked.most_common(10)
     return out
+
+
+def _totals(out: Spend, cost: dict[Key, list[float]]) -> None:
+    sums: dict[str, dict[str, list[float]]] = {"org": {}, "team": {}, "user": {}}
+    for (org, team, _, user), (today, month) in cost.items():
+        for per, value in (("org", org), ("team", team), ("user", user)):
+            if not value:
+                continue
+            name = value if per == "org" else f"{value} ({org})"
+            acc = sums[per].setdefault(name, [0.0, 0.0])
+            acc[0] += today
+            acc[1] += month
+    out.by_org = {k: (v[0], v[1]) for k, v in sorted(sums["org"].items())}
+    out.by_team = {k: (v[0], v[1]) for k, v in sorted(sums["team"].items())}
+    out.by_user = {k: (v[0], v[1]) for k, v in sorted(sums["user"].items())}
+
+
+def _subject(per: str, key: Key) -> str | None:
+    org, team, _, user = key
+    value = {"user": user, "team": team, "org": org}[per]
+    if not value:
+        return None
+    return f"org {org}" if per == "org" else f"{per} {value} ({org})"
+
+
+def _apply(
+    out: Spend,
+    policies: PolicySet | None,
+    cost: dict[Key, list[float]],
+    requests: dict[Key, list[int]],
+    tokens: dict[Key, list[int]],
+    windows: list[str],
+) -> None:
+    if policies is None or policies.snapshot is None:
+        return
+    snapshot = policies.snapshot
+    budget: dict[tuple[str, str, str], float] = defaultdict(float)
+    limit_n: dict[tuple[str, str, str], int] = defaultdict(int)
+    limit_t: dict[tuple[str, str, str], int] = defaultdict(int)
+    rules: dict[tuple[str, str], CostBudgetRule | RateLimitRule] = {}
+    for key in cost.keys() | requests.keys() | tokens.keys():
+        es = snapshot.resolve(key[0], key[1], key[2])
+        for e in es.rules_of("cost_budget"):
+            rule = e.rule
+            assert isinstance(rule, CostBudgetRule)
+            rules[(e.policy_name, rule.id)] = rule
+            spent = cost.get(key, (0.0, 0.0))[0 if rule.period == "day" else 1]
+            for per in rule.per:
+                subject = _subject(per, key)
+                if subject and spent:
+                    budget[(e.policy_name, rule.id, subject)] += spent
+        for e in es.rules_of("rate_limit"):
+            rule = e.rule
+            assert isinstance(rule, RateLimitRule)
+            rules[(e.policy_name, rule.id)] = rule
+            n = windows.index(rule.window)
+            got_n = requests.get(key, [0] * len(windows))[n]
+            got_t = tokens.get(key, [0] * len(windows))[n]
+            for per in rule.per:
+                subject = _subject(per, key)
+                if subject and (got_n or got_t):
+                    limit_n[(e.policy_name, rule.id, subject)] += got_n
+                    limit_t[(e.policy_name, rule.id, subject)] += got_t
+    for (policy, rule_id, subject), spent in budget.items():
+        b = rules[(policy, rule_id)]
+        assert isinstance(b, CostBudgetRule)
+        out.budgets.append(BudgetRow(policy, rule_id, subject, b.period, spent, b.limit_usd))
+    out.budgets.sort(key=lambda row: (-row.fraction, row.subject))
+    for key3 in limit_n.keys() | limit_t.keys():
+        r = rules[(key3[0], key3[1])]
+        assert isinstance(r, RateLimitRule)
+        out.limits.append(LimitRow(key3[0], key3[1], key3[2], r.window, limit_n[key3],
+                                   r.requests, limit_t[key3], r.tokens))  # fmt: skip
+    out.limits.sort(key=lambda row: (-_used(row), row.subject))
+
+
+def _used(row: LimitRow) -> float:
+    n = row.requests / row.requests_limit if row.requests_limit else 0.0
+    t = row.tokens / row.tokens_limit if row.tokens_limit else 0.0
+    return max(n, t)

@@ -13,7 +13,7 @@ from .client import AdminClient
 from .decisions import DEFAULT_MAX, DecisionIndex, LiveFeed, RedisFeed
 from .policies import PolicySet, rows_of
 from .security import Sessions
-from .spend import Spend, compute
+from .spend import Spend, compute, since
 
 log = logging.getLogger(__name__)
 SPEND_CACHE_S = 2.0
@@ -87,17 +87,22 @@ class Dashboard:
                 *(self.admin.get_policy(name, token) for name in first_of.values())
             )
             texts = {file: g.text for file, g in zip(first_of, got, strict=True)}
-            self._policies = PolicySet(listing.version, texts, rows)
+            # Parsing a hundred policies is CPU work: off the event loop.
+            self._policies = await asyncio.to_thread(PolicySet, listing.version, texts, rows)
             self._policies.last_error = list(listing.last_error)
             return self._policies
 
-    def spend(self, policies: PolicySet | None) -> Spend:
+    async def spend(self, policies: PolicySet | None) -> Spend:
         """The spend figures, recomputed at most every 2 s (or when the policies change)."""
         now = time.monotonic()
         version = policies.version if policies is not None else ""
         cached = self._spend
         if cached is not None and now - cached[0] < SPEND_CACHE_S and cached[2] == version:
             return cached[3]
-        figures = compute(self.index, policies, tz=self.config.budget_time_zone)
+        # One pass over a month of decisions: in a thread, so the live tail keeps answering.
+        tz = self.config.budget_time_zone
+        wall = time.time()
+        entries = list(self.index.since(since(wall, tz)))  # here: the feed appends on this loop
+        figures = await asyncio.to_thread(compute, entries, policies, now=wall, tz=tz)
         self._spend = (now, self.index.version, version, figures)
         return figures

@@ -241,6 +241,7 @@ def _rows(ctx: Page) -> dict[str, Any]:
         "given": given,
         "qs": urlencode({k: v for k, v in given.items() if v}),
         "stored": len(index),
+        "loaded": index.loaded,
         "source": index.source,
         "feed_error": index.error,
     }
@@ -331,31 +332,46 @@ async def decide(ctx: Page) -> Response:
 # -- spend and limits --------------------------------------------------------------------------
 
 
+SHOWN = 50  # rows per table; the rest are counted (a page stays fast with thousands)
+
+
+def _top(rows: dict[str, tuple[float, float]]) -> list[tuple[str, tuple[float, float]]]:
+    return sorted(rows.items(), key=lambda kv: (-kv[1][1], kv[0]))[:SHOWN]
+
+
 @page("viewer")
 async def spend(ctx: Page) -> Response:
     ps = await ctx.dash.policies(ctx.token)
-    figures = ctx.dash.spend(ps)
-    teams = list(figures.by_team.items())[:20]
+    f = await ctx.dash.spend(ps)
+    teams = _top(f.by_team)[:20]
+    budgets = f.budgets[:15]
     charts = {
         "teams": {
             "labels": [t for t, _ in teams],
             "today": [round(v[0], 4) for _, v in teams],
             "month": [round(v[1], 4) for _, v in teams],
         },
-        "blocked": {
-            "labels": [r for r, _ in figures.blocked],
-            "counts": [n for _, n in figures.blocked],
-        },
+        "blocked": {"labels": [r for r, _ in f.blocked], "counts": [n for _, n in f.blocked]},
         "budgets": {
-            "labels": [f"{b.subject} {b.rule}" for b in figures.budgets[:15]],
-            "used": [round(100 * b.fraction, 1) for b in figures.budgets[:15]],
+            "labels": [f"{b.subject} {b.rule}" for b in budgets],
+            "used": [round(100 * b.fraction, 1) for b in budgets],
         },
     }
+    tables = [
+        ("Organisations", _top(f.by_org), len(f.by_org), "by-org"),
+        ("Teams", _top(f.by_team), len(f.by_team), "by-team"),
+        ("Users", _top(f.by_user), len(f.by_user), "by-user"),
+    ]
     return ctx.render(
         "spend.html",
-        f=figures,
+        f=f,
+        budgets=f.budgets[:SHOWN],
+        limits=f.limits[:SHOWN],
+        tables=tables,
+        shown=SHOWN,
         charts=json.dumps(charts),
         stored=len(ctx.dash.index),
+        loaded=ctx.dash.index.loaded,
         source=ctx.dash.index.source,
         tz=ctx.dash.config.budget_time_zone,
     )

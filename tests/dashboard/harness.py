@@ -42,6 +42,8 @@ def running_dashboard(
 ) -> Iterator[RunningDashboard]:
     app = create_app(config, identities)
     sock = socket.socket()
+    # Accepted sockets inherit it: no Nagle delay between an answer's head and its body.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))

@@ -304,9 +304,20 @@ def test_an_admin_pushes_a_refused_then_an_accepted_policy(
         blocked = chat(proxy, "a zebra")
     assert blocked.status == 403
     assert (blocked.json()["policy"], blocked.json()["rule"]) == ("acme_ml_zebras", "zebras")
-    # The pushed policy is editable and deletable by an admin.
+    # The pushed policy is editable and deletable by an admin; deleting asks first.
     page.goto(page.url.split("/policies")[0] + "/policies/view/acme_ml_zebras")
-    assert page.locator("#editor").count() == 1 and page.locator("#delete").count() == 1
+    assert page.locator("#editor").count() == 1
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("#delete")
+    page.wait_for_url(re.compile(r"/policies$"))
+    assert "acme_ml_zebras" not in page.inner_text("#policy-list")
+    passes = chat(proxy, "a zebra")
+    for _ in range(100):
+        if passes.status == 200:
+            break
+        page.wait_for_timeout(100)
+        passes = chat(proxy, "a zebra")
+    assert passes.status == 200
 
 
 def test_try_it_is_a_dry_run(signed_in: Callable[[str], Any]) -> None:

@@ -383,13 +383,9 @@ def dashboard(
     """Serve the web dashboard: policies, dry runs, decisions, approvals, spend."""
     import logging
 
-    try:
-        from .dashboard.serve import run, split_listen
-        from .dashboard.state import DashboardConfig
-    except ImportError as exc:  # installed without the extra
-        raise click.UsageError(
-            f"the dashboard needs pip install 'policy-extproc[dashboard]' ({exc})"
-        ) from None
+    from .dashboard.serve import run, split_listen
+    from .dashboard.state import DashboardConfig
+
     try:
         split_listen(listen)
         admin_token = token_from_env()

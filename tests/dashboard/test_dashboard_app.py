@@ -201,3 +201,18 @@ def test_trace_links_are_http_and_hex_only(
     template: str | None, trace_id: str, url: str | None
 ) -> None:
     assert trace_url(template, trace_id) == url
+
+
+def test_the_command_refuses_an_open_listener_and_a_bad_address() -> None:
+    from click.testing import CliRunner
+
+    from policy_extproc.cli import main
+
+    env = {k: None for k in ("POLICY_EXTPROC_ADMIN_TOKEN", "POLICY_EXTPROC_ADMIN_TOKEN_FILE",
+                             "POLICY_EXTPROC_ADMIN_TOKENS", "POLICY_EXTPROC_LISTEN")}  # fmt: skip
+    runner = CliRunner()
+    opened = runner.invoke(main, ["dashboard", "--listen", "0.0.0.0:18080"], env=env)
+    assert opened.exit_code == 1
+    assert "refusing to serve" in opened.output and "loopback" in opened.output
+    bad = runner.invoke(main, ["dashboard", "--listen", "nowhere"], env=env)
+    assert bad.exit_code == 2 and "'nowhere' is not HOST:PORT" in bad.output

@@ -139,3 +139,23 @@ async def test_without_tokens_loopback_callers_name_the_approver(tmp_path: Path)
             )
             decided = await stub.DecideApproval(decide)
     assert (decided.status, decided.approver) == ("denied", "dana")
+
+
+def test_serve_names_a_missing_or_broken_tokens_file(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from policy_extproc.cli import main
+
+    policies = tmp_path / "p.yaml"
+    policies.write_text(POLICIES)
+    broken = tmp_path / "broken"
+    broken.write_text("alice:root:tok-alice-0123456789\n")
+    base = ["serve", "--policies", str(policies), "--listen", "127.0.0.1:0", "--audit-log", ""]
+    env = {"POLICY_EXTPROC_ADMIN_TOKEN": None, "POLICY_EXTPROC_ADMIN_TOKEN_FILE": None}
+    for path, message in (
+        (tmp_path / "missing", "does not exist"),
+        (broken, f"{broken}:1: role 'root' of 'alice' is not one of viewer, approver, admin"),
+    ):
+        result = CliRunner().invoke(main, [*base, "--admin-tokens", str(path)], env=env)
+        assert result.exit_code == 1
+        assert message in result.output and "not serving" in result.output

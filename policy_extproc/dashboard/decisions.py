@@ -19,7 +19,7 @@ import sys
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from ..audit.record import timestamp_ns
@@ -58,7 +58,7 @@ class Entry:
 
     @property
     def when(self) -> str:
-        return datetime.fromtimestamp(self.ts).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        return datetime.fromtimestamp(self.ts, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def entry_of(entry_id: str, data: Mapping[str, Any], raw: bytes | None = None) -> Entry | None:

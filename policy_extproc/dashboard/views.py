@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -219,7 +219,8 @@ def _when(value: str) -> float | None:
         parsed = datetime.fromisoformat(value)
     except ValueError:
         raise Denied(400, f"{value!r} is not a date and time (YYYY-MM-DDTHH:MM)") from None
-    return parsed.astimezone().timestamp() if parsed.tzinfo is None else parsed.timestamp()
+    # The page shows and takes times in UTC, as the audit records hold them.
+    return (parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed).timestamp()
 
 
 def _query(ctx: Page) -> tuple[Query, dict[str, str]]:
@@ -293,8 +294,8 @@ def _approval(a: Any) -> dict[str, Any]:
         "org": a.org,
         "user": a.user,
         "status": a.status,
-        "created": datetime.fromtimestamp(a.created_at.seconds).strftime("%Y-%m-%d %H:%M:%S"),
-        "expires": datetime.fromtimestamp(a.expires_at.seconds).strftime("%Y-%m-%d %H:%M:%S"),
+        "created": datetime.fromtimestamp(a.created_at.seconds, UTC).strftime("%Y-%m-%d %H:%M"),
+        "expires": datetime.fromtimestamp(a.expires_at.seconds, UTC).strftime("%Y-%m-%d %H:%M"),
         "approver": a.approver if a.HasField("approver") else "",
         "reason": a.reason if a.HasField("reason") else "",
         "details": dict(sorted(a.details.items())),

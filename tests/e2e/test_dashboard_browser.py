@@ -304,9 +304,14 @@ def test_an_admin_pushes_a_refused_then_an_accepted_policy(
         blocked = chat(proxy, "a zebra")
     assert blocked.status == 403
     assert (blocked.json()["policy"], blocked.json()["rule"]) == ("acme_ml_zebras", "zebras")
-    # The pushed policy is editable and deletable by an admin; deleting asks first.
+    # The pushed policy is editable: the diff is against the text in force.
     page.goto(page.url.split("/policies")[0] + "/policies/view/acme_ml_zebras")
-    assert page.locator("#editor").count() == 1
+    page.wait_for_selector(".check-ok")
+    page.fill("#text", VALID.replace("[zebra]", "[zebra, okapi]"))
+    page.wait_for_selector(".d-add >> text=okapi")
+    assert "keywords: [zebra]" in page.inner_text(".d-del")
+    shot(page, "09-policy-edit-diff")
+    # And deletable by an admin; deleting asks first.
     page.once("dialog", lambda dialog: dialog.accept())
     page.click("#delete")
     page.wait_for_url(re.compile(r"/policies$"))
@@ -328,7 +333,7 @@ def test_try_it_is_a_dry_run(signed_in: Callable[[str], Any]) -> None:
     page.wait_for_selector("#try-decision")
     assert page.inner_text("#try-decision") == "modify"
     assert "[EMAIL]" in page.inner_text("#rewritten")
-    shot(page, "09-try-it")
+    shot(page, "10-try-it")
 
 
 def test_a_blocked_request_appears_in_the_live_tail_and_is_found_by_id(
@@ -345,7 +350,7 @@ def test_a_blocked_request_appears_in_the_live_tail_and_is_found_by_id(
     row = page.locator(f'#decisions tr[data-request-id="{rid}"]').first
     row.wait_for(state="visible", timeout=WAIT_MS)
     assert "block" in row.inner_text() and "acme_base" in row.inner_text()
-    shot(page, "10-decisions-live")
+    shot(page, "11-decisions-live")
     for _ in range(5):  # fill the tail with others, so that the search has to find it
         chat(proxy, "hello")
     page.fill("input[name=request_id]", rid)
@@ -355,7 +360,7 @@ def test_a_blocked_request_appears_in_the_live_tail_and_is_found_by_id(
         "rows => rows.map(r => r.dataset.requestId)"
     )
     assert ids and set(ids) == {rid}
-    shot(page, "11-decisions-search")
+    shot(page, "12-decisions-search")
     page.locator(f'#decisions tr[data-request-id="{rid}"] a').first.click()
     page.wait_for_selector("#record")
     record = page.inner_text("#record")
@@ -363,7 +368,7 @@ def test_a_blocked_request_appears_in_the_live_tail_and_is_found_by_id(
     assert "confidential" not in record  # the record never holds what the user wrote
     link = page.get_attribute("#trace-link", "href")
     assert link is not None and link.startswith("https://tracing.example/trace/")
-    shot(page, "12-decision-record")
+    shot(page, "13-decision-record")
 
 
 def test_spend_and_limits_shows_budgets_limits_and_charts(
@@ -388,4 +393,4 @@ def test_spend_and_limits_shows_budgets_limits_and_charts(
         ".map(id => Chart.getChart(document.getElementById(id)) !== undefined)"
     )
     assert drawn == [True, True, True]
-    shot(page, "13-spend")
+    shot(page, "14-spend")

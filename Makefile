@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml requirements.lock deploy/install.py
 install: $(STAMP)
 
 test: $(STAMP)
+	rm -rf build/screenshots  # the dashboard's browser tests write fresh ones for a reviewer
 	$(BIN)/ruff check policy_extproc tests benchmarks deploy
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
@@ -38,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/limits.py
 	$(BIN)/python benchmarks/fanout.py
 	$(BIN)/python benchmarks/tls.py
+	$(BIN)/python benchmarks/dashboard.py
 
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=policy_extproc/_proto \

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import click
 
 from .admin.auth import TOKEN_ENV as ADMIN_TOKEN_ENV
+from .admin.auth import token_from_env
 from .admin.cli import approvals, policies
 from .errors import AdminError, PolicyError, RequestError, StateError, TlsError
 
@@ -416,6 +416,22 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
     help="Envoy's ext_proc message_timeout: a decision later than this is refused and "
     "audited as envoy_gave_up.",
 )
+@click.option(
+    "--admin-tokens",
+    default=None,
+    type=click.Path(),
+    help="Admin identities: a file of name:role:token lines (role viewer, approver or admin), "
+    f"or a directory of such files (a mounted Secret); {ADMIN_TOKEN_ENV} (or "
+    f"{ADMIN_TOKEN_ENV}_FILE) adds one admin token named 'admin'.",
+)
+@click.option(
+    "--decision-stream-max",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(0),
+    help="With --redis: also append every audit record to the Redis Stream "
+    "policy-extproc:decisions, capped near this many entries (the dashboard reads it); 0: off.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--allow-anonymous",
@@ -466,6 +482,8 @@ def serve(
     offload_workers: int,
     offload_warm: bool,
     message_timeout: float,
+    admin_tokens: str | None,
+    decision_stream_max: int,
     workers: int,
     allow_anonymous: bool,
     log_level: str,
@@ -487,6 +505,11 @@ def serve(
             f["admin_tls_cert"], f["admin_tls_key"], f["admin_tls_client_ca"], "--admin-tls"
         )
     except TlsError as exc:
+        raise click.UsageError(exc.message) from None
+    try:
+        # From the environment or a file only: a token on the command line would show in `ps`.
+        admin_token = token_from_env()
+    except AdminError as exc:
         raise click.UsageError(exc.message) from None
 
     configure(log_level, log_format)  # type: ignore[arg-type]
@@ -513,8 +536,6 @@ def serve(
         budget_time_zone=budget_time_zone,
         metrics_listen=metrics_listen or None,
         admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
-        # From the environment only: a token on the command line would show in `ps`.
-        admin_token=os.environ.get(ADMIN_TOKEN_ENV, "").strip() or None,  # Secrets end in \n
         tls=tls,
         admin_tls=admin_tls,
         allow_anonymous=allow_anonymous,
@@ -524,6 +545,9 @@ def serve(
         offload_workers=offload_workers,
         offload_warm=offload_warm,
         message_timeout_s=message_timeout,
+        admin_token=admin_token,
+        admin_tokens=admin_tokens,
+        decision_stream_max=decision_stream_max,
     )
     try:
         if workers > 1:
@@ -637,6 +661,81 @@ def verify(paths: tuple[str, ...], checkpoint_file: str | None) -> None:
         click.echo(line)
     if not ok:
         sys.exit(1)
+
+
+@main.command(context_settings=ENV)
+@click.option(
+    "--admin",
+    default="127.0.0.1:50052",
+    show_default=True,
+    envvar="POLICY_EXTPROC_ADMIN",
+    help="HOST:PORT of a sidecar's admin API (serve --admin-listen).",
+)
+@click.option(
+    "--redis",
+    default=None,
+    help="redis://host:port/db the sidecars share: decisions of all replicas from their stream; "
+    "none: the live stream of the --admin replica, from now on.",
+)
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="HOST:PORT to serve.")
+@click.option(
+    "--admin-tokens",
+    default=None,
+    type=click.Path(),
+    help="The sidecars' admin identities (name:role:token lines, a file or a Secret directory): "
+    "people sign in with their token. None (and no POLICY_EXTPROC_ADMIN_TOKEN): loopback only.",
+)
+@click.option(
+    "--trace-url-template",
+    default=None,
+    help="Link to a decision's trace, e.g. http://jaeger:16686/trace/{trace_id}.",
+)
+@click.option(
+    "--max-decisions",
+    default=100_000,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Decisions held for the live tail, search and spend (the stream's cap).",
+)
+@click.option(
+    "--budget-time-zone",
+    default="UTC",
+    show_default=True,
+    help="Time zone of budget days and months, as the sidecars' (IANA name).",
+)
+def dashboard(
+    admin: str,
+    redis: str | None,
+    listen: str,
+    admin_tokens: str | None,
+    trace_url_template: str | None,
+    max_decisions: int,
+    budget_time_zone: str,
+) -> None:
+    """Serve the web dashboard: policies, dry runs, decisions, approvals, spend."""
+    import logging
+
+    from .dashboard.serve import run, split_listen
+    from .dashboard.state import DashboardConfig
+
+    try:
+        split_listen(listen)
+        admin_token = token_from_env()
+    except (ValueError, AdminError) as exc:
+        raise click.UsageError(str(exc)) from None
+    logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run(
+        DashboardConfig(
+            admin=admin,
+            listen=listen,
+            redis=redis,
+            trace_url_template=trace_url_template,
+            admin_token=admin_token,
+            admin_tokens=admin_tokens,
+            max_decisions=max_decisions,
+            budget_time_zone=budget_time_zone,
+        )
+    )
 
 
 main.add_command(policies)

@@ -48,6 +48,7 @@ class Ports:
     openai: int = 18081  # the mock providers, one per provider cluster of envoy.yaml
     azure: int = 18082
     anthropic: int = 18083
+    dashboard: int = 8080  # the web dashboard (policy-extproc dashboard)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str]) -> Ports:
@@ -259,7 +260,16 @@ def main(environ: Mapping[str, str] = os.environ) -> None:
             )
         procs.append(proxy)
         _envoy_ready(proxy, ports.admin)
+        board = subprocess.Popen(
+            [exe, "dashboard", "--admin", f"127.0.0.1:{ports.admin_api}",
+             "--listen", f"127.0.0.1:{ports.dashboard}"],
+            stdout=subprocess.DEVNULL,
+        )  # fmt: skip
+        procs.append(board)
+        _wait_port(ports.dashboard, "dashboard", board)
         print(curls(ports, audit), flush=True)
+        print(f"Dashboard: http://127.0.0.1:{ports.dashboard}/ (loopback only, no token)\n",
+              flush=True)  # fmt: skip
         print("Ctrl-C stops Envoy, the sidecar and the mock providers.", flush=True)
         while True:
             for p in procs:

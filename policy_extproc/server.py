@@ -97,6 +97,10 @@ class ServerConfig:
     # re-read this often even without news.
     admin_listen: str | None = None
     admin_token: str | None = None
+    admin_tokens: str | None = None  # name:role:token lines: a file, or a Secret's directory
+    # With Redis: every record is also appended to a Redis Stream capped near this many entries
+    # (the dashboard reads it: the decisions of all replicas); 0: no stream.
+    decision_stream_max: int = 100_000
     policy_poll_s: float = 5.0
     # TLS on the ext_proc/ext_authz listener and on the admin API (None: plaintext); with a
     # client CA, mTLS. The files are re-read when they change (tls.py).
@@ -129,6 +133,7 @@ class Sidecar:
             redis_url=config.redis,
             admin_listen=config.admin_listen,
             admin_token=config.admin_token,
+            admin_tokens=config.admin_tokens,
             poll_s=config.policy_poll_s,
             admin_tls=config.admin_tls,
         )
@@ -398,6 +403,12 @@ class Sidecar:
             from .audit.otel import OtelSink
 
             sinks.append(OtelSink(self.config.otlp_endpoint))
+        if self.config.redis and self.config.decision_stream_max > 0:
+            from .audit.stream import RedisStreamSink
+
+            sinks.append(
+                RedisStreamSink(self.config.redis, maxlen=self.config.decision_stream_max)
+            )  # best effort: never raises, never blocks
         if self.metrics is not None:
             sinks.append(self.metrics.sink)  # counts every record; never raises
         if self.config.alert_webhook:

@@ -1,14 +1,14 @@
 """``policy-extproc policies ...`` and ``policy-extproc approvals ...``: clients of the admin API.
 
 Each command talks to ``--admin HOST:PORT`` (env ``POLICY_EXTPROC_ADMIN``) with the token from
-``POLICY_EXTPROC_ADMIN_TOKEN`` (an environment variable only: a flag would show in ``ps``).
+``POLICY_EXTPROC_ADMIN_TOKEN``, or the file ``POLICY_EXTPROC_ADMIN_TOKEN_FILE`` names (never a
+flag: it would show in ``ps``). With a token, the approver recorded is the token's name.
 A refused push prints one line per problem, as ``check`` does, and exits 1.
 """
 
 from __future__ import annotations
 
 import getpass
-import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,8 +20,8 @@ import click
 import grpc
 
 from .._proto import admin_pb2, admin_pb2_grpc
-from ..errors import TlsError
-from .auth import TOKEN_ENV
+from ..errors import AdminError, TlsError
+from .auth import TOKEN_ENV, token_from_env
 from .errors import PROBLEMS_KEY
 
 DEFAULT_ADMIN = "127.0.0.1:50052"
@@ -133,11 +133,11 @@ def _channel(admin: str) -> grpc.Channel:
 
 def _token() -> str:
     # A token read from a file or a Secret often ends with a newline; gRPC refuses such a
-    # header value with a bare "Invalid metadata", so trim it here and name what else is wrong.
-    token = os.environ.get(TOKEN_ENV, "").strip()
-    if not all(" " < c <= "~" for c in token):
-        _fail(f"{TOKEN_ENV} holds characters a bearer token cannot carry (printable ASCII only)")
-    return token
+    # header value with a bare "Invalid metadata", so it is trimmed, and what else is wrong named.
+    try:
+        return token_from_env() or ""
+    except AdminError as exc:
+        _fail(f"{exc.message} (printable ASCII only)")
 
 
 def _report(exc: grpc.RpcError, admin: str, has_token: bool) -> NoReturn:
@@ -163,6 +163,8 @@ def _report(exc: grpc.RpcError, admin: str, has_token: bool) -> NoReturn:
         _fail(f"the admin API at {admin} rejected the token in {TOKEN_ENV}")
     if code == grpc.StatusCode.UNAUTHENTICATED:
         _fail(f"the admin API at {admin} wants a token: {TOKEN_ENV} is not set")
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        _fail(f"not allowed: {details}")
     _fail(f"{code.name.lower()}: {details}")
 
 
@@ -278,7 +280,12 @@ def list_approvals(org: str, status: str | None, admin: str) -> None:
 
 
 def _decide(verdict: int, approval_id: str, reason: str, approver: str | None, admin: str) -> None:
-    if not approver:
+    if approver and _token():
+        _fail("--approver is for an admin API without tokens: with a token, the approver "
+              "recorded is the token's name")  # fmt: skip
+    if not approver and _token():
+        approver = ""  # the server records the token's name
+    elif not approver:
         try:
             approver = getpass.getuser()
         except (OSError, KeyError):
@@ -293,7 +300,12 @@ def _decide(verdict: int, approval_id: str, reason: str, approver: str | None, a
 
 def _decision_options(f: Callable[..., None]) -> Callable[..., None]:
     f = click.option("--reason", default="", help="Why (audited).")(f)
-    f = click.option("--approver", default=None, help="Who decides (audited); default: $USER.")(f)
+    f = click.option(
+        "--approver",
+        default=None,
+        help="Who decides (audited), only without a token; default: $USER. With a token, "
+        "the token's name.",
+    )(f)
     return admin_option(f)
 
 

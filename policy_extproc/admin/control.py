@@ -19,7 +19,7 @@ from ..state.base import StateBackend
 from ..state.policies import MemoryPolicies, PolicyRepository
 from ..tls import TlsFiles
 from .approvals import Approvals
-from .auth import check_listen
+from .auth import Identities, check_listen, load_identities
 from .live import LiveDecisions
 from .pushed import POLL_S, PushedPolicies
 from .server import AdminServer
@@ -47,6 +47,7 @@ class ControlPlane:
         redis_url: str | None = None,
         admin_listen: str | None = None,
         admin_token: str | None = None,
+        admin_tokens: str | None = None,
         poll_s: float = POLL_S,
         repository: Callable[[str | None], PolicyRepository] = open_repository,
         admin_tls: TlsFiles | None = None,
@@ -54,6 +55,8 @@ class ControlPlane:
         self.store = store
         self.admin_listen = admin_listen or None
         self.admin_token = admin_token or None
+        self.admin_tokens = admin_tokens or None  # a name:role:token file or a Secret directory
+        self.identities: Identities | None = None
         self.live = LiveDecisions()
         self.repository = repository(redis_url)
         self.pushed = PushedPolicies(store, self.repository, poll_s=poll_s)
@@ -68,7 +71,8 @@ class ControlPlane:
     def check(self) -> None:
         """Refuse a non-loopback admin listener without a token (AdminError)."""
         if self.admin_listen:
-            check_listen(self.admin_listen, self.admin_token)
+            self.identities = load_identities(self.admin_token, self.admin_tokens)
+            check_listen(self.admin_listen, self.identities)
 
     async def load(self) -> Snapshot:
         """The first policy set: files and pushed policies (PolicyError, StateError)."""
@@ -79,8 +83,10 @@ class ControlPlane:
         if not self.admin_listen:
             return
         approvals = Approvals(state, sink, lambda: self.store.current.version)
-        service = PolicyAdmin(self.store, self.pushed, approvals, self.live)
-        self.admin = AdminServer(service, self.admin_listen, self.admin_token, tls=self.admin_tls)
+        if self.identities is None:
+            self.identities = load_identities(self.admin_token, self.admin_tokens)
+        service = PolicyAdmin(self.store, self.pushed, approvals, self.live, self.identities)
+        self.admin = AdminServer(service, self.admin_listen, self.identities, tls=self.admin_tls)
         await self.admin.start()
 
     async def stop(self) -> None:

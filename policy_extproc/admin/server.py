@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from .._proto import admin_pb2_grpc
 from ..tls import CertificateReloader, TlsFiles, server_credentials
-from .auth import SERVICE, TokenAuth, check_listen
+from .auth import SERVICE, Identities, TokenAuth, check_listen
 from .service import PolicyAdmin
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,14 @@ class AdminServer:
         self,
         service: PolicyAdmin,
         listen: str,
-        token: str | None,
+        token: Identities | str | None,
         *,
         tls: TlsFiles | None = None,
     ) -> None:
         self.service = service
         self.listen = listen
-        self.token = token or None
+        # A bare string is the single admin token (POLICY_EXTPROC_ADMIN_TOKEN).
+        self.token = Identities.single(token) if isinstance(token, str) and token else token or None
         self.tls = tls  # None: plaintext; with client_ca: mTLS
         self.reloader: CertificateReloader | None = None
         self.port = 0
@@ -56,7 +57,7 @@ class AdminServer:
         await server.start()
         self._server = server
         host = self.listen.rsplit(":", 1)[0]
-        guard = "bearer token required" if self.token else "loopback only, no token"
+        guard = f"{len(self.token)} bearer tokens" if self.token else "loopback only, no token"
         if self.tls is not None:
             guard += ", mTLS" if self.tls.client_ca else ", TLS"
         log.info("admin API on %s:%d (%s)", host, self.port, guard)

@@ -28,6 +28,7 @@ from ..policy.identity import canonical
 from ..policy.store import PolicyStore, is_pushed, pushed_file
 from . import convert
 from .approvals import Approvals
+from .auth import Identities, caller
 from .errors import PROBLEMS_KEY, Conflict, NotFound
 from .evaluate import dry_run
 from .live import LiveDecisions
@@ -83,7 +84,9 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
         pushed: PushedPolicies,
         approvals: Approvals,
         live: LiveDecisions,
+        identities: Identities | None = None,
     ) -> None:
+        self.identities = identities
         self.store = store
         self.pushed = pushed
         self.approvals = approvals
@@ -126,7 +129,8 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
     @_translated
     async def PutPolicies(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         change = await self.pushed.put(request.text, request.file_name or "pushed")
-        log.info("admin: pushed %s (version %s)", ", ".join(change.names), change.version)
+        log.info("admin: %s pushed %s (version %s)", self._who(context), ", ".join(change.names),
+                 change.version)  # fmt: skip
         return admin_pb2.PutPoliciesResponse(
             names=change.names,
             version=change.version,
@@ -136,7 +140,8 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
     @_translated
     async def DeletePolicy(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
         change = await self.pushed.delete(request.name)
-        log.info("admin: deleted %s (version %s)", request.name, change.version)
+        log.info("admin: %s deleted %s (version %s)", self._who(context), request.name,
+                 change.version)  # fmt: skip
         return admin_pb2.DeletePolicyResponse(
             version=change.version, repository_version=change.repository_version
         )
@@ -173,9 +178,16 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
         if request.verdict not in (admin_pb2.VERDICT_APPROVE, admin_pb2.VERDICT_DENY):
             raise AdminError("verdict must be VERDICT_APPROVE or VERDICT_DENY")
         approve = request.verdict == admin_pb2.VERDICT_APPROVE
-        decided = await self.approvals.decide(request.id, approve, request.approver, request.reason)
+        identity = caller(self.identities, context)
+        # With tokens, who decides is the token's holder, never what the client says it is.
+        approver = identity.name if identity is not None else request.approver
+        decided = await self.approvals.decide(request.id, approve, approver, request.reason)
         log.info("admin: approval %s %s by %s", decided.id, decided.status, decided.approver)
         return convert.approval(decided)
+
+    def _who(self, context: grpc.aio.ServicerContext) -> str:
+        identity = caller(self.identities, context)
+        return identity.name if identity is not None else "a loopback client"
 
     # -- live decisions ------------------------------------------------------------------------
 

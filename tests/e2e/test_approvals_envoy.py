@@ -39,7 +39,11 @@ ALICE = {"x-org-id": "acme", "x-team-id": "ml", "x-user-id": "alice", "x-environ
 @pytest.fixture(scope="module")
 def sidecar(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
     workdir = tmp_path_factory.mktemp("approvals")
-    with running_sidecar(POLICY, workdir, admin_listen="127.0.0.1:0", admin_token=TOKEN) as running:
+    tokens = workdir / "admin-tokens"  # bob holds the token: the approver recorded is bob
+    tokens.write_text(f"bob:approver:{TOKEN}\n")
+    with running_sidecar(
+        POLICY, workdir, admin_listen="127.0.0.1:0", admin_tokens=str(tokens)
+    ) as running:
         yield running
 
 
@@ -122,9 +126,7 @@ def test_approve_then_the_same_request_passes_once(
         chat(proxy, prompt, **{"x-approval-id": approval_id})
     )
 
-    result = admin(
-        sidecar, "approvals", "approve", approval_id, "--approver", "bob", "--reason", "Q3 report"
-    )
+    result = admin(sidecar, "approvals", "approve", approval_id, "--reason", "Q3 report")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{approval_id}: approved by bob (org acme, user alice)\n"
     row = approvals(sidecar)[approval_id]
@@ -189,9 +191,7 @@ def test_a_denied_request_stays_refused(
 ) -> None:
     prompt = "draft a press release about the merger"
     approval_id = escalated(chat(proxy, prompt))["approval_id"]
-    result = admin(
-        sidecar, "approvals", "deny", approval_id, "--approver", "bob", "--reason", "not public"
-    )
+    result = admin(sidecar, "approvals", "deny", approval_id, "--reason", "not public")
     assert result.exit_code == 0, result.output
     assert result.stdout == f"{approval_id}: denied by bob (org acme, user alice)\n"
 
@@ -203,7 +203,7 @@ def test_a_denied_request_stays_refused(
     assert mock_provider.stats()["total"] == 0
 
     # A verdict is final.
-    twice = admin(sidecar, "approvals", "approve", approval_id, "--approver", "carol")
+    twice = admin(sidecar, "approvals", "approve", approval_id)
     assert twice.exit_code == 1
     assert twice.stderr == (
         f"policy-extproc: failed_precondition: approval '{approval_id}' is already denied by bob\n"

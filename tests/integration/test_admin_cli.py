@@ -96,8 +96,11 @@ def table(result: Result) -> dict[str, dict[str, str]]:
 
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    # The token's holder is bob: the approver recorded is the token's name.
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(f"bob:admin:{TOKEN}\n")
     async with running_sidecar(
-        tmp_path, BASE, admin_listen="127.0.0.1:0", admin_token=TOKEN
+        tmp_path, BASE, admin_listen="127.0.0.1:0", admin_tokens=str(tokens)
     ) as running:
         yield Admin(running, f"127.0.0.1:{running.sidecar.admin_port}")
 
@@ -239,7 +242,7 @@ def dead_address() -> Iterator[str]:
         ("policies", "list"),
         ("policies", "get", "acme_base"),
         ("approvals", "list"),
-        ("approvals", "approve", "apr_x", "--approver", "bob"),
+        ("approvals", "approve", "apr_x"),
     ],
 )
 async def test_an_unreachable_admin_api_is_one_clear_line(
@@ -322,12 +325,10 @@ async def test_approvals_list_approve_deny(admin: Admin) -> None:
     assert (row["ORG"], row["USER"], row["STATUS"], row["BY"]) == ("acme", "alice", "pending", "-")
     assert "model=gpt-4.5-preview" in row["DETAILS"] and "rule=big-models" in row["DETAILS"]
 
-    approved = await admin.cli(
-        "approvals", "approve", first, "--approver", "bob", "--reason", "quarterly report"
-    )
+    approved = await admin.cli("approvals", "approve", first, "--reason", "quarterly report")
     assert approved.exit_code == 0, approved.output
     assert lines(approved.stdout) == [f"{first}: approved by bob (org acme, user alice)"]
-    denied = await admin.cli("approvals", "deny", second, "--approver", "bob", "--reason", "no")
+    denied = await admin.cli("approvals", "deny", second, "--reason", "no")
     assert lines(denied.stdout) == [f"{second}: denied by bob (org acme, user alice)"]
 
     pending = await admin.cli("approvals", "list", "--status", "pending")
@@ -354,22 +355,25 @@ async def test_approvals_list_approve_deny(admin: Admin) -> None:
 
 async def test_deciding_twice_or_an_unknown_id_is_refused(admin: Admin) -> None:
     approval_id = await escalate(admin, "hello", "r-1")
-    ok = await admin.cli("approvals", "deny", approval_id, "--approver", "bob")
+    ok = await admin.cli("approvals", "deny", approval_id)
     assert ok.exit_code == 0, ok.output
-    again = await admin.cli("approvals", "approve", approval_id, "--approver", "carol")
+    again = await admin.cli("approvals", "approve", approval_id)
     assert again.exit_code == 1
     assert lines(again.stderr) == [
         f"policy-extproc: failed_precondition: approval '{approval_id}' is already denied by bob"
     ]
-    unknown = await admin.cli("approvals", "approve", "apr_nobody", "--approver", "bob")
+    unknown = await admin.cli("approvals", "approve", "apr_nobody")
     assert unknown.exit_code == 1
     assert lines(unknown.stderr) == [
         "policy-extproc: not_found: no approval 'apr_nobody' (unknown or expired)"
     ]
 
 
-async def test_the_approver_defaults_to_the_login_name(admin: Admin) -> None:
+async def test_with_a_token_the_approver_is_the_tokens_name(admin: Admin) -> None:
     approval_id = await escalate(admin, "hello", "r-1")
+    named = await admin.cli("approvals", "approve", approval_id, "--approver", "dana")
+    assert named.exit_code == 1
+    assert "with a token, the approver recorded is the token's name" in named.stderr
     result = await admin.cli("approvals", "approve", approval_id, LOGNAME="dana")
     assert result.exit_code == 0, result.output
-    assert lines(result.stdout) == [f"{approval_id}: approved by dana (org acme, user alice)"]
+    assert lines(result.stdout) == [f"{approval_id}: approved by bob (org acme, user alice)"]

@@ -66,8 +66,12 @@ class Admin:
 
 @pytest.fixture
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
+    # The token's holder is bob: the approver recorded is the token's name, whatever the
+    # request's approver field says.
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(f"bob:admin:{TOKEN}\n")
     async with running_sidecar(
-        tmp_path, POLICIES, admin_listen="127.0.0.1:0", admin_token=TOKEN
+        tmp_path, POLICIES, admin_listen="127.0.0.1:0", admin_tokens=str(tokens)
     ) as running:
         port = running.sidecar.admin_port
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:

@@ -18,6 +18,15 @@ and there is no backtracking to exploit (no ReDoS). Two databases per pattern se
   a ``PatternError`` naming the pattern, raised at load time, never at request time.
 
 Offsets are byte offsets into the UTF-8 encoding of the scanned text.
+
+The scanned text is the canonical form of the prompt (``detect/canonical.py``: NFKC, no
+zero-width characters, marks stripped, look-alikes folded to ASCII, Unicode spaces and dashes as
+" " and "-"), so patterns are compiled to match that form: a literal is canonicalised with the
+same function (a Cyrillic or accented keyword matches however the text spells it), and in a
+regex each literal character outside ASCII is replaced by its canonical spelling; in a
+character class, the canonical spelling of each member (and of each member of a range of up to
+4096 code points) is added, except in a negated class. ``\\s`` and ``-`` in a regex therefore
+also match NBSP, U+3000 and the Unicode dashes of the text.
 """
 
 from __future__ import annotations
@@ -31,6 +40,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 import hyperscan
+
+from .canonical import canonical_text, canonicalize, fold_char
 
 PatternKind = Literal["literal", "regex"]
 
@@ -111,8 +122,9 @@ def _word_after(data: bytes, index: int) -> bool:
 
 
 def _spellings(p: Pattern) -> list[str] | None:
-    """The literal(s) to compile for ``p`` (white space squeezed), or None for the regex path."""
-    text = " ".join(p.expr.split())
+    """The literal(s) to compile for ``p`` (canonical, white space squeezed), or None for the
+    regex path."""
+    text = " ".join(canonical_text(p.expr).split())
     if p.case_sensitive or text.isascii():
         return [text]
     choices: list[tuple[str, ...]] = []
@@ -132,7 +144,95 @@ def _spellings(p: Pattern) -> list[str] | None:
 
 
 def _regex_of_literal(p: Pattern) -> str:
-    return _SPACE_CLASS.join(re.escape(w) for w in p.expr.split())
+    return _SPACE_CLASS.join(re.escape(w) for w in canonical_text(p.expr).split())
+
+
+_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})[?+]?")
+_MAX_RANGE = 4096
+
+
+def _hex(ch: str) -> str:
+    return f"\\x{{{ord(ch):x}}}"
+
+
+def _class_additions(body: str) -> str:
+    """The canonical spellings to add to a class: of its literal members outside ASCII, and of
+    the members of its ranges that have one character as canonical spelling."""
+    members: list[str] = []
+    i = 0
+    while i < len(body):
+        ch = body[i]
+        if ch == "\\":
+            i += 2 if i + 1 < len(body) and body[i + 1] not in "xpPQ" else len(body)
+            continue  # escapes (\\x{..}, \\p{..}) are taken as written
+        if ch == "[" and body.startswith("[:", i):
+            end = body.find(":]", i)
+            i = end + 2 if end >= 0 else len(body)
+            continue
+        if i + 2 < len(body) and body[i + 1] == "-" and body[i + 2] not in "\\]":
+            lo, hi = ord(ch), ord(body[i + 2])
+            if not (ch.isascii() and body[i + 2].isascii()) and 0 <= hi - lo <= _MAX_RANGE:
+                members.extend(chr(c) for c in range(lo, hi + 1))
+            i += 3
+            continue
+        if not ch.isascii():
+            members.append(ch)
+        i += 1
+    extra: dict[str, None] = {}
+    for m in members:
+        f = fold_char(m)
+        if len(f) == 1 and f != m:
+            extra[_hex(f)] = None
+    return "".join(extra)
+
+
+def canonical_regex(expr: str) -> str:
+    """``expr`` rewritten to match the canonical text (see the module docstring)."""
+    if expr.isascii():
+        return expr
+    out: list[str] = []
+    i, n = 0, len(expr)
+    while i < n:
+        ch = expr[i]
+        if ch == "\\":
+            j = i + 2
+            if expr.startswith(("\\x{", "\\p{", "\\P{", "\\N{"), i):
+                close = expr.find("}", i)
+                j = close + 1 if close >= 0 else n
+            elif expr.startswith("\\Q", i):
+                close = expr.find("\\E", i)
+                j = close + 2 if close >= 0 else n
+            out.append(expr[i:j])
+            i = j
+        elif ch == "[":
+            j = i + 1
+            negated = j < n and expr[j] == "^"
+            j += 1 if negated else 0
+            if j < n and expr[j] == "]":
+                j += 1  # a "]" first in a class is a member
+            while j < n and expr[j] != "]":
+                if expr[j] == "\\":
+                    j += 1
+                elif expr.startswith("[:", j):
+                    close = expr.find(":]", j)
+                    j = close + 1 if close >= 0 else j
+                j += 1
+            body = expr[i + 1 : j]
+            out.append("[" + body + ("" if negated else _class_additions(body)) + "]")
+            i = j + 1
+        elif ch.isascii():
+            out.append(ch)
+            i += 1
+        else:
+            f = fold_char(ch)
+            q = _QUANTIFIER.match(expr, i + 1)
+            if not f:
+                # Removed from the text (a zero-width character): its quantifier goes too.
+                i = q.end() if q else i + 1
+                continue
+            out.append(re.escape(f) if len(f) == 1 or q is None else f"(?:{re.escape(f)})")
+            i += 1
+    return "".join(out)
 
 
 def _flags(p: Pattern, literal: bool) -> int:
@@ -146,9 +246,7 @@ def _flags(p: Pattern, literal: bool) -> int:
     return flags
 
 
-def _compile(
-    entries: Sequence[tuple[Pattern, bytes]], literal: bool
-) -> hyperscan.Database | None:
+def _compile(entries: Sequence[tuple[Pattern, bytes]], literal: bool) -> hyperscan.Database | None:
     if not entries:
         return None
     db = hyperscan.Database()
@@ -230,7 +328,7 @@ class PatternSet:
         rxs: list[tuple[Pattern, bytes]] = []
         for p in patterns:
             if p.kind == "regex":
-                rxs.append((p, p.expr.encode()))
+                rxs.append((p, canonical_regex(p.expr).encode()))
                 continue
             spellings = _spellings(p)
             if spellings is None:
@@ -256,7 +354,7 @@ class PatternSet:
         self.size = len({id(p) for p, _ in lits}) + len(rxs)
 
     def scan(self, data: bytes) -> list[Hit]:
-        """All hits in ``data`` (UTF-8), in the order the engine reports them."""
+        """All hits in ``data`` (UTF-8 of canonical text), in the order the engine reports them."""
         hits: list[Hit] = []
         if not data:
             return hits
@@ -274,6 +372,22 @@ class PatternSet:
         if self._rx_db is not None:
             self._rx_db.scan(data, match_event_handler=_regex_handler(self._rx, data, hits))
         return hits
+
+
+    def find(self, text: str) -> list[Hit]:
+        """All hits in ``text``, matched on its canonical form, as str spans of ``text``."""
+        canon = canonicalize(text)
+        data = canon.text.encode("utf-8", "replace")
+        hits = self.scan(data)
+        if not hits:
+            return hits
+        out: list[Hit] = []
+        for h in hits:
+            s = len(data[: h.start].decode(errors="ignore"))
+            e = s + len(data[h.start : h.end].decode(errors="ignore"))
+            start, end = canon.span(s, e)
+            out.append(Hit(h.tag, start, end))
+        return out
 
 
 def _literal_handler(

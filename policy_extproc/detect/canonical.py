@@ -306,7 +306,7 @@ def canonicalize(text: str) -> Canonical:
     if not changed:
         return Canonical(text, text)
     pieces.append(text[last:])
-    if len(cstarts) == 1:  # only one-to-one replacements: offsets are the original's
+    if len(cstarts) == 1 and not ostarts[0]:  # only one-to-one replacements: same offsets
         return Canonical("".join(pieces), text, (0,), (0,), (True,))
     return Canonical("".join(pieces), text, tuple(cstarts), tuple(ostarts), tuple(linear))
 

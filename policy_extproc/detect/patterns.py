@@ -373,7 +373,6 @@ class PatternSet:
             self._rx_db.scan(data, match_event_handler=_regex_handler(self._rx, data, hits))
         return hits
 
-
     def find(self, text: str) -> list[Hit]:
         """All hits in ``text``, matched on its canonical form, as str spans of ``text``."""
         canon = canonicalize(text)

@@ -133,6 +133,16 @@ def _ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
             out[ch] = members[0]
         else:
             out[ch] = proto
+    # Case-insensitive rules compare a text's letters with the keyword's in either case, so the
+    # two cases of a letter must fold alike: Cyrillic capital KA looks like "K" (TS #39), its
+    # small letter has no ASCII prototype, and a word in capitals would miss its keyword. A letter without
+    # an ASCII reading whose other case reads as an ASCII letter reads as that letter's case.
+    for ch, ascii_ in list(out.items()):
+        if len(ascii_) != 1 or not ascii_.isalpha():
+            continue
+        other = ch.lower() if ch.isupper() else ch.upper() if ch.islower() else ch
+        if len(other) == 1 and other != ch and not other.isascii() and other not in out:
+            out[other] = ascii_.lower() if ch.isupper() else ascii_.upper()
     return out
 
 
@@ -167,6 +177,10 @@ def fold_char(ch: str) -> str:
         return " "
     if unicodedata.category(ch) == "Pd":
         return "-"
+    ascii_ = _TO_ASCII.get(ch)
+    if ascii_ is not None:
+        # Before NFKD, which may lose the likeness (U+03F2 lunate sigma "c" -> final sigma).
+        return ascii_
     decomposed = unicodedata.normalize("NFKD", ch)
     if decomposed == ch:
         return _simple(ch)

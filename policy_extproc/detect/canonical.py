@@ -135,8 +135,9 @@ def _ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
             out[ch] = proto
     # Case-insensitive rules compare a text's letters with the keyword's in either case, so the
     # two cases of a letter must fold alike: Cyrillic capital KA looks like "K" (TS #39), its
-    # small letter has no ASCII prototype, and a word in capitals would miss its keyword. A letter without
-    # an ASCII reading whose other case reads as an ASCII letter reads as that letter's case.
+    # small letter has no ASCII prototype, and a word in capitals would miss its keyword. A
+    # letter without an ASCII reading whose other case reads as an ASCII letter reads as that
+    # letter's case.
     for ch, ascii_ in list(out.items()):
         if len(ascii_) != 1 or not ascii_.isalpha():
             continue

@@ -31,7 +31,7 @@ import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from itertools import compress
 from pathlib import Path
 
 # DerivedCoreProperties.txt: Default_Ignorable_Code_Point = Other_Default_Ignorable_Code_Point
@@ -207,21 +207,32 @@ _FOLD = _FoldTable()
 # -- a text ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
 class Canonical:
-    """A text's canonical form and the map back to the original's str offsets.
+    """A text's canonical form and the map back to the original's str offsets (read-only).
 
     The map is piecewise: segment ``k`` starts at canonical offset ``cstarts[k]`` and original
     offset ``ostarts[k]``; in a one-to-one segment offsets advance together, in an expansion
     (``ﬁ`` -> ``fi``) every canonical character comes from the one original character. Removed
     characters start a new segment. ``cstarts`` is empty when the form is the text itself.
+    A plain slotted class, not a frozen dataclass: one is made per prompt part on every
+    request, and a frozen dataclass's ``__init__`` costs several times more.
     """
 
-    text: str
-    original: str
-    cstarts: tuple[int, ...] = ()
-    ostarts: tuple[int, ...] = ()
-    linear: tuple[bool, ...] = ()
+    __slots__ = ("cstarts", "linear", "original", "ostarts", "text")
+
+    def __init__(
+        self,
+        text: str,
+        original: str,
+        cstarts: tuple[int, ...] = (),
+        ostarts: tuple[int, ...] = (),
+        linear: tuple[bool, ...] = (),
+    ) -> None:
+        self.text = text
+        self.original = original
+        self.cstarts = cstarts
+        self.ostarts = ostarts
+        self.linear = linear
 
     @property
     def identity(self) -> bool:
@@ -281,49 +292,69 @@ def _fold_run(run: str) -> tuple[str, tuple[tuple[int, int], ...]]:
     return out
 
 
+def _dense(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """Fold every character (C loops only): for text that is mostly outside ASCII."""
+    folded = list(map(_FOLD.__getitem__, text))
+    lens = list(map(len, folded))
+    if lens.count(1) == len(lens):
+        return "".join(folded), []
+    at = compress(range(len(lens)), map((1).__ne__, lens))
+    return "".join(folded), [(i, lens[i]) for i in at]
+
+
+def _sparse(text: str) -> tuple[str, list[tuple[int, int]]]:
+    """Fold the runs outside printable ASCII only: for text that is mostly ASCII."""
+    pieces: list[str] = []
+    uneven: list[tuple[int, int]] = []
+    last = 0  # original offset up to which pieces hold the canonical form
+    for m in _SPECIAL_RUN.finditer(text):
+        run = m.group()
+        folded, run_uneven = _fold_run(run)
+        if folded == run and not run_uneven:
+            continue
+        a = m.start()
+        pieces.append(text[last:a])
+        pieces.append(folded)
+        last = m.end()
+        uneven.extend((a + off, n) for off, n in run_uneven)
+    if not pieces:
+        return text, uneven
+    pieces.append(text[last:])
+    return "".join(pieces), uneven
+
+
 def canonicalize(text: str) -> Canonical:
     """The canonical form of ``text`` with its offset map (see the module docstring)."""
     if _plain_ascii(text):
         return Canonical(text, text)
-    pieces: list[str] = []
+    # Mostly outside ASCII (Cyrillic, Japanese): fold every character; mostly ASCII with a few
+    # others (a curly quote, a name with an accent): fold those runs only.
+    extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
+    canon, uneven = _dense(text) if extra * 4 > len(text) else _sparse(text)
+    if not uneven:
+        return (
+            Canonical(text, text) if canon == text else Canonical(canon, text, (0,), (0,), (True,))
+        )
     cstarts, ostarts, linear = [0], [0], [True]
-    last = 0  # original offset up to which pieces hold the canonical form
-    shift = 0  # canonical offset - original offset, at ``last``
-    changed = False
-    for m in _SPECIAL_RUN.finditer(text):
-        a = m.start()
-        run = m.group()
-        folded, uneven = _fold_run(run)
-        if folded == run and not uneven:
-            continue
-        changed = True
-        pieces.append(text[last:a])
-        pieces.append(folded)
-        last = m.end()
-        for off, n in uneven:
-            i = a + off
-            clen = i + shift
-            if n:
-                if cstarts[-1] == clen:  # the open segment is still empty: reuse it
-                    ostarts[-1], linear[-1] = i, False
-                else:
-                    cstarts.append(clen)
-                    ostarts.append(i)
-                    linear.append(False)
-            shift += n - 1
-            # The next character starts a one-to-one segment.
-            if cstarts[-1] == clen + n:
-                ostarts[-1], linear[-1] = i + 1, True
+    shift = 0  # canonical offset - original offset, before the character at hand
+    for i, n in uneven:
+        clen = i + shift
+        if n:
+            if cstarts[-1] == clen:  # the open segment is still empty: reuse it
+                ostarts[-1], linear[-1] = i, False
             else:
-                cstarts.append(clen + n)
-                ostarts.append(i + 1)
-                linear.append(True)
-    if not changed:
-        return Canonical(text, text)
-    pieces.append(text[last:])
-    if len(cstarts) == 1 and not ostarts[0]:  # only one-to-one replacements: same offsets
-        return Canonical("".join(pieces), text, (0,), (0,), (True,))
-    return Canonical("".join(pieces), text, tuple(cstarts), tuple(ostarts), tuple(linear))
+                cstarts.append(clen)
+                ostarts.append(i)
+                linear.append(False)
+        shift += n - 1
+        # The next character starts a one-to-one segment.
+        if cstarts[-1] == clen + n:
+            ostarts[-1], linear[-1] = i + 1, True
+        else:
+            cstarts.append(clen + n)
+            ostarts.append(i + 1)
+            linear.append(True)
+    return Canonical(canon, text, tuple(cstarts), tuple(ostarts), tuple(linear))
 
 
 def canonical_text(text: str) -> str:
@@ -353,6 +384,23 @@ def visible_tail(text: str, count: int) -> int:
 # -- several parts ---------------------------------------------------------------------------
 
 
+_last_forms: tuple[tuple[str, ...], list[Canonical]] = ((), [])
+
+
+def _canonical_forms(texts: Sequence[str]) -> list[Canonical]:
+    # The content filters and the PII rules of one request read the same parts: canonicalise
+    # them once. One entry, replaced whole, so concurrent threads at worst compute twice.
+    global _last_forms
+    last_texts, last = _last_forms
+    if len(last_texts) == len(texts) and all(
+        a is b for a, b in zip(last_texts, texts, strict=True)
+    ):
+        return last
+    forms = [canonicalize(t) for t in texts]
+    _last_forms = (tuple(texts), forms)
+    return forms
+
+
 class JoinedParts:
     """The canonical forms of several texts joined, and the way back to each text.
 
@@ -362,28 +410,38 @@ class JoinedParts:
     runs across it (NUL for content filters, a newline for PII).
     """
 
-    __slots__ = ("canon", "segments", "starts", "text")
+    __slots__ = ("canon", "runs", "segments", "starts", "text")
 
     def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str) -> None:
-        self.canon = [canonicalize(t) for t in texts]
+        self.canon = _canonical_forms(texts)
+        forms = [c.text for c in self.canon]
+        joins = {i for i in range(1, len(groups)) if groups[i] >= 0 and groups[i] == groups[i - 1]}
+        if not joins:  # the common case: every part stands alone
+            runs = forms
+        else:
+            runs, run = [], [forms[0]] if forms else []
+            for i in range(1, len(forms)):
+                if i not in joins:
+                    runs.append("".join(run))
+                    run = []
+                run.append(forms[i])
+            runs.append("".join(run))
+        self.runs = runs  # the text of each run of parts that are joined
+        self.text = sep.join(runs)
         starts: list[int] = []
-        segments: list[tuple[int, int]] = []  # (start, end) in ``text`` of each joined run
-        chunks: list[str] = []
+        segments: list[tuple[int, int]] = []  # (start, end) in ``text`` of each run
         pos = run_start = 0
-        for i, c in enumerate(self.canon):
-            if i and not (groups[i] >= 0 and groups[i] == groups[i - 1]):
+        for i, form in enumerate(forms):
+            if i and i not in joins:
                 segments.append((run_start, pos))
-                chunks.append(sep)
                 pos += len(sep)
                 run_start = pos
             starts.append(pos)
-            chunks.append(c.text)
-            pos += len(c.text)
-        if texts:
+            pos += len(form)
+        if forms:
             segments.append((run_start, pos))
         self.starts = starts
         self.segments = segments
-        self.text = "".join(chunks)
 
     def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(text index, start, end) in original str offsets of each text ``[start, end)`` of

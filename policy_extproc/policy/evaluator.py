@@ -125,7 +125,7 @@ class ScanText:
         self.joined = joined = JoinedParts([p.text for p in parts], groups_of(parts), "\0")
         # A JSON body may hold lone surrogates ("\ud800"), which UTF-8 cannot encode: each
         # becomes "?", one byte for one character, so offsets still map back to the text.
-        runs = [joined.text[s:e] for s, e in joined.segments]
+        runs = joined.runs
         self.encoded = [r.encode("utf-8", "replace") for r in runs]
         self.ascii = [len(b) == len(r) for b, r in zip(self.encoded, runs, strict=True)]
         bstarts, pos = [], 0

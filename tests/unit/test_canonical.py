@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 
 from policy_extproc.detect.canonical import (
     JoinedParts,
+    _dense,
+    _sparse,
     canonical_text,
     canonicalize,
     fold_char,
@@ -151,3 +153,14 @@ def test_visible_tail_skips_removed_characters() -> None:
     assert visible_tail(text, 3) == 2  # "c", then ten removed characters, then "de"
     assert visible_tail("abc", 10) == 0
     assert visible_tail("abc", 0) == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.text("abc ,.\n", max_size=6), st.text(_ANY, max_size=3)), max_size=12
+    ).map("".join)
+)
+def test_both_ways_of_folding_agree(text: str) -> None:
+    # Mostly ASCII text folds its runs outside ASCII, other text every character.
+    assert _dense(text) == _sparse(text)

@@ -31,7 +31,7 @@ import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import compress
+from itertools import accumulate, compress
 from pathlib import Path
 
 # DerivedCoreProperties.txt: Default_Ignorable_Code_Point = Other_Default_Ignorable_Code_Point
@@ -384,10 +384,11 @@ def visible_tail(text: str, count: int) -> int:
 # -- several parts ---------------------------------------------------------------------------
 
 
-_last_forms: tuple[tuple[str, ...], list[Canonical]] = ((), [])
+_Forms = tuple[list[str], list[Canonical | None]]  # canonical texts; their maps (None: same)
+_last_forms: tuple[tuple[str, ...], _Forms] = ((), ([], []))
 
 
-def _canonical_forms(texts: Sequence[str]) -> list[Canonical]:
+def _canonical_forms(texts: Sequence[str]) -> _Forms:
     # The content filters and the PII rules of one request read the same parts: canonicalise
     # them once. One entry, replaced whole, so concurrent threads at worst compute twice.
     global _last_forms
@@ -396,7 +397,14 @@ def _canonical_forms(texts: Sequence[str]) -> list[Canonical]:
         a is b for a, b in zip(last_texts, texts, strict=True)
     ):
         return last
-    forms = [canonicalize(t) for t in texts]
+    if all(t.isascii() for t in texts) and _plain_ascii("".join(texts)):
+        forms: _Forms = (list(texts), [None] * len(texts))  # the common case, checked at once
+    else:
+        forms = ([], [])
+        for t in texts:
+            c = canonicalize(t)
+            forms[0].append(c.text)
+            forms[1].append(None if c.identity else c)
     _last_forms = (tuple(texts), forms)
     return forms
 
@@ -410,36 +418,39 @@ class JoinedParts:
     runs across it (NUL for content filters, a newline for PII).
     """
 
-    __slots__ = ("canon", "runs", "segments", "starts", "text")
+    __slots__ = ("forms", "maps", "runs", "segments", "starts", "text")
 
     def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str) -> None:
-        self.canon = _canonical_forms(texts)
-        forms = [c.text for c in self.canon]
+        forms, self.maps = _canonical_forms(texts)
+        self.forms = forms
         joins = {i for i in range(1, len(groups)) if groups[i] >= 0 and groups[i] == groups[i - 1]}
         if not joins:  # the common case: every part stands alone
-            runs = forms
-        else:
-            runs, run = [], [forms[0]] if forms else []
-            for i in range(1, len(forms)):
-                if i not in joins:
-                    runs.append("".join(run))
-                    run = []
-                run.append(forms[i])
-            runs.append("".join(run))
-        self.runs = runs  # the text of each run of parts that are joined
-        self.text = sep.join(runs)
-        starts: list[int] = []
+            self.runs = forms
+            self.text = sep.join(forms)
+            starts = [0] if forms else []
+            starts.extend(accumulate(len(f) + len(sep) for f in forms[:-1]))
+            self.starts = starts
+            self.segments = [(s, s + len(f)) for s, f in zip(starts, forms, strict=True)]
+            return
+        runs: list[str] = []
+        run: list[str] = []
+        starts = []
         segments: list[tuple[int, int]] = []  # (start, end) in ``text`` of each run
         pos = run_start = 0
         for i, form in enumerate(forms):
             if i and i not in joins:
+                runs.append("".join(run))
+                run = []
                 segments.append((run_start, pos))
                 pos += len(sep)
                 run_start = pos
+            run.append(form)
             starts.append(pos)
             pos += len(form)
-        if forms:
-            segments.append((run_start, pos))
+        runs.append("".join(run))
+        segments.append((run_start, pos))
+        self.runs = runs  # the text of each run of parts that are joined
+        self.text = sep.join(runs)
         self.starts = starts
         self.segments = segments
 
@@ -448,12 +459,11 @@ class JoinedParts:
         the joined text covers, in order; separators belong to no text."""
         out: list[tuple[int, int, int]] = []
         i = max(0, bisect_right(self.starts, start) - 1)
-        while i < len(self.canon) and self.starts[i] < end:
-            c = self.canon[i]
+        while i < len(self.forms) and self.starts[i] < end:
             s = max(start - self.starts[i], 0)
-            e = min(end - self.starts[i], len(c.text))
+            e = min(end - self.starts[i], len(self.forms[i]))
             if e > s:
-                os, oe = c.span(s, e)
-                out.append((i, os, oe))
+                c = self.maps[i]
+                out.append((i, *(c.span(s, e) if c is not None else (s, e))))
             i += 1
         return out

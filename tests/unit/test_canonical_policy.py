@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_extproc.detect.canonical import is_default_ignorable
+from policy_extproc.detect.canonical import _TO_ASCII, is_default_ignorable
 from policy_extproc.enforce.guard import StreamGuard
 from policy_extproc.llm.request import LlmRequest, PromptPart
 from policy_extproc.policy.compiler import Snapshot
@@ -230,19 +230,17 @@ def test_a_match_over_three_parts_and_a_zero_width_part() -> None:
 # -- the property ------------------------------------------------------------------------------
 
 _IGNORABLE = [chr(c) for c in range(0x110000) if is_default_ignorable(chr(c))]
-# Look-alikes of the letters of "confidential" (Cyrillic, Greek, fullwidth, math, marked).
+# Look-alikes of the letters of "confidential" in either case: every character TS #39 reads
+# as that letter (Cyrillic, Greek, Armenian, Cherokee, math letters, ...), and a few more
+# (fullwidth, marked).
 _LOOK_ALIKES: dict[str, list[str]] = {
-    "c": ["\u0441", "\u03f2", "\uff43", "\U0001d41c", "\u0107"],
-    "o": ["\u043e", "\u03bf", "\uff4f", "\U0001d428", "\u00f6"],
-    "n": ["\uff4e", "\U0001d427", "\u00f1", "\u0578"],
-    "f": ["\uff46", "\U0001d41f"],
-    "i": ["\u0456", "\u03b9", "\uff49", "\u00ed", "\u0131"],
-    "d": ["\u0501", "\uff44", "\U0001d41d"],
-    "e": ["\u0435", "\uff45", "\u00e9", "\U0001d41e"],
-    "t": ["\uff54", "\U0001d42d"],
-    "a": ["\u0430", "\uff41", "\u00e0", "\U0001d41a"],
-    "l": ["\uff4c", "\u217c", "\U0001d425"],  # not U+04CF: TS #39 reads it as "i"
+    letter: sorted(c for c, a in _TO_ASCII.items() if a == letter)
+    for letter in set("confidential" + "CONFIDENTIAL")
 }
+_MORE = {"c": "\uff43\u0107", "o": "\uff4f\u00f6", "i": "\u00ed\uff49", "e": "\u00e9",
+         "a": "\u00e0", "n": "\u00f1", "N": "\uff2e"}  # fmt: skip
+for letter, extra in _MORE.items():
+    _LOOK_ALIKES[letter].extend(extra)
 
 
 @st.composite
@@ -250,9 +248,9 @@ def _disguised(draw: st.DrawFn) -> str:
     out: list[str] = []
     for ch in "confidential":
         if draw(st.booleans()):
-            ch = draw(st.sampled_from([ch, *_LOOK_ALIKES.get(ch, [])]))
+            ch = ch.upper()
         if draw(st.booleans()):
-            ch = draw(st.sampled_from([ch.upper(), ch]))
+            ch = draw(st.sampled_from([ch, *_LOOK_ALIKES[ch]]))
         out.append(ch)
         out.extend(draw(st.lists(st.sampled_from(_IGNORABLE), max_size=2)))
     return "".join(out)

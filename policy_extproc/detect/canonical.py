@@ -273,6 +273,7 @@ def _plain_ascii(text: str) -> bool:
 
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
 _RUN_CACHE_LIMIT = 65_536
+_RUN_CACHE_MAX_LEN = 32
 # Non-ASCII runs (words, mostly) -> (folded run, (offset, folded length) of each character that
 # does not fold to exactly one): benign text repeats its words, so most runs are looked up once.
 _RUNS: dict[str, tuple[str, tuple[tuple[int, int], ...]]] = {}
@@ -286,9 +287,10 @@ def _fold_run(run: str) -> tuple[str, tuple[tuple[int, int], ...]]:
     folded = [fold[ch] for ch in run]
     uneven = tuple((i, len(f)) for i, f in enumerate(folded) if len(f) != 1)
     out = ("".join(folded), uneven)
-    if len(_RUNS) >= _RUN_CACHE_LIMIT:
-        _RUNS.clear()  # runs come from clients: bound what is remembered
-    _RUNS[run] = out
+    if len(run) <= _RUN_CACHE_MAX_LEN:  # runs come from clients: bound what is remembered
+        if len(_RUNS) >= _RUN_CACHE_LIMIT:
+            _RUNS.clear()
+        _RUNS[run] = out
     return out
 
 

@@ -163,8 +163,10 @@ def _class_additions(body: str) -> str:
     while i < len(body):
         ch = body[i]
         if ch == "\\":
-            i += 2 if i + 1 < len(body) and body[i + 1] not in "xpPQ" else len(body)
-            continue  # escapes (\\x{..}, \\p{..}) are taken as written
+            # Escapes (\\x{..}, \\p{..}, \\n) are taken as written.
+            close = body.find("}", i) if body.startswith("{", i + 2) else -1
+            i = close + 1 if close >= 0 else i + 2
+            continue
         if ch == "[" and body.startswith("[:", i):
             end = body.find(":]", i)
             i = end + 2 if end >= 0 else len(body)

@@ -20,6 +20,7 @@ from policy_extproc.detect.canonical import (
     is_default_ignorable,
     visible_tail,
 )
+from policy_extproc.detect.patterns import Pattern, PatternSet, merge_spans
 
 ZWSP, ZWJ, WJ, SHY, NBSP, IDEO_SPACE = "\u200b", "\u200d", "\u2060", "\u00ad", "\u00a0", "\u3000"
 
@@ -164,3 +165,24 @@ def test_visible_tail_skips_removed_characters() -> None:
 def test_both_ways_of_folding_agree(text: str) -> None:
     # Mostly ASCII text folds its runs outside ASCII, other text every character.
     assert _dense(text) == _sparse(text)
+
+
+@pytest.mark.parametrize(
+    ("expr", "text", "found"),
+    [
+        ("\u0441onfidential", "confidential", ["confidential"]),  # a Cyrillic literal
+        ("[а-я]+", "это сок", ["это", "сок"]),  # members that fold to ASCII still match
+        # A negated class gets nothing added: it sees the canonical letters, ASCII here.
+        ("[^а-я ]+", "сок", ["сок"]),
+        ("\ufb01+x", "fifix", ["fifix"]),  # an expansion keeps its quantifier
+        ("a\u200b*b", "ab", ["ab"]),  # a removed character goes with its quantifier
+        (r"geheimnis\s+für", "Geheimnis\u00a0fur", ["Geheimnis\u00a0fur"]),
+        (r"[\x{41}а]x", "аx", ["аx"]),
+    ],
+)
+def test_regexes_are_rewritten_to_match_the_canonical_text(
+    expr: str, text: str, found: list[str]
+) -> None:
+    hits = PatternSet([Pattern(0, expr, "regex")]).find(text)
+    spans = merge_spans([(h.start, h.end) for h in hits])
+    assert [text[s:e] for s, e in spans] == found

@@ -193,11 +193,16 @@ def fold_char(ch: str) -> str:
     return folded if folded.isascii() else unicodedata.normalize("NFC", folded)
 
 
+_FOLD_CACHE_LIMIT = 100_000  # code points remembered; a client could send all 1.1 million
+
+
 class _FoldTable(dict[str, str]):
-    """fold_char, remembered (at most one entry per code point that was ever seen)."""
+    """fold_char, remembered for the code points met (up to a bound)."""
 
     def __missing__(self, ch: str) -> str:
-        folded = self[ch] = fold_char(ch)
+        folded = fold_char(ch)
+        if len(self) < _FOLD_CACHE_LIMIT:
+            self[ch] = folded
         return folded
 
 

@@ -218,37 +218,55 @@ class Canonical:
     The map is piecewise: segment ``k`` starts at canonical offset ``cstarts[k]`` and original
     offset ``ostarts[k]``; in a one-to-one segment offsets advance together, in an expansion
     (``ﬁ`` -> ``fi``) every canonical character comes from the one original character. Removed
-    characters start a new segment. ``cstarts`` is empty when the form is the text itself.
-    A plain slotted class, not a frozen dataclass: one is made per prompt part on every
-    request, and a frozen dataclass's ``__init__`` costs several times more.
+    characters start a new segment. The map is built on the first ``span`` (only a text in
+    which a rule matched needs it). A plain slotted class, not a frozen dataclass: one is made
+    per prompt part on every request, and a frozen dataclass's ``__init__`` costs more.
     """
 
-    __slots__ = ("cstarts", "linear", "original", "ostarts", "text")
+    __slots__ = ("_map", "identity", "original", "text")
 
-    def __init__(
-        self,
-        text: str,
-        original: str,
-        cstarts: tuple[int, ...] = (),
-        ostarts: tuple[int, ...] = (),
-        linear: tuple[bool, ...] = (),
-    ) -> None:
+    def __init__(self, text: str, original: str) -> None:
         self.text = text
         self.original = original
-        self.cstarts = cstarts
-        self.ostarts = ostarts
-        self.linear = linear
+        # The canonical form holds only characters that fold to themselves, so a text equal to
+        # its form is made of such characters: the map is the identity.
+        self.identity = text is original or text == original
+        self._map: tuple[list[int], list[int], list[bool]] | None = None
 
-    @property
-    def identity(self) -> bool:
-        return not self.cstarts
+    def _segments(self) -> tuple[list[int], list[int], list[bool]]:
+        if self._map is not None:
+            return self._map
+        lens = list(map(len, map(_FOLD.__getitem__, self.original)))
+        cstarts, ostarts, linear = [0], [0], [True]
+        shift = 0  # canonical offset - original offset, before the character at hand
+        for i in compress(range(len(lens)), map((1).__ne__, lens)):
+            n = lens[i]
+            clen = i + shift
+            if n:
+                if cstarts[-1] == clen:  # the open segment is still empty: reuse it
+                    ostarts[-1], linear[-1] = i, False
+                else:
+                    cstarts.append(clen)
+                    ostarts.append(i)
+                    linear.append(False)
+            shift += n - 1
+            # The next character starts a one-to-one segment.
+            if cstarts[-1] == clen + n:
+                ostarts[-1], linear[-1] = i + 1, True
+            else:
+                cstarts.append(clen + n)
+                ostarts.append(i + 1)
+                linear.append(True)
+        self._map = (cstarts, ostarts, linear)
+        return self._map
 
     def origin(self, pos: int) -> int:
         """The original offset of the character at canonical offset ``pos``."""
-        if not self.cstarts:
+        if self.identity:
             return pos
-        k = bisect_right(self.cstarts, pos) - 1
-        return self.ostarts[k] + (pos - self.cstarts[k] if self.linear[k] else 0)
+        cstarts, ostarts, linear = self._segments()
+        k = bisect_right(cstarts, pos) - 1
+        return ostarts[k] + (pos - cstarts[k] if linear[k] else 0)
 
     def span(self, start: int, end: int) -> tuple[int, int]:
         """The original span of canonical ``[start, end)``: every character that made it.
@@ -256,7 +274,7 @@ class Canonical:
         Removed characters inside the span are in it; combining marks right after its last
         character are too (they belong to that character), so a redaction leaves no stray accent.
         """
-        if not self.cstarts:
+        if self.identity:
             return start, end
         if end <= start:
             at = self.origin(start) if start < len(self.text) else len(self.original)
@@ -279,55 +297,42 @@ def _plain_ascii(text: str) -> bool:
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
 _RUN_CACHE_LIMIT = 65_536
 _RUN_CACHE_MAX_LEN = 32
-# Non-ASCII runs (words, mostly) -> (folded run, (offset, folded length) of each character that
-# does not fold to exactly one): benign text repeats its words, so most runs are looked up once.
-_RUNS: dict[str, tuple[str, tuple[tuple[int, int], ...]]] = {}
+# Short runs outside ASCII (words, mostly) -> their folded form: benign text repeats its words.
+_RUNS: dict[str, str] = {}
 
 
-def _fold_run(run: str) -> tuple[str, tuple[tuple[int, int], ...]]:
-    cached = _RUNS.get(run)
-    if cached is not None:
-        return cached
-    fold = _FOLD
-    folded = [fold[ch] for ch in run]
-    uneven = tuple((i, len(f)) for i, f in enumerate(folded) if len(f) != 1)
-    out = ("".join(folded), uneven)
-    if len(run) <= _RUN_CACHE_MAX_LEN:  # runs come from clients: bound what is remembered
-        if len(_RUNS) >= _RUN_CACHE_LIMIT:
-            _RUNS.clear()
-        _RUNS[run] = out
-    return out
+def _fold_run(run: str) -> str:
+    folded = _RUNS.get(run)
+    if folded is None:
+        folded = "".join(map(_FOLD.__getitem__, run))
+        if len(run) <= _RUN_CACHE_MAX_LEN:  # runs come from clients: bound what is remembered
+            if len(_RUNS) >= _RUN_CACHE_LIMIT:
+                _RUNS.clear()
+            _RUNS[run] = folded
+    return folded
 
 
-def _dense(text: str) -> tuple[str, list[tuple[int, int]]]:
+def _dense(text: str) -> str:
     """Fold every character (C loops only): for text that is mostly outside ASCII."""
-    folded = list(map(_FOLD.__getitem__, text))
-    lens = list(map(len, folded))
-    if lens.count(1) == len(lens):
-        return "".join(folded), []
-    at = compress(range(len(lens)), map((1).__ne__, lens))
-    return "".join(folded), [(i, lens[i]) for i in at]
+    return "".join(map(_FOLD.__getitem__, text))
 
 
-def _sparse(text: str) -> tuple[str, list[tuple[int, int]]]:
+def _sparse(text: str) -> str:
     """Fold the runs outside printable ASCII only: for text that is mostly ASCII."""
     pieces: list[str] = []
-    uneven: list[tuple[int, int]] = []
     last = 0  # original offset up to which pieces hold the canonical form
     for m in _SPECIAL_RUN.finditer(text):
         run = m.group()
-        folded, run_uneven = _fold_run(run)
-        if folded == run and not run_uneven:
+        folded = _fold_run(run)
+        if folded == run:
             continue
-        a = m.start()
-        pieces.append(text[last:a])
+        pieces.append(text[last : m.start()])
         pieces.append(folded)
         last = m.end()
-        uneven.extend((a + off, n) for off, n in run_uneven)
     if not pieces:
-        return text, uneven
+        return text
     pieces.append(text[last:])
-    return "".join(pieces), uneven
+    return "".join(pieces)
 
 
 def canonicalize(text: str) -> Canonical:
@@ -337,31 +342,7 @@ def canonicalize(text: str) -> Canonical:
     # Mostly outside ASCII (Cyrillic, Japanese): fold every character; mostly ASCII with a few
     # others (a curly quote, a name with an accent): fold those runs only.
     extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
-    canon, uneven = _dense(text) if extra * 4 > len(text) else _sparse(text)
-    if not uneven:
-        return (
-            Canonical(text, text) if canon == text else Canonical(canon, text, (0,), (0,), (True,))
-        )
-    cstarts, ostarts, linear = [0], [0], [True]
-    shift = 0  # canonical offset - original offset, before the character at hand
-    for i, n in uneven:
-        clen = i + shift
-        if n:
-            if cstarts[-1] == clen:  # the open segment is still empty: reuse it
-                ostarts[-1], linear[-1] = i, False
-            else:
-                cstarts.append(clen)
-                ostarts.append(i)
-                linear.append(False)
-        shift += n - 1
-        # The next character starts a one-to-one segment.
-        if cstarts[-1] == clen + n:
-            ostarts[-1], linear[-1] = i + 1, True
-        else:
-            cstarts.append(clen + n)
-            ostarts.append(i + 1)
-            linear.append(True)
-    return Canonical(canon, text, tuple(cstarts), tuple(ostarts), tuple(linear))
+    return Canonical(_dense(text) if extra * 4 > len(text) else _sparse(text), text)
 
 
 def canonical_text(text: str) -> str:

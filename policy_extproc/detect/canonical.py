@@ -31,7 +31,7 @@ import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
-from itertools import accumulate, compress
+from itertools import compress
 from pathlib import Path
 
 # DerivedCoreProperties.txt: Default_Ignorable_Code_Point = Other_Default_Ignorable_Code_Point
@@ -379,21 +379,21 @@ _last_forms: tuple[tuple[str, ...], _Forms] = ((), ([], []))
 def _canonical_forms(texts: Sequence[str]) -> _Forms:
     # The content filters and the PII rules of one request read the same parts: canonicalise
     # them once. One entry, replaced whole, so concurrent threads at worst compute twice.
+    # (Tuples compare their items by identity first: the same parts cost no string compare.)
     global _last_forms
+    key = tuple(texts)
     last_texts, last = _last_forms
-    if len(last_texts) == len(texts) and all(
-        a is b for a, b in zip(last_texts, texts, strict=True)
-    ):
+    if key == last_texts:
         return last
-    if all(t.isascii() for t in texts) and _plain_ascii("".join(texts)):
-        forms: _Forms = (list(texts), [None] * len(texts))  # the common case, checked at once
+    if _plain_ascii("".join(key)):
+        forms: _Forms = (list(key), [None] * len(key))  # the common case, checked at once
     else:
         forms = ([], [])
-        for t in texts:
+        for t in key:
             c = canonicalize(t)
             forms[0].append(c.text)
             forms[1].append(None if c.identity else c)
-    _last_forms = (tuple(texts), forms)
+    _last_forms = (key, forms)
     return forms
 
 
@@ -406,50 +406,68 @@ class JoinedParts:
     runs across it (NUL for content filters, a newline for PII).
     """
 
-    __slots__ = ("forms", "maps", "runs", "segments", "starts", "text")
+    __slots__ = ("_joins", "_layout", "_sep", "forms", "maps", "runs", "text")
 
     def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str) -> None:
         forms, self.maps = _canonical_forms(texts)
         self.forms = forms
-        joins = {i for i in range(1, len(groups)) if groups[i] >= 0 and groups[i] == groups[i - 1]}
-        if not joins:  # the common case: every part stands alone
-            self.runs = forms
-            self.text = sep.join(forms)
-            starts = [0] if forms else []
-            starts.extend(accumulate(len(f) + len(sep) for f in forms[:-1]))
-            self.starts = starts
-            self.segments = [(s, s + len(f)) for s, f in zip(starts, forms, strict=True)]
-            return
-        runs: list[str] = []
-        run: list[str] = []
-        starts = []
-        segments: list[tuple[int, int]] = []  # (start, end) in ``text`` of each run
+        self._sep = sep
+        self._layout: tuple[list[int], list[tuple[int, int]]] | None = None
+        if not groups or max(groups) < 0:  # the common case: every part stands alone
+            self._joins: frozenset[int] = frozenset()
+            self.runs = forms  # the text of each run of parts that are joined
+        else:
+            self._joins = frozenset(
+                i for i in range(1, len(groups)) if groups[i] >= 0 and groups[i] == groups[i - 1]
+            )
+            runs: list[str] = []
+            run: list[str] = []
+            for i, form in enumerate(forms):
+                if i and i not in self._joins:
+                    runs.append("".join(run))
+                    run = []
+                run.append(form)
+            runs.append("".join(run))
+            self.runs = runs
+        self.text = sep.join(self.runs)
+
+    def _positions(self) -> tuple[list[int], list[tuple[int, int]]]:
+        """Where each text starts in ``text``, and each run's (start, end); only on a match."""
+        if self._layout is not None:
+            return self._layout
+        starts: list[int] = []
+        segments: list[tuple[int, int]] = []
         pos = run_start = 0
-        for i, form in enumerate(forms):
-            if i and i not in joins:
-                runs.append("".join(run))
-                run = []
+        for i, form in enumerate(self.forms):
+            if i and i not in self._joins:
                 segments.append((run_start, pos))
-                pos += len(sep)
+                pos += len(self._sep)
                 run_start = pos
-            run.append(form)
             starts.append(pos)
             pos += len(form)
-        runs.append("".join(run))
-        segments.append((run_start, pos))
-        self.runs = runs  # the text of each run of parts that are joined
-        self.text = sep.join(runs)
-        self.starts = starts
-        self.segments = segments
+        if self.forms:
+            segments.append((run_start, pos))
+        self._layout = (starts, segments)
+        return self._layout
+
+    @property
+    def starts(self) -> list[int]:
+        return self._positions()[0]
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """(start, end) in ``text`` of each run of joined parts."""
+        return self._positions()[1]
 
     def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
         """(text index, start, end) in original str offsets of each text ``[start, end)`` of
         the joined text covers, in order; separators belong to no text."""
         out: list[tuple[int, int, int]] = []
-        i = max(0, bisect_right(self.starts, start) - 1)
-        while i < len(self.forms) and self.starts[i] < end:
-            s = max(start - self.starts[i], 0)
-            e = min(end - self.starts[i], len(self.forms[i]))
+        starts = self.starts
+        i = max(0, bisect_right(starts, start) - 1)
+        while i < len(self.forms) and starts[i] < end:
+            s = max(start - starts[i], 0)
+            e = min(end - starts[i], len(self.forms[i]))
             if e > s:
                 c = self.maps[i]
                 out.append((i, *(c.span(s, e) if c is not None else (s, e))))

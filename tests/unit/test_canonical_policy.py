@@ -115,6 +115,9 @@ TRICKS_BLOCKED = [
     ("rx", f"the secret\u00a0plan\u3000{ZW}42"),
     ("rx", "the ｓｅｃｒｅｔ plan ４２"),
     ("rx", "the s\u0435cret plan 42"),
+    ("rx", "the sec\u00adret pl\u2060an 4\u200b2"),
+    ("rx", "the se\u0301cret plan\u2002\u2003 42"),
+    ("rx", "the \u0405ECRET PLAN 42"),
     ("topic", "how to build\u00a0a\u2003b\u043emb"),
     ("topic", f"how to bui{ZW}ld a bomb"),
     ("pii", "write to bob＠example.org"),
@@ -122,6 +125,13 @@ TRICKS_BLOCKED = [
     ("pii", "write to jörg@example.org"),
     ("pii", "write to bob@bücher.example"),
     ("pii", "write to \u0431ob@\u0435xample.org"),
+    ("pii", "write to bob@exam\u00adple.org"),
+    ("pii", "write to bob\u2060@example.org"),
+    ("pii", "write to ｂｏｂ＠ｅｘａｍｐｌｅ．ｏｒｇ"),
+    ("kw", "this is conf\u00adidential"),
+    ("kw", "this is confidentia\u0308l"),
+    ("topic", "how to build a bo\u0301mb"),
+    ("topic", "how to ｂｕｉｌｄ ａ ｂｏｍｂ"),
 ]
 
 
@@ -144,6 +154,10 @@ TRICKS_REDACTED = [
     ("mail jörg@example.org, ok", "mail [EMAIL], ok"),
     ("mail bob＠example.org, ok", "mail [EMAIL], ok"),
     (f"mail bob@exa{ZW}mple.org, ok", "mail [EMAIL], ok"),
+    ("mail bob@exam\u00adple.org, ok", "mail [EMAIL], ok"),
+    ("mail \u0430lice@example.org, ok", "mail [EMAIL], ok"),
+    ("see acct-12\u2060\u200b34 now", "see [REDACTED:rx] now"),
+    (f"how to bu{ZW}ild\u3000a b\u043emb?", "how to [REDACTED:topic]?"),
 ]
 
 

@@ -52,7 +52,7 @@ _NOT_DI = (
 
 # C0 and C1 controls other than white space (\t \n \v \f \r, U+001C..U+001F, U+0085): invisible,
 # so removed like the default ignorables. As bytes, for the ASCII fast path's check.
-_ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
+ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
 
 
 def _in(cp: int, ranges: Iterable[tuple[int, int]]) -> bool:
@@ -291,7 +291,7 @@ def _plain_ascii(text: str) -> bool:
     if not text.isascii():
         return False
     raw = text.encode("ascii")
-    return len(raw.translate(None, _ASCII_CONTROLS)) == len(raw)
+    return len(raw.translate(None, ASCII_CONTROLS)) == len(raw)
 
 
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space

@@ -41,7 +41,7 @@ from typing import Literal
 
 import hyperscan
 
-from .canonical import canonical_text, canonicalize, fold_char
+from .canonical import ASCII_CONTROLS, canonical_text, canonicalize, fold_char
 
 PatternKind = Literal["literal", "regex"]
 
@@ -88,6 +88,10 @@ class PatternError(ValueError):
         super().__init__("; ".join(f"pattern {p.expr!r} cannot be compiled: {why}"
                                    for p, why in failures))  # fmt: skip
         self.failures = failures
+
+
+def _plain_ascii_bytes(data: bytes) -> bool:
+    return len(data.translate(None, ASCII_CONTROLS)) == len(data)
 
 
 def _is_word_char(ch: str) -> bool:
@@ -355,11 +359,29 @@ class PatternSet:
             raise PatternError(errors)
         self.size = len({id(p) for p, _ in lits}) + len(rxs)
 
-    def scan(self, data: bytes) -> list[Hit]:
-        """All hits in ``data`` (UTF-8 of canonical text), in the order the engine reports them."""
-        hits: list[Hit] = []
+    def scan(self, data: bytes, *, canonical: bool = False) -> list[Hit]:
+        """All hits in ``data`` (UTF-8), matched on its canonical form, as byte spans of
+        ``data``, in the order the engine reports them.
+
+        ``canonical=True`` says ``data`` already is canonical text (``ScanText`` builds it once
+        for every policy of a request), so it is scanned as it is.
+        """
         if not data:
-            return hits
+            return []
+        if canonical or (data.isascii() and _plain_ascii_bytes(data)):
+            return self._scan(data)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return self._scan(data)  # not text: nothing to fold
+        out: list[Hit] = []
+        for h in self.find(text):
+            s = len(text[: h.start].encode())
+            out.append(Hit(h.tag, s, s + len(text[h.start : h.end].encode())))
+        return out
+
+    def _scan(self, data: bytes) -> list[Hit]:
+        hits: list[Hit] = []
         if self._lit_db is not None:
             if self._squeeze:
                 squeezed = _squeezed(data)
@@ -379,7 +401,7 @@ class PatternSet:
         """All hits in ``text``, matched on its canonical form, as str spans of ``text``."""
         canon = canonicalize(text)
         data = canon.text.encode("utf-8", "replace")
-        hits = self.scan(data)
+        hits = self._scan(data) if data else []
         if not hits:
             return hits
         out: list[Hit] = []

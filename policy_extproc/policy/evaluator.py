@@ -141,11 +141,14 @@ class ScanText:
 
     def scan(self, patterns: PatternSet) -> list[Hit]:
         """Every hit of ``patterns``, each inside one joined run, as byte spans of ``data``."""
-        hits = patterns.scan(self.data)
+        hits = patterns.scan(self.data, canonical=True)
         if len(self.encoded) > 1 and any(self._crosses(h) for h in hits):
             hits = []
             for base, raw in zip(self.bstarts, self.encoded, strict=True):
-                hits.extend(Hit(h.tag, base + h.start, base + h.end) for h in patterns.scan(raw))
+                hits.extend(
+                    Hit(h.tag, base + h.start, base + h.end)
+                    for h in patterns.scan(raw, canonical=True)
+                )
         return hits
 
     def locate(self, start: int, end: int) -> list[tuple[int, int, int]]:

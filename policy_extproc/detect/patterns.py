@@ -19,14 +19,13 @@ and there is no backtracking to exploit (no ReDoS). Two databases per pattern se
 
 Offsets are byte offsets into the UTF-8 encoding of the scanned text.
 
-The scanned text is the canonical form of the prompt (``detect/canonical.py``: NFKC, no
-zero-width characters, marks stripped, look-alikes folded to ASCII, Unicode spaces and dashes as
-" " and "-"), so patterns are compiled to match that form: a literal is canonicalised with the
-same function (a Cyrillic or accented keyword matches however the text spells it), and in a
-regex each literal character outside ASCII is replaced by its canonical spelling; in a
-character class, the canonical spelling of each member (and of each member of a range of up to
-4096 code points) is added, except in a negated class. ``\\s`` and ``-`` in a regex therefore
-also match NBSP, U+3000 and the Unicode dashes of the text.
+Matching is on the canonical form of the text (``canonical.py``: NFKC, no zero-width
+characters, marks stripped, look-alikes folded to ASCII, Unicode spaces and dashes as " " and
+"-"); ``scan`` folds what it is given and reports offsets in its bytes, unless told the data is
+canonical already (``ScanText`` builds it once per request). Patterns are compiled to match that
+form: a literal is canonicalised with the same function (a Cyrillic or accented keyword matches
+however the text spells it), a regex is rewritten by ``canonical_regex.py``. ``\\s`` and ``-``
+in a regex therefore also match NBSP, U+3000 and the Unicode dashes of the text.
 """
 
 from __future__ import annotations
@@ -41,7 +40,8 @@ from typing import Literal
 
 import hyperscan
 
-from .canonical import ASCII_CONTROLS, canonical_text, canonicalize, fold_char
+from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
+from .canonical_regex import canonical_regex
 
 PatternKind = Literal["literal", "regex"]
 
@@ -149,96 +149,6 @@ def _spellings(p: Pattern) -> list[str] | None:
 
 def _regex_of_literal(p: Pattern) -> str:
     return _SPACE_CLASS.join(re.escape(w) for w in canonical_text(p.expr).split())
-
-
-_QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})[?+]?")
-_MAX_RANGE = 4096
-
-
-def _hex(ch: str) -> str:
-    return f"\\x{{{ord(ch):x}}}"
-
-
-def _class_additions(body: str) -> str:
-    """The canonical spellings to add to a class: of its literal members outside ASCII, and of
-    the members of its ranges that have one character as canonical spelling."""
-    members: list[str] = []
-    i = 0
-    while i < len(body):
-        ch = body[i]
-        if ch == "\\":
-            # Escapes (\\x{..}, \\p{..}, \\n) are taken as written.
-            close = body.find("}", i) if body.startswith("{", i + 2) else -1
-            i = close + 1 if close >= 0 else i + 2
-            continue
-        if ch == "[" and body.startswith("[:", i):
-            end = body.find(":]", i)
-            i = end + 2 if end >= 0 else len(body)
-            continue
-        if i + 2 < len(body) and body[i + 1] == "-" and body[i + 2] not in "\\]":
-            lo, hi = ord(ch), ord(body[i + 2])
-            if not (ch.isascii() and body[i + 2].isascii()) and 0 <= hi - lo <= _MAX_RANGE:
-                members.extend(chr(c) for c in range(lo, hi + 1))
-            i += 3
-            continue
-        if not ch.isascii():
-            members.append(ch)
-        i += 1
-    extra: dict[str, None] = {}
-    for m in members:
-        f = fold_char(m)
-        if len(f) == 1 and f != m:
-            extra[_hex(f)] = None
-    return "".join(extra)
-
-
-def canonical_regex(expr: str) -> str:
-    """``expr`` rewritten to match the canonical text (see the module docstring)."""
-    if expr.isascii():
-        return expr
-    out: list[str] = []
-    i, n = 0, len(expr)
-    while i < n:
-        ch = expr[i]
-        if ch == "\\":
-            j = i + 2
-            if expr.startswith(("\\x{", "\\p{", "\\P{", "\\N{"), i):
-                close = expr.find("}", i)
-                j = close + 1 if close >= 0 else n
-            elif expr.startswith("\\Q", i):
-                close = expr.find("\\E", i)
-                j = close + 2 if close >= 0 else n
-            out.append(expr[i:j])
-            i = j
-        elif ch == "[":
-            j = i + 1
-            negated = j < n and expr[j] == "^"
-            j += 1 if negated else 0
-            if j < n and expr[j] == "]":
-                j += 1  # a "]" first in a class is a member
-            while j < n and expr[j] != "]":
-                if expr[j] == "\\":
-                    j += 1
-                elif expr.startswith("[:", j):
-                    close = expr.find(":]", j)
-                    j = close + 1 if close >= 0 else j
-                j += 1
-            body = expr[i + 1 : j]
-            out.append("[" + body + ("" if negated else _class_additions(body)) + "]")
-            i = j + 1
-        elif ch.isascii():
-            out.append(ch)
-            i += 1
-        else:
-            f = fold_char(ch)
-            q = _QUANTIFIER.match(expr, i + 1)
-            if not f:
-                # Removed from the text (a zero-width character): its quantifier goes too.
-                i = q.end() if q else i + 1
-                continue
-            out.append(re.escape(f) if len(f) == 1 or q is None else f"(?:{re.escape(f)})")
-            i += 1
-    return "".join(out)
 
 
 def _flags(p: Pattern, literal: bool) -> int:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
-from ..detect.canonical import JoinedParts
+from ..detect.joined import JoinedParts
 from ..detect.patterns import Hit, PatternSet, merge_spans
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
 from .decision import Decision, Fired, JsonPath, RequestContext, combine

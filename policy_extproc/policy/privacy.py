@@ -11,7 +11,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from ..detect.canonical import JoinedParts
+from ..detect.joined import JoinedParts
 from ..detect.masking import replacement
 from ..detect.pii import PiiDetector
 from ..errors import PolicyError, Problem

@@ -11,7 +11,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy_extproc.detect.canonical import (
-    JoinedParts,
     _dense,
     _sparse,
     canonical_text,
@@ -20,6 +19,7 @@ from policy_extproc.detect.canonical import (
     is_default_ignorable,
     visible_tail,
 )
+from policy_extproc.detect.joined import JoinedParts
 from policy_extproc.detect.patterns import Pattern, PatternSet, merge_spans
 
 ZWSP, ZWJ, WJ, SHY, NBSP, IDEO_SPACE = "\u200b", "\u200d", "\u2060", "\u00ad", "\u00a0", "\u3000"

@@ -18,6 +18,14 @@ and there is no backtracking to exploit (no ReDoS). Two databases per pattern se
   a ``PatternError`` naming the pattern, raised at load time, never at request time.
 
 Offsets are byte offsets into the UTF-8 encoding of the scanned text.
+
+Matching is on the canonical form of the text (``canonical.py``: NFKC, no zero-width
+characters, marks stripped, look-alikes folded to ASCII, Unicode spaces and dashes as " " and
+"-"); ``scan`` folds what it is given and reports offsets in its bytes, unless told the data is
+canonical already (``ScanText`` builds it once per request). Patterns are compiled to match that
+form: a literal is canonicalised with the same function (a Cyrillic or accented keyword matches
+however the text spells it), a regex is rewritten by ``canonical_regex.py``. ``\\s`` and ``-``
+in a regex therefore also match NBSP, U+3000 and the Unicode dashes of the text.
 """
 
 from __future__ import annotations
@@ -31,6 +39,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import hyperscan
+
+from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
+from .canonical_regex import canonical_regex
 
 PatternKind = Literal["literal", "regex"]
 
@@ -79,6 +90,10 @@ class PatternError(ValueError):
         self.failures = failures
 
 
+def _plain_ascii_bytes(data: bytes) -> bool:
+    return len(data.translate(None, ASCII_CONTROLS)) == len(data)
+
+
 def _is_word_char(ch: str) -> bool:
     # Letters, digits, "_" and combining marks (a decomposed "é" is "e" + U+0301) make words;
     # punctuation and spaces outside ASCII (NBSP, "«", "—", "。") separate them.
@@ -111,8 +126,9 @@ def _word_after(data: bytes, index: int) -> bool:
 
 
 def _spellings(p: Pattern) -> list[str] | None:
-    """The literal(s) to compile for ``p`` (white space squeezed), or None for the regex path."""
-    text = " ".join(p.expr.split())
+    """The literal(s) to compile for ``p`` (canonical, white space squeezed), or None for the
+    regex path."""
+    text = " ".join(canonical_text(p.expr).split())
     if p.case_sensitive or text.isascii():
         return [text]
     choices: list[tuple[str, ...]] = []
@@ -132,7 +148,7 @@ def _spellings(p: Pattern) -> list[str] | None:
 
 
 def _regex_of_literal(p: Pattern) -> str:
-    return _SPACE_CLASS.join(re.escape(w) for w in p.expr.split())
+    return _SPACE_CLASS.join(re.escape(w) for w in canonical_text(p.expr).split())
 
 
 def _flags(p: Pattern, literal: bool) -> int:
@@ -228,7 +244,7 @@ class PatternSet:
         rxs: list[tuple[Pattern, bytes]] = []
         for p in patterns:
             if p.kind == "regex":
-                rxs.append((p, p.expr.encode()))
+                rxs.append((p, canonical_regex(p.expr).encode()))
                 continue
             spellings = _spellings(p)
             if spellings is None:
@@ -253,11 +269,29 @@ class PatternSet:
             raise PatternError(errors)
         self.size = len({id(p) for p, _ in lits}) + len(rxs)
 
-    def scan(self, data: bytes) -> list[Hit]:
-        """All hits in ``data`` (UTF-8), in the order the engine reports them."""
-        hits: list[Hit] = []
+    def scan(self, data: bytes, *, canonical: bool = False) -> list[Hit]:
+        """All hits in ``data`` (UTF-8), matched on its canonical form, as byte spans of
+        ``data``, in the order the engine reports them.
+
+        ``canonical=True`` says ``data`` already is canonical text (``ScanText`` builds it once
+        for every policy of a request), so it is scanned as it is.
+        """
         if not data:
-            return hits
+            return []
+        if canonical or (data.isascii() and _plain_ascii_bytes(data)):
+            return self._scan(data)
+        try:
+            text = data.decode()
+        except UnicodeDecodeError:
+            return self._scan(data)  # not text: nothing to fold
+        out: list[Hit] = []
+        for h in self.find(text):
+            s = len(text[: h.start].encode())
+            out.append(Hit(h.tag, s, s + len(text[h.start : h.end].encode())))
+        return out
+
+    def _scan(self, data: bytes) -> list[Hit]:
+        hits: list[Hit] = []
         if self._lit_db is not None:
             if self._squeeze:
                 squeezed = _squeezed(data)
@@ -272,6 +306,21 @@ class PatternSet:
         if self._rx_db is not None:
             self._rx_db.scan(data, match_event_handler=_regex_handler(self._rx, data, hits))
         return hits
+
+    def find(self, text: str) -> list[Hit]:
+        """All hits in ``text``, matched on its canonical form, as str spans of ``text``."""
+        canon = canonicalize(text)
+        data = canon.text.encode("utf-8", "replace")
+        hits = self._scan(data) if data else []
+        if not hits:
+            return hits
+        out: list[Hit] = []
+        for h in hits:
+            s = len(data[: h.start].decode(errors="ignore"))
+            e = s + len(data[h.start : h.end].decode(errors="ignore"))
+            start, end = canon.span(s, e)
+            out.append(Hit(h.tag, start, end))
+        return out
 
 
 def _literal_handler(

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..detect.canonical import visible_tail
 from ..llm.request import Api
 from ..llm.response import SseEvent, SseParser
 from ..policy.compiler import EffectiveSet
@@ -205,8 +206,10 @@ class StreamGuard:
         self.scan_from = max(self.scan_from, scan_to)
 
     def _release(self, end: bool) -> bytes:
-        total = len(self._text())
-        keep_from = total if end else max(0, total - (self.limit - 1))
+        text = self._text()
+        # The tail kept back is counted in characters the scan sees: zero-width characters or
+        # marks inserted into a word do not push its start out of the window still scanned.
+        keep_from = len(text) if end else visible_tail(text, self.limit - 1)
         out: list[bytes] = []
         pos = 0
         released = 0

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
+from ..detect.joined import JoinedParts
 from ..detect.patterns import Hit, PatternSet, merge_spans
 from ..llm import model_names
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
@@ -116,51 +117,66 @@ def _check_models(es: EffectiveSet, ctx: RequestContext, out: Findings) -> None:
 # -- content filters --------------------------------------------------------------------------
 
 
-class ScanText:
-    """Parts joined into one UTF-8 buffer, so each pattern database scans once per request.
+def groups_of(parts: Sequence[TextPart]) -> list[int]:
+    """Each part's join group (``PromptPart.group``; a part without one stands alone)."""
+    return [getattr(p, "group", -1) for p in parts]
 
-    The parts are joined with NUL, which no keyword, phrase (``\\s+``) or word character
-    matches, so a hit does not run from one part into the next; a pattern that does match NUL
-    (``.``, ``[^x]``) and crosses is caught by ``scan``, which then scans the parts one by one.
+
+class ScanText:
+    """The parts' canonical text in one UTF-8 buffer, so each pattern database scans once.
+
+    Matching is on the canonical form (``detect/canonical.py``: NFKC, no zero-width characters,
+    look-alikes folded) and every hit is mapped back to the original text of its part(s). Parts
+    of one join group are back to back (the provider concatenates them); other parts are kept
+    apart by NUL, which no keyword, phrase (``\\s+``) or word character matches and which the
+    canonical form never holds, so a hit does not run from one into the next; a pattern that
+    does match NUL (``.``, ``[^x]``) and crosses is caught by ``scan``, which then scans the
+    joined runs one by one.
     """
 
-    __slots__ = ("ascii", "data", "encoded", "parts", "starts")
+    __slots__ = ("ascii", "bstarts", "data", "encoded", "joined")
 
     def __init__(self, parts: Sequence[TextPart]) -> None:
-        self.parts = parts
+        self.joined = joined = JoinedParts([p.text for p in parts], groups_of(parts), "\0")
         # A JSON body may hold lone surrogates ("\ud800"), which UTF-8 cannot encode: each
         # becomes "?", one byte for one character, so offsets still map back to the text.
-        self.encoded = [p.text.encode("utf-8", "replace") for p in parts]
-        self.ascii = [len(b) == len(p.text) for b, p in zip(self.encoded, parts, strict=True)]
-        starts, pos = [], 0
+        runs = joined.runs
+        self.encoded = [r.encode("utf-8", "replace") for r in runs]
+        self.ascii = [len(b) == len(r) for b, r in zip(self.encoded, runs, strict=True)]
+        bstarts, pos = [], 0
         for b in self.encoded:
-            starts.append(pos)
+            bstarts.append(pos)
             pos += len(b) + 1
-        self.starts = starts
+        self.bstarts = bstarts
         self.data = b"\0".join(self.encoded)
 
     def _crosses(self, hit: Hit) -> bool:
-        i = bisect_right(self.starts, hit.start) - 1
-        return hit.end > self.starts[i] + len(self.encoded[i])
+        k = bisect_right(self.bstarts, hit.start) - 1
+        return hit.end > self.bstarts[k] + len(self.encoded[k])
 
     def scan(self, patterns: PatternSet) -> list[Hit]:
-        """Every hit of ``patterns``, each inside one part, as byte spans of ``data``."""
-        hits = patterns.scan(self.data)
+        """Every hit of ``patterns``, each inside one joined run, as byte spans of ``data``."""
+        hits = patterns.scan(self.data, canonical=True)
         if len(self.encoded) > 1 and any(self._crosses(h) for h in hits):
             hits = []
-            for base, raw in zip(self.starts, self.encoded, strict=True):
-                hits.extend(Hit(h.tag, base + h.start, base + h.end) for h in patterns.scan(raw))
+            for base, raw in zip(self.bstarts, self.encoded, strict=True):
+                hits.extend(
+                    Hit(h.tag, base + h.start, base + h.end)
+                    for h in patterns.scan(raw, canonical=True)
+                )
         return hits
 
-    def locate(self, start: int, end: int) -> tuple[int, int, int]:
-        """(part index, start, end) in str offsets of the part, for a byte span of ``data``."""
-        i = bisect_right(self.starts, start) - 1
-        base = self.starts[i]
-        raw = self.encoded[i]
+    def locate(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(part index, start, end) in str offsets of the original parts, for a byte span of
+        ``data``: one piece per part the span covers (a match may run over a join)."""
+        k = bisect_right(self.bstarts, start) - 1
+        base = self.bstarts[k]
+        raw = self.encoded[k]
         s, e = start - base, min(end - base, len(raw))
-        if not self.ascii[i]:
+        if not self.ascii[k]:
             s, e = len(raw[:s].decode(errors="ignore")), len(raw[:e].decode(errors="ignore"))
-        return i, s, e
+        offset = self.joined.segments[k][0]
+        return self.joined.pieces(offset + s, offset + e)
 
 
 def scan_content(
@@ -197,8 +213,10 @@ def scan_content(
         merged = merge_spans(found_spans)
         repl = f"[REDACTED:{rule_id}]"
         for span_start, span_end in merged:
-            i, start, end = text.locate(span_start, span_end)
-            out.edits.setdefault(i, []).append((start, end, repl))
+            # The replacement goes where the match starts; the rest of a match that runs into
+            # the next parts of its group is cut from them.
+            for n, (i, start, end) in enumerate(text.locate(span_start, span_end)):
+                out.edits.setdefault(i, []).append((start, end, repl if n == 0 else ""))
         out.redactions[rule_id] = out.redactions.get(rule_id, 0) + len(merged)
     where = "prompt" if direction == "request" else "response"
     # In the order of the rules in force; by the rules that matched, not all (thousands) of them.

@@ -8,10 +8,10 @@ themselves never reach a reason, an audit record or a log line.
 from __future__ import annotations
 
 import os
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
+from ..detect.joined import JoinedParts
 from ..detect.masking import replacement
 from ..detect.pii import PiiDetector
 from ..errors import PolicyError, Problem
@@ -63,23 +63,12 @@ def build_detectors(policy: Policy) -> Mapping[int, PiiDetector]:
     return detectors
 
 
-class JoinedText:
-    """Parts joined with newlines, with the str offset where each part starts."""
-
-    __slots__ = ("starts", "text")
+class JoinedText(JoinedParts):
+    """The parts' canonical text for the detectors: a join group back to back (the provider
+    concatenates it), other parts apart by a newline; matches map back to the original parts."""
 
     def __init__(self, parts: Sequence[TextPart]) -> None:
-        starts, pos = [], 0
-        for p in parts:
-            starts.append(pos)
-            pos += len(p.text) + 1
-        self.starts = starts
-        self.text = "\n".join(p.text for p in parts)
-
-    def locate(self, start: int, end: int) -> tuple[int, int, int]:
-        i = bisect_right(self.starts, start) - 1
-        base = self.starts[i]
-        return i, start - base, end - base
+        super().__init__([p.text for p in parts], [getattr(p, "group", -1) for p in parts], "\n")
 
 
 def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: Findings) -> None:
@@ -111,12 +100,13 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
         if rule.style == "hash" and key is None:
             key = hash_key()
         for m in matches:
-            i, s, end = joined.locate(m.start, m.end)
-            text = parts[i].text
-            end = min(end, len(text))
-            out.edits.setdefault(i, []).append(
-                (s, end, replacement(m.entity, text[s:end], rule.style, key))
-            )
+            # The mask is made from the canonical value (a fullwidth U+FF20 is read as "@", so
+            # a partial mask keeps "@example.org"; two spellings of one address get one
+            # pseudonym). It replaces the original span where the value starts; the rest of a
+            # value that runs into the next parts of its group is cut from them.
+            mask = replacement(m.entity, joined.text[m.start : m.end], rule.style, key)
+            for n, (i, s, end) in enumerate(joined.pieces(m.start, m.end)):
+                out.edits.setdefault(i, []).append((s, end, mask if n == 0 else ""))
             out.redactions[m.entity] = out.redactions.get(m.entity, 0) + 1
 
 

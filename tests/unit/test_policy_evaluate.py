@@ -19,6 +19,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policy_extproc.detect.canonical import canonical_text
 from policy_extproc.llm.request import dotted, parse_request, rewrite_request
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
@@ -176,9 +177,11 @@ def _is_word(ch: str) -> bool:
 
 
 def _whole_word_hits(keyword: str, text: str) -> list[int]:
-    """Reference: case-insensitive occurrences not next to a letter, digit, mark or '_'."""
+    """Reference: case-insensitive occurrences not next to a letter, digit, mark or '_', in the
+    canonical text (marks stripped, so "A" + U+0301 is the keyword "a")."""
     found = []
-    low, kw = text.lower(), keyword.lower()
+    text = canonical_text(text)
+    low, kw = text.lower(), canonical_text(keyword).lower()
     start = low.find(kw)
     while start >= 0:
         end = start + len(kw)

@@ -1,0 +1,116 @@
+"""Several prompt parts as one canonical text: the parts the provider joins, back to back.
+
+Content filters and PII detectors match the canonical forms (``canonical.py``) of all parts of
+a request in one buffer; a match maps back to (part, original span) pieces, one per part it
+covers, so a keyword or an e-mail address split over two parts of one message is found and
+redacted in both.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from collections.abc import Sequence
+
+from .canonical import Canonical, canonicalize, plain_ascii
+
+_Forms = tuple[list[str], list[Canonical | None]]  # canonical texts; their maps (None: same)
+_last_forms: tuple[tuple[str, ...], _Forms] = ((), ([], []))
+
+
+def _canonical_forms(texts: Sequence[str]) -> _Forms:
+    # The content filters and the PII rules of one request read the same parts: canonicalise
+    # them once. One entry, replaced whole, so concurrent threads at worst compute twice.
+    # (Tuples compare their items by identity first: the same parts cost no string compare.)
+    global _last_forms
+    key = tuple(texts)
+    last_texts, last = _last_forms
+    if key == last_texts:
+        return last
+    if plain_ascii("".join(key)):
+        forms: _Forms = (list(key), [None] * len(key))  # the common case, checked at once
+    else:
+        forms = ([], [])
+        for t in key:
+            c = canonicalize(t)
+            forms[0].append(c.text)
+            forms[1].append(None if c.identity else c)
+    _last_forms = (key, forms)
+    return forms
+
+
+class JoinedParts:
+    """The canonical forms of several texts joined, and the way back to each text.
+
+    Neighbouring texts of one group (``group >= 0``, the same value) are text the provider
+    concatenates: they are joined back to back, so a word split over two of them is matched
+    whole. Other neighbours are kept apart by ``sep``, which the caller picks so that no match
+    runs across it (NUL for content filters, a newline for PII).
+    """
+
+    __slots__ = ("_joins", "_layout", "_sep", "forms", "maps", "runs", "text")
+
+    def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str) -> None:
+        forms, self.maps = _canonical_forms(texts)
+        self.forms = forms
+        self._sep = sep
+        self._layout: tuple[list[int], list[tuple[int, int]]] | None = None
+        if not groups or max(groups) < 0:  # the common case: every part stands alone
+            self._joins: frozenset[int] = frozenset()
+            self.runs = forms  # the text of each run of parts that are joined
+        else:
+            self._joins = frozenset(
+                i for i in range(1, len(groups)) if groups[i] >= 0 and groups[i] == groups[i - 1]
+            )
+            runs: list[str] = []
+            run: list[str] = []
+            for i, form in enumerate(forms):
+                if i and i not in self._joins:
+                    runs.append("".join(run))
+                    run = []
+                run.append(form)
+            runs.append("".join(run))
+            self.runs = runs
+        self.text = sep.join(self.runs)
+
+    def _positions(self) -> tuple[list[int], list[tuple[int, int]]]:
+        """Where each text starts in ``text``, and each run's (start, end); only on a match."""
+        if self._layout is not None:
+            return self._layout
+        starts: list[int] = []
+        segments: list[tuple[int, int]] = []
+        pos = run_start = 0
+        for i, form in enumerate(self.forms):
+            if i and i not in self._joins:
+                segments.append((run_start, pos))
+                pos += len(self._sep)
+                run_start = pos
+            starts.append(pos)
+            pos += len(form)
+        if self.forms:
+            segments.append((run_start, pos))
+        self._layout = (starts, segments)
+        return self._layout
+
+    @property
+    def starts(self) -> list[int]:
+        return self._positions()[0]
+
+    @property
+    def segments(self) -> list[tuple[int, int]]:
+        """(start, end) in ``text`` of each run of joined parts."""
+        return self._positions()[1]
+
+    def pieces(self, start: int, end: int) -> list[tuple[int, int, int]]:
+        """(text index, start, end) in original str offsets of each text ``[start, end)`` of
+        the joined text covers, in order; separators belong to no text."""
+        out: list[tuple[int, int, int]] = []
+        starts = self.starts
+        i = max(0, bisect_right(starts, start) - 1)
+        while i < len(self.forms) and starts[i] < end:
+            s = max(start - starts[i], 0)
+            e = min(end - starts[i], len(self.forms[i]))
+            if e > s:
+                c = self.maps[i]
+                out.append((i, *(c.span(s, e) if c is not None else (s, e))))
+            i += 1
+        return out

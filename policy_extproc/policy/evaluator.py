@@ -134,13 +134,21 @@ class ScanText:
     joined runs one by one.
     """
 
-    __slots__ = ("ascii", "bstarts", "data", "encoded", "joined")
+    __slots__ = ("apart", "ascii", "bstarts", "data", "encoded", "joined")
 
     def __init__(self, parts: Sequence[TextPart]) -> None:
-        self.joined = joined = JoinedParts([p.text for p in parts], groups_of(parts), "\0")
+        texts = [p.text for p in parts]
+        self.joined = joined = JoinedParts(texts, groups_of(parts), "\0")
+        runs = list(joined.runs)
+        # Joined, "a" + "confidential" reads "aconfidential": whole words would miss a keyword
+        # standing at the edge of a part. So when parts are joined, each part is scanned on its
+        # own too (after the joined runs): a match in either view counts (fail closed).
+        self.apart: JoinedParts | None = None
+        if len(runs) < len(texts):
+            self.apart = JoinedParts(texts, [-1] * len(texts), "\0")
+            runs += self.apart.runs
         # A JSON body may hold lone surrogates ("\ud800"), which UTF-8 cannot encode: each
         # becomes "?", one byte for one character, so offsets still map back to the text.
-        runs = joined.runs
         self.encoded = [r.encode("utf-8", "replace") for r in runs]
         self.ascii = [len(b) == len(r) for b, r in zip(self.encoded, runs, strict=True)]
         bstarts, pos = [], 0
@@ -175,8 +183,12 @@ class ScanText:
         s, e = start - base, min(end - base, len(raw))
         if not self.ascii[k]:
             s, e = len(raw[:s].decode(errors="ignore")), len(raw[:e].decode(errors="ignore"))
-        offset = self.joined.segments[k][0]
-        return self.joined.pieces(offset + s, offset + e)
+        view, n = self.joined, len(self.joined.runs)
+        if k >= n:
+            assert self.apart is not None
+            view, k = self.apart, k - n
+        offset = view.segments[k][0]
+        return view.pieces(offset + s, offset + e)
 
 
 def scan_content(
@@ -210,14 +222,15 @@ def scan_content(
     # A regex reports every end of a match (\d+ on "123": 0-1, 0-2, 0-3) and patterns of one
     # rule may overlap: redact (and count) each merged span once. Active rule ids are unique.
     for rule_id, found_spans in spans.items():
-        merged = merge_spans(found_spans)
         repl = f"[REDACTED:{rule_id}]"
-        for span_start, span_end in merged:
+        # The same match seen in the joined and in the apart view is one redaction.
+        located = dict.fromkeys(tuple(text.locate(*span)) for span in merge_spans(found_spans))
+        for pieces in located:
             # The replacement goes where the match starts; the rest of a match that runs into
             # the next parts of its group is cut from them.
-            for n, (i, start, end) in enumerate(text.locate(span_start, span_end)):
+            for n, (i, start, end) in enumerate(pieces):
                 out.edits.setdefault(i, []).append((start, end, repl if n == 0 else ""))
-        out.redactions[rule_id] = out.redactions.get(rule_id, 0) + len(merged)
+        out.redactions[rule_id] = out.redactions.get(rule_id, 0) + len(located)
     where = "prompt" if direction == "request" else "response"
     # In the order of the rules in force; by the rules that matched, not all (thousands) of them.
     for key in sorted(labels, key=es.position.__getitem__):

@@ -213,6 +213,18 @@ def test_a_keyword_split_over_two_parts_of_one_group_is_found() -> None:
     assert decide("blocks", "this is confi", "dential").action == "allow"
 
 
+def test_a_keyword_at_the_edge_of_a_joined_part_is_found_too() -> None:
+    # Joined, "a" + "confidential" reads "aconfidential": each part is scanned on its own too.
+    assert decide("blocks", "a", "confidential", groups=(2, 2)).action == "block"
+    assert decide("blocks", "confidential", "ly yours", groups=(2, 2)).action == "block"
+
+
+def test_a_match_seen_joined_and_apart_is_one_redaction() -> None:
+    d = decide("redacts", "see project-aurora", " now", groups=(1, 1))
+    assert d.new_texts == {("messages", 0, "content"): "see [REDACTED:kw]"}
+    assert d.redactions == {"kw": 1}
+
+
 def test_an_email_split_over_two_parts_of_one_group_is_found() -> None:
     d = decide("blocks", "write to bob@exam", "ple.org today", groups=(0, 0))
     assert (d.action, d.rule) == ("block", "pii")

@@ -56,4 +56,5 @@ def record_for(
         trace_id=trace_id,
         phase=phase,
         outcome=outcome,
+        api=ctx.request.api if ctx.request is not None else None,
     )

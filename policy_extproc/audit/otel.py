@@ -19,22 +19,56 @@ The request id is ``policy.request_id``: the semantic convention for a request h
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
+import os
 import threading
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.resources import SERVICE_NAME, SERVICE_VERSION, Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    set_span_in_context,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import AttributeValue
 
 from policy_extproc.audit.record import AuditRecord, timestamp_ns
 
 SPAN_NAME = "policy.decision"
+MAX_OPEN_REQUESTS = 10_000
+# gen_ai.operation.name of each API (OpenTelemetry GenAI conventions' well-known values).
+OPERATIONS = {
+    "openai.chat": "chat",
+    "openai.responses": "chat",
+    "anthropic.messages": "chat",
+    "openai.completions": "text_completion",
+    "openai.embeddings": "embeddings",
+    "gemini.generate_content": "generate_content",
+    "bedrock.converse": "chat",
+}
+# gen_ai.provider.name's well-known values for the catalog's provider names; others as named.
+PROVIDERS = {
+    "azure-openai": "azure.ai.openai",
+    "azure": "azure.ai.openai",
+    "bedrock": "aws.bedrock",
+    "aws-bedrock": "aws.bedrock",
+    "gemini": "gcp.gemini",
+    "google": "gcp.gemini",
+    "vertex": "gcp.vertex_ai",
+    "vertex-ai": "gcp.vertex_ai",
+    "mistral": "mistral_ai",
+    "xai": "x_ai",
+}
 
 logger = logging.getLogger(__name__)
 _propagator = TraceContextTextMapPropagator()
@@ -63,15 +97,16 @@ class OtelSink:
         # Not the global provider: the sidecar's spans should not depend on (or change) what
         # other code in the process registers. No atexit flush either: close() is bounded,
         # the SDK's exit hook is not, and a dead collector must not hold up a pod's exit.
-        self._provider = TracerProvider(
-            resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
-        )
+        self._provider = TracerProvider(resource=resource(service_name), shutdown_on_exit=False)
         self._provider.add_span_processor(
             BatchSpanProcessor(_CountingExporter(self._exporter, self))
         )
         self._tracer = self._provider.get_tracer("policy_extproc.audit")
         self._close_timeout_s = close_timeout_s
         self._closed = False
+        # request_id -> the request span, until the response record comes (bounded: a request
+        # whose answer never comes is forgotten, oldest first).
+        self._requests: OrderedDict[str, SpanContext] = OrderedDict()
         self.failed = 0
         """Records that could not be turned into a span (logged, never raised)."""
         # The SDK keeps its queue length and its drops private, so the sink counts both ends:
@@ -87,13 +122,22 @@ class OtelSink:
         """Queue the span for ``record``; never raises and never blocks on export."""
         try:
             start = timestamp_ns(record.timestamp)
+            parent = _parent(trace_context)
+            if not trace_context and record.phase == "response" and record.request_id:
+                # No trace context from Envoy: the response span joins its request's trace
+                # as a child of the request's span, so one request is one trace.
+                request_span = self._requests.pop(record.request_id, None)
+                if request_span is not None:
+                    parent = set_span_in_context(NonRecordingSpan(request_span), Context())
             span = self._tracer.start_span(
                 SPAN_NAME,
-                context=_parent(trace_context),
+                context=parent,
                 kind=SpanKind.INTERNAL,
                 attributes=attributes(record),
                 start_time=start,
             )
+            if not trace_context and record.phase == "request" and record.request_id:
+                self._remember(record.request_id, span.get_span_context())
             if record.error_code is not None:
                 span.set_status(Status(StatusCode.ERROR, record.error_code))
             span.end(end_time=start + record.latency_us * 1000)
@@ -104,6 +148,11 @@ class OtelSink:
             # a span must not fail a request, but it is counted and logged.
             self.failed += 1
             logger.exception("audit span for request %s not created", record.request_id)
+
+    def _remember(self, request_id: str, context: SpanContext) -> None:
+        self._requests[request_id] = context
+        if len(self._requests) > MAX_OPEN_REQUESTS:
+            self._requests.popitem(last=False)
 
     def close(self) -> None:
         """Export pending spans (waiting at most ``close_timeout_s``) and shut down; idempotent."""
@@ -171,16 +220,19 @@ def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
         "policy.latency_us": record.latency_us,
         "policy.phase": record.phase,
     }
+    provider = PROVIDERS.get(record.provider, record.provider) if record.provider else None
     optional: dict[str, str | int | float | None] = {
+        "gen_ai.operation.name": OPERATIONS.get(record.api or ""),
         "gen_ai.request.model": record.model,
-        # gen_ai.provider.name replaced gen_ai.system in the GenAI conventions; both are set
-        # so backends on either version find it.
-        "gen_ai.provider.name": record.provider,
-        "gen_ai.system": record.provider,
+        "gen_ai.provider.name": provider,
         "gen_ai.usage.input_tokens": None if record.usage is None else record.usage.input_tokens,
         "gen_ai.usage.output_tokens": None if record.usage is None else record.usage.output_tokens,
         "enduser.id": record.user,
-        "deployment.environment.name": record.environment,
+        # The request's environment (x-environment). deployment.environment.name is the
+        # sidecar's own, a resource attribute (OTEL_RESOURCE_ATTRIBUTES), as the conventions say.
+        "policy.environment": record.environment,
+        "policy.api": record.api,
+        "policy.outcome": record.outcome,
         "policy.name": record.policy,
         "policy.rule": record.rule,
         "policy.org": record.org,
@@ -201,6 +253,21 @@ def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
     }
     attrs.update((k, v) for k, v in lists.items() if v)
     return attrs
+
+
+def resource(service_name: str = "policy-extproc") -> Resource:
+    """The process's resource: ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` win (the
+    SDK reads them), then ``service.name`` policy-extproc and ``service.version``."""
+    try:
+        version = importlib.metadata.version("policy-extproc")
+    except importlib.metadata.PackageNotFoundError:
+        version = "unknown"
+    # Resource.create merges the OTEL_* variables over what it is given; OTEL_SERVICE_NAME
+    # would lose to an explicit service.name, so it is passed only when the variable is unset.
+    given: dict[str, str] = {SERVICE_VERSION: version}
+    if not os.environ.get("OTEL_SERVICE_NAME"):
+        given[SERVICE_NAME] = service_name
+    return Resource.create(given)
 
 
 def _parent(trace_context: Mapping[str, str] | None) -> Context:

@@ -83,6 +83,9 @@ class AuditRecord:
     # timeout fired first: its 504, nothing reached the provider), "stream_cancelled" (the
     # stream was reset before the request was decided). None: the decision is what it got.
     outcome: str | None = None
+    # The API the request spoke (openai.chat, anthropic.messages, ...): the span's
+    # gen_ai.operation.name comes from it.
+    api: str | None = None
 
     def __post_init__(self) -> None:
         # Checked here, once, so that neither sink can be handed a record it cannot write.
@@ -131,6 +134,7 @@ class AuditRecord:
             "trace_id": self.trace_id,
             "phase": self.phase,
             "outcome": self.outcome,
+            "api": self.api,
         }
 
     @classmethod
@@ -167,6 +171,7 @@ class AuditRecord:
             trace_id=data.get("trace_id"),
             phase=data.get("phase", "request"),
             outcome=data.get("outcome"),
+            api=data.get("api"),
         )
 
 

@@ -529,6 +529,12 @@ class Engine:
         tp = ex.headers.get("traceparent", "")
         if tp.count("-") >= 3:
             trace_id = tp.split("-")[1]
+        if "provider" not in extra:
+            # Where the request goes: the route taken, else where Envoy's routes send it.
+            if ex.route is not None:
+                extra["provider"] = ex.route.provider
+            elif ex.request is not None:
+                extra["provider"] = default_provider(ex.request, self.catalog)
         record = record_for(
             decision,
             ctx,

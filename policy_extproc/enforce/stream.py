@@ -149,8 +149,10 @@ class ExtProcStream:
 
     async def _request_headers(self, ev: Event) -> Reply:
         headers = ev.headers
-        if self.trace_context and "traceparent" not in headers:
-            headers = {**headers, **self.trace_context}  # Envoy's span, from the gRPC metadata
+        if self.trace_context:
+            # Envoy's own span (the ext_proc call's, from the gRPC metadata) is the parent,
+            # ahead of a traceparent the client sent: the decision sits under Envoy's span.
+            headers = {**headers, **self.trace_context}
         self.exchange = ex = self.engine.begin(headers, ev.claims)
         self.claims = ev.claims
         self._arm()

@@ -142,8 +142,11 @@ def metadata(resp: ep.ProcessingResponse) -> dict[str, Any]:
 class Exchange:
     """Envoy's side of one ext_proc stream: send a message, read its one answer."""
 
-    def __init__(self, stub: epg.ExternalProcessorStub) -> None:
-        self.call = stub.Process()
+    def __init__(
+        self, stub: epg.ExternalProcessorStub, *, metadata: tuple[tuple[str, str], ...] = ()
+    ) -> None:
+        # metadata: what Envoy sends on the gRPC stream itself (its span's traceparent).
+        self.call = stub.Process(metadata=metadata or None)
         self.answers: list[ep.ProcessingResponse] = []
         # override_message_timeout messages (asking Envoy for more time; not answers), in order
         self.extensions: list[float] = []

@@ -68,11 +68,10 @@ FULL_ATTRIBUTES = {
     "policy.phase": "request",
     "gen_ai.request.model": "gpt-4o-mini",
     "gen_ai.provider.name": "openai",
-    "gen_ai.system": "openai",
     "gen_ai.usage.input_tokens": 120,
     "gen_ai.usage.output_tokens": 40,
     "enduser.id": "alice",
-    "deployment.environment.name": "development",
+    "policy.environment": "development",
     "policy.name": "dev_team_restrictions",
     "policy.rule": "pii",
     "policy.org": "acme",
@@ -167,7 +166,7 @@ def test_an_error_code_sets_status_error(receiver: OtlpReceiver) -> None:
         "policy.latency_us": 850,
         "policy.phase": "request",
         "enduser.id": "alice",
-        "deployment.environment.name": "development",
+        "policy.environment": "development",
         "policy.org": "acme",
         "policy.team": "ml",
         "policy.request_id": "req-bad",
@@ -221,3 +220,54 @@ def test_an_absent_collector_never_reaches_the_caller() -> None:
     sink.emit(make_record("req-1"))
     sink.close()
     assert sink.failed == 0
+
+
+def test_without_trace_context_a_requests_two_records_are_one_trace(
+    receiver: OtlpReceiver,
+) -> None:
+    sink = OtelSink(receiver.endpoint, close_timeout_s=PATIENT)
+    sink.emit(make_record("req-1", usage=None, cost_usd=None))
+    sink.emit(make_record("req-2", usage=None, cost_usd=None))
+    sink.emit(make_record("req-1", phase="response"))
+    sink.close()
+    spans = receiver.wait_for_spans(3)
+    request = next(s for s in spans if s.attributes["policy.request_id"] == "req-1"
+                   and s.attributes["policy.phase"] == "request")  # fmt: skip
+    response = next(s for s in spans if s.attributes["policy.phase"] == "response")
+    other = next(s for s in spans if s.attributes["policy.request_id"] == "req-2")
+    assert response.trace_id == request.trace_id != other.trace_id
+    assert response.parent_span_id == request.span_id
+    assert request.parent_span_id == ""
+
+
+def test_the_resource_follows_the_otel_variables(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "llm-guard-eu")
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=prod,team=plat")
+    sink = OtelSink(receiver.endpoint, close_timeout_s=PATIENT)
+    sink.emit(make_record("req-1"))
+    sink.close()
+    [span] = receiver.wait_for_spans(1)
+    assert span.resource["service.name"] == "llm-guard-eu"
+    assert span.resource["deployment.environment.name"] == "prod"
+    assert span.resource["team"] == "plat"
+    assert span.resource["service.version"]
+
+
+@pytest.mark.parametrize(
+    ("api", "provider", "operation", "provider_name"),
+    [
+        ("openai.chat", "openai", "chat", "openai"),
+        ("openai.embeddings", "openai", "embeddings", "openai"),
+        ("openai.completions", "azure-openai", "text_completion", "azure.ai.openai"),
+        ("anthropic.messages", "anthropic", "chat", "anthropic"),
+    ],
+)
+def test_genai_operation_and_provider_names(
+    api: str, provider: str, operation: str, provider_name: str
+) -> None:
+    attrs = attributes(make_record("r", api=api, provider=provider))
+    assert attrs["gen_ai.operation.name"] == operation
+    assert attrs["gen_ai.provider.name"] == provider_name
+    assert "gen_ai.system" not in attrs and "deployment.environment.name" not in attrs

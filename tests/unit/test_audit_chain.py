@@ -32,7 +32,7 @@ RECORD_KEYS = [
     "decision", "policy", "rule", "reason", "user", "environment", "timestamp", "request_id",
     "org", "team", "model", "provider", "mode", "would_decide", "compliance", "fired",
     "redactions", "usage", "cost_usd", "latency_us", "policy_version", "error_code", "alerts",
-    "degraded", "trace_id", "phase", "outcome",
+    "degraded", "trace_id", "phase", "outcome", "api",
 ]  # fmt: skip
 
 

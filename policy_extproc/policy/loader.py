@@ -76,6 +76,7 @@ _FIELDS: Mapping[str, Mapping[str, tuple[str, f.Parser]]] = {
         "allow": ("allow", f.string_list(allow_empty=True)),
         "direction": ("direction", _DIRECTION),
         "min_score": ("min_score", f.fraction),
+        "regions": ("regions", f.string_list(f.phone_region)),
     },
     "approval": {
         "models": ("models", f.string_list(f.glob)),
@@ -419,13 +420,17 @@ def check_set(policies: list[Policy]) -> list[Problem]:
                     continue
                 where = f"policy '{general.name}' ({general.file}:{base.line})"
                 if general.scope.specificity == specific.scope.specificity:
-                    msg = (f"rule id {rule.id!r} is also defined by {where} with the same scope; "
-                           "neither can override the other")
+                    msg = (
+                        f"rule id {rule.id!r} is also defined by {where} with the same scope; "
+                        "neither can override the other"
+                    )
                 elif base.final:
                     msg = f"overrides rule {rule.id!r} of {where}, which is final (locked)"
                 elif base.type != rule.type:
-                    msg = (f"overrides rule {rule.id!r} of {where}, which is a {base.type} rule; "
-                           "an override must keep the type")
+                    msg = (
+                        f"overrides rule {rule.id!r} of {where}, which is a {base.type} rule; "
+                        "an override must keep the type"
+                    )
                 else:
                     continue
                 problem = Problem(specific.file, rule.line, msg, specific.name, rule.index,

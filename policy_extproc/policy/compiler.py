@@ -51,9 +51,7 @@ class CompiledPolicy:
         self.pii = build_detectors(policy)
 
 
-def _patterns(
-    policy: Policy, direction: str
-) -> tuple[PatternSet | None, tuple[Target, ...]]:
+def _patterns(policy: Policy, direction: str) -> tuple[PatternSet | None, tuple[Target, ...]]:
     specs: list[Pattern] = []
     targets: list[Target] = []
 

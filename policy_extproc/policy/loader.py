@@ -420,17 +420,13 @@ def check_set(policies: list[Policy]) -> list[Problem]:
                     continue
                 where = f"policy '{general.name}' ({general.file}:{base.line})"
                 if general.scope.specificity == specific.scope.specificity:
-                    msg = (
-                        f"rule id {rule.id!r} is also defined by {where} with the same scope; "
-                        "neither can override the other"
-                    )
+                    msg = (f"rule id {rule.id!r} is also defined by {where} with the same scope; "
+                           "neither can override the other")
                 elif base.final:
                     msg = f"overrides rule {rule.id!r} of {where}, which is final (locked)"
                 elif base.type != rule.type:
-                    msg = (
-                        f"overrides rule {rule.id!r} of {where}, which is a {base.type} rule; "
-                        "an override must keep the type"
-                    )
+                    msg = (f"overrides rule {rule.id!r} of {where}, which is a {base.type} rule; "
+                           "an override must keep the type")
                 else:
                     continue
                 problem = Problem(specific.file, rule.line, msg, specific.name, rule.index,

@@ -51,7 +51,9 @@ class CompiledPolicy:
         self.pii = build_detectors(policy)
 
 
-def _patterns(policy: Policy, direction: str) -> tuple[PatternSet | None, tuple[Target, ...]]:
+def _patterns(
+    policy: Policy, direction: str
+) -> tuple[PatternSet | None, tuple[Target, ...]]:
     specs: list[Pattern] = []
     targets: list[Target] = []
 

@@ -143,9 +143,12 @@ RULES: tuple[Rule, ...] = (
     _r("US_ITIN", r"\b\d{9}\b", v.is_us_itin, 0.3, 0.85, 9),
     _r("IBAN", r"\b[A-Z]{2}\d{2}(?:[ -]?[A-Z0-9]{4}){2,7}(?:[ -]?[A-Z0-9]{1,3})?\b", v.is_iban,
        0.95, 0.98, 42, guarded=False),
-    _r("IP_ADDRESS", r"\b(?:\d{1,3}\.){3}\d{1,3}\b", v.is_ipv4, 0.85, 0.95, 15, joiners="."),
-    _r("IP_ADDRESS", r"(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}",
-       v.is_ipv6, 0.85, 0.95, 45, joiners="."),
+    # Addresses, with a CIDR length ("/24") or an IPv6 zone ("%eth0") when one follows.
+    _r("IP_ADDRESS", r"\b(?:\d{1,3}\.){3}\d{1,3}(?:/\d{1,2})?\b", v.is_ipv4, 0.85, 0.95, 18,
+       joiners="."),
+    _r("IP_ADDRESS", r"(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}"
+       r"(?:%[A-Za-z0-9]{1,15}|/\d{1,3})?", v.is_ipv6, 0.85, 0.95, 62, joiners="."),
+    _r("IP_ADDRESS", r"::(?:\d{1,3}\.){3}\d{1,3}\b", v.is_ipv6, 0.85, 0.95, 17, joiners="."),
     _r("US_PASSPORT", r"\b(?:[A-Za-z]\d{8}|\d{9})\b", v.is_us_passport, 0.0, 0.85, 9),
     # State formats are too many to tell apart without context: shapes that cover them.
     _r("US_DRIVER_LICENSE", r"\b[A-Za-z]{0,2}\d{5,14}\b", _DL, 0.0, 0.8, 16),
@@ -165,7 +168,8 @@ RULES: tuple[Rule, ...] = (
        _DATE, 0.0, 0.85, 27, caseless=True),
     _r("DATE_OF_BIRTH", rf"\b\d{{1,2}}-{_MONTH}-\d{{4}}\b", _DATE, 0.0, 0.85, 17, caseless=True),
     _r("US_BANK_ROUTING", r"\b\d{9}\b", v.is_aba_routing, 0.2, 0.9, 9),
-    _r("US_BANK_ROUTING", r"\b\d{4}[ -]\d{4}[ -]\d\b", v.is_aba_routing, 0.3, 0.9, 11),
+    # The 4-4-1 grouping is a routing number's own (cheques, forms): no context needed.
+    _r("US_BANK_ROUTING", r"\b\d{4}[ -]\d{4}[ -]\d\b", v.is_aba_routing, 0.6, 0.9, 11),
     _r("UK_NHS", r"\b\d{3} \d{3} \d{4}\b", v.is_uk_nhs, 0.6, 0.95, 12),
     _r("UK_NHS", r"\b\d{3}-\d{3}-\d{4}\b", v.is_uk_nhs, 0.3, 0.9, 12),
     _r("UK_NHS", r"\b\d{10}\b", v.is_uk_nhs, 0.2, 0.9, 10),

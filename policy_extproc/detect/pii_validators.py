@@ -20,6 +20,7 @@ from functools import lru_cache
 import phonenumbers
 from stdnum import iban as _iban
 from stdnum import luhn as _luhn
+from stdnum.exceptions import ValidationError
 from stdnum.gb import nhs as _nhs
 from stdnum.us import rtn as _rtn
 from stdnum.us import ssn as _ssn
@@ -168,7 +169,15 @@ def is_iban(value: str) -> bool:
         return False
     iban = value.replace(" ", "").replace("-", "")
     # The registry length first: a cheap no for most candidates before stdnum's full check.
-    return _IBAN_LENGTH.get(iban[:2]) == len(iban) and _iban.is_valid(iban)
+    if _IBAN_LENGTH.get(iban[:2]) != len(iban):
+        return False
+    # Not the national checks stdnum can add (Belgian bank codes, ...): a bank it does not list
+    # is still a bank, and the IBAN's own mod 97 already caught the typos.
+    try:
+        _iban.validate(iban, check_country=False)
+    except ValidationError:
+        return False
+    return True
 
 
 _ABA_GROUPED = re.compile(r"\d{4}([- ])\d{4}\1\d")
@@ -229,25 +238,51 @@ def is_email(value: str) -> bool:
     return True
 
 
+def _prefix(value: str, bits: int) -> str | None:
+    """The address of a CIDR block ("10.0.0.0/8" -> "10.0.0.0"), or None for a bad length."""
+    address, slash, length = value.partition("/")
+    if slash and not (
+        (length.isdigit() and int(length) <= bits and length[:1] != "0") or length == "0"
+    ):
+        return None
+    return address
+
+
 def is_ipv4(value: str) -> bool:
-    """Four decimal octets 0-255 without leading zeros (which some parsers read as octal)."""
-    parts = value.split(".")
+    """Four decimal octets 0-255 without leading zeros (which some parsers read as octal).
+
+    A CIDR length may follow ("192.168.1.0/24"): the block is masked whole.
+    """
+    address = _prefix(value, 32)
+    if address is None:
+        return False
+    parts = address.split(".")
     return len(parts) == 4 and all(
         p.isdigit() and int(p) <= 255 and (p == "0" or p[0] != "0") for p in parts
     )
 
 
 def is_ipv6(value: str) -> bool:
-    """An RFC 4291 text address with enough groups that it is no C++ scope or clock time."""
+    """An RFC 4291 text address with enough groups that it is no C++ scope or clock time.
+
+    A zone ("fe80::1%eth0") or a CIDR length ("2001:db8::/32") may follow. The loopback and
+    unspecified addresses (``::1``, ``::``) name no host of anyone's and are left alone.
+    """
+    address = _prefix(value, 128)
+    if address is None:
+        return False
+    address = address.partition("%")[0]
     try:
-        ipaddress.IPv6Address(value)
+        ipaddress.IPv6Address(address)
     except ValueError:
         return False
-    groups = [g for g in value.split(":") if g]
+    groups = [g for g in address.split(":") if g]
+    if groups and "." in groups[-1]:  # an IPv4 tail ("::ffff:10.0.0.1") is two groups
+        groups.append("0")
     if len(groups) >= 3:
         return True
     # "fe80::1" is an address; "dead::beef" or "a::b" are more likely code.
-    return len(groups) == 2 and any(c.isdigit() for c in value) and sum(map(len, groups)) >= 5
+    return len(groups) == 2 and any(c.isdigit() for c in address) and sum(map(len, groups)) >= 5
 
 
 @lru_cache(maxsize=4096)

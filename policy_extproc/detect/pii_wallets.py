@@ -85,6 +85,7 @@ def is_btc_bech32(value: str) -> bool:
 
 # --- Ethereum: EIP-55 mixed-case checksum over Keccak-256 -------------------------------------
 
+
 def keccak256(data: bytes) -> bytes:
     """Keccak-256 as Ethereum uses it (original Keccak padding, not FIPS 202 SHA-3).
 

@@ -53,6 +53,9 @@ ENTITIES: tuple[str, ...] = (
 
 # Ends tried per candidate start, longest first, before giving up on that start.
 _MAX_ENDS = 4
+# Up to this many distinct values found, their other occurrences are searched with str.find
+# (C speed, a bounded number of passes: still linear); above, among the scan's candidates.
+_FEW_VALUES = 8
 _EMAIL_SCORE = 0.95
 _EMAIL_JOINERS = "-"
 
@@ -277,6 +280,20 @@ def _resolve(found: list[PiiMatch], size: int) -> list[PiiMatch]:
     return kept
 
 
+def _repeat_few(text: str, kept: list[PiiMatch], values: dict[str, PiiMatch]) -> list[PiiMatch]:
+    if sum(text.count(value) for value in values) == len(kept):
+        return kept
+    extra = []
+    for value, m in values.items():
+        at = text.find(value)
+        while at != -1:
+            end = at + len(value)
+            if _stands_apart(text, at, end, ""):
+                extra.append(PiiMatch(m.entity, at, end, m.score))
+            at = text.find(value, end)
+    return _resolve(kept + extra, len(text))
+
+
 def _repeat(
     text: str,
     kept: list[PiiMatch],
@@ -295,6 +312,8 @@ def _repeat(
     if not kept:
         return kept
     values = {text[m.start : m.end]: m for m in kept}
+    if len(values) <= _FEW_VALUES:
+        return _repeat_few(text, kept, values)
     lengths = sorted({m.end - m.start for m in kept})
     at = {(m.start, m.end) for m in kept}
     extra = []

@@ -38,9 +38,9 @@ FILES = {
     "test_uk_nhs_recognizer.py": "UK_NHS",
     "test_crypto_recognizer.py": "CRYPTO_WALLET",
 }
-# A span Presidio expects with a score at most this is one it calls weak ("very weak match"):
-# we may find it or not.
-WEAK = 0.4
+# A span Presidio expects with a score of at most this is one its tests call a very weak
+# match (odd groupings, passport shapes without context): we may find it or not.
+WEAK = 0.3
 _IBAN_LETTERS = {ord(c): str(i) for i, c in enumerate("ABCDEFGHIJKLMNOPQRSTUVWXYZ", 10)}
 
 

@@ -87,6 +87,13 @@ def _stands_apart(text: str, start: int, end: int, joiners: str) -> bool:
     return True
 
 
+def _in_digit_run(text: str, start: int, end: int) -> bool:
+    """True when a digit group sits one separator (or a clock's ":") before or after the span."""
+    if start >= 2 and text[start - 1] in " -.:" and text[start - 2].isdigit():
+        return True
+    return end + 1 < len(text) and text[end] in " -.:" and text[end + 1].isdigit()
+
+
 def _extend_left(text: str, start: int, chars: str, limit: int = 64) -> int:
     before = text[max(0, start - limit) : start]
     first = start - (len(before) - len(before.rstrip(chars)))
@@ -209,7 +216,9 @@ class PiiDetector:
                 fits = [
                     e
                     for e in stops[:_MAX_ENDS]
-                    if e - first <= rule.max_len and _stands_apart(text, first, e, rule.joiners)
+                    if e - first <= rule.max_len
+                    and _stands_apart(text, first, e, rule.joiners)
+                    and not (rule.digit_run and _in_digit_run(text, first, e))
                 ]
                 if not fits:
                     continue

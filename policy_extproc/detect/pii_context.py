@@ -17,7 +17,7 @@ from policy_extproc.detect.pii_rules import CONTEXT, NEGATIVE, Rule
 # Context words are looked for this many characters before a candidate; negative words (order,
 # invoice, version) only this close, since they label the number right after them.
 CONTEXT_WINDOW = 48
-NEGATIVE_WINDOW = 32
+NEGATIVE_WINDOW = 40
 # A candidate after a (nearest) negative word is more likely an order or version number.
 NEGATIVE_FACTOR = 0.4
 # The nearer the context word, the surer: when two types both find one, the nearest wins.

@@ -43,6 +43,9 @@ class Rule:
     # dialable but unassigned number after "phone", a Luhn-valid number after "card".
     loose: Callable[..., bool] | None = None
     regional: bool = False  # check and loose take the detector's phone regions too
+    # A digit group right before or after (one space, dash or dot away) makes the candidate
+    # a piece of a longer number ("1939 3606 0524 7493" holds no phone number "0524 7493").
+    digit_run: bool = False
 
 
 # fmt: off
@@ -51,7 +54,11 @@ CONTEXT: dict[str, tuple[str, ...]] = {
     "EMAIL": ("e-?mail", "mail", "contact"),
     "PHONE": (r"phone", "tel", "telephone", "mobile", "cell", "call", "text me", "sms", "fax",
               "whatsapp", "contact", "reach", r"ph\.?", r"mob\.?", "dial", "landline",
-              r"tel\.", "ring", "call me at", "phone number", "ext"),
+              r"tel\.", "ring", "call me at", "phone number", "ext", "voicemail",
+              "leave a message( at| on)?", "message me( at| on)?",
+              # "my number is", "my US number", "my Israeli number", "Japanese mobile number"
+              "my number", "my (?:us|uk|gb|eu|cn|in|de|fr|es|it|nl|jp|il|au|ca|ie|br|mx) number",
+              "[a-z]+(?:ese|ian|ish|li|an|ch) (?:phone |mobile |cell )?number"),
     "CREDIT_CARD": ("cards?", "credit", "debit", "visa", "master ?card", "amex",
                     "american express", "discover", "cc", "pan", "pay", "paid", "payment",
                     "charge", "maestro", "jcb", "uatp", "dankort"),
@@ -76,7 +83,8 @@ NEGATIVE = ("order", "orders", "invoice", "inv", "ref", "reference", "tracking",
             "transaction", "txn", "sku", "po", "receipt", "confirmation", "booking", "case",
             "build", "version", "ver", "v", "release", "firmware", "patch", "section",
             "chapter", "step", "serial", "model", "part", "isbn", "item", "product",
-            "catalog", "catalogue", "cat", "upgrad(e|ed|es|ing)", "downgrad(e|ed|es|ing)")
+            "catalog", "catalogue", "cat", "upgrad(e|ed|es|ing)", "downgrad(e|ed|es|ing)",
+            "fedex", "ups", "usps", "dhl", "commit", "checkout", "sha", "hash", "rev", "revision")
 
 _LOCAL_PART = string.ascii_letters + string.digits + "._%+-"
 _MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
@@ -109,6 +117,7 @@ def _phone(pattern: str, base: float, context: float, max_len: int, **kw: object
     kw.setdefault("check", v.is_national_phone)
     kw.setdefault("regional", True)
     kw.setdefault("loose", v.is_possible_phone)
+    kw.setdefault("digit_run", True)
     return Rule("PHONE", pattern, base=base, context=context, max_len=max_len, caseless=True,
                 **kw)  # type: ignore[arg-type]  # fmt: skip
 
@@ -125,18 +134,22 @@ RULES: tuple[Rule, ...] = (
            regional=False),
     _phone(rf"\b(?:00|011)[ .-]?[1-9]\d{{0,2}}{_GROUPS}{_EXT}\b", 0.7, 0.95, 50,
            check=v.is_dialled_phone, regional=False),
-    # A country code without "+" ("91-415-555-0132"): too like other numbers without context.
-    _phone(r"\b[1-9]\d{0,2}[ .-]\d{2,4}[ .-]\d{3,4}[ .-]\d{4}\b", 0.3, 0.9, 18,
+    # A country code without "+" ("91-415-555-0132"): four groups, valid once "+" is added.
+    _phone(r"\b[1-9]\d{0,2}[ .-]\d{2,4}[ .-]\d{3,4}[ .-]\d{4}\b", 0.5, 0.9, 18,
            check=_with_plus, regional=False),
     # North American 3-3-4, and national formats with a trunk "0" (UK, DE, FR, IL, JP, ...).
     _phone(rf"(?:\b1[ .-]?)?(?:\(\d{{3}}\)[ .-]?|\b\d{{3}}[ .-])\d{{3}}[ .-]\d{{4}}{_EXT}\b",
            0.7, 0.95, 36, check=v.is_nanp_phone),
-    _phone(rf"(?:\(0\d{{1,4}}\)|\b0\d{{1,4}})(?:[ .-]?\d{{2,8}}){{1,4}}{_EXT}\b", 0.6, 0.95, 40),
+    _phone(rf"(?:\(0\d{{1,4}}\)|\b0\d{{1,4}}[ .-])(?:[ .-]?\d{{2,8}}){{1,4}}{_EXT}\b", 0.6, 0.95,
+           40),
+    # Written without separators, a national number is whole: ten or eleven digits.
+    _phone(r"\b0\d{9,10}\b", 0.5, 0.95, 11),
     _phone(r"\b\d{10,11}\b", 0.3, 0.85, 11),
     _r("CREDIT_CARD", r"\b(?:\d[ -]?){11,18}\d\b", v.is_credit_card, 0.9, 0.98, 23,
        loose=v.is_card_shaped),
     _r("US_SSN", r"\b\d{3}-\d{2}-\d{4}\b", v.is_us_ssn, 0.85, 0.95, 11),
-    _r("US_SSN", r"\b\d{3}[ .]\d{2}[ .]\d{4}\b", v.is_us_ssn, 0.6, 0.95, 11),
+    # 3-2-4 is the SSN's own grouping: above a national phone number that happens to fit it.
+    _r("US_SSN", r"\b\d{3}[ .]\d{2}[ .]\d{4}\b", v.is_us_ssn, 0.65, 0.95, 11),
     _r("US_SSN", r"\b\d{9}\b", v.is_us_ssn, 0.3, 0.85, 9),
     _r("US_ITIN", r"\b\d{3}-\d{2}-\d{4}\b", v.is_us_itin, 0.85, 0.95, 11),
     _r("US_ITIN", r"\b\d{3}[ .]\d{2}[ .]\d{4}\b", v.is_us_itin, 0.6, 0.95, 11),

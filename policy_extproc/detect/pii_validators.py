@@ -77,7 +77,6 @@ _IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
     (2200, 2204, frozenset({16, 17, 18, 19})),  # Mir
     (1800, 1800, frozenset({15})),  # JCB's original 15-digit ranges
     (2131, 2131, frozenset({15})),
-    (1, 1, frozenset({15})),  # UATP (airline cards)
     (5019, 5019, frozenset({16})),  # Dankort
     (5018, 5018, _MAESTRO),  # Maestro issues 12 to 19 digits
     (5020, 5020, _MAESTRO),
@@ -121,7 +120,12 @@ def is_credit_card(value: str) -> bool:
 
 
 def is_card_shaped(value: str) -> bool:
-    """Luhn-valid 12-19 digits in a card grouping: a card number once a card word names it."""
+    """Luhn-valid 12-19 digits in a card grouping: a card number once a card word names it.
+
+    This is also how UATP airline cards (15 digits starting with 1) are found: one in ten
+    15-digit numbers starting with 1 passes Luhn (FedEx tracking numbers do), so without a
+    card word ("UATP", "card") such a number is left alone.
+    """
     return _card_digits(value) is not None
 
 

@@ -156,3 +156,22 @@ def test_policy_regions_reach_the_detector() -> None:
 def test_policy_refuses_an_unknown_region() -> None:
     with pytest.raises(PolicyError, match=r"p.yaml:4: .*'regions' item 2: 'XX' is no region"):
         load_sources([("p.yaml", "policy_name: p\nrules:\n  - type: pii\n    regions: [GB, XX]\n")])
+
+
+@pytest.mark.parametrize("count", [3, 30])  # few values: str.find; many: the scan's candidates
+def test_a_value_found_once_is_masked_everywhere(detector: PiiDetector, count: int) -> None:
+    numbers = [f"(212) 555-{173 + i:04d}" for i in range(count)]
+    named = " ".join(f"Call {n}." for n in numbers)
+    # Demoted where they stand ("order" is nearer), found because they were found above; and
+    # a leftmost start before the value ("1 " ahead of the area code) hides no copy.
+    again = " ".join(f"Order 1 {n} shipped." for n in numbers)
+    text = f"{named}\n\n{again}"
+    found = [text[m.start : m.end] for m in detector.find(text)]
+    for n in numbers:
+        assert found.count(n) == 2, n
+
+
+def test_unicode_mail_pass_is_bounded_per_at_sign(detector: PiiDetector) -> None:
+    # Many "@" with non-ASCII around them: each costs a bounded window, none is a mail address.
+    text = "ü@" * 5000 + " jörg@example.org"
+    assert _found(detector, text) == [("EMAIL", "jörg@example.org")]

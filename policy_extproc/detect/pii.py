@@ -203,9 +203,12 @@ class PiiDetector:
         contexts: dict[int, Context] = {}
         found: list[PiiMatch] = []
         firsts: dict[tuple[int, int], int] = {}  # where a left-extended candidate begins
+        # Candidates that became no match: where a copy of a value found elsewhere may hide.
+        missed: list[tuple[int, int]] = []
         for key, stops in ends.items():
             pid, start = key
             stops.sort(reverse=True)
+            matched = False
             for rule in self._rules[pid]:
                 first = start
                 if rule.left:
@@ -234,10 +237,13 @@ class PiiDetector:
                     match = self._validate(text, rule, first, fits, score, loose)
                     if match is not None:
                         found.append(match)
+                        matched = True
+            if not matched:
+                missed.append(key)
         if self._unicode_mail and not text.isascii():
             found.extend(self._unicode_emails(text))
-        kept = _resolve(found, len(text))
-        return _repeat(text, kept, ends, firsts)
+        kept = _resolve(found)
+        return _repeat(text, kept, ends, missed, firsts)
 
     def _validate(
         self, text: str, rule: Rule, start: int, stops: list[int], score: float, loose: bool
@@ -270,22 +276,46 @@ class PiiDetector:
         return entity in v.GROUPED and self._allow.match(v.compact(value)) is not None
 
 
-def _resolve(found: list[PiiMatch], size: int) -> list[PiiMatch]:
+def _resolve(found: list[PiiMatch]) -> list[PiiMatch]:
     """Keep the best of overlapping matches: higher score, then longer, then earlier.
 
-    Greedy in that order over a map of the characters already taken: each match costs its own
+    Matches are swept in order of start into clusters of overlapping ones; a lone match is
+    kept as it is, a cluster is settled on its own (``_settle``). Each match costs its own
     length, so the whole is linear in the text (a sorted list with inserts was quadratic).
     """
     if len(found) < 2:
         return found
-    taken = bytearray(size)
+    found = sorted(found, key=_start)  # nearly sorted already: the scan reports by end
     kept: list[PiiMatch] = []
-    for m in sorted(found, key=lambda m: (-m.score, m.start - m.end, m.start)):
-        if taken.find(1, m.start, m.end) != -1:
+    cluster = [found[0]]
+    reach = found[0].end
+    for m in found[1:]:
+        if m.start < reach:
+            cluster.append(m)
+            reach = max(reach, m.end)
             continue
-        taken[m.start : m.end] = b"\x01" * (m.end - m.start)
+        kept.extend(cluster if len(cluster) == 1 else _settle(cluster, reach))
+        cluster, reach = [m], m.end
+    kept.extend(cluster if len(cluster) == 1 else _settle(cluster, reach))
+    return kept
+
+
+def _start(m: PiiMatch) -> int:
+    return m.start
+
+
+def _settle(cluster: list[PiiMatch], reach: int) -> list[PiiMatch]:
+    """The greedy choice in one cluster, over a map of the characters already taken."""
+    base = cluster[0].start
+    taken = bytearray(reach - base)
+    kept = []
+    for m in sorted(cluster, key=lambda m: (-m.score, m.start - m.end, m.start)):
+        s, e = m.start - base, m.end - base
+        if taken.find(1, s, e) != -1:
+            continue
+        taken[s:e] = b"\x01" * (e - s)
         kept.append(m)
-    kept.sort(key=lambda m: m.start)
+    kept.sort(key=_start)
     return kept
 
 
@@ -300,13 +330,14 @@ def _repeat_few(text: str, kept: list[PiiMatch], values: dict[str, PiiMatch]) ->
             if _stands_apart(text, at, end, ""):
                 extra.append(PiiMatch(m.entity, at, end, m.score))
             at = text.find(value, end)
-    return _resolve(kept + extra, len(text))
+    return _resolve(kept + extra)
 
 
 def _repeat(
     text: str,
     kept: list[PiiMatch],
     ends: dict[tuple[int, int], list[int]],
+    missed: list[tuple[int, int]],
     firsts: dict[tuple[int, int], int],
 ) -> list[PiiMatch]:
     """Add other occurrences of each value found, so that one value is masked everywhere.
@@ -314,9 +345,10 @@ def _repeat(
     Context can demote one occurrence ("order (212) 555-0173") that another shows to be PII
     ("call (212) 555-0173"); leaving the first unmasked would leak the value all the same.
     Another occurrence of a value is another candidate of the same pattern ending where it
-    ends, so the scan's candidates are looked up in a table of the values found (by end and
-    length: the candidate's leftmost start may lie before the value, "1 " or "+" before a
-    number). No search of the text per value.
+    ends, one that became no match (a candidate that did is covered already): those are
+    looked up in a table of the values found, by end and length (the candidate's leftmost
+    start may lie before the value, "1 " or "+" before a number). No search of the text per
+    value.
     """
     if not kept:
         return kept
@@ -326,7 +358,8 @@ def _repeat(
     lengths = sorted({m.end - m.start for m in kept})
     at = {(m.start, m.end) for m in kept}
     extra = []
-    for key, stops in ends.items():
+    for key in missed:
+        stops = ends[key]
         first = firsts.get(key)
         for end in stops:
             if first is not None:  # the start is the pattern's own (a mail's local part)
@@ -344,4 +377,4 @@ def _repeat(
                     at.add((s, end))
     if not extra:
         return kept
-    return _resolve(kept + extra, len(text))
+    return _resolve(kept + extra)

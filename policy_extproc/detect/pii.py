@@ -11,7 +11,7 @@ settled last: the higher score, then the longer span. A value found once is then
 wherever else it occurs, so that masking never leaves a copy behind.
 
 Every step is linear in the text: a bounded amount of work per candidate, no rescans of the
-text per value found (a body of 150,000 addresses costs ten times one of 15,000).
+text per value found (a body of 150,000 addresses costs about ten times one of 15,000).
 """
 
 from __future__ import annotations
@@ -53,6 +53,9 @@ ENTITIES: tuple[str, ...] = (
 
 # Ends tried per candidate start, longest first, before giving up on that start.
 _MAX_ENDS = 4
+# A candidate's key packs its start and its pattern's index (fewer than 2**8 patterns).
+_PID_BITS = 8
+_PID_MASK = (1 << _PID_BITS) - 1
 # Up to this many distinct values found, their other occurrences are searched with str.find
 # (C speed, a bounded number of passes: still linear); above, among the scan's candidates.
 _FEW_VALUES = 8
@@ -168,6 +171,7 @@ class PiiDetector:
         self._rules: tuple[tuple[Rule, ...], ...] = tuple(tuple(rs) for rs in by_pattern.values())
         self.max_match_len: int = max((r.max_len for r in rules), default=0)
         self._db: hyperscan.Database | None = None
+        assert len(by_pattern) <= _PID_MASK + 1, "candidate keys hold 8 bits of pattern index"
         if by_pattern:
             flags = hyperscan.HS_FLAG_SOM_LEFTMOST
             self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -194,20 +198,29 @@ class PiiDetector:
         # equal to str indices (no UTF-8 offset mapping), survives lone surrogates, and changes
         # no match: "?" is, like any UTF-8 byte above 0x7f, outside every class the patterns use.
         data = text.encode("ascii", "replace")
-        ends: dict[tuple[int, int], list[int]] = {}
+        # Candidate ends by (start, pattern), packed in one int: one small object an event,
+        # not a tuple and a list (a PII-dense body has hundreds of thousands).
+        ends: dict[int, int | list[int]] = {}
 
         def on_match(pid: int, start: int, end: int, _flags: int, _ctx: object) -> None:
-            ends.setdefault((pid, start), []).append(end)
+            key = start << _PID_BITS | pid
+            got = ends.get(key)
+            if got is None:
+                ends[key] = end
+            elif isinstance(got, int):
+                ends[key] = [got, end]
+            else:
+                got.append(end)
 
         self._db.scan(data, match_event_handler=on_match, scratch=self._scratch())
         contexts: dict[int, Context] = {}
         found: list[PiiMatch] = []
-        firsts: dict[tuple[int, int], int] = {}  # where a left-extended candidate begins
+        firsts: dict[int, int] = {}  # where a left-extended candidate begins
         # Candidates that became no match: where a copy of a value found elsewhere may hide.
-        missed: list[tuple[int, int]] = []
-        for key, stops in ends.items():
-            pid, start = key
-            stops.sort(reverse=True)
+        missed: list[int] = []
+        for key, got in ends.items():
+            pid, start = key & _PID_MASK, key >> _PID_BITS
+            stops = [got] if isinstance(got, int) else sorted(got, reverse=True)
             matched = False
             for rule in self._rules[pid]:
                 first = start
@@ -336,9 +349,9 @@ def _repeat_few(text: str, kept: list[PiiMatch], values: dict[str, PiiMatch]) ->
 def _repeat(
     text: str,
     kept: list[PiiMatch],
-    ends: dict[tuple[int, int], list[int]],
-    missed: list[tuple[int, int]],
-    firsts: dict[tuple[int, int], int],
+    ends: dict[int, int | list[int]],
+    missed: list[int],
+    firsts: dict[int, int],
 ) -> list[PiiMatch]:
     """Add other occurrences of each value found, so that one value is masked everywhere.
 
@@ -359,7 +372,8 @@ def _repeat(
     at = {(m.start, m.end) for m in kept}
     extra = []
     for key in missed:
-        stops = ends[key]
+        got = ends[key]
+        stops = [got] if isinstance(got, int) else got
         first = firsts.get(key)
         for end in stops:
             if first is not None:  # the start is the pattern's own (a mail's local part)
@@ -367,7 +381,7 @@ def _repeat(
                     continue
                 starts: Iterable[int] = (first,)
             else:
-                starts = (end - n for n in lengths if end - n >= key[1])
+                starts = (end - n for n in lengths if end - n >= key >> _PID_BITS)
             for s in starts:
                 if (s, end) in at:
                     continue

@@ -146,7 +146,9 @@ def _flags(p: Pattern, literal: bool) -> int:
     return flags
 
 
-def _compile(entries: Sequence[tuple[Pattern, bytes]], literal: bool) -> hyperscan.Database | None:
+def _compile(
+    entries: Sequence[tuple[Pattern, bytes]], literal: bool
+) -> hyperscan.Database | None:
     if not entries:
         return None
     db = hyperscan.Database()

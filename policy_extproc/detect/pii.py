@@ -26,7 +26,7 @@ from functools import partial
 import hyperscan
 import phonenumbers
 
-from policy_extproc.detect import pii_email
+from policy_extproc.detect import pii_email, pii_phones
 from policy_extproc.detect import pii_validators as v
 from policy_extproc.detect.masking import mask
 from policy_extproc.detect.pii_context import Context
@@ -121,7 +121,7 @@ def _regions(regions: Iterable[str]) -> tuple[str, ...]:
 def _bind(rule: Rule, regions: tuple[str, ...]) -> Rule:
     """The rule with its phone checks bound to the detector's regions."""
     if rule.entity == "PHONE" and rule.loose is not None:
-        possible: Callable[[str], bool] = partial(v.is_possible_phone, regions=regions)
+        possible: Callable[[str], bool] = partial(pii_phones.is_possible_phone, regions=regions)
         rule = replace(rule, loose=possible)
     if rule.regional:
         rule = replace(rule, check=partial(rule.check, regions=regions))

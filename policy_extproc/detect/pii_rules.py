@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
+from policy_extproc.detect import pii_phones as ph
 from policy_extproc.detect import pii_validators as v
 from policy_extproc.detect import pii_wallets as w
 
@@ -110,13 +111,13 @@ def _always(_value: str) -> bool:
 
 
 def _with_plus(value: str) -> bool:
-    return v.is_phone("+" + value, None)
+    return ph.is_phone("+" + value, None)
 
 
 def _phone(pattern: str, base: float, context: float, max_len: int, **kw: object) -> Rule:
-    kw.setdefault("check", v.is_national_phone)
+    kw.setdefault("check", ph.is_national_phone)
     kw.setdefault("regional", True)
-    kw.setdefault("loose", v.is_possible_phone)
+    kw.setdefault("loose", ph.is_possible_phone)
     kw.setdefault("digit_run", True)
     return Rule("PHONE", pattern, base=base, context=context, max_len=max_len, caseless=True,
                 **kw)  # type: ignore[arg-type]  # fmt: skip
@@ -124,7 +125,7 @@ def _phone(pattern: str, base: float, context: float, max_len: int, **kw: object
 
 _r = Rule
 _DATE, _DL = v.is_birth_date, v.is_driver_license
-_PHONE_INTL = partial(v.is_phone, region=None)
+_PHONE_INTL = partial(ph.is_phone, region=None)
 # fmt: off
 RULES: tuple[Rule, ...] = (
     _r("EMAIL", r"@(?:[A-Za-z0-9-]+\.)+(?:[A-Za-z]{2,24}|xn--[A-Za-z0-9-]+)\b", v.is_email,
@@ -133,13 +134,13 @@ RULES: tuple[Rule, ...] = (
     _phone(rf"\+\d{{1,3}}{_GROUPS}{_EXT}\b", 0.8, 0.95, 48, check=_PHONE_INTL,
            regional=False),
     _phone(rf"\b(?:00|011)[ .-]?[1-9]\d{{0,2}}{_GROUPS}{_EXT}\b", 0.7, 0.95, 50,
-           check=v.is_dialled_phone, regional=False),
+           check=ph.is_dialled_phone, regional=False),
     # A country code without "+" ("91-415-555-0132"): four groups, valid once "+" is added.
     _phone(r"\b[1-9]\d{0,2}[ .-]\d{2,4}[ .-]\d{3,4}[ .-]\d{4}\b", 0.5, 0.9, 18,
            check=_with_plus, regional=False),
     # North American 3-3-4, and national formats with a trunk "0" (UK, DE, FR, IL, JP, ...).
     _phone(rf"(?:\b1[ .-]?)?(?:\(\d{{3}}\)[ .-]?|\b\d{{3}}[ .-])\d{{3}}[ .-]\d{{4}}{_EXT}\b",
-           0.7, 0.95, 36, check=v.is_nanp_phone),
+           0.7, 0.95, 36, check=ph.is_nanp_phone),
     _phone(rf"(?:\(0\d{{1,4}}\)|\b0\d{{1,4}}[ .-])(?:[ .-]?\d{{2,8}}){{1,4}}{_EXT}\b", 0.6, 0.95,
            40),
     # Written without separators, a national number is whole: ten or eleven digits.

@@ -1,10 +1,14 @@
 """PII detection quality and speed: ours beside Presidio's pattern recognisers, if installed.
 
 Run by hand: ``.venv/bin/python benchmarks/pii.py [--per-type N] [--runs N]``. Prints tables;
-never asserts. Needs the bench-only packages faker and (optionally) presidio-analyzer.
+never asserts. Needs the bench-only packages faker and (optionally) presidio-analyzer
+(``pip install -e '.[bench]'``); ``make test`` needs neither.
 
 Quality is span-level: a prediction counts when a labelled span of the same type overlaps it.
-Latency is find() on ~1 KB and ~4 KB prompts that mix labelled sentences with plain prose.
+It is measured on our generated corpus (``pii_corpus.py``) and on Presidio's own recognizer
+test cases (``tests/data/pii/presidio_cases.yaml``; weak spans there count neither way).
+Latency is find() on each corpus text (the mean), and on ~1 KB and ~4 KB prompts that mix
+labelled sentences with plain prose.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import yaml
 
 from benchmarks.pii_corpus import Sample, Span, build, documents
 from policy_extproc.detect import pii_wallets
@@ -87,6 +93,49 @@ def ours() -> Predict:
     return lambda text: (Span(m.entity, m.start, m.end) for m in detector.find(text))
 
 
+CASES = Path(__file__).resolve().parent.parent / "tests" / "data" / "pii" / "presidio_cases.yaml"
+
+
+def presidio_cases() -> list[tuple[str, str, list[Span], list[Span]]]:
+    """(type, text, gold spans, weak spans) of Presidio's cases whose spans are all given."""
+    out = []
+    for c in yaml.safe_load(CASES.read_text())["cases"]:
+        gold = [Span(c["entity"], a, b) for a, b in c["spans"]]
+        weak = [Span(c["entity"], a, b) for a, b in c.get("weak", [])]
+        if len(gold) + len(weak) == c["count"]:
+            out.append((c["entity"], c["text"], gold, weak))
+    return out
+
+
+def score_cases(predict: Callable[[str, str], Iterable[Span]]) -> dict[str, Counter[str]]:
+    """Per-type TP/FP/FN over Presidio's cases, one type enabled per case as in its tests."""
+    tp: Counter[str] = Counter()
+    fp: Counter[str] = Counter()
+    fn: Counter[str] = Counter()
+    for entity, text, gold, weak in presidio_cases():
+        left = list(gold)
+        for p in predict(entity, text):
+            hit = next((g for g in left if p.start < g.end and g.start < p.end), None)
+            if hit is not None:
+                tp[entity] += 1
+                left.remove(hit)
+            elif not any(p.start < w.end and w.start < p.end for w in weak):
+                fp[entity] += 1
+        fn[entity] += len(left)
+    return {"tp": tp, "fp": fp, "fn": fn}
+
+
+def ours_per_type() -> Callable[[str, str], Iterable[Span]]:
+    """Our detector with only the asked type on (one detector per type)."""
+    detectors: dict[str, PiiDetector] = {}
+
+    def predict(entity: str, text: str) -> list[Span]:
+        d = detectors.setdefault(entity, PiiDetector([entity]))
+        return [Span(m.entity, m.start, m.end) for m in d.find(text)]
+
+    return predict
+
+
 def presidio() -> Callable[[str], list[tuple[Span, float]]] | None:
     """Presidio's predefined recognisers over a blank spaCy pipeline (no model to download).
 
@@ -148,6 +197,39 @@ def latency(find: Callable[[str], object], docs: list[str], runs: int) -> tuple[
     return statistics.median(times), times[int(len(times) * 0.99) - 1]
 
 
+def table(results: dict[str, dict[str, Counter[str]]], names: list[str]) -> None:
+    """Per-type precision, recall and F1, one column group per detector."""
+    head = f"{'type':<18}" + "".join(f"| {n + ' P':>10} {'R':>5} {'F1':>5} " for n in names)
+    print(head + "\n" + "-" * len(head))
+    for entity in ENTITIES:
+        row = f"{entity:<18}"
+        for n in names:
+            r = results[n]
+            tp, fp, fn = r["tp"][entity], r["fp"][entity], r["fn"][entity]
+            if (n.startswith("presidio") and entity not in PRESIDIO_NAMES.values()) or not (
+                tp + fp + fn
+            ):
+                row += f"| {'-':>10} {'-':>5} {'-':>5} "
+                continue
+            p, rc, f1 = prf(tp, fp, fn)
+            row += f"| {p:>10.3f} {rc:>5.3f} {f1:>5.3f} "
+        print(row)
+
+
+def mean_per_text(find: Callable[[str], object], texts: list[str], rounds: int = 5) -> float:
+    """Mean microseconds of one find() over the corpus texts (best of rounds)."""
+    for t in texts[:50]:
+        find(t)
+    best = float("inf")
+    for _ in range(rounds):
+        pii_wallets.is_eth_address.cache_clear()
+        t0 = time.perf_counter_ns()
+        for t in texts:
+            find(t)
+        best = min(best, (time.perf_counter_ns() - t0) / 1000 / len(texts))
+    return best
+
+
 def main() -> None:
     """Build the corpus, score both detectors, time them, print the tables."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -167,19 +249,8 @@ def main() -> None:
         print("presidio-analyzer not installed: ours only\n")
 
     names = list(results)
-    head = f"{'type':<18}" + "".join(f"| {n + ' P':>10} {'R':>5} {'F1':>5} " for n in names)
-    print(head + "\n" + "-" * len(head))
-    for entity in ENTITIES:
-        row = f"{entity:<18}"
-        for n in names:
-            r = results[n]
-            tp, fp, fn = r["tp"][entity], r["fp"][entity], r["fn"][entity]  # type: ignore[index]
-            if n.startswith("presidio") and entity not in PRESIDIO_NAMES.values():
-                row += f"| {'-':>10} {'-':>5} {'-':>5} "
-                continue
-            p, rc, f1 = prf(tp, fp, fn)
-            row += f"| {p:>10.3f} {rc:>5.3f} {f1:>5.3f} "
-        print(row)
+    print("our corpus:")
+    table(results, names)  # type: ignore[arg-type]
 
     print(f"\n{'hard negatives (false positives)':<34}" + "".join(f"{n:>12}" for n in names))
     kinds = sorted({s.kind.removeprefix("negative:") for s in negatives})
@@ -196,6 +267,22 @@ def main() -> None:
         for ex in results[n]["neg_examples"]:  # type: ignore[attr-defined]
             print(f"  {n} false positive: {ex}")
 
+    case_results = {"ours": score_cases(ours_per_type())}
+    if theirs is not None:
+        reverse = {ours_name: p for p, ours_name in PRESIDIO_NAMES.items()}
+
+        def theirs_per_type(entity: str, text: str) -> list[Span]:
+            if entity not in reverse:
+                return []
+            return [span for span, _ in theirs(text) if span.entity == entity]  # type: ignore[misc]
+
+        case_results["presidio@0"] = score_cases(theirs_per_type)
+    print(f"\nPresidio's recognizer cases ({len(presidio_cases())} with spans):")
+    table(case_results, list(case_results))
+
+    texts = [s.text for s in positives + negatives]
+    print(f"\nmean find() per corpus text ({len(texts)} texts, all types on):")
+    print(f"  ours      {mean_per_text(PiiDetector().find, texts):7.1f} us")
     print(
         f"\nlatency of find(), all {len(ENTITIES)} types on, {args.runs} runs each (Presidio 1/20)"
     )

@@ -148,15 +148,38 @@ class _Values:
             return self.fake.email()
         if r < 0.7:
             return self.fake.company_email()
-        user = self.fake.user_name()
-        return f"{user}+{self.fake.word()}@{self.fake.domain_word()}.co.uk"
+        if r < 0.85:
+            user = self.fake.user_name()
+            return f"{user}+{self.fake.word()}@{self.fake.domain_word()}.co.uk"
+        # Addresses as people outside ASCII write them (RFC 6531), and punycode domains.
+        return self.rng.choice(
+            ("jörg.müller@example.org", "bob@bücher.example", "иван.петров@пример.рф",
+             "山田@例え.テスト", "maría@correo.es", "a@xn--d1acufc.xn--p1ai",
+             "user@xn--80ak6aa92e.com", "zoë+news@straße.example.de")
+        )  # fmt: skip
 
     def PHONE(self) -> str:
         r = self.rng.random()
-        if r < 0.2:  # Faker's own US formats, where the number is a real one
+        if r < 0.2:  # Faker's own US formats (extensions, "001-"), where the number is real
             raw = self.fake.phone_number()
-            if phonenumbers.is_valid_number(phonenumbers.parse(raw.split("x")[0], "US")):
-                return raw.split("x")[0]
+            plain = raw.split("x")[0].removeprefix("001-")
+            if phonenumbers.is_valid_number(phonenumbers.parse(plain, "US")):
+                return raw
+        if r < 0.35:  # national formats of other plans, as their Faker locale writes them
+            loc = self.rng.choice(("en_GB", "de_DE", "fr_FR", "nl_NL", "es_ES"))
+            raw = self.intl[loc].phone_number()
+            if not raw.startswith("+") and "(0)" not in raw:
+                num = phonenumbers.parse(raw, loc[-2:])
+                if phonenumbers.is_valid_number(num):
+                    return raw
+        if r < 0.42:  # an exit prefix instead of "+"
+            num = phonenumbers.parse(
+                self.rng.choice(
+                    ("+44 20 7946 0958", "+49 30 901820", "+33 1 42 68 53 00", "+1 202 555 0143")
+                )
+            )
+            intl = phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
+            return self.rng.choice(("00", "011 ", "00")) + intl[1:]
         if r < 0.55:
             area, ex, line = (
                 self.rng.choice(_AREA_CODES),
@@ -180,7 +203,27 @@ class _Values:
             if phonenumbers.is_valid_number(num):
                 return phonenumbers.format_number(num, phonenumbers.PhoneNumberFormat.INTERNATIONAL)
 
+    def _luhn_card(self, prefix: str, length: int) -> str:
+        body = prefix + self.token(length - len(prefix) - 1, string.digits)
+        for d in string.digits:
+            if _luhn(body + d):
+                return body + d
+        raise AssertionError("unreachable")
+
     def CREDIT_CARD(self) -> str:
+        if self.rng.random() < 0.2:  # the issuers Faker lacks: Maestro 12-19, JCB 15, Dankort
+            # (UATP is found only next to a card word: see is_card_shaped; not drawn here.)
+            prefix, length = self.rng.choice(
+                (("5018", 12), ("6759", 13), ("6304", 19), ("1800", 15), ("2131", 15),
+                 ("5019", 16))
+            )  # fmt: skip
+            digits = self._luhn_card(prefix, length)
+            sizes = {12: (4, 4, 4), 13: (4, 4, 5), 15: (4, 6, 5), 16: (4, 4, 4, 4)}.get(
+                length, (4, 4, 4, 4, 3)
+            )
+            return (
+                _group(digits, sizes, self.rng.choice((" ", "-", ""))) if length != 19 else digits
+            )
         kind = self.rng.choice(("visa16", "mastercard", "amex", "discover", "jcb", "diners"))
         digits = self.fake.credit_card_number(kind)
         while (
@@ -199,18 +242,15 @@ class _Values:
 
     def US_SSN(self) -> str:
         ssn = self.fake.ssn()
-        return self.rng.choice((ssn, ssn, ssn.replace("-", " ")))
+        return self.rng.choice((ssn, ssn, ssn.replace("-", " "), ssn.replace("-", ".")))
 
     def US_SSN_bare(self) -> str:
         return self.fake.ssn().replace("-", "")
 
     def IBAN(self) -> str:
         iban = self.rng.choice(list(self.intl.values())).iban()
-        return (
-            " ".join(iban[i : i + 4] for i in range(0, len(iban), 4))
-            if self.rng.random() < 0.5
-            else iban
-        )
+        sep = self.rng.choice((" ", " ", "-", "", ""))
+        return sep.join(iban[i : i + 4] for i in range(0, len(iban), 4)) if sep else iban
 
     def IP_ADDRESS(self) -> str:
         if self.rng.random() < 0.6:
@@ -233,7 +273,8 @@ class _Values:
         return self.rng.choice(
             (d.isoformat(), d.strftime("%m/%d/%Y"), d.strftime("%d.%m.%Y"),
              d.strftime("%B %-d, %Y"), d.strftime("%-d %B %Y"), d.strftime("%b %-d, %Y"),
-             d.strftime("%-m/%-d/%Y"), d.strftime("%d-%b-%Y"))
+             d.strftime("%-m/%-d/%Y"), d.strftime("%d-%b-%Y"),
+             d.strftime("%Y-%m-%dT00:00:00Z"), d.strftime("%B %Y"), d.strftime("%m/%Y"))
         )  # fmt: skip
 
     def US_BANK_ROUTING(self) -> str:
@@ -242,7 +283,8 @@ class _Values:
             body = f"{prefix:02d}" + self.token(6, string.digits)
             n = [int(c) for c in body]
             total = 3 * (n[0] + n[3] + n[6]) + 7 * (n[1] + n[4] + n[7]) + n[2] + n[5]
-            return body + str((10 - total % 10) % 10)
+            aba = body + str((10 - total % 10) % 10)
+            return aba if self.rng.random() < 0.8 else f"{aba[:4]}-{aba[4:8]}-{aba[8]}"
 
     def US_ITIN(self) -> str:
         group = self.rng.choice([*range(50, 66), *range(70, 89), *range(90, 93), *range(94, 100)])
@@ -460,6 +502,21 @@ _NEGATIVES: dict[str, tuple[str, ...]] = {
     "9 digits no context": ("The count reached {n9} rows.", "ID {n9} not found.",
                             "Please quote {n9} in your reply."),
     "price": ("Total: ${price}", "It costs €{price} incl. VAT.", "Budget USD {bigprice}."),
+    "upgrade": ("Upgrading from {ver4} to {ver4b} fixed the leak.", "downgraded {ver4} to {ver4b}"),
+    "catalogue": ("Catalog no. {n3} {n3b} {n4} is out of print.", "cat. {n10} in stock"),
+    "software licence": ("The software license no. {n8} covers ten seats.",
+                         "licence key {n8}-{n4} for the IDE"),
+    "code": ("x = np.zeros(({n4}, {n3})); y = x.reshape(-1, {n3b})",
+             "if (retries > {n3}) {{ sleep({n4}); }}", "const MAX = {n10}; // bytes",
+             "assert hash(x) == {n12}"),
+    "log line": ("2024-05-01 12:00:01,123 INFO [worker-{n3}] job {sha12} done in 0.52s",
+                 "E0501 12:00:01.{n6} {n5} server.go:{n3}] dial tcp: i/o timeout",
+                 "[{iso}] pid={n5} rss={n8}KB took {n4}ms"),
+    "sql": ("SELECT * FROM orders WHERE id IN ({n10}, {n10b}) LIMIT 20;",
+            "UPDATE accounts SET balance = {price} WHERE id = {n9};"),
+    "base64": ("data:image/png;base64,{b64}", "payload={b64}"),
+    "tracking number": ("Tracking: 1Z{n3}AA{n10}{n3b} via UPS", "FedEx {n12}{n3}",
+                        "USPS 9400{n10}{n12}"),
 }  # fmt: skip
 
 
@@ -476,6 +533,9 @@ class _Negatives:
             card = card[:-1] + r.choice(d)
         return {
             "n5": num(5), "n6": num(6), "n9": num(9), "n10": num(10), "n12": num(12),
+            "n3": num(3), "n3b": num(3), "n4": num(4), "n8": num(8), "n10b": num(10),
+            "ver4b": ".".join(str(r.randint(0, 255)) for _ in range(4)),
+            "b64": base64.b64encode(r.randbytes(r.choice((24, 48, 96)))).decode(),
             "ver3": ".".join(str(r.randint(0, 20)) for _ in range(3)),
             "ver4": ".".join(str(r.randint(0, 255)) for _ in range(4)),
             "uuid": "-".join(hexs(n) for n in (8, 4, 4, 4, 12)),

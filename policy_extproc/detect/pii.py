@@ -1,32 +1,38 @@
 """PII detection (DESIGN.md section 6): one Hyperscan pass for candidates, then cheap validators.
 
-Every enabled pattern is compiled into one database per detector. A scan reports each candidate
-once per possible end, with its leftmost start (``HS_FLAG_SOM_LEFTMOST``); for each start the
-longest end that validates wins. A candidate then has to stand apart from its neighbours (not
-be one piece of a longer token such as a UUID or a version), pass its validator (a checksum, a
-number plan, a calendar), and score at least ``min_score`` once context words are weighed.
-Overlaps between types are settled last: the higher score, then the longer span. A value found
-once is then found wherever else it occurs, so that masking never leaves a copy behind.
+Every enabled pattern (``pii_rules``) is compiled into one database per detector. A scan
+reports each candidate once per possible end, with its leftmost start
+(``HS_FLAG_SOM_LEFTMOST``); for each start the longest end that validates wins. A candidate
+then has to stand apart from its neighbours (not be one piece of a longer token such as a UUID
+or a version), pass its validator (a checksum, a number plan, a calendar), and score at least
+``min_score`` once the words before it are weighed (``pii_context``). Mail addresses in other
+scripts come from a second, "@"-anchored pass (``pii_email``). Overlaps between types are
+settled last: the higher score, then the longer span. A value found once is then found
+wherever else it occurs, so that masking never leaves a copy behind.
+
+Every step is linear in the text: a bounded amount of work per candidate, no rescans of the
+text per value found (a body of 150,000 addresses costs about ten times one of 15,000).
 """
 
 from __future__ import annotations
 
-import bisect
 import fnmatch
 import re
-import string
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 
 import hyperscan
+import phonenumbers
 
+from policy_extproc.detect import pii_email, pii_phones
 from policy_extproc.detect import pii_validators as v
-from policy_extproc.detect import pii_wallets as w
 from policy_extproc.detect.masking import mask
+from policy_extproc.detect.pii_context import Context
+from policy_extproc.detect.pii_rules import DEFAULT_REGIONS, RULES, Rule
 
-__all__ = ["ENTITIES", "PiiDetector", "PiiMatch", "mask"]
+__all__ = ["DEFAULT_REGIONS", "ENTITIES", "PiiDetector", "PiiMatch", "mask"]
 
 ENTITIES: tuple[str, ...] = (
     "EMAIL",
@@ -45,149 +51,16 @@ ENTITIES: tuple[str, ...] = (
     "API_SECRET",
 )
 
-
-@dataclass(frozen=True, slots=True)
-class _Rule:
-    """One candidate pattern of one type, with the check and scores that make it a match."""
-
-    entity: str
-    pattern: str  # Hyperscan syntax, ASCII only
-    check: Callable[[str], bool]
-    base: float  # score of a valid value with no context word before it
-    context: float  # score with one
-    max_len: int  # longer candidates are rejected, so max_match_len is a true bound
-    guarded: bool = True  # demoted right after a negative word ("order", "version")
-    joiners: str = "-./"  # glue the match to a neighbour when an alphanumeric follows them
-    caseless: bool = False
-    # Characters the start extends left over after the scan. The mail pattern starts at "@":
-    # a leading unbounded class would make Hyperscan track a start at every letter.
-    left: frozenset[str] = frozenset()
-
-
-# fmt: off
-# Context words, as regular-expression fragments matched as whole words in lower case.
-_CONTEXT: dict[str, tuple[str, ...]] = {
-    "EMAIL": ("e-?mail", "mail", "contact"),
-    "PHONE": (r"phone", "tel", "telephone", "mobile", "cell", "call", "text me", "sms", "fax",
-              "whatsapp", "contact", "reach", r"ph\.?", r"mob\.?"),
-    "CREDIT_CARD": ("cards?", "credit", "debit", "visa", "master ?card", "amex",
-                    "american express", "discover", "cc", "pan", "pay", "paid", "payment",
-                    "charge"),
-    "US_SSN": ("ssn", "ss#", "social security( number| no\\.?)?"),
-    "IBAN": ("iban", "account", "bank", "transfer", "wire"),
-    "IP_ADDRESS": ("ip", "ipv4", "ipv6", "address", "host", "server", "client"),
-    "US_PASSPORT": ("passport( number| no\\.?| #)?",),
-    "US_DRIVER_LICENSE": ("driver'?s?'? licen[cs]e", "driving licen[cs]e", "dl", "dl#", "dln",
-                          "licen[cs]e (number|no\\.?|#)", "lic\\.? ?(no\\.?|#)"),
-    "DATE_OF_BIRTH": ("dob", r"d\.o\.b\.?", "date of birth", "birth ?date", "born( on| in)?",
-                      "birthday", "b-?day"),
-    "US_BANK_ROUTING": ("routing", "aba", "rtn", "transit", "routing (number|no\\.?|#)"),
-    "US_ITIN": ("itin", "taxpayer", "tax id", "tin", "individual taxpayer identification"),
-    "UK_NHS": ("nhs", "national health service", "nhs (number|no\\.?|#)"),
-    "CRYPTO_WALLET": ("bitcoin", "btc", "wallet", "ethereum", "eth", "address", "crypto",
-                      "send", "usdt", "usdc"),
-    "API_SECRET": ("key", "token", "secret", "api", "bearer", "password", "credential"),
-}
-# Words that name something else when they stand just before a number.
-_NEGATIVE = ("order", "orders", "invoice", "inv", "ref", "reference", "tracking", "ticket",
-             "transaction", "txn", "sku", "po", "receipt", "confirmation", "booking", "case",
-             "build", "version", "ver", "v", "release", "firmware", "patch", "section",
-             "chapter", "step", "serial", "model", "part", "isbn", "item", "product")
-
-_LOCAL_PART = frozenset(string.ascii_letters + string.digits + "._%+-")
-_MONTH = (r"(?:jan(?:uary)?|feb(?:ruary)?|mar(?:ch)?|apr(?:il)?|may|june?|july?|aug(?:ust)?"
-          r"|sept?(?:ember)?|oct(?:ober)?|nov(?:ember)?|dec(?:ember)?)")
-_B58 = "[1-9A-HJ-NP-Za-km-z]"
-
-
-def _key(mixed_case: bool) -> Callable[[str], bool]:
-    return partial(v.is_random_token, mixed_case=mixed_case)
-
-
-_r = _Rule
-
-
-def _secret(pattern: str, check: Callable[[str], bool], base: float, max_len: int) -> _Rule:
-    # A provider key says what it is: no context needed, none of the "order" demotion.
-    return _Rule("API_SECRET", pattern, check, base, 0.99, max_len, guarded=False, joiners="-_.")
-
-
-def _always(_value: str) -> bool:
-    return True
-
-
-_US_PHONE = partial(v.is_phone, region="US")
-_INTL_PHONE = partial(v.is_phone, region=None)
-_DATE, _DL = v.is_birth_date, v.is_driver_license
-_RULES: tuple[_Rule, ...] = (
-    _r("EMAIL", r"@(?:[A-Za-z0-9-]+\.)+[A-Za-z]{2,24}\b", v.is_email, 0.95, 0.95, 254,
-       guarded=False, joiners="-", left=_LOCAL_PART),
-    _r("PHONE", r"\+\d{1,3}(?:[ .-]?(?:\(\d{1,4}\)|\d{1,5})){1,6}\b", _INTL_PHONE, 0.8, 0.95, 32),
-    _r("PHONE", r"(?:\b1[ .-]?)?(?:\(\d{3}\)[ .-]?|\b\d{3}[ .-])\d{3}[ .-]\d{4}\b", _US_PHONE,
-       0.7, 0.95, 18),
-    _r("PHONE", r"\b1?\d{10}\b", _US_PHONE, 0.3, 0.85, 11),
-    _r("CREDIT_CARD", r"\b(?:\d[ -]?){12,18}\d\b", v.is_credit_card, 0.9, 0.98, 23),
-    _r("US_SSN", r"\b\d{3}-\d{2}-\d{4}\b", v.is_us_ssn, 0.85, 0.95, 11),
-    _r("US_SSN", r"\b\d{3} \d{2} \d{4}\b", v.is_us_ssn, 0.6, 0.95, 11),
-    _r("US_SSN", r"\b\d{9}\b", v.is_us_ssn, 0.3, 0.85, 9),
-    _r("US_ITIN", r"\b\d{3}-\d{2}-\d{4}\b", v.is_us_itin, 0.85, 0.95, 11),
-    _r("US_ITIN", r"\b\d{3} \d{2} \d{4}\b", v.is_us_itin, 0.6, 0.95, 11),
-    _r("US_ITIN", r"\b\d{9}\b", v.is_us_itin, 0.3, 0.85, 9),
-    _r("IBAN", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]{4}){2,7}(?: ?[A-Z0-9]{1,3})?\b", v.is_iban,
-       0.95, 0.98, 42, guarded=False),
-    _r("IP_ADDRESS", r"\b(?:\d{1,3}\.){3}\d{1,3}\b", v.is_ipv4, 0.85, 0.95, 15, joiners="."),
-    _r("IP_ADDRESS", r"(?:[0-9A-Fa-f]{1,4}|:)(?::[0-9A-Fa-f]{0,4}){2,7}(?:\.\d{1,3}){0,3}",
-       v.is_ipv6, 0.85, 0.95, 45, joiners="."),
-    _r("US_PASSPORT", r"\b(?:[A-Za-z]\d{8}|\d{9})\b", v.is_us_passport, 0.0, 0.85, 9),
-    # State formats are too many to tell apart without context: shapes that cover them.
-    _r("US_DRIVER_LICENSE", r"\b[A-Za-z]{0,2}\d{5,14}\b", _DL, 0.0, 0.8, 16),
-    _r("US_DRIVER_LICENSE", r"\b[A-Za-z]-?\d{3}(?:-\d{1,4}){2,4}\b", _DL, 0.0, 0.8, 20),
-    _r("US_DRIVER_LICENSE", r"\b\d{2,3} \d{3} \d{3}\b", _DL, 0.0, 0.8, 11),
-    _r("US_DRIVER_LICENSE", r"\b\d{2}[A-Za-z]{3}\d{5}\b", _DL, 0.0, 0.8, 10),
-    _r("DATE_OF_BIRTH", r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b", _DATE, 0.0, 0.85, 10),
-    _r("DATE_OF_BIRTH", r"\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b", _DATE, 0.0, 0.85, 10),
-    _r("DATE_OF_BIRTH", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", _DATE,
-       0.0, 0.85, 24, caseless=True),
-    _r("DATE_OF_BIRTH", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b",
-       _DATE, 0.0, 0.85, 27, caseless=True),
-    _r("DATE_OF_BIRTH", rf"\b\d{{1,2}}-{_MONTH}-\d{{4}}\b", _DATE, 0.0, 0.85, 17, caseless=True),
-    _r("US_BANK_ROUTING", r"\b\d{9}\b", v.is_aba_routing, 0.2, 0.9, 9),
-    _r("UK_NHS", r"\b\d{3} \d{3} \d{4}\b", v.is_uk_nhs, 0.6, 0.95, 12),
-    _r("UK_NHS", r"\b\d{3}-\d{3}-\d{4}\b", v.is_uk_nhs, 0.3, 0.9, 12),
-    _r("UK_NHS", r"\b\d{10}\b", v.is_uk_nhs, 0.2, 0.9, 10),
-    _r("CRYPTO_WALLET", rf"\b[13]{_B58}{{25,34}}\b", w.is_btc_base58, 0.95, 0.98, 35,
-       guarded=False),
-    _r("CRYPTO_WALLET", r"\b(?:bc1|BC1)[02-9ac-hj-np-zAC-HJ-NP-Z]{6,87}\b", w.is_btc_bech32,
-       0.95, 0.98, 90, guarded=False),
-    _r("CRYPTO_WALLET", r"\b0x[0-9a-fA-F]{40}\b", w.is_eth_address, 0.9, 0.98, 42,
-       guarded=False),
-    _secret(r"\bsk-[A-Za-z0-9]{48}\b", _key(True), 0.95, 51),
-    _secret(r"\bsk-(?:proj|svcacct|admin)-[A-Za-z0-9_-]{40,}\b", _key(True), 0.95, 300),
-    _secret(r"\bsk-ant-(?:api|admin)\d{2}-[A-Za-z0-9_-]{40,}\b", _key(True), 0.95, 300),
-    _secret(r"\b(?:AKIA|ASIA)[A-Z0-9]{16}\b", _always, 0.95, 20),
-    _secret(r"\bgh[pousr]_[A-Za-z0-9]{36}\b", _key(True), 0.95, 40),
-    _secret(r"\bgithub_pat_[A-Za-z0-9_]{50,}\b", _key(True), 0.95, 120),
-    _secret(r"\bxox[bpars]-[A-Za-z0-9-]{10,}\b", _key(False), 0.9, 200),
-    _secret(r"\b[sr]k_live_[A-Za-z0-9]{20,}\b", _key(True), 0.95, 120),
-    _secret(r"\bAIza[A-Za-z0-9_-]{35}", _key(True), 0.95, 39),
-    _secret(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]*\b", v.is_jwt, 0.9, 8192),
-    # The body may hold single dashes (PEM headers) but never the "-----" of an END line.
-    _secret(r"-----BEGIN[A-Z ]{0,20}PRIVATE KEY-----(?:[^-]|-[^-])+"
-            r"-----END[A-Z ]{0,20}PRIVATE KEY-----", _always, 0.99, 8192),
-)
-# fmt: on
-
-
-# Context words are looked for this many characters before a candidate; negative words (order,
-# invoice, version) only this close, since they label the number right after them.
-_CONTEXT_WINDOW = 48
-_NEGATIVE_WINDOW = 24
-# A candidate right after a negative word is more likely an order or version number than PII.
-_NEGATIVE_FACTOR = 0.4
-# The nearer the context word, the surer: when two types both find one, the nearest wins.
-_DISTANCE_PENALTY = 0.005
 # Ends tried per candidate start, longest first, before giving up on that start.
 _MAX_ENDS = 4
+# A candidate's key packs its start and its pattern's index (fewer than 2**8 patterns).
+_PID_BITS = 8
+_PID_MASK = (1 << _PID_BITS) - 1
+# Up to this many distinct values found, their other occurrences are searched with str.find
+# (C speed, a bounded number of passes: still linear); above, among the scan's candidates.
+_FEW_VALUES = 8
+_EMAIL_SCORE = 0.95
+_EMAIL_JOINERS = "-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,52 +71,6 @@ class PiiMatch:
     start: int
     end: int
     score: float
-
-
-def _words(fragments: Iterable[str]) -> re.Pattern[str]:
-    return re.compile(r"(?<![\w'])(?:" + "|".join(fragments) + r")(?![\w'])")
-
-
-# One search per candidate start finds the context words of every type at once (longest
-# fragments first, so "routing number" is read as one word); which types a word belongs to is
-# worked out once per distinct word.
-_ANY_CONTEXT = _words(sorted({f for ws in _CONTEXT.values() for f in ws}, key=len, reverse=True))
-_CONTEXT_OF = {e: re.compile("|".join(ws)) for e, ws in _CONTEXT.items()}
-_WORD_TYPES: dict[str, tuple[str, ...]] = {}
-_NEGATIVE_RE = _words(_NEGATIVE)
-
-
-def _types_of(word: str) -> tuple[str, ...]:
-    types = _WORD_TYPES.get(word)
-    if types is None:
-        types = _WORD_TYPES[word] = tuple(e for e, r in _CONTEXT_OF.items() if r.fullmatch(word))
-    return types
-
-
-@dataclass(frozen=True, slots=True)
-class _Context:
-    """What precedes a candidate: distance to the nearest context word of each type."""
-
-    nearest: dict[str, int]
-    negative: bool
-
-    @classmethod
-    def before(cls, text: str, start: int) -> _Context:
-        # snake_case keys of JSON or key=value data ("date_of_birth") count as words.
-        window = text[max(0, start - _CONTEXT_WINDOW) : start].lower().replace("_", " ")
-        nearest: dict[str, int] = {}
-        for m in _ANY_CONTEXT.finditer(window):
-            for entity in _types_of(m.group()):
-                nearest[entity] = len(window) - m.end()  # later words overwrite: the nearest
-        # The lookbehind of _words still sees before pos, so a cut word never matches.
-        negative = _NEGATIVE_RE.search(window, max(0, len(window) - _NEGATIVE_WINDOW)) is not None
-        return cls(nearest, negative)
-
-    def score(self, rule: _Rule) -> float:
-        distance = self.nearest.get(rule.entity)
-        if distance is not None:
-            return rule.context - _DISTANCE_PENALTY * distance
-        return rule.base * _NEGATIVE_FACTOR if rule.guarded and self.negative else rule.base
 
 
 def _stands_apart(text: str, start: int, end: int, joiners: str) -> bool:
@@ -263,13 +90,42 @@ def _stands_apart(text: str, start: int, end: int, joiners: str) -> bool:
     return True
 
 
-def _extend_left(text: str, start: int, chars: frozenset[str], limit: int = 64) -> int:
-    stop = max(0, start - limit)
-    while start > stop and text[start - 1] in chars:
-        start -= 1
-    while start < len(text) and text[start] == ".":  # a local part never starts with a dot
-        start += 1
-    return start
+def _in_digit_run(text: str, start: int, end: int) -> bool:
+    """True when a digit group sits one separator (or a clock's ":") before or after the span."""
+    if start >= 2 and text[start - 1] in " -.:" and text[start - 2].isdigit():
+        return True
+    return end + 1 < len(text) and text[end] in " -.:" and text[end + 1].isdigit()
+
+
+def _extend_left(text: str, start: int, chars: str, limit: int = 64) -> int:
+    before = text[max(0, start - limit) : start]
+    first = start - (len(before) - len(before.rstrip(chars)))
+    while first < start and text[first] == ".":  # a local part never starts with a dot
+        first += 1
+    return first
+
+
+def _regions(regions: Iterable[str]) -> tuple[str, ...]:
+    wanted = tuple(dict.fromkeys(r.upper() for r in regions))
+    unknown = [r for r in wanted if r not in phonenumbers.SUPPORTED_REGIONS]
+    if unknown:
+        raise ValueError(
+            f"unknown phone region {', '.join(map(repr, unknown))}; expected ISO 3166 "
+            "alpha-2 codes that libphonenumber knows, such as US, GB, DE"
+        )
+    if not wanted:
+        raise ValueError("regions must name at least one region")
+    return wanted
+
+
+def _bind(rule: Rule, regions: tuple[str, ...]) -> Rule:
+    """The rule with its phone checks bound to the detector's regions."""
+    if rule.entity == "PHONE" and rule.loose is not None:
+        possible: Callable[[str], bool] = partial(pii_phones.is_possible_phone, regions=regions)
+        rule = replace(rule, loose=possible)
+    if rule.regional:
+        rule = replace(rule, check=partial(rule.check, regions=regions))
+    return rule
 
 
 class PiiDetector:
@@ -281,6 +137,7 @@ class PiiDetector:
         *,
         allow: Sequence[str] = (),
         min_score: float = 0.5,
+        regions: Iterable[str] = DEFAULT_REGIONS,
     ) -> None:
         wanted = tuple(dict.fromkeys(entities))
         unknown = [e for e in wanted if e not in ENTITIES]
@@ -293,21 +150,28 @@ class PiiDetector:
             raise ValueError(f"min_score must be between 0 and 1, got {min_score}")
         self.entities: tuple[str, ...] = wanted
         self.min_score = min_score
+        self.regions: tuple[str, ...] = _regions(regions)
         self._allow = (
             re.compile("|".join(fnmatch.translate(g) for g in allow), re.IGNORECASE)
             if allow
             else None
         )
+        self._unicode_mail = "EMAIL" in wanted and min_score <= _EMAIL_SCORE
         # Rules that could never reach min_score, even with context, are not compiled at all.
-        rules = [r for r in _RULES if r.entity in wanted and max(r.base, r.context) >= min_score]
+        rules = [
+            _bind(r, self.regions)
+            for r in RULES
+            if r.entity in wanted and max(r.base, r.context) >= min_score
+        ]
         # Several types share a pattern (nine bare digits: SSN, ITIN, passport, routing); each
         # distinct pattern is compiled once and fans out to every rule that uses it.
-        by_pattern: dict[tuple[str, bool], list[_Rule]] = {}
+        by_pattern: dict[tuple[str, bool], list[Rule]] = {}
         for rule in rules:
             by_pattern.setdefault((rule.pattern, rule.caseless), []).append(rule)
-        self._rules: tuple[tuple[_Rule, ...], ...] = tuple(tuple(rs) for rs in by_pattern.values())
+        self._rules: tuple[tuple[Rule, ...], ...] = tuple(tuple(rs) for rs in by_pattern.values())
         self.max_match_len: int = max((r.max_len for r in rules), default=0)
         self._db: hyperscan.Database | None = None
+        assert len(by_pattern) <= _PID_MASK + 1, "candidate keys hold 8 bits of pattern index"
         if by_pattern:
             flags = hyperscan.HS_FLAG_SOM_LEFTMOST
             self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
@@ -334,41 +198,88 @@ class PiiDetector:
         # equal to str indices (no UTF-8 offset mapping), survives lone surrogates, and changes
         # no match: "?" is, like any UTF-8 byte above 0x7f, outside every class the patterns use.
         data = text.encode("ascii", "replace")
-        ends: dict[tuple[int, int], list[int]] = {}
+        # Candidate ends by (start, pattern), packed in one int: one small object an event,
+        # not a tuple and a list (a PII-dense body has hundreds of thousands).
+        ends: dict[int, int | list[int]] = {}
 
         def on_match(pid: int, start: int, end: int, _flags: int, _ctx: object) -> None:
-            ends.setdefault((pid, start), []).append(end)
+            key = start << _PID_BITS | pid
+            got = ends.get(key)
+            if got is None:
+                ends[key] = end
+            elif isinstance(got, int):
+                ends[key] = [got, end]
+            else:
+                got.append(end)
 
         self._db.scan(data, match_event_handler=on_match, scratch=self._scratch())
-        contexts: dict[int, _Context] = {}
+        contexts: dict[int, Context] = {}
         found: list[PiiMatch] = []
-        for (pid, start), stops in ends.items():
+        firsts: dict[int, int] = {}  # where a left-extended candidate begins
+        # Candidates that became no match: where a copy of a value found elsewhere may hide.
+        missed: list[int] = []
+        for key, got in ends.items():
+            pid, start = key & _PID_MASK, key >> _PID_BITS
+            stops = [got] if isinstance(got, int) else sorted(got, reverse=True)
+            matched = False
             for rule in self._rules[pid]:
-                first = _extend_left(text, start, rule.left) if rule.left else start
-                if first == start and rule.left:
+                first = start
+                if rule.left:
+                    first = firsts[key] = _extend_left(text, start, rule.left)
+                    if first == start:
+                        continue
+                # Cheap shape tests first: most candidates are pieces of longer tokens.
+                fits = [
+                    e
+                    for e in stops[:_MAX_ENDS]
+                    if e - first <= rule.max_len
+                    and _stands_apart(text, first, e, rule.joiners)
+                    and not (rule.digit_run and _in_digit_run(text, first, e))
+                ]
+                if not fits:
                     continue
+                context = None
                 score = rule.base
                 if rule.context != rule.base or rule.guarded:
                     context = contexts.get(first)
                     if context is None:
-                        context = contexts[first] = _Context.before(text, first)
+                        context = contexts[first] = Context.before(text, first)
                     score = context.score(rule)
                 if score >= self.min_score:
-                    match = self._validate(text, rule, first, stops, score)
+                    loose = rule.loose is not None and context is not None and context.named(rule)
+                    match = self._validate(text, rule, first, fits, score, loose)
                     if match is not None:
                         found.append(match)
-        return _repeat(text, _resolve(found))
+                        matched = True
+            if not matched:
+                missed.append(key)
+        if self._unicode_mail and not text.isascii():
+            found.extend(self._unicode_emails(text))
+        kept = _resolve(found)
+        return _repeat(text, kept, ends, missed, firsts)
 
     def _validate(
-        self, text: str, rule: _Rule, start: int, stops: list[int], score: float
+        self, text: str, rule: Rule, start: int, stops: list[int], score: float, loose: bool
     ) -> PiiMatch | None:
-        for end in sorted(stops, reverse=True)[:_MAX_ENDS]:
-            if end - start > rule.max_len or not _stands_apart(text, start, end, rule.joiners):
-                continue
+        for end in stops:
             value = text[start:end]
-            if rule.check(value) and not self._allowed(rule.entity, value):
+            if rule.check(value) or (loose and rule.loose(value)):  # type: ignore[misc]
+                if self._allowed(rule.entity, value):
+                    return None
                 return PiiMatch(rule.entity, start, end, round(score, 3))
         return None
+
+    def _unicode_emails(self, text: str) -> list[PiiMatch]:
+        out = []
+        for start, end in pii_email.candidates(text):
+            value = text[start:end]
+            if (
+                _stands_apart(text, start, end, _EMAIL_JOINERS)
+                and v.is_email(value)
+                and not self._allowed("EMAIL", value)
+            ):
+                out.append(PiiMatch("EMAIL", start, end, _EMAIL_SCORE))
+        return out
 
     def _allowed(self, entity: str, value: str) -> bool:
         if self._allow is None:
@@ -379,28 +290,50 @@ class PiiDetector:
 
 
 def _resolve(found: list[PiiMatch]) -> list[PiiMatch]:
-    """Keep the best of overlapping matches: higher score, then longer, then earlier."""
+    """Keep the best of overlapping matches: higher score, then longer, then earlier.
+
+    Matches are swept in order of start into clusters of overlapping ones; a lone match is
+    kept as it is, a cluster is settled on its own (``_settle``). Each match costs its own
+    length, so the whole is linear in the text (a sorted list with inserts was quadratic).
+    """
     if len(found) < 2:
         return found
-    kept: list[PiiMatch] = []  # sorted by start, never overlapping
-    starts: list[int] = []
-    for m in sorted(found, key=lambda m: (-m.score, m.start - m.end, m.start)):
-        i = bisect.bisect_right(starts, m.start)
-        if (i and kept[i - 1].end > m.start) or (i < len(kept) and kept[i].start < m.end):
+    found = sorted(found, key=_start)  # nearly sorted already: the scan reports by end
+    kept: list[PiiMatch] = []
+    cluster = [found[0]]
+    reach = found[0].end
+    for m in found[1:]:
+        if m.start < reach:
+            cluster.append(m)
+            reach = max(reach, m.end)
             continue
-        kept.insert(i, m)
-        starts.insert(i, m.start)
+        kept.extend(cluster if len(cluster) == 1 else _settle(cluster, reach))
+        cluster, reach = [m], m.end
+    kept.extend(cluster if len(cluster) == 1 else _settle(cluster, reach))
     return kept
 
 
-def _repeat(text: str, kept: list[PiiMatch]) -> list[PiiMatch]:
-    """Add other occurrences of each value found, so that one value is masked everywhere.
+def _start(m: PiiMatch) -> int:
+    return m.start
 
-    Context can demote one occurrence ("order (212) 555-0173") that another shows to be PII
-    ("call (212) 555-0173"); leaving the first unmasked would leak the value all the same.
-    """
-    values = {text[m.start : m.end]: m for m in kept}
-    if len(values) == 0 or sum(text.count(value) for value in values) == len(kept):
+
+def _settle(cluster: list[PiiMatch], reach: int) -> list[PiiMatch]:
+    """The greedy choice in one cluster, over a map of the characters already taken."""
+    base = cluster[0].start
+    taken = bytearray(reach - base)
+    kept = []
+    for m in sorted(cluster, key=lambda m: (-m.score, m.start - m.end, m.start)):
+        s, e = m.start - base, m.end - base
+        if taken.find(1, s, e) != -1:
+            continue
+        taken[s:e] = b"\x01" * (e - s)
+        kept.append(m)
+    kept.sort(key=_start)
+    return kept
+
+
+def _repeat_few(text: str, kept: list[PiiMatch], values: dict[str, PiiMatch]) -> list[PiiMatch]:
+    if sum(text.count(value) for value in values) == len(kept):
         return kept
     extra = []
     for value, m in values.items():
@@ -410,4 +343,52 @@ def _repeat(text: str, kept: list[PiiMatch]) -> list[PiiMatch]:
             if _stands_apart(text, at, end, ""):
                 extra.append(PiiMatch(m.entity, at, end, m.score))
             at = text.find(value, end)
+    return _resolve(kept + extra)
+
+
+def _repeat(
+    text: str,
+    kept: list[PiiMatch],
+    ends: dict[int, int | list[int]],
+    missed: list[int],
+    firsts: dict[int, int],
+) -> list[PiiMatch]:
+    """Add other occurrences of each value found, so that one value is masked everywhere.
+
+    Context can demote one occurrence ("order (212) 555-0173") that another shows to be PII
+    ("call (212) 555-0173"); leaving the first unmasked would leak the value all the same.
+    Another occurrence of a value is another candidate of the same pattern ending where it
+    ends, one that became no match (a candidate that did is covered already): those are
+    looked up in a table of the values found, by end and length (the candidate's leftmost
+    start may lie before the value, "1 " or "+" before a number). No search of the text per
+    value.
+    """
+    if not kept:
+        return kept
+    values = {text[m.start : m.end]: m for m in kept}
+    if len(values) <= _FEW_VALUES:
+        return _repeat_few(text, kept, values)
+    lengths = sorted({m.end - m.start for m in kept})
+    at = {(m.start, m.end) for m in kept}
+    extra = []
+    for key in missed:
+        got = ends[key]
+        stops = [got] if isinstance(got, int) else got
+        first = firsts.get(key)
+        for end in stops:
+            if first is not None:  # the start is the pattern's own (a mail's local part)
+                if (first, end) in at:
+                    continue
+                starts: Iterable[int] = (first,)
+            else:
+                starts = (end - n for n in lengths if end - n >= key >> _PID_BITS)
+            for s in starts:
+                if (s, end) in at:
+                    continue
+                m = values.get(text[s:end])
+                if m is not None and _stands_apart(text, s, end, ""):
+                    extra.append(PiiMatch(m.entity, s, end, m.score))
+                    at.add((s, end))
+    if not extra:
+        return kept
     return _resolve(kept + extra)

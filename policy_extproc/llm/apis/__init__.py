@@ -49,10 +49,9 @@ def detect(path: str) -> tuple[ApiFormat, str | None]:
     for suffix, fmt in _SUFFIXES:
         if clean.endswith(suffix):
             return fmt, None
-    shown = path if len(path) <= 200 else path[:200] + "..."
+    shown = path if len(path) <= 120 else path[:120] + "..."
     raise UnknownApi(
         f"unknown LLM API path {shown!r}: expected /v1/chat/completions, /v1/completions, "
-        "/v1/embeddings, /v1/responses (OpenAI, also Azure deployment paths) "
-        "/v1/messages (Anthropic), /v1beta/models/{model}:generateContent (Gemini) "
-        "or /model/{modelId}/converse (Bedrock)"
+        "/v1/embeddings, /v1/responses (OpenAI, Azure), /v1/messages (Anthropic), "
+        ".../models/{m}:generateContent (Gemini) or /model/{m}/converse (Bedrock)"
     )

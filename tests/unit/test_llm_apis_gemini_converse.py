@@ -9,12 +9,12 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from policy_extproc.admin.evaluate import guess_path
 from policy_extproc.enforce.guard import _encode, _set_delta, error_event
-from policy_extproc.errors import MalformedBody
+from policy_extproc.errors import MalformedBody, RequestError
 from policy_extproc.llm.apis import BY_API
 from policy_extproc.llm.apis.eventstream import EventStreamFramer, decode_message
 from policy_extproc.llm.request import parse_request, rewrite_request
@@ -362,3 +362,54 @@ def test_every_format_that_streams_text_can_rewrite_and_refuse() -> None:
     for fmt in BY_API.values():
         if fmt.api != "openai.embeddings":
             assert fmt.set_delta is not None and fmt.refusal_event is not None, fmt.api
+
+
+# --- fuzz: any body is parsed or refused with a clear 400, and no string is read twice ----------
+
+_KEYS = st.sampled_from(
+    [
+        *("contents", "parts", "text", "role", "systemInstruction", "tools"),
+        *("functionDeclarations", "description", "parameters", "generationConfig"),
+        *("maxOutputTokens", "inlineData", "mimeType", "data", "functionCall", "args"),
+        *("functionResponse", "response", "messages", "content", "system", "toolConfig"),
+        *("toolSpec", "inputSchema", "json", "inferenceConfig", "maxTokens", "document"),
+        *("source", "bytes", "format", "toolUse", "input", "toolResult", "guardContent"),
+        *("stopSequences", "name", "type", "x"),
+    ]
+)
+_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(-3, 3),
+    st.sampled_from(["", "user", "model", "txt", "text/plain", _b64("hi"), "!!", "hello"]),
+)  # fmt: skip
+_JSON = st.recursive(
+    _SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(_KEYS, inner, max_size=5)),
+    max_leaves=30,
+)
+
+
+def _at(body: Any, path: tuple[Any, ...]) -> Any:
+    for key in path:
+        body = body[key]
+    return body
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    path=st.sampled_from([GEMINI, CONVERSE]),
+    body=st.dictionaries(_KEYS, _JSON, max_size=6),
+    turns=st.lists(st.dictionaries(_KEYS, _JSON, max_size=4), max_size=3),
+)
+def test_fuzz_bodies_parse_or_are_a_request_error(
+    path: str, body: dict[str, Any], turns: list[Any]
+) -> None:
+    body.setdefault("contents" if path == GEMINI else "messages", turns)  # mostly past the top
+    try:
+        req = parse_request(path, json.dumps(body).encode())
+    except RequestError as exc:
+        assert exc.http_status == 400
+        return
+    for part in req.parts:
+        assert isinstance(_at(req.body, part.path), str)
+    assert len({p.path for p in req.parts}) == len(req.parts)
+    rewrite_request(req, {p.path: "x" for p in req.parts[:3]})

@@ -129,6 +129,8 @@ def _blocks(blocks: list[Any], path: JsonPath, role: str, out: Parsed) -> None:
             inner = result.get("content")
             if isinstance(inner, list):
                 _blocks(inner, (*bpath, "toolResult", "content"), "tool", out)
+            elif inner is not None:  # not skipped unread: refused
+                raise bad((*bpath, "toolResult", "content"), "must be a list of content blocks")
             walk(result, _RESULT, (*bpath, "toolResult"), "tool", out)
         walk(b, _BLOCK, bpath, role, out)
 

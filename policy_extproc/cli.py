@@ -132,8 +132,10 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
     "--path",
     "api_path",
     default=None,
-    help="API path of the request; default /v1/messages when the body looks like "
-    "Anthropic's (has 'system' or 'anthropic_version'), else /v1/chat/completions.",
+    help="API path of the request; default guessed from the body: /v1/messages for "
+    "Anthropic's ('system' or 'anthropic_version'), a Gemini path for 'contents', a Bedrock "
+    "Converse path for 'inferenceConfig', 'toolConfig' or untyped blocks, else "
+    "/v1/chat/completions.",
 )
 @click.option("-H", "--header", "headers", multiple=True, help="'name: value' (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print the audit record plus 'body'.")

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from ..audit.builder import record_for
 from ..audit.record import AuditRecord
 from ..enforce.work import examine
+from ..llm.apis import FORMATS
 from ..llm.request import rewrite_request
 from ..policy.compiler import Snapshot
 from ..policy.evaluator import decide
@@ -29,13 +30,16 @@ class DryRun:
 
 
 def guess_path(body: bytes) -> str:
-    """/v1/messages for a body that looks like Anthropic's, else /v1/chat/completions."""
+    """The path of the first API format whose ``looks_like`` matches the body (Anthropic's
+    has 'system' or 'anthropic_version', Gemini's 'contents', ...), else /v1/chat/completions."""
     try:
         data = json.loads(body)
     except ValueError:
         return "/v1/chat/completions"
-    if isinstance(data, dict) and ("system" in data or "anthropic_version" in data):
-        return "/v1/messages"
+    if isinstance(data, dict):
+        for fmt in FORMATS:
+            if fmt.looks_like is not None and fmt.looks_like(data):
+                return fmt.example_path
     return "/v1/chat/completions"
 
 

@@ -25,9 +25,17 @@ from ..errors import (
     RequestError,
     StateError,
 )
+from ..llm.apis import BY_API
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, rewrite_request
-from ..llm.response import SseParser, Usage, UsageChunkFilter, parse_response, rewrite_response
+from ..llm.response import (
+    SseParser,
+    Usage,
+    UsageChunkFilter,
+    is_stream,
+    parse_response,
+    rewrite_response,
+)
 from ..policy.compiler import EffectiveRule, EffectiveSet, Snapshot
 from ..policy.compliance import PACKS
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context, require_identity
@@ -475,7 +483,7 @@ class Engine:
         req = ex.request
         if ex.plan is None or req is None or not req.stream:
             return {}
-        if req.api not in ("openai.chat", "openai.completions"):
+        if not BY_API[req.api].usage_opt_in:
             return {}  # Anthropic and the Responses API always report usage in the stream
         opts = req.body.get("stream_options")
         if isinstance(opts, dict) and opts.get("include_usage") is True:
@@ -556,7 +564,7 @@ class Engine:
         r = ex.route
         if r is not None and r.rule is not None and ex.status:
             self._spawn(self._record_outcome(r.rule, r.provider, ex.status))
-        ex.streaming = "text/event-stream" in headers.get("content-type", "")
+        ex.streaming = is_stream(headers.get("content-type", ""))
         ex.guarded = (
             ex.es is not None
             and ex.request is not None

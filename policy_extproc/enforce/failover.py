@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+from ..llm.apis import BY_API
 from ..llm.catalog import Catalog
 from ..llm.request import LlmRequest
 from ..policy.compiler import EffectiveRule, EffectiveSet
@@ -25,7 +26,7 @@ def default_provider(req: LlmRequest, catalog: Catalog) -> str:
     info = catalog.model(req.model) if req.model else None
     if info is not None:
         return info.provider
-    return "anthropic" if req.api == "anthropic.messages" else "openai"
+    return BY_API[req.api].provider
 
 
 def is_failure(status: int) -> bool:

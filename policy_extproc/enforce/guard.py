@@ -10,12 +10,13 @@ client at once and nothing matching ever passes. Events without text (roles, usa
 from __future__ import annotations
 
 import copy
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..detect.canonical import visible_tail
+from ..llm.apis import BY_API
+from ..llm.apis.wire import Refusal
 from ..llm.request import Api
 from ..llm.response import SseEvent, SseParser
 from ..policy.compiler import EffectiveSet
@@ -70,38 +71,22 @@ def response_decision(findings: Findings, es: EffectiveSet) -> Decision:
 
 
 def _set_delta(api: Api, payload: Any, text: str) -> None:
-    if api in ("openai.chat", "openai.completions"):
-        choice = payload["choices"][0]
-        if api == "openai.completions":
-            choice["text"] = text
-        else:
-            choice["delta"]["content"] = text
-    elif api == "openai.responses":
-        payload["delta"] = text
-    else:
-        payload["delta"]["text"] = text
+    set_delta = BY_API[api].set_delta
+    assert set_delta is not None  # only events whose delta_text read a text are rewritten
+    set_delta(payload, text)
 
 
-def _encode(event: SseEvent, payload: Any) -> bytes:
-    head = f"event: {event.event}\n" if event.event else ""
-    data = json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
-    return f"{head}data: {data}\n\n".encode()
+def _encode(api: Api, event: SseEvent, payload: Any) -> bytes:
+    return BY_API[api].encode_event(event, payload)
 
 
 def error_event(api: Api, decision: Decision, request_id: str) -> bytes:
-    """The event that ends a stream whose next words a policy refuses."""
-    err = {"type": "policy_violation", "code": decision.code or "blocked",
-           "message": decision.reason}  # fmt: skip
-    extra = {"decision": decision.action, "policy": decision.policy, "rule": decision.rule,
-             "request_id": request_id}  # fmt: skip
-    if api == "anthropic.messages":
-        body = json.dumps({"type": "error", "error": err, **extra}, separators=(",", ":"))
-        return f"event: error\ndata: {body}\n\n".encode()
-    if api == "openai.responses":
-        body = json.dumps({"type": "error", **err, **extra}, separators=(",", ":"))
-        return f"event: error\ndata: {body}\n\n".encode()
-    body = json.dumps({"error": err, **extra}, separators=(",", ":"))
-    return f"data: {body}\n\ndata: [DONE]\n\n".encode()
+    """The event that ends a stream whose next words a policy refuses, in the API's own shape."""
+    refusal = Refusal(decision.code or "blocked", decision.reason, decision.action,
+                      decision.policy, decision.rule, request_id)  # fmt: skip
+    encode = BY_API[api].refusal_event
+    assert encode is not None  # every format that streams text declares its refusal
+    return encode(refusal)
 
 
 @dataclass(slots=True)
@@ -219,7 +204,7 @@ class StreamGuard:
                 break
             pos += n
             released += 1
-            out.append(h.event.raw if h.payload is None else _encode(h.event, h.payload))
+            out.append(h.event.raw if h.payload is None else _encode(self.api, h.event, h.payload))
         del self.held[:released]
         self.scan_from = max(0, self.scan_from - pos)
         return b"".join(out)

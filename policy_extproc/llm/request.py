@@ -18,7 +18,7 @@ from typing import Any
 
 from policy_extproc.errors import MalformedBody
 
-from .apis import detect
+from .apis import BY_API, detect
 from .apis.base import Api, JsonPath, Parsed, PromptPart, bad, check_numbers, dotted, encode_text
 
 __all__ = [
@@ -242,17 +242,22 @@ def parse_request(path: str, body: bytes) -> LlmRequest:
     except RecursionError:
         raise MalformedBody("request body is nested too deeply") from None
     check_numbers(data, fmt.numbers)
-    max_tokens = None
+    max_tokens = out.max_tokens
     for key in fmt.max_tokens:
         max_tokens = _opt(data, key, int, "an integer")
         if max_tokens is not None:
             break
+    if fmt.from_path is not None:  # Gemini, Bedrock: the path names the model and the stream
+        model, stream = fmt.from_path(path)
+    else:
+        model = _opt(data, "model", str, "a string") or ""
+        stream = _opt(data, "stream", bool, "a boolean") or False
     return LlmRequest(
         api=fmt.api,
-        model=_opt(data, "model", str, "a string") or "",
+        model=model,
         parts=tuple(out.parts),
         max_tokens=max_tokens,
-        stream=_opt(data, "stream", bool, "a boolean") or False,
+        stream=stream,
         body=data,
         deployment=deployment,
         token_prompts=out.token_prompts,
@@ -339,6 +344,10 @@ def rewrite_request(
             for p, t in new_texts.items()
         }
     body = replace_texts(req.body, new_texts) if new_texts else req.body
+    if model is not None and BY_API[req.api].from_path is not None:
+        # The path names the model (Gemini, Bedrock): a body field would be refused by the
+        # provider, and Envoy's route, not the body, picks the fallback's endpoint.
+        model = None
     if model is not None or set_fields:
         if body is req.body:
             body = body.copy()

@@ -15,6 +15,7 @@ length computations, no per-character Python loop.
 
 from __future__ import annotations
 
+from policy_extproc.llm.apis import BY_API
 from policy_extproc.llm.request import LlmRequest
 
 # OpenAI cookbook, "How to count tokens with tiktoken": every chat message costs 3 tokens of
@@ -36,16 +37,7 @@ def estimate_tokens(text: str) -> int:
 
 def _messages(req: LlmRequest) -> int:
     """How many chat messages the request frames (0 for completions and embeddings)."""
-    body = req.body
-    if req.api == "openai.chat":
-        return len(body["messages"])
-    if req.api == "anthropic.messages":
-        return len(body["messages"]) + (1 if body.get("system") else 0)
-    if req.api == "openai.responses":
-        items = body.get("input")
-        count = len(items) if isinstance(items, list) else (1 if items else 0)
-        return count + (1 if body.get("instructions") else 0)
-    return 0
+    return BY_API[req.api].messages(req.body)
 
 
 def estimate_request_tokens(req: LlmRequest) -> int:

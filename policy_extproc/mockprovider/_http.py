@@ -22,10 +22,13 @@ class HttpError(Exception):
 class Request:
     """One parsed HTTP/1.1 request: header names lower-cased, path without its query."""
 
-    __slots__ = ("body", "headers", "method", "path", "version")
+    __slots__ = ("body", "headers", "method", "path", "query", "version")
 
-    def __init__(self, method: str, path: str, version: str, headers: dict[str, str]) -> None:
+    def __init__(
+        self, method: str, path: str, version: str, headers: dict[str, str], query: str = ""
+    ) -> None:
         self.method, self.path, self.version, self.headers = method, path, version, headers
+        self.query = query  # Gemini's alt=sse asks for a stream
         self.body = b""
 
     @property
@@ -59,7 +62,8 @@ async def read_head(reader: asyncio.StreamReader) -> Request | None:
             key = key.strip().lower()
             value = value.strip()
             headers[key] = f"{headers[key]}, {value}" if key in headers else value
-    return Request(method, target.split("?", 1)[0], version, headers)
+    path, _, query = target.partition("?")
+    return Request(method, path, version, headers, query)
 
 
 async def read_body(reader: asyncio.StreamReader, req: Request) -> bytes:

@@ -3,7 +3,10 @@
 Each handler takes the parsed JSON request body and returns the JSON response body, or the list
 of Server-Sent Events frames when the body asks for ``"stream": true``. Shapes follow the
 providers' API references: OpenAI Chat Completions, Completions, Embeddings and Responses, and
-Anthropic Messages (including their streaming event sequences).
+Anthropic Messages (including their streaming event sequences), Google Gemini generateContent
+and streamGenerateContent (SSE with ``alt=sse``), and AWS Bedrock Converse and ConverseStream
+(AWS event-stream framing). Gemini and Bedrock name the model in the path, so their handlers
+are bound to it (``api_for``).
 """
 
 from __future__ import annotations
@@ -15,7 +18,11 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import Any
+from urllib.parse import unquote
+
+from policy_extproc.llm.apis.eventstream import event_message
 
 _MAX_DELTAS = 16
 _EMBEDDING_DIMENSIONS = 8
@@ -309,6 +316,70 @@ def messages(payload: Json) -> Reply:
     return [_sse({"type": name, **data}, name) for name, data in events]
 
 
+def _last_user(turns: list[Json], key: str, roles: tuple[Any, ...]) -> str:
+    users = [_text(t.get(key)) for t in turns if t.get("role", "user") in roles]
+    return f"echo: {users[-1] if users else ''}"
+
+
+def gemini(payload: Json, *, model: str = "mock", stream: bool = False) -> Reply:
+    """Google POST /v1beta/models/{model}:generateContent and :streamGenerateContent?alt=sse."""
+    contents = [c for c in _require(payload, "contents", list) if isinstance(c, dict)]
+    out = _last_user(contents, "parts", ("user",))
+    system = payload.get("systemInstruction")
+    prompt_text = "\n".join(
+        [_text(system.get("parts")) if isinstance(system, dict) else ""]
+        + [_text(c.get("parts")) for c in contents]
+    )
+    prompt, done = estimate_tokens(prompt_text), estimate_tokens(out)
+
+    def answer(text: str, so_far: int, finish: bool) -> Json:
+        cand: Json = {"content": {"parts": [{"text": text}], "role": "model"}, "index": 0}
+        if finish:
+            cand["finishReason"] = "STOP"
+        usage = {"promptTokenCount": prompt, "candidatesTokenCount": so_far,
+                 "totalTokenCount": prompt + so_far}  # fmt: skip
+        return {"candidates": [cand], "usageMetadata": usage, "modelVersion": model}
+
+    if not stream:
+        return answer(out, done, True)
+    pieces = _pieces(out)
+    frames, sent = [], ""
+    for n, piece in enumerate(pieces):
+        sent += piece
+        last = n == len(pieces) - 1
+        frames.append(b"data: " + dumps(answer(piece, estimate_tokens(sent), last)) + b"\r\n\r\n")
+    return frames
+
+
+def converse(payload: Json, *, model: str = "mock", stream: bool = False) -> Reply:
+    """AWS Bedrock POST /model/{modelId}/converse and /converse-stream (event-stream frames)."""
+    msgs = [m for m in _require(payload, "messages", list) if isinstance(m, dict)]
+    out = _last_user(msgs, "content", ("user",))
+    prompt_text = "\n".join(
+        [_text(payload.get("system"))] + [_text(m.get("content")) for m in msgs]
+    )
+    prompt, done = estimate_tokens(prompt_text), estimate_tokens(out)
+    usage = {"inputTokens": prompt, "outputTokens": done, "totalTokens": prompt + done}
+    if not stream:
+        message = {"role": "assistant", "content": [{"text": out}]}
+        return {"output": {"message": message}, "stopReason": "end_turn", "usage": usage,
+                "metrics": {"latencyMs": 1}}  # fmt: skip
+    return [
+        event_message("messageStart", {"role": "assistant"}),
+        *(
+            event_message("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": p}})
+            for p in _pieces(out)
+        ),
+        event_message("contentBlockStop", {"contentBlockIndex": 0}),
+        event_message("messageStop", {"stopReason": "end_turn"}),
+        event_message("metadata", {"usage": usage, "metrics": {"latencyMs": 1}}),
+    ]
+
+
+_GEMINI = re.compile(r"/([^/:]+):(generateContent|streamGenerateContent)\Z")
+_CONVERSE = re.compile(r"/model/([^/]+)/(converse|converse-stream)\Z")
+
+
 # Path suffixes, so Azure OpenAI paths (/openai/deployments/D/chat/completions) work too.
 APIS: dict[str, Callable[[Json], Reply]] = {
     "/chat/completions": chat_completions,
@@ -336,12 +407,40 @@ _ANTHROPIC_ERRORS = {
 
 
 def api_for(path: str) -> Callable[[Json], Reply] | None:
-    return next((fn for suffix, fn in APIS.items() if path.endswith(suffix)), None)
+    """The handler for a path (its query string ignored), bound to the model a path names."""
+    clean, _, query = path.partition("?")
+    m = _GEMINI.search(clean)
+    if m is not None:
+        stream = m.group(2) == "streamGenerateContent" and "alt=sse" in query.split("&")
+        return partial(gemini, model=m.group(1), stream=stream)
+    m = _CONVERSE.search(clean)
+    if m is not None:
+        return partial(converse, model=unquote(m.group(1)), stream=m.group(2) == "converse-stream")
+    return next((fn for suffix, fn in APIS.items() if clean.endswith(suffix)), None)
+
+
+def stream_type(path: str) -> str:
+    """The content type of a streamed answer on path: event-stream for Bedrock, else SSE."""
+    if _CONVERSE.search(path.partition("?")[0]):
+        return "application/vnd.amazon.eventstream"
+    return "text/event-stream"
+
+
+_GOOGLE_STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 403: "PERMISSION_DENIED",
+                  404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED", 500: "INTERNAL",
+                  503: "UNAVAILABLE", 504: "DEADLINE_EXCEEDED"}  # fmt: skip
 
 
 def error_body(path: str, status: int, message: str) -> Json:
-    """The error body the provider behind path would send (Anthropic for /messages, else OpenAI)."""
-    if path.endswith("/messages"):
+    """The error body the provider behind path would send: Anthropic's for /messages, Google's
+    (google.rpc.Status) for Gemini, Bedrock's bare message for Converse, else OpenAI's."""
+    clean = path.partition("?")[0]
+    if _GEMINI.search(clean):
+        status_name = _GOOGLE_STATUS.get(status, "UNKNOWN")
+        return {"error": {"code": status, "message": message, "status": status_name}}
+    if _CONVERSE.search(clean):
+        return {"message": message}
+    if clean.endswith("/messages"):
         kind = _ANTHROPIC_ERRORS.get(status, "api_error")
         return {"type": "error", "error": {"type": kind, "message": message}}
     kind, code = _OPENAI_ERRORS.get(status, ("server_error", None))

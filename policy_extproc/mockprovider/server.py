@@ -20,7 +20,15 @@ from policy_extproc.mockprovider._http import (
     read_body,
     read_head,
 )
-from policy_extproc.mockprovider.apis import BadRequest, Json, Reply, api_for, dumps, error_body
+from policy_extproc.mockprovider.apis import (
+    BadRequest,
+    Json,
+    Reply,
+    api_for,
+    dumps,
+    error_body,
+    stream_type,
+)
 
 
 class MockProvider:
@@ -195,9 +203,11 @@ class MockProvider:
         writer.write(encode_head(status, headers) + body)
         await writer.drain()
 
-    async def _send_sse(self, writer: asyncio.StreamWriter, frames: list[bytes]) -> None:
+    async def _send_sse(
+        self, writer: asyncio.StreamWriter, frames: list[bytes], content_type: str
+    ) -> None:
         headers = [
-            ("content-type", "text/event-stream"),
+            ("content-type", content_type),
             ("cache-control", "no-cache"),
             ("transfer-encoding", "chunked"),
             ("x-mock-provider", self.name),
@@ -245,12 +255,12 @@ class MockProvider:
             await asyncio.sleep(self.latency_ms / 1000)
         status, reply = self._answer(req)
         if isinstance(reply, list):
-            await self._send_sse(writer, reply)
+            await self._send_sse(writer, reply, stream_type(req.path))
         else:
             await self._send(writer, status, json_type, dumps(reply), keep_alive=req.keep_alive)
 
     def _answer(self, req: Request) -> tuple[int, Reply]:
-        api = api_for(req.path)
+        api = api_for(f"{req.path}?{req.query}")
         if api is None or req.method != "POST":
             return 404, error_body(req.path, 404, f"Invalid URL ({req.method} {req.path})")
         forced = req.headers.get("x-mock-status", "")

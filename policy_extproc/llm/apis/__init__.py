@@ -1,6 +1,7 @@
 """The LLM API formats, one module each: how to recognise a request, where its text lives.
 
-To add a format, write a module with a ``FORMAT`` (an ``ApiFormat``) and list it in ``FORMATS``.
+To add a format, write a module with a ``FORMAT`` (an ``ApiFormat``) and list it in ``FORMATS``
+(docs/api-formats.md says what a format declares).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from policy_extproc.errors import UnknownApi
 
 from . import (
     anthropic_messages,
+    aws_converse,
+    google_gemini,
     openai_chat,
     openai_completions,
     openai_embeddings,
@@ -24,6 +27,8 @@ FORMATS: tuple[ApiFormat, ...] = (
     openai_embeddings.FORMAT,
     openai_responses.FORMAT,
     anthropic_messages.FORMAT,
+    google_gemini.FORMAT,
+    aws_converse.FORMAT,
 )
 BY_API: dict[Api, ApiFormat] = {f.api: f for f in FORMATS}
 _SUFFIXES = tuple((s, f) for f in FORMATS for s in f.suffixes)
@@ -44,9 +49,9 @@ def detect(path: str) -> tuple[ApiFormat, str | None]:
     for suffix, fmt in _SUFFIXES:
         if clean.endswith(suffix):
             return fmt, None
-    shown = path if len(path) <= 200 else path[:200] + "..."
+    shown = path if len(path) <= 120 else path[:120] + "..."
     raise UnknownApi(
         f"unknown LLM API path {shown!r}: expected /v1/chat/completions, /v1/completions, "
-        "/v1/embeddings, /v1/responses (OpenAI, also Azure deployment paths) "
-        "or /v1/messages (Anthropic)"
+        "/v1/embeddings, /v1/responses (OpenAI, Azure), /v1/messages (Anthropic), "
+        ".../models/{m}:generateContent (Gemini) or /model/{m}/converse (Bedrock)"
     )

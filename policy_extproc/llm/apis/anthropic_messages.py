@@ -36,6 +36,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .wire import Refusal, Usage, compact, count, items
 
 _COMMON = ("type", "id", "model", "role", "signature", "encrypted_content", "media_type", "url",
            "cache_control")  # fmt: skip
@@ -179,6 +180,74 @@ def _document(block: Json, path: JsonPath, role: str, out: Parsed) -> None:
     walk(block, _DOCUMENT, path, role, out)
 
 
+def usage_of(usage: Any) -> Usage | None:
+    """Usage from an Anthropic usage object.
+
+    Anthropic's input_tokens excludes cache reads and cache writes (cache_read_input_tokens,
+    cache_creation_input_tokens); we add both so input_tokens means all input, as for OpenAI.
+    Cache writes are priced like plain input here (Anthropic bills them at 1.25x: a small
+    underestimate, accepted to keep one Usage shape).
+    """
+    if not isinstance(usage, dict):
+        return None
+    read = count(usage.get("cache_read_input_tokens"))
+    write = count(usage.get("cache_creation_input_tokens"))
+    return Usage(
+        count(usage.get("input_tokens")) + read + write, count(usage.get("output_tokens")), read
+    )
+
+
+def response_parts(body: Json) -> list[PromptPart]:
+    parts: list[PromptPart] = []
+    for i, block in items(body.get("content")):
+        text = block.get("text")
+        if block.get("type") == "text" and isinstance(text, str) and text:
+            parts.append(PromptPart(("content", i, "text"), text, "assistant"))
+    return parts
+
+
+def _stream_usage(payload: Json, event: str | None, usage: Usage | None) -> Usage | None:
+    """message_start carries input usage, message_delta the cumulative output count (and, in
+    newer API versions, cumulative input counts too)."""
+    kind = payload.get("type", event)
+    if kind == "message_start":
+        message = payload.get("message")
+        return usage_of(message.get("usage") if isinstance(message, dict) else None) or usage
+    if kind == "message_delta":
+        raw = payload.get("usage")
+        if isinstance(raw, dict):
+            now = usage or Usage(0, 0)
+            out = count(raw.get("output_tokens")) if "output_tokens" in raw else now.output_tokens
+            if "input_tokens" in raw:
+                new = usage_of(raw)
+                assert new is not None
+                return Usage(new.input_tokens, out, new.cached_input_tokens)
+            return Usage(now.input_tokens, out, now.cached_input_tokens)
+    return usage
+
+
+def _delta(payload: Any) -> str | None:
+    if isinstance(payload, dict) and payload.get("type") == "content_block_delta":
+        delta = payload.get("delta")
+        if isinstance(delta, dict) and delta.get("type") == "text_delta":
+            text = delta.get("text")
+            return text if isinstance(text, str) else None
+    return None
+
+
+def _set_delta(payload: Any, text: str) -> None:
+    payload["delta"]["text"] = text
+
+
+def _refusal(r: Refusal) -> bytes:
+    body = compact({"type": "error", "error": r.fields(), **r.extra()})
+    return f"event: error\ndata: {body}\n\n".encode()
+
+
+def _messages(body: Json) -> int:
+    return len(body["messages"]) + (1 if body.get("system") else 0)
+
+
 FORMAT = ApiFormat(
     api="anthropic.messages",
     suffixes=("/v1/messages",),
@@ -192,4 +261,14 @@ FORMAT = ApiFormat(
         "top_k": Num("int", 0),
         "stream": BOOL,
     },
+    response_parts=response_parts,
+    usage=lambda body: usage_of(body.get("usage")),
+    delta_text=_delta,
+    set_delta=_set_delta,
+    stream_usage=_stream_usage,
+    refusal_event=_refusal,
+    provider="anthropic",
+    messages=_messages,
+    looks_like=lambda body: "system" in body or "anthropic_version" in body,
+    example_path="/v1/messages",
 )

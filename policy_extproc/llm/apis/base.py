@@ -19,12 +19,16 @@ from typing import Any, Literal
 
 from policy_extproc.errors import MalformedBody
 
+from .wire import Framer, Refusal, SseFramer, StreamEvent, Usage, sse_encode
+
 Api = Literal[
     "openai.chat",
     "openai.completions",
     "openai.embeddings",
     "openai.responses",
     "anthropic.messages",
+    "google.gemini",
+    "aws.converse",
 ]
 JsonPath = tuple[str | int, ...]
 Json = dict[str, Any]
@@ -55,6 +59,7 @@ class Parsed:
     encoded: dict[JsonPath, str] = field(default_factory=dict)
     token_prompts: bool = False  # a prompt given as token ids: no text to check
     groups: int = 0
+    max_tokens: int | None = None  # a cap on the answer read from a nested field (Gemini, Bedrock)
 
     def group(self) -> int:
         """A new group number for parts the provider joins."""
@@ -63,9 +68,48 @@ class Parsed:
         return g
 
 
+def _no_parts(body: Json) -> list[PromptPart]:
+    return []
+
+
+def _no_usage(body: Json) -> Usage | None:
+    return None
+
+
+def _no_delta(payload: Any) -> str | None:
+    return None
+
+
+def _keep_usage(payload: Json, event: str | None, usage: Usage | None) -> Usage | None:
+    return usage
+
+
+def _no_messages(body: Json) -> int:
+    return 0
+
+
+def _is_error(body: Json) -> bool:
+    # OpenAI and Gemini errors are {"error": {...}}, Anthropic's {"type": "error", ...}; a
+    # Responses API object carries "error": null when it succeeded.
+    return body.get("error") is not None or body.get("type") == "error"
+
+
 @dataclass(frozen=True, slots=True)
 class ApiFormat:
-    """One API format: how to recognise it, how to read it, what its known numbers are."""
+    """One API format: how to recognise and read a request, and how its answers look.
+
+    Request side: ``suffixes`` / ``azure`` recognise the path, ``parse`` finds the text,
+    ``max_tokens`` and ``numbers`` are its known numbers, ``from_path`` reads a model and the
+    stream flag that the path carries instead of the body (Gemini, Bedrock). Response side:
+    ``response_parts`` and ``usage`` read a buffered answer, ``framer`` / ``stream_types`` /
+    ``encode_event`` are its stream framing, ``delta_text`` / ``set_delta`` read and rewrite a
+    streamed event's text, ``stream_usage`` folds one event into the usage so far,
+    ``refusal_event`` is the event that ends a stream a policy refuses. ``provider`` is where
+    Envoy sends it by default, ``messages`` counts the chat messages it frames (token
+    estimates), ``usage_opt_in`` says a stream reports usage only when asked
+    (``stream_options.include_usage``), ``looks_like`` / ``example_path`` let ``eval`` guess a
+    path for a bare body.
+    """
 
     api: Api
     suffixes: tuple[str, ...]  # request path suffixes, e.g. "/v1/chat/completions"
@@ -73,6 +117,22 @@ class ApiFormat:
     parse: Callable[[Json, Parsed], None]
     max_tokens: tuple[str, ...]  # fields that cap the answer's tokens, first non-null wins
     numbers: Mapping[str, Num]  # top-level fields with a JSON type and a range
+    from_path: Callable[[str], tuple[str, bool]] | None = None  # (model, stream) from the path
+    response_parts: Callable[[Json], list[PromptPart]] = _no_parts
+    usage: Callable[[Json], Usage | None] = _no_usage
+    is_error: Callable[[Json], bool] = _is_error
+    framer: Callable[[], Framer] = SseFramer
+    stream_types: tuple[str, ...] = ("text/event-stream",)
+    encode_event: Callable[[StreamEvent, Any], bytes] = sse_encode
+    delta_text: Callable[[Any], str | None] = _no_delta
+    set_delta: Callable[[Any, str], None] | None = None
+    stream_usage: Callable[[Json, str | None, Usage | None], Usage | None] = _keep_usage
+    refusal_event: Callable[[Refusal], bytes] | None = None
+    provider: str = "openai"
+    messages: Callable[[Json], int] = _no_messages
+    usage_opt_in: bool = False
+    looks_like: Callable[[Json], bool] | None = None
+    example_path: str = ""
 
 
 # --- errors and small readers -----------------------------------------------------------------
@@ -157,7 +217,7 @@ COUNT = Num("int", 1)  # max_tokens and friends
 PENALTY = Num("number", -2.0, 2.0)
 
 
-def check_numbers(body: Json, spec: Mapping[str, Num]) -> None:
+def check_numbers(body: Json, spec: Mapping[str, Num], path: JsonPath = ()) -> None:
     """Refuse known fields of the wrong JSON type or out of range, naming the field."""
     for key, value in body.items():
         num = spec.get(key)
@@ -166,15 +226,15 @@ def check_numbers(body: Json, spec: Mapping[str, Num]) -> None:
         kind = type(value)
         if num.kind == "bool":
             if kind is not bool:
-                raise bad((key,), "must be a boolean")
+                raise bad((*path, key), "must be a boolean")
             continue
         if num.kind == "int":
             if kind is not int:
-                raise bad((key,), "must be an integer")
+                raise bad((*path, key), "must be an integer")
         elif (kind is not int and kind is not float) or not math.isfinite(value):
-            raise bad((key,), "must be a finite number")
+            raise bad((*path, key), "must be a finite number")
         if not num.lo <= value <= num.hi:
-            raise bad((key,), f"must be between {num.lo:g} and {num.hi:g}")
+            raise bad((*path, key), f"must be between {num.lo:g} and {num.hi:g}")
 
 
 # --- shapes: which keys are not text ----------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _openai
 from .base import (
     BOOL,
     COUNT,
@@ -36,6 +37,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .wire import items
 
 # Enums, ids and media of the API: never text. (Keys ending in _id / _ids are ids too.)
 _COMMON = ("type", "id", "model", "role", "status", "detail", "format", "voice", "url")
@@ -175,6 +177,34 @@ NUMBERS: dict[str, Num] = {
     "parallel_tool_calls": BOOL,
 }
 
+
+def response_parts(body: Json) -> list[PromptPart]:
+    """The answer's text: message contents (or their text parts) and tool-call arguments."""
+    parts: list[PromptPart] = []
+    for i, choice in items(body.get("choices")):
+        message = choice.get("message")
+        if not isinstance(message, dict):
+            continue
+        path: JsonPath = ("choices", i, "message")
+        content = message.get("content")
+        if isinstance(content, str):
+            _openai.add_text(parts, message, "content", path)
+        else:  # some OpenAI-compatible providers answer with content parts
+            for j, block in items(content):
+                if block.get("type") == "text":
+                    _openai.add_text(parts, block, "text", (*path, "content", j))
+        # Tool-call arguments are model output too (PII can leak into them).
+        for j, call in items(message.get("tool_calls")):
+            fn = call.get("function")
+            if isinstance(fn, dict):
+                _openai.add_text(parts, fn, "arguments", (*path, "tool_calls", j, "function"))
+    return parts
+
+
+def _messages(body: Json) -> int:
+    return len(body["messages"])
+
+
 FORMAT = ApiFormat(
     api="openai.chat",
     suffixes=("/v1/chat/completions",),
@@ -183,4 +213,13 @@ FORMAT = ApiFormat(
     # max_completion_tokens replaced max_tokens (which o-series models reject); either counts.
     max_tokens=("max_completion_tokens", "max_tokens"),
     numbers=NUMBERS,
+    response_parts=response_parts,
+    usage=_openai.body_usage,
+    delta_text=_openai.chat_delta,
+    set_delta=_openai.set_chat_delta,
+    stream_usage=_openai.chunk_usage,
+    refusal_event=_openai.chunk_refusal,
+    messages=_messages,
+    usage_opt_in=True,
+    example_path="/v1/chat/completions",
 )

@@ -7,6 +7,7 @@ string or a list of them; token arrays are flagged), ``suffix`` (the text after 
 
 from __future__ import annotations
 
+from . import _openai
 from ._prompts import strings_or_tokens
 from .base import (
     BOOL,
@@ -15,11 +16,13 @@ from .base import (
     Json,
     Num,
     Parsed,
+    PromptPart,
     generic,
     skipping,
     text_field,
     walk_rest,
 )
+from .wire import items
 
 TOP = skipping(
     "model",
@@ -38,6 +41,13 @@ def parse(body: Json, out: Parsed) -> None:
     if body.get("suffix") is not None:  # the provider reads it too: text after the insertion
         text_field(body, (), "suffix", "", out)
     walk_rest(body, TOP, (), "", out, frozenset())
+
+
+def response_parts(body: Json) -> list[PromptPart]:
+    parts: list[PromptPart] = []
+    for i, choice in items(body.get("choices")):
+        _openai.add_text(parts, choice, "text", ("choices", i))
+    return parts
 
 
 FORMAT = ApiFormat(
@@ -60,4 +70,12 @@ FORMAT = ApiFormat(
         "stream": BOOL,
         "echo": BOOL,
     },
+    response_parts=response_parts,
+    usage=_openai.body_usage,
+    delta_text=_openai.completion_delta,
+    set_delta=_openai.set_completion_delta,
+    stream_usage=_openai.chunk_usage,
+    refusal_event=_openai.chunk_refusal,
+    usage_opt_in=True,
+    example_path="/v1/completions",
 )

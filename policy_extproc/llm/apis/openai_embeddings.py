@@ -6,6 +6,7 @@ or a list of them; token arrays are flagged) and any other string not declared b
 
 from __future__ import annotations
 
+from . import _openai
 from ._prompts import strings_or_tokens
 from .base import ApiFormat, Json, Num, Parsed, generic, skipping, walk_rest
 
@@ -24,4 +25,6 @@ FORMAT = ApiFormat(
     parse=parse,
     max_tokens=(),
     numbers={"dimensions": Num("int", 1, 65536)},
+    usage=_openai.body_usage,
+    example_path="/v1/embeddings",
 )

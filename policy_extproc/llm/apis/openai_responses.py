@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _openai
 from .base import (
     BOOL,
     COUNT,
@@ -22,6 +23,7 @@ from .base import (
     JsonPath,
     Num,
     Parsed,
+    PromptPart,
     Shape,
     add,
     bad,
@@ -35,6 +37,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .wire import Refusal, compact, items
 
 _COMMON = ("type", "id", "model", "status", "role", "encrypted_content", "detail", "url")
 _API = generic(*_COMMON)
@@ -177,6 +180,43 @@ def _prompt(prompt: Json, out: Parsed) -> None:
 
 _PROMPT = _s("version")
 
+
+def response_parts(body: Json) -> list[PromptPart]:
+    parts: list[PromptPart] = []
+    for i, item in items(body.get("output")):
+        kind = item.get("type")
+        if kind == "message":
+            for j, block in items(item.get("content")):
+                if block.get("type") == "output_text":
+                    _openai.add_text(parts, block, "text", ("output", i, "content", j))
+        elif kind == "function_call":
+            _openai.add_text(parts, item, "arguments", ("output", i))
+    return parts
+
+
+def _delta(payload: Any) -> str | None:
+    if isinstance(payload, dict) and payload.get("type") == "response.output_text.delta":
+        text = payload.get("delta")
+        return text if isinstance(text, str) else None
+    return None
+
+
+def _set_delta(payload: Any, text: str) -> None:
+    payload["delta"] = text
+
+
+def _refusal(r: Refusal) -> bytes:
+    return (
+        f"event: error\ndata: {compact({'type': 'error', **r.fields(), **r.extra()})}\n\n".encode()
+    )
+
+
+def _messages(body: Json) -> int:
+    items_ = body.get("input")
+    n = len(items_) if isinstance(items_, list) else (1 if items_ else 0)
+    return n + (1 if body.get("instructions") else 0)
+
+
 FORMAT = ApiFormat(
     api="openai.responses",
     suffixes=("/v1/responses", "/openai/responses"),
@@ -194,4 +234,12 @@ FORMAT = ApiFormat(
         "background": BOOL,
         "parallel_tool_calls": BOOL,
     },
+    response_parts=response_parts,
+    usage=_openai.body_usage,
+    delta_text=_delta,
+    set_delta=_set_delta,
+    stream_usage=_openai.responses_usage,
+    refusal_event=_refusal,
+    messages=_messages,
+    example_path="/v1/responses",
 )

@@ -1,0 +1,41 @@
+"""Sentences: the unit both classifiers judge. Callers pass canonical text (NFKC, ignorables
+removed, confusables folded: what every other filter scans), so none of that is redone here."""
+
+from __future__ import annotations
+
+import re
+
+Span = tuple[int, int]
+
+# A sentence ends at . ! ? ; followed by space or the end, at a line break, or at the CJK full
+# stop (canonical text is NFKC, so fullwidth ! ? ; are already ASCII); a very long run without
+# an end is cut so one span never averages a whole document.
+_END = re.compile(r"[.!?;]+(?=\s|$)|\n+|\u3002+")
+_MAX = 320
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """(start, end) of each non-blank sentence of ``text``, at most ``_MAX`` characters."""
+    spans: list[Span] = []
+    pos = 0
+    for m in _END.finditer(text):
+        _add(text, pos, m.end(), spans)
+        pos = m.end()
+    _add(text, pos, len(text), spans)
+    return spans
+
+
+def _add(text: str, start: int, end: int, out: list[Span]) -> None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    while end - start > _MAX:
+        cut = text.rfind(" ", start + _MAX // 2, start + _MAX)
+        cut = cut if cut > start else start + _MAX
+        out.append((start, cut))
+        start = cut
+        while start < end and text[start].isspace():
+            start += 1
+    if end > start:
+        out.append((start, end))

@@ -1,0 +1,169 @@
+"""Topics by meaning: a sentence fires a topic when it is close to the topic's examples and
+clearly closer to them than to the topic's near neighbours.
+
+Built once per rule (compile time): the examples of every topic and a shipped background of
+generic questions from many fields (``data/topic_background_v1.yaml``) are embedded. At request
+time each sentence of the (canonical) text gets, per topic, a raw score that adds two margins:
+
+- sentence margin: cosine to the nearest example of the topic, minus cosine to the nearest
+  neighbour (a background sentence or an example of another topic of the rule);
+- word margin: over the sentence's words, the best of (cosine to the nearest word of the
+  topic's examples, minus cosine to the nearest word of the neighbours). The topic's own words
+  are those of its examples that no neighbour uses, so "how", "the" or "invest" in an
+  educational question count for nothing; "ETH" near "bitcoin", "detonates" near "explosives"
+  count. A word's margins are computed once and remembered (bounded), so warm requests pay a
+  dictionary look-up per word.
+
+"how do index funds work in general" is near "how does the stock market work" (background) as
+much as "should I buy this stock" (topic): both margins stay small. "dump my ETH or hold?" has
+no educational neighbour and a word close to the topic's: it fires.
+
+The raw score is mapped to 0..1 (``0.5 + raw``, clipped) so a policy's ``threshold`` reads as a
+score; ``DEFAULT_THRESHOLD`` was chosen on the tune split (docs/semantic.md).
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import yaml
+
+from .embedder import Embedder, Vectors, embed_texts
+from .text import sentence_spans
+
+DEFAULT_THRESHOLD = 0.75
+BACKGROUND = "topic_background_v1.yaml"
+
+_WORD = re.compile(r"\w+")
+_WORD_CACHE_LIMIT = 100_000
+_OFFSET = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """One semantic topic of a rule: its name, examples and threshold (None: the default)."""
+
+    name: str
+    examples: tuple[str, ...]
+    threshold: float | None = None
+
+
+def _background() -> list[str]:
+    text = resources.files(__package__).joinpath("data", BACKGROUND).read_text("utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ValueError(f"{BACKGROUND}: not a version 1 background set")
+    return [str(s) for s in data["background"]]
+
+
+def _words(texts: Sequence[str]) -> list[str]:
+    return sorted({w.lower() for t in texts for w in _WORD.findall(t)})
+
+
+def _group_max(sims: Vectors, owners: np.ndarray, n: int) -> Vectors:
+    """Per row, the max over the columns of each owner 0..n-1 (columns sorted by owner)."""
+    starts = np.searchsorted(owners, np.arange(n))
+    return np.maximum.reduceat(sims, starts, axis=1)
+
+
+def _others_max(per_topic: Vectors) -> Vectors:
+    """Per row and topic, the max over the other topics (the top one's own gets the second)."""
+    n = per_topic.shape[1]
+    if n == 1:
+        return np.full_like(per_topic, -1.0)
+    order = np.argsort(per_topic, axis=1)
+    top, second = order[:, -1], order[:, -2]
+    rows = np.arange(len(per_topic))
+    out = np.repeat(per_topic[rows, top][:, None], n, axis=1)
+    out[rows, top] = per_topic[rows, second]
+    return out
+
+
+class TopicClassifier:
+    """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
+
+    __slots__ = ("_bg", "_bg_words", "_cache", "_emb", "_ex", "_ex_owner", "_lock", "_tw",
+                 "_tw_owner", "names", "thresholds")  # fmt: skip
+
+    def __init__(self, embedder: Embedder, topics: Sequence[TopicSpec]) -> None:
+        self._emb = embedder
+        self.names = tuple(t.name for t in topics)
+        self.thresholds = tuple(
+            t.threshold if t.threshold is not None else DEFAULT_THRESHOLD for t in topics
+        )
+        background = _background()
+        self._bg = embed_texts(embedder, background)
+        examples = [e for t in topics for e in t.examples]
+        self._ex = embed_texts(embedder, examples)
+        self._ex_owner = np.asarray([i for i, t in enumerate(topics) for _ in t.examples])
+        # A topic's own words: those of its examples that the background does not use.
+        bg_words = set(_words(background))
+        own = [[w for w in _words(t.examples) if w not in bg_words] for t in topics]
+        words = [w for ws in own for w in ws]
+        self._tw = embed_texts(embedder, words)
+        self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws])
+        self._bg_words = embed_texts(embedder, sorted(bg_words))
+        self._cache: dict[str, Vectors] = {}
+        self._lock = threading.Lock()
+
+    def _word_margins(self, words: list[str]) -> Vectors:
+        """Per word and topic: nearest own word minus nearest neighbour word."""
+        vecs = embed_texts(self._emb, words)
+        n = len(self.names)
+        if len(self._tw_owner):
+            sims = vecs @ self._tw.T
+            mine = np.full((len(words), n), -1.0, np.float32)
+            present = np.unique(self._tw_owner)
+            starts = np.searchsorted(self._tw_owner, present)
+            mine[:, present] = np.maximum.reduceat(sims, starts, axis=1)
+        else:
+            mine = np.full((len(words), n), -1.0, np.float32)
+        bg = (vecs @ self._bg_words.T).max(axis=1) if len(self._bg_words) else -1.0
+        neighbour = np.maximum(_others_max(mine), np.asarray(bg)[..., None])
+        return np.asarray(np.maximum(mine - neighbour, 0.0), np.float32)
+
+    def _word_scores(self, sentences: list[list[str]]) -> Vectors:
+        cache = self._cache
+        new = sorted({w for ws in sentences for w in ws if w not in cache})
+        extra: dict[str, Vectors] = {}
+        if new:
+            margins = self._word_margins(new)
+            extra = dict(zip(new, margins, strict=True))
+            with self._lock:
+                room = _WORD_CACHE_LIMIT - len(cache)
+                if room > 0:
+                    cache.update(list(extra.items())[:room])
+        zero = np.zeros(len(self.names), np.float32)
+        out = np.zeros((len(sentences), len(self.names)), np.float32)
+        for i, ws in enumerate(sentences):
+            if ws:
+                out[i] = np.max([cache.get(w, extra.get(w, zero)) for w in ws], axis=0)
+        return out
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Per topic, the best score (0..1) of a sentence of ``text``; topics at 0 left out."""
+        if not self.names:
+            return {}
+        spans = sentence_spans(text)
+        if not spans:
+            return {}
+        vecs = self._emb.embed_spans(text, spans)
+        n = len(self.names)
+        mine = _group_max(vecs @ self._ex.T, self._ex_owner, n)
+        neighbour = np.maximum(_others_max(mine), (vecs @ self._bg.T).max(axis=1)[:, None])
+        words = [[w.lower() for w in _WORD.findall(text, s, e)] for s, e in spans]
+        raw = (mine - neighbour) + self._word_scores(words)
+        best = np.clip(_OFFSET + raw.max(axis=0), 0.0, 1.0)
+        return {name: round(float(s), 3) for name, s in zip(self.names, best, strict=True) if s}
+
+    def matches(self, text: str) -> list[tuple[str, float]]:
+        """The topics that fire on ``text`` with their scores, best first."""
+        found = self.scores(text)
+        hits = [(name, found[name]) for name, thr in zip(self.names, self.thresholds, strict=True)
+                if found.get(name, 0.0) >= thr]  # fmt: skip
+        return sorted(hits, key=lambda h: -h[1])

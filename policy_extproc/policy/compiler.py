@@ -39,16 +39,18 @@ class CompiledPolicy:
     """One policy with its pattern databases, built once per snapshot."""
 
     __slots__ = ("index", "pii", "policy", "request_patterns", "request_targets",
-                 "response_patterns", "response_targets")  # fmt: skip
+                 "response_patterns", "response_targets", "semantic")  # fmt: skip
 
     def __init__(self, policy: Policy, index: int) -> None:
         from .privacy import build_detectors
+        from .semantic import build_semantic
 
         self.policy = policy
         self.index = index
         self.request_patterns, self.request_targets = _patterns(policy, "request")
         self.response_patterns, self.response_targets = _patterns(policy, "response")
         self.pii = build_detectors(policy)
+        self.semantic = build_semantic(policy)  # None unless it has semantic rules
 
 
 def _patterns(
@@ -105,7 +107,7 @@ class EffectiveSet:
     """The policies applying to one scope (least to most specific) and the rules in force."""
 
     __slots__ = ("active", "by_type", "compliance", "content", "glob_cache", "model_cache",
-                 "policies", "position", "rules")  # fmt: skip
+                 "policies", "position", "rules", "semantic_response")  # fmt: skip
 
     def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
         self.policies = tuple(policies)
@@ -138,6 +140,14 @@ class EffectiveSet:
         for e in self.by_type.get("compliance", ()):
             tags[e.rule.framework] = None  # type: ignore[attr-defined]
         self.compliance = tuple(tags)
+        # Whether a prompt_injection rule or a semantic topic reads the answer (the response
+        # phases are skipped when no rule does).
+        self.semantic_response = any(
+            e.rule.direction != "request"  # type: ignore[attr-defined]
+            for e in self.rules
+            if e.rule.type == "prompt_injection"
+            or (e.policy.semantic is not None and e.rule.index - 1 in e.policy.semantic.topics)
+        )
         self.model_cache: dict[tuple[str, frozenset[str]], tuple[object, ...]] = {}
         self.glob_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
 

@@ -150,6 +150,11 @@ class StaticEmbedder:
         return out
 
     def embed_spans(self, text: str, spans: Sequence[Span]) -> Vectors:
+        # Lower case: examples and prompts differ in case more than in meaning ("Dump my ETH"
+        # and "dump my eth" should be one point). Kept only where offsets stay the same.
+        low = text.lower()
+        if len(low) == len(text):
+            text = low
         out = np.zeros((len(spans), self.dim), np.float32)
         pieces: list[str] = []
         lo: list[int] = []

@@ -29,7 +29,7 @@ import yaml
 
 from .embedder import Embedder, embed_texts
 from .signals import NEGATION, SIGNALS
-from .text import sentence_spans
+from .text import Sentences, embed_sentences
 
 EXEMPLARS = "injection_exemplars_v1.yaml"
 
@@ -161,11 +161,10 @@ class InjectionDetector:
                 best, family = score, SIGNALS[max(items)[1]].family
         return best, family
 
-    def _similarity(self, text: str) -> tuple[float, str]:
-        spans = sentence_spans(text)
-        if not spans:
+    def _similarity(self, sentences: Sentences) -> tuple[float, str]:
+        if not sentences.spans:
             return 0.0, ""
-        vecs = self._embedder.embed_spans(text, spans)
+        vecs = sentences.vectors
         attack = vecs @ self._attack.T
         near = attack.max(axis=1)
         margin = near - (vecs @ self._benign.T).max(axis=1)
@@ -175,15 +174,18 @@ class InjectionDetector:
             return 0.0, ""
         return float(score[i]), self._families[int(attack[i].argmax())]
 
-    def score(self, text: str) -> InjectionFinding:
-        """The injection score of one part (0 when nothing looks like an attack)."""
+    def score(self, text: str, sentences: Sentences | None = None) -> InjectionFinding:
+        """The injection score of one part (0 when nothing looks like an attack);
+        ``sentences``: the part's, when the caller has embedded them already."""
         h, family = self._heuristic(text)
         via = "heuristic"
         for decoded in _decodings(text):
             d, _ = self._heuristic(decoded)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"
-        s, sim_family = self._similarity(text)
+        if sentences is None:
+            sentences = embed_sentences(self._embedder, text)
+        s, sim_family = self._similarity(sentences)
         both = 1.0 - (1.0 - h) * (1.0 - s)  # noisy-or: similarity strengthens a weak cue
         if s > h:
             return InjectionFinding(round(both, 3), sim_family, "similarity")

@@ -4,6 +4,11 @@ removed, confusables folded: what every other filter scans), so none of that is 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .embedder import Embedder, Vectors
 
 Span = tuple[int, int]
 
@@ -39,3 +44,17 @@ def _add(text: str, start: int, end: int, out: list[Span]) -> None:
             start += 1
     if end > start:
         out.append((start, end))
+
+
+@dataclass(frozen=True, slots=True)
+class Sentences:
+    """A text's sentences and their vectors, computed once and read by both classifiers."""
+
+    text: str
+    spans: list[Span]
+    vectors: Vectors
+
+
+def embed_sentences(embedder: Embedder, text: str) -> Sentences:
+    spans = sentence_spans(text)
+    return Sentences(text, spans, embedder.embed_spans(text, spans))

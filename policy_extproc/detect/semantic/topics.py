@@ -34,14 +34,44 @@ import numpy as np
 import yaml
 
 from .embedder import Embedder, Vectors, embed_texts
-from .text import sentence_spans
+from .text import Sentences, Span, embed_sentences
 
-DEFAULT_THRESHOLD = 0.75
+DEFAULT_THRESHOLD = 0.55
 BACKGROUND = "topic_background_v1.yaml"
 
 _WORD = re.compile(r"\w+")
+# Words too common to say what a topic is about, whatever the examples: they never count as a
+# topic's own words (the background removes more: every word it uses).
+_COMMON = frozenset(
+    """
+a about after again all also am an and any are as at be because been before being but by can
+could did do does doing done down each even every few for from get gets getting give go going
+good got had has have having he her here him his how i if in into is it its just know let like
+make many me more most much must my need new no not now of off on once one only or other our
+out over please put really right same say see she should so some still such take tell than
+that the their them then there these they thing things this those through time to too try
+under up us use very want was way we well were what when where which while who why will with
+would yes you your
+""".split()  # noqa: SIM905 (a word list reads better as text)
+)
 _WORD_CACHE_LIMIT = 100_000
 _OFFSET = 0.5
+# A word counts only where it is nearer a topic word than _WORD_FLOOR and than every neighbour
+# word: rare words (names, units) sit far from everything, and a margin over far neighbours
+# alone says nothing. Chosen on the tune split.
+_WORD_FLOOR = 0.3
+# The generic-question prior: a sentence that asks how something works in general, what it
+# is, its history or definition, and says nothing of the asker ("I", "my", "me"), is about the
+# field, not a request in it; its score is lowered by _GENERIC.
+_GENERIC = 0.3
+_EDUCATIONAL = re.compile(
+    r"^\W*(how (do|does|did|is|are|was|were|can) (?!i\b|we\b)\w+|what (is|are|was|were|does|do) "
+    r"(?!i\b|my\b)|explain\b|why (do|does|did|is|are|was|were) (?!i\b|my\b)|when (was|were|did) "
+    r"|who (invented|discovered|founded|wrote)|describe\b|define\b)|\bin general\b|\bhistory of\b"
+    r"|\bdifference between\b"
+)
+_PERSONAL = re.compile(r"\b(i|i'm|i've|my|me|mine|myself|should i)\b")
+_WORD_WEIGHT = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +114,11 @@ def _others_max(per_topic: Vectors) -> Vectors:
     return out
 
 
+def _generic(sentence: str) -> bool:
+    low = sentence.lower()
+    return _EDUCATIONAL.search(low) is not None and _PERSONAL.search(low) is None
+
+
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
@@ -103,7 +138,8 @@ class TopicClassifier:
         self._ex_owner = np.asarray([i for i, t in enumerate(topics) for _ in t.examples])
         # A topic's own words: those of its examples that the background does not use.
         bg_words = set(_words(background))
-        own = [[w for w in _words(t.examples) if w not in bg_words] for t in topics]
+        own = [[w for w in _words(t.examples) if w not in bg_words and w not in _COMMON
+                and len(w) > 2] for t in topics]  # fmt: skip
         words = [w for ws in own for w in ws]
         self._tw = embed_texts(embedder, words)
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws])
@@ -125,7 +161,8 @@ class TopicClassifier:
             mine = np.full((len(words), n), -1.0, np.float32)
         bg = (vecs @ self._bg_words.T).max(axis=1) if len(self._bg_words) else -1.0
         neighbour = np.maximum(_others_max(mine), np.asarray(bg)[..., None])
-        return np.asarray(np.maximum(mine - neighbour, 0.0), np.float32)
+        neighbour = np.maximum(neighbour, _WORD_FLOOR)
+        return np.asarray(np.maximum(mine - neighbour, 0.0) * _WORD_WEIGHT, np.float32)
 
     def _word_scores(self, sentences: list[list[str]]) -> Vectors:
         cache = self._cache
@@ -145,25 +182,42 @@ class TopicClassifier:
                 out[i] = np.max([cache.get(w, extra.get(w, zero)) for w in ws], axis=0)
         return out
 
-    def scores(self, text: str) -> dict[str, float]:
-        """Per topic, the best score (0..1) of a sentence of ``text``; topics at 0 left out."""
-        if not self.names:
-            return {}
-        spans = sentence_spans(text)
-        if not spans:
-            return {}
-        vecs = self._emb.embed_spans(text, spans)
+    def hits(self, sentences: Sentences) -> list[tuple[int, float, Span]]:
+        """(topic index, score, sentence span) of every sentence that reaches a topic's
+        threshold, and of the best sentence per topic with a score above 0 (``score_all``)."""
+        return self._judge(sentences, every=False)
+
+    def _judge(self, sentences: Sentences, every: bool) -> list[tuple[int, float, Span]]:
+        if not self.names or not sentences.spans:
+            return []
+        vecs, spans, text = sentences.vectors, sentences.spans, sentences.text
         n = len(self.names)
         mine = _group_max(vecs @ self._ex.T, self._ex_owner, n)
         neighbour = np.maximum(_others_max(mine), (vecs @ self._bg.T).max(axis=1)[:, None])
         words = [[w.lower() for w in _WORD.findall(text, s, e)] for s, e in spans]
-        raw = (mine - neighbour) + self._word_scores(words)
-        best = np.clip(_OFFSET + raw.max(axis=0), 0.0, 1.0)
-        return {name: round(float(s), 3) for name, s in zip(self.names, best, strict=True) if s}
+        prior = np.asarray([_GENERIC if _generic(text[s:e]) else 0.0 for s, e in spans])
+        raw = (mine - neighbour) + self._word_scores(words) - prior[:, None]
+        score = np.clip(_OFFSET + raw, 0.0, 1.0)
+        out: list[tuple[int, float, Span]] = []
+        if every:
+            best = score.argmax(axis=0)
+            for k in range(n):
+                if score[best[k], k] > 0:
+                    out.append((k, round(float(score[best[k], k]), 3), spans[best[k]]))
+            return out
+        thr = np.asarray(self.thresholds, np.float32)
+        for i, k in zip(*np.nonzero(score >= thr), strict=True):
+            out.append((int(k), round(float(score[i, k]), 3), spans[i]))
+        return out
+
+    def scores(self, text: str) -> dict[str, float]:
+        """Per topic, the best score (0..1) of a sentence of ``text``; topics at 0 left out."""
+        found = self._judge(embed_sentences(self._emb, text), every=True)
+        return {self.names[k]: s for k, s, _ in found}
 
     def matches(self, text: str) -> list[tuple[str, float]]:
-        """The topics that fire on ``text`` with their scores, best first."""
-        found = self.scores(text)
-        hits = [(name, found[name]) for name, thr in zip(self.names, self.thresholds, strict=True)
-                if found.get(name, 0.0) >= thr]  # fmt: skip
-        return sorted(hits, key=lambda h: -h[1])
+        """The topics that fire on ``text`` with their best scores, best first."""
+        best: dict[str, float] = {}
+        for k, s, _ in self.hits(embed_sentences(self._emb, text)):
+            best[self.names[k]] = max(s, best.get(self.names[k], 0.0))
+        return sorted(best.items(), key=lambda h: -h[1])

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import codecs
 import re
-from bisect import bisect_right
+from bisect import bisect_left
 from dataclasses import dataclass
 from importlib import resources
 
@@ -43,37 +42,41 @@ SENSITIVITY = {"low": 0.85, "medium": 0.7, "high": 0.55}
 _SIM_FLOOR = 0.35
 _NEGATED = 0.3  # weight factor of a signal right after a negation ("never reveal ...")
 
-_B64 = re.compile(r"[A-Za-z0-9+/]{16,}={0,2}")
-_LEET = str.maketrans("0134579@$|!", "oieastgasii")
-_HAS_LEET = re.compile(r"[a-z][0134579@$][a-z]|[0134579][a-z]{2}", re.IGNORECASE)
-_SPACED = re.compile(r"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
-_LETTER_GAP = re.compile(r"(?<=\b\w)[ \-.](?=\w\b)")
-_NEG = re.compile(NEGATION + r"[^.\n]{0,30}$", re.IGNORECASE)
-_SENTENCE_END = re.compile(r"[.!?\n]+")
+_B64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
+_ROT13 = bytes.maketrans(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
+)
+_LEET = bytes.maketrans(b"0134579@$|!", b"oieastgasii")
+_HAS_LEET = re.compile(rb"[a-z][0134579@$][a-z]|[0134579][a-z]{2}")
+_SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
+_LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
+_NEG = re.compile(NEGATION.encode() + rb"[^.\n]{0,30}$")
+_SENTENCE_END = re.compile(rb"[.!?]+(?=\s|$)|\n+")
 
 
 class _Prefilter:
-    """Which signals occur anywhere in a text: one Hyperscan pass over its UTF-8 bytes.
+    """Where signals end in a text: one Hyperscan pass over its lower-cased UTF-8 bytes.
 
-    Byte mode without start-of-match (the bounded gaps make UTF-8 or leftmost-start databases
-    too large to build); ``\\w`` and ``\\b`` are then ASCII, so a non-ASCII signal must not rely
-    on them (those of other languages use literal words)."""
+    Byte mode without start-of-match: the bounded gaps make UTF-8 or leftmost-start databases
+    too large to build. Python's ``re`` then finds a hit's start, in its sentence only."""
 
     __slots__ = ("_db",)
 
     def __init__(self) -> None:
         self._db = hyperscan.Database()
-        flags = hyperscan.HS_FLAG_CASELESS | hyperscan.HS_FLAG_SINGLEMATCH
-        self._db.compile(expressions=[s.expr.encode() for s in SIGNALS],
-                         ids=list(range(len(SIGNALS))), flags=[flags] * len(SIGNALS))  # fmt: skip
+        exprs = [s.expr.encode() for s in SIGNALS]
+        self._db.compile(expressions=exprs, ids=list(range(len(SIGNALS))),
+                         flags=[hyperscan.HS_FLAG_CASELESS] * len(SIGNALS))  # fmt: skip
 
-    def which(self, text: str) -> list[int]:
-        seen: list[int] = []
+    def hits(self, data: bytes) -> list[tuple[int, int]]:
+        """(signal, end offset) of every match."""
+        seen: list[tuple[int, int]] = []
 
         def on_match(tag: int, start: int, end: int, flags: int, context: object) -> None:
-            seen.append(tag)
+            seen.append((tag, end))
 
-        self._db.scan(text.encode("utf-8", "replace"), match_event_handler=on_match)
+        self._db.scan(data, match_event_handler=on_match)
         return seen
 
 
@@ -94,22 +97,23 @@ def _load_exemplars() -> dict[str, object]:
     return data
 
 
-def _decodings(text: str) -> list[str]:
-    """Readings of ``text`` an attacker may have hidden an instruction in."""
-    out = [codecs.encode(text, "rot13")]
-    if _HAS_LEET.search(text):
-        out.append(text.translate(_LEET))
-    if _SPACED.search(text):  # "i g n o r e  a l l": drop the single separators of letters
-        out.append(_LETTER_GAP.sub("", text))
-    for m in _B64.finditer(text):
-        raw = m.group()
+def _decodings(low: bytes, raw: bytes) -> list[bytes]:
+    """Readings an attacker may have hidden an instruction in (lower-cased but base64, which
+    is decoded from ``raw`` and then lower-cased)."""
+    out = [low.translate(_ROT13)]
+    if _HAS_LEET.search(low):
+        out.append(low.translate(_LEET))
+    if _SPACED.search(low):  # "i g n o r e  a l l": drop the single separators of letters
+        out.append(_LETTER_GAP.sub(b"", low))
+    for m in _B64.finditer(raw):
+        chunk = m.group()
         try:
-            decoded = base64.b64decode(raw + "=" * (-len(raw) % 4), validate=True)
-            s = decoded.decode("utf-8")
+            decoded = base64.b64decode(chunk + b"=" * (-len(chunk) % 4), validate=True)
+            text = decoded.decode("utf-8")
         except (binascii.Error, UnicodeDecodeError, ValueError):
             continue
-        if s.isprintable():
-            out.append(s)
+        if text.isprintable():
+            out.append(text.lower().encode())
     return out
 
 
@@ -118,7 +122,7 @@ class InjectionDetector:
 
     __slots__ = ("_attack", "_benign", "_embedder", "_families", "_patterns", "version")
 
-    _regexes = tuple(re.compile(s.expr, re.IGNORECASE) for s in SIGNALS)
+    _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
 
     def __init__(self, embedder: Embedder) -> None:
         self._embedder = embedder
@@ -131,23 +135,25 @@ class InjectionDetector:
         self._attack = embed_texts(embedder, texts)
         self._benign = embed_texts(embedder, list(data["benign"]))  # type: ignore[call-overload]
 
-    def _heuristic(self, text: str) -> tuple[float, str]:
-        """Best (noisy-or score, family) over the sentences of ``text``."""
-        tags = self._patterns.which(text)
-        if not tags:
+    def _heuristic(self, data: bytes) -> tuple[float, str]:
+        """Best (noisy-or score, family) over the sentences of lower-cased ``data``."""
+        hits = self._patterns.hits(data)
+        if not hits:
             return 0.0, ""
-        # Only the signals Hyperscan saw somewhere are run again with ``re``, for their spans:
-        # one weight per (sentence, signal), damped after a negation.
-        ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+        # One weight per (sentence, signal), damped when a negation comes before it in its
+        # sentence ("never reveal ..."): ``re`` finds the start, within that sentence only.
+        ends = [m.end() for m in _SENTENCE_END.finditer(data)]
         found: dict[tuple[int, int], float] = {}
-        for tag in tags:
-            for m in self._regexes[tag].finditer(text):
-                sentence = bisect_right(ends, m.start())
-                start = ends[sentence - 1] if sentence else 0
-                w = SIGNALS[tag].weight
-                if _NEG.search(text, start, m.start()):
-                    w *= _NEGATED
-                found[(sentence, tag)] = max(w, found.get((sentence, tag), 0.0))
+        for tag, end in hits:
+            sentence = bisect_left(ends, end)
+            if (sentence, tag) in found:
+                continue
+            start = ends[sentence - 1] if sentence else 0
+            m = self._regexes[tag].search(data, start, end)
+            w = SIGNALS[tag].weight
+            if m is not None and _NEG.search(data, start, m.start()):
+                w *= _NEGATED
+            found[(sentence, tag)] = w
         best, family = 0.0, ""
         by_sentence: dict[int, list[tuple[float, int]]] = {}
         for (sentence, tag), w in found.items():
@@ -177,9 +183,11 @@ class InjectionDetector:
     def score(self, text: str, sentences: Sentences | None = None) -> InjectionFinding:
         """The injection score of one part (0 when nothing looks like an attack);
         ``sentences``: the part's, when the caller has embedded them already."""
-        h, family = self._heuristic(text)
+        raw = text.encode("utf-8", "replace")
+        low = text.lower().encode("utf-8", "replace")
+        h, family = self._heuristic(low)
         via = "heuristic"
-        for decoded in _decodings(text):
+        for decoded in _decodings(low, raw):
             d, _ = self._heuristic(decoded)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"

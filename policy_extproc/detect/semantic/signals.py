@@ -8,8 +8,10 @@ and its object must sit in one sentence, near each other. Matching is case-insen
 The families are those of the OWASP LLM01 write-ups: override of earlier instructions,
 system-prompt extraction, persona / developer-mode jailbreaks, instructions hidden in documents
 and tool results, encodings and payload splitting, tool abuse by agents, and the override and
-extraction phrasings of other languages. Encoded text (base64, ROT13, leetspeak, spaced-out
-letters) is decoded by ``injection`` and scanned with the same signals.
+extraction phrasings of other languages. Matching is on the lower-cased UTF-8 bytes, so
+``\\b`` and ``\\w`` are ASCII: a signal must not put ``\\b`` next to a non-ASCII letter, nor a
+non-ASCII letter in a ``[...]`` class (write ``(c|ç)``). Encoded text (base64, ROT13,
+leetspeak, spaced-out letters) is decoded by ``injection`` and scanned with the same signals.
 """
 
 from __future__ import annotations
@@ -313,15 +315,15 @@ SIGNALS: tuple[Signal, ...] = (
     Signal(
         "multilingual",
         0.9,
-        r"\b(ignora|olvida|ignore|ignoriere|vergiss|oublie|dimentica|"
-        r"esque[cç]a|negeer|vergeet|zignoruj|zapomnij|игнорируй|забудь)"
-        r"\b[^.\n]{0,40}(instrucciones|reglas|anweisungen|regeln|"
+        r"(\b(ignora|olvida|ignore|ignoriere|vergiss|oublie|dimentica|"
+        r"esque(c|ç)a|negeer|vergeet|zignoruj|zapomnij)\b|игнорируй|забудь)"
+        r"[^.\n]{0,80}(instrucciones|reglas|anweisungen|regeln|"
         r"instructions|règles|consignes|istruzioni|regole|instruções|"
         r"regras|instructies|instrukcj|инструкци|правила)",
     ),
-    Signal("multilingual", 0.9, r"(忽略|无视|無視|忘记)[^。\n]{0,20}(指令|指示|提示|规则|ルール)"),
+    Signal("multilingual", 0.9, r"(忽略|无视|無視|忘记)[^\n]{0,60}(指令|指示|提示|规则|ルール)"),
     Signal(
-        "multilingual", 0.9, r"무시[^.\n]{0,20}(지시|프롬프트|규칙)|(지시|규칙)[^.\n]{0,20}무시"
+        "multilingual", 0.9, r"무시[^.\n]{0,60}(지시|프롬프트|규칙)|(지시|규칙)[^.\n]{0,60}무시"
     ),
     Signal("multilingual", 0.9, r"talimat[^.\n]{0,30}(yok say|görmezden gel)"),
     Signal(
@@ -335,9 +337,9 @@ SIGNALS: tuple[Signal, ...] = (
     Signal(
         "multilingual",
         0.6,
-        r"\b(sin (ninguna )?(limitaci[oó]n|restricci[oó]n)|ohne "
+        r"(\b(sin (ninguna )?(limitaci(o|ó)n|restricci(o|ó)n)|ohne "
         r"einschränkungen|sans restriction|senza restrizioni|sem "
-        r"restrições|без ограничений)",
+        r"restrições)|без ограничений)",
     ),
 )
 

@@ -29,6 +29,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from itertools import repeat
 
 import numpy as np
 import yaml
@@ -122,8 +123,8 @@ def _generic(sentence: str) -> bool:
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
-    __slots__ = ("_bg", "_bg_words", "_cache", "_emb", "_ex", "_ex_owner", "_lock", "_tw",
-                 "_tw_owner", "names", "thresholds")  # fmt: skip
+    __slots__ = ("_bg", "_bg_words", "_cache", "_emb", "_ex", "_ex_owner", "_lock", "_rows",
+                 "_tw", "_tw_owner", "names", "thresholds")  # fmt: skip
 
     def __init__(self, embedder: Embedder, topics: Sequence[TopicSpec]) -> None:
         self._emb = embedder
@@ -144,7 +145,8 @@ class TopicClassifier:
         self._tw = embed_texts(embedder, words)
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws])
         self._bg_words = embed_texts(embedder, sorted(bg_words))
-        self._cache: dict[str, Vectors] = {}
+        self._cache: dict[str, int] = {}  # word -> row of ``_rows`` (its margins per topic)
+        self._rows = np.zeros((256, len(self.names)), np.float32)
         self._lock = threading.Lock()
 
     def _word_margins(self, words: list[str]) -> Vectors:
@@ -165,21 +167,36 @@ class TopicClassifier:
         return np.asarray(np.maximum(mine - neighbour, 0.0) * _WORD_WEIGHT, np.float32)
 
     def _word_scores(self, sentences: list[list[str]]) -> Vectors:
-        cache = self._cache
-        new = sorted({w for ws in sentences for w in ws if w not in cache})
-        extra: dict[str, Vectors] = {}
-        if new:
-            margins = self._word_margins(new)
-            extra = dict(zip(new, margins, strict=True))
-            with self._lock:
-                room = _WORD_CACHE_LIMIT - len(cache)
-                if room > 0:
-                    cache.update(list(extra.items())[:room])
-        zero = np.zeros(len(self.names), np.float32)
+        """Per sentence and topic, the best word margin: one gather and one segmented max."""
         out = np.zeros((len(sentences), len(self.names)), np.float32)
-        for i, ws in enumerate(sentences):
-            if ws:
-                out[i] = np.max([cache.get(w, extra.get(w, zero)) for w in ws], axis=0)
+        flat = [w for ws in sentences for w in ws]
+        if not flat:
+            return out
+        cache = self._cache
+        rows = list(map(cache.get, flat, repeat(-1)))
+        extra: dict[str, Vectors] = {}
+        if -1 in rows:
+            new = sorted({w for w, r in zip(flat, rows, strict=True) if r < 0})
+            extra = dict(zip(new, self._word_margins(new), strict=True))
+            with self._lock:
+                for w, margins in extra.items():
+                    if w in cache or len(cache) >= _WORD_CACHE_LIMIT:
+                        continue
+                    slot = len(cache) + 1  # row 0 stays zeros
+                    if slot >= len(self._rows):
+                        self._rows = np.vstack([self._rows, np.zeros_like(self._rows)])
+                    self._rows[slot] = margins
+                    cache[w] = slot
+            rows = list(map(cache.get, flat, repeat(-1)))
+        table = self._rows[np.asarray(rows, np.int64)]
+        if extra:  # words past the cache limit
+            for n, (w, r) in enumerate(zip(flat, rows, strict=True)):
+                if r < 0:
+                    table[n] = extra[w]
+        counts = np.fromiter((len(ws) for ws in sentences), np.int64, len(sentences))
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        has = counts > 0
+        out[has] = np.maximum.reduceat(table, starts[has], axis=0)
         return out
 
     def hits(self, sentences: Sentences) -> list[tuple[int, float, Span]]:

@@ -94,7 +94,7 @@ class _Segmenter:
 
 
 _CHUNK = re.compile(r"\S{1,48}")  # white-space separated pieces, long runs cut (CJK, base64)
-_CACHE_LIMIT = 200_000  # distinct pieces remembered; past it new pieces are computed, not kept
+_CACHE_LIMIT = 50_000  # pieces remembered (50 MB at 256 dims); past it computed, not kept
 
 
 class StaticEmbedder:

@@ -55,7 +55,7 @@ under up us use very want was way we well were what when where which while who w
 would yes you your
 """.split()  # noqa: SIM905 (a word list reads better as text)
 )
-_WORD_CACHE_LIMIT = 100_000
+_WORD_CACHE_LIMIT = 20_000  # words remembered per rule: 20,000 x topics floats
 _OFFSET = 0.5
 # A word counts only where it is nearer a topic word than _WORD_FLOOR and than every neighbour
 # word: rare words (names, units) sit far from everything, and a margin over far neighbours
@@ -115,9 +115,10 @@ def _others_max(per_topic: Vectors) -> Vectors:
     return out
 
 
-def _generic(sentence: str) -> bool:
-    low = sentence.lower()
-    return _EDUCATIONAL.search(low) is not None and _PERSONAL.search(low) is None
+def _generic(low: str, start: int, end: int) -> bool:
+    """Whether ``low[start:end]`` (lower case) is a general question, not a personal one."""
+    sentence = low[start:end]
+    return _EDUCATIONAL.search(sentence) is not None and _PERSONAL.search(sentence) is None
 
 
 class TopicClassifier:
@@ -211,8 +212,11 @@ class TopicClassifier:
         n = len(self.names)
         mine = _group_max(vecs @ self._ex.T, self._ex_owner, n)
         neighbour = np.maximum(_others_max(mine), (vecs @ self._bg.T).max(axis=1)[:, None])
-        words = [[w.lower() for w in _WORD.findall(text, s, e)] for s, e in spans]
-        prior = np.asarray([_GENERIC if _generic(text[s:e]) else 0.0 for s, e in spans])
+        low = text.lower()
+        if len(low) != len(text):  # a character whose lower case is longer: per word, then
+            low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+        words = [_WORD.findall(low, s, e) for s, e in spans]
+        prior = np.asarray([_GENERIC if _generic(low, s, e) else 0.0 for s, e in spans])
         raw = (mine - neighbour) + self._word_scores(words) - prior[:, None]
         score = np.clip(_OFFSET + raw, 0.0, 1.0)
         out: list[tuple[int, float, Span]] = []

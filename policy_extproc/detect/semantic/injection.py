@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from bisect import bisect_left
 from dataclasses import dataclass
 from importlib import resources
 
@@ -52,7 +51,13 @@ _HAS_LEET = re.compile(rb"[a-z][0134579@$][a-z]|[0134579][a-z]{2}")
 _SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
 _LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
 _NEG = re.compile(NEGATION.encode() + rb"[^.\n]{0,30}$")
-_SENTENCE_END = re.compile(rb"[.!?]+(?=\s|$)|\n+")
+_ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")
+
+
+def _sentence_start(data: bytes, end: int) -> int:
+    """Where the sentence holding the byte before ``end`` starts (as text.sentence_spans cuts,
+    by a few ``rfind`` calls: no scan of the whole text per hit)."""
+    return max(data.rfind(e, 0, max(end - 1, 0)) + len(e) for e in _ENDS) if end else 0
 
 
 class _Prefilter:
@@ -142,18 +147,16 @@ class InjectionDetector:
             return 0.0, ""
         # One weight per (sentence, signal), damped when a negation comes before it in its
         # sentence ("never reveal ..."): ``re`` finds the start, within that sentence only.
-        ends = [m.end() for m in _SENTENCE_END.finditer(data)]
         found: dict[tuple[int, int], float] = {}
         for tag, end in hits:
-            sentence = bisect_left(ends, end)
-            if (sentence, tag) in found:
+            start = _sentence_start(data, end)
+            if (start, tag) in found:
                 continue
-            start = ends[sentence - 1] if sentence else 0
             m = self._regexes[tag].search(data, start, end)
             w = SIGNALS[tag].weight
             if m is not None and _NEG.search(data, start, m.start()):
                 w *= _NEGATED
-            found[(sentence, tag)] = w
+            found[(start, tag)] = w
         best, family = 0.0, ""
         by_sentence: dict[int, list[tuple[float, int]]] = {}
         for (sentence, tag), w in found.items():

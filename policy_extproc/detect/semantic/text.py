@@ -15,18 +15,23 @@ Span = tuple[int, int]
 # A sentence ends at . ! ? ; followed by space or the end, at a line break, or at the CJK full
 # stop (canonical text is NFKC, so fullwidth ! ? ; are already ASCII); a very long run without
 # an end is cut so one span never averages a whole document.
-_END = re.compile(r"[.!?;]+(?=\s|$)|\n+|\u3002+")
 _MAX = 320
+
+
+# One sentence: from a non-space to an end mark followed by space or the end, a line break,
+# or the CJK full stop. ``finditer`` does the whole cut in C.
+_SENTENCE = re.compile(r"[^\s](?:[^\n.!?;\u3002]|[.!?;]+(?![\s]|$))*(?:[.!?;]+|\u3002+)?")
 
 
 def sentence_spans(text: str) -> list[Span]:
     """(start, end) of each non-blank sentence of ``text``, at most ``_MAX`` characters."""
     spans: list[Span] = []
-    pos = 0
-    for m in _END.finditer(text):
-        _add(text, pos, m.end(), spans)
-        pos = m.end()
-    _add(text, pos, len(text), spans)
+    for m in _SENTENCE.finditer(text):
+        start, end = m.span()
+        if end - start > _MAX or text[end - 1].isspace():
+            _add(text, start, end, spans)
+        else:
+            spans.append((start, end))
     return spans
 
 

@@ -216,9 +216,13 @@ class TopicClassifier:
         if len(low) != len(text):  # a character whose lower case is longer: per word, then
             low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
         words = [_WORD.findall(low, s, e) for s, e in spans]
-        prior = np.asarray([_GENERIC if _generic(low, s, e) else 0.0 for s, e in spans])
-        raw = (mine - neighbour) + self._word_scores(words) - prior[:, None]
-        score = np.clip(_OFFSET + raw, 0.0, 1.0)
+        score = _OFFSET + (mine - neighbour) + self._word_scores(words)
+        # The prior only lowers a score: test it on the sentences that could fire at all.
+        floor = 0.0 if every else min(self.thresholds)
+        for i in np.nonzero(score.max(axis=1) >= floor)[0]:
+            if _generic(low, *spans[i]):
+                score[i] -= _GENERIC
+        score = np.clip(score, 0.0, 1.0)
         out: list[tuple[int, float, Span]] = []
         if every:
             best = score.argmax(axis=0)

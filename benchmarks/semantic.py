@@ -11,13 +11,15 @@ never used to choose thresholds, signals or exemplars; ``tune`` is the part that
   shipped sensitivity (low, medium, high);
 - topics: per topic, recall of the paraphrases and the share of near misses and unrelated texts
   that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing;
-- cost: both classifiers on a 4 KB prompt (warm: words seen before; cold: each request's words
-  new), in-process, p50 / p99; compile of 100 semantic topics.
+- cost: what both classifiers add to ``check_request`` on a 4 KB chat request, in-process
+  (warm: words seen before; cold: each request's words new), p50 / p99; compile of 100
+  semantic topics.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import random
 import sys
 import time
@@ -36,8 +38,15 @@ from policy_extproc.detect.semantic.topics import (  # noqa: E402
     TopicClassifier,
     TopicSpec,
 )
+from policy_extproc.llm.request import parse_request  # noqa: E402
+from policy_extproc.policy.compiler import Snapshot  # noqa: E402
+from policy_extproc.policy.context import build_context  # noqa: E402
+from policy_extproc.policy.decision import RequestContext  # noqa: E402
+from policy_extproc.policy.evaluator import check_request  # noqa: E402
+from policy_extproc.policy.loader import load_sources  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "semantic"
+CHAT = "/v1/chat/completions"
 
 
 def _splits(group: dict[str, list[str]], split: str) -> list[str]:
@@ -117,39 +126,64 @@ def _pcts(samples: list[float]) -> str:
     return f"p50 {s[len(s) // 2] * 1e3:.3f} ms, p99 {s[int(len(s) * 0.99)] * 1e3:.3f} ms"
 
 
+def _policies(semantic: bool, examples: dict[str, list[str]]) -> str:
+    rules = ["  - {type: content_filter, id: words, keywords: [project aurora]}"]
+    if semantic:
+        rules.append("  - {type: prompt_injection, id: injection, direction: request}")
+        rules.append("  - type: content_filter\n    id: topics\n    topics:")
+        for name, ex in examples.items():
+            rules.append(f"      {name}: {{match: semantic, examples: {json.dumps(ex)}}}")
+    return "policy_name: p\norg: acme\nrules:\n" + "\n".join(rules) + "\n"
+
+
 def cost(model: str, iterations: int) -> None:
-    emb = load_embedder(model)
+    """What the two classifiers add to ``check_request`` on a 4 KB chat request (the real
+    in-process path: parts embedded once, both classifiers), warm and with every word new."""
+    if model != load_embedder().name:
+        print(f"\ncost: measured with the shipped model only ({load_embedder().name})")
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
     benign = [t for v in inj["benign"].values() for t in v]
-    rng = random.Random(7)
     data = yaml.safe_load((DATA / "topics.yaml").read_text())
-    specs = [TopicSpec(n, tuple(t["examples"])) for n, t in data["topics"].items()]
-    det = InjectionDetector(emb)
-    clf = TopicClassifier(emb, specs)
+    examples = {n: t["examples"] for n, t in data["topics"].items()}
+    snaps = {
+        flag: Snapshot(load_sources([("p.yaml", _policies(flag, examples))]))
+        for flag in (False, True)
+    }
+    rng = random.Random(7)
 
-    def prompt(fresh: bool) -> str:
+    def request(fresh: bool) -> RequestContext:
         words: list[str] = []
         while sum(len(w) + 1 for w in words) < 4096:
-            s = rng.choice(benign).split()
+            sentence = rng.choice(benign).split()
             if fresh:  # words never seen: each request pays the tokenizer and the topic cache
-                s = [w + str(rng.randrange(10**6)) for w in s]
-            words += s
-        return " ".join(words)[:4096]
+                sentence = [w + str(rng.randrange(10**6)) for w in sentence]
+            words += sentence
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content":
+                " ".join(words)[:4096]}]}  # fmt: skip
+        return build_context({"x-org-id": "acme"}, parse_request(CHAT, json.dumps(body).encode()))
 
-    print(f"\ncost, model {model}, in-process, {iterations} requests of 4 KB:")
-    for label, fresh in (("warm", False), ("cold", True)):
-        texts = [prompt(fresh) for _ in range(iterations)]
-        if not fresh:
-            for t in texts[:50]:
-                det.score(t)
-                clf.scores(t)
-        samples = []
-        for t in texts:
-            t0 = time.perf_counter()
-            det.score(t)
-            clf.scores(t)
-            samples.append(time.perf_counter() - t0)
-        print(f"  injection + 4 topics, {label} words: {_pcts(samples)}")
+    print(f"\ncost, in-process check_request, {iterations} chat requests of 4 KB (prompt of "
+          "hard-negative sentences: many heuristic cues to check):")  # fmt: skip
+    for label, fresh in (("warm words", False), ("every word new", True)):
+        ctxs = [request(fresh) for _ in range(iterations)]
+        row = {}
+        for flag, snap in snaps.items():
+            es = snap.resolve("acme", "", "")
+            for c in ctxs[:50]:
+                check_request(es, c)
+            samples = []
+            for c in ctxs:
+                t0 = time.perf_counter()
+                check_request(es, c)
+                samples.append(time.perf_counter() - t0)
+            row[flag] = sorted(samples)
+        base, sem = row[False], row[True]
+        n = len(base)
+        added = [(sem[int(n * q)] - base[int(n * q)]) * 1e3 for q in (0.5, 0.99)]
+        print(f"  {label}: without {_pcts(base)}; with {_pcts(sem)}; "
+              f"added p50 {added[0]:.3f} ms, p99 {added[1]:.3f} ms")  # fmt: skip
+    emb = load_embedder()
+    specs = [TopicSpec(n, tuple(ex)) for n, ex in examples.items()]
     many = [TopicSpec(f"topic{i}", tuple(f"{e} variant {i}" for e in specs[i % 4].examples))
             for i in range(100)]  # fmt: skip
     t0 = time.perf_counter()

@@ -103,11 +103,19 @@ class EffectiveRule:
         return self.policy.policy.name
 
 
+def _semantic(e: EffectiveRule, direction: str) -> bool:
+    if e.rule.type != "prompt_injection" and (
+        e.policy.semantic is None or e.rule.index - 1 not in e.policy.semantic.topics
+    ):
+        return False
+    return e.rule.direction in (direction, "both")  # type: ignore[attr-defined]
+
+
 class EffectiveSet:
     """The policies applying to one scope (least to most specific) and the rules in force."""
 
     __slots__ = ("active", "by_type", "compliance", "content", "glob_cache", "model_cache",
-                 "policies", "position", "rules", "semantic_response")  # fmt: skip
+                 "policies", "position", "rules", "semantic", "semantic_response")  # fmt: skip
 
     def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
         self.policies = tuple(policies)
@@ -140,14 +148,12 @@ class EffectiveSet:
         for e in self.by_type.get("compliance", ()):
             tags[e.rule.framework] = None  # type: ignore[attr-defined]
         self.compliance = tuple(tags)
-        # Whether a prompt_injection rule or a semantic topic reads the answer (the response
-        # phases are skipped when no rule does).
-        self.semantic_response = any(
-            e.rule.direction != "request"  # type: ignore[attr-defined]
-            for e in self.rules
-            if e.rule.type == "prompt_injection"
-            or (e.policy.semantic is not None and e.rule.index - 1 in e.policy.semantic.topics)
-        )
+        # The prompt_injection rules and semantic-topic rules per direction, found once per
+        # scope (a request must not walk thousands of content filters to find none); whether
+        # one reads the answer decides if Envoy sends the response phases.
+        self.semantic = {d: tuple(e for e in self.rules if _semantic(e, d))
+                         for d in ("request", "response")}  # fmt: skip
+        self.semantic_response = bool(self.semantic["response"])
         self.model_cache: dict[tuple[str, frozenset[str]], tuple[object, ...]] = {}
         self.glob_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
 

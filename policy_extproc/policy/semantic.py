@@ -14,7 +14,7 @@ caller folds it before the scan as for the other content filters.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -90,13 +90,11 @@ def scan_semantic(
     es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: Findings
 ) -> None:
     """Run the applying prompt_injection rules and semantic topics of ``direction``."""
-    injection = [e for e in es.rules_of("prompt_injection")
-                 if e.rule.direction in (direction, "both")]  # type: ignore[attr-defined]  # fmt: skip
-    topical = [e for e in es.rules_of("content_filter")
-               if e.policy.semantic is not None and e.rule.index - 1 in e.policy.semantic.topics
-               and e.rule.direction in (direction, "both")]  # type: ignore[attr-defined]  # fmt: skip
-    if not (injection or topical) or not parts:
+    rules = es.semantic[direction]
+    if not rules or not parts:
         return
+    injection = [e for e in rules if e.rule.type == "prompt_injection"]
+    topical = [e for e in rules if e.rule.type == "content_filter"]
     embedder = load_embedder()
     sentences: list[Sentences | None] = [None] * len(parts)
 
@@ -113,13 +111,13 @@ def scan_semantic(
 
 
 def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextPart],
-               of: object, out: Findings) -> None:  # fmt: skip
+               of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
     detector = _detector()
     best = None
     for i, part in enumerate(parts):
         if not part.text.strip():
             continue
-        found = detector.score(part.text, of(i))  # type: ignore[operator]
+        found = detector.score(part.text, of(i))
         if best is None or found.score > best[0].score:
             best = (found, part)
     if best is None:
@@ -135,15 +133,15 @@ def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextP
         out.fire(e, "block", reason, "log" if rule.action == "log" else None)
 
 
-def _topics(e: EffectiveRule, direction: str, parts: Sequence[TextPart], of: object,
-            out: Findings) -> None:  # fmt: skip
+def _topics(e: EffectiveRule, direction: str, parts: Sequence[TextPart],
+            of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
     assert e.policy.semantic is not None
     clf = e.policy.semantic.topics[e.rule.index - 1]
     rule: ContentFilterRule = e.rule  # type: ignore[assignment]
     best: dict[int, float] = {}
     redact = rule.action == "redact" and e.policy.policy.mode == "enforce"
     for i in range(len(parts)):
-        for k, score, (start, end) in clf.hits(of(i)):  # type: ignore[operator]
+        for k, score, (start, end) in clf.hits(of(i)):
             best[k] = max(score, best.get(k, 0.0))
             if redact:
                 out.edits.setdefault(i, []).append((start, end, f"[REDACTED:{rule.id}]"))

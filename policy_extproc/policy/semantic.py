@@ -110,14 +110,33 @@ def scan_semantic(
         _topics(e, direction, parts, of, out)
 
 
+def _groups(parts: Sequence[TextPart]) -> list[tuple[int, int]]:
+    """(first, end) index ranges of parts: runs of one ``group`` (llm.request.PromptPart: the
+    text blocks of one message), others alone."""
+    out: list[tuple[int, int]] = []
+    i = 0
+    while i < len(parts):
+        group = getattr(parts[i], "group", -1)
+        j = i + 1
+        while group != -1 and j < len(parts) and getattr(parts[j], "group", -1) == group:
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
+
+
 def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextPart],
                of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
     detector = _detector()
     best = None
-    for i, part in enumerate(parts):
-        if not part.text.strip():
-            continue
-        found = detector.score(part.text, of(i))
+    for first, end in _groups(parts):
+        part = parts[first]
+        if end - first == 1:
+            if not part.text.strip():
+                continue
+            found = detector.score(part.text, of(first))
+        else:  # text the provider joins: an instruction split between two blocks is one
+            found = detector.score("".join(p.text for p in parts[first:end]))
         if best is None or found.score > best[0].score:
             best = (found, part)
     if best is None:

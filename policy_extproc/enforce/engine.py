@@ -185,6 +185,7 @@ class Engine:
         return (
             needs_usage(es)
             or bool(es.content["response"])
+            or es.semantic_response
             or bool(es.rules_of("failover"))
             or bool(es.rules_of("compliance"))
             or any(e.rule.direction != "request" for e in es.rules_of("pii"))  # type: ignore[attr-defined]

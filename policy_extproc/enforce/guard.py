@@ -31,7 +31,7 @@ DEFAULT_HOLDBACK = 128
 
 def has_response_rules(es: EffectiveSet) -> bool:
     """Whether any output guardrail is in force for this scope."""
-    if es.content["response"]:
+    if es.content["response"] or es.semantic_response:
         return True
     if any(e.rule.direction != "request" for e in es.rules_of("pii")):  # type: ignore[attr-defined]
         return True

@@ -44,10 +44,11 @@ class CompiledPolicy:
     """One policy with its pattern databases, built once per snapshot."""
 
     __slots__ = ("index", "pii", "policy", "request_patterns", "request_targets",
-                 "response_patterns", "response_targets", "roles")  # fmt: skip
+                 "response_patterns", "response_targets", "roles", "semantic")  # fmt: skip
 
     def __init__(self, policy: Policy, index: int) -> None:
         from .privacy import build_detectors
+        from .semantic import build_semantic
 
         self.policy = policy
         self.index = index
@@ -60,6 +61,7 @@ class CompiledPolicy:
         self.request_patterns, self.request_targets = _patterns(policy, "request")
         self.response_patterns, self.response_targets = _patterns(policy, "response")
         self.pii = build_detectors(policy)
+        self.semantic = build_semantic(policy)  # None unless it has semantic rules
 
 
 def _patterns(policy: Policy, direction: str) -> tuple[PatternSet | None, tuple[Target, ...]]:
@@ -110,11 +112,19 @@ class EffectiveRule:
         return self.policy.policy.name
 
 
+def _semantic(e: EffectiveRule, direction: str) -> bool:
+    if e.rule.type != "prompt_injection" and (
+        e.policy.semantic is None or e.rule.index - 1 not in e.policy.semantic.topics
+    ):
+        return False
+    return e.rule.direction in (direction, "both")  # type: ignore[attr-defined]
+
+
 class EffectiveSet:
     """The policies applying to one scope (least to most specific) and the rules in force."""
 
     __slots__ = ("active", "by_type", "compliance", "content", "glob_cache", "model_cache",
-                 "policies", "position", "rules")  # fmt: skip
+                 "policies", "position", "rules", "semantic", "semantic_response")  # fmt: skip
 
     def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
         self.policies = tuple(policies)
@@ -147,6 +157,12 @@ class EffectiveSet:
         for e in self.by_type.get("compliance", ()):
             tags[e.rule.framework] = None  # type: ignore[attr-defined]
         self.compliance = tuple(tags)
+        # The prompt_injection rules and semantic-topic rules per direction, found once per
+        # scope (a request must not walk thousands of content filters to find none); whether
+        # one reads the answer decides if Envoy sends the response phases.
+        self.semantic = {d: tuple(e for e in self.rules if _semantic(e, d))
+                         for d in ("request", "response")}  # fmt: skip
+        self.semantic_response = bool(self.semantic["response"])
         # (model, deployment, roles) -> the model_access firings (evaluator._check_models)
         self.model_cache: dict[tuple[str, str | None, frozenset[str]], tuple[object, ...]] = {}
         self.glob_cache: dict[tuple[str, ...], re.Pattern[str]] = {}

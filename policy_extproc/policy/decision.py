@@ -96,6 +96,7 @@ def combine(fired: list[Fired] | tuple[Fired, ...], **extra: object) -> Decision
     action: Action = "allow"
     lead: Fired | None = None
     would: Action = "allow"
+    would_lead: Fired | None = None
     shadow = False
     for fr in fired:
         sev = SEVERITY.get(fr.action)
@@ -107,9 +108,13 @@ def combine(fired: list[Fired] | tuple[Fired, ...], **extra: object) -> Decision
             action, lead = fr.action, fr  # type: ignore[assignment]
         if sev > SEVERITY[would]:
             would = fr.action  # type: ignore[assignment]
+            would_lead = fr
     if lead is None:  # nothing above allow: the firing that allowed it explicitly (an approval)
         lead = next((fr for fr in fired if fr.action == "allow" and fr.mode == "enforce"), None)
     reason = lead.reason if lead else "no rule fired"
+    if lead is None and shadow and would_lead is not None:
+        # Shadow only: the audit record says what would have been decided and why (a score).
+        reason = f"would {would}: {would_lead.reason}"
     return Decision(
         action=action,
         reason=reason,

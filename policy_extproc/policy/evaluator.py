@@ -18,6 +18,7 @@ from .compiler import EffectiveRule, EffectiveSet, Snapshot
 from .decision import Decision, Fired, JsonPath, RequestContext, combine
 from .model import ContentFilterRule, ModelAccessRule
 from .privacy import scan_pii
+from .semantic import scan_semantic
 
 _MODEL_CACHE_LIMIT = 4096  # model names come from clients: bound what is remembered
 
@@ -255,6 +256,7 @@ def check_request(es: EffectiveSet, ctx: RequestContext) -> Findings:
     _check_models(es, ctx, out)
     scan_content(es, "request", req.parts, out)
     scan_pii(es, "request", req.parts, out)
+    scan_semantic(es, "request", req.parts, out)
     return out
 
 
@@ -263,6 +265,7 @@ def check_response(es: EffectiveSet, parts: Sequence[TextPart]) -> Findings:
     out = Findings()
     scan_content(es, "response", parts, out)
     scan_pii(es, "response", parts, out)
+    scan_semantic(es, "response", parts, out)
     return out
 
 

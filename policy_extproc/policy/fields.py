@@ -12,6 +12,8 @@ from typing import Any
 
 from phonenumbers import SUPPORTED_REGIONS
 
+from .model import SemanticTopic
+
 Parser = Callable[[Any], Any]
 
 
@@ -172,16 +174,50 @@ def str_mapping(value: Any) -> Mapping[str, str]:
     return out
 
 
-def topics(value: Any) -> Mapping[str, tuple[str, ...]]:
+def topics(value: Any) -> Mapping[str, Any]:
+    """Topic name -> a list of phrases (``match: phrase``, today's form), or a mapping
+    ``{match: semantic|phrase, examples: [...], threshold: 0..1}`` (``SemanticTopic``)."""
     if not isinstance(value, Mapping) or not value:
         raise FieldError("must be a mapping of topic name to a list of phrases")
-    out = {}
-    for name, phrases in value.items():
+    out: dict[str, Any] = {}
+    for name, spec in value.items():
         try:
-            out[str(name)] = string_list()(phrases)
+            out[str(name)] = topic(spec) if isinstance(spec, Mapping) else string_list()(spec)
         except FieldError as exc:
             raise FieldError(f"topic {name!r}: {exc}") from None
     return out
+
+
+_TOPIC_KEYS = ("match", "examples", "threshold")
+
+
+def topic(value: Any) -> Any:
+    """One topic in mapping form: a ``SemanticTopic``, or the phrases of ``match: phrase``."""
+    if not isinstance(value, Mapping):
+        raise FieldError(f"must be a mapping or a list of phrases, not {_type_name(value)}")
+    unknown = [str(k) for k in value if k not in _TOPIC_KEYS]
+    if unknown:
+        raise FieldError(f"unknown key {unknown[0]!r} (known: {', '.join(_TOPIC_KEYS)})")
+    match = one_of("semantic", "phrase")(value.get("match", "phrase"))
+    if "examples" not in value:
+        raise FieldError("'examples' is required")
+    try:
+        examples = string_list()(value["examples"])
+    except FieldError as exc:
+        raise FieldError(f"'examples' {exc}") from None
+    if match == "phrase":
+        if "threshold" in value:
+            raise FieldError("'threshold' applies to match: semantic only")
+        return examples
+    threshold = None
+    if "threshold" in value:
+        try:
+            threshold = fraction(value["threshold"])
+        except FieldError as exc:
+            raise FieldError(f"'threshold' {exc}") from None
+        if threshold == 0.0:
+            raise FieldError("'threshold' must be above 0 (0 would fire on every sentence)")
+    return SemanticTopic(examples, threshold)
 
 
 def per(value: Any) -> tuple[str, ...]:
@@ -203,6 +239,16 @@ described(duration, {"anyOf": [{"type": "number", "exclusiveMinimum": 0},
 described(regex, {"type": "string", "minLength": 1, "format": "regex"})
 described(str_mapping, {"type": "object",
                         "additionalProperties": {"type": ["string", "number"]}})  # fmt: skip
-described(topics, {"type": "object", "minProperties": 1,
-                   "additionalProperties": string_list().json_schema})  # type: ignore[attr-defined]  # fmt: skip
+described(topic, {
+    "type": "object",
+    "properties": {
+        "match": {"enum": ["semantic", "phrase"]},
+        "examples": string_list().json_schema,  # type: ignore[attr-defined]
+        "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
+    },
+    "required": ["examples"],
+    "additionalProperties": False,
+})  # fmt: skip
+described(topics, {"type": "object", "minProperties": 1, "additionalProperties": {
+    "anyOf": [string_list().json_schema, topic.json_schema]}})  # type: ignore[attr-defined]  # fmt: skip
 described(per, string_list(one_of("user", "team", "org")).json_schema)  # type: ignore[attr-defined]

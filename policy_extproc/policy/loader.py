@@ -99,6 +99,11 @@ _FIELDS: Mapping[str, Mapping[str, tuple[str, f.Parser]]] = {
         "framework": ("framework", f.one_of(*FRAMEWORKS)),
         "mode": ("mode", f.one_of("enforce", "log")),
     },
+    "prompt_injection": {
+        "action": ("action", f.one_of("block", "log")),
+        "sensitivity": ("sensitivity", f.one_of("low", "medium", "high")),
+        "direction": ("direction", _DIRECTION),
+    },
 }
 _REQUIRED = {"cost_budget": ("limit_usd",), "failover": ("provider", "fallbacks"),
              "compliance": ("framework",)}  # fmt: skip

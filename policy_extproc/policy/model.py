@@ -5,7 +5,7 @@ Everything here is immutable and validated by ``loader``; nothing here parses or
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -111,10 +111,24 @@ class CostBudgetRule(Rule):
 
 
 @dataclass(frozen=True, slots=True)
+class SemanticTopic:
+    """A topic matched by meaning (``match: semantic``): what it means, by example; ``threshold``
+    None is the classifier's default. A phrase topic stays a plain tuple of phrases."""
+
+    examples: tuple[str, ...]
+    threshold: float | None = None
+
+    def __iter__(self) -> Iterator[str]:
+        # Code that reads a topic as its phrases (the phrase database, the stream holdback)
+        # sees a semantic topic as having none: its examples are meanings, never literals.
+        return iter(())
+
+
+@dataclass(frozen=True, slots=True)
 class ContentFilterRule(Rule):
     keywords: tuple[str, ...] = ()
     patterns: tuple[str, ...] = ()
-    topics: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    topics: Mapping[str, tuple[str, ...] | SemanticTopic] = field(default_factory=dict)
     action: Literal["block", "redact"] = "block"
     direction: Literal["request", "response", "both"] = "request"
     case_sensitive: bool = False
@@ -135,6 +149,18 @@ class PiiRule(Rule):
     regions: tuple[str, ...] | None = None
 
     type = "pii"
+
+
+@dataclass(frozen=True, slots=True)
+class PromptInjectionRule(Rule):
+    """Prompt injection and jailbreaks (OWASP LLM01), in the prompt's parts (tool results and
+    documents included) and, with ``direction`` response or both, in the answer."""
+
+    action: Literal["block", "log"] = "block"
+    sensitivity: Literal["low", "medium", "high"] = "medium"
+    direction: Literal["request", "response", "both"] = "request"
+
+    type = "prompt_injection"
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,6 +207,7 @@ RULE_TYPES: Mapping[str, type[Rule]] = {
         ApprovalRule,
         FailoverRule,
         ComplianceRule,
+        PromptInjectionRule,
     )
 }
 

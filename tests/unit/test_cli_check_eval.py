@@ -236,7 +236,7 @@ def test_eval_with_invalid_policies_prints_the_problems() -> None:
     assert result.stderr == (
         "invalid/missing_type.yaml:3: policy 'no_type' rule 1: missing 'type' (one of "
         "model_access, rate_limit, cost_budget, content_filter, pii, approval, failover, "
-        "compliance)\n"
+        "compliance, prompt_injection)\n"
     )
     assert result.stdout == ""
 

@@ -1,0 +1,211 @@
+"""Quality and cost of the semantic guards (prompt injection, topics by meaning).
+
+Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
+[--model wordllama-l2-256|tokenlearn-10k-64] [--iterations N]``. Prints tables; never asserts.
+
+Data: ``tests/data/semantic/`` (written for this project). ``heldout`` (the default) is the part
+never used to choose thresholds, signals or exemplars; ``tune`` is the part that was.
+
+- injection: per family, recall at the thresholds that give 1% and 3% false positives on the
+  hard negatives of the split (the benign texts), then recall and false-positive rate at each
+  shipped sensitivity (low, medium, high);
+- topics: per topic, recall of the paraphrases and the share of near misses and unrelated texts
+  that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing;
+- cost: what both classifiers add to ``check_request`` on a 4 KB chat request, in-process
+  (warm: words seen before; cold: each request's words new), p50 / p99; compile of 100
+  semantic topics.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from policy_extproc.detect.semantic.embedder import load_embedder  # noqa: E402
+from policy_extproc.detect.semantic.injection import SENSITIVITY, InjectionDetector  # noqa: E402
+from policy_extproc.detect.semantic.topics import (  # noqa: E402
+    DEFAULT_THRESHOLD,
+    TopicClassifier,
+    TopicSpec,
+)
+from policy_extproc.llm.request import parse_request  # noqa: E402
+from policy_extproc.policy.compiler import Snapshot  # noqa: E402
+from policy_extproc.policy.context import build_context  # noqa: E402
+from policy_extproc.policy.decision import RequestContext  # noqa: E402
+from policy_extproc.policy.evaluator import check_request  # noqa: E402
+from policy_extproc.policy.loader import load_sources  # noqa: E402
+
+DATA = ROOT / "tests" / "data" / "semantic"
+CHAT = "/v1/chat/completions"
+
+
+def _splits(group: dict[str, list[str]], split: str) -> list[str]:
+    return [t for name, texts in group.items() if split in ("all", name) for t in texts]
+
+
+def _at_fpr(neg: list[float], pos: list[float], fpr: float) -> tuple[float, float]:
+    """(threshold, recall) at the lowest threshold whose false-positive rate is <= fpr."""
+    ranked = sorted(neg, reverse=True)
+    allowed = int(np.floor(fpr * len(ranked)))
+    thr = ranked[allowed] if allowed < len(ranked) else 0.0
+    thr = np.nextafter(thr, 2.0)  # strictly above the negative left out
+    return float(thr), float(np.mean([p >= thr for p in pos])) if pos else 0.0
+
+
+def injection(model: str, split: str) -> None:
+    data = yaml.safe_load((DATA / "injection.yaml").read_text())
+    det = InjectionDetector(load_embedder(model))
+    neg = [det.score(t).score for t in _splits(data["benign"], split)]
+    fams = {f: [det.score(t).score for t in _splits(g, split)] for f, g in data["attacks"].items()}
+    every = [s for v in fams.values() for s in v]
+    print(f"\nprompt injection, {split} split, model {model}: {len(every)} attacks, "
+          f"{len(neg)} hard negatives")  # fmt: skip
+    t1, _ = _at_fpr(neg, every, 0.01)
+    t3, _ = _at_fpr(neg, every, 0.03)
+    print(f"  {'family':<14}{'n':>4}{'@1%FPR':>9}{'@3%FPR':>9}" +
+          "".join(f"{s:>9}" for s in SENSITIVITY))  # fmt: skip
+    for fam, scores in [*fams.items(), ("all", every)]:
+        r1 = np.mean([s >= t1 for s in scores])
+        r3 = np.mean([s >= t3 for s in scores])
+        ops = "".join(f"{np.mean([s >= v for s in scores]):>9.2f}" for v in SENSITIVITY.values())
+        print(f"  {fam:<14}{len(scores):>4}{r1:>9.2f}{r3:>9.2f}{ops}")
+    fp = "".join(f"{np.mean([s >= v for s in neg]):>9.2f}" for v in SENSITIVITY.values())
+    print(f"  {'FPR (benign)':<14}{len(neg):>4}{0.01:>9.2f}{0.03:>9.2f}{fp}")
+    print(
+        f"  thresholds giving 1% / 3% FPR: {t1:.3f} / {t3:.3f}; shipped: "
+        + ", ".join(f"{k} {v}" for k, v in SENSITIVITY.items())
+    )
+
+
+def topics(model: str, split: str) -> None:
+    data = yaml.safe_load((DATA / "topics.yaml").read_text())
+    emb = load_embedder(model)
+    specs = [TopicSpec(name, tuple(t["examples"])) for name, t in data["topics"].items()]
+    clf = TopicClassifier(emb, specs)
+    unrelated = _splits(data["unrelated"], split)
+    print(f"\ntopics, {split} split, model {model}: one rule with {len(specs)} topics, "
+          f"default threshold {DEFAULT_THRESHOLD}")  # fmt: skip
+    print(f"  {'topic':<19}{'pos':>4}{'recall':>8}{'near':>6}{'fired':>7}{'unrel':>7}"
+          f"{'rec@1%':>8}{'rec@3%':>8}")  # fmt: skip
+    tot_pos, tot_near = [], []
+    for name, t in data["topics"].items():
+
+        def score(text: str, topic: str = name) -> float:
+            return clf.scores(text).get(topic, 0.0)
+
+        pos = [score(x) for x in _splits(t["positive"], split)]
+        near = [score(x) for x in _splits(t["near_miss"], split)]
+        unrel = [score(x) for x in unrelated]
+        tot_pos += pos
+        tot_near += near + unrel
+        neg = near + unrel
+        _, r1 = _at_fpr(neg, pos, 0.01)
+        _, r3 = _at_fpr(neg, pos, 0.03)
+        rec = np.mean([p >= DEFAULT_THRESHOLD for p in pos])
+        fired = np.mean([n >= DEFAULT_THRESHOLD for n in near])
+        fu = np.mean([n >= DEFAULT_THRESHOLD for n in unrel])
+        print(f"  {name:<19}{len(pos):>4}{rec:>8.2f}{len(near):>6}{fired:>7.2f}{fu:>7.2f}"
+              f"{r1:>8.2f}{r3:>8.2f}")  # fmt: skip
+    rec = np.mean([p >= DEFAULT_THRESHOLD for p in tot_pos])
+    fired = np.mean([n >= DEFAULT_THRESHOLD for n in tot_near])
+    print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
+
+
+def _pcts(samples: list[float]) -> str:
+    s = sorted(samples)
+    return f"p50 {s[len(s) // 2] * 1e3:.3f} ms, p99 {s[int(len(s) * 0.99)] * 1e3:.3f} ms"
+
+
+def _policies(semantic: bool, examples: dict[str, list[str]]) -> str:
+    rules = ["  - {type: content_filter, id: words, keywords: [project aurora]}"]
+    if semantic:
+        rules.append("  - {type: prompt_injection, id: injection, direction: request}")
+        rules.append("  - type: content_filter\n    id: topics\n    topics:")
+        for name, ex in examples.items():
+            rules.append(f"      {name}: {{match: semantic, examples: {json.dumps(ex)}}}")
+    return "policy_name: p\norg: acme\nrules:\n" + "\n".join(rules) + "\n"
+
+
+def cost(model: str, iterations: int) -> None:
+    """What the two classifiers add to ``check_request`` on a 4 KB chat request (the real
+    in-process path: parts embedded once, both classifiers), warm and with every word new."""
+    if model != load_embedder().name:
+        print(f"\ncost: measured with the shipped model only ({load_embedder().name})")
+    inj = yaml.safe_load((DATA / "injection.yaml").read_text())
+    benign = [t for v in inj["benign"].values() for t in v]
+    data = yaml.safe_load((DATA / "topics.yaml").read_text())
+    examples = {n: t["examples"] for n, t in data["topics"].items()}
+    snaps = {
+        flag: Snapshot(load_sources([("p.yaml", _policies(flag, examples))]))
+        for flag in (False, True)
+    }
+    rng = random.Random(7)
+
+    def request(fresh: bool) -> RequestContext:
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < 4096:
+            sentence = rng.choice(benign).split()
+            if fresh:  # words never seen: each request pays the tokenizer and the topic cache
+                sentence = [w + str(rng.randrange(10**6)) for w in sentence]
+            words += sentence
+        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content":
+                " ".join(words)[:4096]}]}  # fmt: skip
+        return build_context({"x-org-id": "acme"}, parse_request(CHAT, json.dumps(body).encode()))
+
+    print(f"\ncost, in-process check_request, {iterations} chat requests of 4 KB (prompt of "
+          "hard-negative sentences: many heuristic cues to check):")  # fmt: skip
+    for label, fresh in (("warm words", False), ("every word new", True)):
+        ctxs = [request(fresh) for _ in range(iterations)]
+        row = {}
+        for flag, snap in snaps.items():
+            es = snap.resolve("acme", "", "")
+            for c in ctxs[:50]:
+                check_request(es, c)
+            samples = []
+            for c in ctxs:
+                t0 = time.perf_counter()
+                check_request(es, c)
+                samples.append(time.perf_counter() - t0)
+            row[flag] = sorted(samples)
+        base, sem = row[False], row[True]
+        n = len(base)
+        added = [(sem[int(n * q)] - base[int(n * q)]) * 1e3 for q in (0.5, 0.99)]
+        print(f"  {label}: without {_pcts(base)}; with {_pcts(sem)}; "
+              f"added p50 {added[0]:.3f} ms, p99 {added[1]:.3f} ms")  # fmt: skip
+    emb = load_embedder()
+    specs = [TopicSpec(n, tuple(ex)) for n, ex in examples.items()]
+    many = [TopicSpec(f"topic{i}", tuple(f"{e} variant {i}" for e in specs[i % 4].examples))
+            for i in range(100)]  # fmt: skip
+    t0 = time.perf_counter()
+    TopicClassifier(emb, many)
+    print(f"  compile of 100 semantic topics (6 examples each): {time.perf_counter() - t0:.2f} s")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--split", default="heldout", choices=("heldout", "tune", "all"))
+    ap.add_argument("--model", default="wordllama-l2-256")
+    ap.add_argument("--iterations", type=int, default=500)
+    ap.add_argument("--no-cost", action="store_true")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    load_embedder(args.model)
+    print(f"model {args.model} loaded in {time.perf_counter() - t0:.2f} s")
+    injection(args.model, args.split)
+    topics(args.model, args.split)
+    if not args.no_cost:
+        cost(args.model, args.iterations)
+
+
+if __name__ == "__main__":
+    main()

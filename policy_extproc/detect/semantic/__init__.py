@@ -1,0 +1,24 @@
+"""Semantic guards: prompt injection and topics by meaning, on a static embedding model.
+
+Pure: nothing here imports grpc, redis, opentelemetry or asyncio, and nothing does I/O at
+request time (the model and the shipped data files are read when a policy set compiles).
+Callers pass canonical text (the same text the other content filters scan).
+"""
+
+from .embedder import DEFAULT_MODEL, Embedder, EmbedderError, HashEmbedder, load_embedder
+from .injection import SENSITIVITY, InjectionDetector, InjectionFinding
+from .topics import DEFAULT_THRESHOLD, TopicClassifier, TopicSpec
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "DEFAULT_THRESHOLD",
+    "SENSITIVITY",
+    "Embedder",
+    "EmbedderError",
+    "HashEmbedder",
+    "InjectionDetector",
+    "InjectionFinding",
+    "TopicClassifier",
+    "TopicSpec",
+    "load_embedder",
+]

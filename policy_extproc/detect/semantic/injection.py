@@ -1,0 +1,203 @@
+"""Prompt-injection detection: heuristic signals per family, plus similarity to exemplars.
+
+``InjectionDetector`` is built once (compile time: the signals become one Hyperscan database,
+the exemplar library is embedded); ``score`` is pure and does no I/O. Per sentence the score is
+the larger of
+
+- the heuristic score: the noisy-or of the weights of the signals found in it (signals.py),
+  scanned in the text and in its decodings (base64 runs, ROT13, leetspeak, spaced-out letters);
+  a signal found only in a decoding also counts as the ``encoding`` family;
+- the similarity score: how much closer the sentence is to the nearest attack exemplar than to
+  the nearest benign look-alike, mapped to 0..1.
+
+The text is the caller's canonical text (NFKC, ignorables removed, confusables folded).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from dataclasses import dataclass
+from importlib import resources
+
+import hyperscan
+import numpy as np
+import yaml
+
+from .embedder import Embedder, embed_texts
+from .signals import NEGATION, SIGNALS
+from .text import Sentences, embed_sentences
+
+EXEMPLARS = "injection_exemplars_v1.yaml"
+
+# Operating points on the combined score (chosen on the tune split, see docs/semantic.md).
+SENSITIVITY = {"low": 0.85, "medium": 0.7, "high": 0.55}
+
+# Similarity to score: (cosine to the nearest attack - _SIM_FLOOR) + (that - cosine to the
+# nearest benign look-alike), clipped to 0..1. Static embeddings alone separate attacks from
+# hard negatives poorly (docs/semantic.md): the benign maximum on the tune split is about 0.4,
+# so similarity alone fires only at high sensitivity and mostly adds to a weak heuristic cue.
+_SIM_FLOOR = 0.35
+_NEGATED = 0.3  # weight factor of a signal right after a negation ("never reveal ...")
+
+_B64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
+_ROT13 = bytes.maketrans(
+    b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ",
+    b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
+)
+_LEET = bytes.maketrans(b"0134579@$|!", b"oieastgasii")
+_HAS_LEET = re.compile(rb"[a-z][0134579@$][a-z]|[0134579][a-z]{2}")
+_SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
+_LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
+_NEG = re.compile(NEGATION.encode() + rb"[^.\n]{0,30}$")
+_ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")
+
+
+def _sentence_start(data: bytes, end: int) -> int:
+    """Where the sentence holding the byte before ``end`` starts (as text.sentence_spans cuts,
+    by a few ``rfind`` calls: no scan of the whole text per hit)."""
+    return max(data.rfind(e, 0, max(end - 1, 0)) + len(e) for e in _ENDS) if end else 0
+
+
+class _Prefilter:
+    """Where signals end in a text: one Hyperscan pass over its lower-cased UTF-8 bytes.
+
+    Byte mode without start-of-match: the bounded gaps make UTF-8 or leftmost-start databases
+    too large to build. Python's ``re`` then finds a hit's start, in its sentence only."""
+
+    __slots__ = ("_db",)
+
+    def __init__(self) -> None:
+        self._db = hyperscan.Database()
+        exprs = [s.expr.encode() for s in SIGNALS]
+        self._db.compile(expressions=exprs, ids=list(range(len(SIGNALS))),
+                         flags=[hyperscan.HS_FLAG_CASELESS] * len(SIGNALS))  # fmt: skip
+
+    def hits(self, data: bytes) -> list[tuple[int, int]]:
+        """(signal, end offset) of every match."""
+        seen: list[tuple[int, int]] = []
+
+        def on_match(tag: int, start: int, end: int, flags: int, context: object) -> None:
+            seen.append((tag, end))
+
+        self._db.scan(data, match_event_handler=on_match)
+        return seen
+
+
+@dataclass(frozen=True, slots=True)
+class InjectionFinding:
+    """The strongest sentence: its score, the family that gave it, and how it was found."""
+
+    score: float
+    family: str
+    via: str  # "heuristic", "heuristic+decoded", "similarity", with "+similarity" when both
+
+
+def _load_exemplars() -> dict[str, object]:
+    text = resources.files(__package__).joinpath("data", EXEMPLARS).read_text("utf-8")
+    data = yaml.safe_load(text)
+    if not isinstance(data, dict) or data.get("version") != 1:
+        raise ValueError(f"{EXEMPLARS}: not a version 1 exemplar library")
+    return data
+
+
+def _decodings(low: bytes, raw: bytes) -> list[bytes]:
+    """Readings an attacker may have hidden an instruction in (lower-cased but base64, which
+    is decoded from ``raw`` and then lower-cased)."""
+    out = [low.translate(_ROT13)]
+    if _HAS_LEET.search(low):
+        out.append(low.translate(_LEET))
+    if _SPACED.search(low):  # "i g n o r e  a l l": drop the single separators of letters
+        out.append(_LETTER_GAP.sub(b"", low))
+    for m in _B64.finditer(raw):
+        chunk = m.group()
+        try:
+            decoded = base64.b64decode(chunk + b"=" * (-len(chunk) % 4), validate=True)
+            text = decoded.decode("utf-8")
+        except (binascii.Error, UnicodeDecodeError, ValueError):
+            continue
+        if text.isprintable():
+            out.append(text.lower().encode())
+    return out
+
+
+class InjectionDetector:
+    """Signals and exemplars compiled once; ``score(text)`` per part at request time."""
+
+    __slots__ = ("_attack", "_benign", "_embedder", "_families", "_patterns", "version")
+
+    _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
+
+    def __init__(self, embedder: Embedder) -> None:
+        self._embedder = embedder
+        self._patterns = _Prefilter()
+        data = _load_exemplars()
+        self.version = f"v{data['version']}"
+        attacks: dict[str, list[str]] = data["attacks"]  # type: ignore[assignment]
+        texts = [t for family in attacks.values() for t in family]
+        self._families = [f for f, family in attacks.items() for _ in family]
+        self._attack = embed_texts(embedder, texts)
+        self._benign = embed_texts(embedder, list(data["benign"]))  # type: ignore[call-overload]
+
+    def _heuristic(self, data: bytes) -> tuple[float, str]:
+        """Best (noisy-or score, family) over the sentences of lower-cased ``data``."""
+        hits = self._patterns.hits(data)
+        if not hits:
+            return 0.0, ""
+        # One weight per (sentence, signal), damped when a negation comes before it in its
+        # sentence ("never reveal ..."): ``re`` finds the start, within that sentence only.
+        found: dict[tuple[int, int], float] = {}
+        for tag, end in hits:
+            start = _sentence_start(data, end)
+            if (start, tag) in found:
+                continue
+            m = self._regexes[tag].search(data, start, end)
+            w = SIGNALS[tag].weight
+            if m is not None and _NEG.search(data, start, m.start()):
+                w *= _NEGATED
+            found[(start, tag)] = w
+        best, family = 0.0, ""
+        by_sentence: dict[int, list[tuple[float, int]]] = {}
+        for (sentence, tag), w in found.items():
+            by_sentence.setdefault(sentence, []).append((w, tag))
+        for items in by_sentence.values():
+            miss = 1.0
+            for w, _ in items:
+                miss *= 1.0 - w
+            score = 1.0 - miss
+            if score > best:
+                best, family = score, SIGNALS[max(items)[1]].family
+        return best, family
+
+    def _similarity(self, sentences: Sentences) -> tuple[float, str]:
+        if not sentences.spans:
+            return 0.0, ""
+        vecs = sentences.vectors
+        attack = vecs @ self._attack.T
+        near = attack.max(axis=1)
+        margin = near - (vecs @ self._benign.T).max(axis=1)
+        score = np.clip(near - _SIM_FLOOR + margin, 0.0, 1.0)
+        i = int(score.argmax())
+        if score[i] <= 0.0:
+            return 0.0, ""
+        return float(score[i]), self._families[int(attack[i].argmax())]
+
+    def score(self, text: str, sentences: Sentences | None = None) -> InjectionFinding:
+        """The injection score of one part (0 when nothing looks like an attack);
+        ``sentences``: the part's, when the caller has embedded them already."""
+        raw = text.encode("utf-8", "replace")
+        low = text.lower().encode("utf-8", "replace")
+        h, family = self._heuristic(low)
+        via = "heuristic"
+        for decoded in _decodings(low, raw):
+            d, _ = self._heuristic(decoded)
+            if d > h:
+                h, family, via = d, "encoding", "heuristic+decoded"
+        if sentences is None:
+            sentences = embed_sentences(self._embedder, text)
+        s, sim_family = self._similarity(sentences)
+        both = 1.0 - (1.0 - h) * (1.0 - s)  # noisy-or: similarity strengthens a weak cue
+        if s > h:
+            return InjectionFinding(round(both, 3), sim_family, "similarity")
+        return InjectionFinding(round(both, 3), family, via if not s else f"{via}+similarity")

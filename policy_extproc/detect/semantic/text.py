@@ -1,0 +1,65 @@
+"""Sentences: the unit both classifiers judge. Callers pass canonical text (NFKC, ignorables
+removed, confusables folded: what every other filter scans), so none of that is redone here."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .embedder import Embedder, Vectors
+
+Span = tuple[int, int]
+
+# A sentence ends at . ! ? ; followed by space or the end, at a line break, or at the CJK full
+# stop (canonical text is NFKC, so fullwidth ! ? ; are already ASCII); a very long run without
+# an end is cut so one span never averages a whole document.
+_MAX = 320
+
+
+# One sentence: from a non-space to an end mark followed by space or the end, a line break,
+# or the CJK full stop. ``finditer`` does the whole cut in C.
+_SENTENCE = re.compile(r"[^\s](?:[^\n.!?;\u3002]|[.!?;]+(?![\s]|$))*(?:[.!?;]+|\u3002+)?")
+
+
+def sentence_spans(text: str) -> list[Span]:
+    """(start, end) of each non-blank sentence of ``text``, at most ``_MAX`` characters."""
+    spans: list[Span] = []
+    for m in _SENTENCE.finditer(text):
+        start, end = m.span()
+        if end - start > _MAX or text[end - 1].isspace():
+            _add(text, start, end, spans)
+        else:
+            spans.append((start, end))
+    return spans
+
+
+def _add(text: str, start: int, end: int, out: list[Span]) -> None:
+    while start < end and text[start].isspace():
+        start += 1
+    while end > start and text[end - 1].isspace():
+        end -= 1
+    while end - start > _MAX:
+        cut = text.rfind(" ", start + _MAX // 2, start + _MAX)
+        cut = cut if cut > start else start + _MAX
+        out.append((start, cut))
+        start = cut
+        while start < end and text[start].isspace():
+            start += 1
+    if end > start:
+        out.append((start, end))
+
+
+@dataclass(frozen=True, slots=True)
+class Sentences:
+    """A text's sentences and their vectors, computed once and read by both classifiers."""
+
+    text: str
+    spans: list[Span]
+    vectors: Vectors
+
+
+def embed_sentences(embedder: Embedder, text: str) -> Sentences:
+    spans = sentence_spans(text)
+    return Sentences(text, spans, embedder.embed_spans(text, spans))

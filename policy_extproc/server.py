@@ -213,7 +213,9 @@ class Sidecar:
                 ("grpc.max_send_message_length", limit),
             ]
         )
-        self.processor = ExternalProcessor(self.engine)
+        self.processor = ExternalProcessor(
+            self.engine, on_phase=self.metrics.sink.phase if self.metrics is not None else None
+        )
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
             Authorization(self.engine), server

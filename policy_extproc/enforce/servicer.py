@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -12,6 +13,7 @@ from envoy.service.auth.v3.external_auth_pb2 import CheckRequest, CheckResponse
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
+from ..logformat import bind_request
 from . import extauthz, translate
 from .engine import Engine
 from .replies import Extend
@@ -23,8 +25,12 @@ log = logging.getLogger(__name__)
 class ExternalProcessor(epg.ExternalProcessorServicer):
     """envoy.service.ext_proc.v3.ExternalProcessor: one state machine per stream."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(
+        self, engine: Engine, *, on_phase: Callable[[str, float], None] | None = None
+    ) -> None:
         self.engine = engine
+        # Told how long each message took to answer, by phase (the phase latency metric).
+        self.on_phase = on_phase
         self.open_streams = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -39,14 +45,23 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         self._idle.clear()
         try:
             async for msg in request_iterator:
+                started = time.perf_counter()
                 ev = translate.event(msg)
+                if ev.phase == "request_headers":
+                    # Log lines of this stream's task name its request (--log-format json).
+                    trace = stream.trace_context.get("traceparent") or ev.headers.get("traceparent")
+                    tp = (trace or "").split("-")
+                    bind_request(ev.headers.get("x-request-id", ""), tp[1] if len(tp) > 3 else None)
                 more = stream.extension(ev)
                 if more is not None:
                     # A large body goes to a worker: ask Envoy to wait for it (one override
                     # per message), before the work starts.
                     yield translate.extend(Extend(more))
                 reply = await stream.handle(ev)
-                yield translate.response(reply)
+                response = translate.response(reply)
+                if self.on_phase is not None:
+                    self.on_phase(ev.phase or "unknown", time.perf_counter() - started)
+                yield response
         except asyncio.CancelledError:
             # Envoy reset the stream (client gone, message timeout): ``close`` audits a request
             # that was not decided yet, saying what happened to it.

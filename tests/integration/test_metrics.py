@@ -414,3 +414,11 @@ async def test_budget_thresholds_and_refusals_are_counted(
     assert sample(m, name, **by, threshold="50%") == 1
     assert sample(m, name, **by, threshold="80%") == 1
     assert sample(m, name, **by, threshold="blocked") == 1
+
+
+async def test_phase_latency_is_observed_per_message(server: Running) -> None:
+    await run_exchange(server.stub, full_request(chat_body("hello"), request_id="p-1"))
+    m = scrape(server.sidecar.metrics_port)
+    for phase in ("request_headers", "request_body"):
+        count = sample(m, "policy_extproc_phase_seconds_count", phase=phase)
+        assert count is not None and count >= 1, phase

@@ -117,6 +117,7 @@ def _uncompiled(policy: Policy, index: int) -> CompiledPolicy:
     cp.request_patterns, cp.request_targets = None, ()
     cp.response_patterns, cp.response_targets = None, ()
     cp.pii = {}
+    cp.semantic = None  # no classifiers: nothing is scanned here
     return cp
 
 

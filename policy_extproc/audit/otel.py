@@ -25,6 +25,7 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
 from opentelemetry.context import Context
 from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
@@ -159,23 +160,7 @@ class OtelSink:
         if self._closed:
             return
         self._closed = True
-        # The SDK's force_flush ignores its timeout and an export retries for up to 10 s per
-        # batch, so the wait is bounded here, from outside.
-        worker = threading.Thread(target=self._flush_and_shutdown, name="otel-sink-close")
-        worker.daemon = True
-        worker.start()
-        worker.join(self._close_timeout_s)
-        if worker.is_alive():
-            logger.warning(
-                "audit spans not exported within %.1f s of close; giving up on them",
-                self._close_timeout_s,
-            )
-            # Interrupts the exporter's retry back-off, so the worker ends soon.
-            self._exporter.shutdown()
-
-    def _flush_and_shutdown(self) -> None:
-        self._provider.force_flush()
-        self._provider.shutdown()
+        bounded_shutdown(self._provider, self._exporter, self._close_timeout_s, "audit spans")
 
     @property
     def backlog(self) -> int:
@@ -253,6 +238,37 @@ def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
     }
     attrs.update((k, v) for k, v in lists.items() if v)
     return attrs
+
+
+class _Provider(Protocol):
+    def force_flush(self, timeout_millis: int = ...) -> bool: ...
+
+    def shutdown(self) -> Any: ...
+
+
+class _Exporter(Protocol):
+    def shutdown(self) -> Any: ...
+
+
+def bounded_shutdown(provider: _Provider, exporter: _Exporter, timeout_s: float, what: str) -> None:
+    """Flush and shut ``provider`` down, waiting at most ``timeout_s``.
+
+    The SDK's force_flush ignores its timeout and an export retries for up to 10 s per batch,
+    so the wait is bounded here, from outside: past it the exporter is shut down, which
+    interrupts its retry back-off, and what was queued is given up (and logged).
+    """
+
+    def flush_and_shutdown() -> None:
+        provider.force_flush()
+        provider.shutdown()
+
+    worker = threading.Thread(target=flush_and_shutdown, name="otel-close", daemon=True)
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        logger.warning("%s not exported within %.1f s of close; giving up on them", what,
+                       timeout_s)  # fmt: skip
+        exporter.shutdown()
 
 
 def resource(service_name: str = "policy-extproc") -> Resource:

@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 
 from opentelemetry.exporter.otlp.proto.grpc._log_exporter import OTLPLogExporter
 from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
-from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+
+from .otel import bounded_shutdown, resource
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class OtelAuditLogs:
         self._exporter = exporter or OTLPLogExporter(endpoint=endpoint, insecure=insecure)
         # Not the global provider, and no exit hook: close() is bounded, the SDK's is not.
         self._provider = LoggerProvider(
-            resource=Resource.create({SERVICE_NAME: service_name}), shutdown_on_exit=False
+            resource=resource(service_name), shutdown_on_exit=False
         )
         self._provider.add_log_record_processor(BatchLogRecordProcessor(self._exporter))
         self._logger = self._provider.get_logger("policy_extproc.audit")
@@ -98,14 +98,6 @@ class OtelAuditLogs:
         if self._closed:
             return
         self._closed = True
-        worker = threading.Thread(target=self._flush_and_shutdown, name="otel-logs-close")
-        worker.daemon = True
-        worker.start()
-        worker.join(self._close_timeout_s)
-        if worker.is_alive():
-            logger.warning("audit log records not exported within %.1f s", self._close_timeout_s)
-            self._exporter.shutdown()
-
-    def _flush_and_shutdown(self) -> None:
-        self._provider.force_flush()
-        self._provider.shutdown()
+        bounded_shutdown(
+            self._provider, self._exporter, self._close_timeout_s, "audit log records"
+        )

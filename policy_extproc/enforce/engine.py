@@ -115,6 +115,7 @@ class Exchange:
     # time.monotonic_ns() after which Envoy no longer waits for the message being decided.
     deadline_ns: int | None = None
     scope: EffectiveSet | None = None  # the rules in force for the identity, before the body
+    identity_ok: bool = False  # the identity was checked (one org, no ambiguity): not again
     plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
     route: failover.Route | None = None  # where it went, and the breaker watching that provider
     guarded: bool = False  # output guardrails apply to this answer
@@ -176,12 +177,9 @@ class Engine:
         """
         if self.config.record_usage or not self.store.ready:
             return True
-        ctx = build_context(
-            ex.headers, None, claims=ex.claims, config=self.config.identity, strict=False
-        )
-        # The request is decided on this same snapshot, even if another is swapped in meanwhile.
-        ex.snapshot = self.store.current
-        es = ex.snapshot.resolve(ctx.org, ctx.team, ctx.environment)
+        # The scope's snapshot is the one the request is decided on, even if another is
+        # swapped in meanwhile.
+        es = self._scope(ex)
         return (
             needs_usage(es)
             or bool(es.content["response"])
@@ -243,7 +241,7 @@ class Engine:
         if claims is None:
             claims = ex.claims
         elif claims is not ex.claims:
-            ex.claims, ex.scope = claims, None
+            ex.claims, ex.scope, ex.identity_ok = claims, None, False
         refused = self._identity_refusal(ex)
         if refused is not None:
             return refused, None
@@ -496,11 +494,14 @@ class Engine:
 
     def _identity_refusal(self, ex: Exchange) -> Decision | None:
         """Refuse (audited) a request whose identity is ambiguous or names no organisation."""
+        if ex.identity_ok:  # checked on the headers already (ext_proc); the body brings none
+            return None
         try:
             ctx = build_context(ex.headers, None, claims=ex.claims, config=self.config.identity)
             require_identity(ctx, self.config.identity)
         except RequestError as exc:
             return self.refuse(ex, exc)
+        ex.identity_ok = True
         return None
 
     def refuse(

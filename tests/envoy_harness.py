@@ -1,6 +1,7 @@
 """Real Envoy, mock providers and a pass-through ext_proc server, for e2e tests and benchmarks.
 
     render_config         the template with ports filled in; validate_config: envoy --mode validate
+    enable_tracing        a rendered config with Envoy's OpenTelemetry tracer on (OTLP/gRPC)
     EnvoyProcess          runs envoy on the rendered template, waits for admin /ready LIVE
     MockProviderProcess   policy_extproc.mockprovider in its own process (benchmarks)
     PassThroughProcess    PassThroughProcessor in its own process (benchmarks)
@@ -28,6 +29,7 @@ import re
 import shutil
 import signal
 import socket
+import string
 import subprocess
 import sys
 import tempfile
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import grpc
+import yaml
 from envoy.config.core.v3.base_pb2 import HeaderValue, HeaderValueOption
 from envoy.extensions.filters.http.ext_proc.v3.processing_mode_pb2 import ProcessingMode
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
@@ -126,6 +129,55 @@ def enable_tls(text: str, directory: Path | str = TLS_DIR) -> str:
         return "\n".join(yaml_lines).replace(TLS_DIR, str(directory)) + "\n"
 
     return _TLS_BLOCK.sub(uncomment, text)
+
+
+_TRACING = """
+random_sampling: {value: $sampling}
+provider:
+  name: envoy.tracers.opentelemetry
+  typed_config:
+    "@type": type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig
+    grpc_service: {envoy_grpc: {cluster_name: otel_collector}, timeout: 1s}
+    service_name: $service_name
+"""
+_COLLECTOR_CLUSTER = """
+name: otel_collector
+type: STATIC
+connect_timeout: 1s
+typed_extension_protocol_options:
+  envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+    "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+    explicit_http_config: {http2_protocol_options: {}}
+load_assignment:
+  cluster_name: otel_collector
+  endpoints:
+  - lb_endpoints:
+    - endpoint: {address: {socket_address: {address: $host, port_value: $port}}}
+"""
+
+
+def enable_tracing(
+    text: str, collector: str, *, service_name: str = "envoy", sampling: float = 100.0
+) -> str:
+    """A rendered Envoy config with its OpenTelemetry tracer on, exporting OTLP/gRPC to
+    ``collector`` (``host:port``, e.g. OtlpReceiver.endpoint) through a cluster of its own.
+
+    Every request is sampled (random_sampling 100 %); the ext_proc filter's gRPC stream then
+    gets a child span of the request's, whose traceparent Envoy sends as gRPC metadata.
+    The comments of the text are lost: the result is for a test to run, not to read.
+    """
+    host, _, port = collector.rpartition(":")
+    fill = {"sampling": sampling, "service_name": service_name, "host": host, "port": port}
+    config = yaml.safe_load(text)
+    for listener in config["static_resources"]["listeners"]:
+        for chain in listener["filter_chains"]:
+            for network_filter in chain["filters"]:
+                if network_filter["name"] == "envoy.filters.network.http_connection_manager":
+                    tracing = string.Template(_TRACING).substitute(fill)
+                    network_filter["typed_config"]["tracing"] = yaml.safe_load(tracing)
+    cluster = string.Template(_COLLECTOR_CLUSTER).substitute(fill)
+    config["static_resources"]["clusters"].append(yaml.safe_load(cluster))
+    return str(yaml.safe_dump(config, sort_keys=False))
 
 
 def validate_config(path: str | os.PathLike[str]) -> tuple[bool, str]:

@@ -21,13 +21,15 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent import futures
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from opentelemetry.proto.collector.logs.v1 import logs_service_pb2, logs_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1 import trace_pb2
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +112,21 @@ class OtlpReceiver:
             if not self._changed.wait_for(lambda: len(self._spans) >= count, timeout):
                 raise AssertionError(f"expected {count} spans, received {len(self._spans)}")
             return list(self._spans)
+
+    def wait_for(self, found: Callable[[list[ReceivedSpan]], T | None], timeout: float = 30.0) -> T:
+        """Block until ``found(spans so far)`` returns something (not None) and return it."""
+        result: T | None = None
+
+        def check() -> bool:
+            nonlocal result
+            result = found(self._spans)
+            return result is not None
+
+        with self._changed:
+            if not self._changed.wait_for(check, timeout):
+                raise AssertionError(f"spans received do not match: {self._spans}")
+        assert result is not None
+        return result
 
     @property
     def logs(self) -> list[ReceivedLog]:

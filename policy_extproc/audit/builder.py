@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ..llm.response import ResponseInfo
 from ..policy.decision import Decision, RequestContext
 from .record import AuditRecord, FiredRule, Usage, redaction_counts, utc_timestamp
 
@@ -20,6 +21,8 @@ def record_for(
     error_code: str | None = None,
     phase: str = "request",
     outcome: str | None = None,
+    response: ResponseInfo | None = None,
+    server: tuple[str, int | None] | None = None,
 ) -> AuditRecord:
     """The audit record of one decision."""
     # The model as judged and priced (canonical, an Azure deployment resolved), else as sent.
@@ -57,4 +60,9 @@ def record_for(
         phase=phase,
         outcome=outcome,
         api=ctx.request.api if ctx.request is not None else None,
+        response_model=response.model if response is not None else None,
+        response_id=response.id if response is not None else None,
+        finish_reasons=response.finish_reasons if response is not None else (),
+        server_address=server[0] if server is not None else None,
+        server_port=server[1] if server is not None else None,
     )

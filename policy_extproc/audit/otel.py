@@ -212,6 +212,10 @@ def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
         "gen_ai.provider.name": provider,
         "gen_ai.usage.input_tokens": None if record.usage is None else record.usage.input_tokens,
         "gen_ai.usage.output_tokens": None if record.usage is None else record.usage.output_tokens,
+        "gen_ai.response.model": record.response_model,
+        "gen_ai.response.id": record.response_id,
+        "server.address": record.server_address,
+        "server.port": record.server_port,
         "enduser.id": record.user,
         # The request's environment (x-environment). deployment.environment.name is the
         # sidecar's own, a resource attribute (OTEL_RESOURCE_ATTRIBUTES), as the conventions say.
@@ -230,6 +234,7 @@ def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
     }
     attrs.update((k, v) for k, v in optional.items() if v is not None)
     lists: dict[str, tuple[str, ...]] = {
+        "gen_ai.response.finish_reasons": record.finish_reasons,
         "policy.compliance": record.compliance,
         "policy.fired": tuple(f"{f.policy}/{f.rule}:{f.action}" for f in record.fired),
         "policy.redactions": tuple(f"{kind}={count}" for kind, count in record.redactions),

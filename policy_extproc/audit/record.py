@@ -86,6 +86,14 @@ class AuditRecord:
     # The API the request spoke (openai.chat, anthropic.messages, ...): the span's
     # gen_ai.operation.name comes from it.
     api: str | None = None
+    # What the provider's answer said about itself (response records only): the model that
+    # answered, the answer's id, why each choice stopped (the provider's own values).
+    response_model: str | None = None
+    response_id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+    # Where the request goes: the provider's host and port, from the catalog (when it knows).
+    server_address: str | None = None
+    server_port: int | None = None
 
     def __post_init__(self) -> None:
         # Checked here, once, so that neither sink can be handed a record it cannot write.
@@ -135,6 +143,11 @@ class AuditRecord:
             "phase": self.phase,
             "outcome": self.outcome,
             "api": self.api,
+            "response_model": self.response_model,
+            "response_id": self.response_id,
+            "finish_reasons": list(self.finish_reasons),
+            "server_address": self.server_address,
+            "server_port": self.server_port,
         }
 
     @classmethod
@@ -172,6 +185,11 @@ class AuditRecord:
             phase=data.get("phase", "request"),
             outcome=data.get("outcome"),
             api=data.get("api"),
+            response_model=data.get("response_model"),
+            response_id=data.get("response_id"),
+            finish_reasons=tuple(data.get("finish_reasons", ())),
+            server_address=data.get("server_address"),
+            server_port=data.get("server_port"),
         )
 
 

@@ -29,6 +29,7 @@ from ..llm.apis import BY_API
 from ..llm.catalog import Catalog, load_catalog
 from ..llm.request import LlmRequest, rewrite_request
 from ..llm.response import (
+    ResponseInfo,
     SseParser,
     Usage,
     UsageChunkFilter,
@@ -108,6 +109,7 @@ class Exchange:
     sse: SseParser | None = None
     response_chunks: list[bytes] = field(default_factory=list)
     usage: Usage | None = None
+    answer: ResponseInfo | None = None  # the answer's model, id, finish reasons
     finished: bool = False
     error_code: str | None = None
     # What the client got when it is not the decision (Envoy gave up, the stream was reset).
@@ -545,6 +547,9 @@ class Engine:
                 extra["provider"] = ex.route.provider
             elif ex.request is not None:
                 extra["provider"] = default_provider(ex.request, self.catalog)
+        known = self.catalog.provider(decision.reroute or extra.get("provider") or "")
+        if known is not None and known.address:
+            extra["server"] = (known.address, known.port)  # the spans' server.address / port
         record = record_for(
             decision,
             ctx,
@@ -642,18 +647,19 @@ class Engine:
         if shutdown:
             ex.error_code = "stream_cut_by_shutdown"  # the record says why no usage came
         if ex.stream_guard is not None:
-            ex.usage = ex.stream_guard.usage
+            ex.usage, ex.answer = ex.stream_guard.usage, ex.stream_guard.parser.info
             if ex.stream_guard.findings.fired:
                 ex.response_findings = ex.stream_guard.findings
         elif ex.sse is not None:
             ex.sse.flush()  # a last event with no blank line after it still counts
-            ex.usage = ex.sse.usage
+            ex.usage, ex.answer = ex.sse.usage, ex.sse.info
         elif ex.usage_filter is not None:
             ex.usage_filter.feed(b"", True)
-            ex.usage = ex.usage_filter.usage
+            ex.usage, ex.answer = ex.usage_filter.usage, ex.usage_filter.info
         elif ex.response_chunks and 200 <= ex.status < 300:
             try:
-                ex.usage = parse_response(ex.request.api, b"".join(ex.response_chunks)).usage
+                resp = parse_response(ex.request.api, b"".join(ex.response_chunks))
+                ex.usage, ex.answer = resp.usage, resp.info
             except PolicyExtprocError:
                 ex.usage = None
         cost = None
@@ -669,7 +675,9 @@ class Engine:
             if ex.response_findings is not None and ex.es is not None:
                 decision = guard.response_decision(ex.response_findings, ex.es)
             usage = (ex.usage.input_tokens, ex.usage.output_tokens) if ex.usage else None
-            self._audit(ex, decision, usage=usage, cost_usd=cost, phase="response")
+            self._audit(
+                ex, decision, usage=usage, cost_usd=cost, phase="response", response=ex.answer
+            )
         if ex.plan is not None:
             self._spawn(self._settle(ex, ex.plan, ex.usage, cost))
 

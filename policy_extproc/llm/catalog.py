@@ -37,11 +37,17 @@ class Price:
 
 @dataclass(frozen=True, slots=True)
 class Provider:
-    """A provider Envoy can route to, the request format it speaks, and where it keeps data."""
+    """A provider Envoy can route to, the request format it speaks, and where it keeps data.
+
+    ``address`` / ``port``: the host Envoy's cluster for it reaches (the spans' server.address
+    and server.port), None where the catalog does not say (an Azure resource, a region).
+    """
 
     name: str
     api: ProviderApi
     eu_resident: bool = False
+    address: str | None = None
+    port: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

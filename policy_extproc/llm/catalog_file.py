@@ -1,6 +1,6 @@
 """The catalog file: YAML (or JSON) text to a ``Catalog``, every problem with its line.
 
-Fields: ``prices_as_of``, ``providers`` ({name: {api, eu_resident}}), ``models`` ({name:
+Fields: ``prices_as_of``, ``providers`` ({name: {api, eu_resident, address}}), ``models`` ({name:
 {provider, price: {input, output, cached_input}, aliases}}) and ``deployments`` ({Azure
 deployment name: model}); see default_catalog.yaml. Unknown fields and duplicate keys are
 errors, reported all at once as ``check`` reports policies.
@@ -9,6 +9,7 @@ errors, reported all at once as ``check`` reports policies.
 from __future__ import annotations
 
 import datetime
+import re
 from collections.abc import Collection
 from types import MappingProxyType
 from typing import Any, cast
@@ -20,7 +21,9 @@ from policy_extproc.llm.catalog import Catalog, ModelInfo, Price, Provider, Prov
 from policy_extproc.llm.model_names import canonical
 
 _TOP_FIELDS = ("prices_as_of", "providers", "models", "deployments")
-_PROVIDER_FIELDS = ("api", "eu_resident")
+_PROVIDER_FIELDS = ("api", "eu_resident", "address")
+# host or host:port (a DNS name or an IPv4 address; an IPv6 one in brackets), no scheme, no path.
+_ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::(?P<port>\d{1,5}))?\Z")
 _MODEL_FIELDS = ("provider", "price", "aliases")
 _PRICE_FIELDS = ("input", "output", "cached_input")
 _YamlPath = tuple[Any, ...]
@@ -96,7 +99,21 @@ def _provider(name: Any, spec: Any, out: _Problems) -> Provider | None:
     if not isinstance(eu, bool):
         out.add((*path, "eu_resident"), f"{owner}field 'eu_resident' must be true or false")
         ok = False
-    return Provider(name, cast(ProviderApi, api), eu) if ok else None
+    address = spec.get("address")
+    host, port = None, None
+    if address is not None:
+        m = _ADDRESS.match(address) if isinstance(address, str) else None
+        if m is None or (m.group("port") is not None and not 0 < int(m.group("port")) < 65536):
+            out.add(
+                (*path, "address"),
+                f"{owner}field 'address' must be host or host:port (api.openai.com:443), "
+                "without a scheme or path",
+            )
+            ok = False
+        else:
+            host, port = m.group("host"), m.group("port")
+    provider = Provider(name, cast(ProviderApi, api), eu, host, None if port is None else int(port))
+    return provider if ok else None
 
 
 def _model(name: Any, spec: Any, providers: Collection[Any], out: _Problems) -> ModelInfo | None:

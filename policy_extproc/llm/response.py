@@ -1,4 +1,5 @@
-"""LLM response bodies and streams: token usage and the model's output text.
+"""LLM response bodies and streams: token usage, what the answer says about itself (model, id,
+finish reasons: ``ResponseInfo``) and the model's output text.
 
 This is the facade the rest of the code imports; each API format declares its own answers in
 its module under ``llm/apis/`` (text parts and usage of a buffered answer, its stream framing,
@@ -16,7 +17,7 @@ from typing import Any
 from policy_extproc.llm.apis import BY_API, FORMATS
 from policy_extproc.llm.apis._openai import openai_usage
 from policy_extproc.llm.apis.anthropic_messages import usage_of as anthropic_usage
-from policy_extproc.llm.apis.wire import StreamEvent, Usage
+from policy_extproc.llm.apis.wire import ResponseInfo, StreamEvent, Usage
 from policy_extproc.llm.request import (
     Api,
     JsonPath,
@@ -28,6 +29,7 @@ from policy_extproc.llm.request import (
 
 __all__ = [
     "LlmResponse",
+    "ResponseInfo",
     "SseEvent",
     "SseParser",
     "StreamEvent",
@@ -47,11 +49,13 @@ _STREAM_TYPES = tuple({t for f in FORMATS for t in f.stream_types})
 
 @dataclass(frozen=True, slots=True)
 class LlmResponse:
-    """A parsed non-streamed response: usage and the model's output text with locations."""
+    """A parsed non-streamed response: usage, the model's output text with locations, and
+    what the answer says about itself (None for an error body, or one that says nothing)."""
 
     usage: Usage | None
     parts: tuple[PromptPart, ...]
     body: dict[str, Any] = field(repr=False)
+    info: ResponseInfo | None = None
 
 
 def is_stream(content_type: str) -> bool:
@@ -66,7 +70,8 @@ def parse_response(api: Api, body: bytes) -> LlmResponse:
     fmt = BY_API[api]
     if fmt.is_error(data):
         return LlmResponse(None, (), data)
-    return LlmResponse(fmt.usage(data), tuple(fmt.response_parts(data)), data)
+    parts = tuple(fmt.response_parts(data))
+    return LlmResponse(fmt.usage(data), parts, data, fmt.answer_info(data, None, None))
 
 
 def rewrite_response(resp: LlmResponse, new_texts: Mapping[JsonPath, str]) -> bytes:
@@ -76,16 +81,19 @@ def rewrite_response(resp: LlmResponse, new_texts: Mapping[JsonPath, str]) -> by
 
 class SseParser:
     """Incremental parser of one api's streamed answer (SSE or AWS event-stream framing):
-    events, the text each adds, and the usage reported so far."""
+    events, the text each adds, the usage reported so far and what the answer says about
+    itself (model, id, finish reasons)."""
 
-    __slots__ = ("_delta", "_fold", "_framer", "_usage")
+    __slots__ = ("_delta", "_fold", "_fold_info", "_framer", "_info", "_usage")
 
     def __init__(self, api: Api) -> None:
         fmt = BY_API[api]
         self._framer = fmt.framer()
         self._fold = fmt.stream_usage
+        self._fold_info = fmt.answer_info
         self._delta = fmt.delta_text
         self._usage: Usage | None = None
+        self._info: ResponseInfo | None = None
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         """Add bytes; return the events they complete, keeping any partial tail."""
@@ -99,12 +107,18 @@ class SseParser:
         for ev in events:
             if isinstance(ev.payload, dict):
                 self._usage = self._fold(ev.payload, ev.event, self._usage)
+                self._info = self._fold_info(ev.payload, ev.event, self._info)
         return events
 
     @property
     def usage(self) -> Usage | None:
         """Token usage reported by the stream so far, None until the provider sent it."""
         return self._usage
+
+    @property
+    def info(self) -> ResponseInfo | None:
+        """The answer's model, id and finish reasons as the stream told them so far."""
+        return self._info
 
     def delta_text(self, event: StreamEvent) -> str | None:
         """The output text this event adds, None for events that carry none."""
@@ -151,3 +165,8 @@ class UsageChunkFilter:
     def usage(self) -> Usage | None:
         """The usage the stream reported (from the chunk removed), None until it came."""
         return self.parser.usage
+
+    @property
+    def info(self) -> ResponseInfo | None:
+        """The answer's model, id and finish reasons, as the stream told them so far."""
+        return self.parser.info

@@ -17,6 +17,7 @@ Envoy's request span belongs to (the client stays the root).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -125,8 +126,9 @@ def _one(spans: list[ReceivedSpan], match: Any) -> ReceivedSpan:
 
 
 def test_the_decisions_are_children_of_envoys_ext_proc_span(
-    envoy: EnvoyProcess, receiver: OtlpReceiver, mock_provider: MockProvider
-) -> None:
+    envoy: EnvoyProcess, receiver: OtlpReceiver, sidecar: RunningSidecar,
+    mock_provider: MockProvider,
+) -> None:  # fmt: skip
     resp = http_request(envoy.url, CHAT, chat("hello, traced"), headers=HEADERS)
     assert resp.status == 200, resp.body
     request_id = resp.headers["x-request-id"]
@@ -163,6 +165,37 @@ def test_the_decisions_are_children_of_envoys_ext_proc_span(
     assert response_decision.attributes["gen_ai.usage.input_tokens"] > 0
     assert response_decision.attributes["gen_ai.usage.output_tokens"] > 0
     assert response_decision.attributes["policy.request_id"] == request_id
+    # What the provider's answer said about itself, and where the request went (the catalog's
+    # address of the provider: the mock stands in for api.openai.com).
+    answer = resp.json()
+    assert response_decision.attributes["gen_ai.response.model"] == answer["model"]
+    assert response_decision.attributes["gen_ai.response.id"] == answer["id"]
+    assert response_decision.attributes["gen_ai.response.finish_reasons"] == ("stop",)
+    for decision in (request_decision, response_decision):
+        assert decision.attributes["server.address"] == "api.openai.com"
+        assert decision.attributes["server.port"] == 443
+    [record] = [r for r in sidecar.records(request_id) if r.phase == "response"]
+    assert (record.response_model, record.response_id) == (answer["model"], answer["id"])
+    assert record.finish_reasons == ("stop",)
+
+
+def test_a_streamed_answer_names_its_model_id_and_finish_reason(
+    envoy: EnvoyProcess, receiver: OtlpReceiver, sidecar: RunningSidecar,
+    mock_provider: MockProvider,
+) -> None:  # fmt: skip
+    # With usage asked for: a stream that reports none gets no response record at all.
+    body = {**chat("stream, traced"), "stream": True, "stream_options": {"include_usage": True}}
+    resp = http_request(envoy.url, CHAT, body, headers=HEADERS)
+    assert resp.status == 200, resp.body
+    chunks = [json.loads(data) for _, data in resp.sse() if data != "[DONE]"]
+
+    trace = _trace(receiver, resp.headers["x-request-id"])
+    ext_proc = _one(trace, lambda s: EXT_PROC_SPAN in s.name)
+    response_decision = _one(trace, lambda s: s.attributes.get("policy.phase") == "response")
+    assert response_decision.parent_span_id == ext_proc.span_id
+    assert response_decision.attributes["gen_ai.response.model"] == chunks[0]["model"]
+    assert response_decision.attributes["gen_ai.response.id"] == chunks[0]["id"]
+    assert response_decision.attributes["gen_ai.response.finish_reasons"] == ("stop",)
 
 
 def test_a_client_traceparent_is_kept_and_envoy_stays_the_decisions_parent(

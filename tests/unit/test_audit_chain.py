@@ -32,7 +32,8 @@ RECORD_KEYS = [
     "decision", "policy", "rule", "reason", "user", "environment", "timestamp", "request_id",
     "org", "team", "model", "provider", "mode", "would_decide", "compliance", "fired",
     "redactions", "usage", "cost_usd", "latency_us", "policy_version", "error_code", "alerts",
-    "degraded", "trace_id", "phase", "outcome", "api",
+    "degraded", "trace_id", "phase", "outcome", "api", "response_model", "response_id",
+    "finish_reasons", "server_address", "server_port",
 ]  # fmt: skip
 
 

@@ -86,10 +86,14 @@ def test_default_catalog_providers(catalog: Catalog) -> None:
         "mistral",
         "bedrock",
     }
-    assert catalog.provider("mistral") == Provider("mistral", "openai", eu_resident=True)
+    assert catalog.provider("mistral") == Provider(
+        "mistral", "openai", eu_resident=True, address="api.mistral.ai", port=443
+    )
     assert catalog.provider("azure-openai") == Provider("azure-openai", "openai", False)
     assert catalog.provider("azure-openai-eu") == Provider("azure-openai-eu", "openai", True)
-    assert catalog.provider("anthropic") == Provider("anthropic", "anthropic", False)
+    assert catalog.provider("anthropic") == Provider(
+        "anthropic", "anthropic", False, "api.anthropic.com", 443
+    )
     assert catalog.provider("nope") is None
     with pytest.raises(TypeError):
         providers["x"] = Provider("x", "openai")  # type: ignore[index]
@@ -284,7 +288,7 @@ BAD_CATALOGS = [
         "  m4: {provider: q, price: {input: 1, output: 1}, alias: {}}\n",
         [
             "2: provider 'p': field 'api' must be 'openai' or 'anthropic'",
-            "3: provider 'q': unknown field 'region' (expected one of: api, eu_resident)",
+            "3: provider 'q': unknown field 'region' (expected one of: api, eu_resident, address)",
             "3: provider 'q': field 'eu_resident' must be true or false",
             "4: provider 'r': settings must be a mapping such as {api: openai}",
             "7: model 'm1': provider 'nowhere' is not defined in providers",
@@ -340,3 +344,34 @@ def test_missing_catalog_file(tmp_path: Path) -> None:
 def test_parse_catalog_names_the_file() -> None:
     with pytest.raises(PolicyError, match=r"^inline:0: a catalog must be a mapping"):
         parse_catalog("3", "inline")
+
+
+MODEL = "models: {m: {provider: p, price: {input: 1, output: 2}}}\n"
+
+
+@pytest.mark.parametrize(
+    ("address", "host", "port"),
+    [("api.openai.com:443", "api.openai.com", 443), ("llm.internal", "llm.internal", None),
+     ("10.0.0.7:8443", "10.0.0.7", 8443), ("[fd00::1]:443", "[fd00::1]", 443)],
+)  # fmt: skip
+def test_a_provider_address_is_host_and_port(
+    tmp_path: Path, address: str, host: str, port: int | None
+) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(f'providers: {{p: {{api: openai, address: "{address}"}}}}\n' + MODEL)
+    provider = load_catalog(str(path)).provider("p")
+    assert provider is not None and (provider.address, provider.port) == (host, port)
+
+
+@pytest.mark.parametrize(
+    "address", ["https://api.openai.com", "api.openai.com/v1", "h:0", "h:70000", "", "a b", "7"]
+)
+def test_a_provider_address_with_a_scheme_path_or_bad_port_is_refused(
+    tmp_path: Path, address: str
+) -> None:
+    path = tmp_path / "c.yaml"
+    value = address if address == "7" else f'"{address}"'
+    path.write_text(f"providers: {{p: {{api: openai, address: {value}}}}}\n" + MODEL)
+    with pytest.raises(PolicyError) as info:
+        load_catalog(str(path))
+    assert "field 'address' must be host or host:port" in str(info.value.problems[0])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .base import PromptPart
-from .wire import Json, Refusal, Usage, compact, count, first
+from .wire import Json, Refusal, ResponseInfo, Usage, answer_info, compact, count, first, items
 
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -48,6 +48,47 @@ def responses_usage(payload: Json, event: str | None, usage: Usage | None) -> Us
         if isinstance(response, dict):
             return openai_usage(response.get("usage")) or usage
     return usage
+
+
+def choices_info(
+    payload: Json, event: str | None, info: ResponseInfo | None
+) -> ResponseInfo | None:
+    """Chat and completions, a body or a chunk alike: id, model, each choice's finish_reason
+    (a chunk carries a choice's reason once, when that choice ends)."""
+    reasons = [c.get("finish_reason") for _, c in items(payload.get("choices"))]
+    return answer_info(info, model=payload.get("model"), id=payload.get("id"), reasons=reasons)
+
+
+def model_info(payload: Json, event: str | None, info: ResponseInfo | None) -> ResponseInfo | None:
+    """Embeddings: the answer names its model, and has no id and no finish reason."""
+    return answer_info(info, model=payload.get("model"))
+
+
+def responses_info(
+    payload: Json, event: str | None, info: ResponseInfo | None
+) -> ResponseInfo | None:
+    """Responses API: the response object (a body, or the ``response`` of the stream's
+    response.* lifecycle events). It has no finish reason: its ``status`` stands in
+    (completed, failed), or for an incomplete one the reason (max_output_tokens, ...)."""
+    kind = payload.get("type", event)
+    if kind is None and payload.get("object", "response") == "response":
+        response: Any = payload  # a buffered body (a stream's events all have a type)
+    elif isinstance(kind, str) and kind.startswith("response.") and "response" in payload:
+        response = payload["response"]
+    else:
+        return info
+    if not isinstance(response, dict):
+        return info
+    reasons: tuple[Any, ...] = ()
+    status = response.get("status")
+    if status == "incomplete":
+        details = response.get("incomplete_details")
+        reasons = ((details.get("reason") if isinstance(details, dict) else None) or status,)
+    elif status in ("completed", "failed", "cancelled"):
+        reasons = (status,)
+    if info is not None and info.finish_reasons:
+        reasons = ()  # the last lifecycle event repeats what the final one said
+    return answer_info(info, model=response.get("model"), id=response.get("id"), reasons=reasons)
 
 
 def chat_delta(payload: Any) -> str | None:

@@ -36,7 +36,7 @@ from .base import (
     walk,
     walk_rest,
 )
-from .wire import Refusal, Usage, compact, count, items
+from .wire import Refusal, ResponseInfo, Usage, answer_info, compact, count, items
 
 _COMMON = ("type", "id", "model", "role", "signature", "encrypted_content", "media_type", "url",
            "cache_control")  # fmt: skip
@@ -226,6 +226,24 @@ def _stream_usage(payload: Json, event: str | None, usage: Usage | None) -> Usag
     return usage
 
 
+def _info(payload: Json, event: str | None, info: ResponseInfo | None) -> ResponseInfo | None:
+    """A message (the body, or message_start's ``message``): id, model, stop_reason; the stop
+    reason of a stream comes in message_delta's ``delta``."""
+    kind = payload.get("type", event)
+    if kind == "message_start":
+        message = payload.get("message")
+        if isinstance(message, dict):
+            return answer_info(info, model=message.get("model"), id=message.get("id"))
+    elif kind == "message_delta":
+        delta = payload.get("delta")
+        if isinstance(delta, dict):
+            return answer_info(info, reasons=(delta.get("stop_reason"),))
+    elif kind == "message" and event is None:
+        reasons = (payload.get("stop_reason"),)
+        return answer_info(info, model=payload.get("model"), id=payload.get("id"), reasons=reasons)
+    return info
+
+
 def _delta(payload: Any) -> str | None:
     if isinstance(payload, dict) and payload.get("type") == "content_block_delta":
         delta = payload.get("delta")
@@ -266,6 +284,7 @@ FORMAT = ApiFormat(
     delta_text=_delta,
     set_delta=_set_delta,
     stream_usage=_stream_usage,
+    answer_info=_info,
     refusal_event=_refusal,
     provider="anthropic",
     messages=_messages,

@@ -44,7 +44,7 @@ from .base import (
     walk,
     walk_rest,
 )
-from .wire import Refusal, StreamEvent, Usage, compact, count, items
+from .wire import Refusal, ResponseInfo, StreamEvent, Usage, answer_info, compact, count, items
 
 _COMMON = ("role", "format", "type", "toolUseId", "status", "signature", "redactedContent",
            "s3Location", "uri", "bucketOwner", "qualifiers", "cachePoint")  # fmt: skip
@@ -205,6 +205,14 @@ def _stream_usage(payload: Json, event: str | None, usage: Usage | None) -> Usag
     return usage_of(payload.get("usage")) or usage if event == "metadata" else usage
 
 
+def _info(payload: Json, event: str | None, info: ResponseInfo | None) -> ResponseInfo | None:
+    """Converse answers carry no id and no model (the path named it): the stop reason only,
+    at the top of the body or in the stream's messageStop event."""
+    if event is None or event == "messageStop":
+        return answer_info(info, reasons=(payload.get("stopReason"),))
+    return info
+
+
 def _delta_obj(payload: Any) -> tuple[Json, str] | None:
     """The object holding a delta's text and the key: delta.text or reasoning text."""
     delta = payload.get("delta") if isinstance(payload, dict) else None
@@ -267,6 +275,7 @@ FORMAT = ApiFormat(
     delta_text=_delta,
     set_delta=_set_delta,
     stream_usage=_stream_usage,
+    answer_info=_info,
     refusal_event=_refusal,
     provider="bedrock",
     messages=lambda body: len(body["messages"]) + (1 if body.get("system") else 0),

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from policy_extproc.errors import MalformedBody
 
-from .wire import Framer, Refusal, SseFramer, StreamEvent, Usage, sse_encode
+from .wire import Framer, Refusal, ResponseInfo, SseFramer, StreamEvent, Usage, sse_encode
 
 Api = Literal[
     "openai.chat",
@@ -84,6 +84,10 @@ def _keep_usage(payload: Json, event: str | None, usage: Usage | None) -> Usage 
     return usage
 
 
+def _no_info(payload: Json, event: str | None, info: ResponseInfo | None) -> ResponseInfo | None:
+    return info
+
+
 def _no_messages(body: Json) -> int:
     return 0
 
@@ -103,7 +107,8 @@ class ApiFormat:
     stream flag that the path carries instead of the body (Gemini, Bedrock). Response side:
     ``response_parts`` and ``usage`` read a buffered answer, ``framer`` / ``stream_types`` /
     ``encode_event`` are its stream framing, ``delta_text`` / ``set_delta`` read and rewrite a
-    streamed event's text, ``stream_usage`` folds one event into the usage so far,
+    streamed event's text, ``stream_usage`` folds one event into the usage so far (and
+    ``answer_info`` into what the answer says about itself: model, id, finish reasons),
     ``refusal_event`` is the event that ends a stream a policy refuses. ``provider`` is where
     Envoy sends it by default, ``messages`` counts the chat messages it frames (token
     estimates), ``usage_opt_in`` says a stream reports usage only when asked
@@ -128,6 +133,9 @@ class ApiFormat:
     set_delta: Callable[[Any, str], None] | None = None
     stream_usage: Callable[[Json, str | None, Usage | None], Usage | None] = _keep_usage
     refusal_event: Callable[[Refusal], bytes] | None = None
+    # What the answer says about itself (model, id, finish reasons): folds a buffered body
+    # (event None, info None) or one stream event into what is known so far.
+    answer_info: Callable[[Json, str | None, ResponseInfo | None], ResponseInfo | None] = _no_info
     provider: str = "openai"
     messages: Callable[[Json], int] = _no_messages
     usage_opt_in: bool = False

@@ -43,7 +43,18 @@ from .base import (
     walk,
     walk_rest,
 )
-from .wire import Refusal, Usage, compact, count, first, items, set_text_parts, text_parts_delta
+from .wire import (
+    Refusal,
+    ResponseInfo,
+    Usage,
+    answer_info,
+    compact,
+    count,
+    first,
+    items,
+    set_text_parts,
+    text_parts_delta,
+)
 
 _COMMON = ("role", "mimeType", "fileUri", "thoughtSignature", "thought", "category",
            "threshold", "mode", "responseMimeType", "responseModalities", "language",
@@ -190,6 +201,14 @@ def _stream_usage(payload: Json, event: str | None, usage: Usage | None) -> Usag
     return usage_of(payload.get("usageMetadata")) or usage  # each chunk: the usage so far
 
 
+def _info(payload: Json, event: str | None, info: ResponseInfo | None) -> ResponseInfo | None:
+    """A GenerateContentResponse (the body, or each streamed chunk): modelVersion, responseId,
+    each candidate's finishReason (in a stream, on the chunk that ends the candidate)."""
+    reasons = [c.get("finishReason") for _, c in items(payload.get("candidates"))]
+    model, id = payload.get("modelVersion"), payload.get("responseId")
+    return answer_info(info, model=model, id=id, reasons=reasons)
+
+
 def _parts(payload: Any) -> Any:
     cand = first(payload, "candidates")
     content = cand.get("content") if cand is not None else None
@@ -234,6 +253,7 @@ FORMAT = ApiFormat(
     delta_text=_delta,
     set_delta=_set_delta,
     stream_usage=_stream_usage,
+    answer_info=_info,
     refusal_event=_refusal,
     provider="google",
     messages=_messages,

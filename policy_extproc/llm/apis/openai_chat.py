@@ -218,6 +218,7 @@ FORMAT = ApiFormat(
     delta_text=_openai.chat_delta,
     set_delta=_openai.set_chat_delta,
     stream_usage=_openai.chunk_usage,
+    answer_info=_openai.choices_info,
     refusal_event=_openai.chunk_refusal,
     messages=_messages,
     usage_opt_in=True,

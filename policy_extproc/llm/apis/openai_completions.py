@@ -75,6 +75,7 @@ FORMAT = ApiFormat(
     delta_text=_openai.completion_delta,
     set_delta=_openai.set_completion_delta,
     stream_usage=_openai.chunk_usage,
+    answer_info=_openai.choices_info,
     refusal_event=_openai.chunk_refusal,
     usage_opt_in=True,
     example_path="/v1/completions",

@@ -26,5 +26,6 @@ FORMAT = ApiFormat(
     max_tokens=(),
     numbers={"dimensions": Num("int", 1, 65536)},
     usage=_openai.body_usage,
+    answer_info=_openai.model_info,
     example_path="/v1/embeddings",
 )

@@ -239,6 +239,7 @@ FORMAT = ApiFormat(
     delta_text=_delta,
     set_delta=_set_delta,
     stream_usage=_openai.responses_usage,
+    answer_info=_openai.responses_info,
     refusal_event=_refusal,
     messages=_messages,
     example_path="/v1/responses",

@@ -25,6 +25,44 @@ class Usage:
     cached_input_tokens: int = 0
 
 
+# Bounds on what an answer says about itself, as the provider wrote it: an id or model name
+# longer than this is cut, and at most this many finish reasons (one per choice) are kept.
+_INFO_CHARS = 200
+_MAX_REASONS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseInfo:
+    """What an answer says about itself: the model that answered (``gen_ai.response.model``),
+    the answer's id (``gen_ai.response.id``) and why each choice stopped
+    (``gen_ai.response.finish_reasons``, the provider's own values: stop, length, end_turn,
+    STOP, ...). Identifiers and enums only, never the answer's text."""
+
+    model: str | None = None
+    id: str | None = None
+    finish_reasons: tuple[str, ...] = ()
+
+
+def answer_info(
+    info: ResponseInfo | None, *, model: Any = None, id: Any = None, reasons: Any = ()
+) -> ResponseInfo | None:
+    """``info`` with what one body or stream event adds: a model or id replaces none (the first
+    event that names them wins), finish reasons are appended. Anything that is not a non-empty
+    string is ignored (lenient); None while nothing is known."""
+    model = model[:_INFO_CHARS] if isinstance(model, str) and model else None
+    id = id[:_INFO_CHARS] if isinstance(id, str) and id else None
+    new = tuple(r[:_INFO_CHARS] for r in reasons if isinstance(r, str) and r)
+    if info is None:
+        if model is None and id is None and not new:
+            return None
+        return ResponseInfo(model, id, new[:_MAX_REASONS])
+    if (model is None or info.model) and (id is None or info.id) and not new:
+        return info
+    return ResponseInfo(
+        info.model or model, info.id or id, (*info.finish_reasons, *new)[:_MAX_REASONS]
+    )
+
+
 def count(value: Any) -> int:
     """A token count from a provider's answer: a positive int, else 0 (lenient)."""
     return value if type(value) is int and value > 0 else 0

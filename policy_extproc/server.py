@@ -294,7 +294,10 @@ class Sidecar:
         if self.config.redis:
             from .state.redis import RedisState
 
-            return RedisState.from_url(self.config.redis, timeout_s=self.config.redis_timeout_s)
+            observe = self.metrics.sink.redis if self.metrics is not None else None
+            return RedisState.from_url(
+                self.config.redis, timeout_s=self.config.redis_timeout_s, observe=observe
+            )
         from .state.memory import MemoryState
 
         return MemoryState()

@@ -12,6 +12,7 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_errors_total{code}                              request records, error_code
     policy_extproc_degraded_total{kind}                            request records, degraded
     policy_extproc_state_errors_total{on_error}                    state backend failures
+    policy_extproc_redis_latency_seconds{operation, outcome}      every Redis call (histogram)
     policy_extproc_tokens_total{direction, model}                  response records, usage
     policy_extproc_cost_usd_total{model}                           response records, cost_usd
     policy_extproc_spend_usd_total{org, team}                      response records, cost_usd

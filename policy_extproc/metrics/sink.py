@@ -10,6 +10,8 @@ from collections.abc import Mapping
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from ..audit.record import AuditRecord, FiredRule, Redactions
+from ..state.redis import OPERATIONS as REDIS_OPERATIONS
+from ..state.redis import OUTCOMES as REDIS_OUTCOMES
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,11 @@ LATENCY_BUCKETS = (
     2.5,
     5.0,
 )
+# A Redis call: a fraction of a millisecond on a near Redis, the state timeout (--redis-timeout,
+# 100 ms by default) at most; the buckets go past it for a larger timeout.
+REDIS_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)  # fmt: skip
 # gen_ai.client.token.usage's advised buckets (OpenTelemetry GenAI metrics conventions).
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 MAX_LABEL_VALUES = 200
@@ -178,6 +185,14 @@ class MetricsSink:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        self.redis_latency = Histogram(
+            "policy_extproc_redis_latency_seconds",
+            "Time one Redis call took (connection checks and pool waits included), by "
+            "operation (admit, reconcile, breaker_state, ...) and outcome (ok, error, timeout).",
+            ["operation", "outcome"],
+            buckets=REDIS_BUCKETS,
+            registry=r,
+        )
         # Sidecars that never see a state failure still show the series, at zero.
         for on_error in ("closed", "open"):
             self.state_errors.labels(on_error)
@@ -201,6 +216,15 @@ class MetricsSink:
     def phase(self, phase: str, seconds: float) -> None:
         """One ext_proc message answered (request_headers, request_body, ...) in ``seconds``."""
         self.phase_latency.labels(phase).observe(seconds)
+
+    def redis(self, operation: str, outcome: str, seconds: float) -> None:
+        """One Redis call (``RedisState``'s observer): its operation and outcome, bounded by the
+        state module's own lists (anything else is counted as ``other``)."""
+        if operation not in REDIS_OPERATIONS:
+            operation = OTHER
+        if outcome not in REDIS_OUTCOMES:
+            outcome = OTHER
+        self.redis_latency.labels(operation, outcome).observe(seconds)
 
     def _request(self, record: AuditRecord) -> None:
         label = self.limit

@@ -9,13 +9,20 @@ checks pooled ones before use, so the first call after Redis comes back succeeds
 is a single server's, a Redis Cluster's or a Sentinel master's (``connect``).
 
 The Lua sources are in ``state/lua/``: the ARGV and return layouts are documented there.
+
+Every call is timed: ``observe(operation, outcome, seconds)``, when given, is told each one's
+operation (one of ``OPERATIONS``), its outcome (``ok``, ``error``, ``timeout``) and how long it
+took, connection checks and pool waits included: what the request waited for (the latency
+metric ``policy_extproc_redis_latency_seconds``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Awaitable, Mapping, Sequence
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 
@@ -48,6 +55,14 @@ SWEEP_BATCH = 256
 _APPROVALS = "pe:{approvals}:"  # low volume: every approval and the index in one hash slot
 
 T = TypeVar("T")
+# The operations a call is observed as: a fixed set, so a metric label stays bounded.
+OPERATIONS = (
+    "admit", "reconcile", "release", "sweep", "breaker_record", "breaker_state", "approval_put",
+    "approval_get", "approval_decide", "approval_consume", "approval_list", "ping",
+)  # fmt: skip
+OUTCOMES = ("ok", "error", "timeout")
+Observer = Callable[[str, str, float], None]  # (operation, outcome, seconds)
+log = logging.getLogger(__name__)
 
 
 def _script(*names: str) -> str:
@@ -63,9 +78,16 @@ def _prefix(org: str) -> str:
 class RedisState:
     """StateBackend on Redis."""
 
-    def __init__(self, client: connect.Client, *, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    def __init__(
+        self,
+        client: connect.Client,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        observe: Observer | None = None,
+    ) -> None:
         self._client = client
         self._timeout_s = timeout_s
+        self.observe = observe
         # Orgs this process reserved for, so expire_reservations knows whose index to sweep;
         # admit and reconcile also sweep their own org, so none is missed for long.
         self._orgs: set[str] = set()
@@ -88,22 +110,34 @@ class RedisState:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        observe: Observer | None = None,
     ) -> RedisState:
         """Connect lazily to ``url`` (see ``connect``: one server, Cluster, Sentinel)."""
         target = connect.parse(url)
         client = connect.client(target, timeout_s=timeout_s, max_connections=max_connections)
-        return cls(client, timeout_s=timeout_s)
+        return cls(client, timeout_s=timeout_s, observe=observe)
 
     async def _run(self, what: str, call: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        outcome = "error"
         try:
             async with asyncio.timeout(self._timeout_s):
                 await connect.ready(self._client)
-                return await call
+                result = await call
+            outcome = "ok"
+            return result
         except (TimeoutError, RedisTimeoutError) as exc:
+            outcome = "timeout"
             ms = self._timeout_s * 1000
             raise StateError(f"redis {what}: no answer within {ms:.0f} ms") from exc
         except (RedisError, OSError) as exc:
             raise StateError(f"redis {what}: {exc}") from exc
+        finally:
+            if self.observe is not None:
+                try:
+                    self.observe(what, outcome, time.perf_counter() - started)
+                except Exception:  # a metric must never fail a state call
+                    log.exception("redis %s not observed", what)
 
     # -- limits and budgets ------------------------------------------------------------
 

@@ -21,6 +21,7 @@ from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
 from policy_extproc.cli import main
+from policy_extproc.metrics import Metrics
 from policy_extproc.server import ServerConfig, Sidecar
 from tests.integration.helpers import (
     Exchange,
@@ -328,6 +329,60 @@ async def test_a_dead_redis_shows_in_the_state_error_counter(
         assert after[-1].WhichOneof("response") == "request_body"
         assert sample(m, "policy_extproc_degraded_total", kind="state_unavailable:open") == 1
         assert sample(m, DECISIONS, **ALLOWED) == 2
+
+
+REDIS_LATENCY = "policy_extproc_redis_latency_seconds"
+
+
+@pytest.mark.redis
+async def test_every_redis_call_is_timed_by_operation_and_outcome(
+    stack: AsyncExitStack, tmp_path: Path, own_redis: RedisServer
+) -> None:
+    server = await start(stack, tmp_path, RATE_LIMITED.format(on_error="open"), redis=own_redis.url)
+    port = server.sidecar.metrics_port
+    headers = {"x-user-id": "alice"}
+
+    async def one(request_id: str) -> None:
+        await run_exchange(
+            server.stub, full_request(chat_body("hi"), request_id=request_id, headers=headers)
+        )
+
+    def count(operation: str, outcome: str) -> float:
+        labels = {"operation": operation, "outcome": outcome}
+        return sample(scrape(port), f"{REDIS_LATENCY}_count", **labels) or 0
+
+    await one("ok-1")
+    assert count("admit", "ok") == 1
+    # The buckets hold it: an admit on a local Redis is under the 100 ms timeout.
+    assert sample(scrape(port), f"{REDIS_LATENCY}_bucket", operation="admit", outcome="ok",
+                  le="0.1") == 1  # fmt: skip
+    assert count("admit", "timeout") == count("admit", "error") == 0
+
+    await asyncio.to_thread(own_redis.pause)  # connected, and nothing answers
+    try:
+        await one("paused")
+    finally:
+        await asyncio.to_thread(own_redis.resume)
+    assert count("admit", "timeout") == 1
+
+    await asyncio.to_thread(own_redis.kill)  # nothing listens: refused at once
+    await one("dead")
+    assert count("admit", "error") + count("admit", "timeout") == 2
+    assert count("admit", "ok") == 1
+
+
+def test_redis_latency_labels_stay_bounded() -> None:
+    metrics = Metrics("127.0.0.1:0")
+    for i in range(50):
+        metrics.sink.redis(f"made-up-{i}", f"odd-{i}", 0.001)
+    metrics.sink.redis("admit", "ok", 0.001)
+    labels = {
+        (s.labels["operation"], s.labels["outcome"])
+        for family in metrics.registry.collect()
+        if family.name == REDIS_LATENCY
+        for s in family.samples
+    }
+    assert labels == {("other", "other"), ("admit", "ok")}
 
 
 # -- start-up failures ---------------------------------------------------------------------------

@@ -67,6 +67,10 @@ _EXT_PROC_BLOCK = re.compile(r"^[ \t]*# BEGIN ext_proc\n.*?^[ \t]*# END ext_proc
 # The commented-out transport_socket of the policy_extproc cluster, and where its files live.
 _TLS_BLOCK = re.compile(r"^([ \t]*)# BEGIN tls\n(.*?)^[ \t]*# END tls\n", re.M | re.S)
 TLS_DIR = "/etc/envoy/tls"
+# The file-based SDS secrets the tls block reads (envoy/<name>), and the folder it expects them in.
+SDS_FILES = ("sds-tls-certificate.yaml", "sds-validation-context.yaml")
+SDS_DIR = "/etc/envoy"
+SDS_SOURCES = ENVOY_DIR / "sds"  # envoy/sds/: not bootstraps, so not beside them
 T = TypeVar("T")
 
 
@@ -118,15 +122,32 @@ def render_config(
     return render_envoy(text, ports)
 
 
-def enable_tls(text: str, directory: Path | str = TLS_DIR) -> str:
-    """An Envoy config with its "# BEGIN tls" lines uncommented, their files in ``directory``."""
+def enable_tls(text: str, directory: Path | str = TLS_DIR, sds: Path | None = None) -> str:
+    """An Envoy config with its "# BEGIN tls" lines uncommented, their files in ``directory``.
+
+    The block reads the certificates through file-based SDS (envoy/sds/*.yaml, in SDS_DIR).
+    For a ``directory`` other than TLS_DIR, copies of those SDS files naming ``directory`` are
+    written to ``sds`` (default: the folder beside it, ``<directory>-sds``) and the config
+    points there; Envoy then watches ``directory`` and re-reads the files when they rotate.
+    """
+    sds_dir: Path | None = None
+    if str(directory) != TLS_DIR:
+        sds_dir = sds or Path(f"{directory}-sds")
+        sds_dir.mkdir(parents=True, exist_ok=True)
+        for name in SDS_FILES:
+            copy = (SDS_SOURCES / name).read_text().replace(TLS_DIR, str(directory))
+            (sds_dir / name).write_text(copy)
 
     def uncomment(match: re.Match[str]) -> str:
         indent = match.group(1)
         lines = match.group(2).splitlines()
         assert all(line.startswith(f"{indent}# ") for line in lines), "a tls line not commented"
-        yaml_lines = (indent + line[len(indent) + 2 :] for line in lines)
-        return "\n".join(yaml_lines).replace(TLS_DIR, str(directory)) + "\n"
+        block = "\n".join(indent + line[len(indent) + 2 :] for line in lines)
+        block = block.replace(TLS_DIR, str(directory))
+        if sds_dir is not None:
+            block = block.replace(f"{SDS_DIR}/sds-", f"{sds_dir}/sds-")
+            block = block.replace(f"{{path: {SDS_DIR}}}", f"{{path: {sds_dir}}}")
+        return block + "\n"
 
     return _TLS_BLOCK.sub(uncomment, text)
 

@@ -23,7 +23,15 @@ import yaml
 
 from policy_extproc.cli import main as cli
 from policy_extproc.policy.compiler import compile_paths
-from tests.envoy_harness import ENVOY_DIR, REPO_ROOT, validate_config
+from tests.envoy_harness import (
+    ENVOY_DIR,
+    REPO_ROOT,
+    SDS_FILES,
+    SDS_SOURCES,
+    enable_tls,
+    validate_config,
+)
+from tests.tls_certs import CertificateAuthority
 
 pytestmark = pytest.mark.e2e
 
@@ -144,9 +152,16 @@ def test_envoy_k8s_validates() -> None:
 def test_envoy_config_in_the_configmap_validates(objects: list[Obj], tmp_path: Path) -> None:
     # What the pod mounts: the ConfigMap as kustomize generates it, not the file beside it.
     data = find(objects, "ConfigMap", "envoy-config")["data"]
-    assert set(data) == {"envoy.yaml"}
+    assert set(data) == {"envoy.yaml", *SDS_FILES}
     (tmp_path / "envoy.yaml").write_text(data["envoy.yaml"])
     ok, output = validate_config(tmp_path / "envoy.yaml")
+    assert ok, output
+    # Its TLS block on, the SDS files as the ConfigMap has them (the same as envoy/'s).
+    for name in SDS_FILES:
+        assert data[name] == (SDS_SOURCES / name).read_text(), name
+    certs = CertificateAuthority().issue(tmp_path / "tls", "envoy", client=True)
+    (tmp_path / "tls.yaml").write_text(enable_tls(data["envoy.yaml"], certs))
+    ok, output = validate_config(tmp_path / "tls.yaml")
     assert ok, output
 
 
@@ -154,6 +169,10 @@ def test_deploy_envoy_config_is_envoy_k8s() -> None:
     assert (BASE / "envoy.yaml").read_text() == ENVOY_K8S.read_text(), (
         "deploy/base/envoy.yaml differs: cp envoy/envoy-k8s.yaml deploy/base/envoy.yaml"
     )
+    for name in SDS_FILES:
+        assert (BASE / name).read_text() == (SDS_SOURCES / name).read_text(), (
+            f"deploy/base/{name} differs: cp envoy/sds/{name} deploy/base/{name}"
+        )
 
 
 def test_configmap_policies_load() -> None:

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 
+from policy_extproc.audit.otel import attributes
+from policy_extproc.audit.record import AuditRecord
 from policy_extproc.llm.apis.base import Api
 from policy_extproc.llm.apis.wire import ResponseInfo, answer_info
 from policy_extproc.llm.response import SseParser, UsageChunkFilter, parse_response
@@ -138,3 +140,23 @@ def test_what_a_provider_says_is_bounded() -> None:
     # The first model and id named win; reasons add up (one per choice).
     later = answer_info(info, model="other", id="other", reasons=["length"])
     assert later is not None and later.model == info.model and later.id == info.id
+
+
+def test_the_span_carries_what_the_record_says() -> None:
+    record = AuditRecord(
+        decision="allow", policy=None, rule=None, reason="no rule fired", user=None,
+        environment=None, timestamp="2026-12-02T07:00:00.000000Z", request_id="r-1",
+        phase="response", response_model="gpt-4o-2024-08-06", response_id="chatcmpl-1",
+        finish_reasons=("stop", "length"), server_address="api.openai.com", server_port=443,
+    )  # fmt: skip
+    attrs = attributes(record)
+    assert attrs["gen_ai.response.model"] == "gpt-4o-2024-08-06"
+    assert attrs["gen_ai.response.id"] == "chatcmpl-1"
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop", "length")
+    assert (attrs["server.address"], attrs["server.port"]) == ("api.openai.com", 443)
+    assert AuditRecord.from_dict(record.to_dict()) == record
+    # A request record says nothing of an answer, and a provider without an address no server.
+    bare = attributes(AuditRecord.from_dict({**record.to_dict(), "response_model": None,
+                      "response_id": None, "finish_reasons": [], "server_address": None,
+                      "server_port": None}))  # fmt: skip
+    assert not {k for k in bare if k.startswith(("gen_ai.response.", "server."))}

@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 from .base import PromptPart
-from .wire import Json, Refusal, ResponseInfo, Usage, answer_info, compact, count, first, items
+from .wire import (
+    Json,
+    Refusal,
+    ResponseInfo,
+    Usage,
+    answer_info,
+    compact,
+    count,
+    finish_reasons,
+    first,
+)
 
 _RESPONSES_FINAL = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
@@ -55,7 +65,9 @@ def choices_info(
 ) -> ResponseInfo | None:
     """Chat and completions, a body or a chunk alike: id, model, each choice's finish_reason
     (a chunk carries a choice's reason once, when that choice ends)."""
-    reasons = [c.get("finish_reason") for _, c in items(payload.get("choices"))]
+    reasons = finish_reasons(payload.get("choices"), "finish_reason")
+    if not reasons and info is not None and info.model and info.id:
+        return info  # a stream's every chunk repeats id and model: nothing new (the usual case)
     return answer_info(info, model=payload.get("model"), id=payload.get("id"), reasons=reasons)
 
 

@@ -50,6 +50,7 @@ from .wire import (
     answer_info,
     compact,
     count,
+    finish_reasons,
     first,
     items,
     set_text_parts,
@@ -204,7 +205,9 @@ def _stream_usage(payload: Json, event: str | None, usage: Usage | None) -> Usag
 def _info(payload: Json, event: str | None, info: ResponseInfo | None) -> ResponseInfo | None:
     """A GenerateContentResponse (the body, or each streamed chunk): modelVersion, responseId,
     each candidate's finishReason (in a stream, on the chunk that ends the candidate)."""
-    reasons = [c.get("finishReason") for _, c in items(payload.get("candidates"))]
+    reasons = finish_reasons(payload.get("candidates"), "finishReason")
+    if not reasons and info is not None and info.model and info.id:
+        return info  # every chunk repeats them: nothing new
     model, id = payload.get("modelVersion"), payload.get("responseId")
     return answer_info(info, model=model, id=id, reasons=reasons)
 

@@ -63,6 +63,13 @@ def answer_info(
     )
 
 
+def finish_reasons(choices: Any, key: str) -> list[Any]:
+    """The non-null ``key`` of each object in a list of choices or candidates (unchecked)."""
+    if type(choices) is not list:
+        return []
+    return [r for c in choices if type(c) is dict and (r := c.get(key)) is not None]
+
+
 def count(value: Any) -> int:
     """A token count from a provider's answer: a positive int, else 0 (lenient)."""
     return value if type(value) is int and value > 0 else 0

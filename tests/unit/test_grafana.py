@@ -74,7 +74,8 @@ def test_the_dashboard_has_what_operators_look_for() -> None:
     dash = json.loads((GRAFANA / "policy-extproc-dashboard.json").read_text())
     titles = {p["title"] for p in dash["panels"]}
     assert {"Decisions by action", "Latency by phase (p99)", "Spend by team (USD / hour)",
-            "Top rules firing (last hour)", "Redis health"} <= titles  # fmt: skip
+            "Top rules firing (last hour)", "Redis health", "Redis latency by operation (p99)",
+            "Redis calls by outcome"} <= titles  # fmt: skip
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     assert dash["uid"] and isinstance(dash["schemaVersion"], int)
@@ -88,7 +89,8 @@ def test_the_alert_rules_are_a_prometheus_rule() -> None:
     alerts = [r for g in doc["spec"]["groups"] for r in g["rules"]]
     names = {r["alert"] for r in alerts}
     wanted = {"PolicyExtprocFailingClosed", "PolicyExtprocAuditBacklog",
-              "PolicyExtprocPolicyReloadFailing", "PolicyExtprocBudgetExhausted"}  # fmt: skip
+              "PolicyExtprocPolicyReloadFailing", "PolicyExtprocBudgetExhausted",
+              "PolicyExtprocRedisSlow", "PolicyExtprocRedisFailing"}  # fmt: skip
     assert wanted <= names
     for r in alerts:
         assert re.fullmatch(r"\d+[smh]", r["for"]), r["alert"]

@@ -44,7 +44,7 @@ from ..policy.evaluator import Findings, check_response, decide
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
-from . import approvals, failover, guard, limits, responses
+from . import answers, approvals, failover, guard, limits
 from .alerts import AlertNotifier
 from .failover import default_provider
 from .limits import needs_state, needs_usage
@@ -511,7 +511,7 @@ class Engine:
 
         ``fired``: the decision the rules took, whose rule and firings the refusal names.
         """
-        decision = responses.request_error(exc)
+        decision = answers.request_error(exc)
         if fired is not None:
             decision = replace(
                 decision,

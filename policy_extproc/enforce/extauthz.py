@@ -17,7 +17,7 @@ from google.rpc import status_pb2
 
 from ..errors import PolicyExtprocError
 from ..policy.decision import Decision
-from . import responses, translate
+from . import answers, translate
 from .engine import Engine, Exchange, RedactionUnavailable
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ def _refuse(engine: Engine, ex: Exchange, exc: PolicyExtprocError) -> Decision:
     except Exception as audit_exc:
         log.error("ext_authz: could not audit the refusal (%s): %s", exc.code, audit_exc)
         cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
-        return responses.request_error(cause)
+        return answers.request_error(cause)
 
 
 async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
@@ -84,15 +84,15 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
             status=status_pb2.Status(code=_OK),
             ok_response=auth.OkHttpResponse(
                 response_headers_to_add=[
-                    _header(responses.DECISION_HEADER, decision.action),
-                    _header(responses.REQUEST_ID_HEADER, rid),
+                    _header(answers.DECISION_HEADER, decision.action),
+                    _header(answers.REQUEST_ID_HEADER, rid),
                 ],
             ),
         )
-    refusal = responses.refusal(decision, rid)
+    refusal = answers.refusal(decision, rid)
     return auth.CheckResponse(
         status=status_pb2.Status(
-            code=_PERMISSION_DENIED, message=responses.public_reason(decision)
+            code=_PERMISSION_DENIED, message=answers.public_reason(decision)
         ),
         denied_response=auth.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=refusal.status),

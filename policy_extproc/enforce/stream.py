@@ -30,9 +30,9 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
-from . import responses
+from . import answers
 from .engine import Engine, Exchange
-from .replies import Continue, Immediate, Reply
+from .envoy_replies import Continue, Immediate, Reply
 from .translate import Event
 
 log = logging.getLogger(__name__)
@@ -174,7 +174,7 @@ class ExtProcStream:
         early = self.engine.early_refusal(ex)
         if early is not None:
             self.state = State.DONE
-            return responses.refusal(early, ex.request_id, self._version())
+            return answers.refusal(early, ex.request_id, self._version())
         self.state = State.BODY
         return Continue(
             phase="request_headers",
@@ -191,9 +191,9 @@ class ExtProcStream:
         )
         if decision.action in ("block", "throttle", "escalate"):
             self.state = State.DONE
-            return responses.refusal(decision, ex.request_id, self._version())
+            return answers.refusal(decision, ex.request_id, self._version())
         self.state = State.RESPONSE
-        return responses.proceed(
+        return answers.proceed(
             decision, ex.request_id, new_body=new_body, version=self._version(), phase=phase
         )
 
@@ -210,7 +210,7 @@ class ExtProcStream:
             # Envoy buffers response bodies by default; an SSE stream must flow chunk by chunk
             # (mode_override needs allow_mode_override in the filter configuration).
             mode = "STREAMED" if ex.streaming else None
-        return responses.response_headers(
+        return answers.response_headers(
             ex.decision, ex.request_id, body_mode=mode, drop_length=ex.streaming
         )
 
@@ -224,7 +224,7 @@ class ExtProcStream:
             # A buffered answer a rule refuses: the client gets the policy error instead. The
             # response headers are still held by Envoy in BUFFERED mode, so this replaces all.
             self.state = State.DONE
-            return responses.refusal(refusal, ex.request_id, self._version())
+            return answers.refusal(refusal, ex.request_id, self._version())
         if body is None:
             return Continue(phase="response_body")
         if ex.streaming:
@@ -256,8 +256,8 @@ class ExtProcStream:
                 audit_exc,
             )
             cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
-            decision = responses.request_error(cause)
-        return responses.refusal(decision, ex.request_id, self._version())
+            decision = answers.request_error(cause)
+        return answers.refusal(decision, ex.request_id, self._version())
 
     def _version(self) -> str:
         ex = self.exchange

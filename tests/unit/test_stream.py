@@ -16,7 +16,7 @@ from policy_extproc.audit.chain import AuditLogError
 from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.enforce import engine as engine_module
 from policy_extproc.enforce.engine import Engine, EngineConfig
-from policy_extproc.enforce.replies import Continue, Immediate, Reply
+from policy_extproc.enforce.envoy_replies import Continue, Immediate, Reply
 from policy_extproc.enforce.stream import ExtProcStream, State
 from policy_extproc.enforce.translate import Event
 from policy_extproc.policy.compiler import Snapshot

@@ -91,9 +91,7 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
         )
     refusal = answers.refusal(decision, rid)
     return auth.CheckResponse(
-        status=status_pb2.Status(
-            code=_PERMISSION_DENIED, message=answers.public_reason(decision)
-        ),
+        status=status_pb2.Status(code=_PERMISSION_DENIED, message=answers.public_reason(decision)),
         denied_response=auth.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=refusal.status),
             headers=[_header(k, v) for k, v in refusal.headers],

@@ -264,9 +264,7 @@ def test_a_budget_throttle_says_budget_exceeded() -> None:
 
 def test_a_hand_built_refusal_gets_the_status_and_code_of_its_action() -> None:
     # Decision's default http_status is 200: a refusal must never go out as a success.
-    throttle = answers.refusal(
-        Decision(action="throttle", throttle=Throttle(5, 0, 30, 30)), "rid"
-    )
+    throttle = answers.refusal(Decision(action="throttle", throttle=Throttle(5, 0, 30, 30)), "rid")
     assert throttle.status == 429
     assert json.loads(throttle.body)["error"]["code"] == "rate_limited"
     blocked = answers.refusal(Decision(action="block", reason="no"), "rid")

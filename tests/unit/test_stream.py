@@ -17,8 +17,18 @@ from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.enforce import engine as engine_module
 from policy_extproc.enforce.engine import Engine, EngineConfig
 from policy_extproc.enforce.envoy_replies import Continue, Immediate, Reply
-from policy_extproc.enforce.stream import ExtProcStream, State
+from policy_extproc.enforce.stream import (
+    TRANSITIONS,
+    Closed,
+    Decide,
+    Decided,
+    ExtProcMachine,
+    ExtProcStream,
+    Failed,
+    State,
+)
 from policy_extproc.enforce.translate import Event
+from policy_extproc.errors import ProtocolError
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.decision import Decision
 from policy_extproc.policy.loader import load_sources
@@ -841,3 +851,100 @@ async def test_a_request_is_decided_on_the_snapshot_in_force_at_its_headers(
         as_immediate(await send_request(ExtProcStream(Engine(store, sink)), chat("memo"))).status
         == 403
     )
+
+
+# -- the machine itself: sync, no driver, no event loop -------------------------------------------
+
+
+def test_the_machine_asks_for_the_decision_and_answers_what_it_is_fed(engine: Engine) -> None:
+    """``receive`` never decides a request itself: it returns ``Decide``, and the reply
+    follows from the ``Decided`` it is fed back (a block here, whatever the body said)."""
+    m = ExtProcMachine(engine)
+    body = chat("hello")
+    assert as_continue(m.receive(req_headers(body))).phase == "request_headers"  # type: ignore[arg-type]
+    action = m.receive(req_body(body))
+    assert action == Decide(body, complete=True)
+    assert m.state is State.DECIDING
+    refused = Decision(action="block", reason="fed", code="blocked", http_status=403)
+    reply = as_immediate(m.receive(Decided(refused, None)))  # type: ignore[arg-type]
+    assert reply.status == 403
+    assert m.state is State.DONE
+
+
+def test_a_body_less_request_is_decided_on_its_headers(engine: Engine) -> None:
+    m = ExtProcMachine(engine)
+    action = m.receive(req_headers(path="/v1/models", method="GET"))
+    assert action == Decide(b"", complete=True)
+    reply = as_continue(m.receive(Decided(Decision(action="allow"), None)))  # type: ignore[arg-type]
+    assert reply.phase == "request_headers"
+    assert m.state is State.RESPONSE
+
+
+def test_closed_while_deciding_past_the_deadline_is_envoy_gave_up(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    m = ExtProcMachine(engine)
+    m.receive(req_headers(chat("hi")), received_ns=1_000)
+    m.receive(req_body(chat("hi")), received_ns=2_000)
+    assert m.state is State.DECIDING
+    assert m.receive(Closed(now_ns=10**18)) is None
+    assert m.state is State.DONE
+    assert sink.records[-1].error_code == "envoy_gave_up"
+
+
+def test_closed_while_deciding_in_time_is_a_cancelled_stream(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    m = ExtProcMachine(engine)
+    m.receive(req_headers(chat("hi")), received_ns=1_000)
+    m.receive(req_body(chat("hi")), received_ns=2_000)
+    m.receive(Closed(now_ns=3_000))
+    assert sink.records[-1].error_code == "stream_cancelled"
+
+
+def test_a_decision_nobody_asked_for_is_a_protocol_error(engine: Engine) -> None:
+    m = ExtProcMachine(engine)
+    with pytest.raises(ProtocolError):
+        m.receive(Decided(Decision(action="allow"), None))
+    assert m.state is State.START  # a refused event changes nothing; ``Failed`` ends it
+    as_immediate(m.receive(Failed(ProtocolError("x"))))  # type: ignore[arg-type]
+    assert m.state is State.DONE
+
+
+def test_every_row_of_the_table_leads_only_where_it_says() -> None:
+    """The table is the protocol: each pair of the docstring's drawing is a row, and no row
+    leads from DONE anywhere but DONE."""
+    rows = {(s.value, k) for s, k in TRANSITIONS}
+    for row in [
+        ("start", "request_headers"),
+        ("body", "request_body"),
+        ("deciding", "decided"),
+        ("response", "response_headers"),
+        ("response_body", "response_body"),
+    ]:
+        assert row in rows
+    for (state, kind), (_, allowed) in TRANSITIONS.items():
+        if state is State.DONE:
+            assert allowed == frozenset({State.DONE}), kind
+    assert ("done", "request_headers") not in rows
+    assert ("deciding", "request_body") not in rows
+
+
+def test_the_state_is_set_in_one_place() -> None:
+    """STYLE.md: the state is set nowhere but ``_step`` (and its start in ``__init__``)."""
+    import ast
+    import inspect
+
+    from policy_extproc.enforce import stream as stream_module
+
+    tree = ast.parse(inspect.getsource(stream_module))
+    setters = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        for node in ast.walk(fn):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for t in targets:
+                if isinstance(t, ast.Attribute) and t.attr == "state":
+                    setters.append(fn.name)
+    assert sorted(setters) == ["__init__", "_step"]

@@ -18,7 +18,8 @@ from google.rpc import status_pb2
 from ..errors import PolicyExtprocError
 from ..policy.decision import Decision
 from . import answers, translate
-from .engine import Engine, Exchange, RedactionUnavailable
+from .engine import Engine, RedactionUnavailable
+from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ DESIGN.md s8: an exception must never close the stream with an error status (Env
 the request with its own 500); every failure here becomes a reply we chose.
 
 Still inside the machine (not yet returned as actions): the engine's synchronous audit emit and
-the background tasks it starts (breaker outcome, settlement), see ``exchange.py``.
+the background tasks it starts (breaker outcome, settlement).
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ from typing import Any
 from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
 from ..policy.decision import Decision
 from . import answers
-from .engine import Engine, Exchange
+from .engine import Engine
 from .envoy_replies import Continue, Immediate, Reply
+from .exchange import Exchange
 from .translate import Event
 
 log = logging.getLogger(__name__)
@@ -260,9 +261,9 @@ class ExtProcMachine:
         else:
             # Envoy buffers response bodies by default; an SSE stream must flow chunk by chunk
             # (mode_override needs allow_mode_override in the filter configuration).
-            mode, nxt = ("STREAMED" if ex.streaming else None), State.RESPONSE_BODY
+            mode, nxt = ("STREAMED" if ex.response.streaming else None), State.RESPONSE_BODY
         reply = answers.response_headers(
-            ex.decision, ex.request_id, body_mode=mode, drop_length=ex.streaming
+            ex.decision, ex.request_id, body_mode=mode, drop_length=ex.response.streaming
         )
         return reply, nxt
 
@@ -277,10 +278,10 @@ class ExtProcMachine:
             return answers.refusal(refusal, ex.request_id, self._version()), State.DONE
         if body is None:
             return Continue(phase="response_body"), nxt
-        if ex.streaming:
+        if ex.response.streaming:
             return Continue(phase="response_body", body=body), nxt
         headers = [("content-length", str(len(body)))]
-        found = ex.response_findings
+        found = ex.response.findings
         if found is not None and found.redactions:
             counts = {**ex.decision.redactions, **found.redactions}
             headers.append(("x-policy-redactions", ",".join(f"{k}={v}" for k, v in counts.items())))

@@ -14,7 +14,7 @@ import pytest
 
 from policy_extproc.audit.chain import AuditLogError
 from policy_extproc.audit.sink import RecordingSink
-from policy_extproc.enforce import engine as engine_module
+from policy_extproc.enforce import pipeline as pipeline_module
 from policy_extproc.enforce.engine import Engine, EngineConfig
 from policy_extproc.enforce.envoy_replies import Continue, Immediate, Reply
 from policy_extproc.enforce.stream import (
@@ -651,7 +651,7 @@ async def test_a_streamed_anthropic_response_reports_usage(
 async def test_reroute_sets_the_provider_clears_the_route_cache_and_maps_the_model(
     stream: ExtProcStream, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_decide = engine_module.decide
+    real_decide = pipeline_module.decide
 
     def rerouted(*args: Any, **kwargs: Any) -> Decision:
         from dataclasses import replace
@@ -660,7 +660,7 @@ async def test_reroute_sets_the_provider_clears_the_route_cache_and_maps_the_mod
             real_decide(*args, **kwargs), reroute="anthropic", reroute_model="claude-3-haiku"
         )
 
-    monkeypatch.setattr(engine_module, "decide", rerouted)
+    monkeypatch.setattr(pipeline_module, "decide", rerouted)
     reply = as_continue(await send_request(stream, chat("hello", model="gpt-4o-mini")))
     assert reply.clear_route_cache is True
     headers = dict(reply.set_headers)
@@ -788,14 +788,14 @@ async def test_spoofed_policy_headers_are_removed_from_a_request_without_body(
 async def test_a_reroute_is_not_undone_by_the_spoofed_header_removal(
     stream: ExtProcStream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_decide = engine_module.decide
+    real_decide = pipeline_module.decide
 
     def rerouted(*args: Any, **kwargs: Any) -> Decision:
         from dataclasses import replace
 
         return replace(real_decide(*args, **kwargs), reroute="anthropic")
 
-    monkeypatch.setattr(engine_module, "decide", rerouted)
+    monkeypatch.setattr(pipeline_module, "decide", rerouted)
     event = req_headers(path="/v1/models", method="GET", extra={"x-policy-provider": "cheap"})
     reply = as_continue(await stream.handle(event))
     assert dict(reply.set_headers)["x-policy-provider"] == "anthropic"

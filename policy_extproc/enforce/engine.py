@@ -11,11 +11,10 @@ stateful checks admitted is settled here, off the response path. The exchange's 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any
 
 from ..audit.builder import record_for
@@ -25,54 +24,26 @@ from ..errors import (
     EnvoyGaveUp,
     PolicyExtprocError,
     RequestError,
-    StateError,
 )
 from ..llm.apis import BY_API
 from ..llm.catalog import Catalog, load_catalog
-from ..llm.response import Usage
-from ..policy.compiler import EffectiveRule, EffectiveSet
-from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context, require_identity
+from ..policy.compiler import EffectiveSet
+from ..policy.context import build_context, require_identity
 from ..policy.decision import Decision, RequestContext
 from ..policy.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
-from . import answers, failover, guard, limits, pipeline, watch
+from . import answers, guard, limits, pipeline, watch
 from .alerts import AlertNotifier
+from .config import DEFAULT_MAX_BODY, EngineConfig
 from .exchange import Exchange
 from .failover import default_provider
 from .limits import needs_usage
+from .settle import Background, FollowUp, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
-from .work import WorkRunner, WorkSettings, check_budget
+from .work import WorkRunner, check_budget
 
 log = logging.getLogger(__name__)
-
-DEFAULT_MAX_BODY = 4 * 1024 * 1024  # agrees with envoy/envoy.yaml's buffer limits (DESIGN s8)
-
-
-@dataclass(frozen=True, slots=True)
-class EngineConfig:
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    identity: IdentityConfig = DEFAULT_IDENTITY
-    limits: limits.Settings = field(default_factory=limits.Settings)
-    # Read every response for its usage, even where no rule needs it (audit completeness at
-    # the cost of two more ext_proc messages per request).
-    record_usage: bool = False
-    stream_holdback: int = guard.DEFAULT_HOLDBACK
-    # Decide requests that name no organisation (by the policies of empty scope) instead of
-    # refusing them with missing_identity; the same switch as ``identity.allow_anonymous``.
-    allow_anonymous: bool = False
-    # The work budget and where large bodies are examined (enforce/work.py).
-    work: WorkSettings = field(default_factory=WorkSettings)
-    # Envoy's ext_proc message_timeout (envoy/*.yaml): a decision that would reach Envoy after
-    # it gave up is refused and audited as such, never recorded as what the client got.
-    message_timeout_s: float = 0.5
-
-    def __post_init__(self) -> None:
-        # One setting, two spellings: either turns it on, and both then say so.
-        if self.allow_anonymous and not self.identity.allow_anonymous:
-            object.__setattr__(self, "identity", replace(self.identity, allow_anonymous=True))
-        elif self.identity.allow_anonymous:
-            object.__setattr__(self, "allow_anonymous", True)
 
 
 class RedactionUnavailable(PolicyExtprocError):
@@ -104,7 +75,7 @@ class Engine:
         # Set by the server when it stops: a stream cut from then on gets a response record.
         self.stopping = False
         self.alerts = alerts if alerts is not None else AlertNotifier(None)
-        self._background: set[asyncio.Task[None]] = set()
+        self.background = Background()  # settlements and breaker outcomes, off the answer
         self.work = WorkRunner(self.config.work, self.config.identity, self.catalog)
 
     @property
@@ -257,13 +228,7 @@ class Engine:
         """Give back what was admitted for a request that is refused after all."""
         if ex.held.plan is not None:
             ex.held.plan = None
-            self._spawn(self._release(ex.ctx.org or "-", ex.request_id))
-
-    async def _release(self, org: str, request_id: str) -> None:
-        try:
-            await self.state.release(org, request_id)
-        except StateError as exc:
-            log.warning("could not release the reservation of %s: %s", request_id, exc)
+            self._spawn(Release(ex.ctx.org or "-", ex.request_id))
 
     def _set_fields(self, ex: Exchange) -> dict[str, Any]:
         """Body fields to add: ask a streamed OpenAI answer for its usage when a budget needs it.
@@ -365,7 +330,7 @@ class Engine:
         )
         r = ex.held.route
         if r is not None and r.rule is not None and w.status:
-            self._spawn(self._record_outcome(r.rule, r.provider, w.status))
+            self._spawn(RecordOutcome(r.rule, r.provider, w.status))
 
     def response_chunk(
         self, ex: Exchange, chunk: bytes, end: bool
@@ -405,47 +370,16 @@ class Engine:
             usage = (w.usage.input_tokens, w.usage.output_tokens) if w.usage else None
             self._audit(ex, decision, usage=usage, cost_usd=cost, phase="response")
         if ex.held.plan is not None:
-            self._spawn(self._settle(ex, ex.held.plan, w.usage, cost))
+            org = ex.ctx.org or "-"
+            plan = ex.held.plan
+            self._spawn(Settle(org, ex.request_id, plan, w.usage, cost, w.status, w.streaming))
 
-    async def _record_outcome(self, rule: EffectiveRule, provider: str, status: int) -> None:
-        try:
-            await failover.record(self.state, rule, provider, status)
-        except StateError as exc:
-            log.warning("could not record %s's response in its breaker: %s", provider, exc)
-
-    async def _settle(
-        self, ex: Exchange, p: limits.Plan, usage: Usage | None, cost: float | None
-    ) -> None:
-        """Replace the reservation with the real cost, or give it back (provider error)."""
-        org = ex.ctx.org or "-"
-        status = ex.response.status
-        try:
-            if usage is not None and cost is not None and 200 <= status < 300:
-                tokens = usage.input_tokens + usage.output_tokens
-                await self.state.reconcile(
-                    org,
-                    ex.request_id,
-                    actual_usd=dict.fromkeys(p.budget_keys, cost),
-                    actual_tokens=dict.fromkeys(p.token_keys, tokens),
-                )
-            elif status >= 400 or (status and usage is None and not ex.response.streaming):
-                # The provider refused or failed: nothing was spent.
-                await self.state.release(org, ex.request_id)
-            # A stream cut short keeps its reservation until it expires: the provider may have
-            # charged for what it generated, and the estimate is the better guess.
-        except StateError as exc:
-            log.warning("could not settle the reservation of %s: %s", ex.request_id, exc)
-
-    def _spawn(self, coro: Any) -> None:
-        # Off the response path: the client's bytes never wait for Redis.
-        task = asyncio.get_running_loop().create_task(coro)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+    def _spawn(self, job: FollowUp) -> None:
+        self.background.spawn(self.state, job)
 
     async def drain(self) -> None:
         """Wait for background settlements (shutdown)."""
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.background.drain()
 
     def close(self) -> None:
         """Stop the worker processes (shutdown, after the streams have drained)."""
@@ -454,3 +388,6 @@ class Engine:
 
 def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:
     return replace(ctx, request_id=request_id)
+
+
+__all__ = ["DEFAULT_MAX_BODY", "Engine", "EngineConfig", "RedactionUnavailable"]

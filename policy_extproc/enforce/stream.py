@@ -37,15 +37,24 @@ import enum
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
 from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
-from ..policy.decision import Decision
 from . import answers
 from .engine import Engine
 from .envoy_replies import Continue, Immediate, Reply
 from .exchange import Exchange
+from .stream_events import (
+    Closed,
+    Decide,
+    Decided,
+    EnvoyLocalReply,
+    Failed,
+    Input,
+    InternalError,
+    Output,
+)
 from .translate import Event
 
 log = logging.getLogger(__name__)
@@ -63,55 +72,6 @@ class State(enum.Enum):
     DONE = "done"
 
 
-class EnvoyLocalReply(PolicyExtprocError):
-    """The client got Envoy's own answer (a 413 over the buffer limit, say), not ours."""
-
-    code = "envoy_local_reply"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.http_status = status
-        if status == 413:
-            self.code = "body_too_large"
-
-
-class InternalError(PolicyExtprocError):
-    code = "internal_error"
-    http_status = 500
-
-
-@dataclass(frozen=True, slots=True)
-class Decide:
-    """Action: decide the request on ``body``; answer with ``receive(Decided(...))``."""
-
-    body: bytes
-    complete: bool
-
-
-@dataclass(frozen=True, slots=True)
-class Decided:
-    """Event: the decision asked for by ``Decide``, and the request's rewritten body if any."""
-
-    decision: Decision
-    new_body: bytes | None
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """Event: answering the message in hand failed with ``error``."""
-
-    error: PolicyExtprocError
-
-
-@dataclass(frozen=True, slots=True)
-class Closed:
-    """Event: the stream ended (cleanly, cancelled, or the client went away) at ``now_ns``."""
-
-    now_ns: int
-
-
-Input = Event | Decided | Failed | Closed
-Output = Reply | Decide | None  # None: nothing to send (``closed``)
 _Handler = Callable[["ExtProcMachine", Any], tuple[Output, State]]
 
 _PHASES = ("request_headers", "request_body", "response_headers", "response_body")

@@ -1,19 +1,20 @@
 """Decides requests and watches responses: the core, the state backend and the audit, wired.
 
 The engine is the only async part of the decision path. It runs the request pipeline
-(``pipeline.py``: the request-only rules, then the stateful checks of ``stateful.py``), refuses
-what only a live request can be refused for (identity, size, Envoy's deadline), and writes the
-audit record before the answer goes back to Envoy (the audit log append is one ``os.write``: a
-kill -9 after the answer cannot lose the record). The response is read by ``watch.py``; what the
-stateful checks admitted is settled here, off the response path. The exchange's data is
-``exchange.py``.
+(``pipeline.py``: the request-only rules, then the stateful checks of ``stateful.py``), and
+refuses what only a live request can be refused for (identity, size, Envoy's deadline). Its
+audit records and follow-ups are effects (``effects.py``) put in the exchange's outbox, which
+the driver has ``perform``ed before the answer goes back to Envoy (the audit log append is one
+``os.write``: a kill -9 after the answer cannot lose the record); follow-ups (settlements,
+breaker outcomes) then run off the response path. The response is read by ``watch.py``; the
+exchange's data is ``exchange.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -36,10 +37,11 @@ from ..state.memory import MemoryState
 from . import answers, guard, limits, pipeline, watch
 from .alerts import AlertNotifier
 from .config import DEFAULT_MAX_BODY, EngineConfig
+from .effects import Audit, Effect
 from .exchange import Exchange
 from .failover import default_provider
 from .limits import needs_usage
-from .settle import Background, FollowUp, RecordOutcome, Release, Settle
+from .settle import Background, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
 
@@ -228,7 +230,7 @@ class Engine:
         """Give back what was admitted for a request that is refused after all."""
         if ex.held.plan is not None:
             ex.held.plan = None
-            self._spawn(Release(ex.ctx.org or "-", ex.request_id))
+            ex.outbox.append(Release(ex.ctx.org or "-", ex.request_id))
 
     def _set_fields(self, ex: Exchange) -> dict[str, Any]:
         """Body fields to add: ask a streamed OpenAI answer for its usage when a budget needs it.
@@ -313,7 +315,7 @@ class Engine:
             outcome=ex.outcome,
             **extra,
         )
-        self.sink.emit(record, trace_context=ex.trace_context)
+        ex.outbox.append(Audit(record, ex.trace_context))
 
     # -- responses -------------------------------------------------------------------------
 
@@ -330,7 +332,7 @@ class Engine:
         )
         r = ex.held.route
         if r is not None and r.rule is not None and w.status:
-            self._spawn(RecordOutcome(r.rule, r.provider, w.status))
+            ex.outbox.append(RecordOutcome(r.rule, r.provider, w.status))
 
     def response_chunk(
         self, ex: Exchange, chunk: bytes, end: bool
@@ -372,10 +374,18 @@ class Engine:
         if ex.held.plan is not None:
             org = ex.ctx.org or "-"
             plan = ex.held.plan
-            self._spawn(Settle(org, ex.request_id, plan, w.usage, cost, w.status, w.streaming))
+            ex.outbox.append(Settle(org, ex.request_id, plan, w.usage, cost, w.status, w.streaming))
 
-    def _spawn(self, job: FollowUp) -> None:
-        self.background.spawn(self.state, job)
+    def perform(self, effects: Iterable[Effect]) -> None:
+        """Do the I/O an exchange asked for (``Exchange.take_effects``), in order: write its
+        audit records, start its follow-ups. A record that cannot be written raises, and what
+        was asked after it (which followed from it) is not done, as if the code after a failed
+        write had not run."""
+        for effect in effects:
+            if isinstance(effect, Audit):
+                self.sink.emit(effect.record, trace_context=effect.trace_context)
+            else:
+                self.background.spawn(self.state, effect)
 
     async def drain(self) -> None:
         """Wait for background settlements (shutdown)."""

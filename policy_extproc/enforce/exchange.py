@@ -2,7 +2,8 @@
 
 The data only, grouped by what belongs together: who asked and when (``Exchange`` itself), the
 rules in force and the parsed request, what was decided, what the stateful checks left to
-settle (``Held``), and what the response showed so far (``ResponseWatch``).
+settle (``Held``), what the response showed so far (``ResponseWatch``), and the I/O asked for
+and not yet performed (``outbox``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..policy.compiler import EffectiveSet, Snapshot
 from ..policy.decision import Decision, RequestContext
 from ..policy.evaluator import Findings
 from . import failover, guard, limits
+from .effects import Effect
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
 
@@ -75,6 +77,13 @@ class Exchange:
     outcome: str | None = None  # what the client got when it is not the decision
     held: Held = field(default_factory=Held)
     response: ResponseWatch = field(default_factory=ResponseWatch)
+    # The I/O asked for and not yet performed (effects.py), in order.
+    outbox: list[Effect] = field(default_factory=list)
+
+    def take_effects(self) -> list[Effect]:
+        """The effects asked for so far, in order; the outbox is empty after."""
+        out, self.outbox = self.outbox, []
+        return out
 
     @property
     def request_id(self) -> str:

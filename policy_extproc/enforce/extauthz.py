@@ -38,7 +38,9 @@ def _refuse(engine: Engine, ex: Exchange, exc: PolicyExtprocError) -> Decision:
     """Refuse for ``exc``; when even that cannot be audited, still answer with a JSON refusal
     (an RPC error would leave the client with Envoy's bare status_on_error)."""
     try:
-        return engine.refuse(ex, exc)
+        decision = engine.refuse(ex, exc)
+        engine.perform(ex.take_effects())
+        return decision
     except Exception as audit_exc:
         log.error("ext_authz: could not audit the refusal (%s): %s", exc.code, audit_exc)
         cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
@@ -74,6 +76,7 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
         complete = not (declared.isdigit() and int(declared) > len(body))
         # redact=False: a request to be redacted is refused by the engine, one record for it.
         decision, _ = await engine.decide_request(ex, body, complete=complete, redact=False)
+        engine.perform(ex.take_effects())  # the audit record, before the answer
     except PolicyExtprocError as exc:
         decision = _refuse(engine, ex, exc)
     except Exception:

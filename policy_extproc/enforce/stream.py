@@ -42,6 +42,7 @@ from typing import Any
 
 from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
 from . import answers
+from .effects import Effect
 from .engine import Engine
 from .envoy_replies import Continue, Immediate, Reply
 from .exchange import Exchange
@@ -94,7 +95,7 @@ class ExtProcMachine:
         self.exchange: Exchange | None = None
         self.claims: Any = None
         self._granted_s: float | None = None  # the override asked for the message in hand
-        self._received_ns = 0
+        self._received_ns: int | None = None  # when the message in hand arrived
         self._spoofed: tuple[str, ...] = ()  # x-policy-* headers the client sent
         self._decide_phase = "request_body"
 
@@ -107,8 +108,11 @@ class ExtProcMachine:
             self._granted_s = self.engine.extension_s(len(ev.body))
         return self._granted_s
 
-    def receive(self, ev: Input, *, received_ns: int = 0) -> Output:
+    def receive(self, ev: Input, *, received_ns: int | None = None) -> Output:
         """The answer to ``ev``: a reply for Envoy, a ``Decide`` to perform, or None.
+
+        ``received_ns`` (``time.monotonic_ns()`` when Envoy's message arrived) arms Envoy's
+        deadline for it; without it no deadline is kept (the machine reads no clock).
 
         Raises only what the handler of a message raises; the driver feeds that back as
         ``Failed``, whose handler answers deliberately.
@@ -134,7 +138,7 @@ class ExtProcMachine:
         # Envoy's timer started when it sent the message, a little before we got it: the
         # margin keeps a decision that Envoy would no longer take from being recorded as taken.
         ex = self.exchange
-        if ex is None:
+        if ex is None or self._received_ns is None:
             return
         granted = self._granted_s or self.engine.config.message_timeout_s
         ex.deadline_ns = self._received_ns + int((granted - _DEADLINE_MARGIN_S) * 1e9)
@@ -161,7 +165,7 @@ class ExtProcMachine:
             return Decide(b"", complete=True), State.DECIDING
         early = self.engine.early_refusal(ex)
         if early is not None:
-            return answers.refusal(early, ex.request_id, self._version()), State.DONE
+            return answers.refusal(early, ex.request_id, self.version()), State.DONE
         reply = Continue(
             phase="request_headers",
             remove_headers=spoofed,
@@ -179,10 +183,10 @@ class ExtProcMachine:
         assert ex is not None
         decision = ev.decision
         if decision.action in ("block", "throttle", "escalate"):
-            return answers.refusal(decision, ex.request_id, self._version()), State.DONE
+            return answers.refusal(decision, ex.request_id, self.version()), State.DONE
         phase = self._decide_phase
         reply = answers.proceed(
-            decision, ex.request_id, new_body=ev.new_body, version=self._version(), phase=phase
+            decision, ex.request_id, new_body=ev.new_body, version=self.version(), phase=phase
         )
         if phase == "request_headers" and self._spoofed:
             # A request without a body is decided here: drop the spoofed headers too, but
@@ -235,7 +239,7 @@ class ExtProcMachine:
         if refusal is not None:
             # A buffered answer a rule refuses: the client gets the policy error instead. The
             # response headers are still held by Envoy in BUFFERED mode, so this replaces all.
-            return answers.refusal(refusal, ex.request_id, self._version()), State.DONE
+            return answers.refusal(refusal, ex.request_id, self.version()), State.DONE
         if body is None:
             return Continue(phase="response_body"), nxt
         if ex.response.streaming:
@@ -249,27 +253,11 @@ class ExtProcMachine:
 
     def _failed(self, ev: Failed) -> tuple[Output, State]:
         """A deliberate answer for a failure: refuse the request with the error's code."""
-        exc = ev.error
         if self.exchange is None:
             self.exchange = self.engine.begin({})
         ex = self.exchange
-        try:
-            decision = self.engine.refuse(ex, exc)
-        except Exception as audit_exc:
-            # The refusal could not be audited either (the audit log is down, say): still answer
-            # deliberately, never with a stream error. Nothing goes through unaudited: this
-            # answer refuses the request. A failed audit wins: its code says what to fix.
-            # An unwritable audit log is reported by its watcher, once, not once per request.
-            unwritable = getattr(audit_exc, "code", None) == "audit_unavailable"
-            log.log(
-                logging.DEBUG if unwritable else logging.ERROR,
-                "could not audit the refusal (%s): %s",
-                exc.code,
-                audit_exc,
-            )
-            cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
-            decision = answers.request_error(cause)
-        return answers.refusal(decision, ex.request_id, self._version()), State.DONE
+        decision = self.engine.refuse(ex, ev.error)
+        return answers.refusal(decision, ex.request_id, self.version()), State.DONE
 
     def _closed(self, ev: Closed) -> tuple[Output, State]:
         """The stream ended (cleanly, cancelled, or the client went away).
@@ -282,29 +270,25 @@ class ExtProcMachine:
         if ex is None or self.state is State.DONE:
             return None, State.DONE
         if ex.decision is not None:
-            try:
-                self.engine.finish(ex, cut=True)
-            except Exception:
-                # Called from the servicer's ``finally``: raising here would turn a clean close
-                # into an error status (or mask a cancellation). The answers already went out.
-                log.exception("ext_proc stream: recording the end of the exchange failed")
+            self.engine.finish(ex, cut=True)
+            return None, State.DONE
+        deciding = self.state is State.DECIDING
+        late = ex.deadline_ns is not None and ev.now_ns > ex.deadline_ns
+        exc: PolicyExtprocError
+        if deciding and late:
+            exc = EnvoyGaveUp("Envoy stopped waiting for the decision (message timeout)")
+        elif deciding:
+            exc = StreamCancelled("the stream was reset while the request was being decided")
         else:
-            deciding = self.state is State.DECIDING
-            late = ex.deadline_ns is not None and ev.now_ns > ex.deadline_ns
-            exc: PolicyExtprocError
-            if deciding and late:
-                exc = EnvoyGaveUp("Envoy stopped waiting for the decision (message timeout)")
-            elif deciding:
-                exc = StreamCancelled("the stream was reset while the request was being decided")
-            else:
-                exc = StreamCancelled("the stream ended before the request body arrived")
-            try:
-                self.engine.refuse(ex, exc)
-            except Exception:
-                log.exception("ext_proc stream: recording the abandoned request failed")
+            exc = StreamCancelled("the stream ended before the request body arrived")
+        self.engine.refuse(ex, exc)
         return None, State.DONE
 
-    def _version(self) -> str:
+    def effects(self) -> list[Effect]:
+        """The I/O asked for since the last call (audit records, follow-ups), in order."""
+        return self.exchange.take_effects() if self.exchange is not None else []
+
+    def version(self) -> str:
         ex = self.exchange
         return ex.snapshot.version if ex is not None and ex.snapshot is not None else ""
 
@@ -366,16 +350,19 @@ class ExtProcStream:
         return self.machine.extension(ev)
 
     async def handle(self, ev: Event) -> Reply:
-        """The reply to one message; never raises."""
+        """The reply to one message; never raises. What the machine asks for (a decision,
+        audit records, follow-ups) is done before the reply goes back."""
         m = self.machine
         try:
             out = m.receive(ev, received_ns=time.monotonic_ns())
+            self._perform()
             if isinstance(out, Decide):
                 ex = m.exchange
                 assert ex is not None
                 decision, new_body = await self.engine.decide_request(
                     ex, out.body, complete=out.complete, claims=m.claims
                 )
+                self._perform()
                 out = m.receive(Decided(decision, new_body))
             assert isinstance(out, Continue | Immediate), out
             return out
@@ -387,14 +374,42 @@ class ExtProcStream:
                 InternalError(f"internal error while processing {ev.phase}: {type(exc).__name__}")
             )
 
+    def _perform(self) -> None:
+        self.engine.perform(self.machine.effects())
+
     def _fail(self, exc: PolicyExtprocError) -> Reply:
-        out = self.machine.receive(Failed(exc))
+        m = self.machine
+        out = m.receive(Failed(exc))
         assert isinstance(out, Continue | Immediate)
+        try:
+            self._perform()
+        except Exception as audit_exc:
+            # The refusal could not be audited either (the audit log is down, say): still answer
+            # deliberately, never with a stream error. Nothing goes through unaudited: this
+            # answer refuses the request. A failed audit wins: its code says what to fix.
+            # An unwritable audit log is reported by its watcher, once, not once per request.
+            unwritable = getattr(audit_exc, "code", None) == "audit_unavailable"
+            log.log(
+                logging.DEBUG if unwritable else logging.ERROR,
+                "could not audit the refusal (%s): %s",
+                exc.code,
+                audit_exc,
+            )
+            cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
+            ex = m.exchange
+            assert ex is not None
+            out = answers.refusal(answers.request_error(cause), ex.request_id, m.version())
         return out
 
     def close(self) -> None:
         """The stream ended (cleanly, cancelled, or the client went away)."""
-        self.machine.receive(Closed(time.monotonic_ns()))
+        try:
+            self.machine.receive(Closed(time.monotonic_ns()))
+            self._perform()
+        except Exception:
+            # Called from the servicer's ``finally``: raising here would turn a clean close
+            # into an error status (or mask a cancellation). The answers already went out.
+            log.exception("ext_proc stream: recording the end of the exchange failed")
 
     def __repr__(self) -> str:
         return f"ExtProcStream({self.state.value})"

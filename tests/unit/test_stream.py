@@ -15,6 +15,7 @@ import pytest
 from policy_extproc.audit.chain import AuditLogError
 from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.enforce import pipeline as pipeline_module
+from policy_extproc.enforce.effects import Audit
 from policy_extproc.enforce.engine import Engine, EngineConfig
 from policy_extproc.enforce.envoy_replies import Continue, Immediate, Reply
 from policy_extproc.enforce.stream import (
@@ -889,7 +890,12 @@ def test_closed_while_deciding_past_the_deadline_is_envoy_gave_up(
     assert m.state is State.DECIDING
     assert m.receive(Closed(now_ns=10**18)) is None
     assert m.state is State.DONE
-    assert sink.records[-1].error_code == "envoy_gave_up"
+    # The machine asks for the record; it writes nothing itself.
+    [audit] = m.effects()
+    assert isinstance(audit, Audit)
+    assert audit.record.error_code == "envoy_gave_up"
+    assert sink.records == []
+    assert m.effects() == []  # taken once
 
 
 def test_closed_while_deciding_in_time_is_a_cancelled_stream(
@@ -899,7 +905,9 @@ def test_closed_while_deciding_in_time_is_a_cancelled_stream(
     m.receive(req_headers(chat("hi")), received_ns=1_000)
     m.receive(req_body(chat("hi")), received_ns=2_000)
     m.receive(Closed(now_ns=3_000))
-    assert sink.records[-1].error_code == "stream_cancelled"
+    [audit] = m.effects()
+    assert isinstance(audit, Audit)
+    assert audit.record.error_code == "stream_cancelled"
 
 
 def test_a_decision_nobody_asked_for_is_a_protocol_error(engine: Engine) -> None:
@@ -948,3 +956,29 @@ def test_the_state_is_set_in_one_place() -> None:
                 if isinstance(t, ast.Attribute) and t.attr == "state":
                     setters.append(fn.name)
     assert sorted(setters) == ["__init__", "_step"]
+
+
+async def test_records_are_effects_the_driver_performs(engine: Engine, sink: RecordingSink) -> None:
+    """Driven by hand (the ``Decide`` done by the engine, as the driver does), nothing is
+    written: each record is an ``Audit`` effect, the request's then the response's."""
+    m = ExtProcMachine(engine)
+    body = chat("hello")
+    m.receive(req_headers(body))
+    action = m.receive(req_body(body))
+    assert isinstance(action, Decide) and m.exchange is not None
+    decision, new_body = await engine.decide_request(m.exchange, action.body, complete=True)
+    assert decision.action == "allow", decision
+    m.receive(Decided(decision, new_body))
+    m.receive(resp_headers())
+    usage = b'{"usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    as_continue(m.receive(resp_body(usage)))  # type: ignore[arg-type]
+    assert m.state is State.DONE
+    request, response = m.effects()
+    assert isinstance(request, Audit) and isinstance(response, Audit)
+    assert (request.record.phase, request.record.decision) == ("request", "allow")
+    assert response.record.phase == "response"
+    assert response.record.usage is not None
+    assert (response.record.usage.input_tokens, response.record.usage.output_tokens) == (3, 2)
+    assert sink.records == []
+    engine.perform([request, response])
+    assert sink.records == [request.record, response.record]

@@ -15,9 +15,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from ..logformat import bind_request
 from . import extauthz, translate
+from .driver import ExtProcStream
 from .engine import Engine
 from .envoy_replies import Extend
-from .stream import ExtProcStream
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ import pytest
 
 from policy_extproc.admin.evaluate import dry_run
 from policy_extproc.audit.sink import RecordingSink
+from policy_extproc.enforce.driver import ExtProcStream
 from policy_extproc.enforce.engine import Engine
 from policy_extproc.enforce.envoy_replies import Immediate
-from policy_extproc.enforce.stream import ExtProcStream
 from policy_extproc.enforce.translate import Event
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.loader import load_sources

@@ -15,6 +15,7 @@ import pytest
 from policy_extproc.audit.chain import AuditLogError
 from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.enforce import pipeline as pipeline_module
+from policy_extproc.enforce.driver import ExtProcStream
 from policy_extproc.enforce.effects import Audit
 from policy_extproc.enforce.engine import Engine, EngineConfig
 from policy_extproc.enforce.envoy_replies import Continue, Immediate, Reply
@@ -24,7 +25,6 @@ from policy_extproc.enforce.stream import (
     Decide,
     Decided,
     ExtProcMachine,
-    ExtProcStream,
     Failed,
     State,
 )

@@ -12,7 +12,6 @@ exchange's data is ``exchange.py``.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -44,8 +43,6 @@ from .limits import needs_usage
 from .settle import Background, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
-
-log = logging.getLogger(__name__)
 
 
 class RedactionUnavailable(PolicyExtprocError):

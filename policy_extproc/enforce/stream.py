@@ -36,7 +36,6 @@ wall clock for the records' timestamps and latency.
 from __future__ import annotations
 
 import enum
-import logging
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -57,9 +56,6 @@ from .stream_events import (
     Output,
 )
 from .translate import Event
-
-log = logging.getLogger(__name__)
-
 
 _DEADLINE_MARGIN_S = 0.05
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sys
 from collections.abc import Callable
@@ -161,7 +162,8 @@ def eval_(
             click.echo(str(problem), err=True)
         sys.exit(1)
     try:
-        run = dry_run(snapshot, Path(request_file).read_bytes(), _headers(headers), api_path or "")
+        body = Path(request_file).read_bytes()
+        run = asyncio.run(dry_run(snapshot, body, _headers(headers), api_path or ""))
     except RequestError as exc:
         click.echo(f"{request_file}: {exc.code}: {exc.message}", err=True)
         sys.exit(2)
@@ -200,6 +202,7 @@ def schema() -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Name every test, passed ones too.")
 def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> None:
     """Run policy tests: every *_test.yaml under PATHS; exit 1 if one fails."""
+    from .llm.catalog import load_catalog
     from .policy.compiler import compile_paths
     from .policytest import PolicyTestError, find_test_files, read_cases, run_case
 
@@ -215,6 +218,7 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
         sys.exit(1)
     passed = failed = 0
     errors: list[str] = []
+    catalog = load_catalog()  # once, not once per case
     for file in files:
         try:
             cases = read_cases(str(file), file.read_text(encoding="utf-8"))
@@ -222,7 +226,7 @@ def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> N
             errors.append(str(exc))
             continue
         for case in cases:
-            outcome = run_case(snapshot, case)
+            outcome = run_case(snapshot, case, catalog=catalog)
             if outcome.passed:
                 passed += 1
                 if verbose:

@@ -2,7 +2,9 @@
 
 A test file holds ``tests:``, a list of cases; each case is a request (headers, path, body) and
 what is expected of its decision. Every case is decided by the admin API's dry run, the same
-pipeline ``eval`` uses, so a test passes exactly when ``eval`` would print that decision.
+pipeline ``eval`` and the server use (approvals escalate, limits and budgets are checked
+against an empty state, nothing is consumed), so a test passes exactly when ``eval`` would
+print that decision.
 
     tests:
       - name: ml may use gpt-4o
@@ -18,6 +20,7 @@ pipeline ``eval`` uses, so a test passes exactly when ``eval`` would print that 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from collections.abc import Iterable, Mapping
@@ -26,8 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RequestError
+from .llm.catalog import Catalog
 from .policy.compiler import Snapshot
 from .policy.yamlsource import Located, SourceError, load_documents
+from .state.base import StateBackend
 
 TEST_SUFFIXES = ("_test.yaml", "_test.yml", "_test.json")
 DECISIONS = frozenset({"allow", "modify", "block", "throttle", "escalate"})
@@ -144,13 +149,33 @@ def _case(raw: Any, file: str, line: int) -> Case:
                 _string_map(expect, file, line, "expect"))  # fmt: skip
 
 
-def run_case(snapshot: Snapshot, case: Case) -> Outcome:
+def run_case(
+    snapshot: Snapshot,
+    case: Case,
+    *,
+    state: StateBackend | None = None,
+    catalog: Catalog | None = None,
+) -> Outcome:
+    """Decide ``case`` with the dry run and compare with what it expects (not from a running
+    event loop: ``check_case`` is the coroutine)."""
+    return asyncio.run(check_case(snapshot, case, state=state, catalog=catalog))
+
+
+async def check_case(
+    snapshot: Snapshot,
+    case: Case,
+    *,
+    state: StateBackend | None = None,
+    catalog: Catalog | None = None,
+) -> Outcome:
     """Decide ``case`` with the dry run and compare with what it expects."""
     from .admin.evaluate import dry_run
 
     want = case.expect
     try:
-        run = dry_run(snapshot, case.body, case.headers, case.path)
+        run = await dry_run(
+            snapshot, case.body, case.headers, case.path, state=state, catalog=catalog
+        )
     except RequestError as exc:
         # A refused body is a decision too: the client gets a 4xx with this code.
         got = {"decision": "block", "code": exc.code, "policy": "", "rule": ""}

@@ -1,23 +1,32 @@
 """Dry runs: decide one request against a snapshot, as ``policy-extproc eval`` does, and explain.
 
-Only the rules decided from the request alone take part (models, content, PII, approvals by
-model or tag); limits and budgets need shared state and are left out, so nothing is consumed.
+The server's own pipeline (``enforce/pipeline.py``) decides it, stateful checks included, but
+against a read of the state that consumes nothing: limits and budgets say whether they would
+throttle (``StateBackend.peek``), an approval rule says it would escalate (no approval is
+opened), a presented approval is checked but not used, breakers are read. ``state`` is the
+server's (the admin ``Evaluate`` RPC) or, offline, an empty ``MemoryState``: full limiters,
+nothing spent, no approvals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..audit.builder import record_for
 from ..audit.record import AuditRecord
+from ..enforce import answers, limits, pipeline
+from ..enforce.stateful import StatefulChecks
 from ..enforce.work import examine
+from ..errors import PolicyExtprocError, RequestError
 from ..llm.apis import FORMATS
-from ..llm.request import rewrite_request
+from ..llm.catalog import Catalog, load_catalog
 from ..policy.compiler import Snapshot
-from ..policy.evaluator import decide
 from ..policy.explain import explain
+from ..state.base import StateBackend
+from ..state.memory import MemoryState
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,18 +52,44 @@ def guess_path(body: bytes) -> str:
     return "/v1/chat/completions"
 
 
-def dry_run(snapshot: Snapshot, body: bytes, headers: Mapping[str, str], path: str = "") -> DryRun:
-    """Decide ``body`` without enforcing anything; raises ``RequestError`` for a bad body."""
+async def dry_run(
+    snapshot: Snapshot,
+    body: bytes,
+    headers: Mapping[str, str],
+    path: str = "",
+    *,
+    state: StateBackend | None = None,
+    catalog: Catalog | None = None,
+    settings: limits.Settings | None = None,
+    offload: bool = False,
+) -> DryRun:
+    """Decide ``body`` without enforcing or consuming anything; raises ``RequestError`` for a
+    bad body. ``offload``: parse and scan in a thread, off the caller's event loop (a server)."""
     hdrs = {k.lower(): v for k, v in headers.items()}
     hdrs[":path"] = path or hdrs.get(":path") or guess_path(body)
     hdrs.setdefault(":method", "POST")
+    if catalog is None:
+        catalog = load_catalog()
     # The server's own request pipeline (parse, identity, token prompts, the request rules).
-    examined = examine(snapshot, hdrs, None, body)
-    request, ctx = examined.request, examined.ctx
+    if offload:
+        examined = await asyncio.to_thread(examine, snapshot, hdrs, None, body, catalog=catalog)
+    else:
+        examined = examine(snapshot, hdrs, None, body, catalog=catalog)
+    ctx = examined.ctx
     es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-    decision = decide(es, ctx, examined.findings)
-    new_body = None
-    if request is not None and decision.new_texts and decision.action in ("allow", "modify"):
-        new_body = rewrite_request(request, decision.new_texts)
-    record = record_for(decision, ctx, policy_version=snapshot.version)
+    checks = StatefulChecks(
+        state if state is not None else MemoryState(), catalog, settings or limits.Settings()
+    )
+    error_code = None
+    try:
+        rid = hdrs.get("x-request-id", "")
+        ruled = await pipeline.rule(checks, es, examined, rid, consume=False)
+    except RequestError:
+        raise
+    except PolicyExtprocError as exc:  # state unavailable (closed), an approval that does not fit
+        decision, new_body, error_code = answers.request_error(exc), None, exc.code
+    else:
+        decision = ruled.decision
+        new_body = pipeline.rewritten(examined.request, decision)
+    record = record_for(decision, ctx, policy_version=snapshot.version, error_code=error_code)
     return DryRun(record, explain(es, ctx, decision), new_body)

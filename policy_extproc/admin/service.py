@@ -148,15 +148,23 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
 
     @_translated
     async def Evaluate(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        def run() -> Any:
-            if request.policies:
-                snapshot = self.pushed.candidate(request.policies, request.file_name or "pushed")
-            else:
-                snapshot = self.store.current
-            return dry_run(snapshot, request.body, dict(request.headers), request.path)
+        def compile_candidate() -> Any:
+            return self.pushed.candidate(request.policies, request.file_name or "pushed")
 
-        # Compiling a candidate set and scanning a body are CPU work: off the event loop.
-        result = await asyncio.to_thread(run)
+        # Compiling a candidate set and scanning a body are CPU work: off the event loop. The
+        # dry run reads the server's own state (limits, budgets, approvals), consuming nothing.
+        if request.policies:
+            snapshot = await asyncio.to_thread(compile_candidate)
+        else:
+            snapshot = self.store.current
+        result = await dry_run(
+            snapshot,
+            request.body,
+            dict(request.headers),
+            request.path,
+            state=self.approvals.state,
+            offload=True,
+        )
         response = admin_pb2.EvaluateResponse(
             decision=convert.decision_record(result.record), explanation=result.explanation
         )

@@ -17,8 +17,9 @@ from google.rpc import status_pb2
 
 from ..errors import PolicyExtprocError
 from ..policy.decision import Decision
-from . import responses, translate
-from .engine import Engine, Exchange, RedactionUnavailable
+from . import answers, translate
+from .engine import Engine, RedactionUnavailable
+from .exchange import Exchange
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,13 @@ def _refuse(engine: Engine, ex: Exchange, exc: PolicyExtprocError) -> Decision:
     """Refuse for ``exc``; when even that cannot be audited, still answer with a JSON refusal
     (an RPC error would leave the client with Envoy's bare status_on_error)."""
     try:
-        return engine.refuse(ex, exc)
+        decision = engine.refuse(ex, exc)
+        engine.perform(ex.take_effects())
+        return decision
     except Exception as audit_exc:
         log.error("ext_authz: could not audit the refusal (%s): %s", exc.code, audit_exc)
         cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
-        return responses.request_error(cause)
+        return answers.request_error(cause)
 
 
 async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
@@ -73,6 +76,7 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
         complete = not (declared.isdigit() and int(declared) > len(body))
         # redact=False: a request to be redacted is refused by the engine, one record for it.
         decision, _ = await engine.decide_request(ex, body, complete=complete, redact=False)
+        engine.perform(ex.take_effects())  # the audit record, before the answer
     except PolicyExtprocError as exc:
         decision = _refuse(engine, ex, exc)
     except Exception:
@@ -84,16 +88,14 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
             status=status_pb2.Status(code=_OK),
             ok_response=auth.OkHttpResponse(
                 response_headers_to_add=[
-                    _header(responses.DECISION_HEADER, decision.action),
-                    _header(responses.REQUEST_ID_HEADER, rid),
+                    _header(answers.DECISION_HEADER, decision.action),
+                    _header(answers.REQUEST_ID_HEADER, rid),
                 ],
             ),
         )
-    refusal = responses.refusal(decision, rid)
+    refusal = answers.refusal(decision, rid)
     return auth.CheckResponse(
-        status=status_pb2.Status(
-            code=_PERMISSION_DENIED, message=responses.public_reason(decision)
-        ),
+        status=status_pb2.Status(code=_PERMISSION_DENIED, message=answers.public_reason(decision)),
         denied_response=auth.DeniedHttpResponse(
             status=http_status_pb2.HttpStatus(code=refusal.status),
             headers=[_header(k, v) for k, v in refusal.headers],

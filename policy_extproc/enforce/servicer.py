@@ -15,9 +15,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from ..logformat import bind_request
 from . import extauthz, translate
+from .driver import ExtProcStream
 from .engine import Engine
-from .replies import Extend
-from .stream import ExtProcStream
+from .envoy_replies import Extend
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,6 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         # Told how long each message took to answer, by phase (the phase latency metric).
         self.on_phase = on_phase
         self.open_streams = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
 
     async def Process(
         self,
@@ -42,7 +40,6 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
     ) -> AsyncIterator[ep.ProcessingResponse]:
         stream = ExtProcStream(self.engine, trace_context=_trace_context(context))
         self.open_streams += 1
-        self._idle.clear()
         try:
             async for msg in request_iterator:
                 started = time.perf_counter()
@@ -70,11 +67,6 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         finally:
             stream.close()
             self.open_streams -= 1
-            if self.open_streams == 0:
-                self._idle.set()
-
-    async def drained(self) -> None:
-        await self._idle.wait()
 
 
 def _trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:

@@ -1,17 +1,25 @@
 """One ext_proc stream as a state machine: each message in, exactly one reply out, in order.
 
-Every transition lives in ``ExtProcStream.handle``'s table::
+``ExtProcMachine`` is the protocol, with no I/O of its own: ``receive(event)`` returns the reply
+to send, or a ``Decide`` action when the request's decision is needed, and ``effects()`` the
+audit records and follow-ups it asks for; whoever drives it (``driver.ExtProcStream``, for the
+gRPC servicer) performs them and feeds the decision back as a ``Decided`` event. Every
+transition is a row of ``TRANSITIONS`` below, and ``_step`` is the one place that sets the state
+(STYLE.md: "the state is set nowhere else")::
 
-    START --request_headers--> BODY        (body to come; refused early if declared too large)
-    START --request_headers(eos)--> RESPONSE   (no body: decided on the headers)
-    BODY --request_body(eos)--> RESPONSE   (decided; or DONE when refused)
-    BODY --request_body(not eos)--> DONE   (BUFFERED_PARTIAL hit the limit: JSON 413)
+    START --request_headers--> BODY        (body to come; DONE when refused early on the headers)
+    START --request_headers(eos)--> DECIDING   (no body: decided on the headers)
+    BODY --request_body--> DECIDING        (not eos: BUFFERED_PARTIAL hit the limit, refused 413)
+    DECIDING --decided--> RESPONSE         (or DONE when refused)
     RESPONSE --response_headers--> RESPONSE_BODY   (or DONE at end of stream)
-    RESPONSE_BODY --response_body--> RESPONSE_BODY (DONE at end of stream)
+    RESPONSE_BODY --response_body--> RESPONSE_BODY (DONE at end of stream, or refused)
+    START/BODY --response_headers/body--> same state   (Envoy answered the client itself)
     any --trailers--> same state
+    any --failed--> DONE                   (an error, deliberately answered and audited)
+    any --closed--> DONE                   (the stream ended or was reset: a request not decided
+                                            yet is audited: stream_cancelled, or envoy_gave_up
+                                            past Envoy's deadline)
     anything else: a protocol error, answered with a deliberate 500 and audited.
-    START/BODY --stream ends or is reset (``close``)--> DONE, audited: stream_cancelled, or
-                                                       envoy_gave_up past Envoy's deadline
 
 A large body is examined in a worker process; before its answer the servicer sends Envoy an
 ``override_message_timeout`` (``extension``). Each message arms a deadline (Envoy's message
@@ -19,24 +27,35 @@ timeout, or the time asked for): a decision reached after it is refused as envoy
 
 DESIGN.md s8: an exception must never close the stream with an error status (Envoy would fail
 the request with its own 500); every failure here becomes a reply we chose.
+
+The machine still calls the engine's synchronous methods (begin, early_refusal, refuse, the
+response watch, finish): they compute and put their I/O in the exchange's outbox; they read the
+wall clock for the records' timestamps and latency.
 """
 
 from __future__ import annotations
 
 import enum
-import logging
-import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
-from . import responses
-from .engine import Engine, Exchange
-from .replies import Continue, Immediate, Reply
+from . import answers
+from .effects import Effect
+from .engine import Engine
+from .envoy_replies import Continue, Immediate
+from .exchange import Exchange
+from .stream_events import (
+    Closed,
+    Decide,
+    Decided,
+    EnvoyLocalReply,
+    Failed,
+    Input,
+    Output,
+)
 from .translate import Event
-
-log = logging.getLogger(__name__)
-
 
 _DEADLINE_MARGIN_S = 0.05
 
@@ -44,30 +63,26 @@ _DEADLINE_MARGIN_S = 0.05
 class State(enum.Enum):
     START = "start"
     BODY = "body"
+    DECIDING = "deciding"  # the request's decision was asked for (``Decide``), not yet fed back
     RESPONSE = "response"
     RESPONSE_BODY = "response_body"
     DONE = "done"
 
 
-class EnvoyLocalReply(PolicyExtprocError):
-    """The client got Envoy's own answer (a 413 over the buffer limit, say), not ours."""
+_Handler = Callable[["ExtProcMachine", Any], tuple[Output, State]]
 
-    code = "envoy_local_reply"
-
-    def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
-        self.http_status = status
-        if status == 413:
-            self.code = "body_too_large"
+_PHASES = ("request_headers", "request_body", "response_headers", "response_body")
+_TRAILERS = ("request_trailers", "response_trailers")
 
 
-class InternalError(PolicyExtprocError):
-    code = "internal_error"
-    http_status = 500
+def _kind(ev: Input) -> str:
+    if isinstance(ev, Event):
+        return ev.phase or "unknown"
+    return {Decided: "decided", Failed: "failed", Closed: "closed"}[type(ev)]
 
 
-class ExtProcStream:
-    """Protocol state of one request's ext_proc stream."""
+class ExtProcMachine:
+    """Protocol state of one request's ext_proc stream: events in, replies and actions out."""
 
     def __init__(self, engine: Engine, *, trace_context: dict[str, str] | None = None) -> None:
         self.engine = engine
@@ -76,8 +91,11 @@ class ExtProcStream:
         self.exchange: Exchange | None = None
         self.claims: Any = None
         self._granted_s: float | None = None  # the override asked for the message in hand
-        self._pending = False  # a message is being answered
-        self._received_ns = 0
+        self._received_ns: int | None = None  # when the message in hand arrived
+        self._spoofed: tuple[str, ...] = ()  # x-policy-* headers the client sent
+        self._decide_phase = "request_body"
+
+    # -- the driver's entry points ---------------------------------------------------------
 
     def extension(self, ev: Event) -> float | None:
         """Seconds to ask Envoy for before answering ``ev`` (a large body), or None."""
@@ -86,51 +104,97 @@ class ExtProcStream:
             self._granted_s = self.engine.extension_s(len(ev.body))
         return self._granted_s
 
+    def receive(self, ev: Input, *, received_ns: int | None = None) -> Output:
+        """The answer to ``ev``: a reply for Envoy, a ``Decide`` to perform, or None.
+
+        ``received_ns`` (``time.monotonic_ns()`` when Envoy's message arrived) arms Envoy's
+        deadline for it; without it no deadline is kept (the machine reads no clock).
+
+        Raises only what the handler of a message raises; the driver feeds that back as
+        ``Failed``, whose handler answers deliberately.
+        """
+        if isinstance(ev, Event):
+            self._received_ns = received_ns
+            self._arm()
+        return self._step(ev)
+
+    def _step(self, ev: Input) -> Output:
+        kind = _kind(ev)
+        row = TRANSITIONS.get((self.state, kind))
+        if row is None:
+            shown = kind if kind != "unknown" else "unknown message"
+            raise ProtocolError(f"unexpected {shown} in state {self.state.value}")
+        handler, allowed = row
+        out, nxt = handler(self, ev)
+        assert nxt in allowed, f"{self.state.value} --{kind}--> {nxt.value} is not in the table"
+        self.state = nxt
+        return out
+
     def _arm(self) -> None:
         # Envoy's timer started when it sent the message, a little before we got it: the
         # margin keeps a decision that Envoy would no longer take from being recorded as taken.
         ex = self.exchange
-        if ex is None:
+        if ex is None or self._received_ns is None:
             return
         granted = self._granted_s or self.engine.config.message_timeout_s
         ex.deadline_ns = self._received_ns + int((granted - _DEADLINE_MARGIN_S) * 1e9)
 
-    async def handle(self, ev: Event) -> Reply:
-        """The reply to one message; never raises."""
-        self._pending = True
-        self._received_ns = time.monotonic_ns()
+    # -- handlers: each returns (output, next state) ------------------------------------------
+
+    def _trailers(self, ev: Event) -> tuple[Output, State]:
+        return Continue(phase=ev.phase), self.state  # type: ignore[arg-type]
+
+    def _request_headers(self, ev: Event) -> tuple[Output, State]:
+        headers = ev.headers
+        if self.trace_context:
+            # Envoy's own span (the ext_proc call's, from the gRPC metadata) is the parent,
+            # ahead of a traceparent the client sent: the decision sits under Envoy's span.
+            headers = {**headers, **self.trace_context}
+        self.exchange = ex = self.engine.begin(headers, ev.claims)
+        self.claims = ev.claims
         self._arm()
-        try:
-            reply = await self._handle(ev)
-            self._pending = False
-            return reply
-        except PolicyExtprocError as exc:
-            self._pending = False
-            return self._fail(exc)
-        except Exception as exc:  # a bug of ours must not become Envoy's generic 500
-            self._pending = False
-            log.exception("ext_proc stream failed on %s", ev.phase)
-            return self._fail(
-                InternalError(f"internal error while processing {ev.phase}: {type(exc).__name__}")
+        # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
+        # is dropped, and the route chosen with it forgotten.
+        self._spoofed = spoofed = tuple(h for h in ev.headers if h.startswith("x-policy-"))
+        if ev.end_of_stream:
+            self._decide_phase = "request_headers"
+            return Decide(b"", complete=True), State.DECIDING
+        early = self.engine.early_refusal(ex)
+        if early is not None:
+            return answers.refusal(early, ex.request_id, self.version()), State.DONE
+        reply = Continue(
+            phase="request_headers",
+            remove_headers=spoofed,
+            clear_route_cache=bool(spoofed),
+            skip_response=not self.engine.needs_response(ex),
+        )
+        return reply, State.BODY
+
+    def _request_body(self, ev: Event) -> tuple[Output, State]:
+        self._decide_phase = "request_body"
+        return Decide(ev.body, complete=ev.end_of_stream), State.DECIDING
+
+    def _decided(self, ev: Decided) -> tuple[Output, State]:
+        ex = self.exchange
+        assert ex is not None
+        decision = ev.decision
+        if decision.action in ("block", "throttle", "escalate"):
+            return answers.refusal(decision, ex.request_id, self.version()), State.DONE
+        phase = self._decide_phase
+        reply = answers.proceed(
+            decision, ex.request_id, new_body=ev.new_body, version=self.version(), phase=phase
+        )
+        if phase == "request_headers" and self._spoofed:
+            # A request without a body is decided here: drop the spoofed headers too, but
+            # not one we set ourselves (a reroute's x-policy-provider).
+            ours = {k for k, _ in reply.set_headers}
+            dropped = tuple(h for h in self._spoofed if h not in ours)
+            reply = replace(
+                reply, remove_headers=(*reply.remove_headers, *dropped), clear_route_cache=True
             )
+        return reply, State.RESPONSE
 
-    async def _handle(self, ev: Event) -> Reply:
-        phase, state = ev.phase, self.state
-        if phase in ("request_trailers", "response_trailers"):
-            return Continue(phase=phase)
-        if phase == "request_headers" and state is State.START:
-            return await self._request_headers(ev)
-        if phase == "request_body" and state is State.BODY:
-            return await self._decide(ev.body, complete=ev.end_of_stream, phase="request_body")
-        if phase == "response_headers" and state is State.RESPONSE:
-            return self._response_headers(ev)
-        if phase == "response_body" and state is State.RESPONSE_BODY:
-            return self._response_body(ev)
-        if phase in ("response_headers", "response_body") and state in (State.START, State.BODY):
-            return self._local_reply(ev)
-        raise ProtocolError(f"unexpected {phase or 'unknown message'} in state {state.value}")
-
-    def _local_reply(self, ev: Event) -> Reply:
+    def _local_reply(self, ev: Event) -> tuple[Output, State]:
         """Envoy answered the client itself before we decided: a filter ahead of ours refused
         (jwt_authn's 401, the health check), or Envoy's own limit hit (a body over the buffer
         limit: 413). Nothing of ours to add or decide; a request we had seen is audited with
@@ -145,158 +209,125 @@ class ExtProcStream:
                     int(status) if status.isdigit() else 500,
                 ),
             )
-        return Continue(phase=ev.phase)  # type: ignore[arg-type]
+        return Continue(phase=ev.phase), self.state  # type: ignore[arg-type]
 
-    async def _request_headers(self, ev: Event) -> Reply:
-        headers = ev.headers
-        if self.trace_context:
-            # Envoy's own span (the ext_proc call's, from the gRPC metadata) is the parent,
-            # ahead of a traceparent the client sent: the decision sits under Envoy's span.
-            headers = {**headers, **self.trace_context}
-        self.exchange = ex = self.engine.begin(headers, ev.claims)
-        self.claims = ev.claims
-        self._arm()
-        # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
-        # is dropped, and the route chosen with it forgotten.
-        spoofed = tuple(h for h in ev.headers if h.startswith("x-policy-"))
-        if ev.end_of_stream:
-            reply = await self._decide(b"", complete=True, phase="request_headers")
-            if spoofed and isinstance(reply, Continue):
-                # A request without a body is decided here: drop the spoofed headers too, but
-                # not one we set ourselves (a reroute's x-policy-provider).
-                ours = {k for k, _ in reply.set_headers}
-                reply = replace(
-                    reply,
-                    remove_headers=(*reply.remove_headers, *(h for h in spoofed if h not in ours)),
-                    clear_route_cache=True,
-                )
-            return reply
-        early = self.engine.early_refusal(ex)
-        if early is not None:
-            self.state = State.DONE
-            return responses.refusal(early, ex.request_id, self._version())
-        self.state = State.BODY
-        return Continue(
-            phase="request_headers",
-            remove_headers=spoofed,
-            clear_route_cache=bool(spoofed),
-            skip_response=not self.engine.needs_response(ex),
-        )
-
-    async def _decide(self, body: bytes, *, complete: bool, phase: str) -> Reply:
-        ex = self.exchange
-        assert ex is not None
-        decision, new_body = await self.engine.decide_request(
-            ex, body, complete=complete, claims=self.claims
-        )
-        if decision.action in ("block", "throttle", "escalate"):
-            self.state = State.DONE
-            return responses.refusal(decision, ex.request_id, self._version())
-        self.state = State.RESPONSE
-        return responses.proceed(
-            decision, ex.request_id, new_body=new_body, version=self._version(), phase=phase
-        )
-
-    def _response_headers(self, ev: Event) -> Reply:
+    def _response_headers(self, ev: Event) -> tuple[Output, State]:
         ex = self.exchange
         assert ex is not None and ex.decision is not None
         self.engine.response_started(ex, ev.headers)
         if ev.end_of_stream:
-            self.state = State.DONE
             self.engine.finish(ex)
-            mode = None
+            mode, nxt = None, State.DONE
         else:
-            self.state = State.RESPONSE_BODY
             # Envoy buffers response bodies by default; an SSE stream must flow chunk by chunk
             # (mode_override needs allow_mode_override in the filter configuration).
-            mode = "STREAMED" if ex.streaming else None
-        return responses.response_headers(
-            ex.decision, ex.request_id, body_mode=mode, drop_length=ex.streaming
+            mode, nxt = ("STREAMED" if ex.response.streaming else None), State.RESPONSE_BODY
+        reply = answers.response_headers(
+            ex.decision, ex.request_id, body_mode=mode, drop_length=ex.response.streaming
         )
+        return reply, nxt
 
-    def _response_body(self, ev: Event) -> Reply:
+    def _response_body(self, ev: Event) -> tuple[Output, State]:
         ex = self.exchange
-        assert ex is not None
+        assert ex is not None and ex.decision is not None
         body, refusal = self.engine.response_chunk(ex, ev.body, ev.end_of_stream)
-        if ev.end_of_stream:
-            self.state = State.DONE
+        nxt = State.DONE if ev.end_of_stream else State.RESPONSE_BODY
         if refusal is not None:
             # A buffered answer a rule refuses: the client gets the policy error instead. The
             # response headers are still held by Envoy in BUFFERED mode, so this replaces all.
-            self.state = State.DONE
-            return responses.refusal(refusal, ex.request_id, self._version())
+            return answers.refusal(refusal, ex.request_id, self.version()), State.DONE
         if body is None:
-            return Continue(phase="response_body")
-        if ex.streaming:
-            return Continue(phase="response_body", body=body)
+            return Continue(phase="response_body"), nxt
+        if ex.response.streaming:
+            return Continue(phase="response_body", body=body), nxt
         headers = [("content-length", str(len(body)))]
-        if ex.response_findings is not None and ex.response_findings.redactions:
-            counts = {**ex.decision.redactions, **ex.response_findings.redactions}  # type: ignore[union-attr]
+        found = ex.response.findings
+        if found is not None and found.redactions:
+            counts = {**ex.decision.redactions, **found.redactions}
             headers.append(("x-policy-redactions", ",".join(f"{k}={v}" for k, v in counts.items())))
-        return Continue(phase="response_body", body=body, set_headers=tuple(headers))
+        return Continue(phase="response_body", body=body, set_headers=tuple(headers)), nxt
 
-    def _fail(self, exc: PolicyExtprocError) -> Reply:
+    def _failed(self, ev: Failed) -> tuple[Output, State]:
         """A deliberate answer for a failure: refuse the request with the error's code."""
         if self.exchange is None:
             self.exchange = self.engine.begin({})
         ex = self.exchange
-        self.state = State.DONE
-        try:
-            decision = self.engine.refuse(ex, exc)
-        except Exception as audit_exc:
-            # The refusal could not be audited either (the audit log is down, say): still answer
-            # deliberately, never with a stream error. Nothing goes through unaudited: this
-            # answer refuses the request. A failed audit wins: its code says what to fix.
-            # An unwritable audit log is reported by its watcher, once, not once per request.
-            unwritable = getattr(audit_exc, "code", None) == "audit_unavailable"
-            log.log(
-                logging.DEBUG if unwritable else logging.ERROR,
-                "could not audit the refusal (%s): %s",
-                exc.code,
-                audit_exc,
-            )
-            cause = audit_exc if isinstance(audit_exc, PolicyExtprocError) else exc
-            decision = responses.request_error(cause)
-        return responses.refusal(decision, ex.request_id, self._version())
+        decision = self.engine.refuse(ex, ev.error)
+        return answers.refusal(decision, ex.request_id, self.version()), State.DONE
 
-    def _version(self) -> str:
-        ex = self.exchange
-        return ex.snapshot.version if ex is not None and ex.snapshot is not None else ""
-
-    def close(self) -> None:
+    def _closed(self, ev: Closed) -> tuple[Output, State]:
         """The stream ended (cleanly, cancelled, or the client went away).
 
         A request not decided yet gets its record now, saying what the client got: Envoy's
-        504 when a message was still being answered past Envoy's deadline, otherwise a reset
+        504 when the decision was still being made past Envoy's deadline, otherwise a reset
         stream (the client went away, or Envoy gave up for its own reasons).
         """
         ex = self.exchange
-        if ex is not None and ex.decision is None and self.state is not State.DONE:
-            self.state = State.DONE
-            late = ex.deadline_ns is not None and time.monotonic_ns() > ex.deadline_ns
-            exc: PolicyExtprocError
-            if self._pending and late:
-                exc = EnvoyGaveUp("Envoy stopped waiting for the decision (message timeout)")
-            elif self._pending:
-                exc = StreamCancelled("the stream was reset while the request was being decided")
-            else:
-                exc = StreamCancelled("the stream ended before the request body arrived")
-            try:
-                self.engine.refuse(ex, exc)
-            except Exception:
-                log.exception("ext_proc stream: recording the abandoned request failed")
-        if self.exchange is not None and self.state is not State.DONE:
-            self.state = State.DONE
-            try:
-                self.engine.finish(self.exchange, cut=True)
-            except Exception:
-                # Called from the servicer's ``finally``: raising here would turn a clean close
-                # into an error status (or mask a cancellation). The answers already went out.
-                log.exception("ext_proc stream: recording the end of the exchange failed")
-        self.state = State.DONE
+        if ex is None or self.state is State.DONE:
+            return None, State.DONE
+        if ex.decision is not None:
+            self.engine.finish(ex, cut=True)
+            return None, State.DONE
+        deciding = self.state is State.DECIDING
+        late = ex.deadline_ns is not None and ev.now_ns > ex.deadline_ns
+        exc: PolicyExtprocError
+        if deciding and late:
+            exc = EnvoyGaveUp("Envoy stopped waiting for the decision (message timeout)")
+        elif deciding:
+            exc = StreamCancelled("the stream was reset while the request was being decided")
+        else:
+            exc = StreamCancelled("the stream ended before the request body arrived")
+        self.engine.refuse(ex, exc)
+        return None, State.DONE
+
+    def effects(self) -> list[Effect]:
+        """The I/O asked for since the last call (audit records, follow-ups), in order."""
+        return self.exchange.take_effects() if self.exchange is not None else []
+
+    def version(self) -> str:
+        ex = self.exchange
+        return ex.snapshot.version if ex is not None and ex.snapshot is not None else ""
 
     def __repr__(self) -> str:
-        return f"ExtProcStream({self.state.value})"
+        return f"ExtProcMachine({self.state.value})"
 
 
-__all__ = ["ExtProcStream", "Immediate", "State"]
+S = State
+# (state, event kind) -> (handler, the states it may lead to). The only transitions there are.
+TRANSITIONS: dict[tuple[State, str], tuple[_Handler, frozenset[State]]] = {
+    (S.START, "request_headers"): (
+        ExtProcMachine._request_headers,
+        frozenset({S.BODY, S.DECIDING, S.DONE}),
+    ),
+    (S.BODY, "request_body"): (ExtProcMachine._request_body, frozenset({S.DECIDING})),
+    (S.DECIDING, "decided"): (ExtProcMachine._decided, frozenset({S.RESPONSE, S.DONE})),
+    (S.RESPONSE, "response_headers"): (
+        ExtProcMachine._response_headers,
+        frozenset({S.RESPONSE_BODY, S.DONE}),
+    ),
+    (S.RESPONSE_BODY, "response_body"): (
+        ExtProcMachine._response_body,
+        frozenset({S.RESPONSE_BODY, S.DONE}),
+    ),
+    **{
+        (s, phase): (ExtProcMachine._local_reply, frozenset({s}))
+        for s in (S.START, S.BODY)
+        for phase in ("response_headers", "response_body")
+    },
+    **{(s, t): (ExtProcMachine._trailers, frozenset({s})) for s in S for t in _TRAILERS},
+    **{(s, "failed"): (ExtProcMachine._failed, frozenset({S.DONE})) for s in S},
+    **{(s, "closed"): (ExtProcMachine._closed, frozenset({S.DONE})) for s in S},
+}
+del S
+
+
+__all__ = [
+    "TRANSITIONS",
+    "Closed",
+    "Decide",
+    "Decided",
+    "ExtProcMachine",
+    "Failed",
+    "Immediate",
+    "State",
+]

@@ -2,7 +2,7 @@
 
 Facts of the protocol it follows (DESIGN.md s8):
 - header values travel in ``raw_value`` (bytes); we read either field and set ``raw_value`` only;
-- a body mutation goes with a matching ``content-length`` mutation (``responses`` adds it);
+- a body mutation goes with a matching ``content-length`` mutation (``answers`` adds it);
 - ``clear_route_cache`` goes in the same ``CommonResponse`` as the header that picks the route;
 - decisions go back as dynamic metadata under our namespace (``receiving_namespaces``).
 """
@@ -19,7 +19,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 
-from .replies import Continue, Extend, Immediate, Phase, Reply
+from .envoy_replies import Continue, Extend, Immediate, Phase, Reply
 
 NAMESPACE = "policy_extproc"
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"

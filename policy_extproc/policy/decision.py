@@ -83,16 +83,43 @@ class Decision:
         return SEVERITY[self.action]
 
 
+@dataclass(frozen=True, slots=True)
+class StateOutcome:
+    """What the checks that need shared state add to a decision (enforce/stateful.py):
+    approvals, limits and budgets, failover, data residency. A value, never a mutation of the
+    pure rules' findings."""
+
+    fired: tuple[Fired, ...] = ()  # after the pure rules' firings, in the order they fired
+    throttle: Throttle | None = None
+    approval_id: str | None = None
+    reroute: str | None = None
+    reroute_model: str | None = None
+    alerts: tuple[str, ...] = ()
+    degraded: tuple[str, ...] = ()  # checks skipped because state was unreachable (fail open)
+
+
+NO_STATE = StateOutcome()
+
 _CODES = {"block": "blocked", "throttle": "rate_limited", "escalate": "approval_required"}
 _STATUS = {"block": 403, "throttle": 429, "escalate": 403}
 
 
-def combine(fired: list[Fired] | tuple[Fired, ...], **extra: object) -> Decision:
+def combine(
+    fired: list[Fired] | tuple[Fired, ...],
+    *,
+    compliance: tuple[str, ...] = (),
+    redactions: Mapping[str, int] | None = None,
+    new_texts: Mapping[JsonPath, str] | None = None,
+    state: StateOutcome = NO_STATE,
+) -> Decision:
     """The most severe action among enforced firings; shadow (log) firings only say what would be.
 
-    DESIGN.md s5: block > escalate > throttle > modify > allow; reroute rides along with any
-    non-blocking decision (the caller drops it on block).
+    ``state``'s firings count after ``fired``. DESIGN.md s5: block > escalate > throttle >
+    modify > allow; reroute rides along with any non-blocking decision (the caller drops it on
+    block).
     """
+    if state.fired:
+        fired = (*fired, *state.fired)
     action: Action = "allow"
     lead: Fired | None = None
     would: Action = "allow"
@@ -125,5 +152,13 @@ def combine(fired: list[Fired] | tuple[Fired, ...], **extra: object) -> Decision
         mode="log" if shadow else "enforce",
         would_decide=would if shadow else None,
         http_status=_STATUS.get(action, 200),
-        **extra,  # type: ignore[arg-type]
+        compliance=compliance,
+        redactions=redactions if redactions is not None else {},
+        new_texts=new_texts if new_texts is not None else {},
+        reroute=state.reroute,
+        reroute_model=state.reroute_model,
+        throttle=state.throttle,
+        approval_id=state.approval_id,
+        alerts=state.alerts,
+        degraded=state.degraded,
     )

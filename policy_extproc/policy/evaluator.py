@@ -1,7 +1,7 @@
 """Request context + snapshot -> decision, for the rules decided from the request alone.
 
-Rules that need shared state (rate limits, budgets, approvals, breakers) are decided by the
-enforcement layer, which adds its firings and calls ``combine`` again; everything here is pure.
+Rules that need shared state (rate limits, budgets, approvals, breakers) are checked by the
+enforcement layer, whose ``StateOutcome`` ``decide`` takes; everything here is pure.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from ..detect.joined import JoinedParts
 from ..detect.patterns import Hit, PatternSet, merge_spans
 from ..llm import model_names
 from .compiler import EffectiveRule, EffectiveSet, Snapshot
-from .decision import Decision, Fired, JsonPath, RequestContext, combine
+from .decision import NO_STATE, Decision, Fired, JsonPath, RequestContext, StateOutcome, combine
 from .model import ContentFilterRule, ModelAccessRule
 from .privacy import scan_pii
 from .semantic import scan_semantic
@@ -269,15 +269,18 @@ def check_response(es: EffectiveSet, parts: Sequence[TextPart]) -> Findings:
     return out
 
 
-def decide(es: EffectiveSet, ctx: RequestContext, out: Findings, **extra: object) -> Decision:
-    """The decision for ``out``'s firings, with the prompt rewrites they ask for."""
+def decide(
+    es: EffectiveSet, ctx: RequestContext, out: Findings, state: StateOutcome = NO_STATE
+) -> Decision:
+    """The decision for ``out``'s firings and the stateful checks' ``state``, with the prompt
+    rewrites they ask for."""
     parts = ctx.request.parts if ctx.request is not None else ()
     return combine(
         out.fired,
         compliance=es.compliance,
         redactions=dict(out.redactions),
         new_texts=out.new_texts(parts) if out.edits else {},
-        **extra,
+        state=state,
     )
 
 

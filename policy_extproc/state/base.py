@@ -195,6 +195,17 @@ class StateBackend(Protocol):
         """Consume every limiter and reserve every budget, or change nothing."""
         ...
 
+    async def peek(
+        self,
+        org: str,
+        limits: Sequence[LimitSpec] = (),
+        budgets: Sequence[BudgetSpec] = (),
+        *,
+        now: float | None = None,
+    ) -> Admission:
+        """What ``admit`` would answer now, changing nothing (dry runs)."""
+        ...
+
     async def reconcile(
         self,
         org: str,
@@ -314,3 +325,51 @@ def retry_after(spec: LimitSpec, now: float, new_tat: float) -> float:
     if spec.cost > spec.capacity:
         return math.inf
     return max(new_tat - now - spec.capacity * spec.interval_s, 0.0)
+
+
+def peek_admission(
+    limits: Sequence[LimitSpec],
+    budgets: Sequence[BudgetSpec],
+    tats: Mapping[str, float],
+    spent_micros: Mapping[str, int],
+    now: float,
+) -> Admission:
+    """What ``admit`` would answer, from a read of the limiters' arrival times and the budgets'
+    micro-USD spent (keys absent: full limiter, nothing spent). The same arithmetic as admit's
+    phase 1 (memory.py, lua/admit.lua), a key named twice checked against its own first use."""
+    tat: dict[str, float] = {}
+    steps: list[tuple[float, float, bool]] = []
+    denied_by: str | None = None
+    for spec in limits:
+        base, new_tat, fits = gcra_step(tat.get(spec.key, tats.get(spec.key)), now, spec)
+        steps.append((base, new_tat, fits))
+        tat[spec.key] = new_tat if fits else base
+        if not fits and denied_by is None:
+            denied_by = spec.key
+    spent: dict[str, int] = {}
+    befores: list[int] = []
+    for b in budgets:
+        before = spent[b.key] if b.key in spent else spent_micros.get(b.key, 0)
+        amount, limit = to_micros(b.amount_usd), to_micros(b.limit_usd)
+        if b.enforce and not (before < limit and before + amount <= limit) and denied_by is None:
+            denied_by = b.key
+        befores.append(before)
+        spent[b.key] = before + amount
+    admitted = denied_by is None
+    states: list[LimitState] = []
+    longest = 0.0
+    for spec, (base, new_tat, fits) in zip(limits, steps, strict=True):
+        wait = 0.0 if fits else retry_after(spec, now, new_tat)
+        longest = max(longest, wait)
+        states.append(limit_state(spec, now, new_tat if admitted else base, wait))
+    budget_states = tuple(
+        BudgetState(
+            b.key,
+            b.limit_usd,
+            before / MICROS_PER_USD,
+            (before + to_micros(b.amount_usd) if admitted else before) / MICROS_PER_USD,
+            b.enforce,
+        )
+        for b, before in zip(budgets, befores, strict=True)
+    )
+    return Admission(admitted, denied_by, longest, tuple(states), budget_states)

@@ -29,6 +29,7 @@ from policy_extproc.state.base import (
     clock,
     gcra_step,
     limit_state,
+    peek_admission,
     retry_after,
     to_micros,
 )
@@ -132,6 +133,21 @@ class MemoryState:
         if admitted:
             self._commit(org, request_id, limits, budgets, tats, now, reservation_ttl_s)
         return _admission(limits, budgets, steps, befores, now, denied_by)
+
+    async def peek(
+        self,
+        org: str,
+        limits: Sequence[LimitSpec] = (),
+        budgets: Sequence[BudgetSpec] = (),
+        *,
+        now: float | None = None,
+    ) -> Admission:
+        """What ``admit`` would answer now, changing nothing (dry runs)."""
+        check_org(org)
+        now = clock(now)
+        tats = {s.key: self._tats[(org, s.key)] for s in limits if (org, s.key) in self._tats}
+        spent = {b.key: self._live_micros((org, b.key), now) for b in budgets}
+        return peek_admission(limits, budgets, tats, spent, now)
 
     def _commit(
         self,

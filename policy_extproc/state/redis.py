@@ -46,6 +46,7 @@ from policy_extproc.state.base import (
     LimitState,
     check_org,
     clock,
+    peek_admission,
     to_micros,
 )
 
@@ -170,6 +171,27 @@ class RedisState:
             args.append(f"{limit} {amount} {ttl_s!r} {budget.enforce:d}")
         raw = await self._run("admit", self._admit(keys=keys, args=args))
         return _admission(raw.split(), limits, budgets)
+
+    async def peek(
+        self,
+        org: str,
+        limits: Sequence[LimitSpec] = (),
+        budgets: Sequence[BudgetSpec] = (),
+        *,
+        now: float | None = None,
+    ) -> Admission:
+        """What ``admit`` would answer now, changing nothing (dry runs): one MGET of the org's
+        keys (one hash slot), checked by the arithmetic admit.lua runs."""
+        prefix = _prefix(org)
+        if not limits and not budgets:
+            return Admission(True, None, 0.0, (), ())
+        now = clock(now)
+        names = [s.key for s in limits] + [b.key for b in budgets]
+        raw = await self._run("peek", self._client.mget([prefix + k for k in names]))
+        values = dict(zip(names, cast("list[str | None]", raw), strict=True))
+        tats = {s.key: float(v) for s in limits if (v := values[s.key]) is not None}
+        spent = {b.key: int(v) for b in budgets if (v := values[b.key]) is not None}
+        return peek_admission(limits, budgets, tats, spent, now)
 
     async def reconcile(
         self,

@@ -123,6 +123,37 @@ async def test_a_refused_request_changes_no_limiter(state: StateBackend) -> None
     assert (await state.admit(ORG, "c", [loose], now=T0)).limits[0].remaining == 98
 
 
+async def test_peek_answers_as_admit_would_and_consumes_nothing(replicas: Pair) -> None:
+    """A dry run's read: the same figures admit gives, read by the other replica, and the
+    limiter and budget exactly as they were (admit still admits as many afterwards)."""
+    a, b = replicas
+    spec, spend = requests(3), budget("b:user:alice:r2:2023-11-14", 1.0, 0.4)
+    assert (await a.admit(ORG, "first", [spec], [spend], now=T0)).admitted
+    for _ in range(5):
+        peeked = await b.peek(ORG, [spec], [spend], now=T0)
+        assert peeked.admitted
+        assert peeked.limits[0].remaining == 1
+        assert (peeked.budgets[0].spent_before_usd, peeked.budgets[0].spent_after_usd) == (0.4, 0.8)
+    assert (await a.admit(ORG, "second", [spec], [spend], now=T0)).admitted
+    # Now the budget cannot hold another 0.4: peek says so, naming the budget, as admit does.
+    peeked = await b.peek(ORG, [spec], [spend], now=T0)
+    admitted = await a.admit(ORG, "third", [spec], [spend], now=T0)
+    assert (peeked.admitted, peeked.denied_by) == (False, spend.key)
+    assert (admitted.admitted, admitted.denied_by) == (False, spend.key)
+    assert peeked.limits == admitted.limits and peeked.budgets == admitted.budgets
+
+
+async def test_peek_sees_an_exhausted_limiter_with_its_wait(state: StateBackend) -> None:
+    spec = requests(2)
+    assert await admitted_count(state, 2, spec, T0) == 2
+    peeked = await state.peek(ORG, [spec], now=T0)
+    refused = await state.admit(ORG, "over", [spec], now=T0)
+    assert not peeked.admitted
+    assert peeked.denied_by == refused.denied_by == spec.key
+    assert peeked.retry_after_s == pytest.approx(refused.retry_after_s)
+    assert await admitted_count(state, 2, spec, T0 + 30.0) == 1  # the steady refill, unchanged
+
+
 async def test_a_cost_above_capacity_never_fits(state: StateBackend) -> None:
     refused = await state.admit(ORG, "big", [tokens(1000, 5000)], now=T0)
     assert not refused.admitted

@@ -3,6 +3,7 @@ joined text shares a group, base64 text documents round-trip, and bad JSON is a 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -589,8 +590,9 @@ def test_the_dry_run_refuses_token_prompts_as_the_server_does(tmp_path: Any) -> 
     snapshot = Snapshot(load_paths([str(tmp_path / "p.yaml")]))
     body = b'{"model":"gpt-3.5-turbo-instruct","prompt":[1,2,3]}'
     with pytest.raises(TokenPrompt):
-        dry_run(snapshot, body, {"x-org-id": "acme"}, COMPLETIONS)
-    assert dry_run(snapshot, body, {"x-org-id": "tokens"}, COMPLETIONS).record.decision == "allow"
+        asyncio.run(dry_run(snapshot, body, {"x-org-id": "acme"}, COMPLETIONS))
+    run = asyncio.run(dry_run(snapshot, body, {"x-org-id": "tokens"}, COMPLETIONS))
+    assert run.record.decision == "allow"
 
 
 def _locations(value: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:

@@ -14,11 +14,22 @@ import pytest
 
 from policy_extproc.audit.chain import AuditLogError
 from policy_extproc.audit.sink import RecordingSink
-from policy_extproc.enforce import engine as engine_module
+from policy_extproc.enforce import pipeline as pipeline_module
+from policy_extproc.enforce.driver import ExtProcStream
+from policy_extproc.enforce.effects import Audit
 from policy_extproc.enforce.engine import Engine, EngineConfig
-from policy_extproc.enforce.replies import Continue, Immediate, Reply
-from policy_extproc.enforce.stream import ExtProcStream, State
+from policy_extproc.enforce.envoy_replies import Continue, Immediate, Reply
+from policy_extproc.enforce.stream import (
+    TRANSITIONS,
+    Closed,
+    Decide,
+    Decided,
+    ExtProcMachine,
+    Failed,
+    State,
+)
 from policy_extproc.enforce.translate import Event
+from policy_extproc.errors import ProtocolError
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.decision import Decision
 from policy_extproc.policy.loader import load_sources
@@ -641,7 +652,7 @@ async def test_a_streamed_anthropic_response_reports_usage(
 async def test_reroute_sets_the_provider_clears_the_route_cache_and_maps_the_model(
     stream: ExtProcStream, sink: RecordingSink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_decide = engine_module.decide
+    real_decide = pipeline_module.decide
 
     def rerouted(*args: Any, **kwargs: Any) -> Decision:
         from dataclasses import replace
@@ -650,7 +661,7 @@ async def test_reroute_sets_the_provider_clears_the_route_cache_and_maps_the_mod
             real_decide(*args, **kwargs), reroute="anthropic", reroute_model="claude-3-haiku"
         )
 
-    monkeypatch.setattr(engine_module, "decide", rerouted)
+    monkeypatch.setattr(pipeline_module, "decide", rerouted)
     reply = as_continue(await send_request(stream, chat("hello", model="gpt-4o-mini")))
     assert reply.clear_route_cache is True
     headers = dict(reply.set_headers)
@@ -778,14 +789,14 @@ async def test_spoofed_policy_headers_are_removed_from_a_request_without_body(
 async def test_a_reroute_is_not_undone_by_the_spoofed_header_removal(
     stream: ExtProcStream, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_decide = engine_module.decide
+    real_decide = pipeline_module.decide
 
     def rerouted(*args: Any, **kwargs: Any) -> Decision:
         from dataclasses import replace
 
         return replace(real_decide(*args, **kwargs), reroute="anthropic")
 
-    monkeypatch.setattr(engine_module, "decide", rerouted)
+    monkeypatch.setattr(pipeline_module, "decide", rerouted)
     event = req_headers(path="/v1/models", method="GET", extra={"x-policy-provider": "cheap"})
     reply = as_continue(await stream.handle(event))
     assert dict(reply.set_headers)["x-policy-provider"] == "anthropic"
@@ -841,3 +852,133 @@ async def test_a_request_is_decided_on_the_snapshot_in_force_at_its_headers(
         as_immediate(await send_request(ExtProcStream(Engine(store, sink)), chat("memo"))).status
         == 403
     )
+
+
+# -- the machine itself: sync, no driver, no event loop -------------------------------------------
+
+
+def test_the_machine_asks_for_the_decision_and_answers_what_it_is_fed(engine: Engine) -> None:
+    """``receive`` never decides a request itself: it returns ``Decide``, and the reply
+    follows from the ``Decided`` it is fed back (a block here, whatever the body said)."""
+    m = ExtProcMachine(engine)
+    body = chat("hello")
+    assert as_continue(m.receive(req_headers(body))).phase == "request_headers"  # type: ignore[arg-type]
+    action = m.receive(req_body(body))
+    assert action == Decide(body, complete=True)
+    assert m.state is State.DECIDING
+    refused = Decision(action="block", reason="fed", code="blocked", http_status=403)
+    reply = as_immediate(m.receive(Decided(refused, None)))  # type: ignore[arg-type]
+    assert reply.status == 403
+    assert m.state is State.DONE
+
+
+def test_a_body_less_request_is_decided_on_its_headers(engine: Engine) -> None:
+    m = ExtProcMachine(engine)
+    action = m.receive(req_headers(path="/v1/models", method="GET"))
+    assert action == Decide(b"", complete=True)
+    reply = as_continue(m.receive(Decided(Decision(action="allow"), None)))  # type: ignore[arg-type]
+    assert reply.phase == "request_headers"
+    assert m.state is State.RESPONSE
+
+
+def test_closed_while_deciding_past_the_deadline_is_envoy_gave_up(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    m = ExtProcMachine(engine)
+    m.receive(req_headers(chat("hi")), received_ns=1_000)
+    m.receive(req_body(chat("hi")), received_ns=2_000)
+    assert m.state is State.DECIDING
+    assert m.receive(Closed(now_ns=10**18)) is None
+    assert m.state is State.DONE
+    # The machine asks for the record; it writes nothing itself.
+    [audit] = m.effects()
+    assert isinstance(audit, Audit)
+    assert audit.record.error_code == "envoy_gave_up"
+    assert sink.records == []
+    assert m.effects() == []  # taken once
+
+
+def test_closed_while_deciding_in_time_is_a_cancelled_stream(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    m = ExtProcMachine(engine)
+    m.receive(req_headers(chat("hi")), received_ns=1_000)
+    m.receive(req_body(chat("hi")), received_ns=2_000)
+    m.receive(Closed(now_ns=3_000))
+    [audit] = m.effects()
+    assert isinstance(audit, Audit)
+    assert audit.record.error_code == "stream_cancelled"
+
+
+def test_a_decision_nobody_asked_for_is_a_protocol_error(engine: Engine) -> None:
+    m = ExtProcMachine(engine)
+    with pytest.raises(ProtocolError):
+        m.receive(Decided(Decision(action="allow"), None))
+    assert m.state is State.START  # a refused event changes nothing; ``Failed`` ends it
+    as_immediate(m.receive(Failed(ProtocolError("x"))))  # type: ignore[arg-type]
+    assert m.state is State.DONE
+
+
+def test_every_row_of_the_table_leads_only_where_it_says() -> None:
+    """The table is the protocol: each pair of the docstring's drawing is a row, and no row
+    leads from DONE anywhere but DONE."""
+    rows = {(s.value, k) for s, k in TRANSITIONS}
+    for row in [
+        ("start", "request_headers"),
+        ("body", "request_body"),
+        ("deciding", "decided"),
+        ("response", "response_headers"),
+        ("response_body", "response_body"),
+    ]:
+        assert row in rows
+    for (state, kind), (_, allowed) in TRANSITIONS.items():
+        if state is State.DONE:
+            assert allowed == frozenset({State.DONE}), kind
+    assert ("done", "request_headers") not in rows
+    assert ("deciding", "request_body") not in rows
+
+
+def test_the_state_is_set_in_one_place() -> None:
+    """STYLE.md: the state is set nowhere but ``_step`` (and its start in ``__init__``)."""
+    import ast
+    import inspect
+
+    from policy_extproc.enforce import stream as stream_module
+
+    tree = ast.parse(inspect.getsource(stream_module))
+    setters = []
+    for fn in ast.walk(tree):
+        if not isinstance(fn, ast.FunctionDef):
+            continue
+        for node in ast.walk(fn):
+            targets = node.targets if isinstance(node, ast.Assign) else []
+            for t in targets:
+                if isinstance(t, ast.Attribute) and t.attr == "state":
+                    setters.append(fn.name)
+    assert sorted(setters) == ["__init__", "_step"]
+
+
+async def test_records_are_effects_the_driver_performs(engine: Engine, sink: RecordingSink) -> None:
+    """Driven by hand (the ``Decide`` done by the engine, as the driver does), nothing is
+    written: each record is an ``Audit`` effect, the request's then the response's."""
+    m = ExtProcMachine(engine)
+    body = chat("hello")
+    m.receive(req_headers(body))
+    action = m.receive(req_body(body))
+    assert isinstance(action, Decide) and m.exchange is not None
+    decision, new_body = await engine.decide_request(m.exchange, action.body, complete=True)
+    assert decision.action == "allow", decision
+    m.receive(Decided(decision, new_body))
+    m.receive(resp_headers())
+    usage = b'{"usage": {"prompt_tokens": 3, "completion_tokens": 2}}'
+    as_continue(m.receive(resp_body(usage)))  # type: ignore[arg-type]
+    assert m.state is State.DONE
+    request, response = m.effects()
+    assert isinstance(request, Audit) and isinstance(response, Audit)
+    assert (request.record.phase, request.record.decision) == ("request", "allow")
+    assert response.record.phase == "response"
+    assert response.record.usage is not None
+    assert (response.record.usage.input_tokens, response.record.usage.output_tokens) == (3, 2)
+    assert sink.records == []
+    engine.perform([request, response])
+    assert sink.records == [request.record, response.record]

@@ -12,7 +12,7 @@ import yaml
 
 from policy_extproc.cli import serve
 from policy_extproc.enforce import translate
-from policy_extproc.enforce.replies import Extend
+from policy_extproc.enforce.envoy_replies import Extend
 from policy_extproc.enforce.work import (
     EXTENSION_MARGIN_S,
     WorkRunner,

@@ -1,6 +1,6 @@
 """What the sidecar answers for one ext_proc message, in our own terms (no protobufs here).
 
-``translate`` turns these into ``ProcessingResponse`` messages; ``stream`` and ``responses``
+``translate`` turns these into ``ProcessingResponse`` messages; ``stream`` and ``answers``
 produce them. Keeping them plain values lets the protocol logic be tested without gRPC.
 """
 

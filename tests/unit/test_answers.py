@@ -15,8 +15,8 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from google.protobuf import struct_pb2
 
-from policy_extproc.enforce import responses, translate
-from policy_extproc.enforce.replies import Continue, Immediate
+from policy_extproc.enforce import answers, translate
+from policy_extproc.enforce.envoy_replies import Continue, Immediate
 from policy_extproc.errors import BodyTooLarge, MalformedBody, ProtocolError, UnknownApi
 from policy_extproc.policy.decision import Decision, Fired, Throttle, combine
 
@@ -84,7 +84,7 @@ def test_trailers_are_answered_empty(phase: str) -> None:
 def test_a_body_mutation_comes_with_its_content_length() -> None:
     new_body = '{"messages":[{"role":"user","content":"café [REDACTED:x]"}]}'.encode()
     decision = Decision(action="modify", redactions={"x": 1})
-    reply = responses.proceed(decision, "rid", new_body=new_body)
+    reply = answers.proceed(decision, "rid", new_body=new_body)
     msg = translate.response(reply)
     common = msg.request_body.response
     assert common.body_mutation.body == new_body
@@ -93,7 +93,7 @@ def test_a_body_mutation_comes_with_its_content_length() -> None:
 
 
 def test_no_body_no_content_length() -> None:
-    reply = responses.proceed(combine([]), "rid", new_body=None)
+    reply = answers.proceed(combine([]), "rid", new_body=None)
     msg = translate.response(reply)
     assert not msg.request_body.response.HasField("body_mutation")
     assert not msg.request_body.response.HasField("header_mutation")
@@ -103,7 +103,7 @@ def test_no_body_no_content_length() -> None:
 def test_reroute_clears_the_route_cache_in_the_same_common_response() -> None:
     decision = Decision(action="allow", reroute="anthropic", reroute_model="claude-3-haiku")
     body = b'{"model":"claude-3-haiku"}'
-    msg = translate.response(responses.proceed(decision, "rid", new_body=body))
+    msg = translate.response(answers.proceed(decision, "rid", new_body=body))
     common = msg.request_body.response
     assert common.clear_route_cache is True
     headers = set_headers(common.header_mutation)
@@ -115,7 +115,7 @@ def test_reroute_clears_the_route_cache_in_the_same_common_response() -> None:
 def test_reroute_on_request_headers_phase() -> None:
     decision = Decision(action="allow", reroute="azure-openai")
     msg = translate.response(
-        responses.proceed(decision, "rid", new_body=None, phase="request_headers")
+        answers.proceed(decision, "rid", new_body=None, phase="request_headers")
     )
     common = msg.request_headers.response
     assert common.clear_route_cache is True
@@ -127,7 +127,7 @@ def test_decision_goes_back_as_dynamic_metadata() -> None:
         [Fired("acme_base", "codenames", "content_filter", "modify", "redacted")],
         redactions={"codenames": 1},
     )
-    msg = translate.response(responses.proceed(decision, "rid-9", new_body=b"{}", version="v1"))
+    msg = translate.response(answers.proceed(decision, "rid-9", new_body=b"{}", version="v1"))
     assert ours(msg) == {
         "decision": "modify",
         "request_id": "rid-9",
@@ -142,7 +142,7 @@ def test_log_mode_metadata_says_what_would_have_been_decided() -> None:
     decision = combine(
         [Fired("shadow", "secrets", "content_filter", "block", "would block", mode="log")]
     )
-    md = responses.metadata(decision, "rid")
+    md = answers.metadata(decision, "rid")
     assert md["decision"] == "allow"
     assert md["would_decide"] == "block"
 
@@ -152,7 +152,7 @@ def test_log_mode_metadata_says_what_would_have_been_decided() -> None:
 
 def test_response_headers_carry_decision_request_id_and_redactions() -> None:
     decision = Decision(action="modify", redactions={"EMAIL": 2, "US_SSN": 1})
-    reply = responses.response_headers(decision, "rid-7", body_mode=None, drop_length=False)
+    reply = answers.response_headers(decision, "rid-7", body_mode=None, drop_length=False)
     msg = translate.response(reply)
     assert msg.WhichOneof("response") == "response_headers"
     headers = set_headers(msg.response_headers.response.header_mutation)
@@ -166,7 +166,7 @@ def test_response_headers_carry_decision_request_id_and_redactions() -> None:
 
 
 def test_sse_response_switches_to_streamed_and_drops_content_length() -> None:
-    reply = responses.response_headers(
+    reply = answers.response_headers(
         Decision(action="allow"), "rid", body_mode="STREAMED", drop_length=True
     )
     msg = translate.response(reply)
@@ -178,7 +178,7 @@ def test_sse_response_switches_to_streamed_and_drops_content_length() -> None:
 
 
 def test_reroute_is_named_on_the_response_too() -> None:
-    reply = responses.response_headers(
+    reply = answers.response_headers(
         Decision(action="allow", reroute="anthropic"), "rid", body_mode=None, drop_length=False
     )
     assert dict(reply.set_headers)["x-policy-provider"] == "anthropic"
@@ -188,7 +188,7 @@ def test_reroute_is_named_on_the_response_too() -> None:
 
 
 def test_block_is_a_403_in_openai_error_shape_with_the_decision_fields() -> None:
-    reply = responses.refusal(block(), "rid-b", "v3")
+    reply = answers.refusal(block(), "rid-b", "v3")
     assert reply.status == 403
     assert json.loads(reply.body) == {
         "error": {"type": "policy_violation", "code": "blocked", "message": "prompt matches 'x'"},
@@ -222,7 +222,7 @@ def test_throttle_is_a_429_with_rate_limit_headers() -> None:
         http_status=429,
         throttle=Throttle(limit=60, remaining=0, reset_s=12.2, retry_after_s=2.5),
     )
-    reply = responses.refusal(decision, "rid-t")
+    reply = answers.refusal(decision, "rid-t")
     assert reply.status == 429
     headers = dict(reply.headers)
     assert headers["retry-after"] == "3"
@@ -245,7 +245,7 @@ def test_throttle_figures_are_clamped() -> None:
         http_status=429,
         throttle=Throttle(limit=10, remaining=-3, reset_s=-1.0, retry_after_s=0.01),
     )
-    headers = dict(responses.refusal(decision, "rid").headers)
+    headers = dict(answers.refusal(decision, "rid").headers)
     assert headers["retry-after"] == "1"  # never "0": that invites an immediate retry
     assert headers["x-ratelimit-remaining"] == "0"
     assert headers["x-ratelimit-reset"] == "0"
@@ -257,22 +257,20 @@ def test_a_budget_throttle_says_budget_exceeded() -> None:
         http_status=429,
         throttle=Throttle(10, 0, 3600, 3600, code="budget_exceeded"),
     )
-    reply = responses.refusal(decision, "rid")
+    reply = answers.refusal(decision, "rid")
     assert json.loads(reply.body)["error"]["code"] == "budget_exceeded"
     assert reply.details == "policy_extproc_budget_exceeded"
 
 
 def test_a_hand_built_refusal_gets_the_status_and_code_of_its_action() -> None:
     # Decision's default http_status is 200: a refusal must never go out as a success.
-    throttle = responses.refusal(
-        Decision(action="throttle", throttle=Throttle(5, 0, 30, 30)), "rid"
-    )
+    throttle = answers.refusal(Decision(action="throttle", throttle=Throttle(5, 0, 30, 30)), "rid")
     assert throttle.status == 429
     assert json.loads(throttle.body)["error"]["code"] == "rate_limited"
-    blocked = responses.refusal(Decision(action="block", reason="no"), "rid")
+    blocked = answers.refusal(Decision(action="block", reason="no"), "rid")
     assert blocked.status == 403
     assert json.loads(blocked.body)["error"]["code"] == "blocked"
-    escalate = responses.refusal(Decision(action="escalate", approval_id="apr-1"), "rid")
+    escalate = answers.refusal(Decision(action="escalate", approval_id="apr-1"), "rid")
     assert escalate.status == 403
     assert json.loads(escalate.body)["error"]["code"] == "approval_required"
 
@@ -287,7 +285,7 @@ def test_escalate_is_a_403_approval_required_with_the_approval_id() -> None:
         http_status=403,
         approval_id="apr-42",
     )
-    reply = responses.refusal(decision, "rid-e")
+    reply = answers.refusal(decision, "rid-e")
     assert reply.status == 403
     body = json.loads(reply.body)
     assert body["error"]["code"] == "approval_required"
@@ -308,12 +306,12 @@ def test_escalate_is_a_403_approval_required_with_the_approval_id() -> None:
     ],
 )
 def test_request_errors_keep_their_status_and_code(exc: Any, status: int, kind: str) -> None:
-    decision = responses.request_error(exc)
-    reply = responses.refusal(decision, "rid-x")
+    decision = answers.request_error(exc)
+    reply = answers.refusal(decision, "rid-x")
     assert reply.status == status
     body = json.loads(reply.body)
     # A 4xx says what was wrong with the request; a 5xx (ours) says only what happened.
-    message = exc.message if status < 500 else responses.public_reason(decision)
+    message = exc.message if status < 500 else answers.public_reason(decision)
     assert body["error"] == {"type": kind, "code": exc.code, "message": message}
     assert body["decision"] == "block"
     assert body["request_id"] == "rid-x"
@@ -322,7 +320,7 @@ def test_request_errors_keep_their_status_and_code(exc: Any, status: int, kind: 
 
 
 def test_non_ascii_reason_is_utf8_json() -> None:
-    reply = responses.refusal(Decision(action="block", reason="modèle refusé"), "rid")
+    reply = answers.refusal(Decision(action="block", reason="modèle refusé"), "rid")
     assert json.loads(reply.body.decode("utf-8"))["reason"] == "modèle refusé"
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ..errors import PolicyExtprocError
 from ..policy.decision import Decision, Throttle
-from .replies import Continue, Immediate
+from .envoy_replies import Continue, Immediate
 
 DECISION_HEADER = "x-policy-decision"
 PROVIDER_HEADER = "x-policy-provider"

@@ -1,0 +1,38 @@
+"""The engine's settings, validated once (a frozen value): body limits, identity, limits and
+budgets, the response phases, the work budget, Envoy's message timeout."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+from ..policy.context import DEFAULT_IDENTITY, IdentityConfig
+from . import guard, limits
+from .work import WorkSettings
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024  # agrees with envoy/envoy.yaml's buffer limits (DESIGN s8)
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    identity: IdentityConfig = DEFAULT_IDENTITY
+    limits: limits.Settings = field(default_factory=limits.Settings)
+    # Read every response for its usage, even where no rule needs it (audit completeness at
+    # the cost of two more ext_proc messages per request).
+    record_usage: bool = False
+    stream_holdback: int = guard.DEFAULT_HOLDBACK
+    # Decide requests that name no organisation (by the policies of empty scope) instead of
+    # refusing them with missing_identity; the same switch as ``identity.allow_anonymous``.
+    allow_anonymous: bool = False
+    # The work budget and where large bodies are examined (enforce/work.py).
+    work: WorkSettings = field(default_factory=WorkSettings)
+    # Envoy's ext_proc message_timeout (envoy/*.yaml): a decision that would reach Envoy after
+    # it gave up is refused and audited as such, never recorded as what the client got.
+    message_timeout_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        # One setting, two spellings: either turns it on, and both then say so.
+        if self.allow_anonymous and not self.identity.allow_anonymous:
+            object.__setattr__(self, "identity", replace(self.identity, allow_anonymous=True))
+        elif self.identity.allow_anonymous:
+            object.__setattr__(self, "allow_anonymous", True)

@@ -1,0 +1,107 @@
+"""What is left to do once an answer has gone: typed follow-ups, performed off the response path.
+
+The engine says *what* is to be done as a value (``Settle`` a reservation with the real cost,
+``Release`` one a refused request held, ``RecordOutcome`` in a provider's breaker);
+``Background`` performs it as a task, so the client's bytes never wait for Redis, and waits for
+the tasks at shutdown (``drain``). A state failure here is logged, never raised: the answer is
+already out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from ..errors import StateError
+from ..llm.response import Usage
+from ..policy.compiler import EffectiveRule
+from ..state.base import StateBackend
+from . import failover, limits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Settle:
+    """Replace a reservation with the real cost, or give it back (the provider failed)."""
+
+    org: str
+    request_id: str
+    plan: limits.Plan
+    usage: Usage | None
+    cost: float | None
+    status: int  # the response's
+    streaming: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """Give back what a request refused after its admission held."""
+
+    org: str
+    request_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class RecordOutcome:
+    """Feed one response status into the breaker of the provider that answered."""
+
+    rule: EffectiveRule
+    provider: str
+    status: int
+
+
+FollowUp = Settle | Release | RecordOutcome
+
+
+async def perform(state: StateBackend, job: FollowUp) -> None:
+    """Do ``job`` against ``state``; a state failure is logged."""
+    try:
+        if isinstance(job, Settle):
+            await _settle(state, job)
+        elif isinstance(job, Release):
+            await state.release(job.org, job.request_id)
+        else:
+            await failover.record(state, job.rule, job.provider, job.status)
+    except StateError as exc:
+        if isinstance(job, Settle):
+            log.warning("could not settle the reservation of %s: %s", job.request_id, exc)
+        elif isinstance(job, Release):
+            log.warning("could not release the reservation of %s: %s", job.request_id, exc)
+        else:
+            log.warning("could not record %s's response in its breaker: %s", job.provider, exc)
+
+
+async def _settle(state: StateBackend, job: Settle) -> None:
+    usage, status = job.usage, job.status
+    if usage is not None and job.cost is not None and 200 <= status < 300:
+        tokens = usage.input_tokens + usage.output_tokens
+        await state.reconcile(
+            job.org,
+            job.request_id,
+            actual_usd=dict.fromkeys(job.plan.budget_keys, job.cost),
+            actual_tokens=dict.fromkeys(job.plan.token_keys, tokens),
+        )
+    elif status >= 400 or (status and usage is None and not job.streaming):
+        # The provider refused or failed: nothing was spent.
+        await state.release(job.org, job.request_id)
+    # A stream cut short keeps its reservation until it expires: the provider may have
+    # charged for what it generated, and the estimate is the better guess.
+
+
+class Background:
+    """The follow-ups in flight, as tasks of the running loop."""
+
+    def __init__(self) -> None:
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, state: StateBackend, job: FollowUp) -> None:
+        task = asyncio.get_running_loop().create_task(perform(state, job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def drain(self) -> None:
+        """Wait for every follow-up in flight (shutdown)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

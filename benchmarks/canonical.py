@@ -93,6 +93,7 @@ def worker() -> None:
     from policy_extproc.policy.context import build_context
     from policy_extproc.policy.evaluator import check_request, decide
     from policy_extproc.policy.loader import load_sources
+    from policy_extproc.sources.catalog import load_catalog
 
     snapshot = Snapshot(load_sources([("bench.json", json.dumps(POLICY))]))
     # Distinct prompts per case, taken in turn: what is cached per text or per word (the
@@ -104,6 +105,7 @@ def worker() -> None:
                 build_context(
                     {"x-org-id": "bench"},
                     parse_request("/v1/chat/completions", _body(script, size, seed)),
+                    catalog=load_catalog(),
                 )
                 for seed in range(VARIANTS)
             ]

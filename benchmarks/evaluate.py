@@ -50,7 +50,8 @@ from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
 from policy_extproc.policy.decision import RequestContext
 from policy_extproc.policy.evaluator import check_request, decide
-from policy_extproc.policy.loader import load_paths
+from policy_extproc.sources.catalog import load_catalog
+from policy_extproc.sources.files import load_paths
 
 T = TypeVar("T")
 TEAMS = 50
@@ -346,7 +347,7 @@ def main() -> None:
             dense = parse_request("/v1/chat/completions", with_pii(bodies["4 KB"]))
             cases.append((PII_HITS, dense))
         for label, request in cases:
-            ctx = build_context(HEADERS, request)
+            ctx = build_context(HEADERS, request, catalog=load_catalog())
             p50, p99 = time_eval(snapshot, ctx, args.iterations)
             if label == PII_HITS:
                 # Each phone number seen for the first time: no help from is_phone's cache.
@@ -354,7 +355,7 @@ def main() -> None:
             decision = decide(applying, ctx, check_request(applying, ctx))
             row[label] = (p50, p99, decision.action, len(decision.fired))
         if profiling:
-            ctx = build_context(HEADERS, requests["4 KB"])
+            ctx = build_context(HEADERS, requests["4 KB"], catalog=load_catalog())
             prof = cProfile.Profile()
             prof.enable()
             time_eval(snapshot, ctx, args.iterations)

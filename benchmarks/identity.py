@@ -22,6 +22,7 @@ from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
 from policy_extproc.policy.evaluator import check_request
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 
 POLICIES = """
 - policy_name: acme_models
@@ -64,7 +65,7 @@ def main() -> None:
 
     def decide(headers: dict[str, str], req: object) -> Callable[[], object]:
         def run() -> object:
-            ctx = build_context(headers, req)  # type: ignore[arg-type]
+            ctx = build_context(headers, req, catalog=load_catalog())  # type: ignore[arg-type]
             return check_request(snapshot.resolve(ctx.org, ctx.team, ctx.environment), ctx)
 
         return run

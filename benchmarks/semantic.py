@@ -44,6 +44,7 @@ from policy_extproc.policy.context import build_context  # noqa: E402
 from policy_extproc.policy.decision import RequestContext  # noqa: E402
 from policy_extproc.policy.evaluator import check_request  # noqa: E402
 from policy_extproc.policy.loader import load_sources  # noqa: E402
+from policy_extproc.sources.catalog import load_catalog  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "semantic"
 CHAT = "/v1/chat/completions"
@@ -160,7 +161,11 @@ def cost(model: str, iterations: int) -> None:
             words += sentence
         body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content":
                 " ".join(words)[:4096]}]}  # fmt: skip
-        return build_context({"x-org-id": "acme"}, parse_request(CHAT, json.dumps(body).encode()))
+        return build_context(
+            {"x-org-id": "acme"},
+            parse_request(CHAT, json.dumps(body).encode()),
+            catalog=load_catalog(),
+        )
 
     print(f"\ncost, in-process check_request, {iterations} chat requests of 4 KB (prompt of "
           "hard-negative sentences: many heuristic cues to check):")  # fmt: skip

@@ -42,9 +42,9 @@ from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
 from .enforce.servicer import Authorization, ExternalProcessor
 from .enforce.work import DEFAULT_BUDGET, DEFAULT_OFFLOAD_BYTES, DEFAULT_TIMEOUT_S, WorkSettings
 from .errors import PolicyError, StateError
-from .llm.catalog import load_catalog
 from .policy.compiler import Snapshot
-from .policy.store import PolicyStore
+from .sources.catalog import load_catalog
+from .sources.store import PolicyStore
 from .state.base import StateBackend
 from .tls import CertificateReloader, TlsFiles, server_credentials
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from ..audit.sink import AuditSink
 from ..errors import StateError
 from ..policy.compiler import Snapshot
-from ..policy.store import PolicyStore
+from ..sources.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.policies import MemoryPolicies, PolicyRepository
 from ..tls import TlsFiles

@@ -9,7 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from .._proto import admin_pb2, decision_pb2
 from ..audit.record import AuditRecord
 from ..policy.model import Policy
-from ..policy.store import is_pushed
+from ..sources.store import is_pushed
 from ..state.base import Approval
 
 # AuditRecord fields that are None when unknown: proto3 `optional`, left unset for None.

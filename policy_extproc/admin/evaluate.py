@@ -22,9 +22,10 @@ from ..enforce.stateful import StatefulChecks
 from ..enforce.work import examine
 from ..errors import PolicyExtprocError, RequestError
 from ..llm.apis import FORMATS
-from ..llm.catalog import Catalog, load_catalog
+from ..llm.catalog import Catalog
 from ..policy.compiler import Snapshot
 from ..policy.explain import explain
+from ..sources.catalog import load_catalog
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
 

@@ -22,8 +22,8 @@ from typing import Any
 
 from ..errors import AdminError, PolicyError, StateError
 from ..policy.compiler import Snapshot
-from ..policy.store import PolicyStore, Source, is_pushed, pushed_file
 from ..policy.yamlsource import SourceError, load_documents
+from ..sources.store import PolicyStore, Source, is_pushed, pushed_file
 from ..state.policies import PolicyRepository, Pushed
 from .errors import Conflict, NotFound
 

@@ -25,7 +25,7 @@ import grpc
 from .._proto import admin_pb2, admin_pb2_grpc
 from ..errors import AdminError, PolicyError, RequestError, StateError
 from ..policy.identity import canonical
-from ..policy.store import PolicyStore, is_pushed, pushed_file
+from ..sources.store import PolicyStore, is_pushed, pushed_file
 from . import convert
 from .approvals import Approvals
 from .auth import Identities, caller

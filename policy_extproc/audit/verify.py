@@ -263,3 +263,62 @@ def report(
             out.append(f"{checkpoint_name}: all {len(marks)} checkpoints found in the log")
         ok = ok and not missing
     return out, ok
+
+
+def _reason(message: str, file: str) -> str:
+    """A result's message without the file and line it names (reported as fields)."""
+    message = message.removeprefix(f"{file}: ")
+    head, sep, rest = message.partition(": ")
+    if sep and head.startswith("line ") and head[5:].isdigit():
+        return rest
+    return message
+
+
+def summary(
+    paths: Sequence[str], checkpoint_text: str | None = None, *, checkpoint_name: str = ""
+) -> dict[str, Any]:
+    """What ``audit verify --output json`` prints: ``ok``, the ``records`` that checked out,
+    the ``segments`` (files) read, and the first ``problem`` (``file``, ``line`` or null,
+    ``reason``) or null; with checkpoints, how many were ``found`` and ``missing`` too.
+
+    The same checks as ``report`` (ValueError: the checkpoints are not JSON lines).
+    """
+    records = files = 0
+    problem: dict[str, Any] | None = None
+    seen: set[str] = set()
+
+    def found(file: str, line: int | None, reason: str) -> None:
+        nonlocal problem
+        if problem is None:
+            problem = {"file": file, "line": line, "reason": reason}
+
+    for path in paths:
+        if not Path(path).is_dir():
+            result = verify(path, seen=seen)
+            records += result.lines
+            files += 1
+            if not result.ok:
+                found(path, result.first_bad_line, _reason(result.message, path))
+            continue
+        chains = verify_directory(path, seen=seen)
+        if not chains:
+            found(path, None, "no audit log found")
+        for chain in chains:
+            records += chain.result.lines
+            files += len(chain.files)
+            if not chain.result.ok:
+                last = chain.files[-1]
+                reason = _reason(chain.result.message, last.name)
+                found(str(last), chain.result.first_bad_line, reason)
+    out: dict[str, Any] = {"ok": False, "records": records, "segments": files}
+    if checkpoint_text is not None:
+        marks = checkpoints(checkpoint_text)
+        missing = [(h, n) for h, n in marks if h not in seen]
+        out["checkpoints"] = {"found": len(marks) - len(missing), "missing": len(missing)}
+        for digest, lines in missing[:1]:
+            at = f" (line {lines} of its writer)" if lines is not None else ""
+            found(checkpoint_name, None, f"checkpoint {digest[:16]}...{at} is not in the log: "
+                  "lines were cut off the end, or the log was replaced")  # fmt: skip
+    out["ok"] = problem is None
+    out["problem"] = problem
+    return out

@@ -15,7 +15,7 @@ from typing import Any
 from ..policy.compiler import CompiledPolicy, Snapshot
 from ..policy.loader import read_sources
 from ..policy.model import Policy
-from ..policy.store import is_pushed
+from ..sources.store import is_pushed
 
 
 @dataclass(frozen=True, slots=True)

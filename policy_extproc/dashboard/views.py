@@ -14,10 +14,10 @@ from starlette.datastructures import FormData
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 
-from ..policy.store import pushed_file
-from .app import Denied, Page, page
+from ..sources.store import pushed_file
 from .client import AdminCallError
 from .decisions import Query
+from .pages import Denied, Page, page
 
 DECISIONS = ("allow", "modify", "block", "throttle", "escalate")
 _TRACE_ID = re.compile(r"[0-9a-fA-F]{16,32}\Z")

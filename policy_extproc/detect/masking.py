@@ -8,15 +8,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import Literal, Protocol
 
 from policy_extproc.detect.pii_validators import GROUPED, compact
 
-if TYPE_CHECKING:
-    from policy_extproc.detect.pii import PiiMatch
-
 MaskStyle = Literal["placeholder", "partial", "hash"]
 STYLES: tuple[MaskStyle, ...] = ("placeholder", "partial", "hash")
+
+
+class Found(Protocol):
+    """What masking reads of a match (``pii.PiiMatch``): its type and where it is."""
+
+    @property
+    def entity(self) -> str: ...
+    @property
+    def start(self) -> int: ...
+    @property
+    def end(self) -> int: ...
 
 
 def _pseudonym(entity: str, value: str, key: bytes) -> str:
@@ -52,7 +60,7 @@ def replacement(entity: str, value: str, style: MaskStyle, key: bytes | None = N
 
 def mask(
     text: str,
-    matches: Sequence[PiiMatch],
+    matches: Sequence[Found],
     style: MaskStyle = "placeholder",
     *,
     key: bytes | None = None,

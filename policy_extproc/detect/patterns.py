@@ -42,6 +42,7 @@ import hyperscan
 
 from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
 from .canonical_regex import canonical_regex
+from .scratch import ScratchPool
 
 PatternKind = Literal["literal", "regex"]
 
@@ -162,7 +163,7 @@ def _flags(p: Pattern, literal: bool) -> int:
     return flags
 
 
-def _compile(entries: Sequence[tuple[Pattern, bytes]], literal: bool) -> hyperscan.Database | None:
+def _compile(entries: Sequence[tuple[Pattern, bytes]], literal: bool) -> ScratchPool | None:
     if not entries:
         return None
     db = hyperscan.Database()
@@ -184,7 +185,9 @@ def _compile(entries: Sequence[tuple[Pattern, bytes]], literal: bool) -> hypersc
             except hyperscan.error as one:
                 failures.setdefault(id(p), (p, str(one)))
         raise PatternError(list(failures.values()) or [(entries[0][0], str(exc))]) from exc
-    return db
+    # Scanned from several threads at once (the admin dry run scans the live snapshot in a
+    # worker thread): never with the database's own scratch.
+    return ScratchPool(db)
 
 
 class _Squeezed:
@@ -297,14 +300,14 @@ class PatternSet:
                 squeezed = _squeezed(data)
                 found: list[Hit] = []
                 handler = _literal_handler(self._lit, self._lit_len, squeezed.data, found)
-                self._lit_db.scan(squeezed.data, match_event_handler=handler)
+                self._lit_db.scan(squeezed.data, handler)
                 to = squeezed.original_offset
                 hits.extend(Hit(h.tag, to(h.start), to(h.end)) for h in found)
             else:
                 handler = _literal_handler(self._lit, self._lit_len, data, hits)
-                self._lit_db.scan(data, match_event_handler=handler)
+                self._lit_db.scan(data, handler)
         if self._rx_db is not None:
-            self._rx_db.scan(data, match_event_handler=_regex_handler(self._rx, data, hits))
+            self._rx_db.scan(data, _regex_handler(self._rx, data, hits))
         return hits
 
     def find(self, text: str) -> list[Hit]:

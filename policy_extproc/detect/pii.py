@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import fnmatch
 import re
-import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
@@ -31,6 +30,7 @@ from policy_extproc.detect import pii_validators as v
 from policy_extproc.detect.masking import mask
 from policy_extproc.detect.pii_context import Context
 from policy_extproc.detect.pii_rules import DEFAULT_REGIONS, RULES, Rule
+from policy_extproc.detect.scratch import ScratchPool
 
 __all__ = ["DEFAULT_REGIONS", "ENTITIES", "PiiDetector", "PiiMatch", "mask"]
 
@@ -170,25 +170,19 @@ class PiiDetector:
             by_pattern.setdefault((rule.pattern, rule.caseless), []).append(rule)
         self._rules: tuple[tuple[Rule, ...], ...] = tuple(tuple(rs) for rs in by_pattern.values())
         self.max_match_len: int = max((r.max_len for r in rules), default=0)
-        self._db: hyperscan.Database | None = None
+        self._db: ScratchPool | None = None
         assert len(by_pattern) <= _PID_MASK + 1, "candidate keys hold 8 bits of pattern index"
         if by_pattern:
             flags = hyperscan.HS_FLAG_SOM_LEFTMOST
-            self._db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
-            self._db.compile(
+            db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+            db.compile(
                 expressions=[p.encode("ascii") for p, _ in by_pattern],
                 ids=list(range(len(by_pattern))),
                 elements=len(by_pattern),
                 flags=[flags | (hyperscan.HS_FLAG_CASELESS if c else 0) for _, c in by_pattern],
             )
-        # Hyperscan scratch space may not be shared by concurrent scans: one per thread.
-        self._local = threading.local()
-
-    def _scratch(self) -> hyperscan.Scratch:
-        scratch = getattr(self._local, "scratch", None)
-        if scratch is None:
-            scratch = self._local.scratch = hyperscan.Scratch(self._db)
-        return scratch
+            # Hyperscan scratch space may not be shared by concurrent scans: a pool of them.
+            self._db = ScratchPool(db)
 
     def find(self, text: str) -> list[PiiMatch]:
         """Every PII value in text, sorted by start, non-overlapping."""
@@ -212,7 +206,7 @@ class PiiDetector:
             else:
                 got.append(end)
 
-        self._db.scan(data, match_event_handler=on_match, scratch=self._scratch())
+        self._db.scan(data, on_match)
         contexts: dict[int, Context] = {}
         found: list[PiiMatch] = []
         firsts: dict[int, int] = {}  # where a left-extended candidate begins

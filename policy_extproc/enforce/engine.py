@@ -25,12 +25,12 @@ from ..errors import (
     PolicyExtprocError,
     RequestError,
 )
-from ..llm.apis import BY_API
-from ..llm.catalog import Catalog, load_catalog
+from ..llm.catalog import Catalog
 from ..policy.compiler import EffectiveSet
 from ..policy.context import build_context, require_identity
 from ..policy.decision import Decision, RequestContext
-from ..policy.store import PolicyStore
+from ..sources.catalog import load_catalog
+from ..sources.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
 from . import answers, guard, limits, pipeline, watch
@@ -192,7 +192,8 @@ class Engine:
             return self.refuse(ex, exc), None  # an approval id that does not fit
         self._hold(ex, ruled.stateful)
         decision = ruled.decision
-        new_body = pipeline.rewritten(request, decision, self._set_fields(ex))
+        fields, ex.held.hide_usage = pipeline.usage_fields(request, ex.held.plan is not None)
+        new_body = pipeline.rewritten(request, decision, fields)
         if not redact and decision.action == "modify":
             rule = f"{decision.policy}/{decision.rule}"
             self._unreserve(ex)
@@ -228,25 +229,6 @@ class Engine:
         if ex.held.plan is not None:
             ex.held.plan = None
             ex.outbox.append(Release(ex.ctx.org or "-", ex.request_id))
-
-    def _set_fields(self, ex: Exchange) -> dict[str, Any]:
-        """Body fields to add: ask a streamed OpenAI answer for its usage when a budget needs it.
-
-        The client did not ask for it, so the usage-only chunk it brings is taken out of the
-        stream again (``hide_usage``): the client gets the stream it asked for.
-        """
-        req = ex.request
-        if ex.held.plan is None or req is None or not req.stream:
-            return {}
-        if not BY_API[req.api].usage_opt_in:
-            return {}  # Anthropic and the Responses API always report usage in the stream
-        opts = req.body.get("stream_options")
-        if isinstance(opts, dict) and opts.get("include_usage") is True:
-            return {}
-        ex.held.hide_usage = True
-        return {
-            "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
-        }
 
     def _identity_refusal(self, ex: Exchange) -> Decision | None:
         """Refuse (audited) a request whose identity is ambiguous or names no organisation."""

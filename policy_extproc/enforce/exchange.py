@@ -30,7 +30,7 @@ class Held:
 
     plan: limits.Plan | None = None  # limiters and budgets admitted, to reconcile at the end
     route: failover.Route | None = None  # where it went, and the breaker watching that provider
-    # We asked the stream for usage the client did not ask for (Engine._set_fields): the
+    # We asked the stream for usage the client did not ask for (pipeline.usage_fields): the
     # usage-only chunk is removed from what the client gets (ResponseWatch.usage_filter).
     hide_usage: bool = False
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from ..llm.apis import BY_API
 from ..llm.request import LlmRequest, rewrite_request
 from ..policy.compiler import EffectiveSet
 from ..policy.decision import Decision
@@ -62,3 +63,22 @@ def rewritten(
     return rewrite_request(
         request, decision.new_texts, model=decision.reroute_model, set_fields=dict(fields or {})
     )
+
+
+def usage_fields(request: LlmRequest | None, budgeted: bool) -> tuple[dict[str, Any], bool]:
+    """Body fields to add, and whether we added them: ask a streamed OpenAI answer for its usage
+    when a budget or token limit (``budgeted``) needs it.
+
+    The client did not ask for it, so the usage-only chunk it brings is taken out of the stream
+    again (``Held.hide_usage``): the client gets the stream it asked for.
+    """
+    if not budgeted or request is None or not request.stream:
+        return {}, False
+    if not BY_API[request.api].usage_opt_in:
+        return {}, False  # Anthropic and the Responses API always report usage in the stream
+    opts = request.body.get("stream_options")
+    if isinstance(opts, dict) and opts.get("include_usage") is True:
+        return {}, False
+    return {
+        "stream_options": {**(opts if isinstance(opts, dict) else {}), "include_usage": True}
+    }, True

@@ -90,7 +90,8 @@ def examine(
 ) -> Examined:
     """Parse the body and run the request-only rules on it; raises ``RequestError``.
 
-    ``catalog`` resolves an Azure deployment to the model the rules judge.
+    ``catalog`` resolves an Azure deployment to the model the rules judge; it is required
+    whenever there is a body to parse (``build_context`` reads no catalog of its own).
     """
     if not body and headers.get(":method", "POST") in ("GET", "HEAD", "OPTIONS"):
         request = None  # model listings, health checks: nothing for a policy to read

@@ -1,7 +1,8 @@
 """The model catalog: providers, models, list prices and each model's name at other providers.
 
-Loaded once (the packaged default_catalog.yaml or an operator's file) and consulted on every
-request for cost estimates, budgets and failover renames, so lookups are cached. Its
+Parsed by ``catalog_file``, read once by the edge (``sources.catalog``: the packaged
+default_catalog.yaml or an operator's file) and handed to what consults it on every request for
+cost estimates, budgets and failover renames, so lookups are cached. Its
 ``deployments`` map Azure OpenAI deployment names to the models they serve: a request to
 ``/openai/deployments/{name}/...`` is judged, limited and priced as that model
 (``judged_model``).
@@ -9,16 +10,12 @@ request for cost estimates, budgets and failover renames, so lookups are cached.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib import resources
-from pathlib import Path
 from types import MappingProxyType
 from typing import Literal, cast
 
-from policy_extproc.errors import PolicyError, Problem
 from policy_extproc.llm.model_names import BEDROCK_PREFIX as _BEDROCK_PREFIX
 from policy_extproc.llm.model_names import canonical
 from policy_extproc.llm.response import Usage
@@ -227,31 +224,3 @@ class Catalog:
             # name that came in as another provider's alias goes back to the catalog name.
             return model if model.lower().startswith(info.name.lower()) else info.name
         return info.aliases.get(provider)
-
-
-def parse_catalog(text: str, file: str) -> Catalog:
-    """Build a catalog from YAML (or JSON) text; PolicyError listing every problem otherwise."""
-    from policy_extproc.llm.catalog_file import parse_catalog as parse
-
-    return parse(text, file)
-
-
-@functools.lru_cache(maxsize=1)
-def _default_catalog() -> Catalog:
-    text = (
-        resources.files("policy_extproc.llm")
-        .joinpath("default_catalog.yaml")
-        .read_text(encoding="utf-8")
-    )
-    return parse_catalog(text, "default_catalog.yaml")
-
-
-def load_catalog(path: str | None = None) -> Catalog:
-    """Load a catalog file, or the packaged default when path is None."""
-    if path is None:
-        return _default_catalog()
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([Problem(path, 0, f"cannot read catalog: {exc}")]) from exc
-    return parse_catalog(text, path)

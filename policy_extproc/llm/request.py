@@ -19,7 +19,8 @@ from typing import Any
 from policy_extproc.errors import MalformedBody
 
 from .apis import BY_API, detect
-from .apis.base import Api, JsonPath, Parsed, PromptPart, bad, check_numbers, dotted, encode_text
+from .apis.base import Api, JsonPath, Parsed, PromptPart, bad, check_numbers, dotted
+from .apis.documents import encode_text
 
 __all__ = [
     "TOKEN_PROMPT_REFUSAL",

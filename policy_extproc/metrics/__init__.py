@@ -68,7 +68,7 @@ if TYPE_CHECKING:
     from ..audit.sink import AuditSink
     from ..enforce.alerts import AlertNotifier
     from ..enforce.servicer import ExternalProcessor
-    from ..policy.store import PolicyStore
+    from ..sources.store import PolicyStore
 
 __all__ = [
     "MAX_LABEL_LENGTH",

@@ -14,7 +14,7 @@ from ..audit.sink import AuditSink, FanoutSink
 if TYPE_CHECKING:
     from ..enforce.alerts import AlertNotifier
     from ..enforce.servicer import ExternalProcessor
-    from ..policy.store import PolicyStore
+    from ..sources.store import PolicyStore
 
 
 @runtime_checkable

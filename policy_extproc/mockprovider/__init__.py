@@ -8,10 +8,12 @@ through ``POST /mock/control``. ``GET /mock/stats`` tells a test what the provid
 
     _http.py    HTTP/1.1 framing (keep-alive, Content-Length and chunked bodies)
     apis.py     response shapes per API, pure functions of the request body
+    routes.py   which handler answers a path, and each provider's error body
     server.py   MockProvider (in a loop or a thread), serve(), run() and the CLI main()
 """
 
-from policy_extproc.mockprovider.apis import APIS, error_body, estimate_tokens
+from policy_extproc.mockprovider.apis import estimate_tokens
+from policy_extproc.mockprovider.routes import APIS, error_body
 from policy_extproc.mockprovider.server import MockProvider, main, parse_listen, run, serve
 
 __all__ = [

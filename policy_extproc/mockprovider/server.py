@@ -20,15 +20,8 @@ from policy_extproc.mockprovider._http import (
     read_body,
     read_head,
 )
-from policy_extproc.mockprovider.apis import (
-    BadRequest,
-    Json,
-    Reply,
-    api_for,
-    dumps,
-    error_body,
-    stream_type,
-)
+from policy_extproc.mockprovider.apis import BadRequest, Json, Reply, dumps
+from policy_extproc.mockprovider.routes import api_for, error_body, stream_type
 
 
 class MockProvider:

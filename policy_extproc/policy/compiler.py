@@ -269,13 +269,6 @@ def policy_version(policies: Sequence[Policy]) -> str:
     return h.hexdigest()[:16]
 
 
-def compile_paths(paths: Sequence[str]) -> Snapshot:
-    """Load and compile policy files; raises ``PolicyError`` with every problem found."""
-    from .loader import read_paths
-
-    return compile_read(*read_paths(paths))
-
-
 def compile_read(policies: Sequence[Policy], problems: list[Problem]) -> Snapshot:
     """The snapshot of policies just read; ``PolicyError`` lists the problems of reading them
     and of compiling them together, in file and line order, as ``check`` prints them."""

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..errors import AmbiguousIdentity, MissingIdentity
-from ..llm.catalog import Catalog, ModelJudge, load_catalog
+from ..llm.catalog import Catalog, ModelJudge
 from .decision import RequestContext
 from .identity import canonical
 
@@ -88,7 +88,8 @@ def build_context(
     Envoy configuration also strips the headers, so a client cannot claim another tenant.
     ``strict``: two values for one identity raise ``AmbiguousIdentity``; otherwise (the audit
     record of a refusal) that field is left empty. ``catalog`` resolves the model the policies
-    judge (an Azure deployment to its model); default: the packaged catalog.
+    judge (an Azure deployment to its model); it is required with a ``request``: the caller
+    holds the catalog in force (``sources.catalog`` reads it), this module reads no file.
     """
     claims = claims or {}
     org = _single(claims, headers, config.org_claim, config.org_header, True, strict)
@@ -100,7 +101,9 @@ def build_context(
     roles = _pick(claims, headers, config.roles_claim, config.roles_header)
     model = ""
     if request is not None:
-        model = (catalog or load_catalog()).judged_model(request.model, request.deployment)
+        if catalog is None:
+            raise TypeError("build_context needs the catalog to judge a request's model")
+        model = catalog.judged_model(request.model, request.deployment)
     tags = headers.get(config.tags_header)
     return RequestContext(
         org=org,

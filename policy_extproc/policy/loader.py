@@ -1,15 +1,15 @@
-"""Policy files -> validated ``Policy`` values, or every problem at once.
+"""Policy text -> validated ``Policy`` values, or every problem at once.
 
-A policy set never half-loads: ``load_paths`` returns all policies or raises ``PolicyError``
+A policy set never half-loads: ``load_sources`` returns all policies or raises ``PolicyError``
 listing every problem found, each as ``file:line: policy 'name' rule N (type): message``.
+Reading the files is the edge's work (``policy_extproc.sources.files``); this module is given
+(file name, text) pairs.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from ..detect.pii import ENTITIES
@@ -349,23 +349,6 @@ def parse_text(text: str, file: str, out: _Collector) -> list[Policy]:
     return policies
 
 
-def policy_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
-    """The policy files named by ``paths``; directories are read recursively, in sorted order."""
-    files: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            # Kubernetes ConfigMap volumes hold "..data"/"..2024_..." entries: skip dot paths.
-            # Policy tests (``*_test.yaml``, see ``policytest``) may sit beside the policies.
-            found = (x for x in p.rglob("*") if x.suffix in POLICY_EXTENSIONS and x.is_file()
-                     and not x.stem.endswith("_test"))  # fmt: skip
-            files.extend(sorted(x for x in found
-                                if not any(part.startswith(".") for part in
-                                           x.relative_to(p).parts)))  # fmt: skip
-        else:
-            files.append(p)
-    return files
-
-
 def load_sources(sources: Iterable[tuple[str, str]]) -> tuple[Policy, ...]:
     """Policies from (file name, text) pairs; raises ``PolicyError`` with every problem found."""
     policies, problems = read_sources(sources)
@@ -407,34 +390,6 @@ def _compile_problems(partial: list[Policy]) -> list[Problem]:
     return found
 
 
-def load_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[Policy, ...]:
-    """Policies from files and directories; raises ``PolicyError`` with every problem found."""
-    policies, problems = read_paths(paths)
-    if problems:
-        raise PolicyError(problems)
-    return policies
-
-
-def read_paths(
-    paths: Iterable[str | os.PathLike[str]],
-) -> tuple[tuple[Policy, ...], list[Problem]]:
-    """The valid policies of files and directories, and the problems of the rest."""
-    paths = list(paths)
-    sources: list[tuple[str, str]] = []
-    problems: list[Problem] = []
-    files = policy_files(paths)
-    for path in files:
-        try:
-            sources.append((str(path), path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError) as exc:
-            problems.append(Problem(str(path), 0, f"cannot read: {exc}"))
-    if not files and not problems:
-        problems.append(Problem(", ".join(map(str, paths)), 0, "no policy files found "
-                                f"({'/'.join(POLICY_EXTENSIONS)})"))  # fmt: skip
-    policies, more = read_sources(sources)
-    return policies, problems + more
-
-
 def check_set(policies: list[Policy]) -> list[Problem]:
     """Problems between loaded policies: overridden locks and same-scope rule id clashes."""
     ordered = sorted(policies, key=lambda p: p.scope.specificity)
@@ -473,4 +428,4 @@ def check_set(policies: list[Policy]) -> list[Problem]:
     return [problem for _, problem in sorted(found, key=lambda f: f[0])]
 
 
-__all__ = ["PER", "PII_ENTITIES", "check_set", "load_paths", "load_sources", "policy_files"]
+__all__ = ["PER", "PII_ENTITIES", "check_set", "load_sources"]

@@ -8,9 +8,8 @@ memory stays bounded by the traffic of the last window, period and reservation t
 from __future__ import annotations
 
 import heapq
-from collections import deque
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from policy_extproc.state.base import (
     BREAKER_KEEP_S,
@@ -18,9 +17,7 @@ from policy_extproc.state.base import (
     RESERVATION_KEEP_S,
     Admission,
     Approval,
-    ApprovalStatus,
     BreakerState,
-    BreakerStatus,
     BudgetSpec,
     BudgetState,
     LimitSpec,
@@ -33,6 +30,8 @@ from policy_extproc.state.base import (
     retry_after,
     to_micros,
 )
+from policy_extproc.state.memory_approvals import MemoryApprovals
+from policy_extproc.state.memory_breakers import Breaker, state_of, trips
 
 # How often (in the callers' clock) the whole store is scanned for expired entries.
 PURGE_EVERY_S = 60.0
@@ -55,16 +54,7 @@ class _Reservation:
     tokens: dict[_Key, tuple[int, float]] = field(default_factory=dict)  # (units, interval)
 
 
-@dataclass(slots=True)
-class _Breaker:
-    open: bool = False
-    opened_at: float = 0.0
-    failures: deque[float] = field(default_factory=deque)
-    successes: deque[float] = field(default_factory=deque)  # kept for failure_ratio only
-    touched: float = 0.0
-
-
-class MemoryState:
+class MemoryState(MemoryApprovals):
     """StateBackend held in this process's memory."""
 
     def __init__(self) -> None:
@@ -76,7 +66,7 @@ class MemoryState:
         # entry in the middle, so they are dropped together once they are half of the heap:
         # at 100 req/s and a 600 s ttl they would otherwise hold 60,000 entries.
         self._settled = 0
-        self._breakers: dict[str, _Breaker] = {}
+        self._breakers: dict[str, Breaker] = {}
         self._approvals: dict[str, Approval] = {}
         self._next_purge = 0.0
 
@@ -303,7 +293,7 @@ class MemoryState:
     ) -> BreakerState:
         """Count one upstream outcome and return the breaker after it."""
         now = clock(now)
-        b = self._breakers.setdefault(provider, _Breaker())
+        b = self._breakers.setdefault(provider, Breaker())
         b.touched = now + max(window_s, cooldown_s) + BREAKER_KEEP_S
         for times in (b.failures, b.successes):
             while times and times[0] <= now - window_s:
@@ -320,75 +310,17 @@ class MemoryState:
                 pass  # counting mode needs only the failures
             else:
                 (b.successes if ok else b.failures).append(now)
-            if _trips(len(b.failures), len(b.successes), failure_threshold, failure_ratio,
+            if trips(len(b.failures), len(b.successes), failure_threshold, failure_ratio,
                       min_requests):  # fmt: skip
                 b.open, b.opened_at = True, now
-        return _breaker_state(provider, b, now, cooldown_s)
+        return state_of(provider, b, now, cooldown_s)
 
     async def breaker_state(
         self, provider: str, *, cooldown_s: float, now: float | None = None
     ) -> BreakerState:
         """The breaker as it stands (an open one turns half_open after the cooldown)."""
-        b = self._breakers.get(provider) or _Breaker()
-        return _breaker_state(provider, b, clock(now), cooldown_s)
-
-    # -- approvals ---------------------------------------------------------------------
-
-    async def approval_put(self, approval: Approval, *, now: float | None = None) -> None:
-        """Store an approval until its ``expires_at``."""
-        self._approvals[approval.id] = approval
-
-    async def approval_get(self, approval_id: str, *, now: float | None = None) -> Approval | None:
-        """The approval, or None if unknown or expired."""
-        approval = self._approvals.get(approval_id)
-        if approval is None or approval.expires_at <= clock(now):
-            return None
-        return approval
-
-    async def approval_decide(
-        self,
-        approval_id: str,
-        approved: bool,
-        approver: str,
-        reason: str = "",
-        *,
-        now: float | None = None,
-    ) -> Approval | None:
-        """Approve or deny a pending approval; a decided one is returned unchanged."""
-        approval = await self.approval_get(approval_id, now=now)
-        if approval is None or approval.status != "pending":
-            return approval
-        status: ApprovalStatus = "approved" if approved else "denied"
-        decided = replace(approval, status=status, approver=approver, reason=reason)
-        self._approvals[approval_id] = decided
-        return decided
-
-    async def approval_consume(
-        self, approval_id: str, fingerprint: str, user: str, *, now: float | None = None
-    ) -> bool:
-        """Use an approved approval once, for the same request and user; True if it was."""
-        approval = await self.approval_get(approval_id, now=now)
-        if (
-            approval is None
-            or approval.status != "approved"
-            or approval.fingerprint != fingerprint
-            or approval.user != user
-        ):
-            return False
-        self._approvals[approval_id] = replace(approval, status="consumed")
-        return True
-
-    async def approval_list(
-        self, org: str | None = None, *, now: float | None = None
-    ) -> list[Approval]:
-        """Unexpired approvals, oldest first, of one org or all."""
-        now = clock(now)
-        found = [
-            a
-            for a in self._approvals.values()
-            if a.expires_at > now and (org is None or a.org == org)
-        ]
-        return sorted(found, key=lambda a: (a.created_at, a.id))
+        b = self._breakers.get(provider) or Breaker()
+        return state_of(provider, b, clock(now), cooldown_s)
 
     async def ping(self) -> None:
         """Always ready."""
@@ -423,21 +355,3 @@ def _admission(
         for b, before in zip(budgets, befores, strict=True)
     )
     return Admission(admitted, denied_by, longest, tuple(states), budget_states)
-
-
-def _trips(
-    failures: int, successes: int, threshold: int, ratio: float | None, min_requests: int
-) -> bool:
-    """Whether a closed breaker opens on these outcomes in its window (see breaker_record)."""
-    if ratio is None:
-        return failures >= threshold
-    total = failures + successes
-    return failures > 0 and total >= min_requests and failures >= ratio * total
-
-
-def _breaker_state(provider: str, b: _Breaker, now: float, cooldown_s: float) -> BreakerState:
-    if not b.open:
-        return BreakerState(provider, "closed", len(b.failures), None, None)
-    retry_at = b.opened_at + cooldown_s
-    status: BreakerStatus = "half_open" if now >= retry_at else "open"
-    return BreakerState(provider, status, len(b.failures), b.opened_at, retry_at)

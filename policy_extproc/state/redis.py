@@ -19,7 +19,6 @@ metric ``policy_extproc_redis_latency_seconds``).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -31,19 +30,16 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from policy_extproc.errors import StateError
 from policy_extproc.state import connect
+from policy_extproc.state import redis_codec as codec
 from policy_extproc.state.base import (
     BREAKER_KEEP_S,
     LATE_RECONCILE_S,
     RESERVATION_KEEP_S,
     Admission,
     Approval,
-    ApprovalStatus,
     BreakerState,
-    BreakerStatus,
     BudgetSpec,
-    BudgetState,
     LimitSpec,
-    LimitState,
     check_org,
     clock,
     peek_admission,
@@ -170,7 +166,7 @@ class RedisState:
             limit, amount = to_micros(budget.limit_usd), to_micros(budget.amount_usd)
             args.append(f"{limit} {amount} {ttl_s!r} {budget.enforce:d}")
         raw = await self._run("admit", self._admit(keys=keys, args=args))
-        return _admission(raw.split(), limits, budgets)
+        return codec.admission(raw.split(), limits, budgets)
 
     async def peek(
         self,
@@ -256,24 +252,24 @@ class RedisState:
         ratio = -1 if failure_ratio is None else failure_ratio
         args = [now, int(ok), window_s, failure_threshold, cooldown_s, BREAKER_KEEP_S, ratio,
                 min_requests]  # fmt: skip
-        call = self._breaker_record(keys=_breaker_keys(provider), args=args)
+        call = self._breaker_record(keys=codec.breaker_keys(provider), args=args)
         raw = await self._run("breaker_record", call)
-        return _breaker(provider, raw, now, cooldown_s)
+        return codec.breaker(provider, raw, now, cooldown_s)
 
     async def breaker_state(
         self, provider: str, *, cooldown_s: float, now: float | None = None
     ) -> BreakerState:
         """The breaker as it stands (an open one turns half_open after the cooldown)."""
-        call = self._breaker_state(keys=_breaker_keys(provider), args=[])
+        call = self._breaker_state(keys=codec.breaker_keys(provider), args=[])
         raw = await self._run("breaker_state", call)
-        return _breaker(provider, raw, clock(now), cooldown_s)
+        return codec.breaker(provider, raw, clock(now), cooldown_s)
 
     # -- approvals ---------------------------------------------------------------------
 
     async def approval_put(self, approval: Approval, *, now: float | None = None) -> None:
         """Store an approval until its ``expires_at``."""
         fields: list[Any] = []
-        for name, value in _approval_fields(approval).items():
+        for name, value in codec.approval_fields(approval).items():
             fields += (name, value)
         keys = [_APPROVALS + "a:" + approval.id, _APPROVALS + "index"]
         args: list[Any] = [clock(now), approval.id, approval.expires_at, *fields]
@@ -284,7 +280,7 @@ class RedisState:
         call = self._client.hgetall(_APPROVALS + "a:" + approval_id)
         # decode_responses=True: the client answers str, which its annotations do not say
         row = cast(dict[str, str], await self._run("approval_get", call))
-        return _approval(row, clock(now))
+        return codec.approval(row, clock(now))
 
     async def approval_decide(
         self,
@@ -302,7 +298,7 @@ class RedisState:
         call = self._approval_decide(keys=keys, args=[now, status, approver, reason])
         raw = await self._run("approval_decide", call)
         fields: dict[str, str] = dict(zip(raw[::2], raw[1::2], strict=True))
-        return _approval(fields, now)
+        return codec.approval(fields, now)
 
     async def approval_consume(
         self, approval_id: str, fingerprint: str, user: str, *, now: float | None = None
@@ -326,7 +322,7 @@ class RedisState:
         for approval_id in ids:
             pipe.hgetall(_APPROVALS + "a:" + approval_id)
         rows = await self._run("approval_list", pipe.execute())
-        found = [a for a in (_approval(row, now) for row in rows) if a is not None]
+        found = [a for a in (codec.approval(row, now) for row in rows) if a is not None]
         return sorted(
             (a for a in found if org is None or a.org == org),
             key=lambda a: (a.created_at, a.id),
@@ -342,80 +338,3 @@ class RedisState:
             await self._client.aclose()
         except (RedisError, OSError) as exc:
             raise StateError(f"redis close: {exc}") from exc
-
-
-def _admission(
-    raw: list[str], limits: Sequence[LimitSpec], budgets: Sequence[BudgetSpec]
-) -> Admission:
-    denied = int(raw[1])
-    denied_by: str | None = None
-    if denied:
-        n = len(limits)
-        denied_by = limits[denied - 1].key if denied <= n else budgets[denied - n - 1].key
-    states: list[LimitState] = []
-    longest = 0.0
-    for i, spec in enumerate(limits):
-        left, reset, wait = raw[2 + 3 * i : 5 + 3 * i]
-        states.append(LimitState(spec.key, spec.limit, int(left), float(reset), float(wait)))
-        longest = max(longest, float(wait))
-    at = 2 + 3 * len(limits)
-    budget_states = tuple(
-        BudgetState(
-            b.key,
-            b.limit_usd,
-            int(raw[at + 2 * j]) / 1e6,
-            int(raw[at + 2 * j + 1]) / 1e6,
-            b.enforce,
-        )
-        for j, b in enumerate(budgets)
-    )
-    return Admission(denied == 0, denied_by, longest, tuple(states), budget_states)
-
-
-def _breaker_keys(provider: str) -> list[str]:
-    tag = f"pe:{{breaker:{provider}}}"
-    return [tag, f"{tag}:failures", f"{tag}:successes"]
-
-
-def _breaker(provider: str, raw: list[Any], now: float, cooldown_s: float) -> BreakerState:
-    is_open, failures, opened = int(raw[0]), int(raw[1]), float(raw[2])
-    if not is_open:
-        return BreakerState(provider, "closed", failures, None, None)
-    retry_at = opened + cooldown_s
-    status: BreakerStatus = "half_open" if now >= retry_at else "open"
-    return BreakerState(provider, status, failures, opened, retry_at)
-
-
-def _approval_fields(a: Approval) -> dict[str, str]:
-    fields = {
-        "id": a.id,
-        "org": a.org,
-        "user": a.user,
-        "fingerprint": a.fingerprint,
-        "created_at": repr(a.created_at),
-        "expires_at": repr(a.expires_at),
-        "status": a.status,
-        "details": json.dumps(dict(a.details), separators=(",", ":")),
-    }
-    if a.approver is not None:
-        fields["approver"] = a.approver
-    if a.reason is not None:
-        fields["reason"] = a.reason
-    return fields
-
-
-def _approval(row: Mapping[str, str], now: float) -> Approval | None:
-    if not row or float(row["expires_at"]) <= now:
-        return None
-    return Approval(
-        id=row["id"],
-        org=row["org"],
-        user=row["user"],
-        fingerprint=row["fingerprint"],
-        created_at=float(row["created_at"]),
-        expires_at=float(row["expires_at"]),
-        status=cast(ApprovalStatus, row["status"]),  # written only from an ApprovalStatus
-        approver=row.get("approver"),
-        reason=row.get("reason"),
-        details=json.loads(row.get("details", "{}")),
-    )

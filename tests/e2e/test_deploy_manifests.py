@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from policy_extproc.cli import main as cli
-from policy_extproc.policy.compiler import compile_paths
+from policy_extproc.sources.files import compile_paths
 from tests.envoy_harness import (
     ENVOY_DIR,
     REPO_ROOT,
@@ -394,14 +394,14 @@ def test_services_select_their_pods(objects: list[Obj]) -> None:
 
 
 def test_the_audit_volume_is_bounded_and_rotation_stays_under_it(objects: list[Obj]) -> None:
-    from policy_extproc.cli import _size
+    from policy_extproc.cli.options import parse_size
 
     sidecar = container(objects, "llm-gateway", "policy-extproc")
     env = {e["name"]: e.get("value") for e in sidecar["env"]}
     volumes = find(objects, "Deployment", "llm-gateway")["spec"]["template"]["spec"]["volumes"]
     [audit] = [v for v in volumes if v["name"] == "audit-log"]
-    limit = _size(audit["emptyDir"]["sizeLimit"].replace("i", ""))
-    segment = _size(env["POLICY_EXTPROC_AUDIT_MAX_BYTES"])
+    limit = parse_size(audit["emptyDir"]["sizeLimit"].replace("i", ""))
+    segment = parse_size(env["POLICY_EXTPROC_AUDIT_MAX_BYTES"])
     keep = int(env["POLICY_EXTPROC_AUDIT_KEEP"])
     assert limit is not None and segment is not None
     assert (keep + 1) * segment < limit  # closed segments and the live file

@@ -150,7 +150,7 @@ def test_the_crd_check_refuses_what_the_api_server_would() -> None:
 
 
 def test_processor_policies_load() -> None:
-    from policy_extproc.policy.compiler import compile_paths
+    from policy_extproc.sources.files import compile_paths
 
     assert len(compile_paths([str(DEPLOY / "processor" / "policies")])) >= 1
 

@@ -62,7 +62,9 @@ class RunningSidecar:
         """What the request's budget has spent, read back from the state with a zero probe."""
         sc = self.sidecar
         self.loop.run(sc.engine.drain())  # settlements run off the response path
-        ctx = build_context(headers, parse_request(CHAT, json.dumps(body).encode()))
+        ctx = build_context(
+            headers, parse_request(CHAT, json.dumps(body).encode()), catalog=sc.catalog
+        )
         es = sc.store.current.resolve(ctx.org, ctx.team, ctx.environment)
         (b,) = limits.plan(es, ctx, sc.catalog, limits.Settings(), time.time()).budgets
         probe = BudgetSpec(b.key, b.limit_usd, 0.0, b.expires_at, enforce=False)

@@ -234,7 +234,9 @@ def spent(sidecar: RunningSidecar, user: str) -> float:
     sc = sidecar.sidecar
     sidecar.settle()  # settlements run off the response path
     body = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "x"}]}'
-    ctx = build_context(identity(user), parse_request("/v1/chat/completions", body))
+    ctx = build_context(
+        identity(user), parse_request("/v1/chat/completions", body), catalog=sc.catalog
+    )
     es = sc.store.current.resolve(ctx.org, ctx.team, ctx.environment)
     (b,) = limits.plan(es, ctx, sc.catalog, limits.Settings(), time.time()).budgets
     probe = BudgetSpec(b.key, b.limit_usd, 0.0, b.expires_at, enforce=False)

@@ -11,7 +11,7 @@ import redis
 
 from policy_extproc.admin.pushed import PushedPolicies
 from policy_extproc.errors import StateError
-from policy_extproc.policy.store import PolicyStore
+from policy_extproc.sources.store import PolicyStore
 from policy_extproc.state.redis_policies import CHANNEL, TEXTS, VERSION, RedisPolicies
 from tests.redis_server import RedisServer
 

@@ -21,8 +21,8 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from policy_extproc._proto import admin_pb2, admin_pb2_grpc
 from policy_extproc.admin.errors import PROBLEMS_KEY
 from policy_extproc.errors import AdminError, PolicyError
-from policy_extproc.policy.compiler import compile_paths
 from policy_extproc.server import ServerConfig, Sidecar
+from policy_extproc.sources.files import compile_paths
 from policy_extproc.state.base import Approval
 from tests.integration.admin_policies import BAD, TEAM
 from tests.integration.helpers import (

@@ -25,11 +25,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from policy_extproc.enforce import limits
-from policy_extproc.llm.catalog import load_catalog
 from policy_extproc.llm.request import parse_request
 from policy_extproc.llm.response import Usage
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
+from policy_extproc.sources.catalog import load_catalog
 from policy_extproc.state.base import BudgetSpec
 from tests.envoy_harness import ManagedProcess, free_port
 from tests.integration.helpers import (
@@ -80,7 +80,9 @@ def identity(user: str | None = "alice", team: str = "ml") -> dict[str, str]:
 def estimate(body: bytes, headers: Mapping[str, str] | None = None) -> limits.Plan:
     """What the engine will reserve for ``body``: the plan of an empty policy set."""
     request = parse_request(CHAT, body)
-    ctx = build_context({"x-org-id": ORG, **(headers or identity())}, request)
+    ctx = build_context(
+        {"x-org-id": ORG, **(headers or identity())}, request, catalog=load_catalog()
+    )
     es = Snapshot([]).resolve(ctx.org, ctx.team, ctx.environment)
     return limits.plan(es, ctx, load_catalog(), limits.Settings(), time.time())
 
@@ -201,7 +203,7 @@ async def spent_usd(running: Running, body: bytes, headers: Mapping[str, str]) -
     """
     await running.sidecar.engine.drain()  # settlements run off the response path
     request = parse_request(CHAT, body)
-    ctx = build_context({"x-org-id": ORG, **headers}, request)
+    ctx = build_context({"x-org-id": ORG, **headers}, request, catalog=running.sidecar.catalog)
     es = running.sidecar.store.current.resolve(ctx.org, ctx.team, ctx.environment)
     p = limits.plan(es, ctx, running.sidecar.catalog, limits.Settings(), time.time())
     (b,) = p.budgets

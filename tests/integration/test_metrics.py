@@ -435,9 +435,9 @@ def test_cli_refuses_a_bad_metrics_address(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("value", ["off", "none", ""])
 def test_cli_metrics_off(value: str) -> None:
-    from policy_extproc.cli import _listen_address
+    from policy_extproc.cli.options import parse_listen_address
 
-    assert _listen_address(value) is None
+    assert parse_listen_address(value) is None
 
 
 def test_cli_reports_a_metrics_port_in_use(tmp_path: Path, taken_port: int) -> None:

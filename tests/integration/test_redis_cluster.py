@@ -17,7 +17,8 @@ from redis.crc import key_slot
 from policy_extproc.errors import StateError
 from policy_extproc.state import connect
 from policy_extproc.state.base import LimitSpec
-from policy_extproc.state.redis import _APPROVALS, RedisState, _breaker_keys, _prefix
+from policy_extproc.state.redis import _APPROVALS, RedisState, _prefix
+from policy_extproc.state.redis_codec import breaker_keys as _breaker_keys
 from policy_extproc.state.redis_policies import CHANNEL, TEXTS, VERSION, RedisPolicies
 from tests.redis_server import RedisClusterServers, RedisSentinelGroup
 

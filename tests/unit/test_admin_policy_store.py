@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from policy_extproc.errors import PolicyError
-from policy_extproc.policy.compiler import compile_paths
-from policy_extproc.policy.store import PolicyStore, is_pushed, pushed_file
+from policy_extproc.sources.files import compile_paths
+from policy_extproc.sources.store import PolicyStore, is_pushed, pushed_file
 
 BASE = """
 policy_name: acme_base

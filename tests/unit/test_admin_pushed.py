@@ -12,7 +12,7 @@ import pytest
 from policy_extproc.admin.errors import Conflict, NotFound
 from policy_extproc.admin.pushed import PushedPolicies, split
 from policy_extproc.errors import AdminError, PolicyError
-from policy_extproc.policy.store import PolicyStore
+from policy_extproc.sources.store import PolicyStore
 from policy_extproc.state.policies import MemoryPolicies
 
 BASE = """

@@ -20,6 +20,7 @@ from policy_extproc.policy.context import build_context
 from policy_extproc.policy.decision import Decision
 from policy_extproc.policy.evaluator import evaluate
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 
 POLICIES = [
     {
@@ -99,7 +100,7 @@ def decide(org: str, *texts: str, groups: tuple[int, ...] | None = None) -> Deci
         for i, (t, g) in enumerate(zip(texts, groups, strict=True))
     )
     request = LlmRequest("openai.chat", "m", parts, None, False, {})
-    return evaluate(SNAPSHOT, build_context({"x-org-id": org}, request))
+    return evaluate(SNAPSHOT, build_context({"x-org-id": org}, request, catalog=load_catalog()))
 
 
 TRICKS_BLOCKED = [

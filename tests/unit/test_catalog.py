@@ -12,10 +12,10 @@ from policy_extproc.llm.catalog import (
     ModelInfo,
     Price,
     Provider,
-    load_catalog,
-    parse_catalog,
 )
+from policy_extproc.llm.catalog_file import parse_catalog
 from policy_extproc.llm.response import Usage
+from policy_extproc.sources.catalog import load_catalog
 
 
 @pytest.fixture(scope="module")
@@ -375,3 +375,22 @@ def test_a_provider_address_with_a_scheme_path_or_bad_port_is_refused(
     with pytest.raises(PolicyError) as info:
         load_catalog(str(path))
     assert "field 'address' must be host or host:port" in str(info.value.problems[0])
+
+
+def test_the_request_context_is_given_the_catalog_it_judges_by() -> None:
+    """The core reads no catalog of its own: a request's context needs the one in force."""
+    from policy_extproc.llm.request import parse_request
+    from policy_extproc.policy.context import build_context
+
+    body = b'{"model": "my-gpt", "messages": [{"role": "user", "content": "hi"}]}'
+    request = parse_request("/openai/deployments/my-gpt/chat/completions", body)
+    with pytest.raises(TypeError, match="needs the catalog"):
+        build_context({"x-org-id": "acme"}, request)
+    catalog = parse_catalog(
+        "providers: {openai: {api: openai}}\n"
+        "models: {gpt-4o: {provider: openai, price: {input: 1, output: 2}}}\n"
+        "deployments: {my-gpt: gpt-4o}\n",
+        "catalog.yaml",
+    )
+    assert build_context({"x-org-id": "acme"}, request, catalog=catalog).model == "gpt-4o"
+    assert build_context({"x-org-id": "acme"}, None).model == ""  # no request, no catalog

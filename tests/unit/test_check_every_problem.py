@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from policy_extproc.errors import PolicyError
-from policy_extproc.policy.compiler import compile_paths
+from policy_extproc.sources.files import compile_paths
 
 POLICY = r"""policy_name: mixed
 org: acme

@@ -22,8 +22,8 @@ from policy_extproc.enforce.envoy_replies import Immediate
 from policy_extproc.enforce.translate import Event
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.loader import load_sources
-from policy_extproc.policy.store import PolicyStore
 from policy_extproc.policytest import Case, check_case
+from policy_extproc.sources.store import PolicyStore
 from policy_extproc.state.memory import MemoryState
 
 POLICIES = """

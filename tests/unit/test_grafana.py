@@ -17,7 +17,7 @@ import yaml
 
 from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.metrics import Metrics, RuntimeCollector, Sources
-from policy_extproc.policy.store import PolicyStore
+from policy_extproc.sources.store import PolicyStore
 
 GRAFANA = Path(__file__).resolve().parents[2] / "deploy" / "grafana"
 METRIC = re.compile(r"\b((?:policy_extproc|gen_ai|process|python)_[a-z0-9_]+)\b")

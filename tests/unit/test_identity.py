@@ -26,6 +26,7 @@ from policy_extproc.policy.context import (
 from policy_extproc.policy.evaluator import evaluate
 from policy_extproc.policy.identity import canonical
 from policy_extproc.policy.loader import load_sources, read_sources
+from policy_extproc.sources.catalog import load_catalog
 from tests.unit.test_policy_evaluate import group_cases, run_case
 
 
@@ -162,7 +163,7 @@ def snapshot() -> Snapshot:
 def decide(headers: Mapping[str, str], text: str, model: str = "gpt-4o") -> Any:
     body = {"model": model, "messages": [{"role": "user", "content": text}]}
     request = parse_request("/v1/chat/completions", json.dumps(body).encode())
-    return evaluate(snapshot(), build_context(dict(headers), request))
+    return evaluate(snapshot(), build_context(dict(headers), request, catalog=load_catalog()))
 
 
 @pytest.mark.parametrize(
@@ -246,7 +247,7 @@ def test_identity_case(group: str, case: Mapping[str, Any]) -> None:
 def test_serve_takes_the_opt_out_as_a_flag_or_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, argv: list[str], env: dict[str, str], want: bool
 ) -> None:
-    from policy_extproc.cli import serve
+    from policy_extproc.cli.serve_command import serve
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from policy_extproc.errors import MalformedBody, RequestError
 from policy_extproc.llm.request import LlmRequest, parse_request, rewrite_request
-from policy_extproc.policy.loader import load_paths
+from policy_extproc.sources.files import load_paths
 from tests.llm_fields import (
     CHAT,
     COMPLETIONS,

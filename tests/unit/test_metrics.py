@@ -32,7 +32,7 @@ from policy_extproc.metrics import (
     Sources,
     parse_listen,
 )
-from policy_extproc.policy.store import PolicyStore
+from policy_extproc.sources.store import PolicyStore
 
 POLICIES = """
 - policy_name: acme_base

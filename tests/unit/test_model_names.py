@@ -19,12 +19,13 @@ from hypothesis import strategies as st
 from policy_extproc.enforce import limits
 from policy_extproc.errors import PolicyError
 from policy_extproc.llm import model_names
-from policy_extproc.llm.catalog import load_catalog, parse_catalog
+from policy_extproc.llm.catalog_file import parse_catalog
 from policy_extproc.llm.request import LlmRequest, parse_request
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
 from policy_extproc.policy.evaluator import evaluate
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "policy_extproc/llm/default_catalog.yaml"
 
@@ -193,7 +194,9 @@ def test_approvals_by_model_see_the_deployments_model() -> None:
     ctx = build_context({"x-org-id": "acme"}, request, catalog=catalog())
     es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
     assert [t.reason for t in triggered(es, ctx, 0.0)] == ["model 'o1' needs approval"]
-    spelled = build_context({"x-org-id": "acme"}, replace(request, deployment=None, model="O1"))
+    spelled = build_context(
+        {"x-org-id": "acme"}, replace(request, deployment=None, model="O1"), catalog=load_catalog()
+    )
     assert [t.reason for t in triggered(es, spelled, 0.0)] == ["model 'o1' needs approval"]
 
 
@@ -240,5 +243,6 @@ def test_no_spelling_of_a_denied_model_passes(model: str) -> None:
     snapshot = Snapshot(load_sources([("p.yaml", _DENY)]))
     body = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
     request = parse_request("/v1/chat/completions", json.dumps(body).encode())
-    decision = evaluate(snapshot, build_context({"x-org-id": "acme"}, request))
+    ctx = build_context({"x-org-id": "acme"}, request, catalog=load_catalog())
+    decision = evaluate(snapshot, ctx)
     assert decision.action == "block" and "is denied" in decision.reason, model

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import re
+import threading
 
+import hyperscan
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policy_extproc.detect.canonical import canonicalize
 from policy_extproc.detect.patterns import Hit, Pattern, PatternError, PatternSet, merge_spans
+from policy_extproc.detect.scratch import ScratchPool
+from policy_extproc.policy.compiler import compile_read
+from policy_extproc.policy.loader import read_sources
 
 
 def spans(patterns: list[Pattern], text: str) -> list[tuple[int, str]]:
@@ -153,3 +158,72 @@ def test_phrase_spans_match_a_reference_regex(text: str) -> None:
         reference.append((len(text[:s].encode()), len(text[:e].encode())))
     hits = PatternSet([lit("a b")]).scan(text.encode())
     assert sorted((h.start, h.end) for h in hits) == reference
+
+
+_SHARED = """
+policy_name: shared
+scope: {org: acme}
+rules:
+  - type: content_filter
+    id: words
+    keywords: [forbidden, build a bomb]
+    patterns: ['sk-[a-z0-9]{8,}']
+    action: block
+"""
+
+
+def test_one_snapshot_scanned_from_several_threads_at_once() -> None:
+    """The admin dry run scans the live snapshot in a worker thread while the event loop scans
+    it too: Hyperscan refuses a scratch that another scan holds (``ScratchInUseError``), so a
+    set must not share one between scans. Both databases (literals, regexes) are exercised."""
+    snapshot = compile_read(*read_sources([("shared.yaml", _SHARED)]))
+    (compiled,) = snapshot.policies
+    patterns = compiled.request_patterns
+    assert patterns is not None
+    # Long enough that each scan spans many thread switches; phrases with white-space runs
+    # take the squeezed path, the regex the other database.
+    data = ("x forbidden sk-abcdef123 build  a\tbomb " * 20_000).encode()
+    expected = sorted((h.tag, h.start, h.end) for h in patterns.scan(data))
+    assert len(expected) >= 60_000
+    threads, rounds = 6, 4
+    start = threading.Barrier(threads)
+    errors: list[BaseException] = []
+    results: list[list[tuple[int, int, int]]] = []
+
+    def work() -> None:
+        start.wait()
+        try:
+            for _ in range(rounds):
+                results.append(sorted((h.tag, h.start, h.end) for h in patterns.scan(data)))
+        except BaseException as exc:  # reported below, with the thread's error
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work) for _ in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert errors == []
+    assert len(results) == threads * rounds
+    assert all(r == expected for r in results)
+
+
+def test_a_scan_from_inside_a_scan() -> None:
+    """Without threads: a scan that starts while another holds its scratch (here, from the
+    match callback of the first) gets a scratch of its own, and gives it back."""
+    db = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
+    db.compile(expressions=[b"sk-[a-z0-9]{8}"], ids=[0], flags=[hyperscan.HS_FLAG_SOM_LEFTMOST])
+    pool = ScratchPool(db)
+    inner: list[tuple[int, int]] = []
+
+    def on_inner(_id: int, start: int, end: int, _flags: int, _ctx: object) -> None:
+        inner.append((start, end))
+
+    def on_outer(_id: int, _start: int, _end: int, _flags: int, _ctx: object) -> None:
+        pool.scan(b".. sk-abcdef12", on_inner)
+
+    pool.scan(b"sk-abcdef12", on_outer)
+    assert inner == [(3, 14)]
+    assert pool.size == 2  # the outer scan's scratch and the one cloned for the inner scan
+    with pytest.raises(hyperscan.ScratchInUseError):  # what the database's own scratch does
+        db.scan(b"sk-abcdef12", match_event_handler=lambda *_: db.scan(b"sk-abcdef12"))

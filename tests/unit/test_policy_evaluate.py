@@ -27,6 +27,7 @@ from policy_extproc.policy.decision import Decision, Fired, combine
 from policy_extproc.policy.evaluator import check_request, decide, evaluate
 from policy_extproc.policy.explain import explain
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "policy"
 CASES = DATA / "cases"
@@ -79,7 +80,9 @@ def run_case(group: str, case: Mapping[str, Any]) -> tuple[Decision, list[str]]:
         raw = json.dumps(body).encode()
         request = parse_request(case.get("path", CHAT), raw)
     ctx = build_context(
-        {k.lower(): str(v) for k, v in (case.get("headers") or {}).items()}, request
+        {k.lower(): str(v) for k, v in (case.get("headers") or {}).items()},
+        request,
+        catalog=load_catalog(),
     )
     es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
     decision = decide(es, ctx, check_request(es, ctx))
@@ -210,7 +213,7 @@ def test_redaction_leaves_no_keyword(data: st.DataObject, keywords: list[str]) -
         "messages": [{"role": "user", "content": [{"type": "text", "text": t}]} for t in texts],
     }
     request = parse_request("/v1/messages", json.dumps(body).encode())
-    decision = evaluate(snapshot, build_context({}, request))
+    decision = evaluate(snapshot, build_context({}, request, catalog=load_catalog()))
     for part in request.parts:
         after = decision.new_texts.get(part.path, part.text)
         for kw in keywords:

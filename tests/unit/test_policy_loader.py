@@ -15,8 +15,7 @@ import pytest
 
 from policy_extproc.errors import PolicyError
 from policy_extproc.policy import fields as f
-from policy_extproc.policy.compiler import compile_paths
-from policy_extproc.policy.loader import load_paths, load_sources, policy_files, read_paths
+from policy_extproc.policy.loader import load_sources
 from policy_extproc.policy.model import (
     ApprovalRule,
     ContentFilterRule,
@@ -27,6 +26,7 @@ from policy_extproc.policy.model import (
     Scope,
 )
 from policy_extproc.policy.yamlsource import Located, LocatedList, SourceError, load_documents
+from policy_extproc.sources.files import compile_paths, load_paths, policy_files, read_paths
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "policy"
 INVALID = DATA / "invalid"

@@ -13,9 +13,10 @@ from click.testing import CliRunner
 
 from policy_extproc.cli import main
 from policy_extproc.errors import PolicyError
-from policy_extproc.policy.loader import load_sources, policy_files
+from policy_extproc.policy.loader import load_sources
 from policy_extproc.policy.schema import policy_schema
 from policy_extproc.policy.yamlsource import load_documents
+from policy_extproc.sources.files import policy_files
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "policy_extproc" / "policy" / "policy.schema.json"

@@ -8,8 +8,8 @@ import pytest
 from click.testing import CliRunner, Result
 
 from policy_extproc.cli import main
-from policy_extproc.policy.loader import policy_files
 from policy_extproc.policytest import PolicyTestError, read_cases
+from policy_extproc.sources.files import policy_files
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "examples" / "policies"

@@ -14,7 +14,7 @@ from policy_extproc.audit.record import AuditRecord
 from policy_extproc.llm.apis.base import Api
 from policy_extproc.llm.apis.wire import ResponseInfo, answer_info
 from policy_extproc.llm.response import SseParser, UsageChunkFilter, parse_response
-from policy_extproc.mockprovider.apis import api_for
+from policy_extproc.mockprovider.routes import api_for
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "say hello"}]}
 PROMPT = {"model": "gpt-3.5-turbo-instruct", "prompt": "say hello"}

@@ -33,7 +33,7 @@ from policy_extproc.errors import ProtocolError
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.decision import Decision
 from policy_extproc.policy.loader import load_sources
-from policy_extproc.policy.store import PolicyStore
+from policy_extproc.sources.store import PolicyStore
 
 POLICIES = """
 - policy_name: acme_base

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from policy_extproc.cli import serve
+from policy_extproc.cli.serve_command import serve
 from policy_extproc.enforce import translate
 from policy_extproc.enforce.envoy_replies import Extend
 from policy_extproc.enforce.work import (
@@ -27,6 +27,9 @@ from policy_extproc.policy.compiler import Snapshot, compile_read
 from policy_extproc.policy.evaluator import Findings
 from policy_extproc.policy.loader import read_sources
 from policy_extproc.server import ServerConfig
+from policy_extproc.sources.catalog import load_catalog
+
+CATALOG = load_catalog()
 
 REPO = Path(__file__).resolve().parents[2]
 CHAT = {":path": "/v1/chat/completions", ":method": "POST", "x-org-id": "acme"}
@@ -99,7 +102,9 @@ def test_compacted_findings_rewrite_every_part_alike(seed: int) -> None:
         "model": "gpt-4o",
         "messages": [{"role": "user", "content": t} for t in texts],
     }
-    examined = examine(snapshot("policy_name: none\nrules: []\n"), CHAT, None, body_of(payload))
+    examined = examine(
+        snapshot("policy_name: none\nrules: []\n"), CHAT, None, body_of(payload), catalog=CATALOG
+    )
     request = examined.request
     assert request is not None
     edits = {
@@ -116,7 +121,9 @@ def test_compacted_findings_rewrite_every_part_alike(seed: int) -> None:
 
 def test_examine_is_the_pipeline_the_engine_runs() -> None:
     headers = {**CHAT, "x-org-id": "globex"}  # everyone's rules only
-    ex = examine(snapshot(), headers, None, body("mail ann@example.org, confidential"))
+    ex = examine(
+        snapshot(), headers, None, body("mail ann@example.org, confidential"), catalog=CATALOG
+    )
     assert ex.request is not None and ex.ctx.org == "globex"
     fired = sorted((f.policy, f.rule, f.action) for f in ex.findings.fired)
     assert fired == [("everyone", "mail", "modify"), ("everyone", "words", "modify")]

@@ -27,7 +27,6 @@ from .base import (
     add,
     bad,
     block_type,
-    encoded_text,
     generic,
     required_list,
     role_of,
@@ -36,6 +35,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .documents import encoded_text
 from .wire import Refusal, ResponseInfo, Usage, answer_info, compact, count, items
 
 _COMMON = ("type", "id", "model", "role", "signature", "encrypted_content", "media_type", "url",

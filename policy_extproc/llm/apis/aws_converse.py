@@ -36,7 +36,6 @@ from .base import (
     add,
     bad,
     check_numbers,
-    encoded_text,
     generic,
     obj,
     required_list,
@@ -44,6 +43,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .documents import encoded_text
 from .wire import Refusal, ResponseInfo, StreamEvent, Usage, answer_info, compact, count, items
 
 _COMMON = ("role", "format", "type", "toolUseId", "status", "signature", "redactedContent",

@@ -35,7 +35,6 @@ from .base import (
     add,
     bad,
     check_numbers,
-    encoded_text,
     generic,
     obj,
     required_list,
@@ -43,6 +42,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .documents import encoded_text
 from .wire import (
     Refusal,
     ResponseInfo,

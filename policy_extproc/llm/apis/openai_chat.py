@@ -27,7 +27,6 @@ from .base import (
     Shape,
     bad,
     block_type,
-    encoded_text,
     generic,
     obj,
     required_list,
@@ -37,6 +36,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .documents import encoded_text
 from .wire import items
 
 # Enums, ids and media of the API: never text. (Keys ending in _id / _ids are ids too.)

@@ -28,7 +28,6 @@ from .base import (
     add,
     bad,
     block_type,
-    encoded_text,
     generic,
     obj,
     role_of,
@@ -37,6 +36,7 @@ from .base import (
     walk,
     walk_rest,
 )
+from .documents import encoded_text
 from .wire import Refusal, compact, items
 
 _COMMON = ("type", "id", "model", "status", "role", "encrypted_content", "detail", "url")

@@ -15,12 +15,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from ..errors import PolicyError, Problem
-from .compiler import Snapshot, compile_read
-from .loader import POLICY_EXTENSIONS, policy_files, read_sources
-from .model import Policy
-
-Source = tuple[str, str]  # (file name, text), as the loader reads them
+from ..errors import PolicyError
+from ..policy.compiler import Snapshot, compile_read
+from ..policy.loader import read_sources
+from ..policy.model import Policy
+from .files import Source, no_files, policy_files, read_files
 
 PUSHED = "pushed:"
 
@@ -110,17 +109,10 @@ class PolicyStore:
 
         Raises ``PolicyError`` with every problem, in the lines ``check`` prints.
         """
-        sources: list[Source] = []
-        problems: list[Problem] = []
         files = policy_files(self.paths)
-        for path in files:
-            try:
-                sources.append((str(path), path.read_text(encoding="utf-8")))
-            except (OSError, UnicodeDecodeError) as exc:
-                problems.append(Problem(str(path), 0, f"cannot read: {exc}"))
+        sources, problems = read_files(files)
         if not files and not pushed and not problems:
-            problems.append(Problem(", ".join(self.paths), 0, "no policy files found "
-                                    f"({'/'.join(POLICY_EXTENSIONS)})"))  # fmt: skip
+            problems.append(no_files(self.paths))
         # One read of files and pushed together: duplicate names and rule clashes between a
         # file and a pushed policy are found like those between two files.
         policies, more = read_sources([*sources, *pushed])

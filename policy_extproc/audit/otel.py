@@ -13,6 +13,10 @@ yields no span, as the rest of that trace is not kept either. ``OTEL_TRACES_SAMP
 ``OTEL_BSP_*``/``OTEL_EXPORTER_OTLP_*`` variables apply as usual.
 
 Attributes use OpenTelemetry names where they exist, ``policy.*`` otherwise (see ``attributes``).
+The GenAI names are the conventions' current ones. The first version of this sidecar emitted the
+v1.36 name ``gen_ai.system`` too, so it still does, as the conventions' transition plan asks of an
+instrumentation that emitted v1.36 or older, until ``OTEL_SEMCONV_STABILITY_OPT_IN`` names
+``gen_ai_latest_experimental``: then only the current names are emitted.
 The request id is ``policy.request_id``: the semantic convention for a request header,
 ``http.request.header.x-request-id``, is a string array describing HTTP, which this span is not.
 """
@@ -71,6 +75,11 @@ PROVIDERS = {
     "xai": "x_ai",
 }
 
+# gen_ai.system (v1.36 and older) spelt three of those values differently.
+LEGACY_SYSTEMS = {"azure.ai.openai": "az.ai.openai", "azure.ai.inference": "az.ai.inference",
+                  "x_ai": "xai"}  # fmt: skip
+GENAI_OPT_IN = "gen_ai_latest_experimental"
+
 logger = logging.getLogger(__name__)
 _propagator = TraceContextTextMapPropagator()
 
@@ -89,6 +98,7 @@ class OtelSink:
         *,
         service_name: str = "policy-extproc",
         insecure: bool = True,
+        legacy_genai: bool | None = None,
         exporter: SpanExporter | None = None,
         close_timeout_s: float = 5.0,
     ) -> None:
@@ -103,6 +113,10 @@ class OtelSink:
             BatchSpanProcessor(_CountingExporter(self._exporter, self))
         )
         self._tracer = self._provider.get_tracer("policy_extproc.audit")
+        self._legacy_genai = (
+            not latest_genai_opted_in(os.environ.get("OTEL_SEMCONV_STABILITY_OPT_IN", ""))
+            if legacy_genai is None else legacy_genai
+        )  # fmt: skip
         self._close_timeout_s = close_timeout_s
         self._closed = False
         # request_id -> the request span, until the response record comes (bounded: a request
@@ -134,7 +148,7 @@ class OtelSink:
                 SPAN_NAME,
                 context=parent,
                 kind=SpanKind.INTERNAL,
-                attributes=attributes(record),
+                attributes=attributes(record, legacy_genai=self._legacy_genai),
                 start_time=start,
             )
             if not trace_context and record.phase == "request" and record.request_id:
@@ -196,8 +210,15 @@ class _CountingExporter(SpanExporter):
         return self._exporter.force_flush(timeout_millis)
 
 
-def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
-    """The span attributes for ``record``; absent values and empty lists are left out."""
+def latest_genai_opted_in(opt_in: str) -> bool:
+    """Whether ``OTEL_SEMCONV_STABILITY_OPT_IN`` (a comma-separated list) asks for the latest
+    GenAI conventions only."""
+    return GENAI_OPT_IN in (item.strip() for item in opt_in.split(","))
+
+
+def attributes(record: AuditRecord, *, legacy_genai: bool = False) -> dict[str, AttributeValue]:
+    """The span attributes for ``record``; absent values and empty lists are left out.
+    ``legacy_genai`` adds the v1.36 ``gen_ai.system`` beside ``gen_ai.provider.name``."""
     attrs: dict[str, AttributeValue] = {
         "policy.decision": record.decision,
         "policy.reason": record.reason,
@@ -233,6 +254,8 @@ def attributes(record: AuditRecord) -> dict[str, AttributeValue]:
         "policy.error_code": record.error_code,
     }
     attrs.update((k, v) for k, v in optional.items() if v is not None)
+    if legacy_genai and provider is not None:
+        attrs["gen_ai.system"] = LEGACY_SYSTEMS.get(provider, provider)
     lists: dict[str, tuple[str, ...]] = {
         "gen_ai.response.finish_reasons": record.finish_reasons,
         "policy.compliance": record.compliance,

@@ -8,7 +8,7 @@ from typing import Any
 import grpc
 import pytest
 
-from policy_extproc.audit.otel import OtelSink, attributes
+from policy_extproc.audit.otel import PROVIDERS, OtelSink, attributes
 from policy_extproc.audit.record import (
     AuditRecord,
     FiredRule,
@@ -68,6 +68,7 @@ FULL_ATTRIBUTES = {
     "policy.phase": "request",
     "gen_ai.request.model": "gpt-4o-mini",
     "gen_ai.provider.name": "openai",
+    "gen_ai.system": "openai",  # the v1.36 name, until OTEL_SEMCONV_STABILITY_OPT_IN opts out
     "gen_ai.usage.input_tokens": 120,
     "gen_ai.usage.output_tokens": 40,
     "enduser.id": "alice",
@@ -271,3 +272,31 @@ def test_genai_operation_and_provider_names(
     assert attrs["gen_ai.operation.name"] == operation
     assert attrs["gen_ai.provider.name"] == provider_name
     assert "gen_ai.system" not in attrs and "deployment.environment.name" not in attrs
+
+
+@pytest.mark.parametrize(
+    ("provider", "system"),
+    [("openai", "openai"), ("azure-openai", "az.ai.openai"), ("xai", "xai"),
+     ("bedrock", "aws.bedrock")],
+)  # fmt: skip
+def test_the_v136_system_name_is_kept_beside_the_provider_name(provider: str, system: str) -> None:
+    attrs = attributes(make_record("r", provider=provider), legacy_genai=True)
+    assert attrs["gen_ai.system"] == system
+    assert attrs["gen_ai.provider.name"] == PROVIDERS.get(provider, provider)
+
+
+@pytest.mark.parametrize(
+    ("opt_in", "latest_only"),
+    [("", False), ("http", False), ("http, gen_ai_latest_experimental", True),
+     ("gen_ai_latest_experimental", True), ("gen_ai_latest_experimentalx", False)],
+)  # fmt: skip
+def test_the_stability_opt_in_drops_the_v136_name(
+    receiver: OtlpReceiver, monkeypatch: pytest.MonkeyPatch, opt_in: str, latest_only: bool
+) -> None:
+    monkeypatch.setenv("OTEL_SEMCONV_STABILITY_OPT_IN", opt_in)
+    sink = OtelSink(receiver.endpoint, close_timeout_s=PATIENT)
+    sink.emit(make_record("req-1"))
+    sink.close()
+    [span] = receiver.wait_for_spans(1)
+    assert span.attributes["gen_ai.provider.name"] == "openai"
+    assert ("gen_ai.system" in span.attributes) is not latest_only

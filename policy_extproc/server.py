@@ -244,7 +244,12 @@ class Sidecar:
         await server.start()
         self._server = server
         try:
-            await self.control.serve(self.state, self.sink)
+            await self.control.serve(
+                self.state,
+                self.sink,
+                catalog=self.engine.catalog,
+                settings=self.engine.config.limits,
+            )
         except BaseException:
             await self.stop()
             raise

@@ -12,7 +12,9 @@ import logging
 from collections.abc import Callable
 
 from ..audit.sink import AuditSink
+from ..enforce import limits
 from ..errors import StateError
+from ..llm.catalog import Catalog
 from ..policy.compiler import Snapshot
 from ..sources.store import PolicyStore
 from ..state.base import StateBackend
@@ -78,14 +80,23 @@ class ControlPlane:
         """The first policy set: files and pushed policies (PolicyError, StateError)."""
         return await self.pushed.start()
 
-    async def serve(self, state: StateBackend, sink: AuditSink) -> None:
-        """Start the admin API, if configured; verdicts on approvals are audited to ``sink``."""
+    async def serve(
+        self,
+        state: StateBackend,
+        sink: AuditSink,
+        *,
+        catalog: Catalog | None = None,
+        settings: limits.Settings | None = None,
+    ) -> None:
+        """Start the admin API, if configured; verdicts on approvals are audited to ``sink``.
+        Dry runs (``Evaluate``) use the sidecar's ``catalog`` and limit ``settings``."""
         if not self.admin_listen:
             return
         approvals = Approvals(state, sink, lambda: self.store.current.version)
         if self.identities is None:
             self.identities = load_identities(self.admin_token, self.admin_tokens)
-        service = PolicyAdmin(self.store, self.pushed, approvals, self.live, self.identities)
+        service = PolicyAdmin(self.store, self.pushed, approvals, self.live, self.identities,
+                              catalog=catalog, settings=settings)  # fmt: skip
         self.admin = AdminServer(service, self.admin_listen, self.identities, tls=self.admin_tls)
         await self.admin.start()
 

@@ -3,9 +3,10 @@
 The server's own pipeline (``enforce/pipeline.py``) decides it, stateful checks included, but
 against a read of the state that consumes nothing: limits and budgets say whether they would
 throttle (``StateBackend.peek``), an approval rule says it would escalate (no approval is
-opened), a presented approval is checked but not used, breakers are read. ``state`` is the
-server's (the admin ``Evaluate`` RPC) or, offline, an empty ``MemoryState``: full limiters,
-nothing spent, no approvals.
+opened), a presented approval is checked but not used, breakers are read. ``state``, ``catalog``
+and the limit ``settings`` are the server's (the admin ``Evaluate`` RPC: the same prices, Azure
+deployments and limit options as its request path) or, offline, an empty ``MemoryState`` (full
+limiters, nothing spent, no approvals), the packaged catalog and the default settings.
 """
 
 from __future__ import annotations

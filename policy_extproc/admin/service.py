@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 import grpc
 
 from .._proto import admin_pb2, admin_pb2_grpc
+from ..enforce import limits
 from ..errors import AdminError, PolicyError, RequestError, StateError
+from ..llm.catalog import Catalog
 from ..policy.identity import canonical
 from ..sources.store import PolicyStore, is_pushed, pushed_file
 from . import convert
@@ -85,8 +87,15 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
         approvals: Approvals,
         live: LiveDecisions,
         identities: Identities | None = None,
+        *,
+        catalog: Catalog | None = None,
+        settings: limits.Settings | None = None,
     ) -> None:
         self.identities = identities
+        # The sidecar's own catalog (serve --catalog) and limit settings, so a dry run prices,
+        # renames and limits as the request path does.
+        self.catalog = catalog
+        self.settings = settings
         self.store = store
         self.pushed = pushed
         self.approvals = approvals
@@ -163,6 +172,8 @@ class PolicyAdmin(admin_pb2_grpc.PolicyAdminServicer):
             dict(request.headers),
             request.path,
             state=self.approvals.state,
+            catalog=self.catalog,
+            settings=self.settings,
             offload=True,
         )
         response = admin_pb2.EvaluateResponse(

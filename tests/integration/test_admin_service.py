@@ -251,6 +251,39 @@ async def test_evaluate_explains_without_enforcing_or_storing(admin: Admin) -> N
     assert (err.details() or "").startswith("malformed_body:")
 
 
+async def test_evaluate_judges_with_the_sidecars_own_catalog(tmp_path: Path) -> None:
+    # serve --catalog maps the Azure deployment o1-prod to o1: the dry run must judge the same
+    # model as the request path, not the packaged catalog (which knows no such deployment).
+    catalog = tmp_path / "catalog.yaml"
+    default = (Path(__file__).parents[2] / "policy_extproc/llm/default_catalog.yaml").read_text()
+    catalog.write_text(default.replace("deployments: {}", "deployments: {O1-Prod: o1}"))
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text(f"bob:admin:{TOKEN}\n")
+    policies = POLICIES + """  - type: model_access
+    id: no-reasoning
+    deny_models: ["o1*"]
+"""
+    async with running_sidecar(
+        tmp_path, policies, admin_listen="127.0.0.1:0", admin_tokens=str(tokens),
+        catalog=str(catalog),
+    ) as running:  # fmt: skip
+        port = running.sidecar.admin_port
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+            stub = admin_pb2_grpc.PolicyAdminStub(channel)
+            result = await stub.Evaluate(
+                admin_pb2.EvaluateRequest(
+                    body=json.dumps(
+                        {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+                    ).encode(),
+                    headers={"x-org-id": "acme", "x-team-id": "ml", "x-user-id": "alice"},
+                    path="/openai/deployments/o1-prod/chat/completions?api-version=2024-10-21",
+                ),
+                metadata=AUTH,
+            )
+    assert (result.decision.decision, result.decision.rule) == ("block", "no-reasoning")
+    assert result.decision.model == "o1"
+
+
 # -- approvals and the live stream -------------------------------------------------------------
 
 

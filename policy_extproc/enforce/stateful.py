@@ -248,7 +248,7 @@ class StatefulChecks:
         except StateError as exc:
             # Breakers unreadable: send the request where it was going anyway.
             log.warning("circuit breaker state unavailable: %s", exc)
-            run.degraded = ("breaker_unavailable:open",)
+            run.degraded = (*run.degraded, "breaker_unavailable:open")
             return
         run.route = r
         if r.fired is not None:

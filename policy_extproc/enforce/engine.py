@@ -345,9 +345,10 @@ class Engine:
             cost = self.catalog.cost(ex.ctx.model or ex.request.model, w.usage)
             if cost is None and ex.held.plan is not None:
                 cost = limits.fallback_cost(self.config.limits, w.usage)
-        if w.usage is not None or w.findings is not None or shutdown:
-            # The response record: usage, cost and the output guardrails' decision (else the
-            # request's, without the alerts that were the request record's own).
+        if w.usage is not None or w.findings is not None or w.answer is not None or shutdown:
+            # The response record: usage, cost, what the answer said about itself, and the
+            # output guardrails' decision (else the request's, without the alerts that were the
+            # request record's own). An answer that reported no usage still gets one.
             decision = replace(ex.decision, alerts=())
             if w.findings is not None and ex.es is not None:
                 decision = guard.response_decision(w.findings, ex.es)

@@ -183,7 +183,7 @@ def test_a_streamed_answer_names_its_model_id_and_finish_reason(
     envoy: EnvoyProcess, receiver: OtlpReceiver, sidecar: RunningSidecar,
     mock_provider: MockProvider,
 ) -> None:  # fmt: skip
-    # With usage asked for: a stream that reports none gets no response record at all.
+    # A streamed answer names its model, id and finish reason across its chunks.
     body = {**chat("stream, traced"), "stream": True, "stream_options": {"include_usage": True}}
     resp = http_request(envoy.url, CHAT, body, headers=HEADERS)
     assert resp.status == 200, resp.body

@@ -163,9 +163,10 @@ def buffered_response(usage: tuple[int, int]) -> list[ep.ProcessingRequest]:
 
 
 def sse_response(
-    usage: tuple[int, int], text: str = "Three bullets."
+    usage: tuple[int, int] | None, text: str = "Three bullets."
 ) -> list[ep.ProcessingRequest]:
-    """An OpenAI chat stream with include_usage: deltas, finish, a usage chunk, [DONE]."""
+    """An OpenAI chat stream with include_usage: deltas, finish, a usage chunk (none when
+    ``usage`` is None: a provider that ignores include_usage), [DONE]."""
     base = {"id": "chatcmpl-2", "object": "chat.completion.chunk", "model": MODEL}
     chunks = [
         {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}}], "usage": None},
@@ -174,16 +175,10 @@ def sse_response(
             for w in text.split(" ")
         ),
         {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None},
-        {
-            **base,
-            "choices": [],
-            "usage": {
-                "prompt_tokens": usage[0],
-                "completion_tokens": usage[1],
-                "total_tokens": sum(usage),
-            },
-        },
     ]
+    if usage is not None:
+        counts = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+        chunks.append({**base, "choices": [], "usage": {**counts, "total_tokens": sum(usage)}})
     frames = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
     # Chunk boundaries that do not follow event boundaries, as a network delivers them.
     raw = b"".join(frames)
@@ -463,6 +458,20 @@ async def test_a_budget_is_charged_the_real_cost_once_the_response_reports_usage
     assert await spent_usd(server, body, identity()) == pytest.approx(2 * real, abs=2e-6)
 
 
+async def test_a_stream_that_reports_no_usage_still_gets_its_response_record(
+    start_sidecar: StartSidecar,
+) -> None:
+    # The provider ignored include_usage: nothing to charge but the estimate, and the record
+    # still says what the answer was (its model, id and finish reason, for the trace).
+    server = await start_sidecar(cost_budget("10.000000"))
+    a = await send(server.stub, chat(stream=True), "nu-1", response=sse_response(None))
+    assert not a.refused
+    (record,) = records(server, "nu-1", "response")
+    assert record["usage"] is None
+    assert (record["response_model"], record["response_id"]) == (MODEL, "chatcmpl-2")
+    assert record["finish_reasons"] == ["stop"]
+
+
 async def test_a_provider_error_gives_the_reservation_back(
     backend: str | None, start_sidecar: StartSidecar
 ) -> None:
@@ -697,6 +706,9 @@ def serve_process(policy_dir: Path, redis_url: str, workdir: Path) -> ManagedPro
         "--redis", redis_url,
         "--audit-log", str(workdir / "audit.jsonl"),
         "--admin-listen", "off",
+        # No Envoy here to give up: 200 streams at once on two shared cores can take longer
+        # than Envoy's 0.5 s, and a decision refused as envoy_gave_up is not the test's subject.
+        "--message-timeout", "10",
     ]  # fmt: skip
     proc = ManagedProcess(argv, "policy-extproc", workdir=workdir)
     proc.port = port

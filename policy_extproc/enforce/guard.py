@@ -163,6 +163,7 @@ class StreamGuard:
         out_len = 0  # length of the rewritten held text so far
         scan_to = self.scan_from
         pos = 0
+        first = 0  # edits before this one end before the current event: done with them
         for h in self.held:
             if h.text is None:
                 continue
@@ -170,9 +171,14 @@ class StreamGuard:
             pos = end
             pieces: list[str] = []
             cursor = start
-            for s, e, repl in edits:
-                if e <= cursor or s >= end:
-                    continue  # before what is left of this event, after it, or overlapped
+            while first < len(edits) and edits[first][1] <= start:
+                first += 1
+            for k in range(first, len(edits)):
+                s, e, repl = edits[k]
+                if s >= end:
+                    break  # this one and the rest start after this event
+                if e <= cursor:
+                    continue  # before what is left of this event, or overlapped
                 if s > cursor:
                     pieces.append(h.text[cursor - start : s - start])
                 if s >= start:

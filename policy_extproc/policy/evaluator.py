@@ -135,7 +135,9 @@ class ScanText:
     joined runs one by one.
     """
 
-    __slots__ = ("apart", "ascii", "bstarts", "data", "encoded", "joined")
+    __slots__ = ("apart", "ascii", "bstarts", "data", "encoded", "joined", "marks")
+
+    MARK_BYTES = 512  # a non-ASCII run's byte -> character checkpoints, this far apart
 
     def __init__(self, parts: Sequence[TextPart]) -> None:
         texts = [p.text for p in parts]
@@ -158,6 +160,30 @@ class ScanText:
             pos += len(b) + 1
         self.bstarts = bstarts
         self.data = b"\0".join(self.encoded)
+        # Per non-ASCII run, built when a hit in it is first located: (byte, chars before it)
+        # checkpoints, so mapping a hit decodes at most MARK_BYTES, not the run up to it (a
+        # text with many hits was quadratic).
+        self.marks: dict[int, tuple[list[int], list[int]]] = {}
+
+    def _chars(self, k: int, b: int) -> int:
+        """The characters of run ``k`` before its byte offset ``b``."""
+        raw = self.encoded[k]
+        marks = self.marks.get(k)
+        if marks is None:
+            at, chars = [0], [0]
+            pos, count = 0, 0
+            while pos + self.MARK_BYTES < len(raw):
+                nxt = pos + self.MARK_BYTES
+                while raw[nxt] & 0xC0 == 0x80:  # a continuation byte: back to its lead byte
+                    nxt -= 1
+                count += len(raw[pos:nxt].decode(errors="ignore"))
+                pos = nxt
+                at.append(pos)
+                chars.append(count)
+            marks = self.marks[k] = (at, chars)
+        at, chars = marks
+        i = bisect_right(at, b) - 1
+        return chars[i] + len(raw[at[i] : b].decode(errors="ignore"))
 
     def _crosses(self, hit: Hit) -> bool:
         k = bisect_right(self.bstarts, hit.start) - 1
@@ -183,7 +209,7 @@ class ScanText:
         raw = self.encoded[k]
         s, e = start - base, min(end - base, len(raw))
         if not self.ascii[k]:
-            s, e = len(raw[:s].decode(errors="ignore")), len(raw[:e].decode(errors="ignore"))
+            s, e = self._chars(k, s), self._chars(k, e)
         view, n = self.joined, len(self.joined.runs)
         if k >= n:
             assert self.apart is not None

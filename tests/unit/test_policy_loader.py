@@ -16,15 +16,12 @@ import pytest
 from policy_extproc.errors import PolicyError
 from policy_extproc.policy import fields as f
 from policy_extproc.policy.loader import load_sources
-from policy_extproc.policy.model import (
-    ApprovalRule,
-    ContentFilterRule,
-    CostBudgetRule,
-    FailoverRule,
-    ModelAccessRule,
-    Policy,
-    Scope,
-)
+from policy_extproc.policy.model import Policy, Scope
+from policy_extproc.policy.rules.approval import ApprovalRule
+from policy_extproc.policy.rules.content_filter import ContentFilterRule
+from policy_extproc.policy.rules.cost_budget import CostBudgetRule
+from policy_extproc.policy.rules.failover import FailoverRule
+from policy_extproc.policy.rules.model_access import ModelAccessRule
 from policy_extproc.policy.yamlsource import Located, LocatedList, SourceError, load_documents
 from policy_extproc.sources.files import compile_paths, load_paths, policy_files, read_paths
 

@@ -17,6 +17,7 @@ from . import (
     content_filter,
     cost_budget,
     failover,
+    max_prompt_tokens,
     model_access,
     pii,
     prompt_injection,
@@ -34,6 +35,7 @@ KINDS: tuple[RuleKind, ...] = (
     failover.KIND,
     compliance.KIND,
     prompt_injection.KIND,
+    max_prompt_tokens.KIND,
 )
 
 BY_NAME: Mapping[str, RuleKind] = {k.name: k for k in KINDS}

@@ -137,8 +137,8 @@ class EffectiveSet:
             by_type.setdefault(e.rule.type, []).append(e)
         self.by_type = {t: tuple(rules) for t, rules in by_type.items()}
         self.content = {
-            d: tuple(cp for cp in self.policies if getattr(cp, f"{d}_patterns") is not None)
-            for d in ("request", "response")
+            "request": tuple(cp for cp in self.policies if cp.request_patterns is not None),
+            "response": tuple(cp for cp in self.policies if cp.response_patterns is not None),
         }
         tags: dict[str, None] = {}
         for cp in self.policies:

@@ -147,10 +147,10 @@ def test_policy_regions_reach_the_detector() -> None:
     )
     (rule,) = policy.rules
     assert isinstance(rule, PiiRule) and rule.regions == ("GB", "DE")
-    assert rule.build(policy).regions == ("GB", "DE")
+    assert rule.build(policy).detector.regions == ("GB", "DE")
     (default,) = load_sources([("q.yaml", "policy_name: q\nrules:\n  - type: pii\n")])
     (plain,) = default.rules
-    assert isinstance(plain, PiiRule) and plain.build(default).regions == DEFAULT_REGIONS
+    assert isinstance(plain, PiiRule) and plain.build(default).detector.regions == DEFAULT_REGIONS
 
 
 def test_policy_refuses_an_unknown_region() -> None:

@@ -39,24 +39,45 @@ class PiiRule(Rule):
 
     type = "pii"
 
-    def build(self, policy: Policy) -> PiiDetector:
-        if self.style == "hash" and hash_key() is None:
-            raise PolicyError([Problem(policy.file, self.line, f"style 'hash' needs a key: set "
-                                       f"{KEY_ENV} or {KEY_FILE_ENV}", policy.name, self.index,
-                                       self.type)])  # fmt: skip
+    def build(self, policy: Policy) -> Masking:
+        key = None
+        if self.style == "hash":
+            # Read once, when the policy set compiles: never on the request path.
+            key = hash_key()
+            if key is None:
+                raise PolicyError([Problem(policy.file, self.line, "style 'hash' needs a key: set "
+                                           f"{KEY_ENV} or {KEY_FILE_ENV}", policy.name,
+                                           self.index, self.type)])  # fmt: skip
         entities = ENTITIES if self.entities is None else self.entities
         regions = DEFAULT_REGIONS if self.regions is None else self.regions
-        return PiiDetector(entities, allow=self.allow, min_score=self.min_score, regions=regions)
+        detector = PiiDetector(entities, allow=self.allow, min_score=self.min_score,
+                               regions=regions)  # fmt: skip
+        return Masking(detector, key)
 
     @property
     def reads_response(self) -> bool:
         return self.direction != "request"
 
 
+@dataclass(frozen=True, slots=True)
+class Masking:
+    """What a ``pii`` rule builds: its detector, and the pseudonym key of ``style: hash``."""
+
+    detector: PiiDetector
+    key: bytes | None = None
+
+
+def _masking(e: EffectiveRule) -> Masking | None:
+    built = e.built
+    if isinstance(built, PiiDetector):  # a compliance pack: placeholders, no key
+        return Masking(built)
+    return built if isinstance(built, Masking) else None
+
+
 def detector_of(e: EffectiveRule) -> PiiDetector | None:
     """The detector a ``pii`` or ``compliance`` rule built (None: a pack without data types)."""
-    built = e.built
-    return built if isinstance(built, PiiDetector) else None
+    masking = _masking(e)
+    return masking.detector if masking is not None else None
 
 
 def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: Findings) -> None:
@@ -70,13 +91,12 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
         return
     joined = JoinedText(parts)
     where = "prompt" if direction == "request" else "response"
-    key: bytes | None = None
     for e in rules:
         rule = _as_pii(e.rule)
         mode = _mode(e)
-        detector = detector_of(e)
-        assert detector is not None
-        matches = detector.find(joined.text)
+        masking = _masking(e)
+        assert masking is not None
+        matches = masking.detector.find(joined.text)
         if not matches:
             continue
         counts: dict[str, int] = {}
@@ -89,14 +109,12 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
         out.fire(e, "modify", f"masked {summary} in the {where}", mode)
         if mode != "enforce":
             continue  # shadow: say what would be masked, change nothing
-        if rule.style == "hash" and key is None:
-            key = hash_key()
         for m in matches:
             # The mask is made from the canonical value (a fullwidth U+FF20 is read as "@", so
             # a partial mask keeps "@example.org"; two spellings of one address get one
             # pseudonym). It replaces the original span where the value starts; the rest of a
             # value that runs into the next parts of its group is cut from them.
-            mask = replacement(m.entity, joined.text[m.start : m.end], rule.style, key)
+            mask = replacement(m.entity, joined.text[m.start : m.end], rule.style, masking.key)
             for n, (i, s, end) in enumerate(joined.pieces(m.start, m.end)):
                 out.edits.setdefault(i, []).append((s, end, mask if n == 0 else ""))
             out.redactions[m.entity] = out.redactions.get(m.entity, 0) + 1

@@ -14,7 +14,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-from policy_extproc.policy.evaluator import ScanText
+from policy_extproc.policy.scan import ScanText
 
 
 @dataclass

@@ -116,8 +116,7 @@ def _uncompiled(policy: Policy, index: int) -> CompiledPolicy:
     cp.policy, cp.index = policy, index
     cp.request_patterns, cp.request_targets = None, ()
     cp.response_patterns, cp.response_targets = None, ()
-    cp.pii = {}
-    cp.semantic = None  # no classifiers: nothing is scanned here
+    cp.built = {}  # no detectors nor classifiers: nothing is scanned here
     return cp
 
 

@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
-from ..policy.model import WINDOWS, CostBudgetRule, RateLimitRule
+from ..policy.rules.cost_budget import CostBudgetRule
+from ..policy.rules.rate_limit import WINDOWS, RateLimitRule
 from .decisions import DecisionIndex, Entry
 from .policies import PolicySet
 

@@ -18,7 +18,7 @@ from ..errors import PolicyExtprocError
 from ..llm.request import LlmRequest
 from ..policy.compiler import EffectiveRule, EffectiveSet
 from ..policy.decision import RequestContext
-from ..policy.model import ApprovalRule
+from ..policy.rules.approval import ApprovalRule
 from ..state.base import Approval, StateBackend
 
 
@@ -29,7 +29,7 @@ class ApprovalInvalid(PolicyExtprocError):
 
 @dataclass(frozen=True, slots=True)
 class Trigger:
-    rule: EffectiveRule
+    rule: EffectiveRule[ApprovalRule]
     reason: str
 
 
@@ -39,8 +39,8 @@ def triggered(es: EffectiveSet, ctx: RequestContext, estimated_usd: float) -> li
     if req is None:
         return []
     out = []
-    for e in es.rules_of("approval"):
-        rule: ApprovalRule = e.rule  # type: ignore[assignment]
+    for e in es.rules_of(ApprovalRule):
+        rule = e.rule
         why = []
         # The model as judged (canonical, a deployment resolved), by any of its spellings.
         if rule.models and es.matches_model(rule.models, ctx.model, any_spelling=True):
@@ -72,7 +72,7 @@ async def open_approval(
 ) -> Approval:
     """Store a pending approval for this request and return it."""
     assert ctx.request is not None
-    rule: ApprovalRule = trigger.rule.rule  # type: ignore[assignment]
+    rule = trigger.rule.rule
     now = time.time()
     approval = Approval(
         id=f"apr_{secrets.token_urlsafe(12)}",

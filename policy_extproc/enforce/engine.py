@@ -99,14 +99,7 @@ class Engine:
         # The scope's snapshot is the one the request is decided on, even if another is
         # swapped in meanwhile.
         es = self._scope(ex)
-        return (
-            needs_usage(es)
-            or bool(es.content["response"])
-            or es.semantic_response
-            or bool(es.rules_of("failover"))
-            or bool(es.rules_of("compliance"))
-            or any(e.rule.direction != "request" for e in es.rules_of("pii"))  # type: ignore[attr-defined]
-        )
+        return needs_usage(es) or es.reads_response
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: an identity missing or ambiguous, a declared length

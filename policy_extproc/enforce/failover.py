@@ -17,7 +17,7 @@ from ..llm.catalog import Catalog
 from ..llm.request import LlmRequest
 from ..policy.compiler import EffectiveRule, EffectiveSet
 from ..policy.decision import Fired
-from ..policy.model import FailoverRule
+from ..policy.rules.failover import FailoverRule
 from ..state.base import StateBackend
 
 
@@ -40,13 +40,13 @@ class Route:
     reroute: str | None  # set when that is not where Envoy would send it
     model: str | None  # the model name to send there, when it differs
     fired: Fired | None
-    rule: EffectiveRule | None  # the breaker rule watching ``provider``
+    rule: EffectiveRule[FailoverRule] | None  # the breaker rule watching ``provider``
 
 
-def watching(es: EffectiveSet, provider: str) -> EffectiveRule | None:
+def watching(es: EffectiveSet, provider: str) -> EffectiveRule[FailoverRule] | None:
     """The failover rule in force for ``provider``, if any."""
-    for e in es.rules_of("failover"):
-        if e.rule.provider == provider:  # type: ignore[attr-defined]
+    for e in es.rules_of(FailoverRule):
+        if e.rule.provider == provider:
             return e
     return None
 
@@ -57,7 +57,7 @@ async def route(state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog:
     e = watching(es, primary)
     if e is None:
         return Route(primary, None, None, None, None)
-    rule: FailoverRule = e.rule  # type: ignore[assignment]
+    rule = e.rule
     now = time.time()
     breaker = await state.breaker_state(primary, cooldown_s=rule.cooldown_s, now=now)
     if breaker.status != "open":
@@ -68,7 +68,7 @@ async def route(state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog:
             continue  # the fallback does not serve this model
         fb_rule = watching(es, fallback)
         if fb_rule is not None:
-            fb: FailoverRule = fb_rule.rule  # type: ignore[assignment]
+            fb = fb_rule.rule
             fb_state = await state.breaker_state(fallback, cooldown_s=fb.cooldown_s, now=now)
             if fb_state.status == "open":
                 continue
@@ -83,9 +83,11 @@ async def route(state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog:
     return Route(primary, None, None, None, e)  # every fallback is down too: try the provider
 
 
-async def record(state: StateBackend, e: EffectiveRule, provider: str, status: int) -> None:
+async def record(
+    state: StateBackend, e: EffectiveRule[FailoverRule], provider: str, status: int
+) -> None:
     """Feed one response status into the provider's breaker."""
-    rule: FailoverRule = e.rule  # type: ignore[assignment]
+    rule = e.rule
     await state.breaker_record(
         provider,
         not is_failure(status),

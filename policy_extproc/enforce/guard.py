@@ -22,6 +22,9 @@ from ..llm.response import SseEvent, SseParser
 from ..policy.compiler import EffectiveSet
 from ..policy.decision import Decision, Fired, JsonPath, combine
 from ..policy.evaluator import Findings, check_response
+from ..policy.rules.compliance import ComplianceRule
+from ..policy.rules.content_filter import ContentFilterRule
+from ..policy.rules.pii import PiiRule, detector_of
 
 # Characters a streamed answer may lag behind the provider: matches up to this long are caught
 # across chunk boundaries; longer ones (PEM blocks, 200-character e-mail addresses) only in
@@ -33,24 +36,24 @@ def has_response_rules(es: EffectiveSet) -> bool:
     """Whether any output guardrail is in force for this scope."""
     if es.content["response"] or es.semantic_response:
         return True
-    if any(e.rule.direction != "request" for e in es.rules_of("pii")):  # type: ignore[attr-defined]
+    if any(e.rule.direction != "request" for e in es.rules_of(PiiRule)):
         return True
-    return any(e.rule.index - 1 in e.policy.pii for e in es.rules_of("compliance"))
+    return any(detector_of(e) is not None for e in es.rules_of(ComplianceRule))
 
 
 def holdback(es: EffectiveSet, cap: int = DEFAULT_HOLDBACK) -> int:
     """How many trailing characters a streamed match could still need, at most ``cap``."""
     need = 64
-    for e in es.rules_of("content_filter"):
-        rule: Any = e.rule
+    for e in es.rules_of(ContentFilterRule):
+        rule = e.rule
         if rule.direction == "request":
             continue
         phrases = [*rule.keywords, *(p for ps in rule.topics.values() for p in ps)]
         need = max(need, *(len(p) + 8 for p in phrases)) if phrases else need
         if rule.patterns:
             need = cap  # a regex has no length bound we can read
-    for e in [*es.rules_of("pii"), *es.rules_of("compliance")]:
-        detector = e.policy.pii.get(e.rule.index - 1)
+    for scanner in [*es.rules_of(PiiRule), *es.rules_of(ComplianceRule)]:
+        detector = detector_of(scanner)
         if detector is not None:
             need = max(need, detector.max_match_len)
     return min(need, cap)

@@ -20,9 +20,11 @@ from ..llm.response import Usage
 from ..llm.tokens import estimate_request_tokens
 from ..policy.compiler import EffectiveRule, EffectiveSet
 from ..policy.decision import Fired, RequestContext, Throttle
-from ..policy.model import CostBudgetRule, ModelAccessRule, RateLimitRule
+from ..policy.rules.cost_budget import CostBudgetRule
+from ..policy.rules.model_access import ModelAccessRule, roles_of
+from ..policy.rules.rate_limit import RateLimitRule
 from ..state.base import Admission, BudgetSpec, LimitSpec
-from ..state.budget_period import budget_period
+from ..state.budget_period import Period, budget_period
 
 _HEADER = {"user": "x-user-id", "team": "x-team-id", "org": "x-org-id"}
 
@@ -50,6 +52,7 @@ class Owner:
     kind: str  # requests, tokens, budget
     period_end: float = 0.0
     alert_at: tuple[float, ...] = ()
+    period: str = "day"  # of a budget
 
 
 @dataclass(slots=True)
@@ -104,9 +107,9 @@ def estimate(req: LlmRequest, catalog: Catalog, settings: Settings) -> Estimate:
 
 def needs_state(es: EffectiveSet) -> bool:
     """Whether any limiter or budget could apply in this scope (decided once per scope)."""
-    if es.rules_of("rate_limit") or es.rules_of("cost_budget"):
+    if bool(es.rules_of(RateLimitRule)) or bool(es.rules_of(CostBudgetRule)):
         return True
-    return any(e.rule.max_cost_per_day for e in es.rules_of("model_access"))  # type: ignore[attr-defined]
+    return any(e.rule.max_cost_per_day for e in es.rules_of(ModelAccessRule))
 
 
 def needs_usage(es: EffectiveSet) -> bool:
@@ -115,11 +118,11 @@ def needs_usage(es: EffectiveSet) -> bool:
     Budgets and token limits reserve an estimate that the real usage replaces; request counts
     are final when admitted, so a scope with only those need not see the response.
     """
-    if es.rules_of("cost_budget"):
+    if es.rules_of(CostBudgetRule):
         return True
-    if any(e.rule.tokens for e in es.rules_of("rate_limit")):  # type: ignore[attr-defined]
+    if any(e.rule.tokens for e in es.rules_of(RateLimitRule)):
         return True
-    return any(e.rule.max_cost_per_day for e in es.rules_of("model_access"))  # type: ignore[attr-defined]
+    return any(e.rule.max_cost_per_day for e in es.rules_of(ModelAccessRule))
 
 
 def _subject(ctx: RequestContext, per: str, e: EffectiveRule) -> str:
@@ -151,8 +154,8 @@ def plan(
     p.input_tokens, p.output_tokens = est.input_tokens, est.output_tokens
     p.estimated_usd, p.price_known = est.usd, est.price_known
     tokens = p.input_tokens + p.output_tokens
-    for e in es.rules_of("rate_limit"):
-        rl: RateLimitRule = e.rule  # type: ignore[assignment]
+    for e in es.rules_of(RateLimitRule):
+        rl = e.rule
         p.fail_open &= rl.on_error == "open"
         for per in rl.per:
             subject = _subject(ctx, per, e)
@@ -165,13 +168,13 @@ def plan(
                 key = f"{base}:tok"
                 p.limits.append(LimitSpec(key, rl.tokens, rl.window_s, 0, tokens, estimated=True))
                 p.owners[key] = Owner(e, per, subject, "tokens")
-    for e in es.rules_of("cost_budget"):
-        cb: CostBudgetRule = e.rule  # type: ignore[assignment]
+    for eb in es.rules_of(CostBudgetRule):
+        cb = eb.rule
         p.fail_open &= cb.on_error == "open"
         for per in cb.per:
             _budget(
                 p,
-                e,
+                eb,
                 ctx,
                 per,
                 cb.period,
@@ -182,17 +185,18 @@ def plan(
                 now,
                 cb.id,
             )
-    for e in es.rules_of("model_access"):
-        ma: ModelAccessRule = e.rule  # type: ignore[assignment]
+    for em in es.rules_of(ModelAccessRule):
+        ma = em.rule
         if ma.max_cost_per_day is None:
             continue
-        if ma.roles is not None and not ctx.roles.intersection(ma.roles):
+        roles = roles_of(em)  # canonical, as the request's roles are
+        if roles is not None and not ctx.roles.intersection(roles):
             continue
         # The seed's shorthand: a per-user daily budget, enforced, alerting at 50/80/100 %.
         p.fail_open = False
         _budget(
             p,
-            e,
+            em,
             ctx,
             "user",
             "day",
@@ -211,7 +215,7 @@ def _budget(
     e: EffectiveRule,
     ctx: RequestContext,
     per: str,
-    period: str,
+    period: Period,
     limit: float,
     enforce: bool,
     alert_at: tuple[float, ...],
@@ -220,10 +224,10 @@ def _budget(
     rule_id: str,
 ) -> None:
     subject = _subject(ctx, per, e)
-    bp = budget_period(period, now, settings.time_zone)  # type: ignore[arg-type]
+    bp = budget_period(period, now, settings.time_zone)
     key = f"b:{per}:{subject}:{e.policy_name}:{rule_id}:{bp.label}"
     p.budgets.append(BudgetSpec(key, limit, p.estimated_usd, bp.expires_at, enforce))
-    p.owners[key] = Owner(e, per, subject, "budget", bp.end, alert_at)
+    p.owners[key] = Owner(e, per, subject, "budget", bp.end, alert_at, period)
 
 
 def fallback_cost(settings: Settings, usage: Usage) -> float:
@@ -287,7 +291,8 @@ def outcome(p: Plan, adm: Admission, now: float) -> Outcome:
         )
         return out
     state = next(x for x in adm.limits if x.key == key)
-    rl: RateLimitRule = o.rule.rule  # type: ignore[assignment]
+    rl = o.rule.rule
+    assert isinstance(rl, RateLimitRule)
     unit = "requests" if o.kind == "requests" else "tokens"
     if math.isinf(state.retry_after_s):
         # More tokens than the limit allows at once: waiting will never help.
@@ -312,6 +317,4 @@ def outcome(p: Plan, adm: Admission, now: float) -> Outcome:
 
 
 def _period_word(o: Owner) -> str:
-    rule = o.rule.rule
-    period = getattr(rule, "period", "day")
-    return "daily" if period == "day" else "monthly"
+    return "daily" if o.period == "day" else "monthly"

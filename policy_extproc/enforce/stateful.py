@@ -17,13 +17,16 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import PolicyExtprocError, StateError
 from ..llm.catalog import Catalog
 from ..policy.compiler import EffectiveRule, EffectiveSet
 from ..policy.compliance import PACKS
 from ..policy.decision import NO_STATE, Fired, RequestContext, StateOutcome, Throttle
+from ..policy.rules.approval import ApprovalRule
+from ..policy.rules.compliance import ComplianceRule
+from ..policy.rules.failover import FailoverRule
 from ..state.base import StateBackend
 from . import approvals, failover, limits
 from .failover import default_provider
@@ -90,10 +93,12 @@ def passes(fired: Sequence[Fired], also: tuple[str, ...] = ()) -> bool:
     return not any(f.mode == "enforce" and f.action in refusing for f in fired)
 
 
-def _fire(e: EffectiveRule, action: str, reason: str, mode: str | None = None) -> Fired:
+def _fire(
+    e: EffectiveRule, action: str, reason: str, mode: Literal["enforce", "log"] | None = None
+) -> Fired:
     """A firing of ``e``; its mode is the policy's unless the rule says (compliance log)."""
     m = mode or e.policy.policy.mode
-    return Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, m)  # type: ignore[arg-type]
+    return Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, m)
 
 
 class StatefulChecks:
@@ -122,7 +127,7 @@ class StatefulChecks:
         run = _Run()
         presented = None
         est = None  # estimated once, for approvals and budgets alike
-        if es.rules_of("approval"):
+        if es.rules_of(ApprovalRule):
             est = limits.estimate(ctx.request, self.catalog, self.settings)
             triggers = approvals.triggered(es, ctx, est.usd)
             for t in triggers:
@@ -171,7 +176,7 @@ class StatefulChecks:
                     f"approved by {presented.approver} ({presented.id})",
                 )
             )
-        if es.rules_of("failover") and passes((*pure, *run.fired)):
+        if es.rules_of(FailoverRule) and passes((*pure, *run.fired)):
             await self._route(run, es, ctx)
         self._residency(run, es, ctx)
         return run.result()
@@ -259,13 +264,13 @@ class StatefulChecks:
     def _residency(self, run: _Run, es: EffectiveSet, ctx: RequestContext) -> None:
         """GDPR pack: personal data goes only to providers the catalog marks EU-resident."""
         assert ctx.request is not None
-        for e in es.rules_of("compliance"):
-            if not PACKS[e.rule.framework].eu_only:  # type: ignore[attr-defined]
+        for e in es.rules_of(ComplianceRule):
+            if not PACKS[e.rule.framework].eu_only:
                 continue
             r = run.route
             provider = r.provider if r else default_provider(ctx.request, self.catalog)
             info = self.catalog.provider(provider)
             if info is None or not info.eu_resident:
-                mode = "log" if e.rule.mode == "log" else None  # type: ignore[attr-defined]
-                reason = f"{e.rule.framework}: provider {provider} is not EU-resident (catalog)"  # type: ignore[attr-defined]
+                mode: Literal["log"] | None = "log" if e.rule.mode == "log" else None
+                reason = f"{e.rule.framework}: provider {provider} is not EU-resident (catalog)"
                 run.fired.append(_fire(e, "block", reason, mode))

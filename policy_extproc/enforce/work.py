@@ -48,6 +48,8 @@ from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
 from ..policy.decision import RequestContext
 from ..policy.evaluator import Findings, check_request
 from ..policy.model import allows_token_prompts
+from ..policy.rules.compliance import ComplianceRule
+from ..policy.rules.pii import PiiRule, detector_of
 
 log = logging.getLogger(__name__)
 
@@ -110,8 +112,8 @@ def examine(
 def scanners(es: EffectiveSet) -> int:
     """How many times the request's text is scanned in this scope (at least once: parsing)."""
     n = len(es.content["request"])
-    n += len([e for e in es.rules_of("pii") if e.rule.direction != "response"])  # type: ignore[attr-defined]
-    n += sum(1 for e in es.rules_of("compliance") if e.rule.index - 1 in e.policy.pii)
+    n += len([e for e in es.rules_of(PiiRule) if e.rule.direction != "response"])
+    n += sum(1 for e in es.rules_of(ComplianceRule) if detector_of(e) is not None)
     return max(1, n)
 
 

@@ -22,12 +22,15 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from fnmatch import translate
+from typing import Generic, TypeVar, overload
 
 from ..detect.patterns import Pattern, PatternError, PatternSet
 from ..errors import PolicyError, Problem
 from ..llm import model_names
 from .identity import canonical
-from .model import ContentFilterRule, Policy, Rule
+from .model import Policy, Rule
+
+R = TypeVar("R", bound=Rule, covariant=True)
 
 _CACHE_LIMIT = 50_000  # distinct (org, team, environment) keys remembered; headers are untrusted
 
@@ -41,50 +44,38 @@ class Target:
 
 
 class CompiledPolicy:
-    """One policy with its pattern databases, built once per snapshot."""
+    """One policy with its pattern databases and what each rule built, once per snapshot."""
 
-    __slots__ = ("index", "pii", "policy", "request_patterns", "request_targets",
-                 "response_patterns", "response_targets", "roles", "semantic")  # fmt: skip
+    __slots__ = ("built", "index", "policy", "request_patterns", "request_targets",
+                 "response_patterns", "response_targets")  # fmt: skip
 
     def __init__(self, policy: Policy, index: int) -> None:
-        from .privacy import build_detectors
-        from .semantic import build_semantic
-
         self.policy = policy
         self.index = index
-        # 0-based rule index -> its roles, canonical (a request's roles are, see context).
-        self.roles: dict[int, frozenset[str]] = {
-            i: frozenset(canonical(r) for r in roles)
-            for i, rule in enumerate(policy.rules)
-            if (roles := getattr(rule, "roles", None)) is not None
-        }
+        # 0-based rule index -> what the rule built (Rule.build: a detector, a classifier).
+        self.built: dict[int, object] = {}
+        problems: list[Problem] = []
+        for i, rule in enumerate(policy.rules):
+            try:
+                built = rule.build(policy)
+            except PolicyError as exc:
+                problems.extend(exc.problems)
+                continue
+            if built is not None:
+                self.built[i] = built
+        if problems:
+            raise PolicyError(problems)
         self.request_patterns, self.request_targets = _patterns(policy, "request")
         self.response_patterns, self.response_targets = _patterns(policy, "response")
-        self.pii = build_detectors(policy)
-        self.semantic = build_semantic(policy)  # None unless it has semantic rules
 
 
 def _patterns(policy: Policy, direction: str) -> tuple[PatternSet | None, tuple[Target, ...]]:
     specs: list[Pattern] = []
     targets: list[Target] = []
-
-    def add(expr: str, kind: str, rule: ContentFilterRule, i: int, label: str, ww: bool) -> None:
-        specs.append(Pattern(len(targets), expr, kind, rule.case_sensitive, ww))  # type: ignore[arg-type]
-        targets.append(Target(i, label))
-
     for i, rule in enumerate(policy.rules):
-        if not isinstance(rule, ContentFilterRule) or rule.direction not in (direction, "both"):
-            continue
-        # Labels name keywords and patterns by position, never by their text: for a keyword,
-        # the text is what was matched, and reasons go into audit records and spans.
-        for n, kw in enumerate(rule.keywords, 1):
-            add(kw, "literal", rule, i, f"keyword #{n}", rule.whole_words)
-        for n, rx in enumerate(rule.patterns, 1):
-            add(rx, "regex", rule, i, f"pattern #{n}", False)
-        for topic, phrases in rule.topics.items():
-            for phrase in phrases:
-                # A literal: the engine matches its spaces against any run of white space.
-                add(phrase, "literal", rule, i, f"topic {topic!r}", rule.whole_words)
+        for p in rule.pattern_specs(direction):
+            specs.append(Pattern(len(targets), p.expr, p.kind, p.case_sensitive, p.whole_words))
+            targets.append(Target(i, p.label))
     if not specs:
         return None, ()
     try:
@@ -100,10 +91,10 @@ def _patterns(policy: Policy, direction: str) -> tuple[PatternSet | None, tuple[
 
 
 @dataclass(frozen=True, slots=True)
-class EffectiveRule:
+class EffectiveRule(Generic[R]):
     """A rule in force for a scope, where it came from, and whose rules it replaced."""
 
-    rule: Rule
+    rule: R
     policy: CompiledPolicy
     overrode: tuple[str, ...]  # names of less specific policies whose same-id rule it replaced
 
@@ -111,20 +102,18 @@ class EffectiveRule:
     def policy_name(self) -> str:
         return self.policy.policy.name
 
-
-def _semantic(e: EffectiveRule, direction: str) -> bool:
-    if e.rule.type != "prompt_injection" and (
-        e.policy.semantic is None or e.rule.index - 1 not in e.policy.semantic.topics
-    ):
-        return False
-    return e.rule.direction in (direction, "both")  # type: ignore[attr-defined]
+    @property
+    def built(self) -> object | None:
+        """What the rule built when its policy compiled (``Rule.build``), or None."""
+        return self.policy.built.get(self.rule.index - 1)
 
 
 class EffectiveSet:
     """The policies applying to one scope (least to most specific) and the rules in force."""
 
     __slots__ = ("active", "by_type", "compliance", "content", "glob_cache", "model_cache",
-                 "policies", "position", "rules", "semantic", "semantic_response")  # fmt: skip
+                 "policies", "position", "reads_response", "rules", "semantic",
+                 "semantic_response")  # fmt: skip
 
     def __init__(self, policies: Sequence[CompiledPolicy]) -> None:
         self.policies = tuple(policies)
@@ -148,27 +137,38 @@ class EffectiveSet:
             by_type.setdefault(e.rule.type, []).append(e)
         self.by_type = {t: tuple(rules) for t, rules in by_type.items()}
         self.content = {
-            d: tuple(cp for cp in self.policies if getattr(cp, f"{d}_patterns") is not None)
-            for d in ("request", "response")
+            "request": tuple(cp for cp in self.policies if cp.request_patterns is not None),
+            "response": tuple(cp for cp in self.policies if cp.response_patterns is not None),
         }
         tags: dict[str, None] = {}
         for cp in self.policies:
             tags.update(dict.fromkeys(cp.policy.compliance))
-        for e in self.by_type.get("compliance", ()):
-            tags[e.rule.framework] = None  # type: ignore[attr-defined]
+        for e in self.rules:
+            tags.update(dict.fromkeys(e.rule.compliance_tags))
         self.compliance = tuple(tags)
-        # The prompt_injection rules and semantic-topic rules per direction, found once per
-        # scope (a request must not walk thousands of content filters to find none); whether
-        # one reads the answer decides if Envoy sends the response phases.
-        self.semantic = {d: tuple(e for e in self.rules if _semantic(e, d))
+        # The rules that classify by meaning per direction (prompt_injection, semantic topics),
+        # found once per scope (a request must not walk thousands of content filters to find
+        # none); whether one reads the answer decides if Envoy sends the response phases.
+        self.semantic = {d: tuple(e for e in self.rules if e.rule.by_meaning(d))
                          for d in ("request", "response")}  # fmt: skip
         self.semantic_response = bool(self.semantic["response"])
-        # (model, deployment, roles) -> the model_access firings (evaluator._check_models)
-        self.model_cache: dict[tuple[str, str | None, frozenset[str]], tuple[object, ...]] = {}
+        # Whether a rule in force needs the response phases (Rule.reads_response).
+        self.reads_response = any(e.rule.reads_response for e in self.rules)
+        # (model, deployment, roles) -> the model_access firings (rules.model_access)
+        self.model_cache: dict[
+            tuple[str, str | None, frozenset[str]], tuple[tuple[EffectiveRule, str, str], ...]
+        ] = {}
         self.glob_cache: dict[tuple[str, ...], re.Pattern[str]] = {}
 
-    def rules_of(self, rule_type: str) -> tuple[EffectiveRule, ...]:
-        return self.by_type.get(rule_type, ())
+    @overload
+    def rules_of(self, kind: type[R]) -> tuple[EffectiveRule[R], ...]: ...
+
+    @overload
+    def rules_of(self, kind: str) -> tuple[EffectiveRule, ...]: ...
+
+    def rules_of(self, kind: type[Rule] | str) -> tuple[EffectiveRule, ...]:
+        """The rules in force of one type, by its rule class (typed) or its name."""
+        return self.by_type.get(kind if isinstance(kind, str) else kind.type, ())
 
     def glob(self, globs: tuple[str, ...]) -> re.Pattern[str]:
         """One compiled regex for a list of model globs, each in canonical spelling: it matches
@@ -207,8 +207,8 @@ class Snapshot:
         self.version = version or policy_version(policies)
         self._index: dict[tuple[str | None, str | None, str | None], list[CompiledPolicy]] = {}
         for cp in self.policies:
-            keys = tuple(None if v is None else canonical(v) for v in cp.policy.scope.keys)
-            self._index.setdefault(keys, []).append(cp)  # type: ignore[arg-type]
+            org, team, env = (None if v is None else canonical(v) for v in cp.policy.scope.keys)
+            self._index.setdefault((org, team, env), []).append(cp)
         self._by_key: dict[tuple[str, str, str], EffectiveSet] = {}
         self._by_policies: dict[tuple[int, ...], EffectiveSet] = {}
 

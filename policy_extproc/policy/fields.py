@@ -17,10 +17,22 @@ from .model import SemanticTopic
 Parser = Callable[[Any], Any]
 
 
+# What each parser accepts, as JSON Schema (``policy.schema`` reads it through ``schema_of``).
+_SCHEMAS: dict[Parser, dict[str, Any]] = {}
+
+
 def described(parser: Parser, schema: dict[str, Any]) -> Parser:
-    """Attach the JSON Schema of what ``parser`` accepts (``policy.schema`` reads it)."""
-    parser.json_schema = schema  # type: ignore[attr-defined]
+    """Record the JSON Schema of what ``parser`` accepts."""
+    _SCHEMAS[parser] = schema
     return parser
+
+
+def schema_of(parser: Parser) -> dict[str, Any]:
+    """The JSON Schema of what ``parser`` accepts (``described``)."""
+    schema = _SCHEMAS.get(parser)
+    if schema is None:
+        raise TypeError(f"field parser {parser!r} has no JSON Schema (fields.described)")
+    return schema
 
 
 class FieldError(ValueError):
@@ -112,7 +124,7 @@ def string_list(item: Parser = string, *, allow_empty: bool = False) -> Parser:
             raise FieldError(*problems)
         return tuple(out)
 
-    items = item.json_schema  # type: ignore[attr-defined]
+    items = schema_of(item)
     many: dict[str, Any] = {"type": "array", "items": items}
     if not allow_empty:
         many["minItems"] = 1
@@ -243,12 +255,12 @@ described(topic, {
     "type": "object",
     "properties": {
         "match": {"enum": ["semantic", "phrase"]},
-        "examples": string_list().json_schema,  # type: ignore[attr-defined]
+        "examples": schema_of(string_list()),
         "threshold": {"type": "number", "exclusiveMinimum": 0, "maximum": 1},
     },
     "required": ["examples"],
     "additionalProperties": False,
 })  # fmt: skip
 described(topics, {"type": "object", "minProperties": 1, "additionalProperties": {
-    "anyOf": [string_list().json_schema, topic.json_schema]}})  # type: ignore[attr-defined]  # fmt: skip
-described(per, string_list(one_of("user", "team", "org")).json_schema)  # type: ignore[attr-defined]
+    "anyOf": [schema_of(string_list()), schema_of(topic)]}})  # fmt: skip
+described(per, schema_of(string_list(one_of("user", "team", "org"))))

@@ -8,139 +8,23 @@ Reading the files is the edge's work (``policy_extproc.sources.files``); this mo
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from ..detect.pii import ENTITIES
 from ..errors import PolicyError, Problem
 from . import fields as f
-from .model import (
-    FRAMEWORKS,
-    PER,
-    RULE_TYPES,
-    SCOPE_KEYS,
-    WINDOWS,
-    Policy,
-    Rule,
-    Scope,
-)
+from .model import FRAMEWORKS, PER, SCOPE_KEYS, Policy, Rule, Scope
+from .rules import BY_NAME
 from .yamlsource import Located, LocatedList, SourceError, load_documents
 
 PII_ENTITIES = ENTITIES
 
 POLICY_EXTENSIONS = (".yaml", ".yml", ".json")
 
-_DIRECTION = f.one_of("request", "response", "both")
-_ON_ERROR = f.one_of("open", "closed")
-
-# Per rule type: YAML field -> (model field, parser). `id`, `type` and `final` are common.
-_FIELDS: Mapping[str, Mapping[str, tuple[str, f.Parser]]] = {
-    "model_access": {
-        "models": ("models", f.string_list(f.glob)),
-        "deny_models": ("deny_models", f.string_list(f.glob)),
-        "roles": ("roles", f.string_list()),
-        "max_cost_per_day": ("max_cost_per_day", f.number(0.0, exclusive=True)),
-        "action": ("action", f.one_of("block", "allow")),
-    },
-    "rate_limit": {
-        "per": ("per", f.per),
-        "requests": ("requests", f.integer(1)),
-        "tokens": ("tokens", f.integer(1)),
-        "window": ("window", f.one_of(*WINDOWS)),
-        "burst": ("burst", f.integer(0)),
-        "on_error": ("on_error", _ON_ERROR),
-        "action": ("action", f.one_of("throttle")),
-    },
-    "cost_budget": {
-        "per": ("per", f.per),
-        "limit_usd": ("limit_usd", f.number(0.0, exclusive=True)),
-        "period": ("period", f.one_of("day", "month")),
-        "action": ("action", f.one_of("block", "notify")),
-        "alert_at": ("alert_at", f.string_list(f.fraction, allow_empty=True)),
-        "on_error": ("on_error", _ON_ERROR),
-    },
-    "content_filter": {
-        "keywords": ("keywords", f.string_list()),
-        "patterns": ("patterns", f.string_list(f.regex)),
-        "topics": ("topics", f.topics),
-        "action": ("action", f.one_of("block", "redact")),
-        "direction": ("direction", _DIRECTION),
-        "case_sensitive": ("case_sensitive", f.boolean),
-        "whole_words": ("whole_words", f.boolean),
-    },
-    "pii": {
-        "entities": ("entities", f.string_list(f.one_of(*PII_ENTITIES))),
-        "action": ("action", f.one_of("mask", "block")),
-        "style": ("style", f.one_of("placeholder", "partial", "hash")),
-        "allow": ("allow", f.string_list(allow_empty=True)),
-        "direction": ("direction", _DIRECTION),
-        "min_score": ("min_score", f.fraction),
-        "regions": ("regions", f.string_list(f.phone_region)),
-    },
-    "approval": {
-        "models": ("models", f.string_list(f.glob)),
-        "min_estimated_cost_usd": ("min_estimated_cost_usd", f.number(0.0)),
-        "tags": ("tags", f.str_mapping),
-        "ttl": ("ttl_s", f.duration),
-        "action": ("action", f.one_of("escalate")),
-    },
-    "failover": {
-        "provider": ("provider", f.string),
-        "fallbacks": ("fallbacks", f.string_list()),
-        "failure_threshold": ("failure_threshold", f.integer(1)),
-        "failure_ratio": ("failure_ratio", f.fraction),
-        "min_requests": ("min_requests", f.integer(1)),
-        "window": ("window_s", f.duration),
-        "cooldown": ("cooldown_s", f.duration),
-        "action": ("action", f.one_of("reroute")),
-    },
-    "compliance": {
-        "framework": ("framework", f.one_of(*FRAMEWORKS)),
-        "mode": ("mode", f.one_of("enforce", "log")),
-    },
-    "prompt_injection": {
-        "action": ("action", f.one_of("block", "log")),
-        "sensitivity": ("sensitivity", f.one_of("low", "medium", "high")),
-        "direction": ("direction", _DIRECTION),
-    },
-}
-_REQUIRED = {"cost_budget": ("limit_usd",), "failover": ("provider", "fallbacks"),
-             "compliance": ("framework",)}  # fmt: skip
-
-
-def _check_rate_limit(r: Any) -> str | None:
-    if r.requests is None and r.tokens is None:
-        return "needs 'requests' or 'tokens' (or both)"
-    return None
-
-
-def _check_content_filter(r: Any) -> str | None:
-    if not (r.keywords or r.patterns or r.topics):
-        return "needs at least one of 'keywords', 'patterns' or 'topics'"
-    return None
-
-
-def _check_approval(r: Any) -> str | None:
-    if not r.models and r.min_estimated_cost_usd is None and not r.tags:
-        return "needs at least one trigger: 'models', 'min_estimated_cost_usd' or 'tags'"
-    return None
-
-
-def _check_failover(r: Any) -> str | None:
-    if r.provider in r.fallbacks:
-        return f"provider {r.provider!r} cannot be its own fallback"
-    if len(set(r.fallbacks)) != len(r.fallbacks):
-        return "names the same fallback twice"
-    return None
-
-
-_CHECKS: Mapping[str, Callable[[Any], str | None]] = {
-    "rate_limit": _check_rate_limit,
-    "content_filter": _check_content_filter,
-    "approval": _check_approval,
-    "failover": _check_failover,
-}
+# Fields every rule has besides `type` (each kind declares its own: policy.rules).
+COMMON_FIELDS: Mapping[str, f.Parser] = {"id": f.string, "final": f.boolean, "alert": f.boolean}
 
 # Policy fields besides the name, the scope and the rules, with their parsers.
 _POLICY_EXTRAS: Mapping[str, f.Parser] = {
@@ -192,11 +76,12 @@ def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -
         out.add(line, "a rule must be a mapping", policy, index)
         return None
     rtype = raw.get("type")
-    if not isinstance(rtype, str) or rtype not in RULE_TYPES:
+    if not isinstance(rtype, str) or rtype not in BY_NAME:
         msg = "missing 'type'" if rtype is None else f"unknown rule type {rtype!r}"
-        out.add(raw.line_of("type"), f"{msg} (one of {', '.join(RULE_TYPES)})", policy, index)
+        out.add(raw.line_of("type"), f"{msg} (one of {', '.join(BY_NAME)})", policy, index)
         return None
-    spec = _FIELDS[rtype]
+    kind = BY_NAME[rtype]
+    spec = kind.fields
     kwargs: dict[str, Any] = {}
     ok = True
     for key, line in raw.duplicates:
@@ -210,24 +95,19 @@ def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -
             ok = False
             continue
         try:
-            if key == "id":
-                kwargs["id"] = f.string(value)
-            elif key == "final":
-                kwargs["final"] = f.boolean(value)
-            elif key == "alert":
-                kwargs["alert"] = f.boolean(value)
+            if key in COMMON_FIELDS:
+                kwargs[key] = COMMON_FIELDS[key](value)
             elif key in spec:
-                name, parse = spec[key]
-                kwargs[name] = parse(value)
+                kwargs[spec[key].attr or key] = spec[key].parse(value)
             else:
-                known = ", ".join(["id", "final", "alert", *spec])
+                known = ", ".join([*COMMON_FIELDS, *spec])
                 raise f.FieldError(f"unknown field (known: {known})")
         except f.FieldError as exc:
-            sep = " " if key in spec or key in ("id", "final", "alert") else ": "
+            sep = " " if key in spec or key in COMMON_FIELDS else ": "
             for message in exc.messages:
                 out.add(line, f"'{key}'{sep}{message}", policy, index, rtype)
             ok = False
-    for key in _REQUIRED.get(rtype, ()):
+    for key in kind.required:
         if key not in raw:
             out.add(raw.line, f"'{key}' is required", policy, index, rtype)
             ok = False
@@ -235,9 +115,8 @@ def _parse_rule(raw: Any, index: int, line: int, policy: str, out: _Collector) -
         return None
     kwargs.setdefault("id", rtype)
     kwargs.setdefault("final", False)
-    rule = RULE_TYPES[rtype](index=index, line=raw.line, **kwargs)
-    check = _CHECKS.get(rtype)
-    reason = check(rule) if check else None
+    rule = kind.rule(index=index, line=raw.line, **kwargs)
+    reason = kind.check(rule) if kind.check is not None else None
     if reason:
         out.add(raw.line, reason, policy, index, rtype)
         return None

@@ -1,12 +1,13 @@
-"""The policy language as values: policies, scopes and the eight rule types of DESIGN.md s5.
+"""The policy language as values: policies, scopes, and what every rule has.
 
+Each rule type is a kind in ``policy.rules`` (one module per type, subclassing ``Rule``).
 Everything here is immutable and validated by ``loader``; nothing here parses or evaluates.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 from .identity import canonical
@@ -17,7 +18,6 @@ Action = Literal["allow", "modify", "throttle", "escalate", "block"]
 SEVERITY: Mapping[str, int] = {"allow": 0, "modify": 1, "throttle": 2, "escalate": 3, "block": 4}
 
 SCOPE_KEYS = ("org", "team", "environment")
-WINDOWS: Mapping[str, float] = {"second": 1.0, "minute": 60.0, "hour": 3600.0, "day": 86400.0}
 PER = ("user", "team", "org")
 FRAMEWORKS = ("SOC2", "GDPR", "HIPAA", "PCI")
 
@@ -69,45 +69,43 @@ class Rule:
 
     type = "rule"
 
+    # What the compiler asks of every rule (policy.compiler), answered by the rule's kind
+    # (policy.rules.<type>); these defaults are a rule that prepares nothing and reads no text.
 
-@dataclass(frozen=True, slots=True)
-class ModelAccessRule(Rule):
-    models: tuple[str, ...] | None = None
-    deny_models: tuple[str, ...] = ()
-    roles: tuple[str, ...] | None = None
-    max_cost_per_day: float | None = None
-    action: Literal["block", "allow"] = "block"
+    def build(self, policy: Policy) -> object | None:
+        """What the rule compiles to once per snapshot (a detector, a classifier), or None;
+        raises ``PolicyError`` for what cannot be built (a missing key, no model)."""
+        return None
 
-    type = "model_access"
+    def pattern_specs(self, direction: str) -> Iterator[PatternSpec]:
+        """The literals and regular expressions scanned for in ``direction``'s text, compiled
+        with the policy's other rules' into one database per direction."""
+        return iter(())
 
-
-@dataclass(frozen=True, slots=True)
-class RateLimitRule(Rule):
-    per: tuple[str, ...] = ("user",)
-    requests: int | None = None
-    tokens: int | None = None
-    window: str = "minute"
-    burst: int = 0
-    on_error: Literal["open", "closed"] = "closed"
-    action: Literal["throttle"] = "throttle"
-
-    type = "rate_limit"
+    def by_meaning(self, direction: str) -> bool:
+        """Whether it classifies ``direction``'s sentences by meaning (the semantic model)."""
+        return False
 
     @property
-    def window_s(self) -> float:
-        return WINDOWS[self.window]
+    def reads_response(self) -> bool:
+        """Whether it needs the response phases (its text, status or usage)."""
+        return False
+
+    @property
+    def compliance_tags(self) -> tuple[str, ...]:
+        """Compliance tags it adds to every decision of its scope."""
+        return ()
 
 
 @dataclass(frozen=True, slots=True)
-class CostBudgetRule(Rule):
-    limit_usd: float = 0.0
-    per: tuple[str, ...] = ("user",)
-    period: Literal["day", "month"] = "day"
-    action: Literal["block", "notify"] = "block"
-    alert_at: tuple[float, ...] = (0.5, 0.8, 1.0)
-    on_error: Literal["open", "closed"] = "closed"
+class PatternSpec:
+    """One literal or regular expression of a rule, and the label reasons name it by."""
 
-    type = "cost_budget"
+    expr: str
+    kind: Literal["literal", "regex"]
+    case_sensitive: bool
+    whole_words: bool
+    label: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,94 +120,6 @@ class SemanticTopic:
         # Code that reads a topic as its phrases (the phrase database, the stream holdback)
         # sees a semantic topic as having none: its examples are meanings, never literals.
         return iter(())
-
-
-@dataclass(frozen=True, slots=True)
-class ContentFilterRule(Rule):
-    keywords: tuple[str, ...] = ()
-    patterns: tuple[str, ...] = ()
-    topics: Mapping[str, tuple[str, ...] | SemanticTopic] = field(default_factory=dict)
-    action: Literal["block", "redact"] = "block"
-    direction: Literal["request", "response", "both"] = "request"
-    case_sensitive: bool = False
-    whole_words: bool = True
-
-    type = "content_filter"
-
-
-@dataclass(frozen=True, slots=True)
-class PiiRule(Rule):
-    entities: tuple[str, ...] | None = None
-    action: Literal["mask", "block"] = "mask"
-    style: Literal["placeholder", "partial", "hash"] = "placeholder"
-    allow: tuple[str, ...] = ()
-    direction: Literal["request", "response", "both"] = "both"
-    min_score: float = 0.5
-    # Regions whose national formats (no "+") are phone numbers; None: the detector's default.
-    regions: tuple[str, ...] | None = None
-
-    type = "pii"
-
-
-@dataclass(frozen=True, slots=True)
-class PromptInjectionRule(Rule):
-    """Prompt injection and jailbreaks (OWASP LLM01), in the prompt's parts (tool results and
-    documents included) and, with ``direction`` response or both, in the answer."""
-
-    action: Literal["block", "log"] = "block"
-    sensitivity: Literal["low", "medium", "high"] = "medium"
-    direction: Literal["request", "response", "both"] = "request"
-
-    type = "prompt_injection"
-
-
-@dataclass(frozen=True, slots=True)
-class ApprovalRule(Rule):
-    models: tuple[str, ...] = ()
-    min_estimated_cost_usd: float | None = None
-    tags: Mapping[str, str] = field(default_factory=dict)
-    ttl_s: float = 3600.0
-    action: Literal["escalate"] = "escalate"
-
-    type = "approval"
-
-
-@dataclass(frozen=True, slots=True)
-class FailoverRule(Rule):
-    provider: str = ""
-    fallbacks: tuple[str, ...] = ()
-    failure_threshold: int = 5
-    failure_ratio: float | None = None
-    min_requests: int = 10
-    window_s: float = 30.0
-    cooldown_s: float = 60.0
-    action: Literal["reroute"] = "reroute"
-
-    type = "failover"
-
-
-@dataclass(frozen=True, slots=True)
-class ComplianceRule(Rule):
-    framework: str = "SOC2"
-    mode: Literal["enforce", "log"] = "enforce"
-
-    type = "compliance"
-
-
-RULE_TYPES: Mapping[str, type[Rule]] = {
-    cls.type: cls
-    for cls in (
-        ModelAccessRule,
-        RateLimitRule,
-        CostBudgetRule,
-        ContentFilterRule,
-        PiiRule,
-        ApprovalRule,
-        FailoverRule,
-        ComplianceRule,
-        PromptInjectionRule,
-    )
-}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,8 +1,8 @@
 """The JSON Schema of the policy format, derived from the loader's own field parsers.
 
-Each field parser in ``fields`` carries the schema of what it accepts, and the loader's table of
-rule fields (``loader._FIELDS``, ``_REQUIRED``) says which fields each rule type has: the schema
-is built from the same tables that validate policies, so the two cannot disagree on a field.
+Each field parser in ``fields`` carries the schema of what it accepts, and each rule kind
+(``policy.rules``) declares its fields and which are required: the schema is built from the
+same declarations that validate policies, so the two cannot disagree on a field.
 What the schema cannot say (a pattern the linear-time engine refuses, a locked rule overridden,
 a rule id used twice) only ``check`` finds. ``policy-extproc schema`` prints it; editors use it
 through a ``# yaml-language-server: $schema=...`` line or their settings.
@@ -13,8 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import fields as f
-from .loader import _FIELDS, _POLICY_EXTRAS, _REQUIRED
-from .model import RULE_TYPES, SCOPE_KEYS
+from .loader import _POLICY_EXTRAS
+from .model import SCOPE_KEYS
+from .rules import BY_NAME
 
 SCHEMA_ID = "urn:policy-extproc:policy:v1"
 _COMMON: dict[str, tuple[f.Parser, str]] = {
@@ -25,29 +26,27 @@ _COMMON: dict[str, tuple[f.Parser, str]] = {
 
 
 def _of(parser: f.Parser) -> dict[str, Any]:
-    schema = getattr(parser, "json_schema", None)
-    if schema is None:
-        raise TypeError(f"field parser {parser!r} has no JSON Schema (fields.described)")
-    return dict(schema)
+    return dict(f.schema_of(parser))
 
 
 def _rule(rule_type: str) -> dict[str, Any]:
     props: dict[str, Any] = {"type": {"const": rule_type}}
     for key, (parser, doc) in _COMMON.items():
         props[key] = {**_of(parser), "description": doc}
-    for key, (_name, parser) in _FIELDS[rule_type].items():
-        props[key] = _of(parser)
+    kind = BY_NAME[rule_type]
+    for key, spec in kind.fields.items():
+        props[key] = _of(spec.parse)
     return {
         "type": "object",
         "properties": props,
-        "required": ["type", *_REQUIRED.get(rule_type, ())],
+        "required": ["type", *kind.required],
         "additionalProperties": False,
     }
 
 
 def policy_schema() -> dict[str, Any]:
     """The schema of a policy file: one policy, or a list of them."""
-    types = sorted(RULE_TYPES)
+    types = sorted(BY_NAME)
     scope_value = _of(f.string)
     policy = {
         "type": "object",

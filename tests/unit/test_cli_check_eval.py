@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from policy_extproc.cli import main
+from policy_extproc.policy.rules import BY_NAME
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "policy"
 BIN = Path(sys.executable).parent / "policy-extproc"
@@ -235,8 +236,7 @@ def test_eval_with_invalid_policies_prints_the_problems() -> None:
     assert result.exit_code == 1
     assert result.stderr == (
         "invalid/missing_type.yaml:3: policy 'no_type' rule 1: missing 'type' (one of "
-        "model_access, rate_limit, cost_budget, content_filter, pii, approval, failover, "
-        "compliance, prompt_injection)\n"
+        f"{', '.join(BY_NAME)})\n"
     )
     assert result.stdout == ""
 

@@ -18,7 +18,7 @@ import policy_extproc
 from policy_extproc import errors
 from policy_extproc.audit.record import AuditRecord
 from policy_extproc.policy import loader
-from policy_extproc.policy.model import RULE_TYPES
+from policy_extproc.policy.rules import BY_NAME
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "policies.md").read_text()
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
@@ -38,9 +38,9 @@ def named(text: str) -> set[str]:
     return set(re.findall(r"`([a-z_]+)`", text))
 
 
-@pytest.mark.parametrize("rule_type", sorted(RULE_TYPES))
+@pytest.mark.parametrize("rule_type", sorted(BY_NAME))
 def test_every_field_of_every_rule_type_is_documented(rule_type: str) -> None:
-    fields = set(loader._FIELDS[rule_type])
+    fields = set(BY_NAME[rule_type].fields)
     missing = fields - named(section(f"`{rule_type}`"))
     assert not missing, f"docs/policies.md, {rule_type}: fields not described: {sorted(missing)}"
 

@@ -18,15 +18,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "policy_extproc"
 
 # Circles in files owned by other helpers, to be broken there; the lead removes the mark after
 # merging. A mark that no longer matches a circle fails, so it cannot outlive its reason.
-KNOWN: dict[frozenset[str], str] = {
-    frozenset({
-        "policy_extproc.policy.compiler",
-        "policy_extproc.policy.evaluator",
-        "policy_extproc.policy.privacy",
-        "policy_extproc.policy.semantic",
-    }): "helper `rules` (rule kinds: EffectiveRule.rule and the compiler/evaluator/privacy "
-        "circle; policy/semantic follows the same pattern)",
-}  # fmt: skip
+KNOWN: dict[frozenset[str], str] = {}
 
 
 def modules(package: Path) -> dict[str, Path]:

@@ -12,7 +12,6 @@ LIMIT = 400
 # after merging. An entry that is back under the limit fails, so none outlives its reason.
 OVER: dict[str, str] = {
     "server.py": "helper `speed`",
-    "policy/loader.py": "helper `rules` (rule kinds declare their own fields)",
 }
 
 

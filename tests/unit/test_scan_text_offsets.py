@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_extproc.policy.evaluator import ScanText
+from policy_extproc.policy.scan import ScanText
 
 
 @dataclass

@@ -7,8 +7,10 @@ both classifiers. Reasons name the signal or topic and its score, never the text
 ``action: log``, or any rule of a ``mode: log`` policy, records the would-be decision (with its
 score) in shadow mode: audited, not enforced.
 
-Text is scanned as the parts hold it; when the canonical form (detect/canonical) lands, the
-caller folds it before the scan as for the other content filters.
+Both classifiers read the canonical form of each part (``detect/canonical``: NFKC, ignorables
+removed, confusables folded), the same text the other content filters match, so an instruction
+spelt with Cyrillic look-alikes or zero-width characters reads as the model reads it; a topic
+redaction is mapped back to the original span.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..detect.joined import JoinedParts
 from ..detect.semantic import (
     SENSITIVITY,
     EmbedderError,
@@ -96,18 +99,22 @@ def scan_semantic(
     injection = [e for e in rules if e.rule.type == "prompt_injection"]
     topical = [e for e in rules if e.rule.type == "content_filter"]
     embedder = load_embedder()
+    # The canonical forms the content filters computed for these parts (computed once per
+    # request: detect/joined remembers the last parts' forms).
+    canon = JoinedParts([p.text for p in parts], (), "\n")
+    texts = canon.forms
     sentences: list[Sentences | None] = [None] * len(parts)
 
     def of(i: int) -> Sentences:
         s = sentences[i]
         if s is None:
-            s = sentences[i] = embed_sentences(embedder, parts[i].text)
+            s = sentences[i] = embed_sentences(embedder, texts[i])
         return s
 
     if injection:
-        _injection(injection, direction, parts, of, out)
+        _injection(injection, direction, parts, texts, of, out)
     for e in topical:
-        _topics(e, direction, parts, of, out)
+        _topics(e, direction, canon, of, out)
 
 
 def _groups(parts: Sequence[TextPart]) -> list[tuple[int, int]]:
@@ -126,17 +133,18 @@ def _groups(parts: Sequence[TextPart]) -> list[tuple[int, int]]:
 
 
 def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextPart],
-               of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
+               texts: Sequence[str], of: Callable[[int], Sentences],
+               out: Findings) -> None:  # fmt: skip
     detector = _detector()
     best = None
     for first, end in _groups(parts):
         part = parts[first]
         if end - first == 1:
-            if not part.text.strip():
+            if not texts[first].strip():
                 continue
-            found = detector.score(part.text, of(first))
+            found = detector.score(texts[first], of(first))
         else:  # text the provider joins: an instruction split between two blocks is one
-            found = detector.score("".join(p.text for p in parts[first:end]))
+            found = detector.score("".join(texts[first:end]))
         if best is None or found.score > best[0].score:
             best = (found, part)
     if best is None:
@@ -152,18 +160,19 @@ def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextP
         out.fire(e, "block", reason, "log" if rule.action == "log" else None)
 
 
-def _topics(e: EffectiveRule, direction: str, parts: Sequence[TextPart],
+def _topics(e: EffectiveRule, direction: str, canon: JoinedParts,
             of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
     assert e.policy.semantic is not None
     clf = e.policy.semantic.topics[e.rule.index - 1]
     rule: ContentFilterRule = e.rule  # type: ignore[assignment]
     best: dict[int, float] = {}
     redact = rule.action == "redact" and e.policy.policy.mode == "enforce"
-    for i in range(len(parts)):
+    for i, back in enumerate(canon.maps):
         for k, score, (start, end) in clf.hits(of(i)):
             best[k] = max(score, best.get(k, 0.0))
-            if redact:
-                out.edits.setdefault(i, []).append((start, end, f"[REDACTED:{rule.id}]"))
+            if redact:  # the sentence's span in the part as sent (None: the form is the text)
+                span = back.span(start, end) if back is not None else (start, end)
+                out.edits.setdefault(i, []).append((*span, f"[REDACTED:{rule.id}]"))
                 out.redactions[rule.id] = out.redactions.get(rule.id, 0) + 1
     if not best:
         return

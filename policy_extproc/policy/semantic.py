@@ -29,6 +29,7 @@ from ..detect.semantic import (
     TopicSpec,
     load_embedder,
 )
+from ..detect.semantic.injection import MODEL as INJECTION_MODEL
 from ..detect.semantic.text import Sentences, embed_sentences
 from ..errors import PolicyError, Problem
 from .model import ContentFilterRule, Policy, PromptInjectionRule, SemanticTopic
@@ -46,7 +47,7 @@ def _detector() -> InjectionDetector:
     global _DETECTOR
     with _DETECTOR_LOCK:
         if _DETECTOR is None:
-            _DETECTOR = InjectionDetector(load_embedder())
+            _DETECTOR = InjectionDetector(load_embedder(INJECTION_MODEL))
         return _DETECTOR
 
 
@@ -142,7 +143,7 @@ def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextP
         if end - first == 1:
             if not texts[first].strip():
                 continue
-            found = detector.score(texts[first], of(first))
+            found = detector.score(texts[first])
         else:  # text the provider joins: an instruction split between two blocks is one
             found = detector.score("".join(texts[first:end]))
         if best is None or found.score > best[0].score:

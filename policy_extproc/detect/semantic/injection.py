@@ -29,7 +29,10 @@ from .embedder import Embedder, embed_texts
 from .signals import NEGATION, SIGNALS
 from .text import Sentences, embed_sentences
 
-EXEMPLARS = "injection_exemplars_v1.yaml"
+EXEMPLARS = "injection_exemplars_v2.yaml"
+# The model the exemplars are read with (docs/semantic.md: the sharper of the two candidates
+# on injection; topics use the default model).
+MODEL = "tokenlearn-10k-64"
 
 # Operating points on the combined score (chosen on the tune split, see docs/semantic.md).
 SENSITIVITY = {"low": 0.85, "medium": 0.7, "high": 0.55}
@@ -58,6 +61,12 @@ def _sentence_start(data: bytes, end: int) -> int:
     """Where the sentence holding the byte before ``end`` starts (as text.sentence_spans cuts,
     by a few ``rfind`` calls: no scan of the whole text per hit)."""
     return max(data.rfind(e, 0, max(end - 1, 0)) + len(e) for e in _ENDS) if end else 0
+
+
+def _sentence_end(data: bytes, end: int) -> int:
+    """Where the sentence holding the byte at ``end - 1`` ends."""
+    found = [i for i in (data.find(e, end) for e in _ENDS) if i >= 0]
+    return min(found) if found else len(data)
 
 
 class _Prefilter:
@@ -97,8 +106,8 @@ class InjectionFinding:
 def _load_exemplars() -> dict[str, object]:
     text = resources.files(__package__).joinpath("data", EXEMPLARS).read_text("utf-8")
     data = yaml.safe_load(text)
-    if not isinstance(data, dict) or data.get("version") != 1:
-        raise ValueError(f"{EXEMPLARS}: not a version 1 exemplar library")
+    if not isinstance(data, dict) or data.get("version") != 2:
+        raise ValueError(f"{EXEMPLARS}: not a version 2 exemplar library")
     return data
 
 
@@ -128,6 +137,7 @@ class InjectionDetector:
     __slots__ = ("_attack", "_benign", "_embedder", "_families", "_patterns", "version")
 
     _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
+    _unless = tuple(re.compile(s.unless.encode()) if s.unless else None for s in SIGNALS)
 
     def __init__(self, embedder: Embedder) -> None:
         self._embedder = embedder
@@ -155,6 +165,9 @@ class InjectionDetector:
             m = self._regexes[tag].search(data, start, end)
             w = SIGNALS[tag].weight
             if m is not None and _NEG.search(data, start, m.start()):
+                w *= _NEGATED
+            unless = self._unless[tag]
+            if unless is not None and unless.search(data, start, _sentence_end(data, end)):
                 w *= _NEGATED
             found[(start, tag)] = w
         best, family = 0.0, ""

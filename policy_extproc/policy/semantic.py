@@ -18,6 +18,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from ..detect.joined import JoinedParts
@@ -169,7 +170,7 @@ def _topics(e: EffectiveRule, direction: str, canon: JoinedParts,
     best: dict[int, float] = {}
     redact = rule.action == "redact" and e.policy.policy.mode == "enforce"
     for i, back in enumerate(canon.maps):
-        for k, score, (start, end) in clf.hits(of(i)):
+        for k, score, (start, end) in clf.hits_in(canon.forms[i], partial(of, i)):
             best[k] = max(score, best.get(k, 0.0))
             if redact:  # the sentence's span in the part as sent (None: the form is the text)
                 span = back.span(start, end) if back is not None else (start, end)

@@ -355,7 +355,6 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("encoding", 0.5, r"['\"][^'\"\n]{2,24}['\"]\s*\+\s*['\"][^'\"\n]{2,24}['\"]"),
     *(Signal("tool_abuse", w, expr) for w, expr in TOOL_ABUSE),
     *(Signal("multilingual", w, expr) for w, expr in OTHER_LANGUAGES),
-
 )
 
 # A signal right after one of these, in its sentence, is talked about, not said: "never reveal

@@ -74,8 +74,8 @@ def build_semantic(policy: Policy) -> SemanticRules | None:
         return None
     try:
         detector = _detector() if wants_injection else None
-        embedder = load_embedder()
-        topics = {i: TopicClassifier(embedder, s) for i, s in specs.items()}
+        # Topics' model, loaded only for a policy with semantic topics.
+        topics = {i: TopicClassifier(load_embedder(), s) for i, s in specs.items()}
     except EmbedderError as exc:
         rule = next(r for r in policy.rules if isinstance(r, PromptInjectionRule)
                     or (isinstance(r, ContentFilterRule) and r.index - 1 in specs))  # fmt: skip
@@ -100,7 +100,6 @@ def scan_semantic(
         return
     injection = [e for e in rules if e.rule.type == "prompt_injection"]
     topical = [e for e in rules if e.rule.type == "content_filter"]
-    embedder = load_embedder()
     # The canonical forms the content filters computed for these parts (computed once per
     # request: detect/joined remembers the last parts' forms).
     canon = JoinedParts([p.text for p in parts], (), "\n")
@@ -110,7 +109,7 @@ def scan_semantic(
     def of(i: int) -> Sentences:
         s = sentences[i]
         if s is None:
-            s = sentences[i] = embed_sentences(embedder, texts[i])
+            s = sentences[i] = embed_sentences(load_embedder(), texts[i])
         return s
 
     if injection:

@@ -1,7 +1,9 @@
 """Quality and cost of the semantic guards (prompt injection, topics by meaning).
 
 Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
-[--model wordllama-l2-256|tokenlearn-10k-64] [--iterations N]``. Prints tables; never asserts.
+[--model wordllama-l2-256|tokenlearn-10k-64] [--injection-model ...] [--iterations N]``
+(``--model``: the topics' model; ``--injection-model``: prompt injection's; the defaults are
+the shipped ones). Prints tables; never asserts.
 
 Data: ``tests/data/semantic/`` (written for this project). ``heldout`` (the default) is the part
 never used to choose thresholds, signals or exemplars; ``tune`` is the part that was.
@@ -11,8 +13,9 @@ never used to choose thresholds, signals or exemplars; ``tune`` is the part that
   shipped sensitivity (low, medium, high);
 - topics: per topic, recall of the paraphrases and the share of near misses and unrelated texts
   that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing;
-- cost: what both classifiers add to ``check_request`` on a 4 KB chat request, in-process
-  (warm: words seen before; cold: each request's words new), p50 / p99; compile of 100
+- cost: what both classifiers add to ``check_request`` on 4 KB chat requests, in-process, in
+  interleaved rounds (wall and CPU time of this thread, p50 / p99): one new message of known
+  words, one of new words, and a chat's 8th turn (7 earlier messages resent); compile of 100
   semantic topics.
 """
 
@@ -31,7 +34,8 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from policy_extproc.detect.semantic.embedder import load_embedder  # noqa: E402
+from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL, load_embedder  # noqa: E402
+from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import SENSITIVITY, InjectionDetector  # noqa: E402
 from policy_extproc.detect.semantic.topics import (  # noqa: E402
     DEFAULT_THRESHOLD,
@@ -124,7 +128,7 @@ def topics(model: str, split: str) -> None:
 
 def _pcts(samples: list[float]) -> str:
     s = sorted(samples)
-    return f"p50 {s[len(s) // 2] * 1e3:.3f} ms, p99 {s[int(len(s) * 0.99)] * 1e3:.3f} ms"
+    return f"p50 {s[len(s) // 2] * 1e3:.3f}, p99 {s[int(len(s) * 0.99)] * 1e3:.3f} ms"
 
 
 def _policies(semantic: bool, examples: dict[str, list[str]]) -> str:
@@ -137,56 +141,78 @@ def _policies(semantic: bool, examples: dict[str, list[str]]) -> str:
     return "policy_name: p\norg: acme\nrules:\n" + "\n".join(rules) + "\n"
 
 
-def cost(model: str, iterations: int) -> None:
-    """What the two classifiers add to ``check_request`` on a 4 KB chat request (the real
-    in-process path: parts embedded once, both classifiers), warm and with every word new."""
-    if model != load_embedder().name:
-        print(f"\ncost: measured with the shipped model only ({load_embedder().name})")
+def _context(messages: list[dict[str, str]]) -> RequestContext:
+    body = {"model": "gpt-4o-mini", "messages": messages}
+    return build_context({"x-org-id": "acme"}, parse_request(CHAT, json.dumps(body).encode()),
+                         catalog=load_catalog())  # fmt: skip
+
+
+def cost(iterations: int) -> None:
+    """What the two classifiers add to ``check_request`` on 4 KB chat requests (the real
+    in-process path), in interleaved rounds: each request is judged with and without the
+    semantic rules back to back, and the difference of the two is the sample."""
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
     benign = [t for v in inj["benign"].values() for t in v]
     data = yaml.safe_load((DATA / "topics.yaml").read_text())
     examples = {n: t["examples"] for n, t in data["topics"].items()}
     snaps = {
-        flag: Snapshot(load_sources([("p.yaml", _policies(flag, examples))]))
+        flag: Snapshot(load_sources([("p.yaml", _policies(flag, examples))])).resolve(
+            "acme", "", ""
+        )
         for flag in (False, True)
     }
     rng = random.Random(7)
 
-    def request(fresh: bool) -> RequestContext:
+    def prose(size: int, fresh: bool) -> str:
+        """Sentences of known words in a new order (no part seen before), or of new words."""
         words: list[str] = []
-        while sum(len(w) + 1 for w in words) < 4096:
+        while sum(len(w) + 1 for w in words) < size:
             sentence = rng.choice(benign).split()
+            rng.shuffle(sentence)
             if fresh:  # words never seen: each request pays the tokenizer and the topic cache
                 sentence = [w + str(rng.randrange(10**6)) for w in sentence]
             words += sentence
-        body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content":
-                " ".join(words)[:4096]}]}  # fmt: skip
-        return build_context(
-            {"x-org-id": "acme"},
-            parse_request(CHAT, json.dumps(body).encode()),
-            catalog=load_catalog(),
-        )
+        return " ".join(words)[:size]
 
-    print(f"\ncost, in-process check_request, {iterations} chat requests of 4 KB (prompt of "
-          "hard-negative sentences: many heuristic cues to check):")  # fmt: skip
-    for label, fresh in (("warm words", False), ("every word new", True)):
-        ctxs = [request(fresh) for _ in range(iterations)]
-        row = {}
-        for flag, snap in snaps.items():
-            es = snap.resolve("acme", "", "")
-            for c in ctxs[:50]:
-                check_request(es, c)
-            samples = []
-            for c in ctxs:
-                t0 = time.perf_counter()
-                check_request(es, c)
-                samples.append(time.perf_counter() - t0)
-            row[flag] = sorted(samples)
-        base, sem = row[False], row[True]
-        n = len(base)
-        added = [(sem[int(n * q)] - base[int(n * q)]) * 1e3 for q in (0.5, 0.99)]
-        print(f"  {label}: without {_pcts(base)}; with {_pcts(sem)}; "
-              f"added p50 {added[0]:.3f} ms, p99 {added[1]:.3f} ms")  # fmt: skip
+    def one(label: str, requests: list[list[RequestContext]]) -> None:
+        """Each item: the requests of one conversation; the last one is timed."""
+        wall: dict[bool, list[float]] = {False: [], True: []}
+        cpu: dict[bool, list[float]] = {False: [], True: []}
+        added_wall, added_cpu = [], []
+        for n, convo in enumerate(requests):
+            for ctx in convo[:-1]:
+                for es in snaps.values():
+                    check_request(es, ctx)
+            ctx = convo[-1]
+            got = {}
+            for flag in (False, True) if n % 2 else (True, False):
+                w0, c0 = time.perf_counter(), time.thread_time()
+                check_request(snaps[flag], ctx)
+                got[flag] = (time.perf_counter() - w0, time.thread_time() - c0)
+                wall[flag].append(got[flag][0])
+                cpu[flag].append(got[flag][1])
+            added_wall.append(got[True][0] - got[False][0])
+            added_cpu.append(got[True][1] - got[False][1])
+        print(f"  {label}:\n    without: wall {_pcts(wall[False])}; with: wall {_pcts(wall[True])}"
+              f"\n    added: wall {_pcts(added_wall)}; cpu {_pcts(added_cpu)}")  # fmt: skip
+
+    print(f"\ncost, in-process check_request, {iterations} chat requests of 4 KB each, interleaved "
+          "with/without the semantic rules (a prompt_injection rule, a rule of 4 semantic "
+          "topics); prompt of shuffled hard-negative sentences (many heuristic cues):")  # fmt: skip
+    warm = [[_context([{"role": "user", "content": prose(4096, False)}])] for _ in range(50)]
+    one("warm-up (not a result)", warm)
+    one("one new 4 KB message, known words",
+        [[_context([{"role": "user", "content": prose(4096, False)}])]
+         for _ in range(iterations)])  # fmt: skip
+    one("one new 4 KB message, every word new",
+        [[_context([{"role": "user", "content": prose(4096, True)}])]
+         for _ in range(iterations)])  # fmt: skip
+    chats = []
+    for _ in range(iterations):
+        turns = [{"role": ("user", "assistant")[k % 2], "content": prose(512, False)}
+                 for k in range(8)]  # fmt: skip
+        chats.append([_context(turns[: k + 1]) for k in range(8)])
+    one("a chat's 8th turn: 7 earlier messages resent + a new one, 4 KB in all", chats)
     emb = load_embedder()
     specs = [TopicSpec(n, tuple(ex)) for n, ex in examples.items()]
     many = [TopicSpec(f"topic{i}", tuple(f"{e} variant {i}" for e in specs[i % 4].examples))
@@ -199,17 +225,19 @@ def cost(model: str, iterations: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--split", default="heldout", choices=("heldout", "tune", "all"))
-    ap.add_argument("--model", default="wordllama-l2-256")
+    ap.add_argument("--model", default=DEFAULT_MODEL, help="the topics' model")
+    ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--no-cost", action="store_true")
     args = ap.parse_args()
-    t0 = time.perf_counter()
-    load_embedder(args.model)
-    print(f"model {args.model} loaded in {time.perf_counter() - t0:.2f} s")
-    injection(args.model, args.split)
+    for name in dict.fromkeys((args.injection_model, args.model)):
+        t0 = time.perf_counter()
+        load_embedder(name)
+        print(f"model {name} loaded in {time.perf_counter() - t0:.2f} s")
+    injection(args.injection_model, args.split)
     topics(args.model, args.split)
     if not args.no_cost:
-        cost(args.model, args.iterations)
+        cost(args.iterations)
 
 
 if __name__ == "__main__":

@@ -4,8 +4,14 @@ say where a sentence was.
 The ``prompt_injection`` kind (``policy.rules.prompt_injection``) runs the semantic pass of a
 request or an answer: each part's sentences are embedded once and given to the injection
 detector and to every semantic topic of ``content_filter`` rules (``rules.content_filter``).
-Compile time loads the shipped model once per process and embeds every semantic topic's
+Compile time loads the shipped models once per process (tokenlearn's for prompt injection,
+wordllama's for topics, each only when a policy needs it) and embeds every semantic topic's
 examples once per rule. Reasons name the signal or topic and its score, never the text.
+
+Both classifiers read the canonical form of each part (``detect/canonical``: NFKC, ignorables
+removed, confusables folded), the same text the other content filters match, so an instruction
+spelt with Cyrillic look-alikes or zero-width characters reads as the model reads it; a topic
+redaction is mapped back to the original span.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import threading
 from collections.abc import Sequence
 
 from ..detect.semantic import InjectionDetector, load_embedder
+from ..detect.semantic.injection import MODEL as INJECTION_MODEL
 from .findings import TextPart
 
 _DETECTOR: InjectionDetector | None = None
@@ -25,7 +32,7 @@ def detector() -> InjectionDetector:
     global _DETECTOR
     with _DETECTOR_LOCK:
         if _DETECTOR is None:
-            _DETECTOR = InjectionDetector(load_embedder())
+            _DETECTOR = InjectionDetector(load_embedder(INJECTION_MODEL))
         return _DETECTOR
 
 

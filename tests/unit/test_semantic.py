@@ -24,6 +24,7 @@ from policy_extproc.detect.semantic import (
     load_embedder,
 )
 from policy_extproc.detect.semantic.embedder import embed_texts
+from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL
 from policy_extproc.detect.semantic.text import sentence_spans
 from policy_extproc.errors import PolicyError
 from policy_extproc.llm.request import parse_request
@@ -44,8 +45,8 @@ def model() -> Any:
 
 
 @pytest.fixture(scope="module")
-def detector(model: Any) -> InjectionDetector:
-    return InjectionDetector(model)
+def detector() -> InjectionDetector:
+    return InjectionDetector(load_embedder(INJECTION_MODEL))
 
 
 # -- sentences and embedders ------------------------------------------------------------------

@@ -61,6 +61,17 @@ def embed_texts(embedder: Embedder, texts: Sequence[str]) -> Vectors:
     return embedder.embed_spans(joined, spans)
 
 
+def columns(rows: Vectors) -> Vectors:
+    """``rows`` transposed into a contiguous array, for ``vectors @ columns(rows)``.
+
+    Compile-time matrices are stored this way: the product with a transposed view
+    (``vectors @ rows.T``) goes to a BLAS call that OpenBLAS may split over its threads, and on
+    a busy 2-core machine that put tens of milliseconds on the p99 of a 40 x 256 by 256 x 68
+    product; the contiguous operand does not (13 us p50, 43 us p99 there).
+    """
+    return np.ascontiguousarray(rows.T)
+
+
 def _normalise(rows: Vectors) -> Vectors:
     norms = np.linalg.norm(rows, axis=1, keepdims=True)
     np.maximum(norms, 1e-12, out=norms)

@@ -25,11 +25,14 @@ import hyperscan
 import numpy as np
 import yaml
 
-from .embedder import Embedder, embed_texts
+from .embedder import Embedder, columns, embed_texts
 from .signals import NEGATION, SIGNALS
-from .text import Sentences, embed_sentences
+from .text import Memo, Sentences, embed_sentences
 
-EXEMPLARS = "injection_exemplars_v1.yaml"
+EXEMPLARS = "injection_exemplars_v2.yaml"
+# The model the exemplars are read with (docs/semantic.md: the sharper of the two candidates
+# on injection; topics use the default model).
+MODEL = "tokenlearn-10k-64"
 
 # Operating points on the combined score (chosen on the tune split, see docs/semantic.md).
 SENSITIVITY = {"low": 0.85, "medium": 0.7, "high": 0.55}
@@ -58,6 +61,12 @@ def _sentence_start(data: bytes, end: int) -> int:
     """Where the sentence holding the byte before ``end`` starts (as text.sentence_spans cuts,
     by a few ``rfind`` calls: no scan of the whole text per hit)."""
     return max(data.rfind(e, 0, max(end - 1, 0)) + len(e) for e in _ENDS) if end else 0
+
+
+def _sentence_end(data: bytes, end: int) -> int:
+    """Where the sentence holding the byte at ``end - 1`` ends."""
+    found = [i for i in (data.find(e, end) for e in _ENDS) if i >= 0]
+    return min(found) if found else len(data)
 
 
 class _Prefilter:
@@ -97,8 +106,8 @@ class InjectionFinding:
 def _load_exemplars() -> dict[str, object]:
     text = resources.files(__package__).joinpath("data", EXEMPLARS).read_text("utf-8")
     data = yaml.safe_load(text)
-    if not isinstance(data, dict) or data.get("version") != 1:
-        raise ValueError(f"{EXEMPLARS}: not a version 1 exemplar library")
+    if not isinstance(data, dict) or data.get("version") != 2:
+        raise ValueError(f"{EXEMPLARS}: not a version 2 exemplar library")
     return data
 
 
@@ -125,9 +134,10 @@ def _decodings(low: bytes, raw: bytes) -> list[bytes]:
 class InjectionDetector:
     """Signals and exemplars compiled once; ``score(text)`` per part at request time."""
 
-    __slots__ = ("_attack", "_benign", "_embedder", "_families", "_patterns", "version")
+    __slots__ = ("_attack", "_benign", "_embedder", "_families", "_memo", "_patterns", "version")
 
     _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
+    _unless = tuple(re.compile(s.unless.encode()) if s.unless else None for s in SIGNALS)
 
     def __init__(self, embedder: Embedder) -> None:
         self._embedder = embedder
@@ -137,8 +147,10 @@ class InjectionDetector:
         attacks: dict[str, list[str]] = data["attacks"]  # type: ignore[assignment]
         texts = [t for family in attacks.values() for t in family]
         self._families = [f for f, family in attacks.items() for _ in family]
-        self._attack = embed_texts(embedder, texts)
-        self._benign = embed_texts(embedder, list(data["benign"]))  # type: ignore[call-overload]
+        # Kept as columns (a contiguous transpose): see embedder.columns.
+        self._attack = columns(embed_texts(embedder, texts))
+        self._benign = columns(embed_texts(embedder, list(data["benign"])))  # type: ignore[call-overload]
+        self._memo: Memo[InjectionFinding] = Memo()
 
     def _heuristic(self, data: bytes) -> tuple[float, str]:
         """Best (noisy-or score, family) over the sentences of lower-cased ``data``."""
@@ -155,6 +167,9 @@ class InjectionDetector:
             m = self._regexes[tag].search(data, start, end)
             w = SIGNALS[tag].weight
             if m is not None and _NEG.search(data, start, m.start()):
+                w *= _NEGATED
+            unless = self._unless[tag]
+            if unless is not None and unless.search(data, start, _sentence_end(data, end)):
                 w *= _NEGATED
             found[(start, tag)] = w
         best, family = 0.0, ""
@@ -174,9 +189,9 @@ class InjectionDetector:
         if not sentences.spans:
             return 0.0, ""
         vecs = sentences.vectors
-        attack = vecs @ self._attack.T
+        attack = vecs @ self._attack
         near = attack.max(axis=1)
-        margin = near - (vecs @ self._benign.T).max(axis=1)
+        margin = near - (vecs @ self._benign).max(axis=1)
         score = np.clip(near - _SIM_FLOOR + margin, 0.0, 1.0)
         i = int(score.argmax())
         if score[i] <= 0.0:
@@ -184,8 +199,14 @@ class InjectionDetector:
         return float(score[i]), self._families[int(attack[i].argmax())]
 
     def score(self, text: str, sentences: Sentences | None = None) -> InjectionFinding:
-        """The injection score of one part (0 when nothing looks like an attack);
-        ``sentences``: the part's, when the caller has embedded them already."""
+        """The injection score of one part (0 when nothing looks like an attack), remembered
+        by its text; ``sentences``: the part's, when the caller has embedded them already."""
+        found = self._memo.get(text)
+        if found is None:
+            found = self._memo.put(text, self._score(text, sentences))
+        return found
+
+    def _score(self, text: str, sentences: Sentences | None) -> InjectionFinding:
         raw = text.encode("utf-8", "replace")
         low = text.lower().encode("utf-8", "replace")
         h, family = self._heuristic(low)

@@ -10,29 +10,49 @@ system-prompt extraction, persona / developer-mode jailbreaks, instructions hidd
 and tool results, encodings and payload splitting, tool abuse by agents, and the override and
 extraction phrasings of other languages. Matching is on the lower-cased UTF-8 bytes, so
 ``\\b`` and ``\\w`` are ASCII: a signal must not put ``\\b`` next to a non-ASCII letter, nor a
-non-ASCII letter in a ``[...]`` class (write ``(c|ç)``). Encoded text (base64, ROT13,
-leetspeak, spaced-out letters) is decoded by ``injection`` and scanned with the same signals.
+non-ASCII letter in a ``[...]`` class (write ``(c|ç)``). The signals of tool abuse
+(``agents.py``) and of other languages (``languages.py``) live apart, as (weight, expression)
+pairs. Encoded text (base64, ROT13, leetspeak, spaced-out letters) is decoded by ``injection``
+and scanned with the same signals.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .agents import TOOL_ABUSE
+from .languages import OTHER_LANGUAGES
+
 
 @dataclass(frozen=True, slots=True)
 class Signal:
+    """``unless``: a benign context that damps the signal when its sentence holds it (Python
+    ``re``, checked only on a hit): "developer mode" on a phone is a setting, not a persona."""
+
     family: str
     weight: float
     expr: str
+    unless: str = ""
+
+
+# Devices and software where "developer / debug / god mode" is a setting.
+_DEVICE = (
+    r"\b(phone|android|iphone|ios|pixel|samsung|windows|mac ?os|linux|chrome|firefox|browser|"
+    r"extension|settings|app|console|xbox|playstation|router|game|minecraft|bios|tv)\b"
+)
 
 
 _G = r"[^.\n]{0,40}"  # a gap inside one sentence
 _G2 = r"[^.\n]{0,80}"
 _VERB_IGNORE = (
     r"(ignore|ignoring|disregard|forget|skip|discard|override|bypass|supersede|set aside|"
-    r"pay no attention to|never ?mind|cancel|drop|abandon|stop (following|obeying))"
+    r"pay no attention to|never ?mind|cancel|drop|abandon|stop (following|obeying)|scrap|"
+    r"throw (out|away)|toss( out)?|overlook|nullify|revoke|withdraw|erase|wipe)"
 )
-_EARLIER = r"(previous|prior|earlier|above|preceding|antecedent|original|initial|old|former)"
+_EARLIER = (
+    r"(previous|prior|earlier|above|preceding|antecedent|original|initial|old|former|"
+    r"configured|existing|current|standing)"
+)
 _ORDERS = (
     r"(instructions?|directives?|rules|guidelines|guidance|prompts?|programming|constraints|"
     r"orders|commands|directions|system (message|prompt)|policies)"
@@ -93,6 +113,31 @@ SIGNALS: tuple[Signal, ...] = (
         r"(was|were) (just )?(a test|fake|wrong)",
     ),
     Signal("override", 0.8, r"\b(start fresh|from scratch) with (mine|my instructions)"),
+    Signal(
+        "override",
+        0.8,
+        rf"\b{_VERB_IGNORE}\b{_G}\b{_ORDERS}\b[^.\n]{{0,30}}\b(from|at) (the )?(start|top|"
+        r"beginning)\b",
+    ),
+    Signal(
+        "override",
+        0.8,
+        r"\b(whatever|everything|anything|all) (your |the )?(operator|developer|creator|owner|"
+        r"company|admin)s? (configured|set up|wrote|told you|gave you)\b[^.\n]{0,30}\b(is|are|"
+        r"was|were) (now )?(cancell?ed|void|null|revoked|withdrawn|over|gone)",
+    ),
+    Signal(
+        "override",
+        0.8,
+        rf"\b{_ORDERS}\b[^.\n]{{0,30}}\b(is|are) (now )?(withdrawn|revoked|rescinded|void|null "
+        r"and void|suspended|lifted)\b",
+    ),
+    Signal(
+        "override",
+        0.75,
+        rf"\b(your|the) (setup|configuration|system|initial) (text|message|prompt|"
+        rf"{_ORDERS}) (no longer|doesn't|does not|don't|do not) (binds?|appl(y|ies)|count|matter)",
+    ),
     # -- system-prompt extraction
     Signal("extraction", 0.9, rf"\b{_SHOW}\b{_G}\b{_SECRET}"),
     Signal(
@@ -134,6 +179,31 @@ SIGNALS: tuple[Signal, ...] = (
         r"rules)\b",
     ),
     Signal("extraction", 0.7, r"\bprecedes? this conversation\b"),
+    Signal(
+        "extraction",
+        0.85,
+        rf"\bwhat\b[^.\n]{{0,20}}\b{_ORDERS} (were|was|have) you (been )?(given|told|"
+        r"configured|set up|programmed|started)",
+    ),
+    Signal(
+        "extraction",
+        0.8,
+        r"\b(message|text|prompt|instructions?|configuration)\b[^.\n]{0,30}\b(placed|put|"
+        r"written|inserted|sent|given) (to you )?before (my|the user'?s?|our) (first|very "
+        r"first) (message|question|turn)",
+    ),
+    Signal(
+        "extraction",
+        0.75,
+        r"\b(text|message|prompt|instructions?|configuration|rules)\b[^.\n]{0,30}\byou were "
+        r"(started|initiali[sz]ed|configured|set up|launched|booted|deployed) with\b",
+    ),
+    Signal(
+        "extraction",
+        0.35,
+        rf"\b{_SHOW}\b[^.\n]{{0,40}}\b(word for word|verbatim|unabridged|unedited|in full|"
+        r"exactly as (it is|written))",
+    ),
     Signal("extraction", 0.7, r"\bleak (your|the) (prompt|instructions)"),
     # -- persona and developer-mode jailbreaks
     Signal(
@@ -148,6 +218,7 @@ SIGNALS: tuple[Signal, ...] = (
         0.7,
         r"\b(enable|enter|activate|switch (in)?to|turn on|in)\s+(the\s+)?"
         r"(developer|god|maintenance|debug|jailbreak|dan|unrestricted) mode\b",
+        _DEVICE,
     ),
     Signal(
         "persona",
@@ -202,6 +273,13 @@ SIGNALS: tuple[Signal, ...] = (
         r"\b(unfiltered|uncensored|unrestricted) (alter ego|answer|response|"
         r"mode|version)",
     ),
+    # The "grandma exploit": a dead relative who used to tell how to do the forbidden thing.
+    Signal(
+        "persona",
+        0.5,
+        r"\b(role-?play|pretend|act|play|be) (as |to be )?my (late |dead |deceased )?"
+        r"(grand(ma|mother|pa|father)|nan|granny)",
+    ),
     # -- instructions hidden in documents and tool results: text that talks to the model
     Signal(
         "hidden",
@@ -232,6 +310,12 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("hidden", 0.5, r"<!--[^>]{0,200}\b(ai|assistant|ignore|instructions?)\b"),
     Signal("hidden", 0.45, r"display\s*:\s*none|white text|hidden text"),
     Signal("hidden", 0.45, r"\bwhen you read this\b"),
+    Signal(
+        "hidden",
+        0.5,
+        r"\b(ai|automated|llm|bot) (screeners?|reviewers?|graders?|recruiters?|"
+        r"evaluators?)\b",
+    ),
     Signal(
         "hidden",
         0.55,
@@ -269,78 +353,8 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("encoding", 0.5, r"\bpart\s*1\b[^\n]{0,80}\bpart\s*2\b"),
     Signal("encoding", 0.6, r"\bfirst letter of (each|every) word\b"),
     Signal("encoding", 0.5, r"['\"][^'\"\n]{2,24}['\"]\s*\+\s*['\"][^'\"\n]{2,24}['\"]"),
-    # -- tool abuse by agents
-    Signal(
-        "tool_abuse",
-        0.85,
-        r"(\brm\s+-rf\b|\bdrop\s+table\b|/etc/(passwd|shadow)|\.ssh/"
-        r"(id_|authorized_keys)|authorized_keys|169\.254\.169\.254|"
-        r"\bcurl\b[^|\n]{0,80}\|\s*(ba)?sh\b|os\.system\(|shutdown\s+-h|"
-        r"push\s+--force|\bmkfs\b)",
-    ),
-    Signal(
-        "tool_abuse",
-        0.4,
-        r"\b(without (asking|confirmation|confirming|telling)|no "
-        r"confirmation|do not mention|don't mention|quietly|silently|"
-        r"secretly|hide that)\b",
-    ),
-    Signal(
-        "tool_abuse",
-        0.55,
-        r"\b(send|forward|post|upload|email|exfiltrate|share|transfer|"
-        r"paste|print)\w*\b[^.\n]{0,50}\b(conversation|history|inbox|"
-        r"(customer )?records|api keys?|passwords?|environment variables|"
-        r"credentials|secrets|schedule|id_rsa|tokens)\b",
-    ),
-    Signal(
-        "tool_abuse",
-        0.45,
-        r"\b(to|at) (my|this|our|an external) (server|address|account|"
-        r"endpoint|webhook)|@[a-z0-9-]+\.(example|com|net|org|io)\b",
-    ),
-    Signal(
-        "tool_abuse",
-        0.3,
-        r"\b(call|invoke|use|run|execute|trigger)\s+(the\s+)?[a-z_]+\s*"
-        r"(tool|api|function|interpreter)\b",
-    ),
-    Signal(
-        "tool_abuse",
-        0.6,
-        r"\b(create_admin|delete_all|delete_repository|grant write access "
-        r"to everyone|transfer \d+ (dollars|euros))",
-    ),
-    # -- other languages: override and extraction
-    Signal(
-        "multilingual",
-        0.9,
-        r"(\b(ignora|olvida|ignore|ignoriere|vergiss|oublie|dimentica|"
-        r"esque(c|ç)a|negeer|vergeet|zignoruj|zapomnij)\b|игнорируй|забудь)"
-        r"[^.\n]{0,80}(instrucciones|reglas|anweisungen|regeln|"
-        r"instructions|règles|consignes|istruzioni|regole|instruções|"
-        r"regras|instructies|instrukcj|инструкци|правила)",
-    ),
-    Signal("multilingual", 0.9, r"(忽略|无视|無視|忘记)[^\n]{0,60}(指令|指示|提示|规则|ルール)"),
-    Signal(
-        "multilingual", 0.9, r"무시[^.\n]{0,60}(지시|프롬프트|규칙)|(지시|규칙)[^.\n]{0,60}무시"
-    ),
-    Signal("multilingual", 0.9, r"talimat[^.\n]{0,30}(yok say|görmezden gel)"),
-    Signal(
-        "multilingual",
-        0.7,
-        r"(prompt del sistema|systemprompt|message système|prompt do "
-        r"sistema|systeemprompt|系统提示|システムプロンプト|системный промпт|"
-        r"시스템 프롬프트|prompt systemowy|sistem istemi|instructions cachées|"
-        r"istruzioni nascoste|instruções ocultas|consignes cachées)",
-    ),
-    Signal(
-        "multilingual",
-        0.6,
-        r"(\b(sin (ninguna )?(limitaci(o|ó)n|restricci(o|ó)n)|ohne "
-        r"einschränkungen|sans restriction|senza restrizioni|sem "
-        r"restrições)|без ограничений)",
-    ),
+    *(Signal("tool_abuse", w, expr) for w, expr in TOOL_ABUSE),
+    *(Signal("multilingual", w, expr) for w, expr in OTHER_LANGUAGES),
 )
 
 # A signal right after one of these, in its sentence, is talked about, not said: "never reveal

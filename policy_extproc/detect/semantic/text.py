@@ -4,13 +4,16 @@ removed, confusables folded: what every other filter scans), so none of that is 
 from __future__ import annotations
 
 import re
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 if TYPE_CHECKING:
     from .embedder import Embedder, Vectors
 
 Span = tuple[int, int]
+T = TypeVar("T")
 
 # A sentence ends at . ! ? ; followed by space or the end, at a line break, or at the CJK full
 # stop (canonical text is NFKC, so fullwidth ! ? ; are already ASCII); a very long run without
@@ -63,3 +66,41 @@ class Sentences:
 def embed_sentences(embedder: Embedder, text: str) -> Sentences:
     spans = sentence_spans(text)
     return Sentences(text, spans, embedder.embed_spans(text, spans))
+
+
+class Memo(Generic[T]):
+    """Results per part text, the least recently used dropped first (bounded in entries and in
+    characters held). The previous turns of a chat come back with every request: each part is
+    judged once, then found here by its text (a dict look-up: one hash of the text)."""
+
+    __slots__ = ("_chars", "_items", "_lock", "max_chars", "max_items")
+
+    def __init__(self, max_items: int = 4096, max_chars: int = 8_000_000) -> None:
+        self.max_items = max_items
+        self.max_chars = max_chars
+        self._items: OrderedDict[str, T] = OrderedDict()
+        self._chars = 0
+        self._lock = threading.Lock()
+
+    def get(self, text: str) -> T | None:
+        with self._lock:
+            found = self._items.get(text)
+            if found is not None:
+                self._items.move_to_end(text)
+            return found
+
+    def put(self, text: str, value: T) -> T:
+        if len(text) > self.max_chars // 8:  # one huge part must not flush the rest
+            return value
+        with self._lock:
+            if text not in self._items:
+                self._chars += len(text)
+            self._items[text] = value
+            self._items.move_to_end(text)
+            while len(self._items) > self.max_items or self._chars > self.max_chars:
+                old, _ = self._items.popitem(last=False)
+                self._chars -= len(old)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._items)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from itertools import repeat
@@ -34,8 +34,8 @@ from itertools import repeat
 import numpy as np
 import yaml
 
-from .embedder import Embedder, Vectors, embed_texts
-from .text import Sentences, Span, embed_sentences
+from .embedder import Embedder, Vectors, columns, embed_texts
+from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.55
 BACKGROUND = "topic_background_v1.yaml"
@@ -124,8 +124,8 @@ def _generic(low: str, start: int, end: int) -> bool:
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
-    __slots__ = ("_bg", "_bg_words", "_cache", "_emb", "_ex", "_ex_owner", "_lock", "_rows",
-                 "_tw", "_tw_owner", "names", "thresholds")  # fmt: skip
+    __slots__ = ("_bg", "_bg_words", "_cache", "_emb", "_ex", "_ex_owner", "_lock", "_memo",
+                 "_rows", "_tw", "_tw_owner", "names", "thresholds")  # fmt: skip
 
     def __init__(self, embedder: Embedder, topics: Sequence[TopicSpec]) -> None:
         self._emb = embedder
@@ -134,35 +134,37 @@ class TopicClassifier:
             t.threshold if t.threshold is not None else DEFAULT_THRESHOLD for t in topics
         )
         background = _background()
-        self._bg = embed_texts(embedder, background)
+        # Matrices kept as columns (a contiguous transpose): see embedder.columns.
+        self._bg = columns(embed_texts(embedder, background))
         examples = [e for t in topics for e in t.examples]
-        self._ex = embed_texts(embedder, examples)
+        self._ex = columns(embed_texts(embedder, examples))
         self._ex_owner = np.asarray([i for i, t in enumerate(topics) for _ in t.examples])
         # A topic's own words: those of its examples that the background does not use.
         bg_words = set(_words(background))
         own = [[w for w in _words(t.examples) if w not in bg_words and w not in _COMMON
                 and len(w) > 2] for t in topics]  # fmt: skip
         words = [w for ws in own for w in ws]
-        self._tw = embed_texts(embedder, words)
+        self._tw = columns(embed_texts(embedder, words))
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws])
-        self._bg_words = embed_texts(embedder, sorted(bg_words))
+        self._bg_words = columns(embed_texts(embedder, sorted(bg_words)))
         self._cache: dict[str, int] = {}  # word -> row of ``_rows`` (its margins per topic)
         self._rows = np.zeros((256, len(self.names)), np.float32)
         self._lock = threading.Lock()
+        self._memo: Memo[list[tuple[int, float, Span]]] = Memo()
 
     def _word_margins(self, words: list[str]) -> Vectors:
         """Per word and topic: nearest own word minus nearest neighbour word."""
         vecs = embed_texts(self._emb, words)
         n = len(self.names)
         if len(self._tw_owner):
-            sims = vecs @ self._tw.T
+            sims = vecs @ self._tw
             mine = np.full((len(words), n), -1.0, np.float32)
             present = np.unique(self._tw_owner)
             starts = np.searchsorted(self._tw_owner, present)
             mine[:, present] = np.maximum.reduceat(sims, starts, axis=1)
         else:
             mine = np.full((len(words), n), -1.0, np.float32)
-        bg = (vecs @ self._bg_words.T).max(axis=1) if len(self._bg_words) else -1.0
+        bg = (vecs @ self._bg_words).max(axis=1) if self._bg_words.shape[1] else -1.0
         neighbour = np.maximum(_others_max(mine), np.asarray(bg)[..., None])
         neighbour = np.maximum(neighbour, _WORD_FLOOR)
         return np.asarray(np.maximum(mine - neighbour, 0.0) * _WORD_WEIGHT, np.float32)
@@ -200,6 +202,15 @@ class TopicClassifier:
         out[has] = np.maximum.reduceat(table, starts[has], axis=0)
         return out
 
+    def hits_in(self, text: str,
+                sentences: Callable[[], Sentences]) -> list[tuple[int, float, Span]]:  # fmt: skip
+        """``hits`` of ``text``, remembered by the text: ``sentences`` (its sentences, embedded
+        with this classifier's model) is called only for a text not judged before."""
+        found = self._memo.get(text)
+        if found is None:
+            found = self._memo.put(text, self.hits(sentences()))
+        return found
+
     def hits(self, sentences: Sentences) -> list[tuple[int, float, Span]]:
         """(topic index, score, sentence span) of every sentence that reaches a topic's
         threshold, and of the best sentence per topic with a score above 0 (``score_all``)."""
@@ -210,8 +221,8 @@ class TopicClassifier:
             return []
         vecs, spans, text = sentences.vectors, sentences.spans, sentences.text
         n = len(self.names)
-        mine = _group_max(vecs @ self._ex.T, self._ex_owner, n)
-        neighbour = np.maximum(_others_max(mine), (vecs @ self._bg.T).max(axis=1)[:, None])
+        mine = _group_max(vecs @ self._ex, self._ex_owner, n)
+        neighbour = np.maximum(_others_max(mine), (vecs @ self._bg).max(axis=1)[:, None])
         low = text.lower()
         if len(low) != len(text):  # a character whose lower case is longer: per word, then
             low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)

@@ -3,6 +3,7 @@ removed, confusables folded: what every other filter scans), so none of that is 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 from collections import OrderedDict
@@ -70,36 +71,44 @@ def embed_sentences(embedder: Embedder, text: str) -> Sentences:
 
 class Memo(Generic[T]):
     """Results per part text, the least recently used dropped first (bounded in entries and in
-    characters held). The previous turns of a chat come back with every request: each part is
-    judged once, then found here by its text (a dict look-up: one hash of the text)."""
+    the characters of the texts judged). The previous turns of a chat come back with every
+    request: each part is judged once, then found here. Texts are held by their BLAKE2b digest
+    (128 bits), never as text: the prompts of a request do not outlive it in the sidecar."""
 
     __slots__ = ("_chars", "_items", "_lock", "max_chars", "max_items")
 
     def __init__(self, max_items: int = 4096, max_chars: int = 8_000_000) -> None:
         self.max_items = max_items
         self.max_chars = max_chars
-        self._items: OrderedDict[str, T] = OrderedDict()
+        self._items: OrderedDict[bytes, tuple[T, int]] = OrderedDict()
         self._chars = 0
         self._lock = threading.Lock()
 
+    @staticmethod
+    def _key(text: str) -> bytes:
+        return hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
     def get(self, text: str) -> T | None:
+        key = self._key(text)
         with self._lock:
-            found = self._items.get(text)
-            if found is not None:
-                self._items.move_to_end(text)
-            return found
+            found = self._items.get(key)
+            if found is None:
+                return None
+            self._items.move_to_end(key)
+            return found[0]
 
     def put(self, text: str, value: T) -> T:
         if len(text) > self.max_chars // 8:  # one huge part must not flush the rest
             return value
+        key = self._key(text)
         with self._lock:
-            if text not in self._items:
+            if key not in self._items:
                 self._chars += len(text)
-            self._items[text] = value
-            self._items.move_to_end(text)
+            self._items[key] = (value, len(text))
+            self._items.move_to_end(key)
             while len(self._items) > self.max_items or self._chars > self.max_chars:
-                old, _ = self._items.popitem(last=False)
-                self._chars -= len(old)
+                _, (_, n) = self._items.popitem(last=False)
+                self._chars -= n
         return value
 
     def __len__(self) -> int:

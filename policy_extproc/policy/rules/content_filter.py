@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Literal
 
+from ...detect.joined import JoinedParts
 from ...detect.patterns import merge_spans
 from ...detect.semantic import EmbedderError, TopicClassifier, TopicSpec, load_embedder
 from ...detect.semantic.text import Sentences
@@ -140,18 +142,20 @@ def scan_content(
         out.fire(e, action, f"{where} {verb} {', '.join(found[:3])}{more} of rule '{e.rule.id}'")
 
 
-def scan_topics(e: EffectiveRule, direction: str, parts: Sequence[TextPart],
+def scan_topics(e: EffectiveRule, direction: str, canon: JoinedParts,
                 of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
-    """A rule's semantic topics over ``parts``' sentences (``of``: embedded once per part)."""
+    """A rule's semantic topics over the parts' canonical forms (``canon``; ``of``: a part's
+    sentences, embedded once per part), each part's verdict remembered by its text."""
     rule, clf = e.rule, e.built
     assert isinstance(rule, ContentFilterRule) and isinstance(clf, TopicClassifier)
     best: dict[int, float] = {}
     redact = rule.action == "redact" and e.policy.policy.mode == "enforce"
-    for i in range(len(parts)):
-        for k, score, (start, end) in clf.hits(of(i)):
+    for i, back in enumerate(canon.maps):
+        for k, score, (start, end) in clf.hits_in(canon.forms[i], partial(of, i)):
             best[k] = max(score, best.get(k, 0.0))
-            if redact:
-                out.edits.setdefault(i, []).append((start, end, f"[REDACTED:{rule.id}]"))
+            if redact:  # the sentence's span in the part as sent (None: the form is the text)
+                span = back.span(start, end) if back is not None else (start, end)
+                out.edits.setdefault(i, []).append((*span, f"[REDACTED:{rule.id}]"))
                 out.redactions[rule.id] = out.redactions.get(rule.id, 0) + 1
     if not best:
         return

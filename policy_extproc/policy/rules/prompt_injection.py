@@ -9,10 +9,11 @@ score) in shadow mode: audited, not enforced.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ...detect.joined import JoinedParts
 from ...detect.semantic import SENSITIVITY, EmbedderError, InjectionDetector, load_embedder
 from ...detect.semantic.text import Sentences, embed_sentences
 from ...errors import PolicyError, Problem
@@ -58,33 +59,37 @@ def scan_semantic(
         return
     injection = [e for e in rules if isinstance(e.rule, PromptInjectionRule)]
     topical = [e for e in rules if isinstance(e.rule, ContentFilterRule)]
-    embedder = load_embedder()
+    # The canonical forms the content filters computed for these parts (computed once per
+    # request: detect/joined remembers the last parts' forms).
+    canon = JoinedParts([p.text for p in parts], (), "\n")
+    texts = canon.forms
     sentences: list[Sentences | None] = [None] * len(parts)
 
     def of(i: int) -> Sentences:
+        # Embedded with the topics' model (loaded only for a policy with semantic topics).
         s = sentences[i]
         if s is None:
-            s = sentences[i] = embed_sentences(embedder, parts[i].text)
+            s = sentences[i] = embed_sentences(load_embedder(), texts[i])
         return s
 
     if injection:
-        _injection(injection, direction, parts, of, out)
+        _injection(injection, direction, parts, texts, out)
     for e in topical:
-        scan_topics(e, direction, parts, of, out)
+        scan_topics(e, direction, canon, of, out)
 
 
 def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextPart],
-               of: Callable[[int], Sentences], out: Findings) -> None:  # fmt: skip
+               texts: Sequence[str], out: Findings) -> None:  # fmt: skip
     found_by = detector()
     best = None
     for first, end in groups(parts):
         part = parts[first]
         if end - first == 1:
-            if not part.text.strip():
+            if not texts[first].strip():
                 continue
-            found = found_by.score(part.text, of(first))
+            found = found_by.score(texts[first])
         else:  # text the provider joins: an instruction split between two blocks is one
-            found = found_by.score("".join(p.text for p in parts[first:end]))
+            found = found_by.score("".join(texts[first:end]))
         if best is None or found.score > best[0].score:
             best = (found, part)
     if best is None:

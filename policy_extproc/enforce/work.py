@@ -6,12 +6,11 @@ common small body, and in a worker process for a large one (``WorkRunner``), so 
 tenant's 3 MB of e-mail addresses never holds up the other streams: the loop only moves bytes.
 Both paths call the same function on the same compiled policies, so they decide alike.
 
-Why processes, not threads: the detectors are Python with Hyperscan scans in between. A thread
+Why processes, not threads: the detectors are Python with Hyperscan scans in between; a thread
 shares the GIL with the loop (every stream then waits up to ``sys.getswitchinterval`` at each
-wake-up), and a pattern database's default scratch space may not be used by two scans at once.
-A worker process has its own interpreter and compiles its own copy of the snapshot from the
-same policies (sent once per worker and version), and it can be stopped: a request over its
-time bound is killed with its worker, not left running.
+wake-up). A worker process compiles its own copy of the snapshot from the same policies and
+keys (sent once per worker and version), and it can be stopped: a request over its time bound
+is killed with its worker, not left running.
 
 The work budget, in two parts (``WorkSettings``):
 
@@ -163,7 +162,7 @@ def _worker_main(conn: Connection) -> None:
         snapshot = snapshots.get(version)
         try:
             if snapshot is None:
-                snapshot = Snapshot(pickle.loads(policies), version)
+                snapshot = Snapshot(version=version, **pickle.loads(policies))  # _blob's
                 if len(snapshots) >= 2:
                     snapshots.clear()
                 snapshots[version] = snapshot
@@ -217,7 +216,8 @@ class WorkerPool:
     def _blob(self, snapshot: Snapshot) -> bytes:
         blob = self._blobs.get(snapshot.version)
         if blob is None:
-            blob = pickle.dumps([cp.policy for cp in snapshot.policies], protocol=5)
+            policies = [cp.policy for cp in snapshot.policies]  # and the keys: compiled alike
+            blob = pickle.dumps({"policies": policies, "secrets": snapshot.secrets}, protocol=5)
             self._blobs = {snapshot.version: blob}
         return blob
 

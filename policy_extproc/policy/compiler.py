@@ -28,7 +28,7 @@ from ..detect.patterns import Pattern, PatternError, PatternSet
 from ..errors import PolicyError, Problem
 from ..llm import model_names
 from .identity import canonical
-from .model import Policy, Rule
+from .model import NO_SECRETS, Policy, Rule, Secrets
 
 R = TypeVar("R", bound=Rule, covariant=True)
 
@@ -49,7 +49,7 @@ class CompiledPolicy:
     __slots__ = ("built", "index", "policy", "request_patterns", "request_targets",
                  "response_patterns", "response_targets")  # fmt: skip
 
-    def __init__(self, policy: Policy, index: int) -> None:
+    def __init__(self, policy: Policy, index: int, secrets: Secrets = NO_SECRETS) -> None:
         self.policy = policy
         self.index = index
         # 0-based rule index -> what the rule built (Rule.build: a detector, a classifier).
@@ -57,7 +57,7 @@ class CompiledPolicy:
         problems: list[Problem] = []
         for i, rule in enumerate(policy.rules):
             try:
-                built = rule.build(policy)
+                built = rule.build(policy, secrets)
             except PolicyError as exc:
                 problems.extend(exc.problems)
                 continue
@@ -194,16 +194,23 @@ class EffectiveSet:
 class Snapshot:
     """An immutable compiled policy set; ``resolve`` gives the effective set for a request."""
 
-    def __init__(self, policies: Sequence[Policy], version: str | None = None) -> None:
+    def __init__(
+        self,
+        policies: Sequence[Policy],
+        version: str | None = None,
+        *,
+        secrets: Secrets = NO_SECRETS,
+    ) -> None:
         compiled, problems = [], []
         for i, p in enumerate(policies):
             try:
-                compiled.append(CompiledPolicy(p, i))
+                compiled.append(CompiledPolicy(p, i, secrets))
             except PolicyError as exc:
                 problems.extend(exc.problems)
         if problems:
             raise PolicyError(problems)
         self.policies = tuple(compiled)
+        self.secrets = secrets  # what it was compiled with (a worker process compiles alike)
         self.version = version or policy_version(policies)
         self._index: dict[tuple[str | None, str | None, str | None], list[CompiledPolicy]] = {}
         for cp in self.policies:
@@ -269,11 +276,13 @@ def policy_version(policies: Sequence[Policy]) -> str:
     return h.hexdigest()[:16]
 
 
-def compile_read(policies: Sequence[Policy], problems: list[Problem]) -> Snapshot:
+def compile_read(
+    policies: Sequence[Policy], problems: list[Problem], secrets: Secrets = NO_SECRETS
+) -> Snapshot:
     """The snapshot of policies just read; ``PolicyError`` lists the problems of reading them
     and of compiling them together, in file and line order, as ``check`` prints them."""
     try:
-        snapshot = Snapshot(policies)
+        snapshot = Snapshot(policies, secrets=secrets)
     except PolicyError as exc:
         problems.extend(exc.problems)
     if problems:

@@ -58,6 +58,20 @@ class Scope:
 
 
 @dataclass(frozen=True, slots=True)
+class Secrets:
+    """What compiling a policy set needs that is not in the policies: keys the edge reads
+    (``sources.secrets``) and hands in, so the core reads no environment and no file."""
+
+    pii_hash_key: bytes | None = None  # the pseudonym key of pii rules with style: hash
+
+    def __repr__(self) -> str:  # never print a key
+        return f"Secrets(pii_hash_key={'set' if self.pii_hash_key else None})"
+
+
+NO_SECRETS = Secrets()
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """Fields every rule has; ``index`` is 1-based within its policy, ``line`` in its file."""
 
@@ -72,7 +86,7 @@ class Rule:
     # What the compiler asks of every rule (policy.compiler), answered by the rule's kind
     # (policy.rules.<type>); these defaults are a rule that prepares nothing and reads no text.
 
-    def build(self, policy: Policy) -> object | None:
+    def build(self, policy: Policy, secrets: Secrets) -> object | None:
         """What the rule compiles to once per snapshot (a detector, a classifier), or None;
         raises ``PolicyError`` for what cannot be built (a missing key, no model)."""
         return None

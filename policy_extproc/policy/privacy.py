@@ -1,11 +1,11 @@
-"""What ``pii`` rules share with the edges: the pseudonym key, and the text the detectors read.
+"""What ``pii`` rules share with the edges: the pseudonym key's variables (read by
+``sources.secrets``, handed in as ``model.Secrets``), and the text the detectors read.
 
 The rule kind itself (detectors built per rule, the scan, masks) is ``policy.rules.pii``.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 
 from ..detect.joined import JoinedParts
@@ -13,16 +13,6 @@ from .findings import TextPart
 
 KEY_ENV = "POLICY_EXTPROC_PII_HASH_KEY"
 KEY_FILE_ENV = "POLICY_EXTPROC_PII_HASH_KEY_FILE"
-
-
-def hash_key() -> bytes | None:
-    """The pseudonym key, from a file (Kubernetes secret volume) or the environment."""
-    path = os.environ.get(KEY_FILE_ENV)
-    if path:
-        with open(path, "rb") as f:
-            return f.read().strip() or None
-    value = os.environ.get(KEY_ENV)
-    return value.encode() if value else None
 
 
 class JoinedText(JoinedParts):

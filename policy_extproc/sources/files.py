@@ -14,6 +14,7 @@ from ..errors import PolicyError, Problem
 from ..policy.compiler import Snapshot, compile_read
 from ..policy.loader import POLICY_EXTENSIONS, read_sources
 from ..policy.model import Policy
+from .secrets import read_secrets
 
 Source = tuple[str, str]  # (file name, text), as the loader reads them
 
@@ -75,4 +76,4 @@ def read_paths(
 
 def compile_paths(paths: Sequence[str]) -> Snapshot:
     """Load and compile policy files; raises ``PolicyError`` with every problem found."""
-    return compile_read(*read_paths(paths))
+    return compile_read(*read_paths(paths), read_secrets())

@@ -20,6 +20,7 @@ from ..policy.compiler import Snapshot, compile_read
 from ..policy.loader import read_sources
 from ..policy.model import Policy
 from .files import Source, no_files, policy_files, read_files
+from .secrets import read_secrets
 
 PUSHED = "pushed:"
 
@@ -116,7 +117,7 @@ class PolicyStore:
         # One read of files and pushed together: duplicate names and rule clashes between a
         # file and a pushed policy are found like those between two files.
         policies, more = read_sources([*sources, *pushed])
-        return compile_read(policies, problems + more)
+        return compile_read(policies, problems + more, read_secrets())
 
     def fingerprint(self) -> tuple[tuple[str, float, int], ...]:
         """Path, mtime and size of every policy file, following symlinks.

@@ -142,6 +142,27 @@ async def test_the_worker_decides_and_audits_exactly_as_the_loop(
     assert in_loop.sidecar.engine.work.pool is None
 
 
+async def test_the_worker_pseudonymises_with_the_key_the_set_was_compiled_with(
+    sidecars: Sidecars, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The key is read by the edge that compiles and handed to the worker with the policies:
+    # the same e-mail gets the same pseudonym in the loop and in a worker process.
+    monkeypatch.delenv("POLICY_EXTPROC_PII_HASH_KEY_FILE", raising=False)
+    monkeypatch.setenv("POLICY_EXTPROC_PII_HASH_KEY", "pseudonym-key-1")
+    policies = "policy_name: mask\nrules:\n  - {type: pii, entities: [EMAIL], style: hash}\n"
+    body = chat_body("mail alice@example.org " * 2000)
+    config: dict[str, Any] = {"channel_options": OPTIONS, "message_timeout_s": 300}
+    in_loop = await sidecars.start(policies, offload_workers=0, **config)
+    worker = await sidecars.start(policies, offload_bytes=0, **config)
+    bodies = []
+    for server in (in_loop, worker):
+        ex, answer = await decide(server, body, rid="hashed")
+        assert await ex.close() == grpc.StatusCode.OK
+        bodies.append(common(answer).body_mutation.body)
+    assert bodies[0] == bodies[1] and b"alice@example.org" not in bodies[0]
+    assert worker.sidecar.engine.work.pool.started == 1  # type: ignore[union-attr]
+
+
 async def test_the_worker_refuses_like_the_loop(sidecars: Sidecars) -> None:
     bodies = [b"{not json" + b" " * 40_000, chat_body("a forbidden word " + "x " * 20_000)]
     in_loop = await sidecars.start(POLICIES, offload_workers=0, message_timeout_s=300)

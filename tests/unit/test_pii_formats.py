@@ -10,6 +10,7 @@ import pytest
 from policy_extproc.detect.pii import DEFAULT_REGIONS, PiiDetector
 from policy_extproc.errors import PolicyError
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.policy.model import NO_SECRETS
 from policy_extproc.policy.rules.pii import PiiRule
 
 
@@ -147,10 +148,11 @@ def test_policy_regions_reach_the_detector() -> None:
     )
     (rule,) = policy.rules
     assert isinstance(rule, PiiRule) and rule.regions == ("GB", "DE")
-    assert rule.build(policy).detector.regions == ("GB", "DE")
+    assert rule.build(policy, NO_SECRETS).detector.regions == ("GB", "DE")
     (default,) = load_sources([("q.yaml", "policy_name: q\nrules:\n  - type: pii\n")])
     (plain,) = default.rules
-    assert isinstance(plain, PiiRule) and plain.build(default).detector.regions == DEFAULT_REGIONS
+    assert isinstance(plain, PiiRule)
+    assert plain.build(default, NO_SECRETS).detector.regions == DEFAULT_REGIONS
 
 
 def test_policy_refuses_an_unknown_region() -> None:

@@ -62,13 +62,6 @@ ALLOWED: dict[str, dict[str, str]] = {
     # be handed in when the detector is built (compiler -> privacy -> PiiDetector, helper
     # `rules`' files), not read from the clock per candidate.
     "detect/pii_validators.py": {".today()": "TODO: the clock read for the latest birth year"},
-    # TODO(lead): hash_key() reads the environment and a key file, once per pii rule with
-    # style hash when a policy set compiles (rules/pii.py: PiiRule.build; no longer per
-    # request); the edge that compiles (sources, admin, worker) should hand the key in.
-    "policy/privacy.py": {
-        "os.environ": "TODO: pseudonym key read when a policy set compiles",
-        "open()": "TODO: pseudonym key read when a policy set compiles",
-    },
     # Owned by helper `semantic`: the model and its data files are package data read when a
     # policy set compiles; the locks guard the one model loaded per process.
     "policy/semantic.py": {"import threading": "semantic: one injection detector per process"},

@@ -12,7 +12,7 @@ from typing import Literal
 from ...detect.pii import PiiDetector
 from .. import fields as f
 from ..compliance import PACKS
-from ..model import FRAMEWORKS, Policy, Rule
+from ..model import FRAMEWORKS, Policy, Rule, Secrets
 from .kind import Field, RuleKind
 
 
@@ -23,7 +23,7 @@ class ComplianceRule(Rule):
 
     type = "compliance"
 
-    def build(self, policy: Policy) -> PiiDetector | None:
+    def build(self, policy: Policy, secrets: Secrets) -> PiiDetector | None:
         entities = PACKS[self.framework].entities
         return PiiDetector(entities) if entities else None
 

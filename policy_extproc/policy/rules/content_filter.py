@@ -23,7 +23,7 @@ from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
 from ..decision import RequestContext
 from ..findings import Findings, TextPart
-from ..model import PatternSpec, Policy, Rule, SemanticTopic
+from ..model import PatternSpec, Policy, Rule, Secrets, SemanticTopic
 from ..scan import ScanText
 from .kind import DIRECTION, Field, RuleKind
 
@@ -63,7 +63,7 @@ class ContentFilterRule(Rule):
         return [TopicSpec(name, t.examples, t.threshold) for name, t in self.topics.items()
                 if isinstance(t, SemanticTopic)]  # fmt: skip
 
-    def build(self, policy: Policy) -> TopicClassifier | None:
+    def build(self, policy: Policy, secrets: Secrets) -> TopicClassifier | None:
         """The classifier of its semantic topics, if it has any."""
         specs = self.semantic_topics
         if not specs:

@@ -15,7 +15,7 @@ from ..compiler import EffectiveRule, EffectiveSet
 from ..decision import RequestContext
 from ..findings import Findings
 from ..identity import canonical
-from ..model import Policy, Rule
+from ..model import Policy, Rule, Secrets
 from .kind import Field, RuleKind
 
 _MODEL_CACHE_LIMIT = 4096  # model names come from clients: bound what is remembered
@@ -31,7 +31,7 @@ class ModelAccessRule(Rule):
 
     type = "model_access"
 
-    def build(self, policy: Policy) -> frozenset[str] | None:
+    def build(self, policy: Policy, secrets: Secrets) -> frozenset[str] | None:
         """Its roles, canonical (a request's roles are, see context); None: everyone."""
         return None if self.roles is None else frozenset(canonical(r) for r in self.roles)
 

@@ -20,8 +20,8 @@ from ..compiler import EffectiveRule, EffectiveSet
 from ..compliance import PACKS
 from ..decision import RequestContext
 from ..findings import Findings, TextPart
-from ..model import Policy, Rule
-from ..privacy import KEY_ENV, KEY_FILE_ENV, JoinedText, hash_key
+from ..model import Policy, Rule, Secrets
+from ..privacy import KEY_ENV, KEY_FILE_ENV, JoinedText
 from .compliance import ComplianceRule
 from .kind import DIRECTION, Field, RuleKind
 
@@ -39,11 +39,11 @@ class PiiRule(Rule):
 
     type = "pii"
 
-    def build(self, policy: Policy) -> Masking:
+    def build(self, policy: Policy, secrets: Secrets) -> Masking:
         key = None
         if self.style == "hash":
-            # Read once, when the policy set compiles: never on the request path.
-            key = hash_key()
+            # Handed in by the edge that compiles (sources.secrets): never read on the way.
+            key = secrets.pii_hash_key
             if key is None:
                 raise PolicyError([Problem(policy.file, self.line, "style 'hash' needs a key: set "
                                            f"{KEY_ENV} or {KEY_FILE_ENV}", policy.name,

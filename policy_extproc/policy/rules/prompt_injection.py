@@ -21,7 +21,7 @@ from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
 from ..decision import RequestContext
 from ..findings import Findings, TextPart
-from ..model import Policy, Rule
+from ..model import Policy, Rule, Secrets
 from ..semantic import detector, groups, where
 from .content_filter import ContentFilterRule, scan_topics
 from .kind import DIRECTION, Field, RuleKind
@@ -35,7 +35,7 @@ class PromptInjectionRule(Rule):
 
     type = "prompt_injection"
 
-    def build(self, policy: Policy) -> InjectionDetector:
+    def build(self, policy: Policy, secrets: Secrets) -> InjectionDetector:
         try:
             return detector()
         except EmbedderError as exc:

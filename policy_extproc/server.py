@@ -21,7 +21,7 @@ import contextlib
 import logging
 import signal
 import socket
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import grpc
@@ -36,6 +36,7 @@ from .audit.chain import AuditLog
 from .audit.health import WatchedSink
 from .audit.sink import AuditSink, FanoutSink, JsonlSink
 from .enforce import limits
+from .enforce.admission import Admission, AdmissionSettings
 from .enforce.alerts import AlertNotifier
 from .enforce.decision_alerts import BlockAlertSink, RuleOptOuts
 from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
@@ -120,6 +121,8 @@ class ServerConfig:
     offload_warm: bool = True
     # Envoy's ext_proc message_timeout, as in envoy/*.yaml.
     message_timeout_s: float = 0.5
+    # Admission control (enforce/admission.py): requests in flight, queue age, fail-open routes.
+    admission: AdmissionSettings = field(default_factory=AdmissionSettings)
 
 
 class Sidecar:
@@ -213,12 +216,15 @@ class Sidecar:
                 ("grpc.max_send_message_length", limit),
             ]
         )
+        self.admission = Admission(cfg.admission)  # one bound for both servicers
         self.processor = ExternalProcessor(
-            self.engine, on_phase=self.metrics.sink.phase if self.metrics is not None else None
+            self.engine,
+            on_phase=self.metrics.sink.phase if self.metrics is not None else None,
+            admission=self.admission,
         )
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            Authorization(self.engine), server
+            Authorization(self.engine, admission=self.admission), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -250,7 +256,11 @@ class Sidecar:
             raise
         if self.metrics is not None:
             self.metrics.watch(
-                self.store, processor=self.processor, alerts=self.alerts, audit=self.sink
+                self.store,
+                processor=self.processor,
+                alerts=self.alerts,
+                audit=self.sink,
+                admission=self.admission,
             )
             try:
                 self.metrics_port = self.metrics.serve()

@@ -152,6 +152,7 @@ class Sidecar:
         self.sink: AuditSink | None = None
         self.state: StateBackend | None = None
         self.processor: ExternalProcessor | None = None
+        self.admission = Admission(config.admission)  # one bound for both servicers
         self.metrics: Metrics | None = None
         self.metrics_port = 0
         self.audit_log: AuditLog | None = None
@@ -216,7 +217,6 @@ class Sidecar:
                 ("grpc.max_send_message_length", limit),
             ]
         )
-        self.admission = Admission(cfg.admission)  # one bound for both servicers
         self.processor = ExternalProcessor(
             self.engine,
             on_phase=self.metrics.sink.phase if self.metrics is not None else None,

@@ -18,7 +18,7 @@ round) as the median of the rounds with their range, and the CPU time per reques
 process (and its children) and of its Envoy. ``--closed`` adds a closed loop (C connections
 back to back) per round for the maximum throughput. Prints figures; asserts nothing. Usage:
 
-    .venv/bin/python benchmarks/e2e.py [--rate 300] [--duration 5] [--rounds 3]
+    .venv/bin/python benchmarks/e2e.py [--rate 300] [--duration 5] [--rounds 3] [--alt-cmd CMD]
         [--configs passthrough,support,ml] [--closed] [--concurrency 16]
         [--sidecar-cmd 'policy-extproc serve --policies examples/policies --listen {listen}']
 """
@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,7 +51,13 @@ from _load import (
     start_sidecar,
 )
 
-TEAMS = {"passthrough": "ml", "support": "support", "ml": "ml"}
+TEAMS = {
+    "passthrough": "ml",
+    "support": "support",
+    "ml": "ml",
+    "support@alt": "support",
+    "ml@alt": "ml",
+}
 
 
 @dataclass
@@ -80,7 +87,8 @@ async def run_round(targets: list[Target], args: argparse.Namespace, n: int) -> 
                 t.sidecar_ms.append((cpu_seconds(t.sidecar) - cpu0) * 1000 / res.sent)
             t.envoy_ms.append((cpu_seconds(t.envoy) - env0) * 1000 / res.sent)
         t.runs.append(res)
-        print(f"{res.row(t.name)}   round {n}", flush=True)
+        codes = " ".join(f"{c}={k}" for c, k in res.codes.most_common())
+        print(f"{res.row(t.name)}   round {n} {codes}", flush=True)
         if args.closed:
             c = await closed_loop("127.0.0.1", t.envoy.port, raw, args.concurrency, args.duration)
             t.closed.append(c)
@@ -126,7 +134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--configs",
         default="passthrough,support,ml",
-        help="comma-separated, in order: passthrough, support, ml",
+        help="comma-separated, in order: passthrough, support, ml (and support@alt, ml@alt: "
+        "the same requests to the sidecar of --alt-cmd)",
+    )
+    parser.add_argument(
+        "--alt-cmd", help="a second real sidecar to compare (e.g. the same with another flag)"
     )
     parser.add_argument(
         "--sidecar-cmd", help="command starting the real sidecar; {listen} and {audit} filled in"
@@ -144,14 +156,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         baseline = envoy_for(mock.port, None)
         started.append(baseline)
         targets = [Target("envoy", baseline, None, "ml")]
-        real: ManagedProcess | None = None
+        real: dict[str, ManagedProcess] = {}
         for name in configs:
             if name == "passthrough":
                 sidecar = start_sidecar("passthrough")
             else:
-                if real is None:
-                    real = start_sidecar(args.sidecar_cmd)
-                sidecar = real
+                which = "alt" if name.endswith("@alt") else "main"
+                if which not in real:
+                    cmd = args.alt_cmd if which == "alt" else args.sidecar_cmd
+                    if which == "alt" and not cmd:
+                        parser.error(f"{name} needs --alt-cmd")
+                    real[which] = start_sidecar(cmd)
+                sidecar = real[which]
             if sidecar not in started:
                 started.append(sidecar)
             env = envoy_for(mock.port, sidecar.port)
@@ -159,6 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             targets.append(Target(name, env, sidecar, TEAMS[name]))
         print(
             f"sidecar: {args.sidecar_cmd or 'policy-extproc serve, examples/policies'}\n"
+            + (f"alt: {args.alt_cmd}\n" if args.alt_cmd else "")
+            + f"cores: {os.cpu_count()}, load average at start: "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
             f"prompt: {args.prompt_chars} chars, {args.rate:g} req/s open loop, "
             f"{args.duration:g} s per run, {args.rounds} interleaved rounds, "
             f"Envoy --concurrency 1\n\n{HEADER}",

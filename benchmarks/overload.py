@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -129,7 +130,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"closed loop c={args.concurrency} without admission: {top:.0f} req/s; "
                     f"sustainable rate taken as {args.sustainable_share:g} of it: {rate} req/s"
                 )
+            load = " ".join(f"{x:.1f}" for x in os.getloadavg())
             print(
+                f"cores: {os.cpu_count()}, load average: {load}\n"
                 f"team {args.team}, prompt {args.prompt_chars} chars, {args.duration:g} s per run, "
                 f"{args.rounds} interleaved rounds, Envoy --concurrency 1, message_timeout 0.5 s"
                 f"\n\n{HEADER}",

@@ -63,14 +63,14 @@ def gave_up(res: Result) -> int:
 def row(name: str, multiple: float, res: Result) -> str:
     other = res.errors - res.failed - shed(res) - gave_up(res)
     return (
-        f"{name:<18}{multiple:>5g}x{res.sent / res.elapsed:>9.0f}{res.statuses[200]:>9}"
+        f"{name:<24}{multiple:>5g}x{res.sent / res.elapsed:>9.0f}{res.statuses[200]:>9}"
         f"{res.percentile(0.5):>9.1f}{res.percentile(0.99):>9.1f}{shed(res):>8}"
         f"{gave_up(res):>9}{res.failed:>10}{other:>7}"
     )
 
 
 HEADER = (
-    f"{'sidecar':<18}{'load':>6}{'sent/s':>9}{'admitted':>9}{'p50 ms':>9}{'p99 ms':>9}"
+    f"{'sidecar':<24}{'load':>6}{'sent/s':>9}{'admitted':>9}{'p50 ms':>9}{'p99 ms':>9}"
     f"{'shed':>8}{'gave up':>9}{'timeouts':>10}{'other':>7}"
 )
 
@@ -101,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"--max-queue-age {args.max_queue_age}"
         )
         configs = {
-            f"admission {args.max_inflight}": admitting,
+            f"admission {args.max_inflight}"
+            + (f", age {args.max_queue_age:g}s" if args.max_queue_age else ""): admitting,
             "no admission": f"{DEFAULT_SIDECAR} --max-inflight 0",
         }
         envoys = {}
@@ -157,12 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     print("\nmedian [min..max] of rounds:")
     print(
-        f"{'sidecar':<18}{'load':>6}{'admitted p50 ms':>24}{'admitted p99 ms':>26}"
+        f"{'sidecar':<24}{'load':>6}{'admitted p50 ms':>24}{'admitted p99 ms':>26}"
         f"{'shed':>10}{'gave up':>9}{'timeouts':>10}"
     )
     for (name, multiple), runs in results.items():
         print(
-            f"{name:<18}{multiple:>5g}x{spread(r.percentile(0.5) for r in runs):>24}"
+            f"{name:<24}{multiple:>5g}x{spread(r.percentile(0.5) for r in runs):>24}"
             f"{spread(r.percentile(0.99) for r in runs):>26}"
             f"{sum(shed(r) for r in runs):>10}{sum(gave_up(r) for r in runs):>9}"
             f"{sum(r.failed for r in runs):>10}"

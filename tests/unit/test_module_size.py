@@ -11,7 +11,6 @@ LIMIT = 400
 # Over the limit in files other helpers own, until they split them; the lead empties this list
 # after merging. An entry that is back under the limit fails, so none outlives its reason.
 OVER: dict[str, str] = {
-    "server.py": "helper `speed`",
     "policy/loader.py": "helper `rules` (rule kinds declare their own fields)",
 }
 

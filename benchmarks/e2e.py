@@ -1,17 +1,25 @@
 """End-to-end latency through a real Envoy: what the ext_proc sidecar adds to each request.
 
-Starts a mock provider, the sidecar (by default the pass-through ext_proc server of
-tests/envoy_harness.py, which measures the cost of Envoy's ext_proc round trips alone), and two
-Envoys from the same template, one with the ext_proc filter and one without. Then, for each
-target (the mock directly, Envoy without ext_proc, Envoy with it):
+Starts a mock provider, the sidecars to compare, one Envoy without the ext_proc filter (the
+baseline) and one Envoy with it per sidecar, all from the same template. Then, in interleaved
+rounds (baseline, A, B, ..., baseline, A, B, ...: a machine that gets busier or quieter during
+the run shifts every configuration alike), each target gets an open loop: requests sent at a
+fixed rate whatever the answers do, latency measured from each request's scheduled send time, so
+a stall is not hidden by the requests it delays. The configurations:
 
-- open loop: requests sent at a fixed rate whatever the answers do, latency measured from each
-  request's scheduled send time, so a stall is not hidden by the requests it delays;
-- closed loop: C connections sending back to back, for the maximum throughput.
+- ``passthrough``: the do-nothing ext_proc server of tests/envoy_harness.py (Envoy's ext_proc
+  round trips and a minimal Python gRPC server alone);
+- ``support``: ``policy-extproc serve`` with examples/policies, team support (no rule reads
+  the answer: two ext_proc messages per request);
+- ``ml``: the same sidecar, team ml (a budget: the answer is read for its usage, four messages).
 
-Prints figures; asserts nothing. Usage:
+Per configuration it prints the added p50 and p99 (configuration minus the baseline of the same
+round) as the median of the rounds with their range, and the CPU time per request of the sidecar
+process (and its children) and of its Envoy. ``--closed`` adds a closed loop (C connections
+back to back) per round for the maximum throughput. Prints figures; asserts nothing. Usage:
 
-    .venv/bin/python benchmarks/e2e.py [--rate 300] [--duration 10] [--concurrency 16]
+    .venv/bin/python benchmarks/e2e.py [--rate 300] [--duration 5] [--rounds 3] [--alt-cmd CMD]
+        [--configs passthrough,support,ml] [--closed] [--concurrency 16]
         [--sidecar-cmd 'policy-extproc serve --policies examples/policies --listen {listen}']
 """
 
@@ -20,254 +28,95 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
-import shlex
-import socket
+import os
 import sys
-import tempfile
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tests.envoy_harness import (
-    EnvoyPorts,
+from _load import (
+    HEADER,
     EnvoyProcess,
     ManagedProcess,
     MockProviderProcess,
-    PassThroughProcess,
-    free_port,
+    Result,
+    chat_request,
+    closed_loop,
+    cpu_seconds,
+    envoy_for,
+    open_loop,
+    spread,
+    start_sidecar,
 )
 
-# --- the load generator: raw HTTP/1.1 over keep-alive connections ----------------------------
-
-
-class Connection:
-    """One keep-alive HTTP/1.1 client connection that sends a prepared request and reads replies."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-
-    @classmethod
-    async def open(cls, host: str, port: int) -> Connection:
-        """Connect, with Nagle off as HTTP clients do."""
-        reader, writer = await asyncio.open_connection(host, port, limit=1 << 20)
-        sock = writer.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        return cls(reader, writer)
-
-    async def request(self, raw: bytes) -> tuple[int, bool]:
-        """Send raw, read the whole response: (status, whether the connection stays open)."""
-        self.writer.write(raw)
-        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
-        status = int(head.split(" ", 2)[1])
-        if "transfer-encoding: chunked" in head:
-            while size := int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16):
-                await self.reader.readexactly(size + 2)
-            await self.reader.readuntil(b"\r\n")
-        elif (at := head.find("content-length:")) >= 0:
-            await self.reader.readexactly(int(head[at + 15 :].split("\r\n", 1)[0]))
-        return status, "connection: close" not in head
-
-    def close(self) -> None:
-        """Close the socket."""
-        self.writer.close()
+TEAMS = {
+    "passthrough": "ml",
+    "support": "support",
+    "ml": "ml",
+    "support@alt": "support",
+    "ml@alt": "ml",
+}
 
 
 @dataclass
-class Result:
-    """Latencies of one run."""
+class Target:
+    """One configuration under test: its Envoy, the sidecar behind it, and its figures."""
 
-    label: str
-    latencies: list[float]
-    errors: int
-    elapsed: float
-
-    def percentile(self, q: float) -> float:
-        """The q-quantile of the latencies, in milliseconds (nearest rank)."""
-        ordered = sorted(self.latencies)
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
-
-    def row(self, target: str) -> str:
-        """One line of the report table."""
-        done = len(self.latencies)
-        p = [self.percentile(q) for q in (0.5, 0.9, 0.99, 1.0)]
-        return (
-            f"{target:<22}{self.label:<16}{done:>8}{self.errors:>7}{done / self.elapsed:>9.0f}"
-            + "".join(f"{v:>9.2f}" for v in p)
-        )
+    name: str
+    envoy: EnvoyProcess
+    sidecar: ManagedProcess | None
+    team: str
+    runs: list[Result] = field(default_factory=list)
+    closed: list[Result] = field(default_factory=list)
+    sidecar_ms: list[float] = field(default_factory=list)  # CPU ms per request, per round
+    envoy_ms: list[float] = field(default_factory=list)
 
 
-HEADER = (
-    f"{'target':<22}{'mode':<16}{'ok':>8}{'errors':>7}{'req/s':>9}"
-    f"{'p50 ms':>9}{'p90 ms':>9}{'p99 ms':>9}{'max ms':>9}"
-)
+async def run_round(targets: list[Target], args: argparse.Namespace, n: int) -> None:
+    """One round: every target in turn, open loop (and closed loop with --closed)."""
+    for t in targets:
+        raw = chat_request(t.envoy.port, args.prompt_chars, t.team)
+        await closed_loop("127.0.0.1", t.envoy.port, raw, 4, args.warmup)
+        cpu0 = cpu_seconds(t.sidecar) if t.sidecar else 0.0
+        env0 = cpu_seconds(t.envoy)
+        res = await open_loop("127.0.0.1", t.envoy.port, raw, args.rate, args.duration)
+        if res.sent:
+            if t.sidecar:
+                t.sidecar_ms.append((cpu_seconds(t.sidecar) - cpu0) * 1000 / res.sent)
+            t.envoy_ms.append((cpu_seconds(t.envoy) - env0) * 1000 / res.sent)
+        t.runs.append(res)
+        codes = " ".join(f"{c}={k}" for c, k in res.codes.most_common())
+        print(f"{res.row(t.name)}   round {n} {codes}", flush=True)
+        if args.closed:
+            c = await closed_loop("127.0.0.1", t.envoy.port, raw, args.concurrency, args.duration)
+            t.closed.append(c)
+            print(f"{c.row(t.name)}   round {n}", flush=True)
 
 
-async def _send(host: str, port: int, raw: bytes, idle: list[Connection]) -> tuple[int, float]:
-    """One request on an idle connection (or a new one): (status, seconds it took)."""
-    conn = idle.pop() if idle else await Connection.open(host, port)
-    started = time.perf_counter()
-    try:
-        status, keep = await conn.request(raw)
-    except (OSError, asyncio.IncompleteReadError, ValueError):
-        conn.close()
-        raise
-    elapsed = time.perf_counter() - started
-    if keep:
-        idle.append(conn)
-    else:
-        conn.close()
-    return status, elapsed
-
-
-async def open_loop(host: str, port: int, raw: bytes, rate: float, duration: float) -> Result:
-    """Send rate requests/s for duration seconds on as many connections as in flight."""
-    idle: list[Connection] = []
-    latencies: list[float] = []
-    errors = 0
-    count = int(rate * duration)
-    start = time.perf_counter()
-
-    async def one(scheduled: float) -> None:
-        nonlocal errors
-        try:
-            status, _ = await _send(host, port, raw, idle)
-        except (OSError, asyncio.IncompleteReadError, ValueError):
-            errors += 1
-            return
-        if status != 200:
-            errors += 1
-        else:  # from the scheduled time: a late send counts against the system (no omission)
-            latencies.append(time.perf_counter() - scheduled)
-
-    tasks = []
-    for i in range(count):
-        scheduled = start + i / rate
-        if (delay := scheduled - time.perf_counter()) > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(one(scheduled)))
-    await asyncio.gather(*tasks)
-    elapsed = time.perf_counter() - start
-    for conn in idle:
-        conn.close()
-    return Result(f"open {rate:g}/s", latencies, errors, elapsed)
-
-
-async def closed_loop(
-    host: str, port: int, raw: bytes, connections: int, duration: float
-) -> Result:
-    """connections workers, each sending its next request when the last one is answered."""
-    latencies: list[float] = []
-    errors = 0
-    deadline = time.perf_counter() + duration
-
-    async def worker() -> None:
-        nonlocal errors
-        idle: list[Connection] = []
-        while time.perf_counter() < deadline:
-            try:
-                status, took = await _send(host, port, raw, idle)
-            except (OSError, asyncio.IncompleteReadError, ValueError):
-                errors += 1
-                continue
-            if status == 200:
-                latencies.append(took)
-            else:
-                errors += 1
-        for conn in idle:
-            conn.close()
-
-    start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(connections)))
-    return Result(f"closed c={connections}", latencies, errors, time.perf_counter() - start)
-
-
-def chat_request(port: int, prompt_chars: int, team: str = "ml") -> bytes:
-    """A prepared POST /v1/chat/completions with a prompt of prompt_chars characters."""
-    words = ("the quick brown fox jumps over the lazy dog " * (prompt_chars // 44 + 1))[
-        :prompt_chars
-    ]
-    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": words}]})
-    head = (
-        f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
-        f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"
-        # The example policies' org and team: baseline and team rules (model access, keyword,
-        # regex and topic filters, redaction) are all evaluated on every request.
-        f"x-org-id: acme\r\nx-team-id: {team}\r\nx-user-id: bench-user\r\n"
-        "x-environment: bench\r\n\r\n"
+def summary(targets: list[Target]) -> None:
+    base = targets[0]
+    print(
+        f"\n{'configuration':<14}{'added p50 ms':>24}{'added p99 ms':>26}"
+        f"{'sidecar CPU ms/req':>24}{'Envoy CPU ms/req':>24}{'errors':>8}"
     )
-    return head.encode() + body.encode()
-
-
-# --- the processes under test --------------------------------------------------------------
-
-
-class SidecarCommand(ManagedProcess):
-    """A sidecar started from a command line; ready once its port accepts connections."""
-
-    def __init__(self, command: str) -> None:
-        port = free_port()
-        audit = Path(tempfile.mkdtemp(prefix="bench-audit-")) / "audit.jsonl"
-        argv = shlex.split(command.format(listen=f"127.0.0.1:{port}", port=port, audit=audit))
-        super().__init__(argv, "sidecar")
-        self.port = port
-
-    def start(self, timeout: float = 30.0) -> SidecarCommand:
-        """Spawn; return once the port accepts a TCP connection."""
-        self.spawn()
-
-        def accepting() -> bool:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1):
-                return True
-
-        self.poll("port open", accepting, timeout)
-        return self
-
-
-ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_SIDECAR = (
-    f"{Path(sys.executable).parent / 'policy-extproc'} serve --log-level warning "
-    f"--policies {ROOT / 'examples' / 'policies'} --policies {ROOT / 'benchmarks' / 'policies'} "
-    "--audit-log {audit} --listen {listen}"
-)
-
-
-def start_sidecar(command: str | None) -> ManagedProcess:
-    """Start the ext_proc server Envoy calls; returns it started, with its port.
-
-    The real sidecar (`policy-extproc serve` with examples/policies) unless --sidecar-cmd names
-    another command ({listen} and {port} are filled in) or --passthrough asks for the
-    pass-through processor, which answers every phase with nothing to do (Envoy's own cost).
-    """
-    if command == "passthrough":
-        sidecar: ManagedProcess = PassThroughProcess()
-    else:
-        sidecar = SidecarCommand(command or DEFAULT_SIDECAR)
-    return sidecar.start()
-
-
-async def measure(
-    targets: dict[str, int], args: argparse.Namespace, report: Callable[[str], None]
-) -> dict[tuple[str, str], Result]:
-    """Warm up, then run each mode against each target; print rows as they come."""
-    results: dict[tuple[str, str], Result] = {}
-    for name, port in targets.items():
-        raw = chat_request(port, args.prompt_chars, args.team)
-        await closed_loop("127.0.0.1", port, raw, 4, args.warmup)  # connections, caches, JIT-free
-        if args.mode in ("open", "both"):
-            results[name, "open"] = await open_loop(
-                "127.0.0.1", port, raw, args.rate, args.duration
-            )
-            report(results[name, "open"].row(name))
-        if args.mode in ("closed", "both"):
-            res = await closed_loop("127.0.0.1", port, raw, args.concurrency, args.duration)
-            results[name, "closed"] = res
-            report(res.row(name))
-    return results
+    for t in targets:
+        pairs = list(zip(base.runs, t.runs, strict=True))
+        p50 = [r.percentile(0.5) - b.percentile(0.5) for b, r in pairs]
+        p99 = [r.percentile(0.99) - b.percentile(0.99) for b, r in pairs]
+        errors = sum(r.errors for r in t.runs)
+        added = ("-", "-") if t is base else (spread(p50), spread(p99))
+        print(
+            f"{t.name:<14}{added[0]:>24}{added[1]:>26}"
+            f"{spread(t.sidecar_ms):>24}{spread(t.envoy_ms):>24}{errors:>8}"
+        )
+    if any(t.closed for t in targets):
+        print("\nclosed-loop throughput, req/s (median [min..max] of rounds):")
+        for t in targets:
+            print(f"  {t.name:<14}{spread(len(r.latencies) / r.elapsed for r in t.closed)}")
+    p = [f"{t.name} p50 {spread(r.percentile(0.5) for r in t.runs)}" for t in targets]
+    print("\nabsolute latency, ms: " + "; ".join(p))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -276,76 +125,77 @@ def main(argv: Sequence[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     parser.add_argument("--rate", type=float, default=300.0, help="open loop: requests per second")
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per run")
-    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per target")
+    parser.add_argument("--duration", type=float, default=5.0, help="seconds per run")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
+    parser.add_argument("--warmup", type=float, default=0.5, help="seconds of warm-up per run")
     parser.add_argument("--concurrency", type=int, default=16, help="closed loop: connections")
-    parser.add_argument("--mode", choices=["open", "closed", "both"], default="both")
+    parser.add_argument("--closed", action="store_true", help="add a closed loop per round")
     parser.add_argument("--prompt-chars", type=int, default=400, help="size of the user prompt")
-    parser.add_argument("--sidecar-cmd", help="command starting the sidecar; {listen} is filled in")
     parser.add_argument(
-        "--team",
-        default="ml",
-        help="team of the requests: ml (a budget: the sidecar reads every response for its "
-        "usage) or support (no rule reads the response: 2 ext_proc messages per request)",
+        "--configs",
+        default="passthrough,support,ml",
+        help="comma-separated, in order: passthrough, support, ml (and support@alt, ml@alt: "
+        "the same requests to the sidecar of --alt-cmd)",
     )
     parser.add_argument(
-        "--passthrough",
-        action="store_true",
-        help="measure a do-nothing ext_proc server instead of the sidecar",
+        "--alt-cmd", help="a second real sidecar to compare (e.g. the same with another flag)"
     )
-    parser.add_argument("--no-direct", action="store_true", help="skip the mock-direct target")
+    parser.add_argument(
+        "--sidecar-cmd", help="command starting the real sidecar; {listen} and {audit} filled in"
+    )
     args = parser.parse_args(argv)
+    configs = [c.strip() for c in args.configs.split(",") if c.strip()]
+    unknown = [c for c in configs if c not in TEAMS]
+    if unknown:
+        parser.error(f"unknown configurations: {unknown}")
 
     started: list[ManagedProcess] = []
     try:
         mock = MockProviderProcess("openai").start()
         started.append(mock)
-        sidecar = start_sidecar("passthrough" if args.passthrough else args.sidecar_cmd)
-        started.append(sidecar)
-        ports = EnvoyPorts(
-            extproc=sidecar.port,
-            openai=mock.port,
-            azure=mock.port,
-            anthropic=mock.port,
-            listen=0,
-            admin=0,
-        )
-        with_ext = EnvoyProcess(ports, ext_proc=True)
-        started.append(with_ext)
-        with_ext.start()
-        without = EnvoyProcess(ports, ext_proc=False)
-        started.append(without)
-        without.start()
-        targets = {"envoy": without.port, "envoy+ext_proc": with_ext.port}
-        if not args.no_direct:
-            targets = {"mock (direct)": mock.port, **targets}
-        sidecar_name = (
-            "pass-through ext_proc (tests/envoy_harness.py)"
-            if args.passthrough
-            else args.sidecar_cmd or "policy-extproc serve, examples/policies"
-        )
+        baseline = envoy_for(mock.port, None)
+        started.append(baseline)
+        targets = [Target("envoy", baseline, None, "ml")]
+        real: dict[str, ManagedProcess] = {}
+        for name in configs:
+            if name == "passthrough":
+                sidecar = start_sidecar("passthrough")
+            else:
+                which = "alt" if name.endswith("@alt") else "main"
+                if which not in real:
+                    cmd = args.alt_cmd if which == "alt" else args.sidecar_cmd
+                    if which == "alt" and not cmd:
+                        parser.error(f"{name} needs --alt-cmd")
+                    real[which] = start_sidecar(cmd)
+                sidecar = real[which]
+            if sidecar not in started:
+                started.append(sidecar)
+            env = envoy_for(mock.port, sidecar.port)
+            started.append(env)
+            targets.append(Target(name, env, sidecar, TEAMS[name]))
         print(
-            f"sidecar: {sidecar_name}\nprompt: {args.prompt_chars} chars, {args.duration:g} s "
-            f"per run, Envoy --concurrency 1\n\n{HEADER}",
+            f"sidecar: {args.sidecar_cmd or 'policy-extproc serve, examples/policies'}\n"
+            + (f"alt: {args.alt_cmd}\n" if args.alt_cmd else "")
+            + f"cores: {os.cpu_count()}, load average at start: "
+            f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
+            f"prompt: {args.prompt_chars} chars, {args.rate:g} req/s open loop, "
+            f"{args.duration:g} s per run, {args.rounds} interleaved rounds, "
+            f"Envoy --concurrency 1\n\n{HEADER}",
             flush=True,
         )
-        results = asyncio.run(measure(targets, args, lambda row: print(row, flush=True)))
+
+        async def run() -> None:
+            for n in range(1, args.rounds + 1):
+                await run_round(targets, args, n)
+
+        asyncio.run(run())
     except KeyboardInterrupt:
         return 130
     finally:
         for proc in reversed(started):
             with contextlib.suppress(Exception):
                 proc.stop()
-
-    print()
-    for mode in ("open", "closed"):
-        base, ext = results.get(("envoy", mode)), results.get(("envoy+ext_proc", mode))
-        if base and ext:
-            added = [ext.percentile(q) - base.percentile(q) for q in (0.5, 0.99)]
-            print(f"ext_proc adds ({ext.label}): p50 {added[0]:+.2f} ms, p99 {added[1]:+.2f} ms")
-            if mode == "closed":
-                rates = [len(r.latencies) / r.elapsed for r in (base, ext)]
-                print(f"closed-loop throughput: {rates[0]:.0f} -> {rates[1]:.0f} req/s")
+    summary(targets)
     return 0
 
 

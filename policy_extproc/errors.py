@@ -19,6 +19,7 @@ metric is labelled with; the HTTP status is what the client gets when the error 
     ├── EnvoyGaveUp            envoy_gave_up        the decision came after Envoy's message
     │                                               timeout (the client got Envoy's 504)
     ├── StreamCancelled        stream_cancelled     the stream was reset before the decision
+    ├── Overloaded             overloaded           shed by admission control (503, retry-after)
     ├── ProtocolError          protocol_error       Envoy sent a message out of order
     ├── AdminError             admin_error          an admin call was refused (auth, not found)
     └── TlsError               tls_error            a certificate, key or CA file cannot be used
@@ -128,6 +129,8 @@ class AdminError(PolicyExtprocError):
 
 class TlsError(PolicyExtprocError):
     code = "tls_error"
+
+
 class EnvoyGaveUp(PolicyExtprocError):
     """Envoy stopped waiting for the decision (message timeout): the client got its 504."""
 
@@ -142,3 +145,19 @@ class StreamCancelled(PolicyExtprocError):
     code = "stream_cancelled"
     http_status = 499  # no client reads it: the stream is gone
     outcome = "stream_cancelled"
+
+
+class Overloaded(PolicyExtprocError):
+    """Shed by admission control (enforce/admission.py): too many requests in flight, or one
+    that waited too long. Refused with 503 and ``retry-after``, or on a route configured to fail
+    open let through unchecked; audited either way."""
+
+    code = "overloaded"
+    http_status = 503
+
+    def __init__(self, message: str, *, reason: str, fail_open: bool = False) -> None:
+        super().__init__(message)
+        self.reason = reason  # inflight | queue_age: the shed metric's label
+        self.fail_open = fail_open
+        # The audit record's ``outcome``: what happened to the request instead of a decision.
+        self.outcome = "shed_fail_open" if fail_open else "shed"

@@ -20,8 +20,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import socket
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import grpc
@@ -32,24 +30,22 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from .admin.control import ControlPlane
-from .audit.chain import AuditLog
-from .audit.health import WatchedSink
-from .audit.sink import AuditSink, FanoutSink, JsonlSink
-from .enforce import limits
+from .audit.local import PROBE_S, LocalAudit
+from .audit.sink import AuditSink, FanoutSink
+from .enforce.admission import Admission
 from .enforce.alerts import AlertNotifier
 from .enforce.decision_alerts import BlockAlertSink, RuleOptOuts
-from .enforce.engine import DEFAULT_MAX_BODY, Engine, EngineConfig
+from .enforce.engine import Engine
 from .enforce.servicer import Authorization, ExternalProcessor
-from .enforce.work import DEFAULT_BUDGET, DEFAULT_OFFLOAD_BYTES, DEFAULT_TIMEOUT_S, WorkSettings
 from .errors import PolicyError, StateError
 from .policy.compiler import Snapshot
+from .serverconfig import ServerConfig
 from .sources.catalog import load_catalog
 from .sources.store import PolicyStore
 from .state.base import StateBackend
-from .tls import CertificateReloader, TlsFiles, server_credentials
+from .tls import CertificateReloader, server_credentials
 
 if TYPE_CHECKING:
-    from .audit.otel_logs import OtelAuditLogs
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -60,66 +56,8 @@ EXT_AUTHZ = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_
 # room for the rest of the message (DESIGN.md s8).
 _GRPC_OVERHEAD = 1024 * 1024
 LIVENESS = "liveness"
-# While the audit log cannot be written, a probe line is tried this often.
-AUDIT_PROBE_S = 1.0
 # While Redis was down at start, the pushed policies are read again this often.
 REDIS_RETRY_S = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ServerConfig:
-    """Validated once, then frozen (every field is a CLI flag and an environment variable)."""
-
-    policies: tuple[str, ...]
-    listen: str = "127.0.0.1:50051"
-    audit_log: str | None = "audit.jsonl"  # "-": standard output only
-    fsync_interval_s: float = 1.0
-    audit_max_bytes: int | None = None  # rotate the audit log past this size
-    audit_max_age_s: float | None = None  # or once its file is this old
-    audit_keep: int | None = None  # closed segments kept (None: all)
-    audit_stdout: bool = False  # every audit line on standard output too (node log agents)
-    audit_otlp: bool = True  # with otlp_endpoint: audit lines and checkpoints as OTLP log records
-    audit_checkpoint_s: float = 10.0  # how often the chain's head is sent (OTLP logs)
-    otlp_endpoint: str | None = None
-    redis: str | None = None
-    redis_timeout_s: float = 0.1  # bound on each Redis call; past it, the rule's on_error decides
-    catalog: str | None = None
-    max_body_bytes: int = DEFAULT_MAX_BODY
-    watch_interval_s: float = 1.0
-    grace_s: float = 10.0
-    alert_webhook: str | None = None
-    alert_format: str = "json"  # json | slack
-    alert_window_s: float = 300.0  # one alert per (policy, rule, user) per window
-    budget_time_zone: str = "UTC"
-    metrics_listen: str | None = None  # HOST:PORT of /metrics and /healthz; None: off
-    # Control plane (admin/): the admin API's listener (None: off; `serve` defaults it to
-    # 127.0.0.1:50052) and bearer token; without a token it must be loopback. Pushed policies are
-    # re-read this often even without news.
-    admin_listen: str | None = None
-    admin_token: str | None = None
-    admin_tokens: str | None = None  # name:role:token lines: a file, or a Secret's directory
-    # With Redis: every record is also appended to a Redis Stream capped near this many entries
-    # (the dashboard reads it: the decisions of all replicas); 0: no stream.
-    decision_stream_max: int = 100_000
-    policy_poll_s: float = 5.0
-    # TLS on the ext_proc/ext_authz listener and on the admin API (None: plaintext); with a
-    # client CA, mTLS. The files are re-read when they change (tls.py).
-    tls: TlsFiles | None = None
-    admin_tls: TlsFiles | None = None
-    # Decide requests that name no organisation by the policies of empty scope, instead of
-    # refusing them with 400 missing_identity (the default: fail closed).
-    allow_anonymous: bool = False
-    # The work one request may cost (enforce/work.py): body bytes x text scanners, and the
-    # elapsed time of a large body's examination in a worker process (0 workers: in the loop).
-    work_budget: int = DEFAULT_BUDGET
-    work_timeout_s: float = DEFAULT_TIMEOUT_S
-    offload_bytes: int = DEFAULT_OFFLOAD_BYTES
-    offload_workers: int = 1
-    # Start the workers and compile the policies in them at start and on every swap, so the
-    # first large body after either pays no start-up (off: on first use; tests).
-    offload_warm: bool = True
-    # Envoy's ext_proc message_timeout, as in envoy/*.yaml.
-    message_timeout_s: float = 0.5
 
 
 class Sidecar:
@@ -149,11 +87,10 @@ class Sidecar:
         self.sink: AuditSink | None = None
         self.state: StateBackend | None = None
         self.processor: ExternalProcessor | None = None
+        self.admission = Admission(config.admission)  # one bound for both servicers
         self.metrics: Metrics | None = None
         self.metrics_port = 0
-        self.audit_log: AuditLog | None = None
-        self.watched: WatchedSink | None = None
-        self.audit_logs: OtelAuditLogs | None = None
+        self.local: LocalAudit | None = None  # the audit log file, its watcher and export
         self._ready = {"policies": False, "redis": True, "audit": True}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._background: list[asyncio.Task[None]] = []
@@ -190,18 +127,7 @@ class Sidecar:
         self.engine = Engine(
             self.store,
             self.sink,
-            EngineConfig(
-                max_body_bytes=cfg.max_body_bytes,
-                limits=limits.Settings(time_zone=cfg.budget_time_zone),
-                allow_anonymous=cfg.allow_anonymous,
-                work=WorkSettings(
-                    budget=cfg.work_budget,
-                    timeout_s=cfg.work_timeout_s,
-                    offload_bytes=cfg.offload_bytes,
-                    workers=cfg.offload_workers,
-                ),
-                message_timeout_s=cfg.message_timeout_s,
-            ),
+            cfg.engine_config(),
             state=self.state,
             catalog=self.catalog,
             alerts=self.alerts,
@@ -214,11 +140,13 @@ class Sidecar:
             ]
         )
         self.processor = ExternalProcessor(
-            self.engine, on_phase=self.metrics.sink.phase if self.metrics is not None else None
+            self.engine,
+            on_phase=self.metrics.sink.phase if self.metrics is not None else None,
+            admission=self.admission,
         )
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            Authorization(self.engine), server
+            Authorization(self.engine, admission=self.admission), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -254,9 +182,8 @@ class Sidecar:
             await self.stop()
             raise
         if self.metrics is not None:
-            self.metrics.watch(
-                self.store, processor=self.processor, alerts=self.alerts, audit=self.sink
-            )
+            m, p, a = self.metrics, self.processor, self.admission
+            m.watch(self.store, processor=p, alerts=self.alerts, audit=self.sink, admission=a)
             try:
                 self.metrics_port = self.metrics.serve()
             except OSError:
@@ -275,7 +202,7 @@ class Sidecar:
             self._warm_workers(self.store.current)
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
-        self._background.append(asyncio.create_task(self._probe_audit()))
+        self._background.append(asyncio.create_task(self._prune()))
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(
@@ -340,12 +267,8 @@ class Sidecar:
             return
 
     async def _set_health(self) -> None:
-        serving = all(self._ready.values())
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if serving
-            else (health_pb2.HealthCheckResponse.NOT_SERVING)
-        )
+        h = health_pb2.HealthCheckResponse
+        status = h.SERVING if all(self._ready.values()) else h.NOT_SERVING
         for service in ("", EXT_PROC, EXT_AUTHZ):
             await self.health.set(service, status)
 
@@ -358,57 +281,35 @@ class Sidecar:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(apply)
 
-    async def _probe_audit(self) -> None:
+    async def _prune(self) -> None:
         while True:
-            await asyncio.sleep(AUDIT_PROBE_S)
-            if self.watched is not None and not self.watched.healthy:
-                await asyncio.to_thread(self.watched.probe)
+            await asyncio.sleep(PROBE_S)
             self._background = [t for t in self._background if not t.done()]
-
-    async def _checkpoints(self) -> None:
-        # The chain's head, off the pod: cutting lines off the end of the file is then found.
-        while True:
-            await asyncio.sleep(self.config.audit_checkpoint_s)
-            self._checkpoint()
-
-    def _checkpoint(self) -> None:
-        if self.audit_logs is not None and self.audit_log is not None:
-            self.audit_logs.checkpoint(self.audit_log.last_hash, self.audit_log.lines)
 
     def reopen_audit(self) -> None:
         """Open the audit log's path again (SIGHUP, after logrotate renamed the file)."""
-        if self.audit_log is None:
-            return
-        try:
-            self.audit_log.reopen()
-        except Exception as exc:  # the next record tries again, and fails closed meanwhile
-            log.error("audit log reopen failed: %s", exc)
+        if self.local is not None:
+            self.local.reopen()
 
     def _open_sinks(self) -> list[AuditSink]:
         sinks: list[AuditSink] = list(self._extra_sinks)
         cfg = self.config
         if cfg.audit_log:
-            path = None if cfg.audit_log == "-" else cfg.audit_log
-            tee = 1 if cfg.audit_stdout or path is None else None
-            self.audit_log = AuditLog(
-                path,
+            self.local = local = LocalAudit(
+                cfg.audit_log,
                 fsync_interval_s=cfg.fsync_interval_s,
                 max_bytes=cfg.audit_max_bytes,
                 max_age_s=cfg.audit_max_age_s,
                 keep=cfg.audit_keep,
-                tee=tee,
+                stdout=cfg.audit_stdout,
+                otlp_endpoint=cfg.otlp_endpoint if cfg.audit_otlp else None,
+                checkpoint_s=cfg.audit_checkpoint_s,
+                on_health=self._audit_changed,
             )
-            if cfg.otlp_endpoint and cfg.audit_otlp:
-                from .audit.otel_logs import OtelAuditLogs
-
-                chain = f"{socket.gethostname()}:{path or 'stdout'}"
-                self.audit_logs = OtelAuditLogs(cfg.otlp_endpoint, chain=chain)
-                self.audit_log.listeners.append(self.audit_logs.line)
-                self._background.append(asyncio.create_task(self._checkpoints()))
-            self.watched = WatchedSink(
-                JsonlSink(self.audit_log), self.audit_log, self._audit_changed
-            )
-            sinks.append(self.watched)
+            self._background.append(asyncio.create_task(local.probe()))
+            if local.otlp is not None:
+                self._background.append(asyncio.create_task(local.checkpoints()))
+            sinks.append(local.watched)
         if self.config.otlp_endpoint:
             from .audit.otel import OtelSink
 
@@ -476,9 +377,8 @@ class Sidecar:
             await self.alerts.close()
         if self.sink is not None:
             self.sink.close()
-        if self.audit_logs is not None:
-            self._checkpoint()  # the head as the log closes
-            self.audit_logs.close()
+        if self.local is not None:
+            self.local.close_export()
         if self.state is not None:
             await self.state.close()
         if self.metrics is not None:

@@ -190,6 +190,28 @@ from .root import ENV, main
     "audited as envoy_gave_up.",
 )
 @click.option(
+    "--max-inflight",
+    default=64,
+    show_default=True,
+    type=int,
+    help="Admission control: at most this many requests being decided at once; the next one "
+    "is answered at once with 503 overloaded and retry-after (0: unbounded).",
+)
+@click.option(
+    "--max-queue-age",
+    default=0.0,
+    show_default=True,
+    type=float,
+    help="Seconds: a request that waited longer (since Envoy's request.time, else since it "
+    "reached the sidecar) is shed like one over --max-inflight (0: off).",
+)
+@click.option(
+    "--fail-open-route",
+    multiple=True,
+    help="Path glob (repeatable, e.g. '/v1/embeddings*'): a shed request to a matching path "
+    "goes through unchecked instead of being refused; audited and counted all the same.",
+)
+@click.option(
     "--admin-tokens",
     default=None,
     type=click.Path(),
@@ -255,6 +277,9 @@ def serve(
     offload_workers: int,
     offload_warm: bool,
     message_timeout: float,
+    max_inflight: int,
+    max_queue_age: float,
+    fail_open_route: tuple[str, ...],
     admin_tokens: str | None,
     decision_stream_max: int,
     workers: int,
@@ -266,6 +291,7 @@ def serve(
     """Run the ext_proc / ext_authz sidecar."""
     import asyncio
 
+    from ..enforce.admission import AdmissionSettings
     from ..logformat import configure
     from ..server import ServerConfig
     from ..server import serve as run
@@ -284,6 +310,11 @@ def serve(
         admin_token = token_from_env()
     except AdminError as exc:
         raise click.UsageError(exc.message) from None
+
+    try:
+        admission = AdmissionSettings(max_inflight, max_queue_age, fail_open_route)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
 
     configure(log_level, log_format)  # type: ignore[arg-type]
     config = ServerConfig(
@@ -318,6 +349,7 @@ def serve(
         offload_workers=offload_workers,
         offload_warm=offload_warm,
         message_timeout_s=message_timeout,
+        admission=admission,
         admin_token=admin_token,
         admin_tokens=admin_tokens,
         decision_stream_max=decision_stream_max,

@@ -17,6 +17,8 @@ from ..policy.decision import Decision, Throttle
 from .envoy_replies import Continue, Immediate
 
 DECISION_HEADER = "x-policy-decision"
+# Seconds a shed request (admission.py) is told to wait before retrying.
+SHED_RETRY_AFTER_S = 1
 PROVIDER_HEADER = "x-policy-provider"
 REDACTIONS_HEADER = "x-policy-redactions"
 REQUEST_ID_HEADER = "x-request-id"
@@ -80,6 +82,7 @@ _PUBLIC_REASONS = {
     "refused; retry later",
     "envoy_gave_up": "the policy decision took longer than the gateway waits for it",
     "protocol_error": "the gateway sent the policy service an unexpected message",
+    "overloaded": "the policy service is overloaded; retry after the time in retry-after",
 }
 _INTERNAL = "internal error in the policy service"
 
@@ -112,6 +115,8 @@ def error_body(decision: Decision, request_id: str) -> bytes:
         body["approval_id"] = decision.approval_id
     if decision.throttle is not None:
         body["retry_after"] = _retry_after(decision.throttle)
+    elif decision.code == "overloaded":
+        body["retry_after"] = SHED_RETRY_AFTER_S
     return _json(body)
 
 
@@ -130,6 +135,8 @@ def refusal(decision: Decision, request_id: str, version: str = "") -> Immediate
             ("x-ratelimit-remaining", str(max(0, t.remaining))),
             ("x-ratelimit-reset", str(max(0, math.ceil(t.reset_s)))),
         ]
+    elif decision.code == "overloaded":
+        headers.append(("retry-after", str(SHED_RETRY_AFTER_S)))
     return Immediate(
         status=_status(decision),
         body=error_body(decision, request_id),

@@ -4,6 +4,10 @@
 what it asks for (the engine's async decision, then the audit records and follow-ups, in
 order, before the reply goes back) and turns every failure into the machine's ``Failed`` event,
 so Envoy always gets a reply we chose (DESIGN.md s8).
+
+Admission control (admission.py) happens here, where an exchange starts: the request headers
+take a slot or are shed at once, and a request whose decision would start after it waited too
+long is shed then; its slot is given back once the request is decided or its stream ends.
 """
 
 from __future__ import annotations
@@ -13,23 +17,37 @@ import time
 
 from ..errors import PolicyExtprocError
 from . import answers
+from .admission import Admission
 from .engine import Engine
 from .envoy_replies import Continue, Immediate, Reply
 from .exchange import Exchange
 from .stream import ExtProcMachine, State
-from .stream_events import Closed, Decide, Decided, Failed, InternalError
+from .stream_events import Closed, Decide, Decided, Failed, InternalError, Shed
 from .translate import Event
 
 log = logging.getLogger(__name__)
+
+# The request phases: an admitted request holds its slot while in them.
+_DECIDING = (State.START, State.BODY, State.DECIDING)
 
 
 class ExtProcStream:
     """Drives an ``ExtProcMachine`` for the servicer: performs its ``Decide`` actions (the
     engine's async decision) and turns every failure into the machine's ``Failed`` event."""
 
-    def __init__(self, engine: Engine, *, trace_context: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        trace_context: dict[str, str] | None = None,
+        admission: Admission | None = None,
+    ) -> None:
         self.engine = engine
         self.machine = ExtProcMachine(engine, trace_context=trace_context)
+        self.admission = admission
+        self._admitted = False  # holds a slot of ``admission``
+        self._path = ""
+        self._since_ns = 0  # time.monotonic_ns() of when Envoy got the request (queue age)
 
     @property
     def state(self) -> State:
@@ -52,9 +70,22 @@ class ExtProcStream:
         audit records, follow-ups) is done before the reply goes back."""
         m = self.machine
         try:
-            out = m.receive(ev, received_ns=time.monotonic_ns())
+            now_ns = time.monotonic_ns()
+            first = ev.phase == "request_headers" and m.state is State.START
+            if self.admission is not None and first:
+                shed = self._admit(ev, now_ns)
+                if shed is not None:
+                    return self._reply(m.receive(shed))
+            out = m.receive(ev, received_ns=now_ns)
             self._perform()
             if isinstance(out, Decide):
+                if self._admitted:
+                    assert self.admission is not None
+                    age_s = (time.monotonic_ns() - self._since_ns) / 1e9
+                    late = self.admission.too_old(self._path, age_s)
+                    if late is not None:
+                        self._admitted = False  # too_old gave the slot back
+                        return self._reply(m.receive(Shed(late)))
                 ex = m.exchange
                 assert ex is not None
                 decision, new_body = await self.engine.decide_request(
@@ -62,8 +93,7 @@ class ExtProcStream:
                 )
                 self._perform()
                 out = m.receive(Decided(decision, new_body))
-            assert isinstance(out, Continue | Immediate), out
-            return out
+            return self._reply(out)
         except PolicyExtprocError as exc:
             return self._fail(exc)
         except Exception as exc:  # a bug of ours must not become Envoy's generic 500
@@ -71,6 +101,36 @@ class ExtProcStream:
             return self._fail(
                 InternalError(f"internal error while processing {ev.phase}: {type(exc).__name__}")
             )
+        finally:
+            if self._admitted and self.state not in _DECIDING:
+                self._release()
+
+    def _admit(self, ev: Event, now_ns: int) -> Shed | None:
+        """Take a slot for the request whose headers ``ev`` are, or shed it."""
+        assert self.admission is not None
+        self._path = ev.headers.get(":path", "")
+        self._since_ns = now_ns
+        age_s = None
+        if ev.request_time_s is not None:
+            # Envoy's clock and ours are the same host's (a sidecar): the wait in Envoy and in
+            # our event loop, not just since our code saw the message.
+            age_s = max(0.0, time.time() - ev.request_time_s)
+            self._since_ns = now_ns - int(age_s * 1e9)
+        shed = self.admission.admit(self._path, age_s)
+        if shed is not None:
+            return Shed(shed, ev)
+        self._admitted = True
+        return None
+
+    def _release(self) -> None:
+        self._admitted = False
+        if self.admission is not None:
+            self.admission.release()
+
+    def _reply(self, out: object) -> Reply:
+        self._perform()
+        assert isinstance(out, Continue | Immediate), out
+        return out
 
     def _perform(self) -> None:
         self.engine.perform(self.machine.effects())
@@ -101,6 +161,8 @@ class ExtProcStream:
 
     def close(self) -> None:
         """The stream ended (cleanly, cancelled, or the client went away)."""
+        if self._admitted:
+            self._release()
         try:
             self.machine.receive(Closed(time.monotonic_ns()))
             self._perform()

@@ -22,6 +22,7 @@ from ..audit.sink import AuditSink
 from ..errors import (
     BodyTooLarge,
     EnvoyGaveUp,
+    Overloaded,
     PolicyExtprocError,
     RequestError,
 )
@@ -251,6 +252,17 @@ class Engine:
                 fired=fired.fired,
                 compliance=fired.compliance,
             )
+        return self._failed(ex, exc, decision)
+
+    def shed(self, ex: Exchange, exc: Overloaded) -> Decision:
+        """Shed by admission control: refused (503), or on a fail-open route let through
+        unchecked (allow, code overloaded); audited either way."""
+        decision = answers.request_error(exc)
+        if exc.fail_open:
+            decision = replace(decision, action="allow", http_status=200)
+        return self._failed(ex, exc, decision)
+
+    def _failed(self, ex: Exchange, exc: PolicyExtprocError, decision: Decision) -> Decision:
         ex.error_code = exc.code
         ex.outcome = getattr(exc, "outcome", None)
         if not ex.ctx.org and not ex.ctx.user and (ex.headers or ex.claims):

@@ -34,6 +34,9 @@ class Continue:
     # mode_override on request headers: Envoy skips the response phases of this exchange
     # (no rule in the request's scope reads the response), saving two messages.
     skip_response: bool = False
+    # mode_override on request headers: Envoy sends nothing more of this exchange (shed on a
+    # fail-open route, admission.py: the request goes through unchecked).
+    skip_rest: bool = False
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 

@@ -9,6 +9,7 @@ redact use ext_proc.
 from __future__ import annotations
 
 import logging
+import time
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as auth
@@ -18,6 +19,7 @@ from google.rpc import status_pb2
 from ..errors import PolicyExtprocError
 from ..policy.decision import Decision
 from . import answers, translate
+from .admission import Admission
 from .engine import Engine, RedactionUnavailable
 from .exchange import Exchange
 
@@ -47,8 +49,10 @@ def _refuse(engine: Engine, ex: Exchange, exc: PolicyExtprocError) -> Decision:
         return answers.request_error(cause)
 
 
-async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckResponse:
-    """Decide one ext_authz CheckRequest."""
+async def check(
+    engine: Engine, request: auth.CheckRequest, *, admission: Admission | None = None
+) -> auth.CheckResponse:
+    """Decide one ext_authz CheckRequest; with ``admission``, shed it when overloaded."""
     attrs = request.attributes
     http = attrs.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
@@ -69,6 +73,28 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
     # identity headers, as for ext_proc (DESIGN.md s4).
     claims = translate.jwt_claims(attrs.metadata_context)
     ex = engine.begin(headers, claims)
+    if admission is None:
+        return await _decide(engine, ex, body)
+    path = headers.get(":path", "")
+    age_s = None
+    if attrs.request.HasField("time"):  # when Envoy got the request (AttributeContext.Request)
+        age_s = max(0.0, time.time() - attrs.request.time.ToNanoseconds() / 1e9)
+    shed = admission.admit(path, age_s)
+    if shed is not None:
+        try:
+            decision = engine.shed(ex, shed)
+            engine.perform(ex.take_effects())
+        except Exception:
+            decision = _refuse(engine, ex, shed)
+        return _answer(ex, decision)
+    try:
+        return await _decide(engine, ex, body)
+    finally:
+        admission.release()
+
+
+async def _decide(engine: Engine, ex: Exchange, body: bytes) -> auth.CheckResponse:
+    headers = ex.headers
     try:
         # Envoy's with_request_body sets allow_partial_message: a body cut at max_request_bytes
         # is shorter than its declared length, and is refused rather than half-evaluated.
@@ -82,6 +108,10 @@ async def check(engine: Engine, request: auth.CheckRequest) -> auth.CheckRespons
     except Exception:
         log.exception("ext_authz check failed")
         decision = _refuse(engine, ex, PolicyExtprocError("internal error"))
+    return _answer(ex, decision)
+
+
+def _answer(ex: Exchange, decision: Decision) -> auth.CheckResponse:
     rid = ex.request_id
     if decision.action == "allow":
         return auth.CheckResponse(

@@ -15,6 +15,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from ..logformat import bind_request
 from . import extauthz, translate
+from .admission import Admission
 from .driver import ExtProcStream
 from .engine import Engine
 from .envoy_replies import Extend
@@ -26,9 +27,14 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
     """envoy.service.ext_proc.v3.ExternalProcessor: one state machine per stream."""
 
     def __init__(
-        self, engine: Engine, *, on_phase: Callable[[str, float], None] | None = None
+        self,
+        engine: Engine,
+        *,
+        on_phase: Callable[[str, float], None] | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self.engine = engine
+        self.admission = admission  # shared with the ext_authz servicer: one bound per process
         # Told how long each message took to answer, by phase (the phase latency metric).
         self.on_phase = on_phase
         self.open_streams = 0
@@ -38,7 +44,9 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         request_iterator: AsyncIterator[ep.ProcessingRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[ep.ProcessingResponse]:
-        stream = ExtProcStream(self.engine, trace_context=_trace_context(context))
+        stream = ExtProcStream(
+            self.engine, trace_context=_trace_context(context), admission=self.admission
+        )
         self.open_streams += 1
         try:
             async for msg in request_iterator:
@@ -85,10 +93,11 @@ def _trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:
 class Authorization(external_auth_pb2_grpc.AuthorizationServicer):
     """envoy.service.auth.v3.Authorization, for deployments that only need allow or deny."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, admission: Admission | None = None) -> None:
         self.engine = engine
+        self.admission = admission
 
     async def Check(
         self, request: CheckRequest, context: grpc.aio.ServicerContext
     ) -> CheckResponse:
-        return await extauthz.check(self.engine, request)
+        return await extauthz.check(self.engine, request, admission=self.admission)

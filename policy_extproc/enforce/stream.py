@@ -14,6 +14,9 @@ transition is a row of ``TRANSITIONS`` below, and ``_step`` is the one place tha
     RESPONSE --response_headers--> RESPONSE_BODY   (or DONE at end of stream)
     RESPONSE_BODY --response_body--> RESPONSE_BODY (DONE at end of stream, or refused)
     START/BODY --response_headers/body--> same state   (Envoy answered the client itself)
+    START/DECIDING --shed--> DONE          (admission control: refused 503 overloaded)
+    START/DECIDING --shed--> UNCHECKED     (... on a fail-open route: let through unchecked)
+    UNCHECKED --any message--> UNCHECKED   (passed as it comes; Envoy was told to send no more)
     any --trailers--> same state
     any --failed--> DONE                   (an error, deliberately answered and audited)
     any --closed--> DONE                   (the stream ended or was reset: a request not decided
@@ -54,6 +57,7 @@ from .stream_events import (
     Failed,
     Input,
     Output,
+    Shed,
 )
 from .translate import Event
 
@@ -66,6 +70,7 @@ class State(enum.Enum):
     DECIDING = "deciding"  # the request's decision was asked for (``Decide``), not yet fed back
     RESPONSE = "response"
     RESPONSE_BODY = "response_body"
+    UNCHECKED = "unchecked"  # shed on a fail-open route: what comes passes unexamined
     DONE = "done"
 
 
@@ -78,7 +83,7 @@ _TRAILERS = ("request_trailers", "response_trailers")
 def _kind(ev: Input) -> str:
     if isinstance(ev, Event):
         return ev.phase or "unknown"
-    return {Decided: "decided", Failed: "failed", Closed: "closed"}[type(ev)]
+    return {Decided: "decided", Failed: "failed", Closed: "closed", Shed: "shed"}[type(ev)]
 
 
 class ExtProcMachine:
@@ -145,12 +150,7 @@ class ExtProcMachine:
         return Continue(phase=ev.phase), self.state  # type: ignore[arg-type]
 
     def _request_headers(self, ev: Event) -> tuple[Output, State]:
-        headers = ev.headers
-        if self.trace_context:
-            # Envoy's own span (the ext_proc call's, from the gRPC metadata) is the parent,
-            # ahead of a traceparent the client sent: the decision sits under Envoy's span.
-            headers = {**headers, **self.trace_context}
-        self.exchange = ex = self.engine.begin(headers, ev.claims)
+        self.exchange = ex = self._begin(ev)
         self.claims = ev.claims
         self._arm()
         # x-policy-* headers are ours: one a client sent (x-policy-provider picks the route)
@@ -169,6 +169,42 @@ class ExtProcMachine:
             skip_response=not self.engine.needs_response(ex),
         )
         return reply, State.BODY
+
+    def _begin(self, ev: Event) -> Exchange:
+        headers = ev.headers
+        if self.trace_context:
+            # Envoy's own span (the ext_proc call's, from the gRPC metadata) is the parent,
+            # ahead of a traceparent the client sent: the decision sits under Envoy's span.
+            headers = {**headers, **self.trace_context}
+        return self.engine.begin(headers, ev.claims)
+
+    def _shed(self, ev: Shed) -> tuple[Output, State]:
+        """Shed by admission control: refused (503 overloaded, retry-after), or on a fail-open
+        route let through unchecked; audited either way (``Engine.shed``)."""
+        first = ev.headers
+        if self.exchange is None:
+            assert first is not None, "shed before the request headers"
+            self.exchange = self._begin(first)
+            self._spoofed = tuple(h for h in first.headers if h.startswith("x-policy-"))
+        ex = self.exchange
+        decision = self.engine.shed(ex, ev.error)
+        if decision.action != "allow":
+            return answers.refusal(decision, ex.request_id, self.version()), State.DONE
+        phase = "request_headers" if first is not None else self._decide_phase
+        on_headers = phase == "request_headers"
+        # x-policy-* headers stay ours (they pick the route) even unchecked.
+        dropped = self._spoofed if on_headers else ()
+        reply = Continue(
+            phase=phase,  # type: ignore[arg-type]
+            remove_headers=dropped,
+            clear_route_cache=bool(dropped),
+            skip_rest=on_headers,
+            metadata=answers.metadata(decision, ex.request_id, self.version()),
+        )
+        return reply, State.UNCHECKED
+
+    def _unchecked(self, ev: Event) -> tuple[Output, State]:
+        return Continue(phase=ev.phase), State.UNCHECKED  # type: ignore[arg-type]
 
     def _request_body(self, ev: Event) -> tuple[Output, State]:
         self._decide_phase = "request_body"
@@ -314,6 +350,11 @@ TRANSITIONS: dict[tuple[State, str], tuple[_Handler, frozenset[State]]] = {
         for s in (S.START, S.BODY)
         for phase in ("response_headers", "response_body")
     },
+    **{
+        (s, "shed"): (ExtProcMachine._shed, frozenset({S.DONE, S.UNCHECKED}))
+        for s in (S.START, S.DECIDING)
+    },
+    **{(S.UNCHECKED, p): (ExtProcMachine._unchecked, frozenset({S.UNCHECKED})) for p in _PHASES},
     **{(s, t): (ExtProcMachine._trailers, frozenset({s})) for s in S for t in _TRAILERS},
     **{(s, "failed"): (ExtProcMachine._failed, frozenset({S.DONE})) for s in S},
     **{(s, "closed"): (ExtProcMachine._closed, frozenset({S.DONE})) for s in S},

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import PolicyExtprocError
+from ..errors import Overloaded, PolicyExtprocError
 from ..policy.decision import Decision
 from .envoy_replies import Reply
 from .translate import Event
@@ -58,5 +58,14 @@ class Closed:
     now_ns: int
 
 
-Input = Event | Decided | Failed | Closed
+@dataclass(frozen=True, slots=True)
+class Shed:
+    """Event: admission control (admission.py) sheds the request, on its ``headers`` (the
+    request headers message, which the machine has not seen then) or before its decision."""
+
+    error: Overloaded
+    headers: Event | None = None
+
+
+Input = Event | Decided | Failed | Closed | Shed
 Output = Reply | Decide | None  # None: nothing to send (``closed``)

@@ -19,9 +19,11 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import json_format, struct_pb2
 
+from .admission import request_time_s
 from .envoy_replies import Continue, Extend, Immediate, Phase, Reply
 
 NAMESPACE = "policy_extproc"
+EXT_PROC_FILTER = "envoy.filters.http.ext_proc"  # the key of the filter's request_attributes
 JWT_NAMESPACE = "envoy.filters.http.jwt_authn"
 
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -41,6 +43,14 @@ _SKIP_RESPONSE = processing_mode_pb2.ProcessingMode(
     response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
     response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
 )
+_SKIP_REST = processing_mode_pb2.ProcessingMode(
+    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
+    request_body_mode=processing_mode_pb2.ProcessingMode.NONE,
+    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    response_header_mode=processing_mode_pb2.ProcessingMode.SKIP,
+    response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
+    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +62,9 @@ class Event:
     body: bytes
     end_of_stream: bool
     claims: Mapping[str, Any] | None = None
+    # Envoy's request.time attribute (request_attributes, sent with the request headers), in
+    # seconds since the epoch: when Envoy got the request (admission control's queue age).
+    request_time_s: float | None = None
 
 
 def _headers(hm: base_pb2.HeaderMap) -> dict[str, str]:
@@ -96,12 +109,22 @@ def jwt_claims(metadata: base_pb2.Metadata) -> Mapping[str, Any] | None:
     return mappings[0] if len(mappings) == 1 else None
 
 
+def _request_time(msg: ep.ProcessingRequest) -> float | None:
+    attrs = msg.attributes.get(EXT_PROC_FILTER) if msg.attributes else None
+    if attrs is None or "request.time" not in attrs.fields:
+        return None
+    return request_time_s(attrs.fields["request.time"].string_value)
+
+
 def event(msg: ep.ProcessingRequest) -> Event:
     """Decode one ProcessingRequest."""
     kind = msg.WhichOneof("request")
     claims = _claims(msg)
-    if kind in ("request_headers", "response_headers"):
-        h = getattr(msg, kind)
+    if kind == "request_headers":
+        h = msg.request_headers
+        return Event(kind, _headers(h.headers), b"", h.end_of_stream, claims, _request_time(msg))
+    if kind == "response_headers":
+        h = msg.response_headers
         return Event(kind, _headers(h.headers), b"", h.end_of_stream, claims)
     if kind in ("request_body", "response_body"):
         b = getattr(msg, kind)
@@ -180,6 +203,8 @@ def _continue(reply: Continue) -> ep.ProcessingResponse:
         # Envoy applies the whole ProcessingMode it is given (ext_proc.cc onReceiveMessage), so
         # the request side is restated as configured: headers sent, body buffered.
         msg.mode_override.CopyFrom(_SKIP_RESPONSE)
+    if reply.skip_rest:
+        msg.mode_override.CopyFrom(_SKIP_REST)
     if reply.metadata:
         msg.dynamic_metadata.CopyFrom(_struct(reply.metadata))
     return msg

@@ -23,7 +23,9 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_policy_reload_failing, policy_extproc_policy_reload_failures_total,
     policy_extproc_alerts_{sent,failed,dropped,suppressed,silenced}_total,
     policy_extproc_alert_queue_depth, policy_extproc_audit_spans_total{outcome},
-    policy_extproc_audit_span_backlog                              read at scrape time
+    policy_extproc_audit_span_backlog,
+    policy_extproc_inflight, policy_extproc_max_inflight,
+    policy_extproc_shed_total{reason}                              read at scrape time
 
 A response record carries either its request's decision again (firings, redactions,
 degradations) or, when an output guardrail fired, the guardrails' own decision. Decisions,
@@ -66,6 +68,7 @@ from .sink import (
 
 if TYPE_CHECKING:
     from ..audit.sink import AuditSink
+    from ..enforce.admission import Admission
     from ..enforce.alerts import AlertNotifier
     from ..enforce.servicer import ExternalProcessor
     from ..sources.store import PolicyStore
@@ -112,9 +115,11 @@ class Metrics:
         processor: ExternalProcessor | None = None,
         alerts: AlertNotifier | None = None,
         audit: AuditSink | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """Report these running parts at every scrape (call once)."""
-        self.registry.register(RuntimeCollector(Sources(store, processor, alerts, audit)))
+        sources = Sources(store, processor, alerts, audit, admission)
+        self.registry.register(RuntimeCollector(sources))
 
     def serve(self) -> int:
         """Start the endpoint; returns the bound port. Raises ``OSError`` if it cannot bind."""

@@ -12,6 +12,7 @@ from prometheus_client.registry import Collector
 from ..audit.sink import AuditSink, FanoutSink
 
 if TYPE_CHECKING:
+    from ..enforce.admission import Admission
     from ..enforce.alerts import AlertNotifier
     from ..enforce.servicer import ExternalProcessor
     from ..sources.store import PolicyStore
@@ -38,6 +39,7 @@ class Sources:
     processor: ExternalProcessor | None = None
     alerts: AlertNotifier | None = None
     audit: AuditSink | None = None
+    admission: Admission | None = None
 
 
 class RuntimeCollector(Collector):
@@ -62,6 +64,8 @@ class RuntimeCollector(Collector):
                 "ext_proc streams open now.",
                 src.processor.open_streams,
             )
+        if src.admission is not None:
+            yield from _admission(src.admission)
         if src.alerts is not None:
             a = src.alerts
             yield _counter("policy_extproc_alerts_sent", "Alerts delivered to the webhook.", a.sent)
@@ -146,3 +150,25 @@ def _sinks(sink: AuditSink | None) -> Sequence[AuditSink]:
     if sink is None:
         return ()
     return sink.sinks if isinstance(sink, FanoutSink) else (sink,)
+
+
+def _admission(adm: Admission) -> Iterator[Metric]:
+    yield _gauge(
+        "policy_extproc_inflight",
+        "Requests being decided now (admitted, not yet decided).",
+        adm.inflight,
+    )
+    yield _gauge(
+        "policy_extproc_max_inflight",
+        "serve --max-inflight: the bound (0: unbounded).",
+        adm.settings.max_inflight,
+    )
+    shed = CounterMetricFamily(
+        "policy_extproc_shed",
+        "Requests shed by admission control (503 overloaded, or let through on a fail-open "
+        "route), by reason: inflight or queue_age.",
+        labels=["reason"],
+    )
+    for reason, count in adm.shed.items():
+        shed.add_metric([reason], count)
+    yield shed

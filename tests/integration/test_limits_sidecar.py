@@ -25,6 +25,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from policy_extproc.enforce import limits
+from policy_extproc.enforce.admission import AdmissionSettings
 from policy_extproc.llm.request import parse_request
 from policy_extproc.llm.response import Usage
 from policy_extproc.policy.compiler import Snapshot
@@ -237,6 +238,9 @@ async def start_sidecar(tmp_path: Path) -> AsyncIterator[StartSidecar]:
 
         async def start(policies: str, **config: Any) -> Running:
             config.setdefault("admin_listen", None)  # replicas would share its default port
+            # Up to 200 requests arrive at once: over admission control's default bound (64),
+            # some would be shed (503 overloaded) instead of counted against the limit.
+            config.setdefault("admission", AdmissionSettings(max_inflight=0))
             where = tmp_path / f"sidecar-{next(numbers)}"
             return await stack.enter_async_context(running_sidecar(where, policies, **config))
 
@@ -709,6 +713,7 @@ def serve_process(policy_dir: Path, redis_url: str, workdir: Path) -> ManagedPro
         # No Envoy here to give up: 200 streams at once on two shared cores can take longer
         # than Envoy's 0.5 s, and a decision refused as envoy_gave_up is not the test's subject.
         "--message-timeout", "10",
+        "--max-inflight", "0",  # 100 requests at once each: none shed, all counted
     ]  # fmt: skip
     proc = ManagedProcess(argv, "policy-extproc", workdir=workdir)
     proc.port = port

@@ -15,12 +15,13 @@ fragmentation). The last sample calls glibc's ``malloc_trim(0)`` and reports the
 (how much of the RSS is free heap); ``--trim`` does so after every sample and fits that too.
 ``--arena-max N`` runs the sidecar with ``MALLOC_ARENA_MAX=N``; ``--trace F`` runs tracemalloc
 (F frames: slower, so the rate it sustains is lower) and prints the allocation sites that grew
-most between the middle and the end, by traceback.
+most between the middle and the end, by traceback. ``--bare`` plays the same traffic against
+a bare gRPC ext_proc server that answers CONTINUE: the drift of gRPC and the interpreter alone.
 
 Prints figures; asserts nothing. Usage:
 
     .venv/bin/python benchmarks/soak.py [--rate 100] [--duration 300] [--sample 10]
-        [--trim] [--arena-max N] [--trace FRAMES] [--types]
+        [--trim] [--arena-max N] [--trace FRAMES] [--types] [--bare]
         [--no-rotation]   (for a sidecar without the audit rotation flags, e.g. an older tree
                            on PYTHONPATH)
 """
@@ -85,6 +86,7 @@ class Options:
     arena_max: int | None = None
     trace: int = 0
     types: bool = False
+    bare: bool = False
 
 
 def slope_per_min(points: list[tuple[float, float]]) -> float:
@@ -139,13 +141,22 @@ async def run(opts: Options) -> None:
     if opts.arena_max is not None:
         env["MALLOC_ARENA_MAX"] = str(opts.arena_max)
     own = ["--trace", str(opts.trace)] if opts.trace else []
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, str(PROBE), str(work), *own, "--",
+    serve = [
         "serve", "--policies", str(work / "policies"), "--listen", "127.0.0.1:0",
         "--admin-listen", "off", "--audit-log", str(work / "audit.jsonl"),
         *(("--audit-max-bytes", "8M", "--audit-keep", "2") if opts.rotation else ()),
-        stderr=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL, env=env,
-    )  # fmt: skip
+    ]  # fmt: skip
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(PROBE),
+        str(work),
+        *own,
+        "--",
+        *(["bare"] if opts.bare else serve),
+        stderr=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.DEVNULL,
+        env=env,
+    )
     assert proc.stderr is not None
     port = 0
     while not port:
@@ -164,7 +175,8 @@ async def run(opts: Options) -> None:
         trimmed = f"  trimmed {p['trimmed_rss_kb'] / 1024:7.1f} MB" if trim else ""
         print(
             f"{elapsed:7.0f} s  rss {p['rss_kb'] / 1024:7.1f} MB{trimmed}"
-            f"  blocks {p['blocks']:>9}  objects {p['objects']:>9}  tasks {p['tasks']:>4}"
+            f"  blocks {p['blocks']:>7}  arenas {p.get('arenas', -1):>4}"
+            f"  objects {p['objects']:>6}  tasks {p['tasks']:>4}"
             f"  sent {sent}",
             flush=True,
         )
@@ -215,7 +227,7 @@ def report(
     if opts.trim:
         trimmed = series(half, "trimmed_rss_kb", 1024)
         print(f"  after malloc_trim(0), second half {slope_per_min(trimmed):+.3f} MB/min")
-    for name in ("blocks", "objects", "tasks"):
+    for name in ("blocks", "arenas", "pymalloc_used", "pymalloc_free", "objects", "tasks"):
         print(f"  {name} second half {slope_per_min(series(half, name)):+.1f}/min"
               f" (first {probes[0][1][name]}, last {probes[-1][1][name]})")  # fmt: skip
     if opts.types and len(half) >= 2:
@@ -244,6 +256,7 @@ def main() -> None:
     parser.add_argument("--arena-max", type=int, default=None, help="MALLOC_ARENA_MAX")
     parser.add_argument("--trace", type=int, default=0, metavar="FRAMES", help="tracemalloc")
     parser.add_argument("--types", action="store_true", help="object types that grew")
+    parser.add_argument("--bare", action="store_true", help="a bare gRPC server, no sidecar")
     args = parser.parse_args()
     asyncio.run(run(Options(**vars(args))))
 

@@ -2,12 +2,14 @@
 
 Usage: ``python benchmarks/soak_probe.py <probe-dir> [--trace FRAMES] -- serve ...``.
 On every SIGUSR1 the process writes ``<probe-dir>/probe-<n>.json`` (n counts from 0): its VmRSS,
-the blocks Python's allocator holds (``sys.getallocatedblocks``), the asyncio tasks alive and
-the object counts by type (``gc.get_objects``). SIGUSR2 does the same, then calls glibc's
+the blocks Python's allocator holds (``sys.getallocatedblocks``) and its arenas (a heap of
+live blocks whose arenas grow is fragmented), the asyncio tasks alive and the object counts by
+type (``gc.get_objects``). SIGUSR2 does the same, then calls glibc's
 ``malloc_trim(0)`` and adds the VmRSS after it (memory the allocator held free: fragmentation
 or a high-water mark, not live objects). With
 ``--trace``, tracemalloc runs from the start and each probe also dumps its snapshot to
-``probe-<n>.tracemalloc``, for ``soak.py`` to compare by traceback.
+``probe-<n>.tracemalloc``, for ``soak.py`` to compare by traceback. ``-- bare`` runs a bare
+gRPC ext_proc server instead of the sidecar (``soak.py --bare``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import tracemalloc
+from collections.abc import AsyncIterator
 from pathlib import Path
 from types import FrameType
 
@@ -29,6 +33,32 @@ from types import FrameType
 def rss_kb() -> int:
     match = re.search(r"VmRSS:\s+(\d+) kB", Path("/proc/self/status").read_text())
     return int(match.group(1)) if match else -1
+
+
+def pymalloc() -> dict[str, int]:
+    """Python's small-object allocator as ``sys._debugmallocstats`` tells it (it writes to the C
+    stderr): arenas held, bytes in live blocks and free bytes inside those arenas."""
+    wanted = {
+        "arenas allocated current": "arenas",
+        "bytes in allocated blocks": "pymalloc_used",
+        "bytes in available blocks": "pymalloc_free",
+    }
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    found = {}
+    for line in text.splitlines():
+        name, _, value = line.lstrip("# ").partition("=")
+        if name.strip() in wanted:
+            found[wanted[name.strip()]] = int(value.strip().replace(",", ""))
+    return found
 
 
 class Probe:
@@ -40,6 +70,7 @@ class Probe:
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         n, self.n = self.n, self.n + 1
         report: dict[str, object] = {"rss_kb": rss_kb(), "blocks": sys.getallocatedblocks()}
+        report.update(pymalloc())
         try:
             report["tasks"] = len(asyncio.all_tasks())
         except RuntimeError:  # no loop running yet
@@ -58,6 +89,31 @@ class Probe:
         os.replace(tmp, self.out / f"probe-{n}.json")  # the reader never sees half a file
 
 
+async def bare() -> None:
+    """gRPC alone: an ext_proc server that answers every message with an empty reply (CONTINUE)
+    and does nothing else, so ``soak.py --bare`` measures the drift that is not the sidecar's."""
+    import grpc
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
+
+    class Continue(epg.ExternalProcessorServicer):
+        async def Process(
+            self,
+            requests: AsyncIterator[ep.ProcessingRequest],
+            context: grpc.aio.ServicerContext,
+        ) -> AsyncIterator[ep.ProcessingResponse]:
+            async for msg in requests:
+                phase = msg.WhichOneof("request")
+                yield ep.ProcessingResponse(**{phase: {}})
+
+    server = grpc.aio.server()
+    epg.add_ExternalProcessorServicer_to_server(Continue(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    print(f"serving on 127.0.0.1:{port}", file=sys.stderr, flush=True)
+    await server.wait_for_termination()
+
+
 def main() -> None:
     args = sys.argv[1:]
     split = args.index("--")
@@ -68,6 +124,9 @@ def main() -> None:
     probe = Probe(out)
     signal.signal(signal.SIGUSR1, probe)
     signal.signal(signal.SIGUSR2, probe)
+    if cli == ["bare"]:
+        asyncio.run(bare())
+        return
     from policy_extproc.cli import main as cli_main
 
     sys.argv = ["policy-extproc", *cli]

@@ -202,3 +202,13 @@ async def test_one_user_per_request_keeps_a_minute_of_users() -> None:
         assert state.scheduled() == 0
         most = max(most, state.stored())
     assert most <= rate * PURGE_EVERY_S + 50 + 1
+
+
+async def test_a_clock_stepping_back_delays_an_expiry_by_at_most_the_step() -> None:
+    state = MemoryState()
+    budget = BudgetSpec("budget:user:alice:b1:day", 1e6, 0.01, T0 + 86400)
+    await state.admit(ORG, "first", (), [budget], now=T0 + 10, reservation_ttl_s=600)
+    await state.admit(ORG, "after-the-step", (), [budget], now=T0, reservation_ttl_s=600)
+    assert await state.expire_reservations(now=T0 + 605) == 0  # waits behind "first"
+    assert await state.expire_reservations(now=T0 + 610) == 2
+    assert state.scheduled() == 0

@@ -227,6 +227,15 @@ def report(
     if opts.trim:
         trimmed = series(half, "trimmed_rss_kb", 1024)
         print(f"  after malloc_trim(0), second half {slope_per_min(trimmed):+.3f} MB/min")
+    # The memory state is purged once a minute, so the blocks saw-tooth with a minute of users:
+    # the lowest of each minute is the heap without them (the last minute may be cut short).
+    lows: dict[int, tuple[float, float]] = {}
+    for t, blocks in series(half, "blocks"):
+        minute = int((t - half[0][0]) // 60)
+        if minute not in lows or blocks < lows[minute][1]:
+            lows[minute] = (t, blocks)
+    low = slope_per_min(list(lows.values())[:-1])
+    print(f"  blocks, the lowest of each minute, second half {low:+.1f}/min")
     for name in ("blocks", "arenas", "pymalloc_used", "pymalloc_free", "objects", "tasks"):
         print(f"  {name} second half {slope_per_min(series(half, name)):+.1f}/min"
               f" (first {probes[0][1][name]}, last {probes[-1][1][name]})")  # fmt: skip

@@ -237,6 +237,8 @@ def report(
     low = slope_per_min(list(lows.values())[:-1])
     print(f"  blocks, the lowest of each minute, second half {low:+.1f}/min")
     for name in ("blocks", "arenas", "pymalloc_used", "pymalloc_free", "objects", "tasks"):
+        if any(name not in p for _, p in probes):
+            continue  # pymalloc's figures are not there under tracemalloc
         print(f"  {name} second half {slope_per_min(series(half, name)):+.1f}/min"
               f" (first {probes[0][1][name]}, last {probes[-1][1][name]})")  # fmt: skip
     if opts.types and len(half) >= 2:

@@ -202,8 +202,9 @@ from .root import ENV, main
     default=0.0,
     show_default=True,
     type=float,
-    help="Seconds: a request that waited longer (since Envoy's request.time, else since it "
-    "reached the sidecar) is shed like one over --max-inflight (0: off).",
+    help="Seconds: a request whose headers reach the sidecar later than this after Envoy's "
+    "request.time is shed like one over --max-inflight (0: off; Envoy and the sidecar must "
+    "share a clock: a sidecar in the pod).",
 )
 @click.option(
     "--fail-open-route",

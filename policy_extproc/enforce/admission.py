@@ -8,10 +8,13 @@ requests that are admitted stay fast:
 - ``max_inflight``: at most this many requests between their headers and their decision (the
   request phases: an answer being streamed back costs little and can last minutes, so it does
   not count); the next one is shed (reason ``inflight``). 0: no bound.
-- ``max_queue_age_s``: a request older than this when its headers are taken up, or when its
-  decision would start, is shed (reason ``queue_age``). Its age counts from Envoy's
-  ``request.time`` attribute when Envoy sends it (ext_proc ``request_attributes``, ext_authz
-  ``attributes.request.time``), else from when its headers reached the sidecar. 0: off.
+- ``max_queue_age_s``: a request older than this when its headers are taken up is shed
+  (reason ``queue_age``). Its age counts from Envoy's ``request.time`` attribute (ext_proc
+  ``request_attributes``, ext_authz ``attributes.request.time``): the wait in Envoy, gRPC's
+  queues and the event loop, which is where an overloaded sidecar's backlog is. Not checked
+  again before the decision: by then the age includes the client's upload of the body. Without
+  ``request.time`` nothing is shed for age. It compares Envoy's clock with ours: for a sidecar
+  (one host), not for a processor run as a Service on other nodes. 0: off.
 - ``fail_open_routes``: globs of request paths (``fnmatch``: ``*`` matches ``/`` too, the query
   is not part of the path) whose shed requests go through unchecked instead of being refused,
   audited and counted all the same (STYLE.md: fail open only where configured, never silently).
@@ -77,15 +80,6 @@ class Admission:
             return self._shed(path, INFLIGHT, f"{self.inflight} requests are being decided")
         self.inflight += 1
         return None
-
-    def too_old(self, path: str, age_s: float) -> Overloaded | None:
-        """For an admitted request about to be decided: shed (and release) it if it waited
-        too long since it arrived."""
-        s = self.settings
-        if not s.max_queue_age_s or age_s <= s.max_queue_age_s:
-            return None
-        self.release()
-        return self._shed(path, QUEUE_AGE, f"it waited {age_s:.3f} s for the policy service")
 
     def release(self) -> None:
         """An admitted request was decided, refused, or its stream ended."""

@@ -46,8 +46,6 @@ class ExtProcStream:
         self.machine = ExtProcMachine(engine, trace_context=trace_context)
         self.admission = admission
         self._admitted = False  # holds a slot of ``admission``
-        self._path = ""
-        self._since_ns = 0  # time.monotonic_ns() of when Envoy got the request (queue age)
 
     @property
     def state(self) -> State:
@@ -73,19 +71,14 @@ class ExtProcStream:
             now_ns = time.monotonic_ns()
             first = ev.phase == "request_headers" and m.state is State.START
             if self.admission is not None and first:
-                shed = self._admit(ev, now_ns)
+                shed = self._admit(ev)
                 if shed is not None:
                     return self._reply(m.receive(shed))
             out = m.receive(ev, received_ns=now_ns)
             self._perform()
             if isinstance(out, Decide):
-                if self._admitted:
-                    assert self.admission is not None
-                    age_s = (time.monotonic_ns() - self._since_ns) / 1e9
-                    late = self.admission.too_old(self._path, age_s)
-                    if late is not None:
-                        self._admitted = False  # too_old gave the slot back
-                        return self._reply(m.receive(Shed(late)))
+                # No second queue-age check here: the time since request.time now includes
+                # the client's upload of the body, which is not the sidecar being overloaded.
                 ex = m.exchange
                 assert ex is not None
                 decision, new_body = await self.engine.decide_request(
@@ -105,18 +98,16 @@ class ExtProcStream:
             if self._admitted and self.state not in _DECIDING:
                 self._release()
 
-    def _admit(self, ev: Event, now_ns: int) -> Shed | None:
+    def _admit(self, ev: Event) -> Shed | None:
         """Take a slot for the request whose headers ``ev`` are, or shed it."""
         assert self.admission is not None
-        self._path = ev.headers.get(":path", "")
-        self._since_ns = now_ns
+        path = ev.headers.get(":path", "")
         age_s = None
         if ev.request_time_s is not None:
             # Envoy's clock and ours are the same host's (a sidecar): the wait in Envoy and in
             # our event loop, not just since our code saw the message.
             age_s = max(0.0, time.time() - ev.request_time_s)
-            self._since_ns = now_ns - int(age_s * 1e9)
-        shed = self.admission.admit(self._path, age_s)
+        shed = self.admission.admit(path, age_s)
         if shed is not None:
             return Shed(shed, ev)
         self._admitted = True

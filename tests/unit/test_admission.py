@@ -4,6 +4,7 @@ retry-after, or let through unchecked), audited."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -72,14 +73,10 @@ def test_queue_age_off_by_default() -> None:
     assert Admission().admit("/", 3600.0) is None
 
 
-def test_too_old_at_the_decision_gives_the_slot_back() -> None:
+def test_queue_age_needs_envoys_request_time() -> None:
     adm = Admission(AdmissionSettings(max_inflight=1, max_queue_age_s=0.1))
-    assert adm.admit("/v1/chat/completions", 0.0) is None
-    assert adm.too_old("/v1/chat/completions", 0.05) is None
+    assert adm.admit("/v1/chat/completions", None) is None  # no request.time: no age to judge
     assert adm.inflight == 1
-    late = adm.too_old("/v1/chat/completions", 0.2)
-    assert late is not None and late.reason == "queue_age"
-    assert adm.inflight == 0 and adm.shed["queue_age"] == 1
 
 
 @pytest.mark.parametrize(
@@ -291,22 +288,24 @@ async def test_a_request_that_waited_in_envoy_is_shed_on_its_headers(
     assert sink.records[0].outcome == "shed"
 
 
-async def test_a_request_whose_body_waited_too_long_is_shed_before_its_decision(
+async def test_a_slow_upload_is_not_shed_for_queue_age(
     engine: Engine, sink: RecordingSink
 ) -> None:
+    # The headers came at once; the body took the client longer than the queue age to send
+    # (at least 0.3 s: a lower bound, whatever the machine's speed). That is not the sidecar
+    # being overloaded: the request is decided, not shed.
     adm = Admission(AdmissionSettings(max_inflight=4, max_queue_age_s=0.2))
     s = ExtProcStream(engine, admission=adm)
     body = chat("hello")
     h = req_headers(body)
     await s.handle(Event(h.phase, h.headers, b"", False, None, time.time()))
     assert adm.inflight == 1
-    s._since_ns -= 10**9  # as if the body message had waited a second in the event loop
+    await asyncio.sleep(0.3)  # the upload
     reply = await s.handle(req_body(body))
-    assert isinstance(reply, Immediate) and reply.status == 503
-    assert adm.inflight == 0 and adm.shed["queue_age"] == 1
-    assert s.state is State.DONE
+    assert not isinstance(reply, Immediate)
+    assert adm.inflight == 0 and adm.shed["queue_age"] == 0
     [record] = sink.records
-    assert (record.error_code, record.outcome) == ("overloaded", "shed")
+    assert record.decision == "allow" and record.outcome != "shed"
 
 
 async def test_without_admission_nothing_is_shed(engine: Engine) -> None:

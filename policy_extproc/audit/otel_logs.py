@@ -48,9 +48,7 @@ class OtelAuditLogs:
     ) -> None:
         self._exporter = exporter or OTLPLogExporter(endpoint=endpoint, insecure=insecure)
         # Not the global provider, and no exit hook: close() is bounded, the SDK's is not.
-        self._provider = LoggerProvider(
-            resource=resource(service_name), shutdown_on_exit=False
-        )
+        self._provider = LoggerProvider(resource=resource(service_name), shutdown_on_exit=False)
         self._provider.add_log_record_processor(BatchLogRecordProcessor(self._exporter))
         self._logger = self._provider.get_logger("policy_extproc.audit")
         self.chain = chain  # which log the lines belong to (host and file name)
@@ -98,6 +96,4 @@ class OtelAuditLogs:
         if self._closed:
             return
         self._closed = True
-        bounded_shutdown(
-            self._provider, self._exporter, self._close_timeout_s, "audit log records"
-        )
+        bounded_shutdown(self._provider, self._exporter, self._close_timeout_s, "audit log records")

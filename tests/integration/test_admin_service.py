@@ -259,10 +259,13 @@ async def test_evaluate_judges_with_the_sidecars_own_catalog(tmp_path: Path) -> 
     catalog.write_text(default.replace("deployments: {}", "deployments: {O1-Prod: o1}"))
     tokens = tmp_path / "admin-tokens"
     tokens.write_text(f"bob:admin:{TOKEN}\n")
-    policies = POLICIES + """  - type: model_access
+    policies = (
+        POLICIES
+        + """  - type: model_access
     id: no-reasoning
     deny_models: ["o1*"]
 """
+    )
     async with running_sidecar(
         tmp_path, policies, admin_listen="127.0.0.1:0", admin_tokens=str(tokens),
         catalog=str(catalog),

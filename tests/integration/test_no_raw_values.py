@@ -93,8 +93,9 @@ async def test_no_raw_value_is_written_anywhere(
     written = {
         "audit log": audit.read_text(),
         "records": json.dumps(records),
-        "spans": json.dumps([{"name": s.name, "attributes": s.attributes} for s in spans],
-                            default=str),
+        "spans": json.dumps(
+            [{"name": s.name, "attributes": s.attributes} for s in spans], default=str
+        ),
         "logs": "\n".join(r.getMessage() for r in caplog.records),
     }
     for where, text in written.items():

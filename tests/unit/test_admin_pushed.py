@@ -186,4 +186,3 @@ async def test_a_candidate_is_compiled_but_not_stored(tmp_path: Path) -> None:
     snapshot = a.candidate(TEAM, "team.yaml")
     assert [cp.policy.name for cp in snapshot.policies] == ["acme_base", "acme_ml"]
     assert names(a) == ["acme_base"] and await repo.version() == 0
-

@@ -288,9 +288,7 @@ async def test_a_request_that_waited_in_envoy_is_shed_on_its_headers(
     assert sink.records[0].outcome == "shed"
 
 
-async def test_a_slow_upload_is_not_shed_for_queue_age(
-    engine: Engine, sink: RecordingSink
-) -> None:
+async def test_a_slow_upload_is_not_shed_for_queue_age(engine: Engine, sink: RecordingSink) -> None:
     # The headers came at once; the body took the client longer than the queue age to send
     # (at least 0.3 s: a lower bound, whatever the machine's speed). That is not the sidecar
     # being overloaded: the request is decided, not shed.

@@ -1,10 +1,20 @@
-"""Option types of ``serve``: sizes, durations, listen addresses, the TLS file options."""
+"""Option types of the commands: sizes, durations, listen addresses, TLS files, --policies."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
 import click
+
+policies_option = click.option(
+    "--policies",
+    "policies",
+    required=True,
+    multiple=True,
+    type=click.Path(exists=True),
+    help="Policy file or directory (repeatable).",
+)
+"""``--policies`` as the offline commands (``eval``, ``test``) take it."""
 
 
 def tls_options(f: Callable[..., None]) -> Callable[..., None]:

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..errors import PolicyError, RequestError
+from .options import policies_option
 from .root import ENV, EXIT_NOT_ALLOWED, OUTPUT, main
 
 
@@ -57,14 +58,7 @@ def _headers(values: tuple[str, ...]) -> dict[str, str]:
 
 
 @main.command("eval", context_settings=ENV)
-@click.option(
-    "--policies",
-    "policies",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Policy file or directory (repeatable).",
-)
+@policies_option
 @click.option(
     "--request",
     "request_file",
@@ -133,14 +127,7 @@ def schema() -> None:
 
 
 @main.command("test", context_settings=ENV)
-@click.option(
-    "--policies",
-    "policies",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Policy file or directory (repeatable).",
-)
+@policies_option
 @click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("-v", "--verbose", is_flag=True, help="Name every test, passed ones too.")
 def test_(policies: tuple[str, ...], paths: tuple[str, ...], verbose: bool) -> None:

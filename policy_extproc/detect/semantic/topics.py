@@ -37,7 +37,7 @@ import yaml
 from .embedder import Embedder, Vectors, columns, embed_texts
 from .text import Memo, Sentences, Span, embed_sentences
 
-DEFAULT_THRESHOLD = 0.5
+DEFAULT_THRESHOLD = 0.47
 BACKGROUND = "topic_background_v2.yaml"
 
 _WORD = re.compile(r"\w+")

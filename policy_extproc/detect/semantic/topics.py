@@ -2,7 +2,7 @@
 clearly closer to them than to the topic's near neighbours.
 
 Built once per rule (compile time): the examples of every topic and a shipped background of
-generic questions from many fields (``data/topic_background_v1.yaml``) are embedded. At request
+generic questions from many fields (``data/topic_background_v2.yaml``) are embedded. At request
 time each sentence of the (canonical) text gets, per topic, a raw score that adds two margins:
 
 - sentence margin: cosine to the nearest example of the topic, minus cosine to the nearest
@@ -37,8 +37,8 @@ import yaml
 from .embedder import Embedder, Vectors, columns, embed_texts
 from .text import Memo, Sentences, Span, embed_sentences
 
-DEFAULT_THRESHOLD = 0.55
-BACKGROUND = "topic_background_v1.yaml"
+DEFAULT_THRESHOLD = 0.47
+BACKGROUND = "topic_background_v2.yaml"
 
 _WORD = re.compile(r"\w+")
 # Words too common to say what a topic is about, whatever the examples: they never count as a
@@ -87,8 +87,8 @@ class TopicSpec:
 def _background() -> list[str]:
     text = resources.files(__package__).joinpath("data", BACKGROUND).read_text("utf-8")
     data = yaml.safe_load(text)
-    if not isinstance(data, dict) or data.get("version") != 1:
-        raise ValueError(f"{BACKGROUND}: not a version 1 background set")
+    if not isinstance(data, dict) or data.get("version") != 2:
+        raise ValueError(f"{BACKGROUND}: not a version 2 background set")
     return [str(s) for s in data["background"]]
 
 

@@ -6,8 +6,8 @@ order, before the reply goes back) and turns every failure into the machine's ``
 so Envoy always gets a reply we chose (DESIGN.md s8).
 
 Admission control (admission.py) happens here, where an exchange starts: the request headers
-take a slot or are shed at once, and a request whose decision would start after it waited too
-long is shed then; its slot is given back once the request is decided or its stream ends.
+take a slot or are shed at once (too many in flight, or waited too long since Envoy's
+request.time); the slot is given back once the request is decided or its stream ends.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class ExtProcStream:
             out = m.receive(ev, received_ns=now_ns)
             self._perform()
             if isinstance(out, Decide):
-                # No second queue-age check here: the time since request.time now includes
+                # Queue age is not judged again here: the time since request.time now includes
                 # the client's upload of the body, which is not the sidecar being overloaded.
                 ex = m.exchange
                 assert ex is not None

@@ -35,22 +35,21 @@ _BODY_MODES = {
 }
 
 
-_SKIP_RESPONSE = processing_mode_pb2.ProcessingMode(
-    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
-    request_body_mode=processing_mode_pb2.ProcessingMode.BUFFERED,
-    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-    response_header_mode=processing_mode_pb2.ProcessingMode.SKIP,
-    response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
-    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-)
-_SKIP_REST = processing_mode_pb2.ProcessingMode(
-    request_header_mode=processing_mode_pb2.ProcessingMode.SEND,
-    request_body_mode=processing_mode_pb2.ProcessingMode.NONE,
-    request_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-    response_header_mode=processing_mode_pb2.ProcessingMode.SKIP,
-    response_body_mode=processing_mode_pb2.ProcessingMode.NONE,
-    response_trailer_mode=processing_mode_pb2.ProcessingMode.SKIP,
-)
+def _no_response(request_body_mode: int) -> processing_mode_pb2.ProcessingMode:
+    """A mode override that asks Envoy for no response phase, and the request body or not."""
+    mode = processing_mode_pb2.ProcessingMode
+    return mode(
+        request_header_mode=mode.SEND,
+        request_body_mode=request_body_mode,
+        request_trailer_mode=mode.SKIP,
+        response_header_mode=mode.SKIP,
+        response_body_mode=mode.NONE,
+        response_trailer_mode=mode.SKIP,
+    )
+
+
+_SKIP_RESPONSE = _no_response(processing_mode_pb2.ProcessingMode.BUFFERED)
+_SKIP_REST = _no_response(processing_mode_pb2.ProcessingMode.NONE)
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,7 +224,7 @@ def cost(iterations: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--split", default="heldout", choices=("heldout", "tune", "all"))
+    ap.add_argument("--split", default="heldout", choices=("heldout", "fresh", "tune", "all"))
     ap.add_argument("--model", default=DEFAULT_MODEL, help="the topics' model")
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)

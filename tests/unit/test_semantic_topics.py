@@ -41,25 +41,31 @@ def _generator() -> Any:
 
 def test_generated_background_module_matches_its_yaml() -> None:
     gen = _generator()
-    fresh = gen.render(gen.SOURCE.read_text(encoding="utf-8"))
+    fresh = gen.render(gen.SOURCE.read_text("utf-8"), gen.LIBRARY.read_text("utf-8"))
     committed = (ROOT / "policy_extproc/detect/semantic/topic_data.py").read_text("utf-8")
     assert fresh == committed, "run `make topic-data`: topic_data.py differs from its YAML"
     data = yaml.safe_load(gen.SOURCE.read_text(encoding="utf-8"))
     assert tuple(data["background"]) == topic_data.BACKGROUND
     assert data["version"] == topic_data.VERSION
+    lib = yaml.safe_load(gen.LIBRARY.read_text(encoding="utf-8"))
+    assert {k: tuple(v) for k, v in lib["domains"].items()} == topic_data.LIBRARY
 
 
 @pytest.mark.parametrize(
-    ("text", "message"),
-    [("version: 1\nbackground: [a]\n", "not a version"),
-     ("version: 2\nbackground: a\n", "list of strings"),
-     ("version: 2\nbackground: [a, a]\n", "appears twice")],
+    ("text", "message", "library"),
+    [("version: 1\nbackground: [a]\n", "not a version", ""),
+     ("version: 2\nbackground: a\n", "list of strings", ""),
+     ("version: 2\nbackground: [a, a]\n", "appears twice", ""),
+     ("version: 2\nbackground: [a]\n", "not a version 1 topic library", "version: 9"),
+     ("version: 2\nbackground: [a]\n", "'domains' must be", "version: 1\ndomains: []"),
+     ("version: 2\nbackground: [a]\n", "domain 'x' must be", "version: 1\ndomains: {x: []}")],
 )  # fmt: skip
-def test_the_generator_refuses_a_bad_source(text: str, message: str) -> None:
+def test_the_generator_refuses_a_bad_source(text: str, message: str, library: str) -> None:
     gen = _generator()
     text = text.replace("version: 2", f"version: {gen.VERSION}")
+    library = library or "version: 1\ndomains: {x: [b]}"
     with pytest.raises(ValueError, match=message):
-        gen.render(text)
+        gen.render(text, library)
 
 
 # -- a plain reference of the formula (one sentence, one topic at a time) ---------------------
@@ -68,7 +74,7 @@ _WORD = re.compile(r"\w+")
 
 
 def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequence[str],
-                     text: str) -> np.ndarray:  # fmt: skip
+                     library: dict[str, Sequence[str]], text: str) -> np.ndarray:  # fmt: skip
     """The score of each sentence of ``text`` for each topic, as the module docstring and
     docs/semantic.md describe it, with loops."""
     words_of = lambda ts: sorted({w.lower() for t in ts for w in _WORD.findall(t)})  # noqa: E731
@@ -76,6 +82,15 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
     own = [[w for w in words_of(s.examples) if w not in set(bg_words)
             and w not in topics._COMMON and len(w) > 2] for s in specs]  # fmt: skip
     ex = [embed_texts(emb, s.examples) for s in specs]
+    # A library domain joins the topic nearest to its requests on average, from _ADOPT on.
+    extra: list[list[np.ndarray]] = [[] for _ in specs]
+    for requests in library.values():
+        vecs = embed_texts(emb, list(requests))
+        affinity = [np.mean([max(float(v @ e) for e in ex[k]) for v in vecs])
+                    for k in range(len(specs))]  # fmt: skip
+        best = int(np.argmax(affinity))
+        if affinity[best] >= topics._ADOPT:
+            extra[best] += list(vecs)
     bg = embed_texts(emb, background)
     own_v = [embed_texts(emb, ws) for ws in own]
     bgw_v = embed_texts(emb, bg_words)
@@ -94,13 +109,18 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
     vecs = embed_sentences(emb, text).vectors
     low = text.lower()
     out = np.zeros((len(spans), len(specs)))
+
+    def nearest_proto(v: np.ndarray, k: int) -> float:
+        lib = max([float(v @ x) - topics._LIBRARY_DISCOUNT for x in extra[k]], default=-1.0)
+        return max(nearest(v, ex[k]), lib)
+
     for i, (s, e) in enumerate(spans):
         sentence = low[s:e]
         words = _WORD.findall(low, s, e)
         generic = topics._EDUCATIONAL.search(sentence) and not topics._PERSONAL.search(sentence)
         for k in range(len(specs)):
-            mine = nearest(vecs[i], ex[k])
-            others = max([nearest(vecs[i], ex[j]) for j in range(len(specs)) if j != k],
+            mine = nearest_proto(vecs[i], k)
+            others = max([nearest_proto(vecs[i], j) for j in range(len(specs)) if j != k],
                          default=-1.0)  # fmt: skip
             neighbour = max(others, nearest(vecs[i], bg))
             best_word = max([word_margin(w, k) for w in words], default=0.0)
@@ -128,12 +148,16 @@ def test_vectorised_scores_equal_the_reference_on_the_hash_embedder() -> None:
              TopicSpec("b", ("alpha zeta eta",)),
              TopicSpec("c", ("theta iota kappa",))]  # fmt: skip
     background = ("alpha omega", "how does beta work", "zeta lambda mu")
-    clf = TopicClassifier(emb, specs, background)
+    # "far" is near no topic: never adopted; "near" is adopted by topic "c".
+    library = {"far": ("omicron pi rho",), "near": ("theta iota sigma", "theta kappa tau")}
+    clf = TopicClassifier(emb, specs, background, library)
     text = ("Alpha beta gamma now. How does theta work in general? Zeta eta kappa; mu nu. "
-            "I want delta epsilon! Lambda.")  # fmt: skip
+            "I want delta epsilon! Lambda. Sigma tau theta? Omicron pi rho.")  # fmt: skip
     got = clf.score_matrix(embed_sentences(emb, text))
-    assert np.allclose(got, reference_scores(emb, specs, background, text), atol=1e-5)
+    assert np.allclose(got, reference_scores(emb, specs, background, library, text), atol=1e-5)
     assert got.max() > 0.5  # the case tests a firing sentence too
+    without = TopicClassifier(emb, specs, background, {})
+    assert not np.allclose(got, without.score_matrix(embed_sentences(emb, text)))
 
 
 def test_vectorised_scores_equal_the_reference_on_the_model() -> None:
@@ -141,7 +165,7 @@ def test_vectorised_scores_equal_the_reference_on_the_model() -> None:
     clf = TopicClassifier(emb, specs)
     text = "\n".join(_tune_texts())
     got = clf.score_matrix(embed_sentences(emb, text))
-    want = reference_scores(emb, specs, topic_data.BACKGROUND, text)
+    want = reference_scores(emb, specs, topic_data.BACKGROUND, topic_data.LIBRARY, text)
     assert got.shape == want.shape == (len(sentence_spans(text)), len(specs))
     assert np.allclose(got, want, atol=1e-4)
     # hits: every sentence and topic at or over its threshold, and only those.

@@ -54,15 +54,15 @@ def test_generated_background_module_matches_its_yaml() -> None:
 @pytest.mark.parametrize(
     ("text", "message", "library"),
     [("version: 1\nbackground: [a]\n", "not a version", ""),
-     ("version: 2\nbackground: a\n", "list of strings", ""),
-     ("version: 2\nbackground: [a, a]\n", "appears twice", ""),
-     ("version: 2\nbackground: [a]\n", "not a version 1 topic library", "version: 9"),
-     ("version: 2\nbackground: [a]\n", "'domains' must be", "version: 1\ndomains: []"),
-     ("version: 2\nbackground: [a]\n", "domain 'x' must be", "version: 1\ndomains: {x: []}")],
+     ("version: 3\nbackground: a\n", "list of strings", ""),
+     ("version: 3\nbackground: [a, a]\n", "appears twice", ""),
+     ("version: 3\nbackground: [a]\n", "not a version 1 topic library", "version: 9"),
+     ("version: 3\nbackground: [a]\n", "'domains' must be", "version: 1\ndomains: []"),
+     ("version: 3\nbackground: [a]\n", "domain 'x' must be", "version: 1\ndomains: {x: []}")],
 )  # fmt: skip
 def test_the_generator_refuses_a_bad_source(text: str, message: str, library: str) -> None:
     gen = _generator()
-    text = text.replace("version: 2", f"version: {gen.VERSION}")
+    text = text.replace("version: 3", f"version: {gen.VERSION}")
     library = library or "version: 1\ndomains: {x: [b]}"
     with pytest.raises(ValueError, match=message):
         gen.render(text, library)
@@ -202,3 +202,42 @@ def test_word_memory_is_bounded_and_shared_by_threads(monkeypatch: pytest.Monkey
         t.join()
     assert all(np.array_equal(g, w) for rows in got for g, w in zip(rows, want, strict=True))
     assert len(clf._word_rows) == 50
+
+
+def test_library_domains_join_the_nearest_topic_only() -> None:
+    """On the real model: each domain goes to one topic at most, the topic it is nearest to;
+    a topic far from every domain (a codename) adopts none and scores as without a library."""
+    emb = load_embedder()
+    specs = [*_specs(), TopicSpec("codename", ("project aurora launch plan", "aurora roadmap"))]
+    adopted = topics._adopt(emb, specs, topic_data.LIBRARY)
+    by_name = {s.name: set(a) for s, a in zip(specs, adopted, strict=True)}
+    lib = topic_data.LIBRARY
+    assert set(lib["explosives"]) | set(lib["firearms"]) <= by_name["weapons"]
+    assert set(lib["suicide"]) <= by_name["self_harm"]
+    assert set(lib["medical_diagnosis"]) <= by_name["medical_diagnosis"]
+    assert set(lib["investment_advice"]) <= by_name["investment_advice"]
+    assert by_name["codename"] == set()
+    assert set(lib["hacking"]).isdisjoint(set().union(*by_name.values()))
+    every = [r for a in adopted for r in a]
+    assert len(every) == len(set(every))  # no request joins two topics
+    alone = TopicClassifier(emb, [specs[-1]])
+    bare = TopicClassifier(emb, [specs[-1]], library={})
+    text = "Share the aurora roadmap with the launch team. How do I bake bread?"
+    assert np.array_equal(alone.score_matrix(embed_sentences(emb, text)),
+                          bare.score_matrix(embed_sentences(emb, text)))  # fmt: skip
+
+
+def test_no_labelled_sentence_is_shipped() -> None:
+    """The evaluation data is not in the background nor in the library (docs/semantic.md)."""
+
+    def key(text: str) -> str:
+        return " ".join(_WORD.findall(text.lower()))
+
+    data = yaml.safe_load((DATA / "topics.yaml").read_text(encoding="utf-8"))
+    labelled = {key(x) for t in data["topics"].values() for g in ("positive", "near_miss")
+                for xs in t[g].values() for x in xs}  # fmt: skip
+    labelled |= {key(x) for xs in data["unrelated"].values() for x in xs}
+    shipped = {key(x) for x in topic_data.BACKGROUND}
+    shipped |= {key(x) for xs in topic_data.LIBRARY.values() for x in xs}
+    assert len(labelled) > 200 and len(shipped) > 250
+    assert sorted(labelled & shipped) == []

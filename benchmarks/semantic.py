@@ -14,7 +14,8 @@ never used to choose thresholds, signals or exemplars; ``tune`` is the part that
   hard negatives of the split (the benign texts), then recall and false-positive rate at each
   shipped sensitivity (low, medium, high);
 - topics: per topic, recall of the paraphrases and the share of near misses and unrelated texts
-  that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing;
+  that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing; and
+  how many of injection.yaml's benign texts (of the same split) fire any topic;
 - cost: what both classifiers add to ``check_request`` on 4 KB chat requests, in-process, in
   interleaved rounds (wall and CPU time of this thread, p50 / p99): one new message of known
   words, one of new words, and a chat's 8th turn (7 earlier messages resent); compile of 100
@@ -131,6 +132,16 @@ def topics(model: str, split: str) -> None:
     rec = np.mean([p >= DEFAULT_THRESHOLD for p in tot_pos])
     fired = np.mean([n >= DEFAULT_THRESHOLD for n in tot_near])
     print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
+    # Benign traffic not written for topics: the hard negatives of the injection data (work
+    # requests, code, tool results, 13 languages), the same split (``fresh``: none there).
+    inj = yaml.safe_load((DATA / "injection.yaml").read_text())
+    benign = _splits(inj["benign"], split)
+    if benign:
+        hit = sum(bool(clf.matches(t)) for t in benign)
+        print(
+            f"  benign texts of injection.yaml firing any topic: {hit} of {len(benign)} "
+            f"({hit / len(benign):.2f})"
+        )
 
 
 def _pcts(samples: list[float]) -> str:

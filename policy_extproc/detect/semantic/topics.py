@@ -3,7 +3,7 @@ clearly closer to them than to the topic's near neighbours.
 
 Built once per rule (compile time): the examples of every topic and a shipped background of
 generic questions from many fields (``topic_data.BACKGROUND``, generated from
-``data/topic_background_v3.yaml``) are embedded. At request time each sentence of the
+``data/topic_background_v4.yaml``) are embedded. At request time each sentence of the
 (canonical) text gets, per topic, a raw score that adds two margins:
 
 - sentence margin: cosine to the nearest example of the topic, minus cosine to the nearest

@@ -2,12 +2,16 @@
 clearly closer to them than to the topic's near neighbours.
 
 Built once per rule (compile time): the examples of every topic and a shipped background of
-generic questions from many fields (``topic_data.BACKGROUND``, generated from
-``data/topic_background_v4.yaml``) are embedded. At request time each sentence of the
-(canonical) text gets, per topic, a raw score that adds two margins:
+generic questions and everyday requests (``topic_data.BACKGROUND``, generated from
+``data/topic_background_v4.yaml``) are embedded, and each domain of the shipped topic library
+(``topic_data.LIBRARY``: requests as people write them in fields that policies often name)
+whose requests are near a topic's examples joins that topic as more prototypes, at a discount
+(``_adopt``): a static embedding knows little of paraphrase, the library brings the field's
+vocabulary. At request time each sentence of the (canonical) text gets, per topic, a raw score
+that adds two margins:
 
-- sentence margin: cosine to the nearest example of the topic, minus cosine to the nearest
-  neighbour (a background sentence or an example of another topic of the rule);
+- sentence margin: cosine to the nearest prototype of the topic, minus cosine to the nearest
+  neighbour (a background sentence or a prototype of another topic of the rule);
 - word margin: over the sentence's words, the best of (cosine to the nearest word of the
   topic's examples, minus cosine to the nearest word of the neighbours). The topic's own words
   are those of its examples that no neighbour uses, so "how", "the" or "invest" in an
@@ -23,7 +27,7 @@ The raw score is mapped to 0..1 (``0.5 + raw``, clipped) so a policy's ``thresho
 score; ``DEFAULT_THRESHOLD`` was chosen on the tune split (docs/semantic.md).
 
 At request time everything is a few matrix products over all the sentences (or new words) of a
-part at once: one against the examples and the background together, one against the topic
+part at once: one against the prototypes and the background together, one against the topic
 words and the background words together (``_product``).
 """
 

@@ -133,15 +133,16 @@ def topics(model: str, split: str) -> None:
     fired = np.mean([n >= DEFAULT_THRESHOLD for n in tot_near])
     print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
     # Benign traffic not written for topics: the hard negatives of the injection data (work
-    # requests, code, tool results, 13 languages), the same split (``fresh``: none there).
+    # requests, code, tool results, 13 languages), the same split (``fresh``: none there); and
+    # the everyday traffic of topics.yaml (tune only).
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
-    benign = _splits(inj["benign"], split)
-    if benign:
-        hit = sum(bool(clf.matches(t)) for t in benign)
-        print(
-            f"  benign texts of injection.yaml firing any topic: {hit} of {len(benign)} "
-            f"({hit / len(benign):.2f})"
-        )
+    for label, texts in (
+        ("benign texts of injection.yaml", _splits(inj["benign"], split)),
+        ("everyday traffic of topics.yaml", _splits(data["traffic"], split)),
+    ):
+        if texts:
+            hit = sum(bool(clf.matches(t)) for t in texts)
+            print(f"  {label} firing any topic: {hit} of {len(texts)} ({hit / len(texts):.2f})")
 
 
 def _pcts(samples: list[float]) -> str:

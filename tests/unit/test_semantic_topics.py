@@ -54,15 +54,15 @@ def test_generated_background_module_matches_its_yaml() -> None:
 @pytest.mark.parametrize(
     ("text", "message", "library"),
     [("version: 1\nbackground: [a]\n", "not a version", ""),
-     ("version: 4\nbackground: a\n", "list of strings", ""),
-     ("version: 4\nbackground: [a, a]\n", "appears twice", ""),
-     ("version: 4\nbackground: [a]\n", "not a version 1 topic library", "version: 9"),
-     ("version: 4\nbackground: [a]\n", "'domains' must be", "version: 1\ndomains: []"),
-     ("version: 4\nbackground: [a]\n", "domain 'x' must be", "version: 1\ndomains: {x: []}")],
+     ("version: 5\nbackground: a\n", "list of strings", ""),
+     ("version: 5\nbackground: [a, a]\n", "appears twice", ""),
+     ("version: 5\nbackground: [a]\n", "not a version 1 topic library", "version: 9"),
+     ("version: 5\nbackground: [a]\n", "'domains' must be", "version: 1\ndomains: []"),
+     ("version: 5\nbackground: [a]\n", "domain 'x' must be", "version: 1\ndomains: {x: []}")],
 )  # fmt: skip
 def test_the_generator_refuses_a_bad_source(text: str, message: str, library: str) -> None:
     gen = _generator()
-    text = text.replace("version: 4", f"version: {gen.VERSION}")
+    text = text.replace("version: 5", f"version: {gen.VERSION}")
     library = library or "version: 1\ndomains: {x: [b]}"
     with pytest.raises(ValueError, match=message):
         gen.render(text, library)
@@ -237,6 +237,7 @@ def test_no_labelled_sentence_is_shipped() -> None:
     labelled = {key(x) for t in data["topics"].values() for g in ("positive", "near_miss")
                 for xs in t[g].values() for x in xs}  # fmt: skip
     labelled |= {key(x) for xs in data["unrelated"].values() for x in xs}
+    labelled |= {key(x) for xs in data["traffic"].values() for x in xs}
     injection = yaml.safe_load((DATA / "injection.yaml").read_text(encoding="utf-8"))
     labelled |= {key(x) for xs in injection["benign"].values() for x in xs}
     shipped = {key(x) for x in topic_data.BACKGROUND}

@@ -3,7 +3,7 @@ clearly closer to them than to the topic's near neighbours.
 
 Built once per rule (compile time): the examples of every topic and a shipped background of
 generic questions and everyday requests (``topic_data.BACKGROUND``, generated from
-``data/topic_background_v4.yaml``) are embedded, and each domain of the shipped topic library
+``data/topic_background_v5.yaml``) are embedded, and each domain of the shipped topic library
 (``topic_data.LIBRARY``: requests as people write them in fields that policies often name)
 whose requests are near a topic's examples joins that topic as more prototypes, at a discount
 (``_adopt``): a static embedding knows little of paraphrase, the library brings the field's

@@ -3,7 +3,9 @@
 Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
 [--model wordllama-l2-256|tokenlearn-10k-64] [--injection-model ...] [--iterations N]``
 (``--model``: the topics' model; ``--injection-model``: prompt injection's; the defaults are
-the shipped ones). Prints tables; never asserts.
+the shipped ones; ``--tree=PATH``: import the package from another checkout, to compare with a
+base; ``--topics-only``: the topic tables and the topic pass's cost). Prints tables; never
+asserts.
 
 Data: ``tests/data/semantic/`` (written for this project). ``heldout`` (the default) is the part
 never used to choose thresholds, signals or exemplars; ``tune`` is the part that was.
@@ -12,11 +14,13 @@ never used to choose thresholds, signals or exemplars; ``tune`` is the part that
   hard negatives of the split (the benign texts), then recall and false-positive rate at each
   shipped sensitivity (low, medium, high);
 - topics: per topic, recall of the paraphrases and the share of near misses and unrelated texts
-  that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing;
+  that fire, at the default threshold and at thresholds giving 1% / 3% near-miss firing; and
+  how many of injection.yaml's benign texts (of the same split) fire any topic;
 - cost: what both classifiers add to ``check_request`` on 4 KB chat requests, in-process, in
   interleaved rounds (wall and CPU time of this thread, p50 / p99): one new message of known
   words, one of new words, and a chat's 8th turn (7 earlier messages resent); compile of 100
-  semantic topics.
+  semantic topics; the topic pass alone (``TopicClassifier.hits`` on the embedded sentences of
+  a 4 KB text, words seen before and every word new).
 """
 
 from __future__ import annotations
@@ -32,11 +36,15 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+# ``--tree PATH``: import the package from another checkout (a base to compare with, in
+# interleaved runs), with this checkout's data and benchmark.
+_TREE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--tree=")), str(ROOT))
+sys.path.insert(0, _TREE)
 
 from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL, load_embedder  # noqa: E402
 from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import SENSITIVITY, InjectionDetector  # noqa: E402
+from policy_extproc.detect.semantic.text import embed_sentences  # noqa: E402
 from policy_extproc.detect.semantic.topics import (  # noqa: E402
     DEFAULT_THRESHOLD,
     TopicClassifier,
@@ -124,6 +132,17 @@ def topics(model: str, split: str) -> None:
     rec = np.mean([p >= DEFAULT_THRESHOLD for p in tot_pos])
     fired = np.mean([n >= DEFAULT_THRESHOLD for n in tot_near])
     print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
+    # Benign traffic not written for topics: the hard negatives of the injection data (work
+    # requests, code, tool results, 13 languages), the same split (``fresh``: none there); and
+    # the everyday traffic of topics.yaml (tune only).
+    inj = yaml.safe_load((DATA / "injection.yaml").read_text())
+    for label, texts in (
+        ("benign texts of injection.yaml", _splits(inj["benign"], split)),
+        ("everyday traffic of topics.yaml", _splits(data["traffic"], split)),
+    ):
+        if texts:
+            hit = sum(bool(clf.matches(t)) for t in texts)
+            print(f"  {label} firing any topic: {hit} of {len(texts)} ({hit / len(texts):.2f})")
 
 
 def _pcts(samples: list[float]) -> str:
@@ -222,14 +241,55 @@ def cost(iterations: int) -> None:
     print(f"  compile of 100 semantic topics (6 examples each): {time.perf_counter() - t0:.2f} s")
 
 
+def topic_pass(iterations: int) -> None:
+    """The topic pass alone: ``hits`` on the sentences (already embedded) of 4 KB texts."""
+    inj = yaml.safe_load((DATA / "injection.yaml").read_text())
+    benign = [t for v in inj["benign"].values() for t in v]
+    data = yaml.safe_load((DATA / "topics.yaml").read_text())
+    emb = load_embedder()
+    specs = [TopicSpec(n, tuple(t["examples"])) for n, t in data["topics"].items()]
+    rng = random.Random(11)
+
+    def text(fresh: bool) -> str:
+        words: list[str] = []
+        while sum(len(w) + 1 for w in words) < 4096:
+            sentence = rng.choice(benign).split()
+            rng.shuffle(sentence)
+            words += [w + str(rng.randrange(10**6)) for w in sentence] if fresh else sentence
+        return " ".join(words)[:4096]
+
+    for fresh in (False, True):
+        clf = TopicClassifier(emb, specs)
+        texts = [embed_sentences(emb, text(fresh)) for _ in range(iterations + 20)]
+        for sentences in texts[:20]:  # warm-up (and, for known words, the word memory)
+            clf.hits(sentences)
+        wall, cpu = [], []
+        for sentences in texts[20:]:
+            w0, c0 = time.perf_counter(), time.thread_time()
+            clf.hits(sentences)
+            wall.append(time.perf_counter() - w0)
+            cpu.append(time.thread_time() - c0)
+        label = "every word new" if fresh else "words seen before"
+        print(f"  topic pass alone, 4 KB ({len(texts[-1].spans)} sentences), {label}: "
+              f"wall {_pcts(wall)}; cpu {_pcts(cpu)}")  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--split", default="heldout", choices=("heldout", "tune", "all"))
+    ap.add_argument("--split", default="heldout", choices=("heldout", "fresh", "tune", "all"))
     ap.add_argument("--model", default=DEFAULT_MODEL, help="the topics' model")
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--no-cost", action="store_true")
+    ap.add_argument("--topics-only", action="store_true")
+    ap.add_argument("--tree", default=str(ROOT), help="import the package from this checkout")
     args = ap.parse_args()
+    print(f"package from {_TREE}")
+    if args.topics_only:
+        topics(args.model, args.split)
+        if not args.no_cost:
+            topic_pass(args.iterations)
+        return
     for name in dict.fromkeys((args.injection_model, args.model)):
         t0 = time.perf_counter()
         load_embedder(name)
@@ -238,6 +298,7 @@ def main() -> None:
     topics(args.model, args.split)
     if not args.no_cost:
         cost(args.iterations)
+        topic_pass(args.iterations)
 
 
 if __name__ == "__main__":

@@ -75,10 +75,6 @@ ALLOWED: dict[str, dict[str, str]] = {
     "detect/semantic/text.py": {
         "import threading": "semantic: the per-part memo (LRU) is shared by request threads",
     },
-    "detect/semantic/topics.py": {
-        "import threading": "semantic: topic examples embedded once, under a lock",
-        ".read_text()": "semantic: package data (the shipped background sentences)",
-    },
 }
 
 _PROBE = """

@@ -1,0 +1,246 @@
+"""Topics by meaning: the vectorised classifier against a plain reference of its formula, and
+the generated background module against its YAML source."""
+
+from __future__ import annotations
+
+import importlib.util
+import random
+import re
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from policy_extproc.detect.semantic import (
+    HashEmbedder,
+    TopicClassifier,
+    TopicSpec,
+    load_embedder,
+    topic_data,
+    topics,
+)
+from policy_extproc.detect.semantic.embedder import Embedder, embed_texts
+from policy_extproc.detect.semantic.text import embed_sentences, sentence_spans
+
+ROOT = Path(__file__).resolve().parents[2]
+DATA = ROOT / "tests" / "data" / "semantic"
+
+
+def _generator() -> Any:
+    path = ROOT / "tools" / "topic_data.py"
+    spec = importlib.util.spec_from_file_location("topic_data_gen", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_background_module_matches_its_yaml() -> None:
+    gen = _generator()
+    fresh = gen.render(gen.SOURCE.read_text("utf-8"), gen.LIBRARY.read_text("utf-8"))
+    committed = (ROOT / "policy_extproc/detect/semantic/topic_data.py").read_text("utf-8")
+    assert fresh == committed, "run `make topic-data`: topic_data.py differs from its YAML"
+    data = yaml.safe_load(gen.SOURCE.read_text(encoding="utf-8"))
+    assert tuple(data["background"]) == topic_data.BACKGROUND
+    assert data["version"] == topic_data.VERSION
+    lib = yaml.safe_load(gen.LIBRARY.read_text(encoding="utf-8"))
+    assert {k: tuple(v) for k, v in lib["domains"].items()} == topic_data.LIBRARY
+
+
+@pytest.mark.parametrize(
+    ("text", "message", "library"),
+    [("version: 1\nbackground: [a]\n", "not a version", ""),
+     ("version: 5\nbackground: a\n", "list of strings", ""),
+     ("version: 5\nbackground: [a, a]\n", "appears twice", ""),
+     ("version: 5\nbackground: [a]\n", "not a version 1 topic library", "version: 9"),
+     ("version: 5\nbackground: [a]\n", "'domains' must be", "version: 1\ndomains: []"),
+     ("version: 5\nbackground: [a]\n", "domain 'x' must be", "version: 1\ndomains: {x: []}")],
+)  # fmt: skip
+def test_the_generator_refuses_a_bad_source(text: str, message: str, library: str) -> None:
+    gen = _generator()
+    text = text.replace("version: 5", f"version: {gen.VERSION}")
+    library = library or "version: 1\ndomains: {x: [b]}"
+    with pytest.raises(ValueError, match=message):
+        gen.render(text, library)
+
+
+# -- a plain reference of the formula (one sentence, one topic at a time) ---------------------
+
+_WORD = re.compile(r"\w+")
+
+
+def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequence[str],
+                     library: dict[str, Sequence[str]], text: str) -> np.ndarray:  # fmt: skip
+    """The score of each sentence of ``text`` for each topic, as the module docstring and
+    docs/semantic.md describe it, with loops."""
+    words_of = lambda ts: sorted({w.lower() for t in ts for w in _WORD.findall(t)})  # noqa: E731
+    bg_words = words_of(background)
+    own = [[w for w in words_of(s.examples) if w not in set(bg_words)
+            and w not in topics._COMMON and len(w) > 2] for s in specs]  # fmt: skip
+    ex = [embed_texts(emb, s.examples) for s in specs]
+    # A library domain joins the topic nearest to its requests on average, from _ADOPT on.
+    extra: list[list[np.ndarray]] = [[] for _ in specs]
+    for requests in library.values():
+        vecs = embed_texts(emb, list(requests))
+        affinity = [np.mean([max(float(v @ e) for e in ex[k]) for v in vecs])
+                    for k in range(len(specs))]  # fmt: skip
+        best = int(np.argmax(affinity))
+        if affinity[best] >= topics._ADOPT:
+            extra[best] += list(vecs)
+    bg = embed_texts(emb, background)
+    own_v = [embed_texts(emb, ws) for ws in own]
+    bgw_v = embed_texts(emb, bg_words)
+
+    def nearest(v: np.ndarray, m: np.ndarray) -> float:
+        return float((m @ v).max()) if len(m) else -1.0
+
+    def word_margin(w: str, k: int) -> float:
+        v = embed_texts(emb, [w])[0]
+        mine = nearest(v, own_v[k])
+        others = max([nearest(v, own_v[j]) for j in range(len(specs)) if j != k], default=-1.0)
+        neighbour = max(others, nearest(v, bgw_v), topics._WORD_FLOOR)
+        return max(mine - neighbour, 0.0) * topics._WORD_WEIGHT
+
+    spans = sentence_spans(text)
+    vecs = embed_sentences(emb, text).vectors
+    low = text.lower()
+    out = np.zeros((len(spans), len(specs)))
+
+    def nearest_proto(v: np.ndarray, k: int) -> float:
+        lib = max([float(v @ x) - topics._LIBRARY_DISCOUNT for x in extra[k]], default=-1.0)
+        return max(nearest(v, ex[k]), lib)
+
+    for i, (s, e) in enumerate(spans):
+        sentence = low[s:e]
+        words = _WORD.findall(low, s, e)
+        generic = topics._EDUCATIONAL.search(sentence) and not topics._PERSONAL.search(sentence)
+        for k in range(len(specs)):
+            mine = nearest_proto(vecs[i], k)
+            others = max([nearest_proto(vecs[i], j) for j in range(len(specs)) if j != k],
+                         default=-1.0)  # fmt: skip
+            neighbour = max(others, nearest(vecs[i], bg))
+            best_word = max([word_margin(w, k) for w in words], default=0.0)
+            raw = topics._OFFSET + mine - neighbour + best_word
+            raw -= topics._GENERIC if generic else 0.0
+            out[i, k] = min(max(raw, 0.0), 1.0)
+    return out
+
+
+def _specs() -> list[TopicSpec]:
+    data = yaml.safe_load((DATA / "topics.yaml").read_text(encoding="utf-8"))
+    return [TopicSpec(n, tuple(t["examples"])) for n, t in data["topics"].items()]
+
+
+def _tune_texts() -> list[str]:
+    data = yaml.safe_load((DATA / "topics.yaml").read_text(encoding="utf-8"))
+    texts = [x for t in data["topics"].values() for g in ("positive", "near_miss")
+             for x in t[g]["tune"]]  # fmt: skip
+    return texts + data["unrelated"]["tune"]
+
+
+def test_vectorised_scores_equal_the_reference_on_the_hash_embedder() -> None:
+    emb = HashEmbedder()
+    specs = [TopicSpec("a", ("alpha beta gamma", "delta epsilon")),
+             TopicSpec("b", ("alpha zeta eta",)),
+             TopicSpec("c", ("theta iota kappa",))]  # fmt: skip
+    background = ("alpha omega", "how does beta work", "zeta lambda mu")
+    # "far" is near no topic: never adopted; "near" is adopted by topic "c".
+    library = {"far": ("omicron pi rho",), "near": ("theta iota sigma", "theta kappa tau")}
+    clf = TopicClassifier(emb, specs, background, library)
+    text = ("Alpha beta gamma now. How does theta work in general? Zeta eta kappa; mu nu. "
+            "I want delta epsilon! Lambda. Sigma tau theta? Omicron pi rho.")  # fmt: skip
+    got = clf.score_matrix(embed_sentences(emb, text))
+    assert np.allclose(got, reference_scores(emb, specs, background, library, text), atol=1e-5)
+    assert got.max() > 0.5  # the case tests a firing sentence too
+    without = TopicClassifier(emb, specs, background, {})
+    assert not np.allclose(got, without.score_matrix(embed_sentences(emb, text)))
+
+
+def test_vectorised_scores_equal_the_reference_on_the_model() -> None:
+    emb, specs = load_embedder(), _specs()
+    clf = TopicClassifier(emb, specs)
+    text = "\n".join(_tune_texts())
+    got = clf.score_matrix(embed_sentences(emb, text))
+    want = reference_scores(emb, specs, topic_data.BACKGROUND, topic_data.LIBRARY, text)
+    assert got.shape == want.shape == (len(sentence_spans(text)), len(specs))
+    assert np.allclose(got, want, atol=1e-4)
+    # hits: every sentence and topic at or over its threshold, and only those.
+    hits = {(k, span) for k, _, span in clf.hits(embed_sentences(emb, text))}
+    spans = sentence_spans(text)
+    assert hits == {(k, spans[i]) for i, k in zip(*np.nonzero(want >= 0.47), strict=True)}
+    assert hits  # the tune positives fire
+
+
+def test_product_in_blocks_equals_one_product() -> None:
+    rng = np.random.default_rng(3)
+    rows = rng.standard_normal((300, 64)).astype(np.float32)
+    cols = rng.standard_normal((64, 5000)).astype(np.float32)
+    assert np.allclose(topics._product(rows, cols), rows @ cols, atol=1e-4)
+    assert topics._product(rows[:0], cols).shape == (0, 5000)
+
+
+def test_word_memory_is_bounded_and_shared_by_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(topics, "_WORD_CACHE_LIMIT", 50)
+    emb = HashEmbedder()
+    clf = TopicClassifier(emb, [TopicSpec("a", ("alpha beta gamma",))], ("omega",))
+    rng = random.Random(5)
+    texts = [" ".join(f"w{rng.randrange(400)}" for _ in range(30)) + " alpha." for _ in range(40)]
+    want = [clf.score_matrix(embed_sentences(emb, t)) for t in texts]
+    got: list[list[np.ndarray]] = [[] for _ in range(4)]
+
+    def run(k: int) -> None:
+        got[k] = [clf.score_matrix(embed_sentences(emb, t)) for t in texts]
+
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(np.array_equal(g, w) for rows in got for g, w in zip(rows, want, strict=True))
+    assert len(clf._word_rows) == 50
+
+
+def test_library_domains_join_the_nearest_topic_only() -> None:
+    """On the real model: each domain goes to one topic at most, the topic it is nearest to;
+    a topic far from every domain (a codename) adopts none and scores as without a library."""
+    emb = load_embedder()
+    specs = [*_specs(), TopicSpec("codename", ("project aurora launch plan", "aurora roadmap"))]
+    adopted = topics._adopt(emb, specs, topic_data.LIBRARY)
+    by_name = {s.name: set(a) for s, a in zip(specs, adopted, strict=True)}
+    lib = topic_data.LIBRARY
+    assert set(lib["explosives"]) | set(lib["firearms"]) <= by_name["weapons"]
+    assert set(lib["suicide"]) <= by_name["self_harm"]
+    assert set(lib["medical_diagnosis"]) <= by_name["medical_diagnosis"]
+    assert set(lib["investment_advice"]) <= by_name["investment_advice"]
+    assert by_name["codename"] == set()
+    assert set(lib["hacking"]).isdisjoint(set().union(*by_name.values()))
+    every = [r for a in adopted for r in a]
+    assert len(every) == len(set(every))  # no request joins two topics
+    alone = TopicClassifier(emb, [specs[-1]])
+    bare = TopicClassifier(emb, [specs[-1]], library={})
+    text = "Share the aurora roadmap with the launch team. How do I bake bread?"
+    assert np.array_equal(alone.score_matrix(embed_sentences(emb, text)),
+                          bare.score_matrix(embed_sentences(emb, text)))  # fmt: skip
+
+
+def test_no_labelled_sentence_is_shipped() -> None:
+    """The evaluation data is not in the background nor in the library (docs/semantic.md)."""
+
+    def key(text: str) -> str:
+        return " ".join(_WORD.findall(text.lower()))
+
+    data = yaml.safe_load((DATA / "topics.yaml").read_text(encoding="utf-8"))
+    labelled = {key(x) for t in data["topics"].values() for g in ("positive", "near_miss")
+                for xs in t[g].values() for x in xs}  # fmt: skip
+    labelled |= {key(x) for xs in data["unrelated"].values() for x in xs}
+    labelled |= {key(x) for xs in data["traffic"].values() for x in xs}
+    injection = yaml.safe_load((DATA / "injection.yaml").read_text(encoding="utf-8"))
+    labelled |= {key(x) for xs in injection["benign"].values() for x in xs}
+    shipped = {key(x) for x in topic_data.BACKGROUND}
+    shipped |= {key(x) for xs in topic_data.LIBRARY.values() for x in xs}
+    assert len(labelled) > 350 and len(shipped) > 300
+    assert sorted(labelled & shipped) == []

@@ -23,10 +23,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
+
+# As the sidecar's command does before numpy loads (policy_extproc/cli): one BLAS thread, unless
+# set otherwise (OPENBLAS_NUM_THREADS=2 measures OpenBLAS's own threads).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import yaml

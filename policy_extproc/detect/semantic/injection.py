@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import hyperscan
 import numpy as np
 
+from ..scratch import ScratchPool
 from .embedder import Embedder, columns, embed_texts
 from .signals import NEGATION, SIGNALS
 from .text import Memo, Sentences, Span, sentence_spans
@@ -50,9 +51,8 @@ _ROT13 = bytes.maketrans(
     b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
 )
 _LEET = bytes.maketrans(b"0134579@$|!", b"oieastgasii")
-# A leet character between letters, or a leet digit before two letters: written from the
-# leet character so that ``re`` skips to candidates (ten times faster on prose than
-# ``[a-z][0134579@$][a-z]|[0134579][a-z]{2}``, which it equals).
+# A leet character between letters, or a leet digit before two letters (_LEET_CUE's language,
+# written from the leet character so that ``re`` skips to candidates).
 _HAS_LEET = re.compile(rb"[0134579@$](?:(?<=[a-z].)[a-z]|(?<=[0134579])[a-z]{2})")
 _SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
 _LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
@@ -72,19 +72,39 @@ def _sentence_end(data: bytes, end: int) -> int:
     return min(found) if found else len(data)
 
 
+# Cues that a decoding may hold something, found in one Hyperscan pass (the ``re`` searches
+# cost 0.1 ms on 4 KB of prose): a run of spaced-out letters (wider than _SPACED, which then
+# confirms it), the leet cue (_HAS_LEET's language), a run of 16 base64 characters (lower case:
+# a run of the raw text is one of the lower-cased text).
+_SPACED_CUE, _LEET_CUE, _B64_CUE = 0, 1, 2
+_CUES = {
+    _SPACED_CUE: rb"\w[ \-.]\w[ \-.]\w[ \-.]\w[ \-.]\w",
+    _LEET_CUE: rb"[a-z][0134579@$][a-z]|[0134579][a-z]{2}",
+    _B64_CUE: rb"[a-z0-9+/]{16}",
+}
+
+
 class _Prefilter:
-    """Where signals end in a text: one Hyperscan pass over its lower-cased UTF-8 bytes.
+    """Where signals end in a text: one Hyperscan pass over its lower-cased UTF-8 bytes; and
+    which decodings a text calls for (``cues``), in another.
 
     Byte mode without start-of-match: the bounded gaps make UTF-8 or leftmost-start databases
-    too large to build. Python's ``re`` then finds a hit's start, in its sentence only."""
+    too large to build. Python's ``re`` then finds a hit's start, in its sentence only. Each
+    scan takes a scratch of its own (``detect.scratch``): the admin API's dry run scans in a
+    thread while the event loop does."""
 
-    __slots__ = ("_db",)
+    __slots__ = ("_cues", "_signals")
 
     def __init__(self) -> None:
-        self._db = hyperscan.Database()
+        db = hyperscan.Database()
         exprs = [s.expr.encode() for s in SIGNALS]
-        self._db.compile(expressions=exprs, ids=list(range(len(SIGNALS))),
-                         flags=[hyperscan.HS_FLAG_CASELESS] * len(SIGNALS))  # fmt: skip
+        db.compile(expressions=exprs, ids=list(range(len(SIGNALS))),
+                   flags=[hyperscan.HS_FLAG_CASELESS] * len(SIGNALS))  # fmt: skip
+        self._signals = ScratchPool(db)
+        cues = hyperscan.Database()
+        cues.compile(expressions=list(_CUES.values()), ids=list(_CUES),
+                     flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(_CUES))  # fmt: skip
+        self._cues = ScratchPool(cues)
 
     def hits(self, data: bytes) -> list[tuple[int, int]]:
         """(signal, end offset) of every match."""
@@ -93,8 +113,18 @@ class _Prefilter:
         def on_match(tag: int, start: int, end: int, flags: int, context: object) -> None:
             seen.append((tag, end))
 
-        self._db.scan(data, match_event_handler=on_match)
+        self._signals.scan(data, on_match)
         return seen
+
+    def cues(self, low: bytes) -> frozenset[int]:
+        """The decoding cues (``_CUES``) found in lower-cased ``low``."""
+        seen: set[int] = set()
+
+        def on_match(tag: int, start: int, end: int, flags: int, context: object) -> None:
+            seen.add(tag)
+
+        self._cues.scan(low, on_match)
+        return frozenset(seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +147,16 @@ def _library(data: object) -> tuple[str, dict[str, list[str]], list[str]]:
     return f"v{data['version']}", families, [str(t) for t in benign]
 
 
-def _decodings(low: bytes, raw: bytes) -> list[bytes]:
+def _decodings(low: bytes, raw: bytes, cues: frozenset[int] | None = None) -> list[bytes]:
     """Readings an attacker may have hidden an instruction in (lower-cased but base64, which
-    is decoded from ``raw`` and then lower-cased)."""
+    is decoded from ``raw`` and then lower-cased). ``cues``: ``_Prefilter.cues(low)``; None
+    looks for them with ``re`` (the reference the tests compare the cues with)."""
     out = [low.translate(_ROT13)]
-    if _HAS_LEET.search(low):
+    if (_LEET_CUE in cues) if cues is not None else _HAS_LEET.search(low):
         out.append(low.translate(_LEET))
-    if _SPACED.search(low):  # "i g n o r e  a l l": drop the single separators of letters
-        out.append(_LETTER_GAP.sub(b"", low))
-    # A base64 run holds no white space: only a text with a long enough piece can hold one
-    # (``split`` and ``len`` cost a fifth of the scan it saves on prose).
-    if max(map(len, raw.split()), default=0) < 16:
+    if (cues is None or _SPACED_CUE in cues) and _SPACED.search(low):
+        out.append(_LETTER_GAP.sub(b"", low))  # "i g n o r e  a l l": drop the separators
+    if cues is not None and _B64_CUE not in cues:
         return out
     for m in _B64.finditer(raw):
         chunk = m.group()
@@ -225,7 +254,7 @@ class InjectionDetector:
         low = text.lower().encode("utf-8", "replace")
         h, family = self._heuristic(low)
         via = "heuristic"
-        for decoded in _decodings(low, raw):
+        for decoded in _decodings(low, raw, self._patterns.cues(low)):
             d, _ = self._heuristic(decoded)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"

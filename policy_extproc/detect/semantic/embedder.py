@@ -122,6 +122,30 @@ def pieces_of(text: str, spans: Sequence[Span]) -> list[list[str]]:
     return per
 
 
+# The last text cut into pieces, with its spans and pieces: the two models embed the same
+# part one after the other (the injection detector, then the topics), and the cut is the
+# same for both. One tuple, replaced whole (atomic under the GIL); it holds the text, so the
+# identity compared is never that of another object.
+_LAST: list[tuple[str, Sequence[Span], bool, list[list[str]]]] = []
+
+
+def text_pieces(text: str, spans: Sequence[Span]) -> tuple[bool, list[list[str]]]:
+    """(lower-cased, ``pieces_of``) of ``text``: lower-cased where that keeps every offset
+    (examples and prompts differ in case more than in meaning: "Dump my ETH" and "dump my eth"
+    should be one point); remembered for the last (text, spans) objects."""
+    last = _LAST[0] if _LAST else None
+    if last is not None and last[0] is text and last[1] is spans:
+        return last[2], last[3]
+    low = text.lower()
+    lowered = len(low) == len(text)
+    per = pieces_of(low if lowered else text, spans)
+    if _LAST:
+        _LAST[0] = (text, spans, lowered, per)
+    else:
+        _LAST.append((text, spans, lowered, per))
+    return lowered, per
+
+
 def segment_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Vectors:
     """Consecutive runs of ``rows`` summed, ``counts[i]`` rows for output row ``i`` (a zero row
     for a count of 0), by one ``np.add.reduceat`` over the runs that have rows."""
@@ -210,29 +234,23 @@ class StaticEmbedder:
         return sums
 
     def embed_spans(self, text: str, spans: Sequence[Span]) -> Vectors:
-        # Lower case: examples and prompts differ in case more than in meaning ("Dump my ETH"
-        # and "dump my eth" should be one point). Kept only where offsets stay the same.
-        low = text.lower()
-        if len(low) == len(text):
-            text = low
-        per = pieces_of(text, spans)
+        _, per = text_pieces(text, spans)
         counts = np.fromiter(map(len, per), np.int64, len(per))
         pieces = list(chain.from_iterable(per))
         if not pieces:
             return np.zeros((len(spans), self.dim), np.float32)
-        cache = self._cache
-        slots = list(map(cache.get, pieces, repeat(0)))
+        cache, n = self._cache, len(pieces)
+        slots = np.fromiter(map(cache.get, pieces, repeat(0)), np.int64, n)
         missing: list[str] = []
-        if 0 in slots:
-            missing = sorted({p for p, s in zip(pieces, slots, strict=True) if not s})
+        if not slots.all():
+            missing = sorted({p for p, s in zip(pieces, slots.tolist(), strict=True) if not s})
             sums = self._learn(missing)
-            slots = list(map(cache.get, pieces, repeat(0)))
-        rows = self._sums[np.asarray(slots, np.int64)]
-        if missing and 0 in slots:  # pieces past the cache limit
+            slots = np.fromiter(map(cache.get, pieces, repeat(0)), np.int64, n)
+        rows = self._sums[slots]
+        if missing and not slots.all():  # pieces past the cache limit
             extra = dict(zip(missing, sums, strict=True))
-            for n, (p, s) in enumerate(zip(pieces, slots, strict=True)):
-                if not s:
-                    rows[n] = extra[p]
+            for k in np.nonzero(slots == 0)[0].tolist():
+                rows[k] = extra[pieces[k]]
         return _normalise(segment_sums(rows, counts, self.dim))
 
 

@@ -19,6 +19,7 @@ from policy_extproc.detect.semantic.embedder import (
     _Segmenter,
     pieces_of,
     segment_sums,
+    text_pieces,
 )
 from policy_extproc.detect.semantic.text import Memo, sentence_spans
 from policy_extproc.errors import PolicyError
@@ -85,6 +86,19 @@ def test_pieces_are_those_of_the_chunk_pattern() -> None:
     for text in TEXTS + _random_texts(300, 1):
         spans = _spans(text)
         assert pieces_of(text, spans) == [CHUNK.findall(text, s, e) for s, e in spans]
+
+
+def test_the_pieces_are_cut_once_per_spans_and_never_for_another_text() -> None:
+    text = "Dump my ETH or hold? Index funds in general."
+    spans = sentence_spans(text)
+    first = text_pieces(text, spans)
+    assert spans.pieces[0] is text and text_pieces(text, spans) is not None
+    assert text_pieces(text, spans)[1] is first[1]  # the same lists: not cut again
+    other = "DUMP MY ETH OR HOLD? INDEX FUNDS IN GENERAL."  # same length, same spans
+    assert text_pieces(other, spans)[1] == [p.lower().split() for p in ("DUMP MY ETH OR HOLD?",
+                                            "INDEX FUNDS IN GENERAL.")]  # fmt: skip
+    plain = list(spans)  # no room to keep them: cut each time, same result
+    assert text_pieces(text, plain) == text_pieces(text, tuple(spans)) == first
 
 
 def test_segment_sums_are_the_sums_of_the_runs() -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 from itertools import chain, count, repeat
 from typing import Protocol
@@ -122,27 +123,19 @@ def pieces_of(text: str, spans: Sequence[Span]) -> list[list[str]]:
     return per
 
 
-# The last text cut into pieces, with its spans and pieces: the two models embed the same
-# part one after the other (the injection detector, then the topics), and the cut is the
-# same for both. One tuple, replaced whole (atomic under the GIL); it holds the text, so the
-# identity compared is never that of another object.
-_LAST: list[tuple[str, Sequence[Span], bool, list[list[str]]]] = []
-
-
 def text_pieces(text: str, spans: Sequence[Span]) -> tuple[bool, list[list[str]]]:
     """(lower-cased, ``pieces_of``) of ``text``: lower-cased where that keeps every offset
     (examples and prompts differ in case more than in meaning: "Dump my ETH" and "dump my eth"
-    should be one point); remembered for the last (text, spans) objects."""
-    last = _LAST[0] if _LAST else None
-    if last is not None and last[0] is text and last[1] is spans:
-        return last[2], last[3]
+    should be one point). Kept in the spans when they have room for it (``text.Spans``): the
+    two models embed the same part with the same spans, one after the other."""
+    kept = getattr(spans, "pieces", None)
+    if kept is not None and kept[0] is text:
+        return kept[1], kept[2]
     low = text.lower()
     lowered = len(low) == len(text)
     per = pieces_of(low if lowered else text, spans)
-    if _LAST:
-        _LAST[0] = (text, spans, lowered, per)
-    else:
-        _LAST.append((text, spans, lowered, per))
+    with suppress(AttributeError):  # a plain list or tuple of spans: nothing kept
+        spans.pieces = (text, lowered, per)  # type: ignore[attr-defined]
     return lowered, per
 
 

@@ -28,9 +28,17 @@ _MAX = 320
 _SENTENCE = re.compile(r"[^\s](?:[^\n.!?;\u3002]+|[.!?;]+(?![\s]|$))*(?:[.!?;]+|\u3002+)?")
 
 
-def sentence_spans(text: str) -> list[Span]:
+class Spans(list[Span]):
+    """A text's sentence spans, with a slot for what an embedder derives from them once (the
+    white-space pieces both models read: ``embedder.text_pieces``), which lives as long as
+    the spans do, that is the request: never a text kept past it."""
+
+    __slots__ = ("pieces",)
+
+
+def sentence_spans(text: str) -> Spans:
     """(start, end) of each non-blank sentence of ``text``, at most ``_MAX`` characters."""
-    spans: list[Span] = []
+    spans = Spans()
     for m in _SENTENCE.finditer(text):
         start, end = m.span()
         if end - start > _MAX or text[end - 1].isspace():
@@ -79,8 +87,9 @@ class Memo(Generic[T]):
     No lock: the event loop and the threads that may share a memo (the admin API's dry run)
     change it only by single ``OrderedDict`` calls, each atomic under the GIL (``setdefault``
     adds an entry once, ``popitem`` removes it once, ``move_to_end`` of an entry another thread
-    just dropped is skipped). The character count is kept by whoever added or removed an entry
-    (``+=`` on an int, between two such calls); the entry bound is exact.
+    just dropped is skipped). The character count is kept by whoever added or removed an entry;
+    two threads' ``+=`` racing could lose one of the updates, which leaves that bound off by one
+    part's length (the entry bound stays exact).
     """
 
     __slots__ = ("_chars", "_items", "max_chars", "max_items")

@@ -27,10 +27,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
 from pathlib import Path
+
+# As the sidecar's command does before numpy loads (policy_extproc/cli): one BLAS thread, unless
+# set otherwise (OPENBLAS_NUM_THREADS=2 measures OpenBLAS's own threads).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 import yaml
@@ -41,7 +46,7 @@ ROOT = Path(__file__).resolve().parent.parent
 _TREE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--tree=")), str(ROOT))
 sys.path.insert(0, _TREE)
 
-from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL, load_embedder  # noqa: E402
+from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import SENSITIVITY, InjectionDetector  # noqa: E402
 from policy_extproc.detect.semantic.text import embed_sentences  # noqa: E402
@@ -57,6 +62,8 @@ from policy_extproc.policy.decision import RequestContext  # noqa: E402
 from policy_extproc.policy.evaluator import check_request  # noqa: E402
 from policy_extproc.policy.loader import load_sources  # noqa: E402
 from policy_extproc.sources.catalog import load_catalog  # noqa: E402
+from policy_extproc.sources.models import load_embedder, read_exemplars  # noqa: E402
+from policy_extproc.sources.secrets import read_secrets  # noqa: E402
 
 DATA = ROOT / "tests" / "data" / "semantic"
 CHAT = "/v1/chat/completions"
@@ -77,7 +84,7 @@ def _at_fpr(neg: list[float], pos: list[float], fpr: float) -> tuple[float, floa
 
 def injection(model: str, split: str) -> None:
     data = yaml.safe_load((DATA / "injection.yaml").read_text())
-    det = InjectionDetector(load_embedder(model))
+    det = InjectionDetector(load_embedder(model), read_exemplars())
     neg = [det.score(t).score for t in _splits(data["benign"], split)]
     fams = {f: [det.score(t).score for t in _splits(g, split)] for f, g in data["attacks"].items()}
     every = [s for v in fams.values() for s in v]
@@ -175,9 +182,9 @@ def cost(iterations: int) -> None:
     data = yaml.safe_load((DATA / "topics.yaml").read_text())
     examples = {n: t["examples"] for n, t in data["topics"].items()}
     snaps = {
-        flag: Snapshot(load_sources([("p.yaml", _policies(flag, examples))])).resolve(
-            "acme", "", ""
-        )
+        flag: Snapshot(
+            load_sources([("p.yaml", _policies(flag, examples))]), secrets=read_secrets()
+        ).resolve("acme", "", "")
         for flag in (False, True)
     }
     rng = random.Random(7)

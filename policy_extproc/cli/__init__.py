@@ -12,6 +12,15 @@
 
 from __future__ import annotations
 
+import os
+
+# Before numpy is first imported (the semantic guards import it): one BLAS thread. The guards'
+# products are small (72 x 256 by 256 x 126 for a 4 KB prompt's topics); OpenBLAS splits them
+# over its threads, which spin while they wait, and on a busy machine that turned a 0.4 ms
+# topic pass into 7 ms of CPU at p50 (docs/semantic.md, Cost). Worker processes inherit it;
+# an operator's own setting wins.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 from ..admin.cli import approvals, policies
 from . import audit_commands, policy_commands, serve_command, tool_commands
 from .root import ENV, EXIT_NOT_ALLOWED, main

@@ -7,10 +7,14 @@ Everything here is immutable and validated by ``loader``; nothing here parses or
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol
 
 from .identity import canonical
+
+if TYPE_CHECKING:
+    from ..detect.semantic.embedder import Embedder
+    from ..detect.semantic.injection import InjectionDetector
 
 Action = Literal["allow", "modify", "throttle", "escalate", "block"]
 
@@ -57,15 +61,32 @@ class Scope:
         return ", ".join(named) or "everyone"
 
 
+class Models(Protocol):
+    """The semantic guards' models, read by the edge (``sources.models.ShippedModels``) when a
+    compile first asks for them; the core never reads a model's files."""
+
+    def embedder(self, name: str = ...) -> Embedder:
+        """A shipped static embedding model (topics use the default one)."""
+        ...
+
+    def injection(self) -> InjectionDetector:
+        """The prompt-injection detector, with its exemplar library (one per process)."""
+        ...
+
+
 @dataclass(frozen=True, slots=True)
 class Secrets:
     """What compiling a policy set needs that is not in the policies: keys the edge reads
-    (``sources.secrets``) and hands in, so the core reads no environment and no file."""
+    (``sources.secrets``) and the semantic guards' models (``sources.models``), handed in so
+    the core reads no environment and no file. ``models`` is not compared: two snapshots with
+    the same keys compile alike."""
 
     pii_hash_key: bytes | None = None  # the pseudonym key of pii rules with style: hash
+    models: Models | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:  # never print a key
-        return f"Secrets(pii_hash_key={'set' if self.pii_hash_key else None})"
+        return (f"Secrets(pii_hash_key={'set' if self.pii_hash_key else None}, "
+                f"models={self.models!r})")  # fmt: skip
 
 
 NO_SECRETS = Secrets()

@@ -1,12 +1,14 @@
-"""What the semantic guards share: the injection detector (one per process) and how reasons
-say where a sentence was.
+"""What the semantic guards share: the models handed to the compiler, and how reasons say
+where a sentence was.
 
 The ``prompt_injection`` kind (``policy.rules.prompt_injection``) runs the semantic pass of a
-request or an answer: each part's sentences are embedded once and given to the injection
-detector and to every semantic topic of ``content_filter`` rules (``rules.content_filter``).
-Compile time loads the shipped models once per process (tokenlearn's for prompt injection,
-wordllama's for topics, each only when a policy needs it) and embeds every semantic topic's
-examples once per rule. Reasons name the signal or topic and its score, never the text.
+request or an answer: each part's sentences are cut once and embedded once per model, and
+given to the injection detector and to every semantic topic of ``content_filter`` rules
+(``rules.content_filter``). The models come with the secrets (``model.Secrets.models``): the
+edge (``sources.models``) reads them once per process, when a compile first asks (tokenlearn's
+for prompt injection, wordllama's for topics, each only when a policy needs it); compile time
+embeds every semantic topic's examples once per rule. Reasons name the signal or topic and its
+score, never the text.
 
 Both classifiers read the canonical form of each part (``detect/canonical``: NFKC, ignorables
 removed, confusables folded), the same text the other content filters match, so an instruction
@@ -16,24 +18,32 @@ redaction is mapped back to the original span.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 
-from ..detect.semantic import InjectionDetector, load_embedder
-from ..detect.semantic.injection import MODEL as INJECTION_MODEL
+from ..detect.semantic import Embedder, EmbedderError, TopicClassifier
+from ..errors import PolicyError, Problem
 from .findings import TextPart
-
-_DETECTOR: InjectionDetector | None = None
-_DETECTOR_LOCK = threading.Lock()
+from .model import Models, Policy, Rule, Secrets
 
 
-def detector() -> InjectionDetector:
-    """One detector per process: the exemplar library does not depend on the policy."""
-    global _DETECTOR
-    with _DETECTOR_LOCK:
-        if _DETECTOR is None:
-            _DETECTOR = InjectionDetector(load_embedder(INJECTION_MODEL))
-        return _DETECTOR
+def models(policy: Policy, rule: Rule, secrets: Secrets) -> Models:
+    """The models handed in with the secrets (``sources.models``), or the compile's error."""
+    if secrets.models is None:
+        raise PolicyError([Problem(policy.file, rule.line, "semantic guards: the models were not "
+                                   "handed to the compiler", policy.name, rule.index,
+                                   rule.type)])  # fmt: skip
+    return secrets.models
+
+
+def build_error(policy: Policy, rule: Rule, exc: EmbedderError) -> PolicyError:
+    return PolicyError([Problem(policy.file, rule.line, f"semantic guards: {exc}", policy.name,
+                                rule.index, rule.type)])  # fmt: skip
+
+
+def topics_embedder(classifier: TopicClassifier) -> Embedder:
+    """The model a classifier's examples were embedded with: the sentences it judges must be
+    too (every rule's topics use the default model, ``Models.embedder()``)."""
+    return classifier.embedder
 
 
 def where(part: TextPart, direction: str) -> str:

@@ -3,8 +3,9 @@
 ``read_secrets`` is called by the edges that compile (``files``, ``store``, the worker
 processes, the CLI) and hands a ``model.Secrets`` to ``Snapshot``: the pseudonym key of ``pii``
 rules with ``style: hash``, from the file ``POLICY_EXTPROC_PII_HASH_KEY_FILE`` names (a
-Kubernetes secret volume) or else ``POLICY_EXTPROC_PII_HASH_KEY``. Read when a set compiles,
-never per request: a changed key takes effect with the next reload.
+Kubernetes secret volume) or else ``POLICY_EXTPROC_PII_HASH_KEY``; and the semantic guards'
+models (``sources.models.SHIPPED``, read when a compile first needs them). Read when a set
+compiles, never per request: a changed key takes effect with the next reload.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 
 from ..policy.model import Secrets
 from ..policy.privacy import KEY_ENV, KEY_FILE_ENV
+from .models import SHIPPED
 
 
 def read_secrets() -> Secrets:
@@ -24,4 +26,4 @@ def read_secrets() -> Secrets:
     else:
         value = os.environ.get(KEY_ENV)
         key = value.encode() if value else None
-    return Secrets(pii_hash_key=key)
+    return Secrets(pii_hash_key=key, models=SHIPPED)

@@ -62,19 +62,6 @@ ALLOWED: dict[str, dict[str, str]] = {
     # be handed in when the detector is built (compiler -> privacy -> PiiDetector, helper
     # `rules`' files), not read from the clock per candidate.
     "detect/pii_validators.py": {".today()": "TODO: the clock read for the latest birth year"},
-    # Owned by helper `semantic`: the model and its data files are package data read when a
-    # policy set compiles; the locks guard the one model loaded per process.
-    "policy/semantic.py": {"import threading": "semantic: one injection detector per process"},
-    "detect/semantic/embedder.py": {
-        "import pathlib": "semantic: package data (the shipped model weights)",
-        "import threading": "semantic: the model is loaded once per process",
-    },
-    "detect/semantic/injection.py": {
-        ".read_text()": "semantic: package data (the shipped exemplars)",
-    },
-    "detect/semantic/text.py": {
-        "import threading": "semantic: the per-part memo (LRU) is shared by request threads",
-    },
 }
 
 _PROBE = """

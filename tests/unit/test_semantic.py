@@ -21,7 +21,6 @@ from policy_extproc.detect.semantic import (
     InjectionDetector,
     TopicClassifier,
     TopicSpec,
-    load_embedder,
 )
 from policy_extproc.detect.semantic.embedder import embed_texts
 from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL
@@ -34,6 +33,8 @@ from policy_extproc.policy.evaluator import check_request, check_response, decid
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.policy.model import SemanticTopic
 from policy_extproc.sources.catalog import load_catalog
+from policy_extproc.sources.models import load_embedder, read_exemplars
+from policy_extproc.sources.secrets import read_secrets
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "semantic"
 MEDIUM = SENSITIVITY["medium"]
@@ -46,7 +47,7 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
-    return InjectionDetector(load_embedder(INJECTION_MODEL))
+    return InjectionDetector(load_embedder(INJECTION_MODEL), read_exemplars())
 
 
 # -- sentences and embedders ------------------------------------------------------------------
@@ -287,7 +288,7 @@ rules:
 def _snapshot(action: str = "block", mode: str = "") -> Snapshot:
     examples = json.dumps(_topics()["topics"]["weapons"]["examples"])
     text = _POLICY.format(action=action, mode=mode, examples=examples)
-    return Snapshot(load_sources([("guard.yaml", text)]))
+    return Snapshot(load_sources([("guard.yaml", text)]), secrets=read_secrets())
 
 
 def _anthropic(tool_text: str, user: str = "Summarise the tool result.") -> Any:

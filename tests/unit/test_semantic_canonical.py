@@ -16,6 +16,7 @@ from policy_extproc.policy.context import build_context
 from policy_extproc.policy.evaluator import check_request, decide
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.sources.catalog import load_catalog
+from policy_extproc.sources.secrets import read_secrets
 
 _POLICY = """
 policy_name: guard
@@ -52,7 +53,8 @@ def _ctx(text: str) -> Any:
 
 
 def _decide(text: str, action: str = "block") -> Any:
-    snap = Snapshot(load_sources([("guard.yaml", _POLICY.format(action=action))]))
+    snap = Snapshot(load_sources([("guard.yaml", _POLICY.format(action=action))]),
+                    secrets=read_secrets())  # fmt: skip
     ctx = _ctx(text)
     es = snap.resolve(ctx.org, ctx.team, ctx.environment)
     return decide(es, ctx, check_request(es, ctx))

@@ -19,12 +19,12 @@ from policy_extproc.detect.semantic import (
     HashEmbedder,
     TopicClassifier,
     TopicSpec,
-    load_embedder,
     topic_data,
     topics,
 )
 from policy_extproc.detect.semantic.embedder import Embedder, embed_texts
 from policy_extproc.detect.semantic.text import embed_sentences, sentence_spans
+from policy_extproc.sources.models import load_embedder
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data" / "semantic"

@@ -1,11 +1,12 @@
 """Semantic guards: prompt injection and topics by meaning, on a static embedding model.
 
-Pure: nothing here imports grpc, redis, opentelemetry or asyncio, and nothing does I/O at
-request time (the model and the shipped data files are read when a policy set compiles).
+Pure: nothing here imports grpc, redis, opentelemetry or asyncio, and nothing does I/O: the
+models and the exemplar library are read by ``sources.models`` and handed in at compile time
+(the topics' background sentences are still read here, by ``topics``).
 Callers pass canonical text (the same text the other content filters scan).
 """
 
-from .embedder import DEFAULT_MODEL, Embedder, EmbedderError, HashEmbedder, load_embedder
+from .embedder import DEFAULT_MODEL, Embedder, EmbedderError, HashEmbedder
 from .injection import SENSITIVITY, InjectionDetector, InjectionFinding
 from .topics import DEFAULT_THRESHOLD, TopicClassifier, TopicSpec
 
@@ -20,5 +21,4 @@ __all__ = [
     "InjectionFinding",
     "TopicClassifier",
     "TopicSpec",
-    "load_embedder",
 ]

@@ -2,23 +2,20 @@
 
 A static model is a table of one vector per token: a text's vector is the mean of its tokens'
 rows, scaled to unit length, so cosine similarity is a dot product. There is no network and no
-neural network at request time: one tokenizer call per part, one gather, one segmented sum.
+neural network at request time: a dictionary look-up per white-space piece, one gather, one
+segmented sum (the tokenizer runs once per piece never seen before).
 
-``load_embedder`` finds the weights through the installed package's files (``find_spec``, which
-does not import the package: wordllama's ``__init__`` configures logging and imports pydantic)
-and reads them with ``safetensors``; nothing is ever downloaded. It is called at compile time.
+The shipped models are read by ``sources.models`` (the edge) and handed in at compile time.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import re
-import threading
 from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
-from itertools import repeat
-from pathlib import Path
+from itertools import chain, count, repeat
 from typing import Protocol
 
 import numpy as np
@@ -105,7 +102,64 @@ class _Segmenter:
 
 
 _CHUNK = re.compile(r"\S{1,48}")  # white-space separated pieces, long runs cut (CJK, base64)
+_RUN = 48
 _CACHE_LIMIT = 50_000  # pieces remembered (50 MB at 256 dims); past it computed, not kept
+
+
+def pieces_of(text: str, spans: Sequence[Span]) -> list[list[str]]:
+    """Each span's white-space separated pieces, runs longer than 48 characters cut into
+    48-character pieces (what ``_CHUNK.findall`` gives, which is the reference).
+
+    ``str.split`` splits on the same white space as ``\\s`` (``Py_UNICODE_ISSPACE``, checked
+    over every code point by the tests) and is about five times faster than ``findall`` per
+    span; a span holding a longer run is cut by ``findall``."""
+    per = [text[s:e].split() for s, e in spans]
+    if max(map(len, chain.from_iterable(per)), default=0) > _RUN:
+        findall = _CHUNK.findall
+        per = [
+            findall(text, s, e) if any(len(p) > _RUN for p in ps) else ps
+            for (s, e), ps in zip(spans, per, strict=True)
+        ]
+    return per
+
+
+def text_pieces(text: str, spans: Sequence[Span]) -> tuple[bool, list[list[str]]]:
+    """(lower-cased, ``pieces_of``) of ``text``: lower-cased where that keeps every offset
+    (examples and prompts differ in case more than in meaning: "Dump my ETH" and "dump my eth"
+    should be one point). Kept in the spans when they have room for it (``text.Spans``): the
+    two models embed the same part with the same spans, one after the other."""
+    kept = getattr(spans, "pieces", None)
+    if kept is not None and kept[0] is text:
+        return kept[1], kept[2]
+    low = text.lower()
+    lowered = len(low) == len(text)
+    per = pieces_of(low if lowered else text, spans)
+    with suppress(AttributeError):  # a plain list or tuple of spans: nothing kept
+        spans.pieces = (text, lowered, per)  # type: ignore[attr-defined]
+    return lowered, per
+
+
+def segment_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Vectors:
+    """Consecutive runs of ``rows`` summed, ``counts[i]`` rows for output row ``i`` (a zero row
+    for a count of 0), by one ``np.add.reduceat`` over the runs that have rows."""
+    out = np.zeros((len(counts), dim), np.float32)
+    has = counts > 0
+    if has.any():
+        starts = np.cumsum(counts) - counts
+        out[has] = np.add.reduceat(rows, starts[has], axis=0)
+    return out
+
+
+def _in_order_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Vectors:
+    """``segment_sums`` added row after row, as ``rows[a:b].sum(axis=0)`` adds (``reduceat``
+    groups its additions otherwise, which changes the last bit): one step per position, for
+    the few tokens of a piece."""
+    out = np.zeros((len(counts), dim), np.float32)
+    starts = np.cumsum(counts) - counts
+    for k in range(int(counts.max(initial=0))):
+        at = np.nonzero(counts > k)[0]
+        out[at] += rows[starts[at] + k]
+    return out
 
 
 class StaticEmbedder:
@@ -113,26 +167,33 @@ class StaticEmbedder:
     index (model2vec's vocabulary quantisation: token -> shared row).
 
     The tokenizer (about 1.5 ms for 4 KB) is called once per distinct white-space piece, not
-    per request: a piece's token rows are summed once and remembered with their count, and a
-    text is its pieces' sums added up. Both models' tokenizers split on white space before
-    anything else, so the sum over pieces equals the sum over the whole text's tokens.
+    per request: a piece's token rows are summed once and remembered, and a text is its
+    pieces' sums added up. Both models' tokenizers split on white space before anything else,
+    so the sum over pieces equals the sum over the whole text's tokens.
+
+    The remembered sums need no lock: the table has room for every piece it may keep (zeroed
+    pages, so only the rows written take memory), a new piece's row is taken from a counter
+    (``next`` on ``itertools.count`` is one C call, so two threads never get the same row),
+    written, and only then published in the dictionary; a piece learnt by two threads at once
+    takes two rows, one of them unused.
     """
 
-    __slots__ = ("_cache", "_lock", "_sums", "_tokenizer", "dim", "index", "name", "table",
+    __slots__ = ("_cache", "_next", "_sums", "_tokenizer", "dim", "index", "name", "table",
                  "weights")  # fmt: skip
 
     def __init__(self, name: str, tokenizer: object, table: Vectors,
                  index: npt.NDArray[np.int64] | None = None,
-                 weights: npt.NDArray[np.float32] | None = None) -> None:  # fmt: skip
+                 weights: npt.NDArray[np.float32] | None = None,
+                 capacity: int = _CACHE_LIMIT) -> None:  # fmt: skip
         self.name = name
         self._tokenizer = tokenizer
         self.table = table
         self.index = index
         self.weights = weights
         self.dim = int(table.shape[1])
-        self._lock = threading.Lock()
         self._cache: dict[str, int] = {}
-        self._sums = np.zeros((1024, self.dim), np.float32)
+        self._next = count(1)  # row 0 stays a zero row
+        self._sums = np.zeros((capacity + 1, self.dim), np.float32)  # pieces remembered
 
     def _token_rows(self, ids: npt.NDArray[np.int64]) -> Vectors:
         rows_ids = self.index[ids] if self.index is not None else ids.copy()
@@ -142,116 +203,48 @@ class StaticEmbedder:
             rows = rows * self.weights[ids][:, None]
         return rows
 
-    def _learn(self, pieces: list[str]) -> list[Vectors]:
-        encs = self._tokenizer.encode_batch(pieces, add_special_tokens=False)  # type: ignore[attr-defined]
-        out = []
-        for enc in encs:
-            ids = np.asarray(enc.ids, np.int64)
-            rows = self._token_rows(ids) if len(ids) else np.zeros((0, self.dim), np.float32)
-            out.append(rows.sum(axis=0))
-        with self._lock:
-            for piece, vec in zip(pieces, out, strict=True):
-                if piece in self._cache or len(self._cache) >= _CACHE_LIMIT:
-                    continue
-                slot = len(self._cache) + 1  # slot 0 stays a zero row
-                if slot >= len(self._sums):
-                    self._sums = np.vstack([self._sums, np.zeros_like(self._sums)])
-                self._sums[slot] = vec
-                self._cache[piece] = slot
-        return out
+    def piece_sums(self, pieces: Sequence[str]) -> Vectors:
+        """Per piece, the sum of its tokens' rows: one tokenizer call and one gather for all
+        of them."""
+        encs = self._tokenizer.encode_batch(list(pieces), add_special_tokens=False)  # type: ignore[attr-defined]
+        ids_of = [enc.ids for enc in encs]
+        counts = np.fromiter(map(len, ids_of), np.int64, len(ids_of))
+        ids = np.fromiter(chain.from_iterable(ids_of), np.int64, int(counts.sum()))
+        rows = self._token_rows(ids) if len(ids) else np.zeros((0, self.dim), np.float32)
+        return _in_order_sums(rows, counts, self.dim)
+
+    def _learn(self, pieces: list[str]) -> Vectors:
+        sums = self.piece_sums(pieces)
+        cache, table = self._cache, self._sums
+        for piece, vec in zip(pieces, sums, strict=True):
+            if piece in cache:
+                continue
+            slot = next(self._next)
+            if slot >= len(table):  # full: computed from now on, not kept
+                break
+            table[slot] = vec
+            cache[piece] = slot  # published once its row is written
+        return sums
 
     def embed_spans(self, text: str, spans: Sequence[Span]) -> Vectors:
-        # Lower case: examples and prompts differ in case more than in meaning ("Dump my ETH"
-        # and "dump my eth" should be one point). Kept only where offsets stay the same.
-        low = text.lower()
-        if len(low) == len(text):
-            text = low
-        out = np.zeros((len(spans), self.dim), np.float32)
-        pieces: list[str] = []
-        lo: list[int] = []
-        findall = _CHUNK.findall
-        for start, end in spans:
-            lo.append(len(pieces))
-            pieces.extend(findall(text, start, end))
+        _, per = text_pieces(text, spans)
+        counts = np.fromiter(map(len, per), np.int64, len(per))
+        pieces = list(chain.from_iterable(per))
         if not pieces:
-            return out
-        cache = self._cache
-        slots = list(map(cache.get, pieces, repeat(-1)))
-        extra: dict[str, Vectors] = {}
-        if -1 in slots:
-            missing = sorted({p for p, s in zip(pieces, slots, strict=True) if s < 0})
-            extra = dict(zip(missing, self._learn(missing), strict=True))
-            slots = list(map(cache.get, pieces, repeat(-1)))
-        slots.append(0)  # slot 0 is a zero row: the end of the last span may point at it
-        rows = self._sums[np.asarray(slots, np.int64)]
-        if extra:  # pieces past the cache limit
-            for n, (p, s) in enumerate(zip(pieces, slots, strict=False)):
-                if s < 0:
-                    rows[n] = extra[p]
-        starts = np.asarray(lo, np.int64)
-        ends = np.append(starts[1:], len(pieces))
-        has = ends > starts
-        pairs = np.column_stack([starts, ends]).ravel()
-        out[has] = np.add.reduceat(rows, pairs, axis=0)[0::2][has]
-        return _normalise(out)
-
-
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise EmbedderError(f"the model package {package!r} is not installed")
-    return Path(next(iter(spec.submodule_search_locations)))
-
-
-def _tokenizer(path: Path) -> object:
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(path))
-    tok.no_padding()
-    tok.no_truncation()
-    return tok
-
-
-def _load_wordllama() -> StaticEmbedder:
-    from safetensors.numpy import load_file
-
-    base = _package_dir("wordllama")
-    weights = base / "weights" / "l2_supercat_256.safetensors"
-    tok = base / "tokenizers" / "l2_supercat_tokenizer_config.json"
-    if not weights.is_file() or not tok.is_file():
-        raise EmbedderError(f"wordllama's bundled weights are missing under {base}")
-    table = load_file(str(weights))["embedding.weight"].astype(np.float32)
-    return StaticEmbedder(DEFAULT_MODEL, _tokenizer(tok), table)
-
-
-def _load_tokenlearn() -> StaticEmbedder:
-    from safetensors.numpy import load_file
-
-    base = _package_dir("static_model") / "model"
-    if not (base / "model.safetensors").is_file():
-        raise EmbedderError(f"tokenlearn-static-model's bundled weights are missing in {base}")
-    t = load_file(str(base / "model.safetensors"))
-    table = t["embeddings"].astype(np.float32)
-    return StaticEmbedder("tokenlearn-10k-64", _tokenizer(base / "tokenizer.json"), table,
-                          index=t["mapping"].astype(np.int64),
-                          weights=t["weights"].astype(np.float32))  # fmt: skip
-
-
-_LOADERS = {DEFAULT_MODEL: _load_wordllama, "tokenlearn-10k-64": _load_tokenlearn}
-_LOADED: dict[str, StaticEmbedder] = {}
-_LOAD_LOCK = threading.Lock()
-
-
-def load_embedder(name: str = DEFAULT_MODEL) -> StaticEmbedder:
-    """The named shipped model, loaded once per process (tens of MB: never per policy)."""
-    with _LOAD_LOCK:
-        emb = _LOADED.get(name)
-        if emb is None:
-            loader = _LOADERS.get(name)
-            if loader is None:
-                raise EmbedderError(f"unknown model {name!r} (known: {', '.join(_LOADERS)})")
-            emb = _LOADED[name] = loader()
-        return emb
+            return np.zeros((len(spans), self.dim), np.float32)
+        cache, n = self._cache, len(pieces)
+        slots = np.fromiter(map(cache.get, pieces, repeat(0)), np.int64, n)
+        missing: list[str] = []
+        if not slots.all():
+            missing = sorted({p for p, s in zip(pieces, slots.tolist(), strict=True) if not s})
+            sums = self._learn(missing)
+            slots = np.fromiter(map(cache.get, pieces, repeat(0)), np.int64, n)
+        rows = self._sums[slots]
+        if missing and not slots.all():  # pieces past the cache limit
+            extra = dict(zip(missing, sums, strict=True))
+            for k in np.nonzero(slots == 0)[0].tolist():
+                rows[k] = extra[pieces[k]]
+        return _normalise(segment_sums(rows, counts, self.dim))
 
 
 _WORD = re.compile(r"\w+")

@@ -1,7 +1,8 @@
 """Prompt-injection detection: heuristic signals per family, plus similarity to exemplars.
 
-``InjectionDetector`` is built once (compile time: the signals become one Hyperscan database,
-the exemplar library is embedded); ``score`` is pure and does no I/O. Per sentence the score is
+``InjectionDetector`` is built once per process (compile time: the signals become one
+Hyperscan database, the exemplar library, read by ``sources.models``, is embedded); ``score``
+is pure and does no I/O. Per sentence the score is
 the larger of
 
 - the heuristic score: the noisy-or of the weights of the signals found in it (signals.py),
@@ -18,16 +19,16 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from importlib import resources
 
 import hyperscan
 import numpy as np
-import yaml
 
+from ..scratch import ScratchPool
 from .embedder import Embedder, columns, embed_texts
 from .signals import NEGATION, SIGNALS
-from .text import Memo, Sentences, embed_sentences
+from .text import Memo, Sentences, Span, sentence_spans
 
 EXEMPLARS = "injection_exemplars_v2.yaml"
 # The model the exemplars are read with (docs/semantic.md: the sharper of the two candidates
@@ -50,7 +51,9 @@ _ROT13 = bytes.maketrans(
     b"nopqrstuvwxyzabcdefghijklmNOPQRSTUVWXYZABCDEFGHIJKLM",
 )
 _LEET = bytes.maketrans(b"0134579@$|!", b"oieastgasii")
-_HAS_LEET = re.compile(rb"[a-z][0134579@$][a-z]|[0134579][a-z]{2}")
+# A leet character between letters, or a leet digit before two letters (_LEET_CUE's language,
+# written from the leet character so that ``re`` skips to candidates).
+_HAS_LEET = re.compile(rb"[0134579@$](?:(?<=[a-z].)[a-z]|(?<=[0134579])[a-z]{2})")
 _SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
 _LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
 _NEG = re.compile(NEGATION.encode() + rb"[^.\n]{0,30}$")
@@ -69,19 +72,39 @@ def _sentence_end(data: bytes, end: int) -> int:
     return min(found) if found else len(data)
 
 
+# Cues that a decoding may hold something, found in one Hyperscan pass (the ``re`` searches
+# cost 0.1 ms on 4 KB of prose): a run of spaced-out letters (wider than _SPACED, which then
+# confirms it), the leet cue (_HAS_LEET's language), a run of 16 base64 characters (lower case:
+# a run of the raw text is one of the lower-cased text).
+_SPACED_CUE, _LEET_CUE, _B64_CUE = 0, 1, 2
+_CUES = {
+    _SPACED_CUE: rb"\w[ \-.]\w[ \-.]\w[ \-.]\w[ \-.]\w",
+    _LEET_CUE: rb"[a-z][0134579@$][a-z]|[0134579][a-z]{2}",
+    _B64_CUE: rb"[a-z0-9+/]{16}",
+}
+
+
 class _Prefilter:
-    """Where signals end in a text: one Hyperscan pass over its lower-cased UTF-8 bytes.
+    """Where signals end in a text: one Hyperscan pass over its lower-cased UTF-8 bytes; and
+    which decodings a text calls for (``cues``), in another.
 
     Byte mode without start-of-match: the bounded gaps make UTF-8 or leftmost-start databases
-    too large to build. Python's ``re`` then finds a hit's start, in its sentence only."""
+    too large to build. Python's ``re`` then finds a hit's start, in its sentence only. Each
+    scan takes a scratch of its own (``detect.scratch``): the admin API's dry run scans in a
+    thread while the event loop does."""
 
-    __slots__ = ("_db",)
+    __slots__ = ("_cues", "_signals")
 
     def __init__(self) -> None:
-        self._db = hyperscan.Database()
+        db = hyperscan.Database()
         exprs = [s.expr.encode() for s in SIGNALS]
-        self._db.compile(expressions=exprs, ids=list(range(len(SIGNALS))),
-                         flags=[hyperscan.HS_FLAG_CASELESS] * len(SIGNALS))  # fmt: skip
+        db.compile(expressions=exprs, ids=list(range(len(SIGNALS))),
+                   flags=[hyperscan.HS_FLAG_CASELESS] * len(SIGNALS))  # fmt: skip
+        self._signals = ScratchPool(db)
+        cues = hyperscan.Database()
+        cues.compile(expressions=list(_CUES.values()), ids=list(_CUES),
+                     flags=[hyperscan.HS_FLAG_SINGLEMATCH] * len(_CUES))  # fmt: skip
+        self._cues = ScratchPool(cues)
 
     def hits(self, data: bytes) -> list[tuple[int, int]]:
         """(signal, end offset) of every match."""
@@ -90,8 +113,18 @@ class _Prefilter:
         def on_match(tag: int, start: int, end: int, flags: int, context: object) -> None:
             seen.append((tag, end))
 
-        self._db.scan(data, match_event_handler=on_match)
+        self._signals.scan(data, on_match)
         return seen
+
+    def cues(self, low: bytes) -> frozenset[int]:
+        """The decoding cues (``_CUES``) found in lower-cased ``low``."""
+        seen: set[int] = set()
+
+        def on_match(tag: int, start: int, end: int, flags: int, context: object) -> None:
+            seen.add(tag)
+
+        self._cues.scan(low, on_match)
+        return frozenset(seen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,22 +136,28 @@ class InjectionFinding:
     via: str  # "heuristic", "heuristic+decoded", "similarity", with "+similarity" when both
 
 
-def _load_exemplars() -> dict[str, object]:
-    text = resources.files(__package__).joinpath("data", EXEMPLARS).read_text("utf-8")
-    data = yaml.safe_load(text)
+def _library(data: object) -> tuple[str, dict[str, list[str]], list[str]]:
+    """(version, attacks by family, benign look-alikes) of a parsed exemplar library."""
     if not isinstance(data, dict) or data.get("version") != 2:
         raise ValueError(f"{EXEMPLARS}: not a version 2 exemplar library")
-    return data
+    attacks, benign = data.get("attacks"), data.get("benign")
+    if not isinstance(attacks, dict) or not isinstance(benign, list):
+        raise ValueError(f"{EXEMPLARS}: needs 'attacks' (family -> texts) and 'benign' (texts)")
+    families = {str(f): [str(t) for t in texts] for f, texts in attacks.items()}
+    return f"v{data['version']}", families, [str(t) for t in benign]
 
 
-def _decodings(low: bytes, raw: bytes) -> list[bytes]:
+def _decodings(low: bytes, raw: bytes, cues: frozenset[int] | None = None) -> list[bytes]:
     """Readings an attacker may have hidden an instruction in (lower-cased but base64, which
-    is decoded from ``raw`` and then lower-cased)."""
+    is decoded from ``raw`` and then lower-cased). ``cues``: ``_Prefilter.cues(low)``; None
+    looks for them with ``re`` (the reference the tests compare the cues with)."""
     out = [low.translate(_ROT13)]
-    if _HAS_LEET.search(low):
+    if (_LEET_CUE in cues) if cues is not None else _HAS_LEET.search(low):
         out.append(low.translate(_LEET))
-    if _SPACED.search(low):  # "i g n o r e  a l l": drop the single separators of letters
-        out.append(_LETTER_GAP.sub(b"", low))
+    if (cues is None or _SPACED_CUE in cues) and _SPACED.search(low):
+        out.append(_LETTER_GAP.sub(b"", low))  # "i g n o r e  a l l": drop the separators
+    if cues is not None and _B64_CUE not in cues:
+        return out
     for m in _B64.finditer(raw):
         chunk = m.group()
         try:
@@ -139,17 +178,17 @@ class InjectionDetector:
     _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
     _unless = tuple(re.compile(s.unless.encode()) if s.unless else None for s in SIGNALS)
 
-    def __init__(self, embedder: Embedder) -> None:
+    def __init__(self, embedder: Embedder, exemplars: object) -> None:
+        """``exemplars``: the parsed library (``data/injection_exemplars_v2.yaml``, read by
+        ``sources.models.read_exemplars``)."""
         self._embedder = embedder
         self._patterns = _Prefilter()
-        data = _load_exemplars()
-        self.version = f"v{data['version']}"
-        attacks: dict[str, list[str]] = data["attacks"]  # type: ignore[assignment]
+        self.version, attacks, benign = _library(exemplars)
         texts = [t for family in attacks.values() for t in family]
         self._families = [f for f, family in attacks.items() for _ in family]
         # Kept as columns (a contiguous transpose): see embedder.columns.
         self._attack = columns(embed_texts(embedder, texts))
-        self._benign = columns(embed_texts(embedder, list(data["benign"])))  # type: ignore[call-overload]
+        self._benign = columns(embed_texts(embedder, benign))
         self._memo: Memo[InjectionFinding] = Memo()
 
     def _heuristic(self, data: bytes) -> tuple[float, str]:
@@ -198,25 +237,30 @@ class InjectionDetector:
             return 0.0, ""
         return float(score[i]), self._families[int(attack[i].argmax())]
 
-    def score(self, text: str, sentences: Sentences | None = None) -> InjectionFinding:
+    def score(self, text: str, sentences: Sentences | None = None,
+              spans: Callable[[], list[Span]] | None = None) -> InjectionFinding:  # fmt: skip
         """The injection score of one part (0 when nothing looks like an attack), remembered
-        by its text; ``sentences``: the part's, when the caller has embedded them already."""
+        by its text; ``sentences``: the part's, when the caller has embedded them already with
+        this detector's model; ``spans``: gives the part's sentence spans, when the caller cuts
+        them for other classifiers too (called only for a text not judged before)."""
         found = self._memo.get(text)
         if found is None:
-            found = self._memo.put(text, self._score(text, sentences))
+            found = self._memo.put(text, self._score(text, sentences, spans))
         return found
 
-    def _score(self, text: str, sentences: Sentences | None) -> InjectionFinding:
+    def _score(self, text: str, sentences: Sentences | None,
+               spans: Callable[[], list[Span]] | None) -> InjectionFinding:  # fmt: skip
         raw = text.encode("utf-8", "replace")
         low = text.lower().encode("utf-8", "replace")
         h, family = self._heuristic(low)
         via = "heuristic"
-        for decoded in _decodings(low, raw):
+        for decoded in _decodings(low, raw, self._patterns.cues(low)):
             d, _ = self._heuristic(decoded)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"
         if sentences is None:
-            sentences = embed_sentences(self._embedder, text)
+            cut = spans() if spans is not None else sentence_spans(text)
+            sentences = Sentences(text, cut, self._embedder.embed_spans(text, cut))
         s, sim_family = self._similarity(sentences)
         both = 1.0 - (1.0 - h) * (1.0 - s)  # noisy-or: similarity strengthens a weak cue
         if s > h:

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections import OrderedDict
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
 
@@ -23,13 +23,22 @@ _MAX = 320
 
 
 # One sentence: from a non-space to an end mark followed by space or the end, a line break,
-# or the CJK full stop. ``finditer`` does the whole cut in C.
-_SENTENCE = re.compile(r"[^\s](?:[^\n.!?;\u3002]|[.!?;]+(?![\s]|$))*(?:[.!?;]+|\u3002+)?")
+# or the CJK full stop. ``finditer`` does the whole cut in C; the run ``[^...]+`` lets it take
+# the characters between marks in one step (four times faster than one per repetition).
+_SENTENCE = re.compile(r"[^\s](?:[^\n.!?;\u3002]+|[.!?;]+(?![\s]|$))*(?:[.!?;]+|\u3002+)?")
 
 
-def sentence_spans(text: str) -> list[Span]:
+class Spans(list[Span]):
+    """A text's sentence spans, with a slot for what an embedder derives from them once (the
+    white-space pieces both models read: ``embedder.text_pieces``), which lives as long as
+    the spans do, that is the request: never a text kept past it."""
+
+    __slots__ = ("pieces",)
+
+
+def sentence_spans(text: str) -> Spans:
     """(start, end) of each non-blank sentence of ``text``, at most ``_MAX`` characters."""
-    spans: list[Span] = []
+    spans = Spans()
     for m in _SENTENCE.finditer(text):
         start, end = m.span()
         if end - start > _MAX or text[end - 1].isspace():
@@ -73,16 +82,23 @@ class Memo(Generic[T]):
     """Results per part text, the least recently used dropped first (bounded in entries and in
     the characters of the texts judged). The previous turns of a chat come back with every
     request: each part is judged once, then found here. Texts are held by their BLAKE2b digest
-    (128 bits), never as text: the prompts of a request do not outlive it in the sidecar."""
+    (128 bits), never as text: the prompts of a request do not outlive it in the sidecar.
 
-    __slots__ = ("_chars", "_items", "_lock", "max_chars", "max_items")
+    No lock: the event loop and the threads that may share a memo (the admin API's dry run)
+    change it only by single ``OrderedDict`` calls, each atomic under the GIL (``setdefault``
+    adds an entry once, ``popitem`` removes it once, ``move_to_end`` of an entry another thread
+    just dropped is skipped). The character count is kept by whoever added or removed an entry;
+    two threads' ``+=`` racing could lose one of the updates, which leaves that bound off by one
+    part's length (the entry bound stays exact).
+    """
+
+    __slots__ = ("_chars", "_items", "max_chars", "max_items")
 
     def __init__(self, max_items: int = 4096, max_chars: int = 8_000_000) -> None:
         self.max_items = max_items
         self.max_chars = max_chars
         self._items: OrderedDict[bytes, tuple[T, int]] = OrderedDict()
         self._chars = 0
-        self._lock = threading.Lock()
 
     @staticmethod
     def _key(text: str) -> bytes:
@@ -90,25 +106,30 @@ class Memo(Generic[T]):
 
     def get(self, text: str) -> T | None:
         key = self._key(text)
-        with self._lock:
-            found = self._items.get(key)
-            if found is None:
-                return None
+        found = self._items.get(key)
+        if found is None:
+            return None
+        with suppress(KeyError):  # dropped by another thread meanwhile: still a valid answer
             self._items.move_to_end(key)
-            return found[0]
+        return found[0]
 
     def put(self, text: str, value: T) -> T:
         if len(text) > self.max_chars // 8:  # one huge part must not flush the rest
             return value
         key = self._key(text)
-        with self._lock:
-            if key not in self._items:
-                self._chars += len(text)
-            self._items[key] = (value, len(text))
-            self._items.move_to_end(key)
-            while len(self._items) > self.max_items or self._chars > self.max_chars:
-                _, (_, n) = self._items.popitem(last=False)
-                self._chars -= n
+        items = self._items
+        entry = (value, len(text))
+        if items.setdefault(key, entry) is entry:
+            self._chars += len(text)
+        else:
+            with suppress(KeyError):
+                items.move_to_end(key)
+        while len(items) > self.max_items or self._chars > self.max_chars:
+            try:
+                _, (_, n) = items.popitem(last=False)
+            except KeyError:  # emptied by another thread
+                break
+            self._chars -= n
         return value
 
     def __len__(self) -> int:

@@ -265,6 +265,11 @@ class TopicClassifier:
             found = self._memo.put(text, self.hits(sentences()))
         return found
 
+    @property
+    def embedder(self) -> Embedder:
+        """The model the examples were embedded with; the sentences judged must be too."""
+        return self._emb
+
     def hits(self, sentences: Sentences) -> list[tuple[int, float, Span]]:
         """(topic index, score, sentence span) of every sentence that reaches a topic's
         threshold."""

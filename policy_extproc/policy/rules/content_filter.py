@@ -16,15 +16,15 @@ from typing import Literal
 
 from ...detect.joined import JoinedParts
 from ...detect.patterns import merge_spans
-from ...detect.semantic import EmbedderError, TopicClassifier, TopicSpec, load_embedder
+from ...detect.semantic import EmbedderError, TopicClassifier, TopicSpec
 from ...detect.semantic.text import Sentences
-from ...errors import PolicyError, Problem
 from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
 from ..decision import RequestContext
 from ..findings import Findings, TextPart
 from ..model import PatternSpec, Policy, Rule, Secrets, SemanticTopic
 from ..scan import ScanText
+from ..semantic import build_error, models
 from .kind import DIRECTION, Field, RuleKind
 
 
@@ -69,10 +69,9 @@ class ContentFilterRule(Rule):
         if not specs:
             return None
         try:
-            return TopicClassifier(load_embedder(), specs)
+            return TopicClassifier(models(policy, self, secrets).embedder(), specs)
         except EmbedderError as exc:
-            raise PolicyError([Problem(policy.file, self.line, f"semantic guards: {exc}",
-                                       policy.name, self.index, self.type)]) from exc  # fmt: skip
+            raise build_error(policy, self, exc) from exc
 
     def by_meaning(self, direction: str) -> bool:
         return self.reads(direction) and bool(self.semantic_topics)

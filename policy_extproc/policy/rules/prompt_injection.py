@@ -9,20 +9,20 @@ score) in shadow mode: audited, not enforced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 from ...detect.joined import JoinedParts
-from ...detect.semantic import SENSITIVITY, EmbedderError, InjectionDetector, load_embedder
-from ...detect.semantic.text import Sentences, embed_sentences
-from ...errors import PolicyError, Problem
+from ...detect.semantic import SENSITIVITY, EmbedderError, InjectionDetector, TopicClassifier
+from ...detect.semantic.text import Sentences, Span, sentence_spans
 from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
 from ..decision import RequestContext
 from ..findings import Findings, TextPart
 from ..model import Policy, Rule, Secrets
-from ..semantic import detector, groups, where
+from ..semantic import build_error, groups, models, topics_embedder, where
 from .content_filter import ContentFilterRule, scan_topics
 from .kind import DIRECTION, Field, RuleKind
 
@@ -37,10 +37,9 @@ class PromptInjectionRule(Rule):
 
     def build(self, policy: Policy, secrets: Secrets) -> InjectionDetector:
         try:
-            return detector()
+            return models(policy, self, secrets).injection()
         except EmbedderError as exc:
-            raise PolicyError([Problem(policy.file, self.line, f"semantic guards: {exc}",
-                                       policy.name, self.index, self.type)]) from exc  # fmt: skip
+            raise build_error(policy, self, exc) from exc
 
     def by_meaning(self, direction: str) -> bool:
         return self.direction in (direction, "both")
@@ -63,31 +62,45 @@ def scan_semantic(
     # request: detect/joined remembers the last parts' forms).
     canon = JoinedParts([p.text for p in parts], (), "\n")
     texts = canon.forms
+    # Each part's sentences are cut once for both classifiers, and embedded once per model.
+    cut: list[list[Span] | None] = [None] * len(parts)
     sentences: list[Sentences | None] = [None] * len(parts)
+
+    def spans_of(i: int) -> list[Span]:
+        s = cut[i]
+        if s is None:
+            s = cut[i] = sentence_spans(texts[i])
+        return s
 
     def of(i: int) -> Sentences:
         # Embedded with the topics' model (loaded only for a policy with semantic topics).
         s = sentences[i]
         if s is None:
-            s = sentences[i] = embed_sentences(load_embedder(), texts[i])
+            built = topical[0].built
+            assert isinstance(built, TopicClassifier)
+            spans = spans_of(i)
+            vectors = topics_embedder(built).embed_spans(texts[i], spans)
+            s = sentences[i] = Sentences(texts[i], spans, vectors)
         return s
 
     if injection:
-        _injection(injection, direction, parts, texts, out)
+        _injection(injection, direction, parts, texts, spans_of, out)
     for e in topical:
         scan_topics(e, direction, canon, of, out)
 
 
 def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextPart],
-               texts: Sequence[str], out: Findings) -> None:  # fmt: skip
-    found_by = detector()
+               texts: Sequence[str], spans_of: Callable[[int], list[Span]],
+               out: Findings) -> None:  # fmt: skip
+    found_by = rules[0].built  # one detector per process: every rule's is this one
+    assert isinstance(found_by, InjectionDetector)
     best = None
     for first, end in groups(parts):
         part = parts[first]
         if end - first == 1:
             if not texts[first].strip():
                 continue
-            found = found_by.score(texts[first])
+            found = found_by.score(texts[first], spans=partial(spans_of, first))
         else:  # text the provider joins: an instruction split between two blocks is one
             found = found_by.score("".join(texts[first:end]))
         if best is None or found.score > best[0].score:

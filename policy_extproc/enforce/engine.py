@@ -40,7 +40,6 @@ from .config import DEFAULT_MAX_BODY, EngineConfig
 from .effects import Audit, Effect
 from .exchange import Exchange
 from .failover import default_provider
-from .limits import needs_usage
 from .settle import Background, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
@@ -102,7 +101,7 @@ class Engine:
         # The scope's snapshot is the one the request is decided on, even if another is
         # swapped in meanwhile.
         es = self._scope(ex)
-        return needs_usage(es) or es.reads_response
+        return limits.needs_usage(es) or es.reads_response
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: an identity missing or ambiguous, a declared length

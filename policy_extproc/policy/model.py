@@ -40,13 +40,6 @@ class Scope:
         levels = tuple(sorted((i for i, v in enumerate(self.keys) if v is not None), reverse=True))
         return (len(levels), levels)
 
-    def matches(self, org: str, team: str, environment: str) -> bool:
-        # Identity values compare canonically (policy.identity): ACME is acme.
-        return all(
-            v is None or canonical(v) == canonical(value)
-            for v, value in zip(self.keys, (org, team, environment), strict=True)
-        )
-
     def overlaps(self, other: Scope) -> bool:
         """Whether some request could match both scopes."""
         pairs = zip(self.keys, other.keys, strict=True)

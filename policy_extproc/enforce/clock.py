@@ -1,11 +1,11 @@
-"""The request path's clock: read here, handed in by the I/O side.
+"""The request path's clock: the one place its time is read, handed to the engine.
 
 The decision path takes its times from a ``Clock`` it is given, never from ``time`` itself
 (tests/unit/test_enforce_clock.py): the engine for the records' timestamps and latency and for
 Envoy's deadline once a decision is reached, the driver for the moment each message arrived
 (which arms that deadline in the state machine), the stateful checks for the windows of limits
-and budgets. The server hands in ``SYSTEM_CLOCK``; a test hands in one it moves by hand, and
-decides "too late" without waiting.
+and budgets. The server runs on ``SYSTEM_CLOCK`` (the engine's default); a test hands in one
+it moves by hand, and decides "too late" without waiting.
 """
 
 from __future__ import annotations

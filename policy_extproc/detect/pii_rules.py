@@ -44,6 +44,7 @@ class Rule:
     # dialable but unassigned number after "phone", a Luhn-valid number after "card".
     loose: Callable[..., bool] | None = None
     regional: bool = False  # check and loose take the detector's phone regions too
+    dated: bool = False  # check takes the latest year a birth date may lie in (latest_year)
     # A digit group right before or after (one space, dash or dot away) makes the candidate
     # a piece of a longer number ("1939 3606 0524 7493" holds no phone number "0524 7493").
     digit_run: bool = False
@@ -124,7 +125,17 @@ def _phone(pattern: str, base: float, context: float, max_len: int, **kw: object
 
 
 _r = Rule
-_DATE, _DL = v.is_birth_date, v.is_driver_license
+
+
+def _date(pattern: str, max_len: int, caseless: bool = False) -> Rule:
+    return Rule("DATE_OF_BIRTH", pattern, v.is_birth_date, 0.0, 0.85, max_len, caseless=caseless,
+                dated=True)  # fmt: skip
+
+
+def _licence(pattern: str, max_len: int) -> Rule:
+    return Rule("US_DRIVER_LICENSE", pattern, v.is_driver_license, 0.0, 0.8, max_len, dated=True)
+
+
 _PHONE_INTL = partial(ph.is_phone, region=None)
 # fmt: off
 RULES: tuple[Rule, ...] = (
@@ -165,22 +176,21 @@ RULES: tuple[Rule, ...] = (
     _r("IP_ADDRESS", r"::(?:\d{1,3}\.){3}\d{1,3}\b", v.is_ipv6, 0.85, 0.95, 17, joiners="."),
     _r("US_PASSPORT", r"\b(?:[A-Za-z]\d{8}|\d{9})\b", v.is_us_passport, 0.0, 0.85, 9),
     # State formats are too many to tell apart without context: shapes that cover them.
-    _r("US_DRIVER_LICENSE", r"\b[A-Za-z]{0,2}\d{5,14}\b", _DL, 0.0, 0.8, 16),
-    _r("US_DRIVER_LICENSE", r"\b[A-Za-z]-?\d{3}(?:-\d{1,4}){2,4}\b", _DL, 0.0, 0.8, 20),
-    _r("US_DRIVER_LICENSE", r"\b\d{2,3} \d{3} \d{3}\b", _DL, 0.0, 0.8, 11),
-    _r("US_DRIVER_LICENSE", r"\b\d{2}[A-Za-z]{3}\d{5}\b", _DL, 0.0, 0.8, 10),
-    _r("DATE_OF_BIRTH", r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b", _DATE, 0.0, 0.85, 10),
-    _r("DATE_OF_BIRTH", r"\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b", _DATE, 0.0, 0.85, 10),
+    _licence(r"\b[A-Za-z]{0,2}\d{5,14}\b", 16),
+    _licence(r"\b[A-Za-z]-?\d{3}(?:-\d{1,4}){2,4}\b", 20),
+    _licence(r"\b\d{2,3} \d{3} \d{3}\b", 11),
+    _licence(r"\b\d{2}[A-Za-z]{3}\d{5}\b", 10),
+    _date(r"\b\d{4}[-/.]\d{1,2}[-/.]\d{1,2}\b", 10),
+    _date(r"\b\d{1,2}[-/.]\d{1,2}[-/.](?:\d{4}|\d{2})\b", 10),
     # ISO 8601 date-times and month-year dates: birth dates only next to a birth word.
-    _r("DATE_OF_BIRTH", r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?"
-       r"(?:Z|[+-]\d{2}:?\d{2})?", _DATE, 0.0, 0.85, 35),
-    _r("DATE_OF_BIRTH", r"\b(?:\d{1,2}[/.-]\d{4}|\d{4}-\d{2})\b", _DATE, 0.0, 0.85, 7),
-    _r("DATE_OF_BIRTH", rf"\b{_MONTH}\.?,? \d{{4}}\b", _DATE, 0.0, 0.85, 16, caseless=True),
-    _r("DATE_OF_BIRTH", rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", _DATE,
-       0.0, 0.85, 24, caseless=True),
-    _r("DATE_OF_BIRTH", rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b",
-       _DATE, 0.0, 0.85, 27, caseless=True),
-    _r("DATE_OF_BIRTH", rf"\b\d{{1,2}}-{_MONTH}-\d{{4}}\b", _DATE, 0.0, 0.85, 17, caseless=True),
+    _date(r"\b\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:?\d{2})?",
+          35),
+    _date(r"\b(?:\d{1,2}[/.-]\d{4}|\d{4}-\d{2})\b", 7),
+    _date(rf"\b{_MONTH}\.?,? \d{{4}}\b", 16, caseless=True),
+    _date(rf"\b{_MONTH}\.?\s+\d{{1,2}}(?:st|nd|rd|th)?,?\s+\d{{4}}\b", 24, caseless=True),
+    _date(rf"\b\d{{1,2}}(?:st|nd|rd|th)?\s+(?:of\s+)?{_MONTH}\.?,?\s+\d{{4}}\b", 27,
+          caseless=True),
+    _date(rf"\b\d{{1,2}}-{_MONTH}-\d{{4}}\b", 17, caseless=True),
     _r("US_BANK_ROUTING", r"\b\d{9}\b", v.is_aba_routing, 0.2, 0.9, 9),
     # The 4-4-1 grouping is a routing number's own (cheques, forms): no context needed.
     _r("US_BANK_ROUTING", r"\b\d{4}[ -]\d{4}[ -]\d\b", v.is_aba_routing, 0.6, 0.9, 11),

@@ -251,10 +251,15 @@ _WORDY_DATE = re.compile(
 )
 
 
-def _real_date(year: int, month: int, day: int) -> bool:
+# The latest year a birth date may lie in when the detector was not told the current year:
+# none is later, so a date is never let through for being "in the future" (it is masked).
+ANY_YEAR = 9999
+
+
+def _real_date(year: int, month: int, day: int, latest_year: int) -> bool:
     if year < 100:  # two-digit years in birth dates: 30-99 are the 1900s
         year += 1900 if year >= 30 else 2000
-    if not 1900 <= year <= date.today().year:
+    if not 1900 <= year <= latest_year:
         return False
     try:
         date(year, month, day)
@@ -269,11 +274,13 @@ _ISO_TIME = re.compile(r"[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d{1,9})?)?(?:Z|[+-]\d{2}:
 _MONTH_YEAR = re.compile(r"(?:(\d{1,2})[/.-](\d{4})|(\d{4})-(\d{2})|([a-z]+)\.?,? +(\d{4}))", re.I)
 
 
-def is_birth_date(value: str) -> bool:
-    """A real past calendar date (1900 onwards) in ISO, US, European or spelled-out order.
+def is_birth_date(value: str, latest_year: int = ANY_YEAR) -> bool:
+    """A real calendar date from 1900 to ``latest_year`` (the current year: a birth date is not
+    in the future) in ISO, US, European or spelled-out order.
 
     Also an ISO 8601 date-time (its date) and a month with its year: the detector only calls
-    them birth dates next to a birth word.
+    them birth dates next to a birth word. The year is handed in (``PiiDetector``'s
+    ``latest_birth_year``, from the edge that compiles): the core reads no clock.
     """
     t = _ISO_TIME.search(value)
     if t is not None and t.end() == len(value) and t.start() == 10:
@@ -282,30 +289,33 @@ def is_birth_date(value: str) -> bool:
     if p is not None:
         if p.group(5):
             month = _MONTHS.get(p.group(5).lower())
-            return month is not None and _real_date(int(p.group(6)), month, 1)
+            return month is not None and _real_date(int(p.group(6)), month, 1, latest_year)
         month_s, year_s = (p.group(1), p.group(2)) if p.group(1) else (p.group(4), p.group(3))
-        return _real_date(int(year_s), int(month_s), 1)
+        return _real_date(int(year_s), int(month_s), 1, latest_year)
     m = _NUMERIC_DATE.fullmatch(value)
     if m:
         a, b, c = m.group(1), m.group(3), m.group(4)
         if len(a) == 4:
-            return _real_date(int(a), int(b), int(c))
+            return _real_date(int(a), int(b), int(c), latest_year)
         if len(a) > 2 or len(c) not in (2, 4):
             return False
         # Month-first (US) or day-first (most elsewhere): either reading will do.
-        return _real_date(int(c), int(a), int(b)) or _real_date(int(c), int(b), int(a))
+        y = int(c)
+        return _real_date(y, int(a), int(b), latest_year) or _real_date(
+            y, int(b), int(a), latest_year
+        )
     w = _WORDY_DATE.fullmatch(value)
     if w is None:
         return False
     month = _MONTHS.get((w.group("m1") or w.group("m2") or w.group("m3")).lower())
     day = int(w.group("d1") or w.group("d2") or w.group("d3"))
-    return month is not None and _real_date(int(w.group("y")), month, day)
+    return month is not None and _real_date(int(w.group("y")), month, day, latest_year)
 
 
-def is_driver_license(value: str) -> bool:
+def is_driver_license(value: str, latest_year: int = ANY_YEAR) -> bool:
     """Shaped like a state licence number (5+ digits) and not a date that happens to fit."""
     digits = sum(c.isdigit() for c in value)
-    return digits >= 5 and not _all_same(compact(value)) and not is_birth_date(value)
+    return digits >= 5 and not _all_same(compact(value)) and not is_birth_date(value, latest_year)
 
 
 def is_us_passport(value: str) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-import time
 from dataclasses import dataclass
 
 from ..errors import PolicyExtprocError
@@ -68,12 +67,11 @@ def fingerprint(req: LlmRequest) -> str:
 
 
 async def open_approval(
-    state: StateBackend, ctx: RequestContext, trigger: Trigger, estimated_usd: float
+    state: StateBackend, ctx: RequestContext, trigger: Trigger, estimated_usd: float, *, now: float
 ) -> Approval:
-    """Store a pending approval for this request and return it."""
+    """Store a pending approval for this request (``now``: wall-clock seconds) and return it."""
     assert ctx.request is not None
     rule = trigger.rule.rule
-    now = time.time()
     approval = Approval(
         id=f"apr_{secrets.token_urlsafe(12)}",
         org=ctx.org or "-",

@@ -13,7 +13,6 @@ request.time); the slot is given back once the request is decided or its stream 
 from __future__ import annotations
 
 import logging
-import time
 
 from ..errors import PolicyExtprocError
 from . import answers
@@ -68,7 +67,7 @@ class ExtProcStream:
         audit records, follow-ups) is done before the reply goes back."""
         m = self.machine
         try:
-            now_ns = time.monotonic_ns()
+            now_ns = self.engine.clock.monotonic_ns()
             first = ev.phase == "request_headers" and m.state is State.START
             if self.admission is not None and first:
                 shed = self._admit(ev)
@@ -106,7 +105,7 @@ class ExtProcStream:
         if ev.request_time_s is not None:
             # Envoy's clock and ours are the same host's (a sidecar): the wait in Envoy and in
             # our event loop, not just since our code saw the message.
-            age_s = max(0.0, time.time() - ev.request_time_s)
+            age_s = max(0.0, self.engine.clock.wall_s() - ev.request_time_s)
         shed = self.admission.admit(path, age_s)
         if shed is not None:
             return Shed(shed, ev)
@@ -155,7 +154,7 @@ class ExtProcStream:
         if self._admitted:
             self._release()
         try:
-            self.machine.receive(Closed(time.monotonic_ns()))
+            self.machine.receive(Closed(self.engine.clock.monotonic_ns()))
             self._perform()
         except Exception:
             # Called from the servicer's ``finally``: raising here would turn a clean close

@@ -12,7 +12,6 @@ exchange's data is ``exchange.py``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
@@ -36,11 +35,11 @@ from ..state.base import StateBackend
 from ..state.memory import MemoryState
 from . import answers, guard, limits, pipeline, watch
 from .alerts import AlertNotifier
+from .clock import SYSTEM_CLOCK, Clock
 from .config import DEFAULT_MAX_BODY, EngineConfig
 from .effects import Audit, Effect
 from .exchange import Exchange
 from .failover import default_provider
-from .limits import needs_usage
 from .settle import Background, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
@@ -65,6 +64,7 @@ class Engine:
         state: StateBackend | None = None,
         catalog: Catalog | None = None,
         alerts: AlertNotifier | None = None,
+        clock: Clock = SYSTEM_CLOCK,
     ) -> None:
         self.store = store
         self.sink = sink
@@ -77,16 +77,17 @@ class Engine:
         self.alerts = alerts if alerts is not None else AlertNotifier(None)
         self.background = Background()  # settlements and breaker outcomes, off the answer
         self.work = WorkRunner(self.config.work, self.config.identity, self.catalog)
+        self.clock = clock  # the one the driver reads too: deadlines compare like with like
 
     @property
     def checks(self) -> StatefulChecks:
         """The stateful checks, with the configuration as it is now (tests replace it)."""
-        return StatefulChecks(self.state, self.catalog, self.config.limits)
+        return StatefulChecks(self.state, self.catalog, self.config.limits, self.clock)
 
     def begin(
         self, headers: Mapping[str, str], claims: Mapping[str, Any] | None = None
     ) -> Exchange:
-        return Exchange(headers=headers, started_ns=time.time_ns(), claims=claims)
+        return Exchange(headers=headers, started_ns=self.clock.wall_ns(), claims=claims)
 
     def needs_response(self, ex: Exchange) -> bool:
         """Whether any rule in the request's scope reads the response (usage, output, status).
@@ -100,7 +101,7 @@ class Engine:
         # The scope's snapshot is the one the request is decided on, even if another is
         # swapped in meanwhile.
         es = self._scope(ex)
-        return needs_usage(es) or es.reads_response
+        return limits.needs_usage(es) or es.reads_response
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: an identity missing or ambiguous, a declared length
@@ -196,7 +197,7 @@ class Engine:
                 "route it through the ext_proc filter"
             )
             return self.refuse(ex, unavailable, fired=decision), None
-        if ex.deadline_ns is not None and time.monotonic_ns() > ex.deadline_ns:
+        if ex.deadline_ns is not None and self.clock.monotonic_ns() > ex.deadline_ns:
             # Envoy has stopped waiting: whatever we answer now, the client has its 504 and
             # the request never reaches the provider. Say so, instead of what was decided.
             self._unreserve(ex)
@@ -276,7 +277,7 @@ class Engine:
         return decision
 
     def _audit(self, ex: Exchange, decision: Decision, **extra: Any) -> None:
-        latency_us = (time.time_ns() - ex.started_ns) // 1000
+        latency_us = (self.clock.wall_ns() - ex.started_ns) // 1000
         ctx = ex.ctx if ex.ctx.request_id else _with_request_id(ex.ctx, ex.request_id)
         trace_id = None
         tp = ex.headers.get("traceparent", "")
@@ -319,7 +320,7 @@ class Engine:
         )
         r = ex.held.route
         if r is not None and r.rule is not None and w.status:
-            ex.outbox.append(RecordOutcome(r.rule, r.provider, w.status))
+            ex.outbox.append(RecordOutcome(r.rule, r.provider, w.status, self.clock.wall_s()))
 
     def response_chunk(
         self, ex: Exchange, chunk: bytes, end: bool

@@ -62,7 +62,7 @@ class Exchange:
     # the exchange, refusals included, ahead of the headers a client can set (DESIGN.md s4).
     claims: Mapping[str, Any] | None = None
     request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
-    # time.monotonic_ns() after which Envoy no longer waits for the message being decided.
+    # The clock's monotonic_ns() after which Envoy no longer waits for the message being decided.
     deadline_ns: int | None = None
     # The rules in force: the snapshot decided on, and the identity's rules before the body.
     snapshot: Snapshot | None = None

@@ -9,7 +9,6 @@ redact use ext_proc.
 from __future__ import annotations
 
 import logging
-import time
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import external_auth_pb2 as auth
@@ -78,7 +77,7 @@ async def check(
     path = headers.get(":path", "")
     age_s = None
     if attrs.request.HasField("time"):  # when Envoy got the request (AttributeContext.Request)
-        age_s = max(0.0, time.time() - attrs.request.time.ToNanoseconds() / 1e9)
+        age_s = max(0.0, engine.clock.wall_s() - attrs.request.time.ToNanoseconds() / 1e9)
     shed = admission.admit(path, age_s)
     if shed is not None:
         try:

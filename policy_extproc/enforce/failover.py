@@ -9,7 +9,6 @@ one success closes it and one failure opens it again.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 from ..llm.apis import BY_API
@@ -51,14 +50,16 @@ def watching(es: EffectiveSet, provider: str) -> EffectiveRule[FailoverRule] | N
     return None
 
 
-async def route(state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog: Catalog) -> Route:
-    """Where this request goes: its provider, or a fallback while the provider's breaker is open."""
+async def route(
+    state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog: Catalog, *, now: float
+) -> Route:
+    """Where this request goes: its provider, or a fallback while the provider's breaker is open
+    (``now``: wall-clock seconds, the stateful checks' clock)."""
     primary = default_provider(req, catalog)
     e = watching(es, primary)
     if e is None:
         return Route(primary, None, None, None, None)
     rule = e.rule
-    now = time.time()
     breaker = await state.breaker_state(primary, cooldown_s=rule.cooldown_s, now=now)
     if breaker.status != "open":
         return Route(primary, None, None, None, e)
@@ -84,9 +85,9 @@ async def route(state: StateBackend, es: EffectiveSet, req: LlmRequest, catalog:
 
 
 async def record(
-    state: StateBackend, e: EffectiveRule[FailoverRule], provider: str, status: int
+    state: StateBackend, e: EffectiveRule[FailoverRule], provider: str, status: int, *, now: float
 ) -> None:
-    """Feed one response status into the provider's breaker."""
+    """Feed one response status into the provider's breaker (``now``: when it answered)."""
     rule = e.rule
     await state.breaker_record(
         provider,
@@ -96,5 +97,5 @@ async def record(
         cooldown_s=rule.cooldown_s,
         failure_ratio=rule.failure_ratio,
         min_requests=rule.min_requests,
-        now=time.time(),
+        now=now,
     )

@@ -50,6 +50,7 @@ class RecordOutcome:
     rule: EffectiveRule
     provider: str
     status: int
+    at: float  # when it answered: wall-clock seconds (the breaker's window counts in them)
 
 
 FollowUp = Settle | Release | RecordOutcome
@@ -63,7 +64,7 @@ async def perform(state: StateBackend, job: FollowUp) -> None:
         elif isinstance(job, Release):
             await state.release(job.org, job.request_id)
         else:
-            await failover.record(state, job.rule, job.provider, job.status)
+            await failover.record(state, job.rule, job.provider, job.status, now=job.at)
     except StateError as exc:
         if isinstance(job, Settle):
             log.warning("could not settle the reservation of %s: %s", job.request_id, exc)

@@ -14,7 +14,6 @@ not stored, and an approval presented is checked but not used.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -29,6 +28,7 @@ from ..policy.rules.compliance import ComplianceRule
 from ..policy.rules.failover import FailoverRule
 from ..state.base import StateBackend
 from . import approvals, failover, limits
+from .clock import SYSTEM_CLOCK, Clock
 from .failover import default_provider
 from .limits import needs_state
 
@@ -104,10 +104,17 @@ def _fire(
 class StatefulChecks:
     """The stateful checks of one configuration: its state backend, catalog and limit settings."""
 
-    def __init__(self, state: StateBackend, catalog: Catalog, settings: limits.Settings) -> None:
+    def __init__(
+        self,
+        state: StateBackend,
+        catalog: Catalog,
+        settings: limits.Settings,
+        clock: Clock = SYSTEM_CLOCK,
+    ) -> None:
         self.state = state
         self.catalog = catalog
         self.settings = settings
+        self.clock = clock
 
     async def run(
         self,
@@ -140,7 +147,9 @@ class StatefulChecks:
                 run.fired.extend(_fire(t.rule, "escalate", t.reason) for t in enforced)
                 if not consume:
                     return run.result()  # would escalate; no approval is opened
-                approval = await approvals.open_approval(self.state, ctx, enforced[0], est.usd)
+                approval = await approvals.open_approval(
+                    self.state, ctx, enforced[0], est.usd, now=self.clock.wall_s()
+                )
                 run.notices.append(
                     Notice(
                         {
@@ -193,7 +202,7 @@ class StatefulChecks:
     ) -> None:
         """Consume every limiter and reserve every budget of the request, all or none (or, not
         consuming, read what that would answer)."""
-        now = time.time()
+        now = self.clock.wall_s()
         p = limits.plan(es, ctx, self.catalog, self.settings, now, est)
         if p.empty:
             return
@@ -249,7 +258,9 @@ class StatefulChecks:
     async def _route(self, run: _Run, es: EffectiveSet, ctx: RequestContext) -> None:
         assert ctx.request is not None
         try:
-            r = await failover.route(self.state, es, ctx.request, self.catalog)
+            r = await failover.route(
+                self.state, es, ctx.request, self.catalog, now=self.clock.wall_s()
+            )
         except StateError as exc:
             # Breakers unreadable: send the request where it was going anyway.
             log.warning("circuit breaker state unavailable: %s", exc)

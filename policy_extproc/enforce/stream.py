@@ -32,8 +32,8 @@ DESIGN.md s8: an exception must never close the stream with an error status (Env
 the request with its own 500); every failure here becomes a reply we chose.
 
 The machine still calls the engine's synchronous methods (begin, early_refusal, refuse, the
-response watch, finish): they compute and put their I/O in the exchange's outbox; they read the
-wall clock for the records' timestamps and latency.
+response watch, finish): they compute and put their I/O in the exchange's outbox; they take
+the records' timestamps and latency from the clock the engine was given (``clock.py``).
 """
 
 from __future__ import annotations
@@ -112,7 +112,7 @@ class ExtProcMachine:
     def receive(self, ev: Input, *, received_ns: int | None = None) -> Output:
         """The answer to ``ev``: a reply for Envoy, a ``Decide`` to perform, or None.
 
-        ``received_ns`` (``time.monotonic_ns()`` when Envoy's message arrived) arms Envoy's
+        ``received_ns`` (``clock.monotonic_ns()`` when Envoy's message arrived) arms Envoy's
         deadline for it; without it no deadline is kept (the machine reads no clock).
 
         Raises only what the handler of a message raises; the driver feeds that back as

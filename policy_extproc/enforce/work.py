@@ -9,7 +9,7 @@ Both paths call the same function on the same compiled policies, so they decide 
 Why processes, not threads: the detectors are Python with Hyperscan scans in between; a thread
 shares the GIL with the loop (every stream then waits up to ``sys.getswitchinterval`` at each
 wake-up). A worker process compiles its own copy of the snapshot from the same policies and
-keys (sent once per worker and version), and it can be stopped: a request over its time bound
+keys (sent once per worker and build), and it can be stopped: a request over its time bound
 is killed with its worker, not left running.
 
 The work budget, in two parts (``WorkSettings``):
@@ -156,16 +156,16 @@ def _worker_main(conn: Connection) -> None:
     snapshots: dict[str, Snapshot] = {}
     while True:
         try:
-            version, policies, job = conn.recv()
+            build, version, policies, job = conn.recv()
         except (EOFError, OSError):
             return
-        snapshot = snapshots.get(version)
+        snapshot = snapshots.get(build)
         try:
             if snapshot is None:
                 snapshot = Snapshot(version=version, **pickle.loads(policies))  # _blob's
                 if len(snapshots) >= 2:
                     snapshots.clear()
-                snapshots[version] = snapshot
+                snapshots[build] = snapshot
             if job is None:  # a warm-up: the snapshot is compiled, nothing to examine
                 answer: tuple[str, Any] = ("ok", None)
             else:
@@ -196,7 +196,7 @@ class WorkerFailed(PolicyExtprocError):
 class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
-    versions: set[str] = field(default_factory=set)
+    builds: set[str] = field(default_factory=set)  # the snapshots it compiled (Snapshot.build)
 
 
 class WorkerPool:
@@ -214,11 +214,11 @@ class WorkerPool:
         self.killed = 0
 
     def _blob(self, snapshot: Snapshot) -> bytes:
-        blob = self._blobs.get(snapshot.version)
+        blob = self._blobs.get(snapshot.build)
         if blob is None:
             policies = [cp.policy for cp in snapshot.policies]  # and the keys: compiled alike
             blob = pickle.dumps({"policies": policies, "secrets": snapshot.secrets}, protocol=5)
-            self._blobs = {snapshot.version: blob}
+            self._blobs = {snapshot.build: blob}
         return blob
 
     def _spawn(self) -> _Worker:
@@ -273,8 +273,8 @@ class WorkerPool:
         async def attempt() -> tuple[str, Any]:
             nonlocal w
             w = await self._acquire()
-            blob = None if snapshot.version in w.versions else self._blob(snapshot)
-            message = (snapshot.version, blob, job)
+            blob = None if snapshot.build in w.builds else self._blob(snapshot)
+            message = (snapshot.build, snapshot.version, blob, job)
             return await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
 
         try:
@@ -295,7 +295,7 @@ class WorkerPool:
                 self._kill(w)
             raise
         assert w is not None
-        w.versions.add(snapshot.version)
+        w.builds.add(snapshot.build)
         self._release(w)
         if kind == "ok":
             result: Examined = value
@@ -305,8 +305,8 @@ class WorkerPool:
         raise WorkerFailed("internal error while examining the request")
 
     def compiled(self) -> set[str]:
-        """The snapshot versions that every idle worker has compiled."""
-        sets = [w.versions for w in self._idle]
+        """The snapshots (``Snapshot.build``) that every idle worker has compiled."""
+        sets = [w.builds for w in self._idle]
         return set.intersection(*sets) if sets else set()
 
     async def warm(self, snapshot: Snapshot) -> None:
@@ -315,13 +315,13 @@ class WorkerPool:
         async def one() -> None:
             w = await self._acquire()
             try:
-                message = (snapshot.version, self._blob(snapshot), None)
+                message = (snapshot.build, snapshot.version, self._blob(snapshot), None)
                 loop = asyncio.get_running_loop()
                 await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
             except BaseException:
                 self._kill(w)
                 raise
-            w.versions.add(snapshot.version)
+            w.builds.add(snapshot.build)
             self._release(w)
 
         results = await asyncio.gather(*(one() for _ in range(self.size)), return_exceptions=True)

@@ -212,6 +212,9 @@ class Snapshot:
         self.policies = tuple(compiled)
         self.secrets = secrets  # what it was compiled with (a worker process compiles alike)
         self.version = version or policy_version(policies)
+        # The version names the policies; the build also what they were compiled with (a key,
+        # the year): a reload for a new year keeps the version, and workers compile again.
+        self.build = f"{self.version}:{_secrets_digest(secrets)}"
         self._index: dict[tuple[str | None, str | None, str | None], list[CompiledPolicy]] = {}
         for cp in self.policies:
             org, team, env = (None if v is None else canonical(v) for v in cp.policy.scope.keys)
@@ -274,6 +277,12 @@ def policy_version(policies: Sequence[Policy]) -> str:
         rules = tuple(replace(r, line=0) for r in p.rules)
         h.update(repr(replace(p, rules=rules, file="", line=0)).encode())
     return h.hexdigest()[:16]
+
+
+def _secrets_digest(secrets: Secrets) -> str:
+    h = hashlib.sha256(secrets.pii_hash_key or b"")
+    h.update(str(secrets.year).encode())
+    return h.hexdigest()[:12]
 
 
 def compile_read(

@@ -44,13 +44,6 @@ class Scope:
         levels = tuple(sorted((i for i, v in enumerate(self.keys) if v is not None), reverse=True))
         return (len(levels), levels)
 
-    def matches(self, org: str, team: str, environment: str) -> bool:
-        # Identity values compare canonically (policy.identity): ACME is acme.
-        return all(
-            v is None or canonical(v) == canonical(value)
-            for v, value in zip(self.keys, (org, team, environment), strict=True)
-        )
-
     def overlaps(self, other: Scope) -> bool:
         """Whether some request could match both scopes."""
         pairs = zip(self.keys, other.keys, strict=True)
@@ -76,17 +69,20 @@ class Models(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Secrets:
-    """What compiling a policy set needs that is not in the policies: keys the edge reads
-    (``sources.secrets``) and the semantic guards' models (``sources.models``), handed in so
-    the core reads no environment and no file. ``models`` is not compared: two snapshots with
-    the same keys compile alike."""
+    """What compiling a policy set needs that is not in the policies, read by the edge and
+    handed in, so the core reads no environment, file or clock: the pseudonym key and the
+    current year (``sources.secrets``), and the semantic guards' models (``sources.models``).
+    ``models`` is not compared: two snapshots with the same keys and year compile alike."""
 
     pii_hash_key: bytes | None = None  # the pseudonym key of pii rules with style: hash
+    # The year it is (PII detectors: a birth date lies in no later year). A snapshot is built
+    # for one year: the store compiles again when the year turns. None: not known, no bound.
+    year: int | None = None
     models: Models | None = field(default=None, compare=False)
 
     def __repr__(self) -> str:  # never print a key
         return (f"Secrets(pii_hash_key={'set' if self.pii_hash_key else None}, "
-                f"models={self.models!r})")  # fmt: skip
+                f"year={self.year}, models={self.models!r})")  # fmt: skip
 
 
 NO_SECRETS = Secrets()

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from ..errors import PolicyError
 from ..policy.compiler import Snapshot, compile_read
 from ..policy.loader import read_sources
-from ..policy.model import Policy
+from ..policy.model import Policy, Secrets
 from .files import Source, no_files, policy_files, read_files
-from .secrets import read_secrets
+from .secrets import read_secrets, this_year
 
 PUSHED = "pushed:"
 
@@ -55,6 +55,7 @@ class PolicyStore:
         self.loaded_at = time.time() if snapshot is not None else 0.0
         self._listeners: list[Callable[[Snapshot], None]] = []
         self._fingerprint: tuple[tuple[str, float, int], ...] = ()
+        self._year: int | None = None  # the year the last load compiled for
         self._pushed: tuple[Source, ...] = ()
         # Reloads run in worker threads (file watch, admin pushes): one compile-and-swap at a
         # time, each reading the latest files and pushed sources, so the last to finish is
@@ -95,8 +96,10 @@ class PolicyStore:
         """Compile the files and pushed policies and swap; on a mistake keep the set and raise."""
         with self._lock:
             self._fingerprint = self.fingerprint()
+            secrets = read_secrets()
+            self._year = secrets.year
             try:
-                snapshot = self.compile(self._pushed)
+                snapshot = self.compile(self._pushed, secrets)
             except PolicyError as exc:
                 self.last_error = LoadError(time.time(), exc)
                 self.load_failures += 1
@@ -105,7 +108,7 @@ class PolicyStore:
             self.swap(snapshot)
             return snapshot
 
-    def compile(self, pushed: Sequence[Source]) -> Snapshot:
+    def compile(self, pushed: Sequence[Source], secrets: Secrets | None = None) -> Snapshot:
         """The would-be set of the files as they are now plus ``pushed``; nothing is swapped.
 
         Raises ``PolicyError`` with every problem, in the lines ``check`` prints.
@@ -117,7 +120,7 @@ class PolicyStore:
         # One read of files and pushed together: duplicate names and rule clashes between a
         # file and a pushed policy are found like those between two files.
         policies, more = read_sources([*sources, *pushed])
-        return compile_read(policies, problems + more, read_secrets())
+        return compile_read(policies, problems + more, secrets or read_secrets())
 
     def fingerprint(self) -> tuple[tuple[str, float, int], ...]:
         """Path, mtime and size of every policy file, following symlinks.
@@ -135,5 +138,8 @@ class PolicyStore:
         return tuple(out)
 
     def changed(self) -> bool:
-        """Whether the files differ from those of the last load attempt."""
+        """Whether the files differ from those of the last load attempt, or the year does (the
+        PII detectors were built for one year: a birth date may lie in this one)."""
+        if self._year is not None and self._year != this_year():
+            return True
         return self.fingerprint() != self._fingerprint

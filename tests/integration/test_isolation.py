@@ -278,11 +278,11 @@ async def test_workers_compile_the_policies_at_start_and_on_every_change(tmp_pat
     ) as server:
         pool = server.sidecar.engine.work.pool
         assert pool is not None
-        first = server.sidecar.store.current.version
+        first = server.sidecar.store.current.build
         await wait_for(lambda: first in pool.compiled(), "the worker to compile the policies")
         write_policies(server.policy_dir, POLICIES.replace("confidential", "classified"))
-        await wait_for(lambda: server.sidecar.store.current.version != first, "the reload")
-        second = server.sidecar.store.current.version
+        await wait_for(lambda: server.sidecar.store.current.build != first, "the reload")
+        second = server.sidecar.store.current.build
         await wait_for(lambda: second in pool.compiled(), "the worker to compile the new set")
         assert pool.started == 1
         # A large body is decided on the new set.

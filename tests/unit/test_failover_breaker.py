@@ -27,9 +27,10 @@ async def statuses_until_open(ratio: str, statuses: list[int]) -> list[str]:
     assert rule is not None
     state = MemoryState()
     seen = []
+    now = 1_767_225_600.0  # the statuses come within one window: the time is handed in
     for status in statuses:
-        await record(state, rule, "openai", status)
-        seen.append((await state.breaker_state("openai", cooldown_s=60)).status)
+        await record(state, rule, "openai", status, now=now)
+        seen.append((await state.breaker_state("openai", cooldown_s=60, now=now)).status)
     return seen
 
 

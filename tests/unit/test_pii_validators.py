@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import pytest
 from hypothesis import given
@@ -11,6 +12,10 @@ from stdnum import luhn as stdnum_luhn
 
 from policy_extproc.detect import pii_validators as v
 from policy_extproc.detect import pii_wallets as w
+
+# The calendar checks are told the current year (the detector's latest_birth_year).
+_born = partial(v.is_birth_date, latest_year=2026)
+_licence = partial(v.is_driver_license, latest_year=2026)
 
 CASES: list[tuple[Callable[[str], bool], str, bool]] = [
     # Payment cards: grouping, issuer range for the length, Luhn.
@@ -92,29 +97,33 @@ CASES: list[tuple[Callable[[str], bool], str, bool]] = [
     (v.is_ipv6, "12:30:45", False),  # a clock
     (v.is_ipv6, "dead::beef", False),  # more likely code than an address
     (v.is_ipv6, "a::b::c", False),
-    # Birth dates: real, past, 1900 on.
-    (v.is_birth_date, "1985-03-12", True),
-    (v.is_birth_date, "03/12/1985", True),
-    (v.is_birth_date, "31/12/1985", True),  # day first
-    (v.is_birth_date, "12.03.1985", True),
-    (v.is_birth_date, "3/5/85", True),
-    (v.is_birth_date, "March 12, 1985", True),
-    (v.is_birth_date, "Sept. 3 1999", True),
-    (v.is_birth_date, "12th of March 1985", True),
-    (v.is_birth_date, "12-Mar-1985", True),
-    (v.is_birth_date, "31-Feb-1985", False),
-    (v.is_birth_date, "1985-02-30", False),
-    (v.is_birth_date, "13/13/1985", False),
-    (v.is_birth_date, "2999-01-01", False),
-    (v.is_birth_date, "1850-01-01", False),
-    (v.is_birth_date, "1985-03/12", False),  # mixed separators
-    (v.is_birth_date, "Smarch 12, 1985", False),
+    # Birth dates: real, past (up to the year it is), 1900 on.
+    (_born, "1985-03-12", True),
+    (_born, "03/12/1985", True),
+    (_born, "31/12/1985", True),  # day first
+    (_born, "12.03.1985", True),
+    (_born, "3/5/85", True),
+    (_born, "March 12, 1985", True),
+    (_born, "Sept. 3 1999", True),
+    (_born, "12th of March 1985", True),
+    (_born, "12-Mar-1985", True),
+    (_born, "31-Feb-1985", False),
+    (_born, "1985-02-30", False),
+    (_born, "13/13/1985", False),
+    (_born, "2999-01-01", False),
+    (_born, "2026-12-31", True),  # this year
+    (_born, "2027-01-01", False),  # next year: not born yet
+    (_born, "3/5/26", True),
+    (_born, "3/5/27", False),  # two digits: 2027
+    (_born, "1850-01-01", False),
+    (_born, "1985-03/12", False),  # mixed separators
+    (_born, "Smarch 12, 1985", False),
     # Licences and passports (shape only: the context makes them).
-    (v.is_driver_license, "D1234567", True),
-    (v.is_driver_license, "A123-4567-8901", True),
-    (v.is_driver_license, "1985-03-12", False),  # a date, not a licence
-    (v.is_driver_license, "AB1234", False),
-    (v.is_driver_license, "00000000", False),
+    (_licence, "D1234567", True),
+    (_licence, "A123-4567-8901", True),
+    (_licence, "1985-03-12", False),  # a date, not a licence
+    (_licence, "AB1234", False),
+    (_licence, "00000000", False),
     (v.is_us_passport, "123456789", True),
     (v.is_us_passport, "A12345678", True),
     (v.is_us_passport, "000000000", False),

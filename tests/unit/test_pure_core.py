@@ -53,16 +53,7 @@ FORBIDDEN_METHODS = frozenset(
 
 # What the core still does, each with the reason or the owner who removes it. The test fails
 # on an entry that is no longer needed, so a mark goes when its reason does.
-ALLOWED: dict[str, dict[str, str]] = {
-    "detect/canonical.py": {
-        "import pathlib": "package data: the Unicode confusables table, read once at import",
-        ".open()": "package data: the Unicode confusables table, read once at import",
-    },
-    # TODO(lead, after rules): a birth date may not lie in the future; the current year should
-    # be handed in when the detector is built (compiler -> privacy -> PiiDetector, helper
-    # `rules`' files), not read from the clock per candidate.
-    "detect/pii_validators.py": {".today()": "TODO: the clock read for the latest birth year"},
-}
+ALLOWED: dict[str, dict[str, str]] = {}
 
 _PROBE = """
 import importlib, json, pkgutil, sys

@@ -25,7 +25,7 @@ class ComplianceRule(Rule):
 
     def build(self, policy: Policy, secrets: Secrets) -> PiiDetector | None:
         entities = PACKS[self.framework].entities
-        return PiiDetector(entities) if entities else None
+        return PiiDetector(entities, latest_birth_year=secrets.year) if entities else None
 
     @property
     def reads_response(self) -> bool:

@@ -51,7 +51,7 @@ class PiiRule(Rule):
         entities = ENTITIES if self.entities is None else self.entities
         regions = DEFAULT_REGIONS if self.regions is None else self.regions
         detector = PiiDetector(entities, allow=self.allow, min_score=self.min_score,
-                               regions=regions)  # fmt: skip
+                               regions=regions, latest_birth_year=secrets.year)  # fmt: skip
         return Masking(detector, key)
 
     @property

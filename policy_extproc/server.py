@@ -203,6 +203,8 @@ class Sidecar:
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
         self._background.append(asyncio.create_task(self._prune()))
+        if cfg.response_accounting == "observe":  # answers no observe stream reported
+            self._background.append(asyncio.create_task(self.engine.observer.run()))
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(

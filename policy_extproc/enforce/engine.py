@@ -18,6 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..audit.builder import record_for
+from ..audit.record import AuditRecord
 from ..audit.sink import AuditSink
 from ..errors import (
     BodyTooLarge,
@@ -41,7 +42,8 @@ from .effects import Audit, Effect
 from .exchange import Exchange
 from .failover import default_provider
 from .limits import needs_usage
-from .settle import Background, RecordOutcome, Release, Settle
+from .observe import Observer
+from .settle import Background, Expect, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
 
@@ -77,6 +79,7 @@ class Engine:
         self.alerts = alerts if alerts is not None else AlertNotifier(None)
         self.background = Background()  # settlements and breaker outcomes, off the answer
         self.work = WorkRunner(self.config.work, self.config.identity, self.catalog)
+        self.observer = Observer(self)  # response accounting by the observe filter
 
     @property
     def checks(self) -> StatefulChecks:
@@ -93,14 +96,20 @@ class Engine:
 
         Decided on the request headers, from the identity alone: when nothing does, Envoy is
         told to skip the response phases, and its route configuration adds x-policy-decision
-        from our dynamic metadata instead.
+        from our dynamic metadata instead. With ``response_accounting`` observe, a scope whose
+        rules need the answer for its usage only leaves it to the observe filter (observe.py).
         """
         if self.config.record_usage or not self.store.ready:
             return True
         # The scope's snapshot is the one the request is decided on, even if another is
         # swapped in meanwhile.
         es = self._scope(ex)
-        return needs_usage(es) or es.reads_response
+        if es.reads_response:
+            return True
+        if needs_usage(es) and self.config.response_accounting == "observe":
+            ex.held.observed = True
+            return False
+        return needs_usage(es)
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: an identity missing or ambiguous, a declared length
@@ -187,6 +196,9 @@ class Engine:
         self._hold(ex, ruled.stateful)
         decision = ruled.decision
         fields, ex.held.hide_usage = pipeline.usage_fields(request, ex.held.plan is not None)
+        if ex.held.observed:
+            # Only an inline filter can take the usage chunk out again: the client gets it.
+            ex.held.hide_usage = False
         new_body = pipeline.rewritten(request, decision, fields)
         if not redact and decision.action == "modify":
             rule = f"{decision.policy}/{decision.rule}"
@@ -205,6 +217,11 @@ class Engine:
             ), None
         ex.decision = decision
         self._audit(ex, decision)
+        if ex.held.observed and ex.held.plan is not None and decision.action in ("allow", "modify"):
+            # The response record to write once the observe stream has read the answer.
+            record = self._record(ex, replace(decision, alerts=()), phase="response")
+            ex.outbox.append(self.observer.expect(ex, record))
+            ex.held.expected = True
         return decision, new_body
 
     def _hold(self, ex: Exchange, st: Stateful) -> None:
@@ -276,6 +293,9 @@ class Engine:
         return decision
 
     def _audit(self, ex: Exchange, decision: Decision, **extra: Any) -> None:
+        ex.outbox.append(Audit(self._record(ex, decision, **extra), ex.trace_context))
+
+    def _record(self, ex: Exchange, decision: Decision, **extra: Any) -> AuditRecord:
         latency_us = (time.time_ns() - ex.started_ns) // 1000
         ctx = ex.ctx if ex.ctx.request_id else _with_request_id(ex.ctx, ex.request_id)
         trace_id = None
@@ -291,7 +311,7 @@ class Engine:
         known = self.catalog.provider(decision.reroute or extra.get("provider") or "")
         if known is not None and known.address:
             extra["server"] = (known.address, known.port)  # the spans' server.address / port
-        record = record_for(
+        return record_for(
             decision,
             ctx,
             started_ns=ex.started_ns,
@@ -302,7 +322,6 @@ class Engine:
             outcome=ex.outcome,
             **extra,
         )
-        ex.outbox.append(Audit(record, ex.trace_context))
 
     # -- responses -------------------------------------------------------------------------
 
@@ -337,8 +356,8 @@ class Engine:
     def finish(self, ex: Exchange, *, cut: bool = False) -> None:
         """The response is over (or the stream closed, ``cut``): record what it cost."""
         w = ex.response
-        if w.finished or ex.decision is None or ex.request is None:
-            return
+        if w.finished or ex.decision is None or ex.request is None or ex.held.observed:
+            return  # (observed: the observe stream settles it and writes its record)
         w.finished = True
         shutdown = cut and self.stopping
         if shutdown:
@@ -374,6 +393,8 @@ class Engine:
         for effect in effects:
             if isinstance(effect, Audit):
                 self.sink.emit(effect.record, trace_context=effect.trace_context)
+            elif isinstance(effect, Expect):
+                self.background.start(self.observer.put(effect))
             else:
                 self.background.spawn(self.state, effect)
 

@@ -48,8 +48,15 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             self.engine, trace_context=_trace_context(context), admission=self.admission
         )
         self.open_streams += 1
+        observed = None  # an observability-mode stream: the observe filter (observe.py)
         try:
             async for msg in request_iterator:
+                if msg.observability_mode:
+                    # Read, never answered (Envoy ignores answers); closing says "no more".
+                    observed = observed or self.engine.observer.stream()
+                    if not await observed.feed(translate.event(msg), translate.own_metadata(msg)):
+                        return
+                    continue
                 started = time.perf_counter()
                 ev = translate.event(msg)
                 if ev.phase == "request_headers":

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import StateError
 from ..llm.response import Usage
@@ -50,6 +52,16 @@ class RecordOutcome:
     rule: EffectiveRule
     provider: str
     status: int
+
+
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Keep a request's pending response for its observe stream (observe.py, which does it)."""
+
+    org: str
+    request_id: str
+    payload: str
+    ttl_s: float
 
 
 FollowUp = Settle | Release | RecordOutcome
@@ -97,7 +109,11 @@ class Background:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, state: StateBackend, job: FollowUp) -> None:
-        task = asyncio.get_running_loop().create_task(perform(state, job))
+        self.start(perform(state, job))
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` off the response path; ``drain`` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

@@ -108,6 +108,15 @@ def jwt_claims(metadata: base_pb2.Metadata) -> Mapping[str, Any] | None:
     return mappings[0] if len(mappings) == 1 else None
 
 
+def own_metadata(msg: ep.ProcessingRequest) -> dict[str, Any] | None:
+    """Our namespace of Envoy's dynamic metadata, forwarded to the observe filter (what the
+    inline filter set on the request: ``metadata_options.forwarding_namespaces``)."""
+    if not msg.HasField("metadata_context"):
+        return None
+    ns = msg.metadata_context.filter_metadata.get(NAMESPACE)
+    return None if ns is None else json_format.MessageToDict(ns)
+
+
 def _request_time(msg: ep.ProcessingRequest) -> float | None:
     attrs = msg.attributes.get(EXT_PROC_FILTER) if msg.attributes else None
     if attrs is None or "request.time" not in attrs.fields:

@@ -203,8 +203,6 @@ class Sidecar:
         self._watch = asyncio.create_task(self._watch_policies())
         self._sweep = asyncio.create_task(self._sweep_reservations())
         self._background.append(asyncio.create_task(self._prune()))
-        if cfg.response_accounting == "observe":  # answers no observe stream reported
-            self._background.append(asyncio.create_task(self.engine.observer.run()))
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
         log.info(
@@ -347,12 +345,12 @@ class Sidecar:
                 log.exception("policy reload failed")
 
     async def _sweep_reservations(self) -> None:
-        # Reservations whose response never came (sidecar restarted mid-request, stream lost)
-        # go back after their ttl; admit and reconcile also sweep their own org lazily.
+        # Expired reservations go back; answers no observe stream reported are charged (observe.py)
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(min(30.0, self.config.observe_timeout_s / 4))
             try:
                 await self.engine.state.expire_reservations()
+                await self.engine.observer.sweep()
             except StateError as exc:
                 log.warning("reservation sweep failed: %s", exc)
 

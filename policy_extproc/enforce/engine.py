@@ -30,7 +30,7 @@ from ..errors import (
 from ..llm.catalog import Catalog
 from ..policy.compiler import EffectiveSet
 from ..policy.context import build_context, require_identity
-from ..policy.decision import Decision, RequestContext
+from ..policy.decision import Decision
 from ..sources.catalog import load_catalog
 from ..sources.store import PolicyStore
 from ..state.base import StateBackend
@@ -43,7 +43,7 @@ from .exchange import Exchange
 from .failover import default_provider
 from .limits import needs_usage
 from .observe import Observer
-from .settle import Background, Expect, RecordOutcome, Release, Settle
+from .settle import Background, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
 
@@ -96,20 +96,17 @@ class Engine:
 
         Decided on the request headers, from the identity alone: when nothing does, Envoy is
         told to skip the response phases, and its route configuration adds x-policy-decision
-        from our dynamic metadata instead. With ``response_accounting`` observe, a scope whose
-        rules need the answer for its usage only leaves it to the observe filter (observe.py).
+        from our dynamic metadata instead. Usage alone may be left to the observe filter.
         """
         if self.config.record_usage or not self.store.ready:
             return True
         # The scope's snapshot is the one the request is decided on, even if another is
         # swapped in meanwhile.
         es = self._scope(ex)
-        if es.reads_response:
-            return True
-        if needs_usage(es) and self.config.response_accounting == "observe":
-            ex.held.observed = True
-            return False
-        return needs_usage(es)
+        if es.reads_response or not needs_usage(es):
+            return es.reads_response
+        ex.held.observed = self.config.response_accounting == "observe"  # observe.py
+        return not ex.held.observed
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: an identity missing or ambiguous, a declared length
@@ -196,9 +193,6 @@ class Engine:
         self._hold(ex, ruled.stateful)
         decision = ruled.decision
         fields, ex.held.hide_usage = pipeline.usage_fields(request, ex.held.plan is not None)
-        if ex.held.observed:
-            # Only an inline filter can take the usage chunk out again: the client gets it.
-            ex.held.hide_usage = False
         new_body = pipeline.rewritten(request, decision, fields)
         if not redact and decision.action == "modify":
             rule = f"{decision.policy}/{decision.rule}"
@@ -217,11 +211,8 @@ class Engine:
             ), None
         ex.decision = decision
         self._audit(ex, decision)
-        if ex.held.observed and ex.held.plan is not None and decision.action in ("allow", "modify"):
-            # The response record to write once the observe stream has read the answer.
-            record = self._record(ex, replace(decision, alerts=()), phase="response")
-            ex.outbox.append(self.observer.expect(ex, record))
-            ex.held.expected = True
+        if ex.held.observed:  # the observe stream settles it, and writes its response record
+            self.observer.expect(ex, self._record)
         return decision, new_body
 
     def _hold(self, ex: Exchange, st: Stateful) -> None:
@@ -297,7 +288,7 @@ class Engine:
 
     def _record(self, ex: Exchange, decision: Decision, **extra: Any) -> AuditRecord:
         latency_us = (time.time_ns() - ex.started_ns) // 1000
-        ctx = ex.ctx if ex.ctx.request_id else _with_request_id(ex.ctx, ex.request_id)
+        ctx = ex.ctx if ex.ctx.request_id else replace(ex.ctx, request_id=ex.request_id)
         trace_id = None
         tp = ex.headers.get("traceparent", "")
         if tp.count("-") >= 3:
@@ -393,8 +384,6 @@ class Engine:
         for effect in effects:
             if isinstance(effect, Audit):
                 self.sink.emit(effect.record, trace_context=effect.trace_context)
-            elif isinstance(effect, Expect):
-                self.background.start(self.observer.put(effect))
             else:
                 self.background.spawn(self.state, effect)
 
@@ -405,10 +394,6 @@ class Engine:
     def close(self) -> None:
         """Stop the worker processes (shutdown, after the streams have drained)."""
         self.work.close()
-
-
-def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:
-    return replace(ctx, request_id=request_id)
 
 
 __all__ = ["DEFAULT_MAX_BODY", "Engine", "EngineConfig", "RedactionUnavailable"]

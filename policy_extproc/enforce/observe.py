@@ -30,7 +30,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
@@ -131,30 +131,29 @@ class Observer:
     def timeout_s(self) -> float:
         return self.host.config.observe_timeout_s
 
-    def expect(self, ex: Exchange, record: AuditRecord) -> Expect:
-        """The pending response of a decided request (``record``: its response record)."""
-        plan, request = ex.held.plan, ex.request
-        assert plan is not None and request is not None
+    def expect(self, ex: Exchange, record: Callable[..., AuditRecord]) -> None:
+        """Ask for the pending response of a request just decided, if the observe stream is to
+        read its answer (``record``: the engine's, builds its response record)."""
+        plan, request, decision = ex.held.plan, ex.request, ex.decision
+        if plan is None or request is None or decision is None:
+            return  # nothing reserved: nothing to settle
+        if decision.action not in ("allow", "modify"):
+            return
+        template = record(ex, replace(decision, alerts=()), phase="response")
         pending = Pending(
             api=request.api,
             model=ex.ctx.model or request.model,
             budget_keys=tuple(plan.budget_keys),
             token_keys=tuple(plan.token_keys),
             estimated_usd=plan.estimated_usd,
-            record=record,
+            record=template,
             trace_context=ex.trace_context,
         )
         org = ex.ctx.org or "-"
         self._due.append((time.monotonic() + self.timeout_s, org, ex.request_id))
         # The store keeps it a little longer than our deadline, so the sweep still finds it.
-        return Expect(org, ex.request_id, pending.encode(), self.timeout_s + 60.0)
-
-    async def put(self, job: Expect) -> None:
-        try:
-            await self.host.state.pending_put(job.org, job.request_id, job.payload, ttl_s=job.ttl_s)
-        except StateError as exc:
-            # The observe stream will not find it: the reservation expires (state/base.py).
-            log.warning("could not keep the pending response of %s: %s", job.request_id, exc)
+        ex.outbox.append(Expect(org, ex.request_id, pending.encode(), self.timeout_s + 60.0))
+        ex.held.expected = True
 
     async def sweep(self) -> int:
         """Settle at their estimate the pending responses no observe stream took in time."""
@@ -180,15 +179,6 @@ class Observer:
             )
             self._emit(pending, None, pending.estimated_usd, UNOBSERVED)
         return settled
-
-    async def run(self) -> None:
-        """Sweep a few times per timeout, until cancelled (the server's task)."""
-        while True:
-            await asyncio.sleep(min(5.0, self.timeout_s / 4))
-            try:
-                await self.sweep()
-            except Exception:
-                log.exception("sweep of unobserved responses failed")
 
     def stream(self) -> ObserveStream:
         return ObserveStream(self)

@@ -64,7 +64,7 @@ class Expect:
     ttl_s: float
 
 
-FollowUp = Settle | Release | RecordOutcome
+FollowUp = Settle | Release | RecordOutcome | Expect
 
 
 async def perform(state: StateBackend, job: FollowUp) -> None:
@@ -74,6 +74,8 @@ async def perform(state: StateBackend, job: FollowUp) -> None:
             await _settle(state, job)
         elif isinstance(job, Release):
             await state.release(job.org, job.request_id)
+        elif isinstance(job, Expect):
+            await state.pending_put(job.org, job.request_id, job.payload, ttl_s=job.ttl_s)
         else:
             await failover.record(state, job.rule, job.provider, job.status)
     except StateError as exc:
@@ -81,6 +83,9 @@ async def perform(state: StateBackend, job: FollowUp) -> None:
             log.warning("could not settle the reservation of %s: %s", job.request_id, exc)
         elif isinstance(job, Release):
             log.warning("could not release the reservation of %s: %s", job.request_id, exc)
+        elif isinstance(job, Expect):
+            # No observe stream finds it: the reservation expires at its ttl (state/base.py).
+            log.warning("could not keep the pending response of %s: %s", job.request_id, exc)
         else:
             log.warning("could not record %s's response in its breaker: %s", job.provider, exc)
 

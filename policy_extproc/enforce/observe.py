@@ -155,9 +155,10 @@ class Observer:
         ex.outbox.append(Expect(org, ex.request_id, pending.encode(), self.timeout_s + 60.0))
         ex.held.expected = True
 
-    async def sweep(self) -> int:
-        """Settle at their estimate the pending responses no observe stream took in time."""
-        now, settled = time.monotonic(), 0
+    async def sweep(self, now: float | None = None) -> int:
+        """Settle at their estimate the pending responses no observe stream took in time
+        (``now``: on the monotonic clock, tests pass one); returns how many."""
+        now, settled = (time.monotonic() if now is None else now), 0
         while self._due and self._due[0][0] <= now:
             _, org, request_id = self._due.popleft()
             try:

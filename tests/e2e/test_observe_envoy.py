@@ -10,6 +10,8 @@ filter), the reservation is charged at its estimate once the timeout passes, aud
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import re
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from policy_extproc.enforce import limits
 from policy_extproc.llm.request import parse_request
@@ -28,6 +31,7 @@ from policy_extproc.state.base import BudgetSpec
 from tests.e2e.conftest import EnvoyFactory
 from tests.e2e.sidecars import RunningSidecar, running_sidecar
 from tests.envoy_harness import EnvoyPorts, EnvoyProcess, http_request, render_config
+from tests.redis_server import RedisServer
 
 pytestmark = pytest.mark.e2e
 
@@ -246,3 +250,62 @@ def test_when_no_observe_stream_reports_the_reservation_expires_at_its_estimate(
     # Settled once: the reservation is gone, and a late sweep finds nothing more.
     assert sidecar.loop.run(sidecar.sidecar.engine.observer.sweep()) == 0
     assert not sidecar.loop.run(sidecar.sidecar.engine.state.release("acme", request_id))
+
+
+def test_with_redis_another_replica_settles_what_one_reserved(
+    envoy_factory: EnvoyFactory,
+    mock_providers: dict[str, MockProvider],
+    mock_provider: MockProvider,
+    tmp_path: Path,
+) -> None:
+    """The observe filter pointed at a second sidecar sharing the first one's Redis: the
+    reservation made by one replica is found and settled by the other."""
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(RedisServer())
+        shared = {
+            "admin_listen": None,
+            "response_accounting": "observe",
+            "redis": server.url,
+        }
+        inline = stack.enter_context(running_sidecar(POLICIES, tmp_path / "a", **shared))
+        other = stack.enter_context(running_sidecar(POLICIES, tmp_path / "b", **shared))
+        ports = EnvoyPorts(
+            extproc=inline.port,
+            openai=mock_providers["openai"].port,
+            azure=mock_providers["azure-openai"].port,
+            anthropic=mock_providers["anthropic"].port,
+            listen=0,
+            admin=0,
+        )
+        config = yaml.safe_load(render_config(ports))
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+        (observe_filter,) = [
+            f for f in hcm["typed_config"]["http_filters"] if f["name"] == "policy_extproc.observe"
+        ]
+        grpc = observe_filter["typed_config"]["extension_config"]["typed_config"]["grpc_service"]
+        grpc["envoy_grpc"]["cluster_name"] = "policy_extproc_b"
+        clusters = config["static_resources"]["clusters"]
+        b = copy.deepcopy(next(c for c in clusters if c["name"] == "policy_extproc"))
+        b["name"] = b["load_assignment"]["cluster_name"] = "policy_extproc_b"
+        addr = b["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+        addr["socket_address"]["port_value"] = other.port
+        clusters.append(b)
+        envoy = EnvoyProcess(ports, config_text=yaml.safe_dump(config), workdir=tmp_path / "e")
+        stack.callback(envoy.stop)
+        envoy.start()
+
+        body = chat("settled by the other replica", max_tokens=500)
+        who = user("obs-redis")
+        resp = http_request(envoy.url, CHAT, body, headers=who)
+
+        assert resp.status == 200, resp.body
+        request_id = resp.headers["x-request-id"]
+        (record,) = poll(lambda: records(other, request_id, "response"), "the other's record")
+        assert records(inline, request_id, "response") == []
+        assert records(inline, request_id, "request")[0]["decision"] == "allow"
+        cost = cost_of(inline, record["usage"])
+        assert estimate(inline, body) > 2 * cost
+        assert spent(inline, body, who) == pytest.approx(cost, abs=1e-6)
+        # Taken by the other: the first one's sweep, past its deadline, finds nothing.
+        far = time.monotonic() + 1e6
+        assert inline.loop.run(inline.sidecar.engine.observer.sweep(now=far)) == 0

@@ -250,7 +250,7 @@ class ObserveStream:
         self.status = int(status) if status.isdigit() else 0
         self.streaming = is_stream(ev.headers.get("content-type", ""))
         if self.streaming:
-            self.sse = SseParser(api)  # type: ignore[arg-type]
+            self.sse = SseParser(api)
         if ev.end_of_stream:
             await self._finish()
             return False

@@ -166,9 +166,15 @@ class Observer:
                 if text is None:
                     continue  # an observe stream took it
                 pending = Pending.decode(text)
-                await self.host.state.reconcile(org, request_id, actual_usd={}, actual_tokens={})
+                # Charged at the estimate (a budget not named is; the tokens stay as reserved).
+                charged = await self.host.state.reconcile(
+                    org, request_id, actual_usd={}, actual_tokens={}
+                )
             except StateError as exc:
                 log.warning("could not settle the unobserved response of %s: %s", request_id, exc)
+                continue
+            except (ValueError, KeyError, TypeError) as exc:  # not a payload we wrote
+                log.error("unreadable pending response of %s: %r", request_id, exc)
                 continue
             settled += 1
             self.unobserved += 1
@@ -178,7 +184,8 @@ class Observer:
                 request_id,
                 self.timeout_s,
             )
-            self._emit(pending, None, pending.estimated_usd, UNOBSERVED)
+            # Nothing was left to charge when the reservation was gone already (long expired).
+            self._emit(pending, None, pending.estimated_usd if charged else None, UNOBSERVED)
         return settled
 
     def stream(self) -> ObserveStream:

@@ -291,3 +291,15 @@ def test_observe_accounting_is_a_choice_of_two() -> None:
         EngineConfig(response_accounting="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="observe_timeout_s"):
         EngineConfig(observe_timeout_s=0)
+
+
+async def test_an_unreadable_pending_response_is_logged_and_the_sweep_goes_on(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    await decide(engine, chat(), "r9")
+    await decide(engine, chat(), "r10")
+    await engine.state.pending_put("acme", "r9", "not json", ttl_s=60)
+
+    assert await engine.observer.sweep(now=FAR) == 1  # r10 still charged, r9 skipped
+
+    assert [r.request_id for r in sink.records if r.phase == "response"] == ["r10"]

@@ -12,7 +12,7 @@ the observe stream)::
     inline stream, at the decision        state backend             observe stream
     reserve (admit, as today) ----------> res:<request id>   <----- reconcile / release
     Expect: the pending response -------> pend:<request id>  <----- take, at the answer's end
-    reply: x-policy-observe: 1, metadata {org, request_id, api} --> (Envoy forwards them)
+    reply: metadata {observe, org, request_id, api} ---------------> (Envoy forwards it)
 
 The pending response holds what settling needs (the budget and token keys, the model it is
 priced as) and the response audit record to write, less what only the answer tells. It lives
@@ -51,7 +51,6 @@ from .translate import Event
 
 log = logging.getLogger(__name__)
 
-OBSERVE_HEADER = "x-policy-observe"  # selects the observe filter (envoy/envoy.yaml.tmpl)
 UNOBSERVED = "response_unobserved"  # no observe stream settled it: charged at its estimate
 NO_USAGE = "usage_not_reported"  # the answer said nothing of its usage: charged at the estimate
 # The observe stream's take races the inline stream's put (a background task) only when the
@@ -110,11 +109,11 @@ class Pending:
 
 
 def mark(reply: Continue, ex: Exchange) -> Continue:
-    """The decision's reply, marked for the observe filter: the header its matcher selects on
-    (never sent upstream: the route removes it) and the key of the pending response."""
+    """The decision's reply, marked for the observe filter in our dynamic metadata: what its
+    matcher selects on (envoy/envoy.yaml.tmpl) and the key of the pending response."""
     assert ex.request is not None
-    md = {**reply.metadata, "org": ex.ctx.org or "-", "api": ex.request.api}
-    return replace(reply, set_headers=(*reply.set_headers, (OBSERVE_HEADER, "1")), metadata=md)
+    md = {**reply.metadata, "observe": True, "org": ex.ctx.org or "-", "api": ex.request.api}
+    return replace(reply, metadata=md)
 
 
 class Observer:
@@ -126,6 +125,7 @@ class Observer:
         # is configured, so that is the order of the deadlines too.
         self._due: deque[tuple[float, str, str]] = deque()
         self.unobserved = 0  # settled at their estimate by the sweep
+        self.streams = 0  # observe streams Envoy opened
 
     @property
     def timeout_s(self) -> float:
@@ -189,6 +189,7 @@ class Observer:
         return settled
 
     def stream(self) -> ObserveStream:
+        self.streams += 1
         return ObserveStream(self)
 
     def _emit(
@@ -247,6 +248,8 @@ class ObserveStream:
         return False
 
     async def _headers(self, ev: Event, own: Mapping[str, Any] | None) -> bool:
+        if not (own or {}).get("observe"):
+            return False  # not marked: no pending response, nothing of ours to account
         org = str((own or {}).get("org") or "")
         request_id = str((own or {}).get("request_id") or "")
         api = str((own or {}).get("api") or "")
@@ -339,4 +342,4 @@ class ObserveStream:
         """The stream ended; an answer not read to its end is left to the sweep."""
 
 
-__all__ = ["OBSERVE_HEADER", "Expect", "ObserveStream", "Observer", "Pending", "mark"]
+__all__ = ["Expect", "ObserveStream", "Observer", "Pending", "mark"]

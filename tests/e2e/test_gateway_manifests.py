@@ -261,7 +261,7 @@ def test_istio_ext_authz_provider_is_the_processor_service() -> None:
 
 def test_istio_envoyfilter_is_envoy_k8s_filter(tmp_path: Path) -> None:
     objects = kustomize("istio/ext-proc")
-    patch, observe, vhost = find(objects, "EnvoyFilter")["spec"]["configPatches"]
+    patch, observe = find(objects, "EnvoyFilter")["spec"]["configPatches"]
     assert patch["applyTo"] == "HTTP_FILTER"
     assert patch["patch"]["operation"] == "INSERT_BEFORE"
     assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == (
@@ -288,8 +288,7 @@ def test_istio_envoyfilter_is_envoy_k8s_filter(tmp_path: Path) -> None:
     (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config))
     ok, output = validate_config(tmp_path / "envoy.yaml")
     assert ok, output
-    # The observe filter follows it, the same as envoy-k8s.yaml's but for the cluster, and the
-    # marker header it selects on is removed before the request goes upstream.
+    # The observe filter follows it, the same as envoy-k8s.yaml's but for the cluster.
     assert observe["applyTo"] == "HTTP_FILTER" and observe["patch"]["operation"] == "INSERT_BEFORE"
     assert observe["match"] == patch["match"]
     value = observe["patch"]["value"]
@@ -299,8 +298,6 @@ def test_istio_envoyfilter_is_envoy_k8s_filter(tmp_path: Path) -> None:
     assert grpc["envoy_grpc"]["cluster_name"] == cluster
     theirs["extension_config"]["typed_config"].pop("grpc_service")
     assert ours == theirs
-    assert vhost["applyTo"] == "VIRTUAL_HOST"
-    assert vhost["patch"]["value"] == {"request_headers_to_remove": ["x-policy-observe"]}
 
 
 # -- monitoring -----------------------------------------------------------------------------------

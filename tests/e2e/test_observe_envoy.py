@@ -45,6 +45,10 @@ POLICIES = """
       id: daily
       per: user
       limit_usd: 10.0
+    - type: content_filter
+      id: no_forbidden
+      keywords: [forbidden]
+      action: block
 - policy_name: guarded_team
   org: acme
   team: guarded
@@ -146,11 +150,11 @@ def test_a_buffered_answer_is_settled_with_its_real_usage_off_the_answer_path(
 
     assert resp.status == 200, resp.body
     assert resp.headers["x-policy-decision"] == "allow"  # from the route, not a response phase
-    assert "x-policy-observe" not in mock_provider.stats()["last_headers"]
     # The inline filter decided the request and was never asked for the answer.
     assert phases == ["request_headers", "request_body"]
     request_id = resp.headers["x-request-id"]
     (record,) = poll(lambda: records(sidecar, request_id, "response"), "the response record")
+    assert sidecar.sidecar.engine.observer.streams >= 1
     reported = resp.json()["usage"]
     assert record["usage"] == {
         "input_tokens": reported["prompt_tokens"],
@@ -309,3 +313,20 @@ def test_with_redis_another_replica_settles_what_one_reserved(
         # Taken by the other: the first one's sweep, past its deadline, finds nothing.
         far = time.monotonic() + 1e6
         assert inline.loop.run(inline.sidecar.engine.observer.sweep(now=far)) == 0
+
+
+def test_a_refused_request_opens_no_observe_stream(
+    envoy: EnvoyProcess, mock_provider: MockProvider, sidecar: RunningSidecar
+) -> None:
+    observer = sidecar.sidecar.engine.observer
+    before = observer.streams
+
+    resp = http_request(envoy.url, CHAT, chat("this is forbidden"), headers=user("obs-refused"))
+
+    assert resp.status == 403, resp.body
+    # Envoy's local reply runs back through the filter chain, observe filter included: the
+    # matcher skips it there too (nothing marked in the metadata), so no stream is opened.
+    ok = http_request(envoy.url, CHAT, chat("and this is fine"), headers=user("obs-refused"))
+    assert ok.status == 200
+    poll(lambda: records(sidecar, ok.headers["x-request-id"], "response"), "the allowed record")
+    assert observer.streams == before + 1  # the allowed one's only

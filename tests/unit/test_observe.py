@@ -145,7 +145,7 @@ async def test_a_budget_only_scope_skips_the_answer_and_marks_the_request(engine
     first, second = await decide(engine, chat(), "r1")
 
     assert first.skip_response  # the inline filter is not asked for the answer
-    assert (observe.OBSERVE_HEADER, "1") in second.set_headers
+    assert second.metadata["observe"] is True  # what the observe filter's matcher selects on
     assert second.metadata["org"] == "acme" and second.metadata["request_id"] == "r1"
     assert second.metadata["api"] == "openai.chat"
     kept = await engine.state.pending_get("acme", "r1")
@@ -166,8 +166,7 @@ async def test_only_an_answer_needed_for_usage_alone_goes_to_the_observe_filter(
     first, second = await decide(engine, chat(), "r2", **who)
 
     assert first.skip_response is skipped
-    assert (observe.OBSERVE_HEADER, "1") not in second.set_headers
-    assert "org" not in second.metadata
+    assert "observe" not in second.metadata and "org" not in second.metadata
     assert await engine.state.pending_get(who.get("org", "acme"), "r2") is None
 
 
@@ -176,7 +175,7 @@ async def test_inline_accounting_reads_the_answer_inline(sink: RecordingSink) ->
     first, second = await decide(engine, chat(), "r3")
 
     assert not first.skip_response
-    assert (observe.OBSERVE_HEADER, "1") not in second.set_headers
+    assert "observe" not in second.metadata
     assert await engine.state.pending_get("acme", "r3") is None
 
 
@@ -275,8 +274,14 @@ async def test_an_observe_stream_after_the_sweep_charges_nothing_more(
 
 @pytest.mark.parametrize(
     "own",
-    [None, {}, {"org": "acme", "request_id": "x"}, {"org": "acme", "request_id": "x", "api": "?"}],
-    ids=["no metadata", "empty", "no api", "unknown api"],
+    [
+        None,
+        {},
+        {"org": "acme", "request_id": "x", "api": "openai.chat"},
+        {"observe": True, "org": "acme", "request_id": "x"},
+        {"observe": True, "org": "acme", "request_id": "x", "api": "?"},
+    ],
+    ids=["no metadata", "empty", "not marked", "no api", "unknown api"],
 )
 async def test_an_observe_stream_without_our_key_is_closed_at_once(
     engine: Engine, own: dict[str, Any] | None

@@ -64,6 +64,17 @@ class RuntimeCollector(Collector):
                 "ext_proc streams open now.",
                 src.processor.open_streams,
             )
+            observer = src.processor.engine.observer  # --response-accounting observe
+            yield _counter(
+                "policy_extproc_observe_streams",
+                "Observability-mode streams of the observe filter (response accounting).",
+                observer.streams,
+            )
+            yield _counter(
+                "policy_extproc_responses_unobserved",
+                "Answers no observe stream reported in time: charged at their estimate.",
+                observer.unobserved,
+            )
         if src.admission is not None:
             yield from _admission(src.admission)
         if src.alerts is not None:

@@ -250,6 +250,7 @@ async def test_an_answer_no_observe_stream_reports_is_charged_at_its_estimate(
 
     assert await engine.observer.sweep() == 0  # not due yet
     assert await engine.observer.sweep(now=FAR) == 1
+    assert engine.observer.unobserved == 1  # counted (policy_extproc_responses_unobserved)
 
     (record,) = responses(sink, "r7")
     assert record.error_code == observe.UNOBSERVED

@@ -54,7 +54,8 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                 if msg.observability_mode:
                     # Read, never answered (Envoy ignores answers); closing says "no more".
                     observed = observed or self.engine.observer.stream()
-                    if not await observed.feed(translate.event(msg), translate.own_metadata(msg)):
+                    own = translate.own_metadata(msg) if observed.key is None else None
+                    if not await observed.feed(translate.event(msg), own):
                         return
                     continue
                 started = time.perf_counter()

@@ -108,13 +108,25 @@ def jwt_claims(metadata: base_pb2.Metadata) -> Mapping[str, Any] | None:
     return mappings[0] if len(mappings) == 1 else None
 
 
+_OWN_KEYS = ("observe", "org", "request_id", "api")  # what the observe stream reads (observe.py)
+
+
 def own_metadata(msg: ep.ProcessingRequest) -> dict[str, Any] | None:
-    """Our namespace of Envoy's dynamic metadata, forwarded to the observe filter (what the
-    inline filter set on the request: ``metadata_options.forwarding_namespaces``)."""
+    """The keys the observe stream reads of our namespace of Envoy's dynamic metadata, which
+    the inline filter set on the request (``metadata_options.forwarding_namespaces``). Read
+    field by field: MessageToDict of the whole namespace costs more than the rest of it."""
     if not msg.HasField("metadata_context"):
         return None
     ns = msg.metadata_context.filter_metadata.get(NAMESPACE)
-    return None if ns is None else json_format.MessageToDict(ns)
+    if ns is None:
+        return None
+    out: dict[str, Any] = {}
+    for key in _OWN_KEYS:
+        if key in ns.fields:
+            value = ns.fields[key]
+            kind = value.WhichOneof("kind")
+            out[key] = value.bool_value if kind == "bool_value" else value.string_value
+    return out
 
 
 def _request_time(msg: ep.ProcessingRequest) -> float | None:

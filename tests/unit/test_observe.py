@@ -309,3 +309,23 @@ async def test_an_unreadable_pending_response_is_logged_and_the_sweep_goes_on(
     assert await engine.observer.sweep(now=FAR) == 1  # r10 still charged, r9 skipped
 
     assert [r.request_id for r in sink.records if r.phase == "response"] == ["r10"]
+
+
+def test_our_metadata_is_read_from_the_forwarded_namespace() -> None:
+    from envoy.service.ext_proc.v3 import external_processor_pb2 as ep
+    from google.protobuf import struct_pb2
+
+    from policy_extproc.enforce import translate
+
+    msg = ep.ProcessingRequest(observability_mode=True)
+    msg.response_headers.SetInParent()
+    assert translate.own_metadata(msg) is None
+    ours = struct_pb2.Struct()
+    ours.update({"observe": True, "org": "acme", "request_id": "r", "api": "openai.chat", "x": 1})
+    msg.metadata_context.filter_metadata[translate.NAMESPACE].CopyFrom(ours)
+    assert translate.own_metadata(msg) == {
+        "observe": True,
+        "org": "acme",
+        "request_id": "r",
+        "api": "openai.chat",
+    }

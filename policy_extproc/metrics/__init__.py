@@ -120,7 +120,8 @@ class Metrics:
         admission: Admission | None = None,
     ) -> None:
         """Report these running parts at every scrape (call once)."""
-        sources = Sources(store, processor, alerts, audit, admission)
+        observer = processor.engine.observer if processor is not None else None
+        sources = Sources(store, processor, alerts, audit, admission, observer)
         self.registry.register(RuntimeCollector(sources))
 
     def serve(self) -> int:

@@ -14,6 +14,7 @@ from ..audit.sink import AuditSink, FanoutSink
 if TYPE_CHECKING:
     from ..enforce.admission import Admission
     from ..enforce.alerts import AlertNotifier
+    from ..enforce.observe import Observer
     from ..enforce.servicer import ExternalProcessor
     from ..sources.store import PolicyStore
 
@@ -40,6 +41,7 @@ class Sources:
     alerts: AlertNotifier | None = None
     audit: AuditSink | None = None
     admission: Admission | None = None
+    observer: Observer | None = None  # response accounting (--response-accounting observe)
 
 
 class RuntimeCollector(Collector):
@@ -64,7 +66,8 @@ class RuntimeCollector(Collector):
                 "ext_proc streams open now.",
                 src.processor.open_streams,
             )
-            observer = src.processor.engine.observer  # --response-accounting observe
+        if src.observer is not None:
+            observer = src.observer
             yield _counter(
                 "policy_extproc_observe_streams",
                 "Observability-mode streams of the observe filter (response accounting).",

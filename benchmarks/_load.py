@@ -228,12 +228,19 @@ async def closed_loop(
     return res
 
 
-def chat_request(port: int, prompt_chars: int, team: str = "ml") -> bytes:
-    """A prepared POST /v1/chat/completions with a prompt of prompt_chars characters."""
+def chat_request(port: int, prompt_chars: int, team: str = "ml", *, stream: bool = False) -> bytes:
+    """A prepared POST /v1/chat/completions with a prompt of prompt_chars characters
+    (``stream``: asking for an SSE answer, read to its end)."""
     words = ("the quick brown fox jumps over the lazy dog " * (prompt_chars // 44 + 1))[
         :prompt_chars
     ]
-    body = json.dumps({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": words}]})
+    payload: dict[str, object] = {
+        "model": "gpt-4o-mini",
+        "messages": [{"role": "user", "content": words}],
+    }
+    if stream:
+        payload["stream"] = True
+    body = json.dumps(payload)
     head = (
         f"POST /v1/chat/completions HTTP/1.1\r\nhost: 127.0.0.1:{port}\r\n"
         f"content-type: application/json\r\ncontent-length: {len(body)}\r\n"

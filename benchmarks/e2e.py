@@ -19,7 +19,7 @@ process (and its children) and of its Envoy. ``--closed`` adds a closed loop (C 
 back to back) per round for the maximum throughput. Prints figures; asserts nothing. Usage:
 
     .venv/bin/python benchmarks/e2e.py [--rate 300] [--duration 5] [--rounds 3] [--alt-cmd CMD]
-        [--configs passthrough,support,ml] [--closed] [--concurrency 16]
+        [--configs passthrough,support,ml] [--closed] [--concurrency 16] [--stream]
         [--sidecar-cmd 'policy-extproc serve --policies examples/policies --listen {listen}']
 """
 
@@ -77,7 +77,7 @@ class Target:
 async def run_round(targets: list[Target], args: argparse.Namespace, n: int) -> None:
     """One round: every target in turn, open loop (and closed loop with --closed)."""
     for t in targets:
-        raw = chat_request(t.envoy.port, args.prompt_chars, t.team)
+        raw = chat_request(t.envoy.port, args.prompt_chars, t.team, stream=args.stream)
         await closed_loop("127.0.0.1", t.envoy.port, raw, 4, args.warmup)
         cpu0 = cpu_seconds(t.sidecar) if t.sidecar else 0.0
         env0 = cpu_seconds(t.envoy)
@@ -132,6 +132,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--closed", action="store_true", help="add a closed loop per round")
     parser.add_argument("--prompt-chars", type=int, default=400, help="size of the user prompt")
     parser.add_argument(
+        "--stream", action="store_true", help="ask for streamed (SSE) answers, read to the end"
+    )
+    parser.add_argument(
         "--configs",
         default="passthrough,support,ml",
         help="comma-separated, in order: passthrough, support, ml (and support@alt, ml@alt: "
@@ -178,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             + (f"alt: {args.alt_cmd}\n" if args.alt_cmd else "")
             + f"cores: {os.cpu_count()}, load average at start: "
             f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}\n"
-            f"prompt: {args.prompt_chars} chars, {args.rate:g} req/s open loop, "
+            f"prompt: {args.prompt_chars} chars{', streamed answers' if args.stream else ''}, "
+            f"{args.rate:g} req/s open loop, "
             f"{args.duration:g} s per run, {args.rounds} interleaved rounds, "
             f"Envoy --concurrency 1\n\n{HEADER}",
             flush=True,

@@ -345,12 +345,12 @@ class Sidecar:
                 log.exception("policy reload failed")
 
     async def _sweep_reservations(self) -> None:
-        # Reservations whose response never came (sidecar restarted mid-request, stream lost)
-        # go back after their ttl; admit and reconcile also sweep their own org lazily.
+        # Expired reservations go back; answers no observe stream reported are charged (observe.py)
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(min(30.0, self.config.observe_timeout_s / 4))
             try:
                 await self.engine.state.expire_reservations()
+                await self.engine.observer.sweep()
             except StateError as exc:
                 log.warning("reservation sweep failed: %s", exc)
 

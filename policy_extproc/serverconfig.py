@@ -71,6 +71,9 @@ class ServerConfig:
     message_timeout_s: float = 0.5
     # Admission control (enforce/admission.py): requests in flight, queue age, fail-open routes.
     admission: AdmissionSettings = field(default_factory=AdmissionSettings)
+    # Who reads answers for budgets and token limits (enforce/config.py, enforce/observe.py).
+    response_accounting: str = "inline"
+    observe_timeout_s: float = 300.0
 
     def engine_config(self) -> EngineConfig:
         """What the engine is given of this configuration."""
@@ -85,6 +88,8 @@ class ServerConfig:
                 workers=self.offload_workers,
             ),
             message_timeout_s=self.message_timeout_s,
+            response_accounting=self.response_accounting,  # type: ignore[arg-type]
+            observe_timeout_s=self.observe_timeout_s,
         )
 
 

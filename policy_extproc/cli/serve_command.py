@@ -228,6 +228,23 @@ from .root import ENV, main
     help="With --redis: also append every audit record to the Redis Stream "
     "policy-extproc:decisions, capped near this many entries (the dashboard reads it); 0: off.",
 )
+@click.option(
+    "--response-accounting",
+    default="inline",
+    show_default=True,
+    type=click.Choice(["inline", "observe"]),
+    help="Who reads an answer that only budgets and token limits need: the inline ext_proc "
+    "filter (holds the answer while it reads it), or the observability_mode filter of the "
+    "shipped Envoy configurations (off the answer path). Output guardrails stay inline.",
+)
+@click.option(
+    "--observe-timeout",
+    default=300.0,
+    show_default=True,
+    type=click.FloatRange(0.1, 86400.0),
+    help="Seconds: with --response-accounting observe, an answer no observe stream reported "
+    "within this is charged at its estimate, audited as response_unobserved.",
+)
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(
     "--allow-anonymous",
@@ -283,6 +300,8 @@ def serve(
     fail_open_route: tuple[str, ...],
     admin_tokens: str | None,
     decision_stream_max: int,
+    response_accounting: str,
+    observe_timeout: float,
     workers: int,
     allow_anonymous: bool,
     log_level: str,
@@ -354,6 +373,8 @@ def serve(
         admin_token=admin_token,
         admin_tokens=admin_tokens,
         decision_stream_max=decision_stream_max,
+        response_accounting=response_accounting,
+        observe_timeout_s=observe_timeout,
     )
     try:
         if workers > 1:

@@ -4,6 +4,7 @@ budgets, the response phases, the work budget, Envoy's message timeout."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig
 from . import guard, limits
@@ -29,8 +30,21 @@ class EngineConfig:
     # Envoy's ext_proc message_timeout (envoy/*.yaml): a decision that would reach Envoy after
     # it gave up is refused and audited as such, never recorded as what the client got.
     message_timeout_s: float = 0.5
+    # Who reads the answer for budgets and token limits when no output rule needs it: the
+    # inline filter (holds the answer back while it reads it) or the observability-mode
+    # filter (enforce/observe.py), which must then be in Envoy's configuration. An answer no
+    # observe stream reports within observe_timeout_s is charged at its estimate, audited.
+    response_accounting: Literal["inline", "observe"] = "inline"
+    observe_timeout_s: float = 300.0
 
     def __post_init__(self) -> None:
+        if self.response_accounting not in ("inline", "observe"):
+            raise ValueError(
+                f"response_accounting must be 'inline' or 'observe', not "
+                f"{self.response_accounting!r}"
+            )
+        if not self.observe_timeout_s > 0:
+            raise ValueError("observe_timeout_s must be above 0")
         # One setting, two spellings: either turns it on, and both then say so.
         if self.allow_anonymous and not self.identity.allow_anonymous:
             object.__setattr__(self, "identity", replace(self.identity, allow_anonymous=True))

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..audit.record import AuditRecord
-from .settle import RecordOutcome, Release, Settle
+from .settle import Expect, RecordOutcome, Release, Settle
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +23,6 @@ class Audit:
     trace_context: Mapping[str, str] | None = None
 
 
-Effect = Audit | Settle | Release | RecordOutcome
+Effect = Audit | Settle | Release | RecordOutcome | Expect
 
-__all__ = ["Audit", "Effect", "RecordOutcome", "Release", "Settle"]
+__all__ = ["Audit", "Effect", "Expect", "RecordOutcome", "Release", "Settle"]

@@ -17,6 +17,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..audit.builder import record_for
+from ..audit.record import AuditRecord
 from ..audit.sink import AuditSink
 from ..errors import (
     BodyTooLarge,
@@ -28,7 +29,7 @@ from ..errors import (
 from ..llm.catalog import Catalog
 from ..policy.compiler import EffectiveSet
 from ..policy.context import build_context, require_identity
-from ..policy.decision import Decision, RequestContext
+from ..policy.decision import Decision
 from ..sources.catalog import load_catalog
 from ..sources.store import PolicyStore
 from ..state.base import StateBackend
@@ -40,6 +41,7 @@ from .config import DEFAULT_MAX_BODY, EngineConfig
 from .effects import Audit, Effect
 from .exchange import Exchange
 from .failover import default_provider
+from .observe import Observer
 from .settle import Background, RecordOutcome, Release, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
@@ -78,6 +80,7 @@ class Engine:
         self.background = Background()  # settlements and breaker outcomes, off the answer
         self.work = WorkRunner(self.config.work, self.config.identity, self.catalog)
         self.clock = clock  # the one the driver reads too: deadlines compare like with like
+        self.observer = Observer(self)  # response accounting by the observe filter
 
     @property
     def checks(self) -> StatefulChecks:
@@ -94,14 +97,17 @@ class Engine:
 
         Decided on the request headers, from the identity alone: when nothing does, Envoy is
         told to skip the response phases, and its route configuration adds x-policy-decision
-        from our dynamic metadata instead.
+        from our dynamic metadata instead. Usage alone may be left to the observe filter.
         """
         if self.config.record_usage or not self.store.ready:
             return True
         # The scope's snapshot is the one the request is decided on, even if another is
         # swapped in meanwhile.
         es = self._scope(ex)
-        return limits.needs_usage(es) or es.reads_response
+        if es.reads_response or not limits.needs_usage(es):
+            return es.reads_response
+        ex.held.observed = self.config.response_accounting == "observe"  # observe.py
+        return not ex.held.observed
 
     def early_refusal(self, ex: Exchange) -> Decision | None:
         """A decision that needs no body: an identity missing or ambiguous, a declared length
@@ -206,6 +212,8 @@ class Engine:
             ), None
         ex.decision = decision
         self._audit(ex, decision)
+        if ex.held.observed:  # the observe stream settles it, and writes its response record
+            self.observer.expect(ex, self._record)
         return decision, new_body
 
     def _hold(self, ex: Exchange, st: Stateful) -> None:
@@ -277,8 +285,11 @@ class Engine:
         return decision
 
     def _audit(self, ex: Exchange, decision: Decision, **extra: Any) -> None:
+        ex.outbox.append(Audit(self._record(ex, decision, **extra), ex.trace_context))
+
+    def _record(self, ex: Exchange, decision: Decision, **extra: Any) -> AuditRecord:
         latency_us = (self.clock.wall_ns() - ex.started_ns) // 1000
-        ctx = ex.ctx if ex.ctx.request_id else _with_request_id(ex.ctx, ex.request_id)
+        ctx = ex.ctx if ex.ctx.request_id else replace(ex.ctx, request_id=ex.request_id)
         trace_id = None
         tp = ex.headers.get("traceparent", "")
         if tp.count("-") >= 3:
@@ -292,7 +303,7 @@ class Engine:
         known = self.catalog.provider(decision.reroute or extra.get("provider") or "")
         if known is not None and known.address:
             extra["server"] = (known.address, known.port)  # the spans' server.address / port
-        record = record_for(
+        return record_for(
             decision,
             ctx,
             started_ns=ex.started_ns,
@@ -303,7 +314,6 @@ class Engine:
             outcome=ex.outcome,
             **extra,
         )
-        ex.outbox.append(Audit(record, ex.trace_context))
 
     # -- responses -------------------------------------------------------------------------
 
@@ -338,8 +348,8 @@ class Engine:
     def finish(self, ex: Exchange, *, cut: bool = False) -> None:
         """The response is over (or the stream closed, ``cut``): record what it cost."""
         w = ex.response
-        if w.finished or ex.decision is None or ex.request is None:
-            return
+        if w.finished or ex.decision is None or ex.request is None or ex.held.observed:
+            return  # (observed: the observe stream settles it and writes its record)
         w.finished = True
         shutdown = cut and self.stopping
         if shutdown:
@@ -385,10 +395,6 @@ class Engine:
     def close(self) -> None:
         """Stop the worker processes (shutdown, after the streams have drained)."""
         self.work.close()
-
-
-def _with_request_id(ctx: RequestContext, request_id: str) -> RequestContext:
-    return replace(ctx, request_id=request_id)
 
 
 __all__ = ["DEFAULT_MAX_BODY", "Engine", "EngineConfig", "RedactionUnavailable"]

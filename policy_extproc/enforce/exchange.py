@@ -33,6 +33,10 @@ class Held:
     # We asked the stream for usage the client did not ask for (pipeline.usage_fields): the
     # usage-only chunk is removed from what the client gets (ResponseWatch.usage_filter).
     hide_usage: bool = False
+    # The answer is read for accounting by the observe filter, not inline (observe.py): the
+    # response phases were skipped; ``expected`` once its pending response is asked for.
+    observed: bool = False
+    expected: bool = False
 
 
 @dataclass(slots=True)

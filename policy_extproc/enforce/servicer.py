@@ -48,8 +48,16 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             self.engine, trace_context=_trace_context(context), admission=self.admission
         )
         self.open_streams += 1
+        observed = None  # an observability-mode stream: the observe filter (observe.py)
         try:
             async for msg in request_iterator:
+                if msg.observability_mode:
+                    # Read, never answered (Envoy ignores answers); closing says "no more".
+                    observed = observed or self.engine.observer.stream()
+                    own = translate.own_metadata(msg) if observed.key is None else None
+                    if not await observed.feed(translate.event(msg), own):
+                        return
+                    continue
                 started = time.perf_counter()
                 ev = translate.event(msg)
                 if ev.phase == "request_headers":

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import StateError
 from ..llm.response import Usage
@@ -53,7 +55,17 @@ class RecordOutcome:
     at: float  # when it answered: wall-clock seconds (the breaker's window counts in them)
 
 
-FollowUp = Settle | Release | RecordOutcome
+@dataclass(frozen=True, slots=True)
+class Expect:
+    """Keep a request's pending response for its observe stream (observe.py, which does it)."""
+
+    org: str
+    request_id: str
+    payload: str
+    ttl_s: float
+
+
+FollowUp = Settle | Release | RecordOutcome | Expect
 
 
 async def perform(state: StateBackend, job: FollowUp) -> None:
@@ -63,6 +75,8 @@ async def perform(state: StateBackend, job: FollowUp) -> None:
             await _settle(state, job)
         elif isinstance(job, Release):
             await state.release(job.org, job.request_id)
+        elif isinstance(job, Expect):
+            await state.pending_put(job.org, job.request_id, job.payload, ttl_s=job.ttl_s)
         else:
             await failover.record(state, job.rule, job.provider, job.status, now=job.at)
     except StateError as exc:
@@ -70,6 +84,9 @@ async def perform(state: StateBackend, job: FollowUp) -> None:
             log.warning("could not settle the reservation of %s: %s", job.request_id, exc)
         elif isinstance(job, Release):
             log.warning("could not release the reservation of %s: %s", job.request_id, exc)
+        elif isinstance(job, Expect):
+            # No observe stream finds it: the reservation expires at its ttl (state/base.py).
+            log.warning("could not keep the pending response of %s: %s", job.request_id, exc)
         else:
             log.warning("could not record %s's response in its breaker: %s", job.provider, exc)
 
@@ -98,7 +115,11 @@ class Background:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, state: StateBackend, job: FollowUp) -> None:
-        task = asyncio.get_running_loop().create_task(perform(state, job))
+        self.start(perform(state, job))
+
+    def start(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` off the response path; ``drain`` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 

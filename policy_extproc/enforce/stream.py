@@ -44,7 +44,7 @@ from dataclasses import replace
 from typing import Any
 
 from ..errors import EnvoyGaveUp, PolicyExtprocError, ProtocolError, StreamCancelled
-from . import answers
+from . import answers, observe
 from .effects import Effect
 from .engine import Engine
 from .envoy_replies import Continue, Immediate
@@ -220,6 +220,8 @@ class ExtProcMachine:
         reply = answers.proceed(
             decision, ex.request_id, new_body=ev.new_body, version=self.version(), phase=phase
         )
+        if ex.held.expected:
+            reply = observe.mark(reply, ex)  # the observe filter reads the answer
         if phase == "request_headers" and self._spoofed:
             # A request without a body is decided here: drop the spoofed headers too, but
             # not one we set ourselves (a reroute's x-policy-provider).

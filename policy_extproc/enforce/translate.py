@@ -108,6 +108,27 @@ def jwt_claims(metadata: base_pb2.Metadata) -> Mapping[str, Any] | None:
     return mappings[0] if len(mappings) == 1 else None
 
 
+_OWN_KEYS = ("observe", "org", "request_id", "api")  # what the observe stream reads (observe.py)
+
+
+def own_metadata(msg: ep.ProcessingRequest) -> dict[str, Any] | None:
+    """The keys the observe stream reads of our namespace of Envoy's dynamic metadata, which
+    the inline filter set on the request (``metadata_options.forwarding_namespaces``). Read
+    field by field: MessageToDict of the whole namespace costs more than the rest of it."""
+    if not msg.HasField("metadata_context"):
+        return None
+    ns = msg.metadata_context.filter_metadata.get(NAMESPACE)
+    if ns is None:
+        return None
+    out: dict[str, Any] = {}
+    for key in _OWN_KEYS:
+        if key in ns.fields:
+            value = ns.fields[key]
+            kind = value.WhichOneof("kind")
+            out[key] = value.bool_value if kind == "bool_value" else value.string_value
+    return out
+
+
 def _request_time(msg: ep.ProcessingRequest) -> float | None:
     attrs = msg.attributes.get(EXT_PROC_FILTER) if msg.attributes else None
     if attrs is None or "request.time" not in attrs.fields:

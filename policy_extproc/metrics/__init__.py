@@ -25,7 +25,9 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_alert_queue_depth, policy_extproc_audit_spans_total{outcome},
     policy_extproc_audit_span_backlog,
     policy_extproc_inflight, policy_extproc_max_inflight,
-    policy_extproc_shed_total{reason}                              read at scrape time
+    policy_extproc_shed_total{reason},
+    policy_extproc_observe_streams_total,
+    policy_extproc_responses_unobserved_total                      read at scrape time
 
 A response record carries either its request's decision again (firings, redactions,
 degradations) or, when an output guardrail fired, the guardrails' own decision. Decisions,
@@ -118,7 +120,8 @@ class Metrics:
         admission: Admission | None = None,
     ) -> None:
         """Report these running parts at every scrape (call once)."""
-        sources = Sources(store, processor, alerts, audit, admission)
+        observer = processor.engine.observer if processor is not None else None
+        sources = Sources(store, processor, alerts, audit, admission, observer)
         self.registry.register(RuntimeCollector(sources))
 
     def serve(self) -> int:

@@ -14,6 +14,7 @@ from ..audit.sink import AuditSink, FanoutSink
 if TYPE_CHECKING:
     from ..enforce.admission import Admission
     from ..enforce.alerts import AlertNotifier
+    from ..enforce.observe import Observer
     from ..enforce.servicer import ExternalProcessor
     from ..sources.store import PolicyStore
 
@@ -40,6 +41,7 @@ class Sources:
     alerts: AlertNotifier | None = None
     audit: AuditSink | None = None
     admission: Admission | None = None
+    observer: Observer | None = None  # response accounting (--response-accounting observe)
 
 
 class RuntimeCollector(Collector):
@@ -63,6 +65,18 @@ class RuntimeCollector(Collector):
                 "policy_extproc_open_streams",
                 "ext_proc streams open now.",
                 src.processor.open_streams,
+            )
+        if src.observer is not None:
+            observer = src.observer
+            yield _counter(
+                "policy_extproc_observe_streams",
+                "Observability-mode streams of the observe filter (response accounting).",
+                observer.streams,
+            )
+            yield _counter(
+                "policy_extproc_responses_unobserved",
+                "Answers no observe stream reported in time: charged at their estimate.",
+                observer.unobserved,
             )
         if src.admission is not None:
             yield from _admission(src.admission)

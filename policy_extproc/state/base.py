@@ -284,6 +284,24 @@ class StateBackend(Protocol):
         """Unexpired approvals, oldest first, of one org or all."""
         ...
 
+    async def pending_put(
+        self, org: str, request_id: str, payload: str, *, ttl_s: float, now: float | None = None
+    ) -> None:
+        """Keep what an observe stream needs to settle the request, until taken or ``ttl_s``."""
+        ...
+
+    async def pending_get(
+        self, org: str, request_id: str, *, now: float | None = None
+    ) -> str | None:
+        """The request's pending payload, left in place; None if absent or expired."""
+        ...
+
+    async def pending_take(
+        self, org: str, request_id: str, *, now: float | None = None
+    ) -> str | None:
+        """The request's pending payload, removed: of two takers only one gets it."""
+        ...
+
     async def ping(self) -> None:
         """Raise StateError if the backend cannot answer (readiness probes)."""
         ...

@@ -32,6 +32,7 @@ from policy_extproc.state.base import (
 )
 from policy_extproc.state.memory_approvals import MemoryApprovals
 from policy_extproc.state.memory_breakers import Breaker, state_of, trips
+from policy_extproc.state.memory_pending import MemoryPending
 
 # How often (in the callers' clock) the whole store is scanned for expired entries.
 PURGE_EVERY_S = 60.0
@@ -55,7 +56,7 @@ class _Reservation:
     tokens: dict[_Key, tuple[int, float]] = field(default_factory=dict)  # (units, interval)
 
 
-class MemoryState(MemoryApprovals):
+class MemoryState(MemoryApprovals, MemoryPending):
     """StateBackend held in this process's memory."""
 
     def __init__(self) -> None:
@@ -71,6 +72,7 @@ class MemoryState(MemoryApprovals):
         self._expiry: dict[float, OrderedDict[_Key, float]] = {}
         self._breakers: dict[str, Breaker] = {}
         self._approvals: dict[str, Approval] = {}
+        self._pending: dict[_Key, tuple[str, float]] = {}  # memory_pending.py
         self._next_purge = 0.0
 
     def scheduled(self) -> int:
@@ -79,7 +81,10 @@ class MemoryState(MemoryApprovals):
 
     def stored(self) -> int:
         """Entries held (limiters, counters, reservations, breakers, approvals): memory use."""
-        held = (self._tats, self._spent, self._reservations, self._breakers, self._approvals)
+        held = (
+            self._tats, self._spent, self._reservations, self._breakers, self._approvals,
+            self._pending,
+        )  # fmt: skip
         return sum(len(entries) for entries in held)
 
     # -- limits and budgets ------------------------------------------------------------
@@ -276,6 +281,7 @@ class MemoryState(MemoryApprovals):
         self._spent = {k: c for k, c in self._spent.items() if c.expires_at > now}
         self._reservations = {k: r for k, r in self._reservations.items() if r.keep_until > now}
         self._approvals = {k: a for k, a in self._approvals.items() if a.expires_at > now}
+        self._purge_pending(now)
         self._breakers = {p: b for p, b in self._breakers.items() if b.touched > now}
         self._expiry = {ttl: queue for ttl, queue in self._expiry.items() if queue}
 

@@ -56,6 +56,7 @@ T = TypeVar("T")
 OPERATIONS = (
     "admit", "reconcile", "release", "sweep", "breaker_record", "breaker_state", "approval_put",
     "approval_get", "approval_decide", "approval_consume", "approval_list", "ping",
+    "pending_put", "pending_get", "pending_take",
 )  # fmt: skip
 OUTCOMES = ("ok", "error", "timeout")
 Observer = Callable[[str, str, float], None]  # (operation, outcome, seconds)
@@ -99,6 +100,7 @@ class RedisState:
         self._approval_put = register(_script("approval_put.lua"))
         self._approval_decide = register(_script("approval_decide.lua"))
         self._approval_consume = register(_script("approval_consume.lua"))
+        self._pending_take = register(_script("pending_take.lua"))
 
     @classmethod
     def from_url(
@@ -232,6 +234,30 @@ class RedisState:
             if int(left) == 0:
                 self._orgs.discard(org)
         return released
+
+    # -- pending responses (serve --response-accounting observe) -----------------------
+
+    async def pending_put(
+        self, org: str, request_id: str, payload: str, *, ttl_s: float, now: float | None = None
+    ) -> None:
+        """Keep ``payload`` for the request until it is taken or ``ttl_s`` passes."""
+        key = _prefix(org) + "pend:" + request_id
+        call = self._client.set(key, payload, px=max(1, int(ttl_s * 1000)))
+        await self._run("pending_put", call)
+
+    async def pending_get(
+        self, org: str, request_id: str, *, now: float | None = None
+    ) -> str | None:
+        """The request's payload, left in place; None if absent or expired."""
+        call = self._client.get(_prefix(org) + "pend:" + request_id)
+        return cast(str | None, await self._run("pending_get", call))
+
+    async def pending_take(
+        self, org: str, request_id: str, *, now: float | None = None
+    ) -> str | None:
+        """The request's payload, removed (one script: only one taker gets it)."""
+        call = self._pending_take(keys=[_prefix(org) + "pend:" + request_id])
+        return cast(str | None, await self._run("pending_take", call))
 
     # -- circuit breakers --------------------------------------------------------------
 

@@ -114,16 +114,13 @@ def find(objects: list[Obj], kind: str, name: str | None = None) -> Obj:
     return found[0]
 
 
-def ext_proc_filter() -> Obj:
-    """The ext_proc filter's typed_config in envoy/envoy-k8s.yaml."""
+def ext_proc_filter(name: str = "envoy.filters.http.ext_proc") -> Obj:
+    """The typed_config of a filter of envoy/envoy-k8s.yaml: the inline ext_proc filter, or
+    ``policy_extproc.observe`` (the observability-mode one, wrapped in its matcher)."""
     config = yaml.safe_load((ENVOY_DIR / "envoy-k8s.yaml").read_text())
     listener = config["static_resources"]["listeners"][0]
     hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
-    return dict(
-        next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.ext_proc")[
-            "typed_config"
-        ]
-    )
+    return copy.deepcopy(next(f for f in hcm["http_filters"] if f["name"] == name)["typed_config"])
 
 
 # -- validity -------------------------------------------------------------------------------------
@@ -134,6 +131,21 @@ def test_every_object_validates(folder: str) -> None:
     objects = kustomize(folder)
     assert objects
     validate(objects)
+
+
+def test_the_observe_patch_adds_a_valid_shadow_mode_ext_proc() -> None:
+    """deploy/envoy-gateway/observe-patch.yaml (opt-in) applied to the policy: a second extProc
+    in shadow mode (observability_mode), response only, reading our metadata namespace."""
+    policy = yaml.safe_load((DEPLOY / "envoy-gateway" / "envoyextensionpolicy.yaml").read_text())
+    [op] = yaml.safe_load((DEPLOY / "envoy-gateway" / "observe-patch.yaml").read_text())
+    assert (op["op"], op["path"]) == ("add", "/spec/extProc/-")
+    policy["spec"]["extProc"].append(op["value"])
+    assert not (errors := custom_errors(policy)), errors
+    inline, observe = policy["spec"]["extProc"]
+    assert observe["shadowMode"] is True and "shadowMode" not in inline
+    assert observe["processingMode"] == {"response": {"body": "Streamed"}}
+    assert observe["metadata"]["accessibleNamespaces"] == ["policy_extproc"]
+    assert observe["backendRefs"] == inline["backendRefs"]
 
 
 def test_the_crd_check_refuses_what_the_api_server_would() -> None:
@@ -249,7 +261,7 @@ def test_istio_ext_authz_provider_is_the_processor_service() -> None:
 
 def test_istio_envoyfilter_is_envoy_k8s_filter(tmp_path: Path) -> None:
     objects = kustomize("istio/ext-proc")
-    [patch] = find(objects, "EnvoyFilter")["spec"]["configPatches"]
+    patch, observe = find(objects, "EnvoyFilter")["spec"]["configPatches"]
     assert patch["applyTo"] == "HTTP_FILTER"
     assert patch["patch"]["operation"] == "INSERT_BEFORE"
     assert patch["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == (
@@ -276,6 +288,16 @@ def test_istio_envoyfilter_is_envoy_k8s_filter(tmp_path: Path) -> None:
     (tmp_path / "envoy.yaml").write_text(yaml.safe_dump(config))
     ok, output = validate_config(tmp_path / "envoy.yaml")
     assert ok, output
+    # The observe filter follows it, the same as envoy-k8s.yaml's but for the cluster.
+    assert observe["applyTo"] == "HTTP_FILTER" and observe["patch"]["operation"] == "INSERT_BEFORE"
+    assert observe["match"] == patch["match"]
+    value = observe["patch"]["value"]
+    assert value["name"] == "policy_extproc.observe"
+    ours, theirs = copy.deepcopy(value["typed_config"]), ext_proc_filter("policy_extproc.observe")
+    grpc = ours["extension_config"]["typed_config"].pop("grpc_service")
+    assert grpc["envoy_grpc"]["cluster_name"] == cluster
+    theirs["extension_config"]["typed_config"].pop("grpc_service")
+    assert ours == theirs
 
 
 # -- monitoring -----------------------------------------------------------------------------------

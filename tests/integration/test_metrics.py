@@ -265,6 +265,19 @@ async def test_open_streams_are_read_at_scrape_time(server: Running) -> None:
     assert sample(scrape(port), "policy_extproc_open_streams") == 0
 
 
+async def test_observe_accounting_is_counted_at_scrape_time(server: Running) -> None:
+    port = server.sidecar.metrics_port
+    observer = server.sidecar.engine.observer
+    m = scrape(port)
+    assert sample(m, "policy_extproc_observe_streams_total") == observer.streams
+    assert sample(m, "policy_extproc_responses_unobserved_total") == observer.unobserved
+    observer.stream()  # an observe stream opened by Envoy
+    observer.unobserved += 1  # as the sweep counts an answer it charged at its estimate
+    m = scrape(port)
+    assert sample(m, "policy_extproc_observe_streams_total") == observer.streams >= 1
+    assert sample(m, "policy_extproc_responses_unobserved_total") == observer.unobserved >= 1
+
+
 async def test_alert_and_audit_span_queues_are_reported(
     stack: AsyncExitStack, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -568,3 +568,45 @@ async def test_no_redis_raises_state_error(call: Callable[[RedisState], Awaitabl
     with pytest.raises(StateError):
         await asyncio.wait_for(call(state), HANG_GUARD_S)
     await state.close()
+
+
+# -- pending responses (serve --response-accounting observe) ------------------------------------
+
+
+async def test_a_pending_response_is_read_by_any_replica_and_taken_once(replicas: Pair) -> None:
+    a, b = replicas
+    await a.pending_put(ORG, "r-obs", '{"v": 1}', ttl_s=60, now=T0)
+    assert await b.pending_get(ORG, "r-obs", now=T0 + 1) == '{"v": 1}'
+    assert await b.pending_get("globex", "r-obs", now=T0 + 1) is None  # another org's
+    assert await b.pending_take(ORG, "r-obs", now=T0 + 1) == '{"v": 1}'
+    assert await a.pending_take(ORG, "r-obs", now=T0 + 2) is None
+    assert await a.pending_get(ORG, "r-obs", now=T0 + 2) is None
+
+
+async def test_of_two_concurrent_takers_one_gets_the_pending_response(replicas: Pair) -> None:
+    a, b = replicas
+    for i in range(20):
+        await a.pending_put(ORG, f"race-{i}", str(i), ttl_s=60, now=T0)
+        got = await asyncio.gather(
+            a.pending_take(ORG, f"race-{i}", now=T0), b.pending_take(ORG, f"race-{i}", now=T0)
+        )
+        assert sorted(got, key=str) == [str(i), None]
+
+
+async def test_a_pending_response_expires_after_its_ttl() -> None:
+    memory = MemoryState()
+    await memory.pending_put(ORG, "r-ttl", "x", ttl_s=10, now=T0)
+    assert await memory.pending_get(ORG, "r-ttl", now=T0 + 9) == "x"
+    assert await memory.pending_take(ORG, "r-ttl", now=T0 + 10) is None
+
+
+async def test_a_pending_response_in_redis_carries_its_ttl(redis_url: str) -> None:
+    state = RedisState.from_url(redis_url, timeout_s=5)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        await state.pending_put(ORG, "r-pttl", "x", ttl_s=30)
+        ttl_ms = raw.pttl("pe:{acme}:pend:r-pttl")
+        assert 0 < ttl_ms <= 30_000  # expires by itself: a lost observe stream leaks nothing
+    finally:
+        raw.close()
+        await state.close()

@@ -42,6 +42,7 @@ CLOCK_FREE = frozenset(
         "failover.py",  # told ``now``
         "guard.py",
         "limits.py",  # told ``now``
+        "observe.py",  # the engine's clock, for the deadline and the latency
         "pipeline.py",
         "settle.py",  # its follow-ups carry their time
         "stateful.py",  # its ``clock``, the engine's

@@ -175,7 +175,8 @@ def _seconds(duration: str) -> float:
 )
 def test_shipped_envoy_timeouts_agree_with_the_work_budget(path: str) -> None:
     config = yaml.safe_load((REPO / path).read_text())
-    [ext_proc] = _ext_proc_filters(config)
+    # The inline filter; the observe filter (observability_mode) is never waited for.
+    [ext_proc] = [f for f in _ext_proc_filters(config) if not f.get("observability_mode")]
     defaults = ServerConfig(policies=())
     # The sidecar's idea of Envoy's timeout is Envoy's, and what it asks for Envoy grants.
     assert _seconds(ext_proc["message_timeout"]) == defaults.message_timeout_s
@@ -192,3 +193,5 @@ def test_serve_flags_default_to_the_server_config() -> None:
     assert flags["offload_workers"] == defaults.offload_workers
     assert flags["offload_warm"] == defaults.offload_warm
     assert flags["message_timeout"] == defaults.message_timeout_s
+    assert flags["response_accounting"] == defaults.response_accounting
+    assert flags["observe_timeout"] == defaults.observe_timeout_s

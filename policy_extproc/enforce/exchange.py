@@ -61,7 +61,9 @@ class Exchange:
     # Verified JWT claims (Envoy's jwt_authn metadata): they name the caller in every record of
     # the exchange, refusals included, ahead of the headers a client can set (DESIGN.md s4).
     claims: Mapping[str, Any] | None = None
-    request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Made when first needed: Envoy always sends x-request-id, and uuid4 reads the kernel's
+    # random source (a system call) on every call.
+    request_id_fallback: str = ""
     # time.monotonic_ns() after which Envoy no longer waits for the message being decided.
     deadline_ns: int | None = None
     # The rules in force: the snapshot decided on, and the identity's rules before the body.
@@ -89,7 +91,12 @@ class Exchange:
     @property
     def request_id(self) -> str:
         # Envoy generates x-request-id (generate_request_id); direct gRPC callers may not.
-        return self.headers.get("x-request-id") or self.request_id_fallback
+        given = self.headers.get("x-request-id")
+        if given:
+            return given
+        if not self.request_id_fallback:
+            self.request_id_fallback = uuid.uuid4().hex
+        return self.request_id_fallback
 
     @property
     def trace_context(self) -> dict[str, str] | None:

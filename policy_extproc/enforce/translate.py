@@ -48,6 +48,7 @@ def _no_response(request_body_mode: int) -> processing_mode_pb2.ProcessingMode:
     )
 
 
+_COMMON_PHASES = frozenset({"request_headers", "response_headers", "request_body", "response_body"})
 _SKIP_RESPONSE = _no_response(processing_mode_pb2.ProcessingMode.BUFFERED)
 _SKIP_REST = _no_response(processing_mode_pb2.ProcessingMode.NONE)
 
@@ -149,7 +150,14 @@ def _mutation(
 
 def _struct(metadata: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
-    s.update({NAMESPACE: dict(metadata)})
+    if all(type(v) is str for v in metadata.values()):
+        # What answers.metadata gives: strings only, set field by field (Struct.update walks
+        # every value through Python-level type dispatch; half the time for these).
+        fields = s.fields[NAMESPACE].struct_value.fields
+        for key, value in metadata.items():
+            fields[key].string_value = value
+    else:
+        s.update({NAMESPACE: dict(metadata)})
     return s
 
 
@@ -178,20 +186,18 @@ def response(reply: Reply) -> ep.ProcessingResponse:
 
 
 def _continue(reply: Continue) -> ep.ProcessingResponse:
-    common = ep.CommonResponse()
-    if reply.set_headers or reply.remove_headers:
-        common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
-    if reply.body is not None:
-        common.body_mutation.body = reply.body
-    if reply.clear_route_cache:
-        common.clear_route_cache = True
     msg = ep.ProcessingResponse()
     phase = reply.phase
-    if phase in ("request_headers", "response_headers") or phase in (
-        "request_body",
-        "response_body",
-    ):
-        getattr(msg, phase).response.CopyFrom(common)
+    if phase in _COMMON_PHASES:
+        # Filled in place (no CommonResponse built apart and copied in): replies are per message.
+        common = getattr(msg, phase).response
+        common.SetInParent()  # an empty CommonResponse still says which phase it answers
+        if reply.set_headers or reply.remove_headers:
+            common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
+        if reply.body is not None:
+            common.body_mutation.body = reply.body
+        if reply.clear_route_cache:
+            common.clear_route_cache = True
     elif phase == "request_trailers":
         msg.request_trailers.SetInParent()
     else:

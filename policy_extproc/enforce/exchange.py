@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..llm.request import LlmRequest
@@ -22,6 +23,9 @@ from . import failover, guard, limits
 from .effects import Effect
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
+# Before the body is parsed: one shared, immutable empty context (its tags read-only too),
+# rather than a new one built for every exchange only to be replaced.
+_NO_CONTEXT = RequestContext(tags=MappingProxyType({}))
 
 
 @dataclass(slots=True)
@@ -71,7 +75,7 @@ class Exchange:
     scope: EffectiveSet | None = None
     identity_ok: bool = False  # the identity was checked (one org, no ambiguity): not again
     # The request as parsed, its context, and the rules in force for that context.
-    ctx: RequestContext = field(default_factory=RequestContext)
+    ctx: RequestContext = _NO_CONTEXT
     request: LlmRequest | None = None
     es: EffectiveSet | None = None
     # What was decided, and why the client got something else if it did.

@@ -70,7 +70,8 @@ class Event:
 def _headers(hm: base_pb2.HeaderMap) -> dict[str, str]:
     out: dict[str, str] = {}
     for h in hm.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        raw = h.raw_value  # each read of a field makes a new Python object
+        value = raw.decode("utf-8", "replace") if raw else h.value
         key = h.key.lower()
         # Repeated headers fold into one comma-separated value (RFC 9110 s5.3), as Envoy folds
         # them for ext_authz: an identity header sent twice reads as two values, and is

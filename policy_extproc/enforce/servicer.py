@@ -43,13 +43,17 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         self,
         request_iterator: AsyncIterator[ep.ProcessingRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[ep.ProcessingResponse]:
+    ) -> None:
+        # context.read() and context.write(), not ``async for`` over request_iterator and
+        # ``yield``: grpc.aio wraps both of those in async generators of its own, and skipping
+        # them takes about 0.08 ms of CPU off each four-message exchange (a do-nothing server,
+        # benchmarks/e2e.py: 0.83 -> 0.75 ms per request). request_iterator is not read.
         stream = ExtProcStream(
             self.engine, trace_context=_trace_context(context), admission=self.admission
         )
         self.open_streams += 1
         try:
-            async for msg in request_iterator:
+            while (msg := await context.read()) is not grpc.aio.EOF:
                 started = time.perf_counter()
                 ev = translate.event(msg)
                 if ev.phase == "request_headers":
@@ -61,12 +65,12 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                 if more is not None:
                     # A large body goes to a worker: ask Envoy to wait for it (one override
                     # per message), before the work starts.
-                    yield translate.extend(Extend(more))
+                    await context.write(translate.extend(Extend(more)))
                 reply = await stream.handle(ev)
                 response = translate.response(reply)
                 if self.on_phase is not None:
                     self.on_phase(ev.phase or "unknown", time.perf_counter() - started)
-                yield response
+                await context.write(response)
         except asyncio.CancelledError:
             # Envoy reset the stream (client gone, message timeout): ``close`` audits a request
             # that was not decided yet, saying what happened to it.

@@ -9,9 +9,9 @@ a stall is not hidden by the requests it delays. The configurations:
 
 - ``passthrough``: the do-nothing ext_proc server of tests/envoy_harness.py (Envoy's ext_proc
   round trips and a minimal Python gRPC server alone);
-- ``support``: ``policy-extproc serve`` with examples/policies, team support (no rule reads
-  the answer: two ext_proc messages per request);
-- ``ml``: the same sidecar, team ml (a budget: the answer is read for its usage, four messages).
+- ``support``: ``policy-extproc serve`` with examples/policies, team support (the
+  organisation's PII rule guards the answer too: four ext_proc messages per request);
+- ``ml``: the same sidecar, team ml (that, and a budget reading the answer's usage).
 
 Per configuration it prints the added p50 and p99 (configuration minus the baseline of the same
 round) as the median of the rounds with their range, and the CPU time per request of the sidecar

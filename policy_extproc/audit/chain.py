@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -43,7 +42,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from policy_extproc.audit import segments
+from policy_extproc.audit import jsonline, segments
 from policy_extproc.audit.record import AuditRecord, utc_timestamp
 from policy_extproc.audit.verify import GENESIS, VerifyResult, canonical_json, line_hash, verify
 from policy_extproc.errors import PolicyExtprocError
@@ -161,14 +160,13 @@ class AuditLog:
                 raise AuditLogError(f"{self._where}: audit log is closed")
             line["prev_hash"] = self._last_hash
             try:
-                digest = hashlib.sha256(canonical_json(line).encode()).hexdigest()
+                # Written in field order, not canonical order, so a person reading the file sees
+                # the decision first; verify() re-canonicalises before hashing.
+                data = jsonline.chained(line)
             except UnicodeEncodeError as exc:
                 # A lone surrogate (bytes decoded with surrogateescape) has no UTF-8 form.
                 raise AuditLogError(f"{self._where}: record text is not valid Unicode") from exc
-            line["hash"] = digest
-            # Written in field order, not canonical order, so a person reading the file sees the
-            # decision first; verify() re-canonicalises before hashing.
-            data = (json.dumps(line, separators=(",", ":"), ensure_ascii=False) + "\n").encode()
+            digest = line["hash"]
             if self._fd is None and self._path is not None:
                 # A rotation or reopen that failed: try again, the disk may have room now.
                 self._fd, _, self._size = self._open(self._path, recover=False)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from ..llm.request import LlmRequest
@@ -22,6 +23,9 @@ from . import failover, guard, limits
 from .effects import Effect
 
 _TRACE_HEADERS = ("traceparent", "tracestate")
+# Before the body is parsed: one shared, immutable empty context (its tags read-only too),
+# rather than a new one built for every exchange only to be replaced.
+_NO_CONTEXT = RequestContext(tags=MappingProxyType({}))
 
 
 @dataclass(slots=True)
@@ -65,7 +69,9 @@ class Exchange:
     # Verified JWT claims (Envoy's jwt_authn metadata): they name the caller in every record of
     # the exchange, refusals included, ahead of the headers a client can set (DESIGN.md s4).
     claims: Mapping[str, Any] | None = None
-    request_id_fallback: str = field(default_factory=lambda: uuid.uuid4().hex)
+    # Made when first needed: Envoy always sends x-request-id, and uuid4 reads the kernel's
+    # random source (a system call) on every call.
+    request_id_fallback: str = ""
     # The clock's monotonic_ns() after which Envoy no longer waits for the message being decided.
     deadline_ns: int | None = None
     # The rules in force: the snapshot decided on, and the identity's rules before the body.
@@ -73,7 +79,7 @@ class Exchange:
     scope: EffectiveSet | None = None
     identity_ok: bool = False  # the identity was checked (one org, no ambiguity): not again
     # The request as parsed, its context, and the rules in force for that context.
-    ctx: RequestContext = field(default_factory=RequestContext)
+    ctx: RequestContext = _NO_CONTEXT
     request: LlmRequest | None = None
     es: EffectiveSet | None = None
     # What was decided, and why the client got something else if it did.
@@ -93,7 +99,12 @@ class Exchange:
     @property
     def request_id(self) -> str:
         # Envoy generates x-request-id (generate_request_id); direct gRPC callers may not.
-        return self.headers.get("x-request-id") or self.request_id_fallback
+        given = self.headers.get("x-request-id")
+        if given:
+            return given
+        if not self.request_id_fallback:
+            self.request_id_fallback = uuid.uuid4().hex
+        return self.request_id_fallback
 
     @property
     def trace_context(self) -> dict[str, str] | None:

@@ -43,14 +43,18 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
         self,
         request_iterator: AsyncIterator[ep.ProcessingRequest],
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[ep.ProcessingResponse]:
+    ) -> None:
+        # context.read() and context.write(), not ``async for`` over request_iterator and
+        # ``yield``: grpc.aio wraps both of those in async generators of its own, and skipping
+        # them took 0.08 ms of CPU off each four-message exchange of a do-nothing server
+        # written both ways (benchmarks/e2e.py, 0.83 -> 0.75 ms). request_iterator is unread.
         stream = ExtProcStream(
             self.engine, trace_context=_trace_context(context), admission=self.admission
         )
         self.open_streams += 1
         observed = None  # an observability-mode stream: the observe filter (observe.py)
         try:
-            async for msg in request_iterator:
+            while (msg := await context.read()) is not grpc.aio.EOF:
                 if msg.observability_mode:
                     # Read, never answered (Envoy ignores answers); closing says "no more".
                     observed = observed or self.engine.observer.stream()
@@ -69,12 +73,12 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
                 if more is not None:
                     # A large body goes to a worker: ask Envoy to wait for it (one override
                     # per message), before the work starts.
-                    yield translate.extend(Extend(more))
+                    await context.write(translate.extend(Extend(more)))
                 reply = await stream.handle(ev)
                 response = translate.response(reply)
                 if self.on_phase is not None:
                     self.on_phase(ev.phase or "unknown", time.perf_counter() - started)
-                yield response
+                await context.write(response)
         except asyncio.CancelledError:
             # Envoy reset the stream (client gone, message timeout): ``close`` audits a request
             # that was not decided yet, saying what happened to it.

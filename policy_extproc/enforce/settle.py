@@ -2,16 +2,16 @@
 
 The engine says *what* is to be done as a value (``Settle`` a reservation with the real cost,
 ``Release`` one a refused request held, ``RecordOutcome`` in a provider's breaker);
-``Background`` performs it as a task, so the client's bytes never wait for Redis, and waits for
-the tasks at shutdown (``drain``). A state failure here is logged, never raised: the answer is
-already out.
+``Background`` performs it (what waits for Redis as a task, so the client's bytes never wait
+for Redis), and waits for the tasks at shutdown (``drain``). A state failure here is logged,
+never raised: the answer is already out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -115,7 +115,21 @@ class Background:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, state: StateBackend, job: FollowUp) -> None:
-        self.start(perform(state, job))
+        """Perform ``job``: its first step now, the rest (once it waits, on Redis) as a task.
+
+        The in-memory state never waits, so its follow-ups finish here without a task and the
+        loop iterations a task costs (asyncio's eager tasks, which Python 3.11 lacks). What
+        waits on the network still goes on after the answer.
+        """
+        coro = perform(state, job)
+        try:
+            waiting = coro.send(None)
+        except StopIteration:
+            return
+        except Exception:  # perform logs state failures; anything else is a bug of ours
+            log.exception("follow-up %s failed", type(job).__name__)
+            return
+        self.start(_rest(coro, waiting))
 
     def start(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` off the response path; ``drain`` waits for it."""
@@ -127,3 +141,34 @@ class Background:
         """Wait for every follow-up in flight (shutdown)."""
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+class _Resumed:
+    """The rest of a coroutine whose first step ran outside any task: awaiting this waits on
+    the future it yielded first (as the task running it would have), then drives it on."""
+
+    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+        self.coro, self.waiting = coro, waiting
+
+    def __await__(self) -> Generator[Any, None, None]:
+        # A future keeps the "blocking" mark its own __await__ set before yielding it, so the
+        # task waits on it as it would have; a bare yield (asyncio.sleep(0)) yields None.
+        # Then as ``yield from``: sends and throws (a cancellation) go to the coroutine.
+        coro, pending = self.coro, self.waiting
+        while True:
+            try:
+                yield pending
+            except BaseException as exc:
+                try:
+                    pending = coro.throw(exc)
+                except StopIteration:
+                    return
+                continue
+            try:
+                pending = coro.send(None)
+            except StopIteration:
+                return
+
+
+async def _rest(coro: Coroutine[Any, Any, None], waiting: Any) -> None:
+    await _Resumed(coro, waiting)

@@ -48,6 +48,7 @@ def _no_response(request_body_mode: int) -> processing_mode_pb2.ProcessingMode:
     )
 
 
+_COMMON_PHASES = frozenset({"request_headers", "response_headers", "request_body", "response_body"})
 _SKIP_RESPONSE = _no_response(processing_mode_pb2.ProcessingMode.BUFFERED)
 _SKIP_REST = _no_response(processing_mode_pb2.ProcessingMode.NONE)
 
@@ -69,7 +70,8 @@ class Event:
 def _headers(hm: base_pb2.HeaderMap) -> dict[str, str]:
     out: dict[str, str] = {}
     for h in hm.headers:
-        value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+        raw = h.raw_value  # each read of a field makes a new Python object
+        value = raw.decode("utf-8", "replace") if raw else h.value
         key = h.key.lower()
         # Repeated headers fold into one comma-separated value (RFC 9110 s5.3), as Envoy folds
         # them for ext_authz: an identity header sent twice reads as two values, and is
@@ -170,7 +172,14 @@ def _mutation(
 
 def _struct(metadata: Mapping[str, Any]) -> struct_pb2.Struct:
     s = struct_pb2.Struct()
-    s.update({NAMESPACE: dict(metadata)})
+    if all(type(v) is str for v in metadata.values()):
+        # What answers.metadata gives: strings only, set field by field (Struct.update walks
+        # every value through Python-level type dispatch; half the time for these).
+        fields = s.fields[NAMESPACE].struct_value.fields
+        for key, value in metadata.items():
+            fields[key].string_value = value
+    else:
+        s.update({NAMESPACE: dict(metadata)})
     return s
 
 
@@ -199,20 +208,18 @@ def response(reply: Reply) -> ep.ProcessingResponse:
 
 
 def _continue(reply: Continue) -> ep.ProcessingResponse:
-    common = ep.CommonResponse()
-    if reply.set_headers or reply.remove_headers:
-        common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
-    if reply.body is not None:
-        common.body_mutation.body = reply.body
-    if reply.clear_route_cache:
-        common.clear_route_cache = True
     msg = ep.ProcessingResponse()
     phase = reply.phase
-    if phase in ("request_headers", "response_headers") or phase in (
-        "request_body",
-        "response_body",
-    ):
-        getattr(msg, phase).response.CopyFrom(common)
+    if phase in _COMMON_PHASES:
+        # Filled in place (no CommonResponse built apart and copied in): replies are per message.
+        common = getattr(msg, phase).response
+        common.SetInParent()  # an empty CommonResponse still says which phase it answers
+        if reply.set_headers or reply.remove_headers:
+            common.header_mutation.CopyFrom(_mutation(reply.set_headers, reply.remove_headers))
+        if reply.body is not None:
+            common.body_mutation.body = reply.body
+        if reply.clear_route_cache:
+            common.clear_route_cache = True
     elif phase == "request_trailers":
         msg.request_trailers.SetInParent()
     else:

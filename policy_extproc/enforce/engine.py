@@ -30,7 +30,6 @@ from ..llm.catalog import Catalog
 from ..policy.compiler import EffectiveSet
 from ..policy.context import build_context, require_identity
 from ..policy.decision import Decision
-from ..sources.catalog import load_catalog
 from ..sources.store import PolicyStore
 from ..state.base import StateBackend
 from ..state.memory import MemoryState
@@ -63,8 +62,8 @@ class Engine:
         sink: AuditSink,
         config: EngineConfig | None = None,
         *,
+        catalog: Catalog,
         state: StateBackend | None = None,
-        catalog: Catalog | None = None,
         alerts: AlertNotifier | None = None,
         clock: Clock = SYSTEM_CLOCK,
     ) -> None:
@@ -72,7 +71,7 @@ class Engine:
         self.sink = sink
         self.config = config or EngineConfig()
         self.state: StateBackend = state if state is not None else MemoryState()
-        self.catalog = catalog if catalog is not None else load_catalog()
+        self.catalog = catalog  # read by the edge (sources.catalog), never here
         self.degraded_count = 0  # decisions admitted without the state backend (fail open)
         # Set by the server when it stops: a stream cut from then on gets a response record.
         self.stopping = False

@@ -23,8 +23,11 @@ from policy_extproc.enforce.translate import Event
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.policytest import Case, check_case
+from policy_extproc.sources.catalog import load_catalog
 from policy_extproc.sources.store import PolicyStore
 from policy_extproc.state.memory import MemoryState
+
+CATALOG = load_catalog()  # the packaged catalog, read once as the server's edge does
 
 POLICIES = """
 - policy_name: acme_limits
@@ -58,7 +61,7 @@ def state() -> MemoryState:
 
 @pytest.fixture
 def engine(snapshot: Snapshot, state: MemoryState) -> Engine:
-    return Engine(PolicyStore(snapshot=snapshot), RecordingSink(), state=state)
+    return Engine(PolicyStore(snapshot=snapshot), RecordingSink(), catalog=CATALOG, state=state)
 
 
 async def served(engine: Engine, body: bytes, rid: str, headers: dict[str, str]) -> str:

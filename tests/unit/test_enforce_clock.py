@@ -19,7 +19,10 @@ from policy_extproc.enforce.engine import Engine
 from policy_extproc.enforce.translate import Event
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 from policy_extproc.sources.store import PolicyStore
+
+CATALOG = load_catalog()  # the packaged catalog, read once as the server's edge does
 
 ENFORCE = Path(__file__).resolve().parents[2] / "policy_extproc" / "enforce"
 
@@ -151,7 +154,7 @@ BODY = b'{"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hell
 
 def _engine(sink: RecordingSink, clock: Clock) -> Engine:
     snapshot = Snapshot(load_sources([("p.yaml", POLICIES)]))
-    return Engine(PolicyStore(snapshot=snapshot), sink, clock=clock)
+    return Engine(PolicyStore(snapshot=snapshot), sink, catalog=CATALOG, clock=clock)
 
 
 def _headers() -> Event:

@@ -27,8 +27,11 @@ from policy_extproc.llm.response import Usage
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 from policy_extproc.sources.store import PolicyStore
 from policy_extproc.state.base import BudgetSpec
+
+CATALOG = load_catalog()  # the packaged catalog, read once as the server's edge does
 
 POLICIES = """
 - policy_name: acme_budget
@@ -62,7 +65,7 @@ FAR = 1e12  # a monotonic time past every deadline
 def make_engine(sink: RecordingSink, **config: Any) -> Engine:
     snapshot = Snapshot(load_sources([("policies.yaml", POLICIES)]))
     settings = {"response_accounting": "observe", **config}
-    return Engine(PolicyStore(snapshot=snapshot), sink, EngineConfig(**settings))
+    return Engine(PolicyStore(snapshot=snapshot), sink, EngineConfig(**settings), catalog=CATALOG)
 
 
 @pytest.fixture

@@ -33,7 +33,10 @@ from policy_extproc.errors import ProtocolError
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.decision import Decision
 from policy_extproc.policy.loader import load_sources
+from policy_extproc.sources.catalog import load_catalog
 from policy_extproc.sources.store import PolicyStore
+
+CATALOG = load_catalog()  # the packaged catalog, read once as the server's edge does
 
 POLICIES = """
 - policy_name: acme_base
@@ -69,7 +72,7 @@ def sink() -> RecordingSink:
 
 def make_engine(sink: RecordingSink, **config: Any) -> Engine:
     snapshot = Snapshot(load_sources([("policies.yaml", POLICIES)]))
-    return Engine(PolicyStore(snapshot=snapshot), sink, EngineConfig(**config))
+    return Engine(PolicyStore(snapshot=snapshot), sink, EngineConfig(**config), catalog=CATALOG)
 
 
 @pytest.fixture
@@ -691,7 +694,7 @@ rules:
 
 def limited_engine(sink: RecordingSink) -> Engine:
     snapshot = Snapshot(load_sources([("limits.yaml", LIMITS)]))
-    return Engine(PolicyStore(snapshot=snapshot), sink)
+    return Engine(PolicyStore(snapshot=snapshot), sink, catalog=CATALOG)
 
 
 async def test_a_rate_limit_throttles_with_a_429_and_its_headers(sink: RecordingSink) -> None:
@@ -760,7 +763,9 @@ async def test_response_phases_are_skipped_only_when_no_rule_reads_them(
     assert counted.skip_response is True  # a request count is final once admitted
     tokens = "{type: rate_limit, id: t, per: user, tokens: 1000, window: minute}"
     policy = f"policy_name: p\norg: acme\nrules:\n  - {tokens}\n"
-    engine = Engine(PolicyStore(snapshot=Snapshot(load_sources([("t.yaml", policy)]))), sink)
+    engine = Engine(
+        PolicyStore(snapshot=Snapshot(load_sources([("t.yaml", policy)]))), sink, catalog=CATALOG
+    )
     metered = ExtProcStream(engine)
     reply = as_continue(await metered.handle(req_headers(chat("hi"), extra={"x-user-id": "u"})))
     assert reply.skip_response is False  # a token limit settles on the response's usage
@@ -816,7 +821,7 @@ rules:
 
 async def test_pii_is_masked_counted_and_never_recorded(sink: RecordingSink) -> None:
     snapshot = Snapshot(load_sources([("privacy.yaml", PRIVACY)]))
-    stream = ExtProcStream(Engine(PolicyStore(snapshot=snapshot), sink))
+    stream = ExtProcStream(Engine(PolicyStore(snapshot=snapshot), sink, catalog=CATALOG))
     prompt = "Mail bob@example.com and ann@example.org about SSN 123-45-6789"
     reply = as_continue(await send_request(stream, chat(prompt)))
     assert reply.body is not None
@@ -841,7 +846,7 @@ async def test_a_request_is_decided_on_the_snapshot_in_force_at_its_headers(
 
     store = PolicyStore(snapshot=snapshot("redact"))
     before = store.current.version
-    stream = ExtProcStream(Engine(store, sink))
+    stream = ExtProcStream(Engine(store, sink, catalog=CATALOG))
     as_continue(await stream.handle(req_headers(chat("a memo"))))
     store.swap(snapshot("block"))  # between the headers and the body
     reply = as_continue(await stream.handle(req_body(chat("a memo"))))
@@ -849,7 +854,9 @@ async def test_a_request_is_decided_on_the_snapshot_in_force_at_its_headers(
     assert sink.records[-1].policy_version == before
     # The next request starts on the new set.
     assert (
-        as_immediate(await send_request(ExtProcStream(Engine(store, sink)), chat("memo"))).status
+        as_immediate(
+            await send_request(ExtProcStream(Engine(store, sink, catalog=CATALOG)), chat("memo"))
+        ).status
         == 403
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .compiler import EffectiveSet, Snapshot
+from .compiler import EffectiveSet
 from .decision import NO_STATE, Decision, RequestContext, StateOutcome, combine
 from .findings import Findings, TextPart
 from .rules import KINDS
@@ -52,10 +52,4 @@ def decide(
     )
 
 
-def evaluate(snapshot: Snapshot, ctx: RequestContext) -> Decision:
-    """The decision of the request-only rules for ``ctx`` under ``snapshot``."""
-    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-    return decide(es, ctx, check_request(es, ctx))
-
-
-__all__ = ["Findings", "TextPart", "check_request", "check_response", "decide", "evaluate"]
+__all__ = ["Findings", "TextPart", "check_request", "check_response", "decide"]

@@ -18,9 +18,9 @@ from policy_extproc.llm.request import LlmRequest, PromptPart
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
 from policy_extproc.policy.decision import Decision
-from policy_extproc.policy.evaluator import evaluate
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.sources.catalog import load_catalog
+from tests.policy_eval import evaluate
 
 POLICIES = [
     {

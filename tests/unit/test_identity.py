@@ -23,10 +23,10 @@ from policy_extproc.policy.context import (
     build_context,
     require_identity,
 )
-from policy_extproc.policy.evaluator import evaluate
 from policy_extproc.policy.identity import canonical
 from policy_extproc.policy.loader import load_sources, read_sources
 from policy_extproc.sources.catalog import load_catalog
+from tests.policy_eval import evaluate
 from tests.unit.test_policy_evaluate import group_cases, run_case
 
 

@@ -23,9 +23,9 @@ from policy_extproc.llm.catalog_file import parse_catalog
 from policy_extproc.llm.request import LlmRequest, parse_request
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
-from policy_extproc.policy.evaluator import evaluate
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.sources.catalog import load_catalog
+from tests.policy_eval import evaluate
 
 DEFAULT_CATALOG = Path(__file__).resolve().parents[2] / "policy_extproc/llm/default_catalog.yaml"
 

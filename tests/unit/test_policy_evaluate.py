@@ -24,10 +24,11 @@ from policy_extproc.llm.request import dotted, parse_request, rewrite_request
 from policy_extproc.policy.compiler import Snapshot
 from policy_extproc.policy.context import build_context
 from policy_extproc.policy.decision import Decision, Fired, combine
-from policy_extproc.policy.evaluator import check_request, decide, evaluate
+from policy_extproc.policy.evaluator import check_request, decide
 from policy_extproc.policy.explain import explain
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.sources.catalog import load_catalog
+from tests.policy_eval import evaluate
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "policy"
 CASES = DATA / "cases"

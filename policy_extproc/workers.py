@@ -6,6 +6,17 @@ one writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...)
 state in Redis, which is why more than one worker needs ``--redis`` (in-process counters would
 give each worker its own limits). Only worker 0 serves the admin API; metrics, when on, are
 served by worker i on the configured port + i (or each on a free port, with port 0).
+
+Redis: per request a worker makes exactly the calls one process makes (the same engine: one
+admit, one reconcile or release, the breaker reads its rules ask for, one XADD to the decision
+stream), so N workers cost Redis nothing more per request (tests/integration/test_workers.py
+counts them). In the background, what one process does on a timer N workers would do N times:
+so each worker polls the pushed-policy version every N x ``policy_poll_s`` and sweeps lost
+reservations every N x ``server.SWEEP_S``, and together they poll and sweep as often as one
+process. Announced policy changes still reach every worker at once (each has its pub/sub
+subscription, re-read after every reconnection); only a lost announcement waits longer for the
+poll. What stays per worker: the subscription's keep-alive PING (every 5 s while idle) and the
+connections of each worker's own pool (each opened once, with redis-py's CLIENT SETINFO).
 """
 
 from __future__ import annotations
@@ -20,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from .logformat import LogFormat, configure, configured_format
-from .server import ServerConfig, serve
+from .server import SWEEP_S, ServerConfig, serve
 
 log = logging.getLogger(__name__)
 
@@ -29,9 +40,9 @@ class WorkersError(ValueError):
     pass
 
 
-def worker_config(config: ServerConfig, index: int) -> ServerConfig:
-    """The configuration of worker ``index``."""
-    changes: dict[str, Any] = {}
+def worker_config(config: ServerConfig, index: int, workers: int = 1) -> ServerConfig:
+    """The configuration of worker ``index`` of ``workers``."""
+    changes: dict[str, Any] = {"policy_poll_s": config.policy_poll_s * workers}
     if config.audit_log and config.audit_log != "-":  # "-": every worker on stdout
         path = Path(config.audit_log)
         changes["audit_log"] = str(path.with_name(f"{path.stem}-{index}{path.suffix}"))
@@ -46,9 +57,9 @@ def worker_config(config: ServerConfig, index: int) -> ServerConfig:
     return replace(config, **changes)
 
 
-def _worker(config: ServerConfig, level: int, fmt: LogFormat) -> None:
+def _worker(config: ServerConfig, level: int, fmt: LogFormat, workers: int = 1) -> None:
     configure(level, fmt, worker=multiprocessing.current_process().name)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, sweep_s=SWEEP_S * workers))
 
 
 def run(config: ServerConfig, workers: int) -> int:
@@ -65,7 +76,7 @@ def run(config: ServerConfig, workers: int) -> int:
     procs = [
         ctx.Process(
             target=_worker,
-            args=(worker_config(config, i), level, configured_format()),
+            args=(worker_config(config, i, workers), level, configured_format(), workers),
             name=f"worker-{i}",
         )
         for i in range(workers)

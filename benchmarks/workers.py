@@ -177,9 +177,11 @@ async def run_round(
         split = f" split {t.splits[-1]}" if t.sidecar and t.splits else ""
         print(f"{res.row(t.name)}   round {n}{split} {codes}", flush=True)
         if args.closed:
+            split0 = worker_split(t.sidecar, {})[0] if t.sidecar else {}
             c = await closed_loop("127.0.0.1", t.envoy.port, raw, args.concurrency, args.duration)
             t.closed.append(c)
-            print(f"{c.row(t.name)}   round {n}", flush=True)
+            split = f" split {worker_split(t.sidecar, split0)[1]}" if t.sidecar else ""
+            print(f"{c.row(t.name)}   round {n}{split}", flush=True)
 
 
 def summary(targets: list[Target]) -> None:

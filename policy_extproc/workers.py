@@ -1,16 +1,20 @@
 """``serve --workers N``: N sidecar processes on one port, for more than one core.
 
 gRPC binds with SO_REUSEPORT on Linux, so the kernel spreads Envoy's connections over the
-workers. Each worker is a whole sidecar: its own event loop, its own audit log (a hash chain is
-one writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...), and the shared
+workers: connections, not streams. Each Envoy worker thread holds one HTTP/2 connection to the
+sidecar, so an Envoy with ``--concurrency 1`` feeds one worker only (benchmarks/workers.py
+shows the split), unless its cluster's ``max_concurrent_streams`` makes it open more.
+
+Each worker is a whole sidecar: its own event loop, its own audit log (a hash chain is one
+writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...), and the shared
 state in Redis, which is why more than one worker needs ``--redis`` (in-process counters would
 give each worker its own limits). Only worker 0 serves the admin API; metrics, when on, are
 served by worker i on the configured port + i (or each on a free port, with port 0).
 
-Redis: per request a worker makes exactly the calls one process makes (the same engine: one
-admit, one reconcile or release, the breaker reads its rules ask for, one XADD to the decision
-stream), so N workers cost Redis nothing more per request (tests/integration/test_workers.py
-counts them). In the background, what one process does on a timer N workers would do N times:
+Redis: per request a worker makes exactly the calls one process makes (the same engine: the
+state scripts its rules ask for, one XADD to the decision stream per audit record), so N
+workers cost Redis nothing more per request (tests/integration/test_workers.py counts them).
+In the background, what one process does on a timer N workers would do N times:
 so each worker polls the pushed-policy version every N x ``policy_poll_s`` and sweeps lost
 reservations every N x ``server.SWEEP_S``, and together they poll and sweep as often as one
 process. Announced policy changes still reach every worker at once (each has its pub/sub

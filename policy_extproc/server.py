@@ -58,8 +58,6 @@ _GRPC_OVERHEAD = 1024 * 1024
 LIVENESS = "liveness"
 # While Redis was down at start, the pushed policies are read again this often.
 REDIS_RETRY_S = 1.0
-# Lost reservations are swept this often (each of N workers sweeps N times less often).
-SWEEP_S = 30.0
 
 
 class Sidecar:
@@ -67,7 +65,6 @@ class Sidecar:
 
     def __init__(self, config: ServerConfig, *, sinks: list[AuditSink] | None = None) -> None:
         self.config = config
-        self.sweep_s = SWEEP_S
         self.store = PolicyStore(config.policies)
         self.control = ControlPlane(
             self.store,
@@ -351,7 +348,7 @@ class Sidecar:
         # Reservations whose response never came (sidecar restarted mid-request, stream lost)
         # go back after their ttl; admit and reconcile also sweep their own org lazily.
         while True:
-            await asyncio.sleep(self.sweep_s)
+            await asyncio.sleep(self.config.reservation_sweep_s)
             try:
                 await self.engine.state.expire_reservations()
             except StateError as exc:
@@ -388,10 +385,9 @@ class Sidecar:
             await self.metrics.close()  # last: the final counts stay scrapable while draining
 
 
-async def serve(config: ServerConfig, *, sweep_s: float = SWEEP_S) -> None:
+async def serve(config: ServerConfig) -> None:
     """Run until SIGTERM or SIGINT."""
     sidecar = Sidecar(config)
-    sidecar.sweep_s = sweep_s
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Before start: a SIGTERM that comes as soon as "serving on" is logged still drains.

@@ -16,7 +16,7 @@ state scripts its rules ask for, one XADD to the decision stream per audit recor
 workers cost Redis nothing more per request (tests/integration/test_workers.py counts them).
 In the background, what one process does on a timer N workers would do N times:
 so each worker polls the pushed-policy version every N x ``policy_poll_s`` and sweeps lost
-reservations every N x ``server.SWEEP_S``, and together they poll and sweep as often as one
+reservations every N x ``reservation_sweep_s``, and together they poll and sweep as often as one
 process. Announced policy changes still reach every worker at once (each has its pub/sub
 subscription, re-read after every reconnection); only a lost announcement waits longer for the
 poll. What stays per worker: the subscription's keep-alive PING (every 5 s while idle) and the
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from .logformat import LogFormat, configure, configured_format
-from .server import SWEEP_S, ServerConfig, serve
+from .server import ServerConfig, serve
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,10 @@ class WorkersError(ValueError):
 
 def worker_config(config: ServerConfig, index: int, workers: int = 1) -> ServerConfig:
     """The configuration of worker ``index`` of ``workers``."""
-    changes: dict[str, Any] = {"policy_poll_s": config.policy_poll_s * workers}
+    changes: dict[str, Any] = {
+        "policy_poll_s": config.policy_poll_s * workers,
+        "reservation_sweep_s": config.reservation_sweep_s * workers,
+    }
     if config.audit_log and config.audit_log != "-":  # "-": every worker on stdout
         path = Path(config.audit_log)
         changes["audit_log"] = str(path.with_name(f"{path.stem}-{index}{path.suffix}"))
@@ -61,9 +64,9 @@ def worker_config(config: ServerConfig, index: int, workers: int = 1) -> ServerC
     return replace(config, **changes)
 
 
-def _worker(config: ServerConfig, level: int, fmt: LogFormat, workers: int = 1) -> None:
+def _worker(config: ServerConfig, level: int, fmt: LogFormat) -> None:
     configure(level, fmt, worker=multiprocessing.current_process().name)
-    asyncio.run(serve(config, sweep_s=SWEEP_S * workers))
+    asyncio.run(serve(config))
 
 
 def run(config: ServerConfig, workers: int) -> int:
@@ -80,7 +83,7 @@ def run(config: ServerConfig, workers: int) -> int:
     procs = [
         ctx.Process(
             target=_worker,
-            args=(worker_config(config, i, workers), level, configured_format(), workers),
+            args=(worker_config(config, i, workers), level, configured_format()),
             name=f"worker-{i}",
         )
         for i in range(workers)

@@ -121,14 +121,19 @@ def test_each_worker_gets_its_own_audit_log_and_metrics_port() -> None:
     assert {worker_config(free, i).metrics_listen for i in range(3)} == {"127.0.0.1:0"}
 
 
-def test_n_workers_poll_the_pushed_policies_as_often_as_one_process() -> None:
+def test_n_workers_poll_and_sweep_as_often_as_one_process() -> None:
     from policy_extproc.server import ServerConfig
     from policy_extproc.workers import worker_config
 
-    base = ServerConfig(policies=("p",), policy_poll_s=5.0)
-    assert worker_config(base, 0).policy_poll_s == 5.0  # one process: as configured
-    # Three workers, each every 15 s: together one poll per 5 s, as one process.
-    assert {worker_config(base, i, 3).policy_poll_s for i in range(3)} == {15.0}
+    base = ServerConfig(policies=("p",), policy_poll_s=5.0, reservation_sweep_s=30.0)
+    one = worker_config(base, 0)  # one process: as configured
+    assert (one.policy_poll_s, one.reservation_sweep_s) == (5.0, 30.0)
+    # Three workers, each every 15 s (90 s): together once per 5 s (30 s), as one process.
+    three = {
+        (c.policy_poll_s, c.reservation_sweep_s)
+        for c in (worker_config(base, i, 3) for i in range(3))
+    }
+    assert three == {(15.0, 90.0)}
 
 
 # Commands that are not the request path: connection set-up, the policy version poll and the

@@ -347,7 +347,7 @@ class Sidecar:
     async def _sweep_reservations(self) -> None:
         # Expired reservations go back; answers no observe stream reported are charged (observe.py)
         while True:
-            await asyncio.sleep(min(30.0, self.config.observe_timeout_s / 4))
+            await asyncio.sleep(self.config.sweep_every_s)
             try:
                 await self.engine.state.expire_reservations()
                 await self.engine.observer.sweep()

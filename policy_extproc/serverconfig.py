@@ -51,6 +51,8 @@ class ServerConfig:
     # (the dashboard reads it: the decisions of all replicas); 0: no stream.
     decision_stream_max: int = 100_000
     policy_poll_s: float = 5.0
+    # Reservations whose answer never came are swept this often (--workers N: N x per worker).
+    reservation_sweep_s: float = 30.0
     # TLS on the ext_proc/ext_authz listener and on the admin API (None: plaintext); with a
     # client CA, mTLS. The files are re-read when they change (tls.py).
     tls: TlsFiles | None = None
@@ -74,6 +76,12 @@ class ServerConfig:
     # Who reads answers for budgets and token limits (enforce/config.py, enforce/observe.py).
     response_accounting: str = "inline"
     observe_timeout_s: float = 300.0
+
+    @property
+    def sweep_every_s(self) -> float:
+        """How often expired reservations and unobserved answers are swept: often enough that
+        an answer no observe stream reports is charged soon after its timeout."""
+        return min(self.reservation_sweep_s, self.observe_timeout_s / 4)
 
     def engine_config(self) -> EngineConfig:
         """What the engine is given of this configuration."""

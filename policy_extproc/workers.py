@@ -1,11 +1,26 @@
 """``serve --workers N``: N sidecar processes on one port, for more than one core.
 
 gRPC binds with SO_REUSEPORT on Linux, so the kernel spreads Envoy's connections over the
-workers. Each worker is a whole sidecar: its own event loop, its own audit log (a hash chain is
-one writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...), and the shared
+workers: connections, not streams. Each Envoy worker thread holds one HTTP/2 connection to the
+sidecar, so an Envoy with ``--concurrency 1`` feeds one worker only (benchmarks/workers.py
+shows the split), unless its cluster's ``max_concurrent_streams`` makes it open more.
+
+Each worker is a whole sidecar: its own event loop, its own audit log (a hash chain is one
+writer's: ``audit.jsonl`` becomes ``audit-0.jsonl``, ``audit-1.jsonl``, ...), and the shared
 state in Redis, which is why more than one worker needs ``--redis`` (in-process counters would
 give each worker its own limits). Only worker 0 serves the admin API; metrics, when on, are
 served by worker i on the configured port + i (or each on a free port, with port 0).
+
+Redis: per request a worker makes exactly the calls one process makes (the same engine: the
+state scripts its rules ask for, one XADD to the decision stream per audit record), so N
+workers cost Redis nothing more per request (tests/integration/test_workers.py counts them).
+In the background, what one process does on a timer N workers would do N times:
+so each worker polls the pushed-policy version every N x ``policy_poll_s`` and sweeps lost
+reservations every N x ``reservation_sweep_s``, and together they poll and sweep as often as one
+process. Announced policy changes still reach every worker at once (each has its pub/sub
+subscription, re-read after every reconnection); only a lost announcement waits longer for the
+poll. What stays per worker: the subscription's keep-alive PING (every 5 s while idle) and the
+connections of each worker's own pool (each opened once, with redis-py's CLIENT SETINFO).
 """
 
 from __future__ import annotations
@@ -29,9 +44,12 @@ class WorkersError(ValueError):
     pass
 
 
-def worker_config(config: ServerConfig, index: int) -> ServerConfig:
-    """The configuration of worker ``index``."""
-    changes: dict[str, Any] = {}
+def worker_config(config: ServerConfig, index: int, workers: int = 1) -> ServerConfig:
+    """The configuration of worker ``index`` of ``workers``."""
+    changes: dict[str, Any] = {
+        "policy_poll_s": config.policy_poll_s * workers,
+        "reservation_sweep_s": config.reservation_sweep_s * workers,
+    }
     if config.audit_log and config.audit_log != "-":  # "-": every worker on stdout
         path = Path(config.audit_log)
         changes["audit_log"] = str(path.with_name(f"{path.stem}-{index}{path.suffix}"))
@@ -65,7 +83,7 @@ def run(config: ServerConfig, workers: int) -> int:
     procs = [
         ctx.Process(
             target=_worker,
-            args=(worker_config(config, i), level, configured_format()),
+            args=(worker_config(config, i, workers), level, configured_format()),
             name=f"worker-{i}",
         )
         for i in range(workers)

@@ -244,3 +244,40 @@ def test_no_labelled_sentence_is_shipped() -> None:
     shipped |= {key(x) for xs in topic_data.LIBRARY.values() for x in xs}
     assert len(labelled) > 350 and len(shipped) > 300
     assert sorted(labelled & shipped) == []
+
+
+def test_word_pass_from_the_pieces_equals_the_word_pass_over_the_text() -> None:
+    """The shipped model keeps the white-space pieces it cut in the spans, and the word pass
+    reads them (remembered per piece); plain spans (nothing kept) take the words of the text:
+    the same scores, bit for bit, cold and warm, and the text is read where the pieces would
+    not say its words (lower case changes the length, a run over 48 characters was cut)."""
+    from policy_extproc.detect.semantic.embedder import words_pieces
+    from policy_extproc.detect.semantic.text import Sentences
+
+    emb, specs = load_embedder(), _specs()
+    rng = random.Random(9)
+    tune = _tune_texts()
+    texts = ["\n".join(rng.sample(tune, 12)).upper() for _ in range(4)]
+    texts += [" ".join(rng.sample(tune, 6)) + " x" * 3 for _ in range(4)]
+    texts += ["İstanbul: should I buy ETH now? Dump my ETH or hold!",
+              "buy bitcoin " + "ETH" * 30 + " now, dump my ETH.", "", "  .  ;; \u3000 !",
+              "snake_case words, tabs\tand\u00a0nbsp: hold_my_eth or sell?"]  # fmt: skip
+    fast, plain = TopicClassifier(emb, specs), TopicClassifier(emb, specs)
+    read_pieces = 0
+    for _ in range(2):  # new pieces, then remembered ones
+        for text in texts:
+            spans = sentence_spans(text)
+            vecs = emb.embed_spans(text, spans)
+            read_pieces += words_pieces(text, spans) is not None
+            got = fast.score_matrix(Sentences(text, spans, vecs))
+            want = plain.score_matrix(Sentences(text, list(spans), vecs))
+            assert np.array_equal(got, want), text
+    assert read_pieces == 2 * (len(texts) - 2)  # all but the two texts read again
+    assert fast._piece_rows and not plain._piece_rows
+    assert words_pieces("İ x", sentence_spans("İ x")) is None  # nothing kept: never embedded
+
+
+def test_no_white_space_is_a_word_character() -> None:
+    """Why a span's words are its pieces' words: ``str.split`` never cuts inside a word."""
+    word = re.compile(r"\w")
+    assert [c for c in range(0x110000) if chr(c).split() == [] and word.match(chr(c))] == []

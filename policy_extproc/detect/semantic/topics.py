@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import topic_data
-from .embedder import Embedder, Vectors, columns, embed_texts
+from .embedder import Embedder, Vectors, columns, embed_texts, words_pieces
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47
@@ -62,7 +62,7 @@ under up us use very want was way we well were what when where which while who w
 would yes you your
 """.split()  # noqa: SIM905 (a word list reads better as text)
 )
-_WORD_CACHE_LIMIT = 20_000  # words remembered per rule: 20,000 x topics floats
+_WORD_CACHE_LIMIT = 20_000  # words, and pieces, remembered per rule: 20,000 x topics floats each
 _OFFSET = 0.5
 # A word counts only where it is nearer a topic word than _WORD_FLOOR and than every neighbour
 # word: rare words (names, units) sit far from everything, and a margin over far neighbours
@@ -183,8 +183,9 @@ def _lower(text: str) -> str:
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
-    __slots__ = ("_cols", "_emb", "_ex_offset", "_ex_owner", "_memo", "_n_ex", "_n_tw", "_tw_owner",
-                 "_wcols", "_word_rows", "names", "thresholds")  # fmt: skip
+    __slots__ = ("_cols", "_emb", "_ex_offset", "_ex_owner", "_memo", "_n_ex", "_n_tw",
+                 "_piece_rows", "_tw_owner", "_wcols", "_word_rows", "names",
+                 "thresholds")  # fmt: skip
 
     def __init__(self, embedder: Embedder, topics: Sequence[TopicSpec],
                  background: Sequence[str] = BACKGROUND,
@@ -218,6 +219,7 @@ class TopicClassifier:
         # atomic, two threads that meet a new word at once store equal rows, and the bound is
         # checked before a set (it may be passed by a few words, never grown without end).
         self._word_rows: dict[str, bytes] = {}
+        self._piece_rows: dict[str, bytes] = {}  # piece -> the best row of its words, alike
         self._memo: Memo[list[tuple[int, float, Span]]] = Memo()
 
     def _word_margins(self, words: list[str]) -> Vectors:
@@ -232,17 +234,26 @@ class TopicClassifier:
 
     def _word_scores(self, sentences: list[list[str]]) -> Vectors:
         """Per sentence and topic, the best word margin: one gather and one segmented max."""
+        return self._best(sentences, self._word_rows, self._word_margins)
+
+    def _piece_margins(self, pieces: list[str]) -> Vectors:
+        """Per white-space piece and topic, the best margin of its words (0 without words)."""
+        return self._word_scores([_WORD.findall(p) for p in pieces])
+
+    def _best(self, sentences: list[list[str]], known: dict[str, bytes],
+              margins: Callable[[list[str]], Vectors]) -> Vectors:  # fmt: skip
+        """Per sentence and topic, the max of its units' rows (words or pieces), a unit's row
+        computed once by ``margins`` and remembered in ``known`` (bounded)."""
         n = len(self.names)
         out = np.zeros((len(sentences), n), np.float32)
         flat = [w for ws in sentences for w in ws]
         if not flat:
             return out
-        known = self._word_rows
         index = {w: k for k, w in enumerate(dict.fromkeys(flat))}  # distinct, in order
         rows = list(map(known.get, index))
         if None in rows:
             new = [w for w, r in zip(index, rows, strict=True) if r is None]
-            fresh = dict(zip(new, map(bytes, self._word_margins(new)), strict=True))
+            fresh = dict(zip(new, map(bytes, margins(new)), strict=True))
             rows = [fresh[w] if r is None else r for w, r in zip(index, rows, strict=True)]
             for w, margins in fresh.items():
                 if len(known) >= _WORD_CACHE_LIMIT:
@@ -255,6 +266,16 @@ class TopicClassifier:
         has = counts > 0
         out[has] = np.maximum.reduceat(table, starts[has], axis=0)
         return out
+
+    def _sentence_words(self, sentences: Sentences, low: str) -> Vectors:
+        """Per sentence and topic, the best word margin, from the white-space pieces the
+        embedding cut (a piece's best is remembered: most pieces are a word, with or without
+        its punctuation), or from the words of ``low`` (``_lower(sentences.text)``). The max
+        over the pieces' maxes is the max over the words (margins are >= 0): the same rows."""
+        per = words_pieces(sentences.text, sentences.spans)
+        if per is not None:
+            return self._best(per, self._piece_rows, self._piece_margins)
+        return self._word_scores([_WORD.findall(low, s, e) for s, e in sentences.spans])
 
     def hits_in(self, text: str,
                 sentences: Callable[[], Sentences]) -> list[tuple[int, float, Span]]:  # fmt: skip
@@ -296,7 +317,7 @@ class TopicClassifier:
             np.maximum(neighbour, sims[:, self._n_ex :].max(axis=1)[:, None], out=neighbour)
         low = _lower(sentences.text)
         score = _OFFSET + (mine - neighbour)
-        score += self._word_scores([_WORD.findall(low, s, e) for s, e in spans])
+        score += self._sentence_words(sentences, low)
         for i in np.nonzero(score.max(axis=1) >= floor)[0]:
             if _generic(low, *spans[i]):
                 score[i] -= _GENERIC

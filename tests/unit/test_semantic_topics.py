@@ -281,3 +281,25 @@ def test_no_white_space_is_a_word_character() -> None:
     """Why a span's words are its pieces' words: ``str.split`` never cuts inside a word."""
     word = re.compile(r"\w")
     assert [c for c in range(0x110000) if chr(c).split() == [] and word.match(chr(c))] == []
+
+
+def test_remembered_rows_are_the_computed_ones_within_and_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(topics, "_WORD_CACHE_LIMIT", 3)
+    rows = topics._Rows(2)
+    asked: list[list[str]] = []
+
+    def compute(keys: list[str]) -> np.ndarray:
+        asked.append(keys)
+        return np.asarray([[len(k), ord(k[0])] for k in keys], np.float32)
+
+    keys = ["bb", "a", "bb", "ccc", "dddd", "a", "ee"]
+    want = compute(keys)
+    asked.clear()
+    assert np.array_equal(rows.gather(keys, compute), want)
+    assert asked == [["bb", "a", "ccc", "dddd", "ee"]]  # distinct, in order, once
+    assert len(rows) == 3  # the bound: "dddd" and "ee" computed, not kept
+    assert np.array_equal(rows.gather(keys, compute), want)
+    assert asked[1:] == [["dddd", "ee"]]
+    assert np.array_equal(rows.gather(["a", "bb"], compute), want[[1, 0]]) and len(asked) == 2

@@ -36,6 +36,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, count, repeat
 
 import numpy as np
 
@@ -180,6 +181,52 @@ def _lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
+class _Rows:
+    """Rows remembered by key (a word's margins per topic, or a piece's best), at most
+    ``_WORD_CACHE_LIMIT``: a key's row is looked up as a slot of one table, so a part's rows
+    are one gather. No lock, as ``embedder.StaticEmbedder``'s pieces: the table has room for
+    every row it may keep (zeroed pages: only rows written take memory), a new key's slot is
+    taken from a counter (``next`` on ``itertools.count`` is one C call), its row written, and
+    only then the slot published; a key learnt by two threads at once takes two slots, and
+    both rows are equal."""
+
+    __slots__ = ("_next", "slots", "table")
+
+    def __init__(self, width: int) -> None:
+        self.slots: dict[str, int] = {}
+        self.table = np.zeros((_WORD_CACHE_LIMIT + 1, width), np.float32)  # row 0: unused
+        self._next = count(1)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
+        """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
+        in order of first appearance), once."""
+        slots, n = self.slots, len(keys)
+        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        if at.all():
+            return self.table[at]
+        new = list(dict.fromkeys(k for k, s in zip(keys, at.tolist(), strict=True) if not s))
+        fresh = compute(new)
+        table = self.table
+        for key, row in zip(new, fresh, strict=True):
+            if key in slots:
+                continue
+            slot = next(self._next)
+            if slot >= len(table):  # full: computed from now on, not kept
+                break
+            table[slot] = row
+            slots[key] = slot  # published once its row is written
+        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        out = table[at]
+        if not at.all():
+            extra = dict(zip(new, fresh, strict=True))
+            for k in np.flatnonzero(at == 0).tolist():
+                out[k] = extra[keys[k]]
+        return out
+
+
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
@@ -214,12 +261,9 @@ class TopicClassifier:
         self._n_tw = len(words)
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws], int)
         self._wcols = columns(embed_texts(embedder, [*words, *sorted(bg_words)]))
-        # word -> its margins per topic, as the bytes of a float32 row (a part's rows are then
-        # one ``bytes.join``, not one array per word). No lock: a dict's get and set are
-        # atomic, two threads that meet a new word at once store equal rows, and the bound is
-        # checked before a set (it may be passed by a few words, never grown without end).
-        self._word_rows: dict[str, bytes] = {}
-        self._piece_rows: dict[str, bytes] = {}  # piece -> the best row of its words, alike
+        # word -> its margins per topic; white-space piece -> the best row of its words.
+        self._word_rows = _Rows(len(self.names))
+        self._piece_rows = _Rows(len(self.names))
         self._memo: Memo[list[tuple[int, float, Span]]] = Memo()
 
     def _word_margins(self, words: list[str]) -> Vectors:
@@ -240,29 +284,18 @@ class TopicClassifier:
         """Per white-space piece and topic, the best margin of its words (0 without words)."""
         return self._word_scores([_WORD.findall(p) for p in pieces])
 
-    def _best(self, sentences: list[list[str]], known: dict[str, bytes],
+    def _best(self, sentences: list[list[str]], rows: _Rows,
               margins: Callable[[list[str]], Vectors]) -> Vectors:  # fmt: skip
         """Per sentence and topic, the max of its units' rows (words or pieces), a unit's row
-        computed once by ``margins`` and remembered in ``known`` (bounded)."""
-        n = len(self.names)
-        out = np.zeros((len(sentences), n), np.float32)
-        flat = [w for ws in sentences for w in ws]
+        computed once by ``margins`` and remembered in ``rows``: one gather, one segmented
+        max."""
+        out = np.zeros((len(sentences), len(self.names)), np.float32)
+        flat = list(chain.from_iterable(sentences))
         if not flat:
             return out
-        index = {w: k for k, w in enumerate(dict.fromkeys(flat))}  # distinct, in order
-        rows = list(map(known.get, index))
-        if None in rows:
-            new = [w for w, r in zip(index, rows, strict=True) if r is None]
-            fresh = dict(zip(new, map(bytes, margins(new)), strict=True))
-            rows = [fresh[w] if r is None else r for w, r in zip(index, rows, strict=True)]
-            for w, margins in fresh.items():
-                if len(known) >= _WORD_CACHE_LIMIT:
-                    break
-                known[w] = margins
-        distinct = np.frombuffer(b"".join(rows), np.float32).reshape(len(rows), n)  # type: ignore[arg-type]
-        table = distinct[np.fromiter(map(index.__getitem__, flat), np.int64, len(flat))]
+        table = rows.gather(flat, margins)
         counts = np.fromiter(map(len, sentences), np.int64, len(sentences))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        starts = np.cumsum(counts) - counts
         has = counts > 0
         out[has] = np.maximum.reduceat(table, starts[has], axis=0)
         return out

@@ -15,6 +15,7 @@ with ``safetensors``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -114,6 +115,11 @@ class ShippedModels:
                 emb = load_embedder(INJECTION_MODEL)
                 _DETECTOR.append(InjectionDetector(emb, read_exemplars()))
             return _DETECTOR[0]
+
+    def one_blas_thread(self) -> bool:
+        """OpenBLAS (numpy's) reads OPENBLAS_NUM_THREADS when it loads; the sidecar's command
+        sets it to 1 unless the operator set it (``cli``)."""
+        return os.environ.get("OPENBLAS_NUM_THREADS", "").strip() == "1"
 
     def __reduce__(self) -> tuple[type[ShippedModels], tuple[()]]:
         return (ShippedModels, ())  # a worker process reads the files itself

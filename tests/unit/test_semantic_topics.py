@@ -303,3 +303,43 @@ def test_remembered_rows_are_the_computed_ones_within_and_past_the_bound(
     assert np.array_equal(rows.gather(keys, compute), want)
     assert asked[1:] == [["dddd", "ee"]]
     assert np.array_equal(rows.gather(["a", "bb"], compute), want[[1, 0]]) and len(asked) == 2
+
+
+def test_one_product_when_blas_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told that BLAS runs on one thread, the classifier multiplies in one call, not in blocks:
+    the same scores up to the products' rounding, the same hits; the edge says so from
+    OPENBLAS_NUM_THREADS, and a compile hands it in."""
+    from policy_extproc.policy.compiler import Snapshot
+    from policy_extproc.policy.loader import load_sources
+    from policy_extproc.sources.models import SHIPPED
+    from policy_extproc.sources.secrets import read_secrets
+
+    emb, specs = load_embedder(), _specs()
+    blocked, one = TopicClassifier(emb, specs), TopicClassifier(emb, specs, one_blas_thread=True)
+    calls: list[int] = []
+    real = np.matmul
+    monkeypatch.setattr(
+        topics.np, "matmul", lambda a, b, **kw: calls.append(len(a)) or real(a, b, **kw)
+    )
+    text = "\n".join(_tune_texts())
+    sentences = embed_sentences(emb, text)
+    assert len(sentences.spans) > 8
+    want = blocked.score_matrix(sentences)
+    assert calls and max(calls) < len(sentences.spans)  # blocks
+    calls.clear()
+    got = one.score_matrix(sentences)
+    assert not calls  # one product: ``rows @ cols``
+    assert np.allclose(got, want, atol=1e-5)
+    assert blocked.hits(sentences) == one.hits(sentences)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert SHIPPED.one_blas_thread()
+    policy = (
+        "policy_name: p\norg: acme\nrules:\n  - type: content_filter\n    id: t\n"
+        "    topics:\n      money: {match: semantic, examples: [should I buy this stock]}\n"
+    )
+    snap = Snapshot(load_sources([("p.yaml", policy)]), secrets=read_secrets())
+    built = [e.built for es in [snap.resolve("acme", "", "")] for e in es.semantic["request"]]
+    assert [b._one_thread for b in built] == [True]
+    for value in ("4", ""):
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", value)
+        assert not SHIPPED.one_blas_thread()

@@ -130,12 +130,14 @@ def _adopt(embedder: Embedder, topics: Sequence[TopicSpec],
     return out
 
 
-def _product(rows: Vectors, cols: Vectors) -> Vectors:
-    """``rows @ cols``, in blocks of rows small enough for one BLAS thread each."""
+def _product(rows: Vectors, cols: Vectors, one_thread: bool = False) -> Vectors:
+    """``rows @ cols``, in blocks of rows small enough for one BLAS thread each, unless BLAS
+    runs on ``one_thread`` (then one call: a 72-row product in blocks of 3 rows took about
+    2.5 times as long as one call)."""
     n, inner = rows.shape
     width = cols.shape[1]
     step = max(1, _SINGLE_THREAD_WORK // max(1, inner * width))
-    if n <= step:
+    if n <= step or one_thread:
         return np.asarray(rows @ cols, np.float32)
     out = np.empty((n, width), np.float32)
     for i in range(0, n, step):
@@ -231,13 +233,18 @@ class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
     __slots__ = ("_cols", "_emb", "_ex_offset", "_ex_owner", "_memo", "_n_ex", "_n_tw",
-                 "_piece_rows", "_tw_owner", "_wcols", "_word_rows", "names",
+                 "_one_thread", "_piece_rows", "_tw_owner", "_wcols", "_word_rows", "names",
                  "thresholds")  # fmt: skip
 
     def __init__(self, embedder: Embedder, topics: Sequence[TopicSpec],
                  background: Sequence[str] = BACKGROUND,
-                 library: Mapping[str, Sequence[str]] = LIBRARY) -> None:  # fmt: skip
+                 library: Mapping[str, Sequence[str]] = LIBRARY,
+                 one_blas_thread: bool = False) -> None:  # fmt: skip
+        """``one_blas_thread``: the process's BLAS runs on one thread (told by the edge,
+        ``model.Models.one_blas_thread``), so a request's products need not be cut in blocks
+        (``_product``)."""
         self._emb = embedder
+        self._one_thread = one_blas_thread
         self.names = tuple(t.name for t in topics)
         self.thresholds = tuple(
             t.threshold if t.threshold is not None else DEFAULT_THRESHOLD for t in topics
@@ -268,7 +275,7 @@ class TopicClassifier:
 
     def _word_margins(self, words: list[str]) -> Vectors:
         """Per word and topic: nearest own word minus nearest neighbour word."""
-        sims = _product(embed_texts(self._emb, words), self._wcols)
+        sims = _product(embed_texts(self._emb, words), self._wcols, self._one_thread)
         mine = _group_max(sims[:, : self._n_tw], self._tw_owner, len(self.names))
         neighbour = _others_max(mine)
         if sims.shape[1] > self._n_tw:
@@ -343,7 +350,7 @@ class TopicClassifier:
         n = len(self.names)
         if not n or not spans:
             return np.zeros((len(spans), n), np.float32)
-        sims = _product(vecs, self._cols)
+        sims = _product(vecs, self._cols, self._one_thread)
         mine = _group_max(sims[:, : self._n_ex] + self._ex_offset, self._ex_owner, n)
         neighbour = _others_max(mine)
         if sims.shape[1] > self._n_ex:

@@ -112,7 +112,7 @@ def topics(model: str, split: str) -> None:
     data = yaml.safe_load((DATA / "topics.yaml").read_text())
     emb = load_embedder(model)
     specs = [TopicSpec(name, tuple(t["examples"])) for name, t in data["topics"].items()]
-    clf = TopicClassifier(emb, specs)
+    clf = _classifier(emb, specs)
     unrelated = _splits(data["unrelated"], split)
     print(f"\ntopics, {split} split, model {model}: one rule with {len(specs)} topics, "
           f"default threshold {DEFAULT_THRESHOLD}")  # fmt: skip

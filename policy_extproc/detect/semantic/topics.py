@@ -168,6 +168,12 @@ def _others_max(per_topic: Vectors) -> Vectors:
     return out
 
 
+def _flat(sentences: list[list[str]]) -> tuple[list[str], np.ndarray]:
+    """(every unit in order, how many per sentence)."""
+    counts = np.fromiter(map(len, sentences), np.int64, len(sentences))
+    return list(chain.from_iterable(sentences)), counts
+
+
 def _generic(low: str, start: int, end: int) -> bool:
     """Whether ``low[start:end]`` (lower case) is a general question, not a personal one."""
     sentence = low[start:end]
@@ -285,23 +291,29 @@ class TopicClassifier:
 
     def _word_scores(self, sentences: list[list[str]]) -> Vectors:
         """Per sentence and topic, the best word margin: one gather and one segmented max."""
-        return self._best(sentences, self._word_rows, self._word_margins)
+        return self._best(*_flat(sentences), self._word_rows, self._word_margins)
 
     def _piece_margins(self, pieces: list[str]) -> Vectors:
-        """Per white-space piece and topic, the best margin of its words (0 without words)."""
-        return self._word_scores([_WORD.findall(p) for p in pieces])
+        """Per white-space piece and topic, the best margin of its words (0 without words).
+        The words are gathered in one list: a list per piece kept at once (one per new piece)
+        made the cyclic GC run a full collection every few requests (20 ms)."""
+        findall, words, counts = _WORD.findall, [], []
+        for piece in pieces:
+            found = findall(piece)
+            words += found
+            counts.append(len(found))
+        return self._best(words, np.asarray(counts, np.int64), self._word_rows,
+                          self._word_margins)  # fmt: skip
 
-    def _best(self, sentences: list[list[str]], rows: _Rows,
+    def _best(self, flat: list[str], counts: np.ndarray, rows: _Rows,
               margins: Callable[[list[str]], Vectors]) -> Vectors:  # fmt: skip
-        """Per sentence and topic, the max of its units' rows (words or pieces), a unit's row
-        computed once by ``margins`` and remembered in ``rows``: one gather, one segmented
-        max."""
-        out = np.zeros((len(sentences), len(self.names)), np.float32)
-        flat = list(chain.from_iterable(sentences))
+        """Per sentence and topic, the max of its units' rows (words or pieces: ``flat``,
+        ``counts[i]`` of them for sentence ``i``), a unit's row computed once by ``margins``
+        and remembered in ``rows``: one gather, one segmented max."""
+        out = np.zeros((len(counts), len(self.names)), np.float32)
         if not flat:
             return out
         table = rows.gather(flat, margins)
-        counts = np.fromiter(map(len, sentences), np.int64, len(sentences))
         starts = np.cumsum(counts) - counts
         has = counts > 0
         out[has] = np.maximum.reduceat(table, starts[has], axis=0)
@@ -314,7 +326,7 @@ class TopicClassifier:
         over the pieces' maxes is the max over the words (margins are >= 0): the same rows."""
         per = words_pieces(sentences.text, sentences.spans)
         if per is not None:
-            return self._best(per, self._piece_rows, self._piece_margins)
+            return self._best(*_flat(per), self._piece_rows, self._piece_margins)
         return self._word_scores([_WORD.findall(low, s, e) for s, e in sentences.spans])
 
     def hits_in(self, text: str,

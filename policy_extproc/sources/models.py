@@ -6,6 +6,8 @@
 process, built with the shipped exemplar library. Each is read the first time a policy needs
 it, once per process (tens of MB: never per policy); nothing is ever downloaded. A worker
 process gets a ``ShippedModels`` by pickle and reads the files itself when it compiles.
+It also says whether numpy's BLAS runs on one thread (``one_blas_thread``, from the
+environment OpenBLAS read), which decides how the topics multiply (``topics._product``).
 
 The weights are found through the installed package's files (``find_spec``, which does not
 import the package: wordllama's ``__init__`` configures logging and imports pydantic) and read

@@ -26,6 +26,7 @@ never used to choose thresholds, signals or exemplars; ``tune`` is the part that
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import random
@@ -111,7 +112,7 @@ def topics(model: str, split: str) -> None:
     data = yaml.safe_load((DATA / "topics.yaml").read_text())
     emb = load_embedder(model)
     specs = [TopicSpec(name, tuple(t["examples"])) for name, t in data["topics"].items()]
-    clf = TopicClassifier(emb, specs)
+    clf = _classifier(emb, specs)
     unrelated = _splits(data["unrelated"], split)
     print(f"\ntopics, {split} split, model {model}: one rule with {len(specs)} topics, "
           f"default threshold {DEFAULT_THRESHOLD}")  # fmt: skip
@@ -248,6 +249,15 @@ def cost(iterations: int) -> None:
     print(f"  compile of 100 semantic topics (6 examples each): {time.perf_counter() - t0:.2f} s")
 
 
+def _classifier(emb: object, specs: list[TopicSpec]) -> TopicClassifier:
+    """A classifier as a compile builds it: told whether BLAS runs on one thread, where the
+    checkout's classifier takes it (``--tree`` may be a checkout from before)."""
+    if "one_blas_thread" in inspect.signature(TopicClassifier).parameters:
+        one = os.environ.get("OPENBLAS_NUM_THREADS", "").strip() == "1"
+        return TopicClassifier(emb, specs, one_blas_thread=one)  # type: ignore[arg-type]
+    return TopicClassifier(emb, specs)  # type: ignore[arg-type]
+
+
 def topic_pass(iterations: int) -> None:
     """The topic pass alone: ``hits`` on the sentences (already embedded) of 4 KB texts."""
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
@@ -266,7 +276,7 @@ def topic_pass(iterations: int) -> None:
         return " ".join(words)[:4096]
 
     for fresh in (False, True):
-        clf = TopicClassifier(emb, specs)
+        clf = _classifier(emb, specs)
         texts = [embed_sentences(emb, text(fresh)) for _ in range(iterations + 20)]
         for sentences in texts[:20]:  # warm-up (and, for known words, the word memory)
             clf.hits(sentences)

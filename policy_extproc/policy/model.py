@@ -66,6 +66,11 @@ class Models(Protocol):
         """The prompt-injection detector, with its exemplar library (one per process)."""
         ...
 
+    def one_blas_thread(self) -> bool:
+        """Whether the process's BLAS runs on one thread (the topics' products are then one
+        call each, not blocks small enough for one thread)."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Secrets:

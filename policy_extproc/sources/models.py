@@ -6,6 +6,8 @@
 process, built with the shipped exemplar library. Each is read the first time a policy needs
 it, once per process (tens of MB: never per policy); nothing is ever downloaded. A worker
 process gets a ``ShippedModels`` by pickle and reads the files itself when it compiles.
+It also says whether numpy's BLAS runs on one thread (``one_blas_thread``, from the
+environment OpenBLAS read), which decides how the topics multiply (``topics._product``).
 
 The weights are found through the installed package's files (``find_spec``, which does not
 import the package: wordllama's ``__init__`` configures logging and imports pydantic) and read
@@ -15,6 +17,7 @@ with ``safetensors``.
 from __future__ import annotations
 
 import importlib.util
+import os
 import threading
 from importlib import resources
 from pathlib import Path
@@ -114,6 +117,11 @@ class ShippedModels:
                 emb = load_embedder(INJECTION_MODEL)
                 _DETECTOR.append(InjectionDetector(emb, read_exemplars()))
             return _DETECTOR[0]
+
+    def one_blas_thread(self) -> bool:
+        """OpenBLAS (numpy's) reads OPENBLAS_NUM_THREADS when it loads; the sidecar's command
+        sets it to 1 unless the operator set it (``cli``)."""
+        return os.environ.get("OPENBLAS_NUM_THREADS", "").strip() == "1"
 
     def __reduce__(self) -> tuple[type[ShippedModels], tuple[()]]:
         return (ShippedModels, ())  # a worker process reads the files itself

@@ -244,3 +244,102 @@ def test_no_labelled_sentence_is_shipped() -> None:
     shipped |= {key(x) for xs in topic_data.LIBRARY.values() for x in xs}
     assert len(labelled) > 350 and len(shipped) > 300
     assert sorted(labelled & shipped) == []
+
+
+def test_word_pass_from_the_pieces_equals_the_word_pass_over_the_text() -> None:
+    """The shipped model keeps the white-space pieces it cut in the spans, and the word pass
+    reads them (remembered per piece); plain spans (nothing kept) take the words of the text:
+    the same scores, bit for bit, cold and warm, and the text is read where the pieces would
+    not say its words (lower case changes the length, a run over 48 characters was cut)."""
+    from policy_extproc.detect.semantic.embedder import words_pieces
+    from policy_extproc.detect.semantic.text import Sentences
+
+    emb, specs = load_embedder(), _specs()
+    rng = random.Random(9)
+    tune = _tune_texts()
+    texts = ["\n".join(rng.sample(tune, 12)).upper() for _ in range(4)]
+    texts += [" ".join(rng.sample(tune, 6)) + " x" * 3 for _ in range(4)]
+    texts += ["İstanbul: should I buy ETH now? Dump my ETH or hold!",
+              "buy bitcoin " + "ETH" * 30 + " now, dump my ETH.", "", "  .  ;; \u3000 !",
+              "snake_case words, tabs\tand\u00a0nbsp: hold_my_eth or sell?"]  # fmt: skip
+    fast, plain = TopicClassifier(emb, specs), TopicClassifier(emb, specs)
+    read_pieces = 0
+    for _ in range(2):  # new pieces, then remembered ones
+        for text in texts:
+            spans = sentence_spans(text)
+            vecs = emb.embed_spans(text, spans)
+            read_pieces += words_pieces(text, spans) is not None
+            got = fast.score_matrix(Sentences(text, spans, vecs))
+            want = plain.score_matrix(Sentences(text, list(spans), vecs))
+            assert np.array_equal(got, want), text
+    assert read_pieces == 2 * (len(texts) - 2)  # all but the two texts read again
+    assert fast._piece_rows and not plain._piece_rows
+    assert words_pieces("İ x", sentence_spans("İ x")) is None  # nothing kept: never embedded
+
+
+def test_no_white_space_is_a_word_character() -> None:
+    """Why a span's words are its pieces' words: ``str.split`` never cuts inside a word."""
+    word = re.compile(r"\w")
+    assert [c for c in range(0x110000) if chr(c).split() == [] and word.match(chr(c))] == []
+
+
+def test_remembered_rows_are_the_computed_ones_within_and_past_the_bound(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(topics, "_WORD_CACHE_LIMIT", 3)
+    rows = topics._Rows(2)
+    asked: list[list[str]] = []
+
+    def compute(keys: list[str]) -> np.ndarray:
+        asked.append(keys)
+        return np.asarray([[len(k), ord(k[0])] for k in keys], np.float32)
+
+    keys = ["bb", "a", "bb", "ccc", "dddd", "a", "ee"]
+    want = compute(keys)
+    asked.clear()
+    assert np.array_equal(rows.gather(keys, compute), want)
+    assert asked == [["bb", "a", "ccc", "dddd", "ee"]]  # distinct, in order, once
+    assert len(rows) == 3  # the bound: "dddd" and "ee" computed, not kept
+    assert np.array_equal(rows.gather(keys, compute), want)
+    assert asked[1:] == [["dddd", "ee"]]
+    assert np.array_equal(rows.gather(["a", "bb"], compute), want[[1, 0]]) and len(asked) == 2
+
+
+def test_one_product_when_blas_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Told that BLAS runs on one thread, the classifier multiplies in one call, not in blocks:
+    the same scores up to the products' rounding, the same hits; the edge says so from
+    OPENBLAS_NUM_THREADS, and a compile hands it in."""
+    from policy_extproc.policy.compiler import Snapshot
+    from policy_extproc.policy.loader import load_sources
+    from policy_extproc.sources.models import SHIPPED
+    from policy_extproc.sources.secrets import read_secrets
+
+    emb, specs = load_embedder(), _specs()
+    blocked, one = TopicClassifier(emb, specs), TopicClassifier(emb, specs, one_blas_thread=True)
+    calls: list[int] = []
+    real = np.matmul
+    monkeypatch.setattr(
+        topics.np, "matmul", lambda a, b, **kw: calls.append(len(a)) or real(a, b, **kw)
+    )
+    text = "\n".join(_tune_texts())
+    sentences = embed_sentences(emb, text)
+    assert len(sentences.spans) > 8
+    want = blocked.score_matrix(sentences)
+    assert calls and max(calls) < len(sentences.spans)  # blocks
+    calls.clear()
+    got = one.score_matrix(sentences)
+    assert not calls  # one product: ``rows @ cols``
+    assert np.allclose(got, want, atol=1e-5)
+    assert blocked.hits(sentences) == one.hits(sentences)
+    monkeypatch.setenv("OPENBLAS_NUM_THREADS", "1")
+    assert SHIPPED.one_blas_thread()
+    policy = (
+        "policy_name: p\norg: acme\nrules:\n  - type: content_filter\n    id: t\n"
+        "    topics:\n      money: {match: semantic, examples: [should I buy this stock]}\n"
+    )
+    snap = Snapshot(load_sources([("p.yaml", policy)]), secrets=read_secrets())
+    built = [e.built for es in [snap.resolve("acme", "", "")] for e in es.semantic["request"]]
+    assert [b._one_thread for b in built] == [True]
+    for value in ("4", ""):
+        monkeypatch.setenv("OPENBLAS_NUM_THREADS", value)
+        assert not SHIPPED.one_blas_thread()

@@ -113,14 +113,19 @@ def pieces_of(text: str, spans: Sequence[Span]) -> list[list[str]]:
     ``str.split`` splits on the same white space as ``\\s`` (``Py_UNICODE_ISSPACE``, checked
     over every code point by the tests) and is about five times faster than ``findall`` per
     span; a span holding a longer run is cut by ``findall``."""
+    return _cut(text, spans)[0]
+
+
+def _cut(text: str, spans: Sequence[Span]) -> tuple[list[list[str]], bool]:
+    """(``pieces_of``, whether a run longer than 48 characters was cut)."""
     per = [text[s:e].split() for s, e in spans]
-    if max(map(len, chain.from_iterable(per)), default=0) > _RUN:
-        findall = _CHUNK.findall
-        per = [
-            findall(text, s, e) if any(len(p) > _RUN for p in ps) else ps
-            for (s, e), ps in zip(spans, per, strict=True)
-        ]
-    return per
+    if max(map(len, chain.from_iterable(per)), default=0) <= _RUN:
+        return per, False
+    findall = _CHUNK.findall
+    return [
+        findall(text, s, e) if any(len(p) > _RUN for p in ps) else ps
+        for (s, e), ps in zip(spans, per, strict=True)
+    ], True
 
 
 def text_pieces(text: str, spans: Sequence[Span]) -> tuple[bool, list[list[str]]]:
@@ -133,10 +138,21 @@ def text_pieces(text: str, spans: Sequence[Span]) -> tuple[bool, list[list[str]]
         return kept[1], kept[2]
     low = text.lower()
     lowered = len(low) == len(text)
-    per = pieces_of(low if lowered else text, spans)
+    per, cut = _cut(low if lowered else text, spans)
     with suppress(AttributeError):  # a plain list or tuple of spans: nothing kept
-        spans.pieces = (text, lowered, per)  # type: ignore[attr-defined]
+        spans.pieces = (text, lowered, per, cut)  # type: ignore[attr-defined]
     return lowered, per
+
+
+def words_pieces(text: str, spans: Sequence[Span]) -> list[list[str]] | None:
+    """Each span's white-space pieces of ``text.lower()``, when ``text_pieces`` kept them in
+    the spans, ``text.lower()`` keeps every offset and no run was cut: then the ``\\w+`` words
+    of a span (of the lower-cased text) are those of its pieces, in order, as no white space
+    is a word character (the topics' word pass reads them, not the text again). Else None."""
+    kept = getattr(spans, "pieces", None)
+    if kept is None or kept[0] is not text or not kept[1] or kept[3]:
+        return None
+    return kept[2]  # type: ignore[no-any-return]
 
 
 def segment_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Vectors:

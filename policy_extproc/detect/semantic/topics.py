@@ -36,11 +36,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain, count, repeat
 
 import numpy as np
 
 from . import topic_data
-from .embedder import Embedder, Vectors, columns, embed_texts
+from .embedder import Embedder, Vectors, columns, embed_texts, words_pieces
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47
@@ -62,7 +63,7 @@ under up us use very want was way we well were what when where which while who w
 would yes you your
 """.split()  # noqa: SIM905 (a word list reads better as text)
 )
-_WORD_CACHE_LIMIT = 20_000  # words remembered per rule: 20,000 x topics floats
+_WORD_CACHE_LIMIT = 20_000  # words, and pieces, remembered per rule: 20,000 x topics floats each
 _OFFSET = 0.5
 # A word counts only where it is nearer a topic word than _WORD_FLOOR and than every neighbour
 # word: rare words (names, units) sit far from everything, and a margin over far neighbours
@@ -129,12 +130,14 @@ def _adopt(embedder: Embedder, topics: Sequence[TopicSpec],
     return out
 
 
-def _product(rows: Vectors, cols: Vectors) -> Vectors:
-    """``rows @ cols``, in blocks of rows small enough for one BLAS thread each."""
+def _product(rows: Vectors, cols: Vectors, one_thread: bool = False) -> Vectors:
+    """``rows @ cols``, in blocks of rows small enough for one BLAS thread each, unless BLAS
+    runs on ``one_thread`` (then one call: a 72-row product in blocks of 3 rows took about
+    2.5 times as long as one call)."""
     n, inner = rows.shape
     width = cols.shape[1]
     step = max(1, _SINGLE_THREAD_WORK // max(1, inner * width))
-    if n <= step:
+    if n <= step or one_thread:
         return np.asarray(rows @ cols, np.float32)
     out = np.empty((n, width), np.float32)
     for i in range(0, n, step):
@@ -165,6 +168,12 @@ def _others_max(per_topic: Vectors) -> Vectors:
     return out
 
 
+def _flat(sentences: list[list[str]]) -> tuple[list[str], np.ndarray]:
+    """(every unit in order, how many per sentence)."""
+    counts = np.fromiter(map(len, sentences), np.int64, len(sentences))
+    return list(chain.from_iterable(sentences)), counts
+
+
 def _generic(low: str, start: int, end: int) -> bool:
     """Whether ``low[start:end]`` (lower case) is a general question, not a personal one."""
     sentence = low[start:end]
@@ -180,16 +189,68 @@ def _lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
+class _Rows:
+    """Rows remembered by key (a word's margins per topic, or a piece's best), at most
+    ``_WORD_CACHE_LIMIT``: a key's row is looked up as a slot of one table, so a part's rows
+    are one gather. No lock, as ``embedder.StaticEmbedder``'s pieces: the table has room for
+    every row it may keep (zeroed pages: only rows written take memory), a new key's slot is
+    taken from a counter (``next`` on ``itertools.count`` is one C call), its row written, and
+    only then the slot published; a key learnt by two threads at once takes two slots, and
+    both rows are equal."""
+
+    __slots__ = ("_next", "slots", "table")
+
+    def __init__(self, width: int) -> None:
+        self.slots: dict[str, int] = {}
+        self.table = np.zeros((_WORD_CACHE_LIMIT + 1, width), np.float32)  # row 0: unused
+        self._next = count(1)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
+        """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
+        in order of first appearance), once."""
+        slots, n = self.slots, len(keys)
+        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        if at.all():
+            return self.table[at]
+        new = list(dict.fromkeys(k for k, s in zip(keys, at.tolist(), strict=True) if not s))
+        fresh = compute(new)
+        table = self.table
+        for key, row in zip(new, fresh, strict=True):
+            if key in slots:
+                continue
+            slot = next(self._next)
+            if slot >= len(table):  # full: computed from now on, not kept
+                break
+            table[slot] = row
+            slots[key] = slot  # published once its row is written
+        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        out = table[at]
+        if not at.all():
+            extra = dict(zip(new, fresh, strict=True))
+            for k in np.flatnonzero(at == 0).tolist():
+                out[k] = extra[keys[k]]
+        return out
+
+
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
-    __slots__ = ("_cols", "_emb", "_ex_offset", "_ex_owner", "_memo", "_n_ex", "_n_tw", "_tw_owner",
-                 "_wcols", "_word_rows", "names", "thresholds")  # fmt: skip
+    __slots__ = ("_cols", "_emb", "_ex_offset", "_ex_owner", "_memo", "_n_ex", "_n_tw",
+                 "_one_thread", "_piece_rows", "_tw_owner", "_wcols", "_word_rows", "names",
+                 "thresholds")  # fmt: skip
 
     def __init__(self, embedder: Embedder, topics: Sequence[TopicSpec],
                  background: Sequence[str] = BACKGROUND,
-                 library: Mapping[str, Sequence[str]] = LIBRARY) -> None:  # fmt: skip
+                 library: Mapping[str, Sequence[str]] = LIBRARY,
+                 one_blas_thread: bool = False) -> None:  # fmt: skip
+        """``one_blas_thread``: the process's BLAS runs on one thread (told by the edge,
+        ``model.Models.one_blas_thread``), so a request's products need not be cut in blocks
+        (``_product``)."""
         self._emb = embedder
+        self._one_thread = one_blas_thread
         self.names = tuple(t.name for t in topics)
         self.thresholds = tuple(
             t.threshold if t.threshold is not None else DEFAULT_THRESHOLD for t in topics
@@ -213,16 +274,14 @@ class TopicClassifier:
         self._n_tw = len(words)
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws], int)
         self._wcols = columns(embed_texts(embedder, [*words, *sorted(bg_words)]))
-        # word -> its margins per topic, as the bytes of a float32 row (a part's rows are then
-        # one ``bytes.join``, not one array per word). No lock: a dict's get and set are
-        # atomic, two threads that meet a new word at once store equal rows, and the bound is
-        # checked before a set (it may be passed by a few words, never grown without end).
-        self._word_rows: dict[str, bytes] = {}
+        # word -> its margins per topic; white-space piece -> the best row of its words.
+        self._word_rows = _Rows(len(self.names))
+        self._piece_rows = _Rows(len(self.names))
         self._memo: Memo[list[tuple[int, float, Span]]] = Memo()
 
     def _word_margins(self, words: list[str]) -> Vectors:
         """Per word and topic: nearest own word minus nearest neighbour word."""
-        sims = _product(embed_texts(self._emb, words), self._wcols)
+        sims = _product(embed_texts(self._emb, words), self._wcols, self._one_thread)
         mine = _group_max(sims[:, : self._n_tw], self._tw_owner, len(self.names))
         neighbour = _others_max(mine)
         if sims.shape[1] > self._n_tw:
@@ -232,29 +291,43 @@ class TopicClassifier:
 
     def _word_scores(self, sentences: list[list[str]]) -> Vectors:
         """Per sentence and topic, the best word margin: one gather and one segmented max."""
-        n = len(self.names)
-        out = np.zeros((len(sentences), n), np.float32)
-        flat = [w for ws in sentences for w in ws]
+        return self._best(*_flat(sentences), self._word_rows, self._word_margins)
+
+    def _piece_margins(self, pieces: list[str]) -> Vectors:
+        """Per white-space piece and topic, the best margin of its words (0 without words).
+        The words are gathered in one list: a list per piece kept at once (one per new piece)
+        made the cyclic GC run a full collection every few requests (20 ms)."""
+        findall, words, counts = _WORD.findall, [], []
+        for piece in pieces:
+            found = findall(piece)
+            words += found
+            counts.append(len(found))
+        return self._best(words, np.asarray(counts, np.int64), self._word_rows,
+                          self._word_margins)  # fmt: skip
+
+    def _best(self, flat: list[str], counts: np.ndarray, rows: _Rows,
+              margins: Callable[[list[str]], Vectors]) -> Vectors:  # fmt: skip
+        """Per sentence and topic, the max of its units' rows (words or pieces: ``flat``,
+        ``counts[i]`` of them for sentence ``i``), a unit's row computed once by ``margins``
+        and remembered in ``rows``: one gather, one segmented max."""
+        out = np.zeros((len(counts), len(self.names)), np.float32)
         if not flat:
             return out
-        known = self._word_rows
-        index = {w: k for k, w in enumerate(dict.fromkeys(flat))}  # distinct, in order
-        rows = list(map(known.get, index))
-        if None in rows:
-            new = [w for w, r in zip(index, rows, strict=True) if r is None]
-            fresh = dict(zip(new, map(bytes, self._word_margins(new)), strict=True))
-            rows = [fresh[w] if r is None else r for w, r in zip(index, rows, strict=True)]
-            for w, margins in fresh.items():
-                if len(known) >= _WORD_CACHE_LIMIT:
-                    break
-                known[w] = margins
-        distinct = np.frombuffer(b"".join(rows), np.float32).reshape(len(rows), n)  # type: ignore[arg-type]
-        table = distinct[np.fromiter(map(index.__getitem__, flat), np.int64, len(flat))]
-        counts = np.fromiter(map(len, sentences), np.int64, len(sentences))
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        table = rows.gather(flat, margins)
+        starts = np.cumsum(counts) - counts
         has = counts > 0
         out[has] = np.maximum.reduceat(table, starts[has], axis=0)
         return out
+
+    def _sentence_words(self, sentences: Sentences, low: str) -> Vectors:
+        """Per sentence and topic, the best word margin, from the white-space pieces the
+        embedding cut (a piece's best is remembered: most pieces are a word, with or without
+        its punctuation), or from the words of ``low`` (``_lower(sentences.text)``). The max
+        over the pieces' maxes is the max over the words (margins are >= 0): the same rows."""
+        per = words_pieces(sentences.text, sentences.spans)
+        if per is not None:
+            return self._best(*_flat(per), self._piece_rows, self._piece_margins)
+        return self._word_scores([_WORD.findall(low, s, e) for s, e in sentences.spans])
 
     def hits_in(self, text: str,
                 sentences: Callable[[], Sentences]) -> list[tuple[int, float, Span]]:  # fmt: skip
@@ -289,14 +362,14 @@ class TopicClassifier:
         n = len(self.names)
         if not n or not spans:
             return np.zeros((len(spans), n), np.float32)
-        sims = _product(vecs, self._cols)
+        sims = _product(vecs, self._cols, self._one_thread)
         mine = _group_max(sims[:, : self._n_ex] + self._ex_offset, self._ex_owner, n)
         neighbour = _others_max(mine)
         if sims.shape[1] > self._n_ex:
             np.maximum(neighbour, sims[:, self._n_ex :].max(axis=1)[:, None], out=neighbour)
         low = _lower(sentences.text)
         score = _OFFSET + (mine - neighbour)
-        score += self._word_scores([_WORD.findall(low, s, e) for s, e in spans])
+        score += self._sentence_words(sentences, low)
         for i in np.nonzero(score.max(axis=1) >= floor)[0]:
             if _generic(low, *spans[i]):
                 score[i] -= _GENERIC

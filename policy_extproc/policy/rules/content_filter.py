@@ -69,7 +69,9 @@ class ContentFilterRule(Rule):
         if not specs:
             return None
         try:
-            return TopicClassifier(models(policy, self, secrets).embedder(), specs)
+            given = models(policy, self, secrets)
+            return TopicClassifier(given.embedder(), specs,
+                                   one_blas_thread=given.one_blas_thread())  # fmt: skip
         except EmbedderError as exc:
             raise build_error(policy, self, exc) from exc
 

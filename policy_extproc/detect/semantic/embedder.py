@@ -152,7 +152,7 @@ def words_pieces(text: str, spans: Sequence[Span]) -> list[list[str]] | None:
     kept = getattr(spans, "pieces", None)
     if kept is None or kept[0] is not text or not kept[1] or kept[3]:
         return None
-    return kept[2]  # type: ignore[no-any-return]
+    return kept[2]
 
 
 def segment_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Vectors:

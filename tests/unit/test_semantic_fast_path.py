@@ -131,7 +131,7 @@ def test_embedding_matches_the_reference_cold_warm_and_past_the_table(name: str)
         want = reference_embed(shipped, text, spans)
         for emb in (fresh, fresh, small):  # new pieces, then remembered; a table that is full
             np.testing.assert_allclose(emb.embed_spans(text, spans), want, atol=1e-6)
-    assert len(small._cache) <= 3
+    assert len(small._pieces) <= 3
 
 
 @pytest.mark.parametrize("name", MODELS)

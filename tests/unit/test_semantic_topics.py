@@ -22,7 +22,7 @@ from policy_extproc.detect.semantic import (
     topic_data,
     topics,
 )
-from policy_extproc.detect.semantic.embedder import Embedder, embed_texts
+from policy_extproc.detect.semantic.embedder import Embedder, RowCache, embed_texts
 from policy_extproc.detect.semantic.text import embed_sentences, sentence_spans
 from policy_extproc.sources.models import load_embedder
 
@@ -283,11 +283,8 @@ def test_no_white_space_is_a_word_character() -> None:
     assert [c for c in range(0x110000) if chr(c).split() == [] and word.match(chr(c))] == []
 
 
-def test_remembered_rows_are_the_computed_ones_within_and_past_the_bound(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(topics, "_WORD_CACHE_LIMIT", 3)
-    rows = topics._Rows(2)
+def test_remembered_rows_are_the_computed_ones_within_and_past_the_bound() -> None:
+    rows = RowCache(3, 2)
     asked: list[list[str]] = []
 
     def compute(keys: list[str]) -> np.ndarray:

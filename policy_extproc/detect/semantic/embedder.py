@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from itertools import chain, count, repeat
@@ -178,6 +178,52 @@ def _in_order_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Ve
     return out
 
 
+class RowCache:
+    """Rows remembered by key, at most ``capacity``: a key's row is a slot of one table, so the
+    rows of many keys are one gather (a piece's token sums here, a word's margins per topic in
+    ``topics``). No lock: the table has room for every row it may keep (zeroed pages: only the
+    rows written take memory), a new key's slot is taken from a counter (``next`` on
+    ``itertools.count`` is one C call, so two threads never get the same slot), its row
+    written, and only then the slot published; a key learnt by two threads at once takes two
+    slots, and both rows are equal. Past ``capacity`` rows are computed, not kept."""
+
+    __slots__ = ("_next", "slots", "table")
+
+    def __init__(self, capacity: int, width: int) -> None:
+        self.slots: dict[str, int] = {}
+        self.table = np.zeros((capacity + 1, width), np.float32)  # row 0: unused
+        self._next = count(1)
+
+    def __len__(self) -> int:
+        return len(self.slots)
+
+    def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
+        """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
+        in order of first appearance), once."""
+        slots, n = self.slots, len(keys)
+        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        if at.all():
+            return self.table[at]
+        new = list(dict.fromkeys(k for k, s in zip(keys, at.tolist(), strict=True) if not s))
+        fresh = compute(new)
+        table = self.table
+        for key, row in zip(new, fresh, strict=True):
+            if key in slots:
+                continue
+            slot = next(self._next)
+            if slot >= len(table):  # full: computed from now on, not kept
+                break
+            table[slot] = row
+            slots[key] = slot  # published once its row is written
+        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        out = table[at]
+        if not at.all():
+            extra = dict(zip(new, fresh, strict=True))
+            for k in np.flatnonzero(at == 0).tolist():
+                out[k] = extra[keys[k]]
+        return out
+
+
 class StaticEmbedder:
     """A token table and its tokenizer (``tokenizers``); optional per-token weights and a row
     index (model2vec's vocabulary quantisation: token -> shared row).
@@ -187,15 +233,10 @@ class StaticEmbedder:
     pieces' sums added up. Both models' tokenizers split on white space before anything else,
     so the sum over pieces equals the sum over the whole text's tokens.
 
-    The remembered sums need no lock: the table has room for every piece it may keep (zeroed
-    pages, so only the rows written take memory), a new piece's row is taken from a counter
-    (``next`` on ``itertools.count`` is one C call, so two threads never get the same row),
-    written, and only then published in the dictionary; a piece learnt by two threads at once
-    takes two rows, one of them unused.
+    The remembered sums are a ``RowCache``, which needs no lock.
     """
 
-    __slots__ = ("_cache", "_next", "_sums", "_tokenizer", "dim", "index", "name", "table",
-                 "weights")  # fmt: skip
+    __slots__ = ("_pieces", "_tokenizer", "dim", "index", "name", "table", "weights")
 
     def __init__(self, name: str, tokenizer: object, table: Vectors,
                  index: npt.NDArray[np.int64] | None = None,
@@ -207,9 +248,7 @@ class StaticEmbedder:
         self.index = index
         self.weights = weights
         self.dim = int(table.shape[1])
-        self._cache: dict[str, int] = {}
-        self._next = count(1)  # row 0 stays a zero row
-        self._sums = np.zeros((capacity + 1, self.dim), np.float32)  # pieces remembered
+        self._pieces = RowCache(capacity, self.dim)  # a piece's token sums, remembered
 
     def _token_rows(self, ids: npt.NDArray[np.int64]) -> Vectors:
         rows_ids = self.index[ids] if self.index is not None else ids.copy()
@@ -229,37 +268,13 @@ class StaticEmbedder:
         rows = self._token_rows(ids) if len(ids) else np.zeros((0, self.dim), np.float32)
         return _in_order_sums(rows, counts, self.dim)
 
-    def _learn(self, pieces: list[str]) -> Vectors:
-        sums = self.piece_sums(pieces)
-        cache, table = self._cache, self._sums
-        for piece, vec in zip(pieces, sums, strict=True):
-            if piece in cache:
-                continue
-            slot = next(self._next)
-            if slot >= len(table):  # full: computed from now on, not kept
-                break
-            table[slot] = vec
-            cache[piece] = slot  # published once its row is written
-        return sums
-
     def embed_spans(self, text: str, spans: Sequence[Span]) -> Vectors:
         _, per = text_pieces(text, spans)
         counts = np.fromiter(map(len, per), np.int64, len(per))
         pieces = list(chain.from_iterable(per))
         if not pieces:
             return np.zeros((len(spans), self.dim), np.float32)
-        cache, n = self._cache, len(pieces)
-        slots = np.fromiter(map(cache.get, pieces, repeat(0)), np.int64, n)
-        missing: list[str] = []
-        if not slots.all():
-            missing = sorted({p for p, s in zip(pieces, slots.tolist(), strict=True) if not s})
-            sums = self._learn(missing)
-            slots = np.fromiter(map(cache.get, pieces, repeat(0)), np.int64, n)
-        rows = self._sums[slots]
-        if missing and not slots.all():  # pieces past the cache limit
-            extra = dict(zip(missing, sums, strict=True))
-            for k in np.nonzero(slots == 0)[0].tolist():
-                rows[k] = extra[pieces[k]]
+        rows = self._pieces.gather(pieces, self.piece_sums)
         return _normalise(segment_sums(rows, counts, self.dim))
 
 

@@ -36,12 +36,12 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain, count, repeat
+from itertools import chain
 
 import numpy as np
 
 from . import topic_data
-from .embedder import Embedder, Vectors, columns, embed_texts, words_pieces
+from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_pieces
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47
@@ -189,52 +189,6 @@ def _lower(text: str) -> str:
     return "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
-class _Rows:
-    """Rows remembered by key (a word's margins per topic, or a piece's best), at most
-    ``_WORD_CACHE_LIMIT``: a key's row is looked up as a slot of one table, so a part's rows
-    are one gather. No lock, as ``embedder.StaticEmbedder``'s pieces: the table has room for
-    every row it may keep (zeroed pages: only rows written take memory), a new key's slot is
-    taken from a counter (``next`` on ``itertools.count`` is one C call), its row written, and
-    only then the slot published; a key learnt by two threads at once takes two slots, and
-    both rows are equal."""
-
-    __slots__ = ("_next", "slots", "table")
-
-    def __init__(self, width: int) -> None:
-        self.slots: dict[str, int] = {}
-        self.table = np.zeros((_WORD_CACHE_LIMIT + 1, width), np.float32)  # row 0: unused
-        self._next = count(1)
-
-    def __len__(self) -> int:
-        return len(self.slots)
-
-    def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
-        """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
-        in order of first appearance), once."""
-        slots, n = self.slots, len(keys)
-        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
-        if at.all():
-            return self.table[at]
-        new = list(dict.fromkeys(k for k, s in zip(keys, at.tolist(), strict=True) if not s))
-        fresh = compute(new)
-        table = self.table
-        for key, row in zip(new, fresh, strict=True):
-            if key in slots:
-                continue
-            slot = next(self._next)
-            if slot >= len(table):  # full: computed from now on, not kept
-                break
-            table[slot] = row
-            slots[key] = slot  # published once its row is written
-        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
-        out = table[at]
-        if not at.all():
-            extra = dict(zip(new, fresh, strict=True))
-            for k in np.flatnonzero(at == 0).tolist():
-                out[k] = extra[keys[k]]
-        return out
-
-
 class TopicClassifier:
     """The semantic topics of one rule, embedded once; ``scores`` is pure at request time."""
 
@@ -275,8 +229,8 @@ class TopicClassifier:
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws], int)
         self._wcols = columns(embed_texts(embedder, [*words, *sorted(bg_words)]))
         # word -> its margins per topic; white-space piece -> the best row of its words.
-        self._word_rows = _Rows(len(self.names))
-        self._piece_rows = _Rows(len(self.names))
+        self._word_rows = RowCache(_WORD_CACHE_LIMIT, len(self.names))
+        self._piece_rows = RowCache(_WORD_CACHE_LIMIT, len(self.names))
         self._memo: Memo[list[tuple[int, float, Span]]] = Memo()
 
     def _word_margins(self, words: list[str]) -> Vectors:
@@ -305,7 +259,7 @@ class TopicClassifier:
         return self._best(words, np.asarray(counts, np.int64), self._word_rows,
                           self._word_margins)  # fmt: skip
 
-    def _best(self, flat: list[str], counts: np.ndarray, rows: _Rows,
+    def _best(self, flat: list[str], counts: np.ndarray, rows: RowCache,
               margins: Callable[[list[str]], Vectors]) -> Vectors:  # fmt: skip
         """Per sentence and topic, the max of its units' rows (words or pieces: ``flat``,
         ``counts[i]`` of them for sentence ``i``), a unit's row computed once by ``margins``

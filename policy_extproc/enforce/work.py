@@ -90,10 +90,8 @@ def examine(
     catalog: Catalog | ModelJudge | None = None,
 ) -> Examined:
     """Parse the body and run the request-only rules on it; raises ``RequestError``.
-
-    ``catalog`` resolves an Azure deployment to the model the rules judge; it is required
-    whenever there is a body to parse (``build_context`` reads no catalog of its own).
-    """
+    ``catalog`` resolves an Azure deployment to the model the rules judge: required whenever
+    there is a body to parse (``build_context`` reads no catalog of its own)."""
     if not body and headers.get(":method", "POST") in ("GET", "HEAD", "OPTIONS"):
         request = None  # model listings, health checks: nothing for a policy to read
     else:
@@ -129,12 +127,9 @@ def check_budget(settings: WorkSettings, es: EffectiveSet, size: int) -> None:
 
 
 def _compact(ex: Examined) -> Examined:
-    """The same findings with each part's edits folded into one whole-part replacement.
-
-    ``Findings.new_texts`` gives the same texts from it, and the answer a worker sends back
-    holds one edit per part instead of one per e-mail address (150,000 tuples to unpickle in
-    the loop would cost more than the work saved).
-    """
+    """The same findings, each part's edits folded into one whole-part replacement (the same
+    ``new_texts``): a worker's answer holds one edit per part, not one per e-mail address
+    (150,000 tuples to unpickle in the loop would cost more than the work saved)."""
     f = ex.findings
     if ex.request is None or not f.edits:
         return ex
@@ -163,8 +158,8 @@ def _worker_main(conn: Connection) -> None:
         try:
             if snapshot is None:
                 snapshot = Snapshot(version=version, **pickle.loads(policies))  # _blob's
-                if len(snapshots) >= 2:
-                    snapshots.clear()
+                if len(snapshots) >= 2:  # the older one goes (_Worker.keep mirrors this)
+                    del snapshots[next(iter(snapshots))]
                 snapshots[build] = snapshot
             if job is None:  # a warm-up: the snapshot is compiled, nothing to examine
                 answer: tuple[str, Any] = ("ok", None)
@@ -196,7 +191,11 @@ class WorkerFailed(PolicyExtprocError):
 class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
-    builds: set[str] = field(default_factory=set)  # the snapshots it compiled (Snapshot.build)
+    builds: tuple[str, ...] = ()  # the two it compiled last (Snapshot.build), as it keeps them
+
+    def keep(self, build: str) -> None:
+        if build not in self.builds:
+            self.builds = (*self.builds, build)[-2:]
 
 
 class WorkerPool:
@@ -295,7 +294,8 @@ class WorkerPool:
                 self._kill(w)
             raise
         assert w is not None
-        w.builds.add(snapshot.build)
+        if kind != "crash":  # it compiled the snapshot (a crash may have come before)
+            w.keep(snapshot.build)
         self._release(w)
         if kind == "ok":
             result: Examined = value
@@ -306,7 +306,7 @@ class WorkerPool:
 
     def compiled(self) -> set[str]:
         """The snapshots (``Snapshot.build``) that every idle worker has compiled."""
-        sets = [w.builds for w in self._idle]
+        sets = [set(w.builds) for w in self._idle]
         return set.intersection(*sets) if sets else set()
 
     async def warm(self, snapshot: Snapshot) -> None:
@@ -321,7 +321,7 @@ class WorkerPool:
             except BaseException:
                 self._kill(w)
                 raise
-            w.builds.add(snapshot.build)
+            w.keep(snapshot.build)
             self._release(w)
 
         results = await asyncio.gather(*(one() for _ in range(self.size)), return_exceptions=True)

@@ -115,12 +115,17 @@ class Background:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def spawn(self, state: StateBackend, job: FollowUp) -> None:
-        """Perform ``job``: its first step now, the rest (once it waits, on Redis) as a task.
+        """Perform ``job`` off the response path.
 
-        The in-memory state never waits, so its follow-ups finish here without a task and the
-        loop iterations a task costs (asyncio's eager tasks, which Python 3.11 lacks). What
-        waits on the network still goes on after the answer.
+        A state that says it ``never_waits`` (the in-memory one) has its follow-ups done here,
+        without a task and the loop iterations a task costs (asyncio's eager tasks, which
+        Python 3.11 lacks). Any other (Redis) gets a task of its own from the start: the
+        timeouts of its calls (``asyncio.timeout``) belong to the task they are entered in,
+        and must cancel the follow-up, never the stream that asked for it.
         """
+        if not getattr(state, "never_waits", False):
+            self.start(perform(state, job))
+            return
         coro = perform(state, job)
         try:
             waiting = coro.send(None)
@@ -129,7 +134,7 @@ class Background:
         except Exception:  # perform logs state failures; anything else is a bug of ours
             log.exception("follow-up %s failed", type(job).__name__)
             return
-        self.start(_rest(coro, waiting))
+        self.start(_rest(coro, waiting))  # it waited after all: the rest as a task
 
     def start(self, work: Coroutine[Any, Any, None]) -> None:
         """Run ``work`` off the response path; ``drain`` waits for it."""

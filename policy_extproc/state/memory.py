@@ -59,6 +59,9 @@ class _Reservation:
 class MemoryState(MemoryApprovals, MemoryPending):
     """StateBackend held in this process's memory."""
 
+    # No call awaits anything: a follow-up may run to its end in the caller (settle.py).
+    never_waits = True
+
     def __init__(self) -> None:
         self._tats: dict[_Key, float] = {}
         self._spent: dict[_Key, _Counter] = {}

@@ -1,5 +1,6 @@
-"""enforce/settle.py ``Background``: a follow-up that never waits is done at once, without a
-task; one that waits (Redis) goes on as a task, and a state failure is logged, never raised."""
+"""enforce/settle.py ``Background``: a follow-up on a state that never waits is done at once,
+without a task; on any other (Redis) it is a task of its own from the start, so its calls'
+timeouts cancel it, not the stream that asked for it; a state failure is logged, never raised."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ async def test_a_follow_up_that_waits_goes_on_as_a_task() -> None:
     state = WaitingState()
     bg.spawn(state, Release("acme", "r-1"))
     assert state.released == [] and len(bg._tasks) == 1
+    await asyncio.sleep(0)  # the task starts and waits on the gate
     assert state.gate is not None and not state.gate.done()
     state.gate.set_result(None)
     await bg.drain()
@@ -59,6 +61,7 @@ async def test_a_state_failure_after_waiting_is_logged(caplog: pytest.LogCapture
     bg = Background()
     state = WaitingState(fail=True)
     bg.spawn(state, Release("acme", "r-2"))
+    await asyncio.sleep(0)
     assert state.gate is not None
     state.gate.set_result(None)
     with caplog.at_level(logging.WARNING):
@@ -78,3 +81,32 @@ async def test_cancelling_the_task_reaches_the_waiting_follow_up() -> None:
         await task
     assert state.cancelled  # thrown in where it waited
     assert state.released == []
+
+
+class TimingOutState:
+    """A state whose call is bounded as RedisState bounds its calls (``asyncio.timeout``), and
+    takes longer than the bound."""
+
+    async def release(self, org: str, request_id: str) -> bool:
+        try:
+            async with asyncio.timeout(0.01):
+                await asyncio.sleep(5)
+        except TimeoutError:
+            raise StateError("no answer within 0.01 s") from None
+        return True
+
+
+async def test_a_follow_up_timing_out_cancels_itself_not_the_stream_that_spawned_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    bg = Background()
+
+    async def stream() -> str:  # the servicer's task: spawns, then goes on with the answer
+        bg.spawn(TimingOutState(), Release("acme", "r-4"))
+        await asyncio.sleep(0.1)  # past the follow-up's bound
+        return "answered"
+
+    with caplog.at_level(logging.WARNING):
+        assert await asyncio.create_task(stream()) == "answered"
+        await asyncio.wait_for(bg.drain(), 5)
+    assert "could not release the reservation of r-4" in caplog.text

@@ -349,8 +349,8 @@ class Sidecar:
         while True:
             await asyncio.sleep(self.config.sweep_every_s)
             try:
+                await self.engine.observer.sweep()  # its own state errors wait for the next
                 await self.engine.state.expire_reservations()
-                await self.engine.observer.sweep()
             except StateError as exc:
                 log.warning("reservation sweep failed: %s", exc)
 

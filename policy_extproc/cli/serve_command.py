@@ -241,9 +241,10 @@ from .root import ENV, main
     "--observe-timeout",
     default=300.0,
     show_default=True,
-    type=click.FloatRange(0.1, 86400.0),
+    type=click.FloatRange(0.1, 479.0),
     help="Seconds: with --response-accounting observe, an answer no observe stream reported "
-    "within this is charged at its estimate, audited as response_unobserved.",
+    "within this is charged at its estimate, audited as response_unobserved (below 480: the "
+    "reservation it charges lasts 600 s).",
 )
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64))
 @click.option(

@@ -17,7 +17,8 @@ the observe stream)::
 The pending response holds what settling needs (the budget and token keys, the model it is
 priced as) and the response audit record to write, less what only the answer tells. It lives
 ``observe_timeout_s``; the process that reserved keeps the deadline (``Observer.sweep``) and,
-when no observe stream took it by then (the filter is missing, the stream was lost or cut),
+when no observe stream took it by then (the filter is missing, the stream was lost or cut,
+or the answer is still streaming: its real usage is then not counted),
 takes it itself, settles the reservation at its estimate and audits that as
 ``response_unobserved``. Taking is atomic, so a request is settled once. Should that process
 die too, the backend's reservation ttl gives the budget back (state/base.py).
@@ -153,8 +154,9 @@ class Observer:
         org = ex.ctx.org or "-"
         due = self.host.clock.monotonic_ns() / 1e9 + self.timeout_s
         self._due.append((due, org, ex.request_id))
-        # The store keeps it a little longer than our deadline, so the sweep still finds it.
-        ex.outbox.append(Expect(org, ex.request_id, pending.encode(), self.timeout_s + 60.0))
+        # The store keeps it twice our deadline and a minute, so the sweep still finds it
+        # (it runs at least every quarter of the deadline, with any number of workers).
+        ex.outbox.append(Expect(org, ex.request_id, pending.encode(), 2 * self.timeout_s + 60.0))
         ex.held.expected = True
 
     async def sweep(self, now: float | None = None) -> int:
@@ -162,22 +164,30 @@ class Observer:
         (``now``: on the monotonic clock, tests pass one); returns how many."""
         now, settled = (self.host.clock.monotonic_ns() / 1e9 if now is None else now), 0
         while self._due and self._due[0][0] <= now:
-            _, org, request_id = self._due.popleft()
+            _, org, request_id = entry = self._due.popleft()
             try:
                 text = await self.host.state.pending_take(org, request_id)
-                if text is None:
-                    continue  # an observe stream took it
+            except StateError as exc:
+                # The state is out: this one and the rest wait for the next sweep.
+                self._due.appendleft(entry)
+                log.warning("could not settle the unobserved response of %s: %s", request_id, exc)
+                break
+            if text is None:
+                continue  # an observe stream took it
+            try:
                 pending = Pending.decode(text)
+            except (ValueError, KeyError, TypeError) as exc:  # not a payload we wrote
+                log.error("unreadable pending response of %s: %r", request_id, exc)
+                continue
+            try:
                 # Charged at the estimate (a budget not named is; the tokens stay as reserved).
                 charged = await self.host.state.reconcile(
                     org, request_id, actual_usd={}, actual_tokens={}
                 )
             except StateError as exc:
-                log.warning("could not settle the unobserved response of %s: %s", request_id, exc)
-                continue
-            except (ValueError, KeyError, TypeError) as exc:  # not a payload we wrote
-                log.error("unreadable pending response of %s: %r", request_id, exc)
-                continue
+                # Taken, so audited still; the reservation goes back at its ttl.
+                log.warning("could not charge the unobserved response of %s: %s", request_id, exc)
+                charged = False
             settled += 1
             self.unobserved += 1
             log.warning(

@@ -70,7 +70,9 @@ def usage_fields(request: LlmRequest | None, budgeted: bool) -> tuple[dict[str, 
     when a budget or token limit (``budgeted``) needs it.
 
     The client did not ask for it, so the usage-only chunk it brings is taken out of the stream
-    again (``Held.hide_usage``): the client gets the stream it asked for.
+    again (``Held.hide_usage``): the client gets the stream it asked for. (With
+    ``--response-accounting observe`` the inline filter no longer reads that answer, so the
+    usage-only chunk reaches the client: README, "Response accounting off the answer path".)
     """
     if not budgeted or request is None or not request.stream:
         return {}, False

@@ -22,6 +22,7 @@ from policy_extproc.enforce.engine import Engine, EngineConfig
 from policy_extproc.enforce.envoy_replies import Continue
 from policy_extproc.enforce.observe import ObserveStream, Pending
 from policy_extproc.enforce.translate import Event
+from policy_extproc.errors import StateError
 from policy_extproc.llm.request import parse_request
 from policy_extproc.llm.response import Usage
 from policy_extproc.policy.compiler import Snapshot
@@ -332,3 +333,66 @@ def test_our_metadata_is_read_from_the_forwarded_namespace() -> None:
         "request_id": "r",
         "api": "openai.chat",
     }
+
+
+def test_the_observe_timeout_stays_under_the_reservation_ttl() -> None:
+    EngineConfig(observe_timeout_s=479)
+    with pytest.raises(ValueError, match="reservation ttl"):
+        EngineConfig(observe_timeout_s=480)  # the sweep may come after the reservation is gone
+
+
+async def test_a_pending_response_outlives_a_late_sweep(engine: Engine) -> None:
+    """Kept twice the timeout and a minute: a sweep a quarter of the timeout late (its period
+    with any number of workers) still finds it."""
+    await decide(engine, chat(), "r11")
+    ((_, until),) = [v for k, v in engine.state._pending.items() if k[1] == "r11"]  # type: ignore[attr-defined]
+    assert until - time.time() > engine.config.observe_timeout_s * 1.25
+
+
+class FlakyPending:
+    """Wraps a state: ``pending_take`` raises StateError while ``down``, or ``reconcile`` does
+    while ``reconcile_down``."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.down, self.reconcile_down = inner, False, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def pending_take(self, org: str, request_id: str) -> str | None:
+        if self.down:
+            raise StateError("redis went away")
+        result: str | None = await self.inner.pending_take(org, request_id)
+        return result
+
+    async def reconcile(self, *args: Any, **kwargs: Any) -> bool:
+        if self.reconcile_down:
+            raise StateError("redis went away")
+        result: bool = await self.inner.reconcile(*args, **kwargs)
+        return result
+
+
+async def test_a_sweep_while_the_state_is_down_keeps_what_is_due_for_the_next(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    await decide(engine, chat(), "r12")
+    await decide(engine, chat(), "r13")
+    flaky = FlakyPending(engine.state)
+    engine.state = flaky  # type: ignore[assignment]
+    flaky.down = True
+    assert await engine.observer.sweep(now=FAR) == 0  # nothing lost, nothing settled
+    flaky.down = False
+    assert await engine.observer.sweep(now=FAR) == 2
+    assert [r.request_id for r in sink.records if r.phase == "response"] == ["r12", "r13"]
+
+
+async def test_a_taken_pending_response_is_audited_even_when_charging_it_fails(
+    engine: Engine, sink: RecordingSink
+) -> None:
+    await decide(engine, chat(), "r14")
+    flaky = FlakyPending(engine.state)
+    engine.state = flaky  # type: ignore[assignment]
+    flaky.reconcile_down = True
+    assert await engine.observer.sweep(now=FAR) == 1
+    (record,) = [r for r in sink.records if r.phase == "response" and r.request_id == "r14"]
+    assert record.error_code == observe.UNOBSERVED and record.cost_usd is None

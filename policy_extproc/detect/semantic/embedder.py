@@ -179,49 +179,61 @@ def _in_order_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Ve
 
 
 class RowCache:
-    """Rows remembered by key, at most ``capacity``: a key's row is a slot of one table, so the
-    rows of many keys are one gather (a piece's token sums here, a word's margins per topic in
-    ``topics``). No lock: the table has room for every row it may keep (zeroed pages: only the
-    rows written take memory), a new key's slot is taken from a counter (``next`` on
-    ``itertools.count`` is one C call, so two threads never get the same slot), its row
-    written, and only then the slot published; a key learnt by two threads at once takes two
-    slots, and both rows are equal. Past ``capacity`` rows are computed, not kept."""
+    """Rows remembered by key, at most ``capacity`` at a time: a key's row is a slot of one
+    table, so the rows of many keys are one gather (a piece's token sums here, a word's margins
+    per topic in ``topics``). Keys are held by their ``hash`` (SipHash with this process's
+    secret key), never as text: no piece of a prompt outlives its request here. When the table
+    is full it starts again empty, so the keys of today's traffic are kept, not only the first
+    ``capacity`` ever seen.
 
-    __slots__ = ("_next", "slots", "table")
+    No lock: the state is one tuple (slots, table, counter), read once per call and replaced
+    whole when full, so a thread still holding the old one reads and writes rows that stay
+    consistent with its slots; a new key's slot is taken from the counter (``next`` on
+    ``itertools.count`` is one C call, so two threads never get the same slot), its row
+    written, and only then the slot published. Two keys of equal hash (about one chance in
+    10^10 among 50,000) would share a row."""
+
+    __slots__ = ("_capacity", "_state", "_width")
 
     def __init__(self, capacity: int, width: int) -> None:
-        self.slots: dict[str, int] = {}
-        self.table = np.zeros((capacity + 1, width), np.float32)  # row 0: unused
-        self._next = count(1)
+        self._capacity, self._width = capacity, width
+        self._state = self._fresh()
+
+    def _fresh(self) -> tuple[dict[int, int], Vectors, count[int]]:
+        table = np.zeros((self._capacity + 1, self._width), np.float32)  # row 0: unused
+        return {}, table, count(1)
 
     def __len__(self) -> int:
-        return len(self.slots)
+        return len(self._state[0])
 
     def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
         """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
         in order of first appearance), once."""
-        slots, n = self.slots, len(keys)
-        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
-        if at.all():
-            return self.table[at]
-        new = list(dict.fromkeys(k for k, s in zip(keys, at.tolist(), strict=True) if not s))
-        fresh = compute(new)
-        table = self.table
-        for key, row in zip(new, fresh, strict=True):
-            if key in slots:
-                continue
-            slot = next(self._next)
-            if slot >= len(table):  # full: computed from now on, not kept
-                break
-            table[slot] = row
-            slots[key] = slot  # published once its row is written
-        at = np.fromiter(map(slots.get, keys, repeat(0)), np.int64, n)
+        slots, table, _ = self._state
+        at = np.fromiter(map(slots.get, map(hash, keys), repeat(0)), np.int64, len(keys))
         out = table[at]
-        if not at.all():
-            extra = dict(zip(new, fresh, strict=True))
-            for k in np.flatnonzero(at == 0).tolist():
-                out[k] = extra[keys[k]]
+        if at.all():
+            return out
+        missing = np.flatnonzero(at == 0)
+        index = {k: i for i, k in enumerate(dict.fromkeys(keys[k] for k in missing.tolist()))}
+        new = list(index)
+        fresh = compute(new)
+        out[missing] = fresh[[index[keys[k]] for k in missing.tolist()]]
+        self._keep(new, fresh)
         return out
+
+    def _keep(self, keys: list[str], rows: Vectors) -> None:
+        slots, table, counter = self._state
+        for key, row in zip(keys, rows, strict=True):
+            h = hash(key)
+            if h in slots:
+                continue
+            slot = next(counter)
+            if slot >= len(table):  # full: start again, with the keys of now
+                slots, table, counter = self._state = self._fresh()
+                slot = next(counter)
+            table[slot] = row
+            slots[h] = slot  # published once its row is written
 
 
 class StaticEmbedder:

@@ -3,7 +3,7 @@
 The pure core reads no file (tests/unit/test_pure_core.py), so the shipped topic background and
 topic library are a Python module generated from their YAML sources, which stay the files
 people read and edit (comments, sections). Run ``make topic-data`` after editing the YAML;
-tests/unit/test_topic_data.py fails while the module and the YAML disagree.
+tests/unit/test_semantic_topics.py fails while the module and the YAML disagree.
 """
 
 from __future__ import annotations

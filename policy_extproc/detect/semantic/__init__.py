@@ -2,7 +2,7 @@
 
 Pure: nothing here imports grpc, redis, opentelemetry or asyncio, and nothing does I/O: the
 models and the exemplar library are read by ``sources.models`` and handed in at compile time
-(the topics' background sentences are still read here, by ``topics``).
+(the topics' background sentences and library are the generated module ``topic_data``).
 Callers pass canonical text (the same text the other content filters scan).
 """
 

@@ -46,7 +46,8 @@ class EngineConfig:
         if not self.observe_timeout_s > 0:
             raise ValueError("observe_timeout_s must be above 0")
         # The sweep comes within a quarter of the timeout after it: the reservation must last.
-        if self.observe_timeout_s * 1.25 >= self.limits.reservation_ttl_s:
+        observing = self.response_accounting == "observe"
+        if observing and self.observe_timeout_s * 1.25 >= self.limits.reservation_ttl_s:
             raise ValueError(
                 f"observe_timeout_s must stay under {self.limits.reservation_ttl_s * 0.8:g} s "
                 f"(4/5 of the reservation ttl, {self.limits.reservation_ttl_s:g} s): an answer "

@@ -336,9 +336,10 @@ def test_our_metadata_is_read_from_the_forwarded_namespace() -> None:
 
 
 def test_the_observe_timeout_stays_under_the_reservation_ttl() -> None:
-    EngineConfig(observe_timeout_s=479)
-    with pytest.raises(ValueError, match="reservation ttl"):
-        EngineConfig(observe_timeout_s=480)  # the sweep may come after the reservation is gone
+    EngineConfig(response_accounting="observe", observe_timeout_s=479)
+    with pytest.raises(ValueError, match="reservation ttl"):  # the sweep may come too late
+        EngineConfig(response_accounting="observe", observe_timeout_s=480)
+    EngineConfig(observe_timeout_s=480)  # inline: no observe stream, no sweep to wait for
 
 
 async def test_a_pending_response_outlives_a_late_sweep(engine: Engine) -> None:

@@ -77,6 +77,9 @@ class ServerConfig:
     response_accounting: str = "inline"
     observe_timeout_s: float = 300.0
 
+    def __post_init__(self) -> None:
+        self.engine_config()  # the engine's settings validate themselves (ValueError) here
+
     @property
     def sweep_every_s(self) -> float:
         """How often expired reservations and unobserved answers are swept: often enough that

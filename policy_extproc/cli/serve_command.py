@@ -332,51 +332,50 @@ def serve(
     except AdminError as exc:
         raise click.UsageError(exc.message) from None
 
-    try:
+    configure(log_level, log_format)  # type: ignore[arg-type]
+    try:  # each part, and then the whole, validates itself (ValueError): a usage error
         admission = AdmissionSettings(max_inflight, max_queue_age, fail_open_route)
+        config = ServerConfig(
+            policies=policies,
+            listen=listen,
+            redis=redis,
+            redis_timeout_s=redis_timeout,
+            audit_log=audit_log or None,
+            audit_max_bytes=audit_max_bytes,
+            audit_max_age_s=audit_max_age,
+            audit_keep=audit_keep,
+            audit_stdout=audit_stdout,
+            audit_otlp=audit_otlp,
+            audit_checkpoint_s=audit_checkpoint_interval,
+            fsync_interval_s=fsync_interval,
+            grace_s=grace,
+            otlp_endpoint=otlp_endpoint,
+            catalog=catalog,
+            max_body_bytes=max_body_bytes,
+            alert_webhook=alert_webhook,
+            alert_format=alert_format,
+            alert_window_s=alert_window,
+            budget_time_zone=budget_time_zone,
+            metrics_listen=metrics_listen or None,
+            admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
+            tls=tls,
+            admin_tls=admin_tls,
+            allow_anonymous=allow_anonymous,
+            work_budget=work_budget,
+            work_timeout_s=work_timeout,
+            offload_bytes=offload_bytes,
+            offload_workers=offload_workers,
+            offload_warm=offload_warm,
+            message_timeout_s=message_timeout,
+            admission=admission,
+            admin_token=admin_token,
+            admin_tokens=admin_tokens,
+            decision_stream_max=decision_stream_max,
+            response_accounting=response_accounting,
+            observe_timeout_s=observe_timeout,
+        )
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
-
-    configure(log_level, log_format)  # type: ignore[arg-type]
-    config = ServerConfig(
-        policies=policies,
-        listen=listen,
-        redis=redis,
-        redis_timeout_s=redis_timeout,
-        audit_log=audit_log or None,
-        audit_max_bytes=audit_max_bytes,
-        audit_max_age_s=audit_max_age,
-        audit_keep=audit_keep,
-        audit_stdout=audit_stdout,
-        audit_otlp=audit_otlp,
-        audit_checkpoint_s=audit_checkpoint_interval,
-        fsync_interval_s=fsync_interval,
-        grace_s=grace,
-        otlp_endpoint=otlp_endpoint,
-        catalog=catalog,
-        max_body_bytes=max_body_bytes,
-        alert_webhook=alert_webhook,
-        alert_format=alert_format,
-        alert_window_s=alert_window,
-        budget_time_zone=budget_time_zone,
-        metrics_listen=metrics_listen or None,
-        admin_listen=None if admin_listen.lower() in ("", "off", "none") else admin_listen,
-        tls=tls,
-        admin_tls=admin_tls,
-        allow_anonymous=allow_anonymous,
-        work_budget=work_budget,
-        work_timeout_s=work_timeout,
-        offload_bytes=offload_bytes,
-        offload_workers=offload_workers,
-        offload_warm=offload_warm,
-        message_timeout_s=message_timeout,
-        admission=admission,
-        admin_token=admin_token,
-        admin_tokens=admin_tokens,
-        decision_stream_max=decision_stream_max,
-        response_accounting=response_accounting,
-        observe_timeout_s=observe_timeout,
-    )
     try:
         if workers > 1:
             from ..workers import WorkersError

@@ -195,3 +195,12 @@ def test_serve_flags_default_to_the_server_config() -> None:
     assert flags["message_timeout"] == defaults.message_timeout_s
     assert flags["response_accounting"] == defaults.response_accounting
     assert flags["observe_timeout"] == defaults.observe_timeout_s
+
+
+def test_the_server_config_is_validated_when_it_is_made() -> None:
+    """"Validated once, then frozen": a setting the engine refuses fails at construction (and
+    ``serve`` turns that into a usage error), not when the server starts."""
+    with pytest.raises(ValueError, match="response_accounting"):
+        ServerConfig(policies=(), response_accounting="sometimes")
+    with pytest.raises(ValueError, match="reservation ttl"):
+        ServerConfig(policies=(), response_accounting="observe", observe_timeout_s=500.0)

@@ -123,7 +123,7 @@ class Background:
         timeouts of its calls (``asyncio.timeout``) belong to the task they are entered in,
         and must cancel the follow-up, never the stream that asked for it.
         """
-        if not getattr(state, "never_waits", False):
+        if not state.never_waits:
             self.start(perform(state, job))
             return
         coro = perform(state, job)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..detect.semantic import Embedder, EmbedderError, TopicClassifier
+from ..detect.semantic import EmbedderError
 from ..errors import PolicyError, Problem
 from .findings import TextPart
 from .model import Models, Policy, Rule, Secrets
@@ -38,12 +38,6 @@ def models(policy: Policy, rule: Rule, secrets: Secrets) -> Models:
 def build_error(policy: Policy, rule: Rule, exc: EmbedderError) -> PolicyError:
     return PolicyError([Problem(policy.file, rule.line, f"semantic guards: {exc}", policy.name,
                                 rule.index, rule.type)])  # fmt: skip
-
-
-def topics_embedder(classifier: TopicClassifier) -> Embedder:
-    """The model a classifier's examples were embedded with: the sentences it judges must be
-    too (every rule's topics use the default model, ``Models.embedder()``)."""
-    return classifier.embedder
 
 
 def where(part: TextPart, direction: str) -> str:

@@ -182,6 +182,10 @@ class Approval:
 class StateBackend(Protocol):
     """Counters, limiters, breakers and approvals; every call is atomic."""
 
+    # True when no call awaits anything (in memory): the follow-ups of an answer may then run
+    # to their end in the caller, without a task (enforce/settle.py).
+    never_waits: bool
+
     async def admit(
         self,
         org: str,

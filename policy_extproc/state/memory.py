@@ -59,8 +59,7 @@ class _Reservation:
 class MemoryState(MemoryApprovals, MemoryPending):
     """StateBackend held in this process's memory."""
 
-    # No call awaits anything: a follow-up may run to its end in the caller (settle.py).
-    never_waits = True
+    never_waits = True  # StateBackend: no call awaits anything
 
     def __init__(self) -> None:
         self._tats: dict[_Key, float] = {}

@@ -76,6 +76,8 @@ def _prefix(org: str) -> str:
 class RedisState:
     """StateBackend on Redis."""
 
+    never_waits = False  # every call is a network round trip (and its timeout)
+
     def __init__(
         self,
         client: connect.Client,

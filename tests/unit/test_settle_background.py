@@ -18,6 +18,8 @@ class WaitingState:
     """A state whose release waits on the network first (as Redis does): twice, on a future
     and on a bare yield, then records it (or fails with ``fail``)."""
 
+    never_waits = False
+
     def __init__(self, fail: bool = False) -> None:
         self.released: list[str] = []
         self.gate: asyncio.Future[None] | None = None
@@ -86,6 +88,8 @@ async def test_cancelling_the_task_reaches_the_waiting_follow_up() -> None:
 class TimingOutState:
     """A state whose call is bounded as RedisState bounds its calls (``asyncio.timeout``), and
     takes longer than the bound."""
+
+    never_waits = False
 
     async def release(self, org: str, request_id: str) -> bool:
         try:

@@ -198,7 +198,7 @@ def test_serve_flags_default_to_the_server_config() -> None:
 
 
 def test_the_server_config_is_validated_when_it_is_made() -> None:
-    """"Validated once, then frozen": a setting the engine refuses fails at construction (and
+    """ "Validated once, then frozen": a setting the engine refuses fails at construction (and
     ``serve`` turns that into a usage error), not when the server starts."""
     with pytest.raises(ValueError, match="response_accounting"):
         ServerConfig(policies=(), response_accounting="sometimes")

@@ -22,7 +22,7 @@ from ..compiler import EffectiveRule, EffectiveSet
 from ..decision import RequestContext
 from ..findings import Findings, TextPart
 from ..model import Policy, Rule, Secrets
-from ..semantic import build_error, groups, models, topics_embedder, where
+from ..semantic import build_error, groups, models, where
 from .content_filter import ContentFilterRule, scan_topics
 from .kind import DIRECTION, Field, RuleKind
 
@@ -79,7 +79,7 @@ def scan_semantic(
             built = topical[0].built
             assert isinstance(built, TopicClassifier)
             spans = spans_of(i)
-            vectors = topics_embedder(built).embed_spans(texts[i], spans)
+            vectors = built.embedder.embed_spans(texts[i], spans)
             s = sentences[i] = Sentences(texts[i], spans, vectors)
         return s
 

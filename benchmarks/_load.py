@@ -16,7 +16,7 @@ import sys
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -258,6 +258,22 @@ def spread(values: Iterable[float]) -> str:
     if not v:
         return "-"
     return f"{statistics.median(v):.2f} [{min(v):.2f}..{max(v):.2f}]"
+
+
+def added(base: Sequence[Result], runs: Sequence[Result]) -> tuple[str, str]:
+    """The added p50 and p99 of ``runs`` over the baseline's run of the same round, as spreads."""
+    pairs = list(zip(base, runs, strict=True))
+    p50 = [r.percentile(0.5) - b.percentile(0.5) for b, r in pairs]
+    p99 = [r.percentile(0.99) - b.percentile(0.99) for b, r in pairs]
+    return spread(p50), spread(p99)
+
+
+def print_closed(closed: Sequence[tuple[str, Sequence[Result]]], width: int) -> None:
+    """The closed loops' throughput per configuration, if any ran."""
+    if any(runs for _, runs in closed):
+        print("\nclosed-loop throughput, req/s (median [min..max] of rounds):")
+        for name, runs in closed:
+            print(f"  {name:<{width}}{spread(len(r.latencies) / r.elapsed for r in runs)}")
 
 
 # --- the processes under test --------------------------------------------------------------

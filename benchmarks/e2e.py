@@ -42,11 +42,13 @@ from _load import (
     ManagedProcess,
     MockProviderProcess,
     Result,
+    added,
     chat_request,
     closed_loop,
     cpu_seconds,
     envoy_for,
     open_loop,
+    print_closed,
     spread,
     start_sidecar,
 )
@@ -102,19 +104,13 @@ def summary(targets: list[Target]) -> None:
         f"{'sidecar CPU ms/req':>24}{'Envoy CPU ms/req':>24}{'errors':>8}"
     )
     for t in targets:
-        pairs = list(zip(base.runs, t.runs, strict=True))
-        p50 = [r.percentile(0.5) - b.percentile(0.5) for b, r in pairs]
-        p99 = [r.percentile(0.99) - b.percentile(0.99) for b, r in pairs]
         errors = sum(r.errors for r in t.runs)
-        added = ("-", "-") if t is base else (spread(p50), spread(p99))
+        p50, p99 = ("-", "-") if t is base else added(base.runs, t.runs)
         print(
-            f"{t.name:<14}{added[0]:>24}{added[1]:>26}"
+            f"{t.name:<14}{p50:>24}{p99:>26}"
             f"{spread(t.sidecar_ms):>24}{spread(t.envoy_ms):>24}{errors:>8}"
         )
-    if any(t.closed for t in targets):
-        print("\nclosed-loop throughput, req/s (median [min..max] of rounds):")
-        for t in targets:
-            print(f"  {t.name:<14}{spread(len(r.latencies) / r.elapsed for r in t.closed)}")
+    print_closed([(t.name, t.closed) for t in targets], 14)
     p = [f"{t.name} p50 {spread(r.percentile(0.5) for r in t.runs)}" for t in targets]
     print("\nabsolute latency, ms: " + "; ".join(p))
 

@@ -52,10 +52,12 @@ from _load import (
     MockProviderProcess,
     Result,
     _tree,
+    added,
     chat_request,
     closed_loop,
     cpu_seconds,
     open_loop,
+    print_closed,
     spread,
     start_sidecar,
 )
@@ -192,19 +194,13 @@ def summary(targets: list[Target]) -> None:
         f"{'errors':>8}  worker CPU split %"
     )
     for t in targets:
-        pairs = list(zip(base.runs, t.runs, strict=True))
-        p50 = [r.percentile(0.5) - b.percentile(0.5) for b, r in pairs]
-        p99 = [r.percentile(0.99) - b.percentile(0.99) for b, r in pairs]
-        added = ("-", "-") if t is base else (spread(p50), spread(p99))
+        p50, p99 = ("-", "-") if t is base else added(base.runs, t.runs)
         print(
-            f"{t.name:<16}{added[0]:>22}{added[1]:>24}{spread(t.sidecar_ms):>24}"
+            f"{t.name:<16}{p50:>22}{p99:>24}{spread(t.sidecar_ms):>24}"
             f"{spread(t.envoy_ms):>22}{spread(t.redis_ms):>22}"
             f"{sum(r.errors for r in t.runs):>8}  {' '.join(t.splits) or '-'}"
         )
-    if any(t.closed for t in targets):
-        print("\nclosed-loop throughput, req/s (median [min..max] of rounds):")
-        for t in targets:
-            print(f"  {t.name:<16}{spread(len(r.latencies) / r.elapsed for r in t.closed)}")
+    print_closed([(t.name, t.closed) for t in targets], 16)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -310,6 +310,8 @@ def start_sidecar(command: str | None) -> ManagedProcess:
     """
     if command == "passthrough":
         sidecar: ManagedProcess = PassThroughProcess()
+    elif command == "passthrough-h2":
+        sidecar = PassThroughProcess(transport="h2")
     else:
         sidecar = SidecarCommand(command or DEFAULT_SIDECAR)
     return sidecar.start()

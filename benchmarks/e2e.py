@@ -9,6 +9,7 @@ a stall is not hidden by the requests it delays. The configurations:
 
 - ``passthrough``: the do-nothing ext_proc server of tests/envoy_harness.py (Envoy's ext_proc
   round trips and a minimal Python gRPC server alone);
+- ``passthrough-h2``: the same server on the lean HTTP/2 transport (policy_extproc.transport);
 - ``support``: ``policy-extproc serve`` with examples/policies, team support (the
   organisation's PII rule guards the answer too: four ext_proc messages per request);
 - ``ml``: the same sidecar, team ml (that, and a budget reading the answer's usage).
@@ -55,6 +56,7 @@ from _load import (
 
 TEAMS = {
     "passthrough": "ml",
+    "passthrough-h2": "ml",
     "support": "support",
     "ml": "ml",
     "support@alt": "support",
@@ -157,8 +159,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets = [Target("envoy", baseline, None, "ml")]
         real: dict[str, ManagedProcess] = {}
         for name in configs:
-            if name == "passthrough":
-                sidecar = start_sidecar("passthrough")
+            if name in ("passthrough", "passthrough-h2"):
+                sidecar = start_sidecar(name)
             else:
                 which = "alt" if name.endswith("@alt") else "main"
                 if which not in real:

@@ -319,7 +319,7 @@ class MockProviderProcess(ManagedProcess):
 class PassThroughProcess(ManagedProcess):
     """The pass-through ext_proc server of this module in its own process on a free port."""
 
-    def __init__(self, *, workdir: Path | None = None) -> None:
+    def __init__(self, *, workdir: Path | None = None, transport: str = "grpc") -> None:
         argv = [
             sys.executable,
             "-m",
@@ -327,6 +327,8 @@ class PassThroughProcess(ManagedProcess):
             "passthrough-extproc",
             "--listen",
             "127.0.0.1:0",
+            "--transport",
+            transport,
         ]
         super().__init__(argv, "passthrough-extproc", workdir=workdir)
 
@@ -552,11 +554,34 @@ def http_request(
         conn.close()
 
 
-def _serve_passthrough(listen: str) -> None:
+async def start_passthrough_h2(
+    processor: PassThroughProcessor, host: str = "127.0.0.1", port: int = 0
+) -> tuple[Any, int]:
+    """Serve processor with the lean h2 transport (policy_extproc.transport) instead."""
+    from policy_extproc.transport import Call, H2Server, Route
+
+    async def process(call: Call) -> None:
+        async def requests() -> AsyncIterator[pb.ProcessingRequest]:
+            while (msg := await call.read()) is not grpc.aio.EOF:
+                yield msg
+
+        async for resp in processor.Process(requests(), call):  # type: ignore[arg-type]
+            await call.write(resp)
+
+    path = "/envoy.service.ext_proc.v3.ExternalProcessor/Process"
+    server = H2Server({path: Route(pb.ProcessingRequest, process)}, max_message=GRPC_MESSAGE_LIMIT)
+    return server, await server.start(host, port)
+
+
+def _serve_passthrough(listen: str, transport: str = "grpc") -> None:
     host, _, port = listen.rpartition(":")
 
     async def serve() -> None:
-        server, bound = await start_passthrough(PassThroughProcessor(record=False), host, int(port))
+        processor = PassThroughProcessor(record=False)
+        if transport == "h2":
+            server, bound = await start_passthrough_h2(processor, host, int(port))
+        else:
+            server, bound = await start_passthrough(processor, host, int(port))
         print(f"passthrough-extproc listening on {host}:{bound}", flush=True)
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -574,13 +599,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub.add_parser("render", help="write envoy/*.yaml from their templates, default ports")
     serve = sub.add_parser("passthrough-extproc", help="run the pass-through ext_proc server")
     serve.add_argument("--listen", default="127.0.0.1:50051")
+    serve.add_argument("--transport", choices=("grpc", "h2"), default="grpc")
     args = parser.parse_args(argv)
     if args.command == "render":
         for template, config in RENDERED:
             config.write_text(render_config(DEFAULT_PORTS, template=template))
             print(f"wrote {config}")
     else:
-        _serve_passthrough(args.listen)
+        _serve_passthrough(args.listen, args.transport)
     return 0
 
 

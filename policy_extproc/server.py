@@ -1,4 +1,4 @@
-"""Wiring: policies, audit sinks and the engine behind a grpc.aio server, with a clean lifecycle.
+"""Wiring: policies, audit sinks and the engine behind a gRPC listener, with a clean lifecycle.
 
 Start: load policies (a bad set at start-up is fatal: there is no last good set to serve), open
 the audit sinks, listen, and only then report SERVING on gRPC health. Run: reload policies when
@@ -22,12 +22,8 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-import grpc
-from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
-from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
 
 from .admin.control import ControlPlane
 from .audit.local import PROBE_S, LocalAudit
@@ -38,20 +34,19 @@ from .enforce.decision_alerts import BlockAlertSink, RuleOptOuts
 from .enforce.engine import Engine
 from .enforce.servicer import Authorization, ExternalProcessor
 from .errors import PolicyError, StateError
+from .listeners import EXT_AUTHZ, EXT_PROC, Listener, make_listener
 from .policy.compiler import Snapshot
 from .serverconfig import ServerConfig
 from .sources.catalog import load_catalog
 from .sources.store import PolicyStore
 from .state.base import StateBackend
-from .tls import CertificateReloader, server_credentials
+from .tls import CertificateReloader
 
 if TYPE_CHECKING:
     from .metrics import Metrics
 
 log = logging.getLogger(__name__)
 
-EXT_PROC = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor"].full_name
-EXT_AUTHZ = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 # gRPC's default 4 MiB receive limit would drop a stream carrying a body at our own limit; leave
 # room for the rest of the message (DESIGN.md s8).
 _GRPC_OVERHEAD = 1024 * 1024
@@ -78,7 +73,7 @@ class Sidecar:
         self.tls: CertificateReloader | None = None
         self._extra_sinks = sinks or []
         self.port = 0
-        self._server: grpc.aio.Server | None = None
+        self._server: Listener | None = None
         self._watch: asyncio.Task[None] | None = None
         self._sweep: asyncio.Task[None] | None = None
         self._warming: set[asyncio.Task[None]] = set()
@@ -105,10 +100,8 @@ class Sidecar:
         await self.health.set(LIVENESS, health_pb2.HealthCheckResponse.SERVING)
         await self._set_health()  # NOT_SERVING until every condition holds
         self.control.check()  # AdminError: an admin API open to the network without a token
-        # TlsError: an unusable certificate, before anything opens.
-        credentials = None
         if cfg.tls is not None:
-            credentials, self.tls = server_credentials(cfg.tls)
+            CertificateReloader(cfg.tls)  # TlsError: an unusable certificate, before anything opens
         try:
             await self._load_policies()
         except BaseException:
@@ -132,45 +125,29 @@ class Sidecar:
             catalog=self.catalog,
             alerts=self.alerts,
         )
-        limit = cfg.max_body_bytes + _GRPC_OVERHEAD
-        server = grpc.aio.server(
-            options=[
-                ("grpc.max_receive_message_length", limit),
-                ("grpc.max_send_message_length", limit),
-            ]
-        )
         self.processor = ExternalProcessor(
             self.engine,
             on_phase=self.metrics.sink.phase if self.metrics is not None else None,
             admission=self.admission,
         )
-        external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(self.processor, server)
-        external_auth_pb2_grpc.add_AuthorizationServicer_to_server(
-            Authorization(self.engine, admission=self.admission), server
-        )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        reflection.enable_server_reflection(
-            (
-                EXT_PROC,
-                EXT_AUTHZ,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            server,
-        )
+        authorization = Authorization(self.engine, admission=self.admission)
         try:
-            if credentials is not None:
-                self.port = server.add_secure_port(cfg.listen, credentials)
-            else:
-                self.port = server.add_insecure_port(cfg.listen)
-        except RuntimeError:  # grpcio raises "Failed to bind" rather than returning 0
-            self.port = 0
-        if self.port == 0:
+            listener = make_listener(
+                cfg.transport,
+                cfg.listen,
+                self.processor,
+                authorization,
+                self.health,
+                max_message=cfg.max_body_bytes + _GRPC_OVERHEAD,
+                tls=cfg.tls,
+            )
+            self.tls = listener.reloader
+            self.port = await listener.start()
+        except BaseException:
             # Close what start opened (audit log and its fsync thread, state backend).
             await self.stop()
-            raise OSError(f"cannot listen on {cfg.listen}: address in use or not available")
-        await server.start()
-        self._server = server
+            raise
+        self._server = listener
         try:
             await self.control.serve(
                 self.state,

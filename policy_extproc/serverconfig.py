@@ -76,8 +76,12 @@ class ServerConfig:
     # Who reads answers for budgets and token limits (enforce/config.py, enforce/observe.py).
     response_accounting: str = "inline"
     observe_timeout_s: float = 300.0
+    # What serves the listener (listeners.py): grpc.aio, or the lean HTTP/2 transport "h2".
+    transport: str = "grpc"
 
     def __post_init__(self) -> None:
+        if self.transport not in ("grpc", "h2"):
+            raise ValueError(f"transport {self.transport!r}: grpc or h2")
         self.engine_config()  # the engine's settings validate themselves (ValueError) here
 
     @property

@@ -150,3 +150,39 @@ def channel_credentials(
     return grpc.ssl_channel_credentials(
         root_certificates=read(ca), private_key=read(key), certificate_chain=read(cert)
     )
+
+
+def _ssl_context(files: TlsFiles, alpn: tuple[str, ...]) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(files.cert, files.key, password=_no_password)
+    if files.client_ca:
+        context.load_verify_locations(files.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(list(alpn))
+    return context
+
+
+def server_ssl_context(
+    files: TlsFiles, *, alpn: tuple[str, ...]
+) -> tuple[ssl.SSLContext, CertificateReloader]:
+    """An ``ssl.SSLContext`` for an asyncio server (the h2 transport) that follows rotations
+    of ``files`` as ``server_credentials`` does: at each handshake (the ClientHello callback)
+    the files' stat is compared, and a changed pair that loads serves the new connections."""
+    reloader = CertificateReloader(files)  # TlsError at start: nothing to serve with
+    base = _ssl_context(files, alpn)
+    current = [base]
+
+    def on_hello(conn: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, _: object) -> None:
+        if reloader.fetch() is not None:  # changed, and checked out
+            try:
+                current[0] = _ssl_context(files, alpn)
+            except (OSError, ssl.SSLError) as exc:
+                log.warning(
+                    "TLS files changed but do not load; still serving the old pair: %s", exc
+                )
+        if current[0] is not base:
+            conn.context = current[0]
+
+    base.sni_callback = on_hello
+    return base, reloader

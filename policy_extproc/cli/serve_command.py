@@ -9,7 +9,7 @@ import click
 from ..admin.auth import TOKEN_ENV as ADMIN_TOKEN_ENV
 from ..admin.auth import token_from_env
 from ..errors import AdminError, PolicyError, StateError, TlsError
-from .options import parse_listen_address, parse_seconds, parse_size, tls_options
+from .options import listen_options, parse_listen_address, parse_seconds, parse_size, tls_options
 from .root import ENV, main
 
 
@@ -21,7 +21,7 @@ from .root import ENV, main
     type=click.Path(exists=True),
     help="Policy file or directory (repeatable; env: comma-free single path).",
 )
-@click.option("--listen", default="127.0.0.1:50051", show_default=True)
+@listen_options
 @click.option("--redis", default=None, help="redis://host:port/db; none: in-memory state.")
 @click.option(
     "--redis-timeout",
@@ -270,6 +270,7 @@ from .root import ENV, main
 def serve(
     policies: tuple[str, ...],
     listen: str,
+    transport: str,
     redis: str | None,
     redis_timeout: float,
     audit_log: str,
@@ -338,6 +339,7 @@ def serve(
         config = ServerConfig(
             policies=policies,
             listen=listen,
+            transport=transport,
             redis=redis,
             redis_timeout_s=redis_timeout,
             audit_log=audit_log or None,

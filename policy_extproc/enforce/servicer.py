@@ -1,11 +1,17 @@
-"""gRPC servicers: they only move messages between Envoy and the stream state machines."""
+"""gRPC servicers: they only move messages between Envoy and the stream state machines.
+
+They are served by grpc.aio or by the lean HTTP/2 transport (``serve --transport h2``,
+policy_extproc/transport/): both hand ``Process`` a context with ``read()``, ``write()`` and
+``invocation_metadata()`` (``StreamContext``), and cancel its task when Envoy resets the stream.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any, Protocol
 
 import grpc
 from envoy.service.auth.v3 import external_auth_pb2_grpc
@@ -21,6 +27,19 @@ from .engine import Engine
 from .envoy_replies import Extend
 
 log = logging.getLogger(__name__)
+
+
+class StreamContext(Protocol):
+    """What ``Process`` uses of its context: grpc.aio's, or a transport.Call."""
+
+    async def read(self) -> Any:
+        """The next ProcessingRequest, or grpc.aio.EOF."""
+
+    async def write(self, message: Any) -> None:
+        """Send one ProcessingResponse."""
+
+    def invocation_metadata(self) -> Sequence[tuple[str, str | bytes]] | None:
+        """The stream's gRPC metadata."""
 
 
 class ExternalProcessor(epg.ExternalProcessorServicer):
@@ -41,8 +60,8 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
 
     async def Process(
         self,
-        request_iterator: AsyncIterator[ep.ProcessingRequest],
-        context: grpc.aio.ServicerContext,
+        request_iterator: AsyncIterator[ep.ProcessingRequest] | None,
+        context: StreamContext,
     ) -> None:
         # context.read() and context.write(), not ``async for`` over request_iterator and
         # ``yield``: grpc.aio wraps both of those in async generators of its own, and skipping
@@ -89,7 +108,7 @@ class ExternalProcessor(epg.ExternalProcessorServicer):
             self.open_streams -= 1
 
 
-def _trace_context(context: grpc.aio.ServicerContext) -> dict[str, str]:
+def _trace_context(context: StreamContext) -> dict[str, str]:
     """W3C trace context of Envoy's own span, sent as gRPC metadata on the Process stream.
 
     With tracing on, Envoy puts its span's ``traceparent`` there even when the client sent
@@ -109,7 +128,5 @@ class Authorization(external_auth_pb2_grpc.AuthorizationServicer):
         self.engine = engine
         self.admission = admission
 
-    async def Check(
-        self, request: CheckRequest, context: grpc.aio.ServicerContext
-    ) -> CheckResponse:
+    async def Check(self, request: CheckRequest, context: Any) -> CheckResponse:
         return await extauthz.check(self.engine, request, admission=self.admission)

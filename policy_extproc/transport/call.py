@@ -12,43 +12,52 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn, Protocol
 
 import grpc
 from google.protobuf.message import DecodeError
 
 from . import frames, grpcwire
 
-if TYPE_CHECKING:
-    from .connection import H2Connection
+
+class Link(Protocol):
+    """What a call uses of its connection (connection.H2Connection)."""
+
+    loop: asyncio.AbstractEventLoop
+    blocked: set[Call]  # calls whose writes wait for a window
+    peer_max_frame: int
+    send_window: int  # the connection's, for what we send
+
+    def send(self, chunk: bytes) -> None:
+        """Queue bytes for the socket."""
 
 
 class Call:
     """The state of one stream: what came in, what may go out, and the handler's task."""
 
     __slots__ = (
+        "_error",
+        "_inbox",
+        "_waiter",
+        "closed",
         "conn",
-        "id",
-        "path",
-        "metadata",
-        "request_type",
-        "reader",
-        "send_window",
-        "recv_unacked",
-        "task",
         "deadline",
         "deadline_hit",
         "headers_sent",
+        "id",
+        "metadata",
+        "path",
+        "reader",
+        "recv_unacked",
         "remote_ended",
-        "closed",
-        "_inbox",
-        "_error",
-        "_waiter",
+        "request_type",
+        "send_window",
+        "task",
     )
 
     def __init__(
         self,
-        conn: H2Connection,
+        conn: Link,
         stream_id: int,
         path: str,
         metadata: list[tuple[str, str]],

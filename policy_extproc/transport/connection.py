@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import Protocol, cast
 
 import hpack
 
@@ -22,8 +22,17 @@ from . import frames, grpcwire
 from .call import Call
 from .frames import ProtocolError, StreamError
 
-if TYPE_CHECKING:
-    from .server import H2Server
+
+class Acceptor(Protocol):
+    """What a connection uses of its server (server.H2Server)."""
+
+    connections: set[H2Connection]
+
+    def start_call(
+        self, conn: H2Connection, sid: int, fields: list[tuple[str, str]], *, end_stream: bool
+    ) -> None:
+        """A new stream's headers are in: route it and start its task."""
+
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +50,7 @@ OUR_SETTINGS = frames.settings(
 class H2Connection(asyncio.Protocol):
     """The server side of one h2 (h2c or TLS) connection."""
 
-    def __init__(self, server: H2Server) -> None:
+    def __init__(self, server: Acceptor) -> None:
         self.server = server
         self.loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
@@ -166,7 +175,9 @@ class H2Connection(asyncio.Protocol):
     # Frames
 
     def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
-        if self._continuing is not None and (kind != frames.CONTINUATION or sid != self._continuing[0]):
+        if self._continuing is not None and (
+            kind != frames.CONTINUATION or sid != self._continuing[0]
+        ):
             raise ProtocolError("a header block interrupted before its END_HEADERS")
         if kind == frames.DATA:
             self._data(flags, sid, payload)
@@ -215,9 +226,8 @@ class H2Connection(asyncio.Protocol):
             self._close_if_idle()
         elif kind == frames.PUSH_PROMISE:
             raise ProtocolError("PUSH_PROMISE from a client")
-        elif kind == frames.PRIORITY:
-            if sid == 0 or len(payload) != 5:
-                raise ProtocolError("malformed PRIORITY")
+        elif kind == frames.PRIORITY and (sid == 0 or len(payload) != 5):
+            raise ProtocolError("malformed PRIORITY")
         # Unknown frame types are ignored (RFC 9113 s4.1).
 
     def _data(self, flags: int, sid: int, payload: bytes) -> None:
@@ -247,7 +257,7 @@ class H2Connection(asyncio.Protocol):
 
     def _headers(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            fields = self._decoder.decode(block)
+            fields = cast("list[tuple[str, str]]", self._decoder.decode(block))
         except hpack.HPACKError as exc:
             raise ProtocolError(f"HPACK: {exc}", frames.COMPRESSION_ERROR) from None
         call = self.calls.get(sid)
@@ -282,7 +292,9 @@ class H2Connection(asyncio.Protocol):
                 for call in self.calls.values():
                     call.send_window += delta
                     if call.send_window > frames.MAX_WINDOW:
-                        raise ProtocolError("a stream window over 2^31-1", frames.FLOW_CONTROL_ERROR)
+                        raise ProtocolError(
+                            "a stream window over 2^31-1", frames.FLOW_CONTROL_ERROR
+                        )
                 if delta > 0:
                     self._unblock()
         self._out.append(frames.SETTINGS_ACK)

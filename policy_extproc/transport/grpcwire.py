@@ -64,7 +64,9 @@ def trailers(status: int, message: str = "") -> bytes:
     """The trailer block: grpc-status, and grpc-message (percent-encoded) when there is one."""
     block = literal(b"grpc-status", str(status).encode())
     if message:
-        block += literal(b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode())
+        block += literal(
+            b"grpc-message", quote(message, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~").encode()
+        )
     return block
 
 

@@ -86,8 +86,9 @@ class H2Server:
     async def start(self, host: str, port: int) -> int:
         """Listen on host:port (0: any free port); returns the bound port. OSError if it cannot."""
         loop = asyncio.get_running_loop()
+        # SO_REUSEPORT as grpc.aio binds: ``serve --workers N`` shares one port.
         self._server = await loop.create_server(
-            lambda: H2Connection(self), host or None, port, ssl=self.ssl_context
+            lambda: H2Connection(self), host or None, port, ssl=self.ssl_context, reuse_port=True
         )
         return int(self._server.sockets[0].getsockname()[1])
 
@@ -124,13 +125,12 @@ class H2Server:
         call.reader = grpcwire.MessageReader(self.max_message)
         if timeout is not None:
             call.deadline = conn.loop.call_later(timeout, call.expire)
-        task = conn.loop.create_task(self._run(call, route.handler))
+        task = conn.loop.create_task(self._run(conn, call, route.handler))
         call.task = task
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def _run(self, call: Call, handler: Handler) -> None:
-        conn = call.conn
+    async def _run(self, conn: H2Connection, call: Call, handler: Handler) -> None:
         try:
             await handler(call)
         except asyncio.CancelledError:

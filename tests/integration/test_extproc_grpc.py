@@ -78,9 +78,10 @@ POLICIES = """
 MiB = 1024 * 1024
 
 
-@pytest.fixture
-async def server(tmp_path: Path) -> AsyncIterator[Running]:
-    async with running_sidecar(tmp_path, POLICIES) as running:
+@pytest.fixture(params=["grpc", "h2"])
+async def server(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    """The sidecar on each transport (serve --transport): the same answers from both."""
+    async with running_sidecar(tmp_path, POLICIES, transport=request.param) as running:
         yield running
 
 

@@ -87,22 +87,29 @@ async def server(tmp_path: Path) -> AsyncIterator[Running]:
         yield running
 
 
+@pytest.fixture(params=["grpc", "h2"])
+async def served(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Running]:
+    """The sidecar on each transport (serve --transport): health is the same on both."""
+    async with running_sidecar(tmp_path, POLICIES, transport=request.param) as running:
+        yield running
+
+
 # -- health and reflection -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("service", ["", EXT_PROC, EXT_AUTHZ])
-async def test_health_is_serving_once_started(server: Running, service: str) -> None:
-    stub = health_pb2_grpc.HealthStub(server.channel)
+async def test_health_is_serving_once_started(served: Running, service: str) -> None:
+    stub = health_pb2_grpc.HealthStub(served.channel)
     resp = await stub.Check(health_pb2.HealthCheckRequest(service=service))
     assert resp.status == SERVING
 
 
-async def test_health_goes_not_serving_when_the_server_stops(server: Running) -> None:
-    watch = health_pb2_grpc.HealthStub(server.channel).Watch(
+async def test_health_goes_not_serving_when_the_server_stops(served: Running) -> None:
+    watch = health_pb2_grpc.HealthStub(served.channel).Watch(
         health_pb2.HealthCheckRequest(service=EXT_PROC)
     )
     assert (await watch.read()).status == SERVING
-    stop = asyncio.create_task(server.stop())
+    stop = asyncio.create_task(served.stop())
     # Kubernetes' probe sees NOT_SERVING first, while open streams drain.
     assert (await watch.read()).status == NOT_SERVING
     watch.cancel()

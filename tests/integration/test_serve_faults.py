@@ -183,8 +183,11 @@ async def test_a_full_audit_disk_turns_readiness_off_logs_once_and_back_on(
     assert chain.result.ok, chain.result.message
 
 
-async def test_a_stream_cut_by_shutdown_gets_a_response_record(tmp_path: Path) -> None:
-    async with running_sidecar(tmp_path, PLAIN, grace_s=0.0) as running:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])
+async def test_a_stream_cut_by_shutdown_gets_a_response_record(
+    tmp_path: Path, transport: str
+) -> None:
+    async with running_sidecar(tmp_path, PLAIN, grace_s=0.0, transport=transport) as running:
         ex = Exchange(epg.ExternalProcessorStub(running.channel))
         body = chat_body("hello")
         await ex.send(request_headers(body=body, request_id="r-cut"))

@@ -283,10 +283,13 @@ async def serve(tmp_path: Path) -> AsyncIterator[object]:
         await sp.kill()
 
 
-async def test_sigterm_drains_an_open_stream_then_exits(tmp_path: Path, serve: object) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])
+async def test_sigterm_drains_an_open_stream_then_exits(
+    tmp_path: Path, serve: object, transport: str
+) -> None:
     policy_dir = tmp_path / "p"
     write_policies(policy_dir, POLICIES)
-    sp = await serve("--policies", str(policy_dir))  # type: ignore[operator]
+    sp = await serve("--policies", str(policy_dir), "--transport", transport)  # type: ignore[operator]
     port = int((await sp.wait_line(r"serving on 127\.0\.0\.1:(\d+)")).group(1))
     body = chat_body("hello")
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -336,7 +339,8 @@ async def test_a_bad_set_at_start_up_exits_1_with_the_problem_lines(
     assert "not serving" in sp.output
 
 
-async def test_a_busy_port_fails_start_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])
+async def test_a_busy_port_fails_start_cleanly(tmp_path: Path, transport: str) -> None:
     write_policies(tmp_path / "p", POLICIES)
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
@@ -348,6 +352,7 @@ async def test_a_busy_port_fails_start_cleanly(tmp_path: Path) -> None:
                 policies=(str(tmp_path / "p"),),
                 listen=f"127.0.0.1:{port}",
                 audit_log=str(tmp_path / "audit.jsonl"),
+                transport=transport,
             ),
             sinks=[sink],
         )

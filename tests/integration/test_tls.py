@@ -35,6 +35,10 @@ POLICIES = """
 """
 
 
+# The grpc.aio listener, and serve --transport h2 (ssl.SSLContext, ALPN h2): the same TLS.
+TRANSPORTS = pytest.mark.parametrize("transport", ["grpc", "h2"])
+
+
 def files(folder: Path, *, mtls: bool = False) -> TlsFiles:
     return TlsFiles(
         str(folder / "tls.crt"), str(folder / "tls.key"), str(folder / "ca.crt") if mtls else None
@@ -65,10 +69,13 @@ def _sidecar(tmp_path: Path, **config: object) -> Sidecar:
     )
 
 
-async def test_tls_listener_serves_tls_and_refuses_plaintext(tmp_path: Path) -> None:
+@TRANSPORTS
+async def test_tls_listener_serves_tls_and_refuses_plaintext(
+    tmp_path: Path, transport: str
+) -> None:
     ca = CertificateAuthority()
     server = ca.issue(tmp_path / "server", "policy-extproc")
-    sidecar = _sidecar(tmp_path, tls=files(server), admin_listen=None)
+    sidecar = _sidecar(tmp_path, tls=files(server), admin_listen=None, transport=transport)
     await sidecar.start()
     try:
         trusting = channel_credentials(str(server / "ca.crt"))
@@ -84,12 +91,17 @@ async def test_tls_listener_serves_tls_and_refuses_plaintext(tmp_path: Path) -> 
         await sidecar.stop()
 
 
-async def test_mtls_wants_a_client_certificate_the_ca_signed(tmp_path: Path) -> None:
+@TRANSPORTS
+async def test_mtls_wants_a_client_certificate_the_ca_signed(
+    tmp_path: Path, transport: str
+) -> None:
     ca = CertificateAuthority()
     server = ca.issue(tmp_path / "server", "policy-extproc")
     client = ca.issue(tmp_path / "client", "envoy", client=True)
     outsider = CertificateAuthority("outsider").issue(tmp_path / "outsider", "x", client=True)
-    sidecar = _sidecar(tmp_path, tls=files(server, mtls=True), admin_listen=None)
+    sidecar = _sidecar(
+        tmp_path, tls=files(server, mtls=True), admin_listen=None, transport=transport
+    )
     await sidecar.start()
     try:
         ca_file = str(server / "ca.crt")
@@ -113,14 +125,17 @@ def _replace(source: Path, target: Path) -> None:
         os.replace(target / f".{name}.new", target / name)
 
 
-async def test_rotated_certificates_are_served_to_new_connections(tmp_path: Path) -> None:
+@TRANSPORTS
+async def test_rotated_certificates_are_served_to_new_connections(
+    tmp_path: Path, transport: str
+) -> None:
     old_ca, new_ca = CertificateAuthority("old CA"), CertificateAuthority("new CA")
     live = old_ca.issue(tmp_path / "live", "policy-extproc")
     new = new_ca.issue(tmp_path / "new", "policy-extproc")
     old_trust = channel_credentials(str(tmp_path / "live" / "ca.crt"))
     shutil.copy(tmp_path / "live" / "ca.crt", tmp_path / "old-ca.crt")
     new_trust = channel_credentials(str(new / "ca.crt"))
-    sidecar = _sidecar(tmp_path, tls=files(live), admin_listen=None)
+    sidecar = _sidecar(tmp_path, tls=files(live), admin_listen=None, transport=transport)
     await sidecar.start()
     try:
         assert await health(sidecar.port, old_trust) == health_pb2.HealthCheckResponse.SERVING

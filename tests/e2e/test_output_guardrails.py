@@ -29,9 +29,13 @@ HEADERS = {"x-org-id": "guard", "x-user-id": "u1"}
 SECRET_MAIL = "bob.secret@example.com"
 
 
-@pytest.fixture(scope="module")
-def guarded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningSidecar]:
-    with running_sidecar(POLICY, tmp_path_factory.mktemp("guard")) as running:
+@pytest.fixture(scope="module", params=["grpc", "h2"])
+def guarded(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[RunningSidecar]:
+    """The sidecar on each transport (serve --transport): Envoy sees the same answers."""
+    workdir = tmp_path_factory.mktemp("guard")
+    with running_sidecar(POLICY, workdir, transport=request.param) as running:
         yield running
 
 

@@ -61,12 +61,16 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-@pytest.fixture(scope="module")
-def sidecar(certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+@pytest.fixture(scope="module", params=["grpc", "h2"])
+def sidecar(
+    certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Any]:
+    """The mTLS sidecar on each transport (h2: ssl.SSLContext with ALPN h2)."""
     folder = certs["sidecar"]
     tls = TlsFiles(str(folder / "tls.crt"), str(folder / "tls.key"), str(folder / "ca.crt"))
+    workdir = tmp_path_factory.mktemp("sidecar")
     with running_sidecar(
-        POLICIES, tmp_path_factory.mktemp("sidecar"), tls=tls, admin_listen=None
+        POLICIES, workdir, tls=tls, admin_listen=None, transport=request.param
     ) as running:
         yield running
 

@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import grpc
+import pytest
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as epg
 
 from policy_extproc.audit.chain import verify
@@ -44,7 +45,10 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise AssertionError("workers did not listen")
 
 
-def test_workers_share_the_port_and_each_keeps_its_chain(tmp_path: Path, redis_url: str) -> None:
+@pytest.mark.parametrize("transport", ["grpc", "h2"])  # both bind with SO_REUSEPORT
+def test_workers_share_the_port_and_each_keeps_its_chain(
+    tmp_path: Path, redis_url: str, transport: str
+) -> None:
     write_policies(tmp_path / "policies", POLICY)
     port = free_port()
     audit = tmp_path / "audit.jsonl"
@@ -64,6 +68,8 @@ def test_workers_share_the_port_and_each_keeps_its_chain(tmp_path: Path, redis_u
             "off",  # its default port is fixed: another run on this machine may hold it
             "--workers",
             "2",
+            "--transport",
+            transport,
             "--log-level",
             "warning",
         ],

@@ -31,6 +31,9 @@ class Link(Protocol):
     def send(self, chunk: bytes) -> None:
         """Queue bytes for the socket."""
 
+    async def drained(self) -> None:
+        """Return once the socket's buffer is below its high-water mark."""
+
 
 class Call:
     """The state of one stream: what came in, what may go out, and the handler's task."""
@@ -175,6 +178,7 @@ class Call:
             at += n
         if head and not self.closed:
             conn.send(head)
+        await conn.drained()  # Envoy not reading: wait below the transport's high-water mark
 
     def invocation_metadata(self) -> Sequence[tuple[str, str]]:
         """The request's headers, pseudo-headers (``:path`` ...) left out."""

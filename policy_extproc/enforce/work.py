@@ -7,12 +7,15 @@ Why processes, not threads: the detectors are Python with Hyperscan scans in bet
 shares the GIL with the loop (every stream then waits up to ``sys.getswitchinterval`` at each
 wake-up). A worker process compiles its own copy of the snapshot from the same policies and
 keys (sent once per worker and build), and it can be stopped: a request over its time bound
-is killed with its worker, not left running.
+is killed with its worker, not left running. Once the workers are warmed (``warm``: at start
+and on every change, unless ``--offload-lazy``), a killed worker's replacement is started and
+compiled at once, in the background, so the next large body does not compile it in its bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import signal
@@ -92,7 +95,7 @@ class WorkerFailed(PolicyExtprocError):
     http_status = 500
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # by identity: kept in a set while it starts
 class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
@@ -104,7 +107,13 @@ class _Worker:
 
 
 class WorkerPool:
-    """Worker processes, started on first use; one request at a time in each."""
+    """Worker processes, started on first use (or by ``warm``); one request at a time in each.
+
+    Once warmed, a killed worker's replacement is started at once and compiles the snapshot
+    last warmed, in the background and holding the killed one's slot: the next large body finds
+    it warm instead of compiling within its own time bound (and, under load, being killed
+    again for it). Not warmed (``--offload-lazy``), a replacement starts on next use.
+    """
 
     def __init__(self, size: int, timeout_s: float) -> None:
         self.size = size
@@ -116,6 +125,10 @@ class WorkerPool:
         self._blobs: dict[str, bytes] = {}
         self.started = 0  # worker processes started, killed ones' replacements included
         self.killed = 0
+        self._warmed: Snapshot | None = None  # the last snapshot ``warm`` compiled
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._starting: set[_Worker] = set()  # replacements not yet idle
+        self._closed = False
 
     def _blob(self, snapshot: Snapshot) -> bytes:
         blob = self._blobs.get(snapshot.build)
@@ -159,15 +172,62 @@ class WorkerPool:
         assert self._slots is not None
         self._slots.release()
 
-    def _kill(self, w: _Worker) -> None:
-        # The worker may be mid-way through a large body: stop it now; the slot it frees
-        # starts a new one when next needed.
-        self.killed += 1
+    def _stop(self, w: _Worker) -> None:
         w.process.kill()
         w.conn.close()
-        self._threads.submit(w.process.wait)  # reaped off the loop
+        if not self._closed:
+            self._threads.submit(w.process.wait)  # reaped off the loop
+
+    def _kill(self, w: _Worker) -> None:
+        # The worker may be mid-way through a large body: stop it now. Its slot goes to the
+        # replacement, warmed now if the pool is warmed, else started when next needed.
+        self.killed += 1
+        self._stop(w)
         assert self._slots is not None
-        self._slots.release()
+        if self._warmed is None or self._closed:
+            self._slots.release()
+            return
+        task = asyncio.get_running_loop().create_task(self._replace(self._warmed))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, snapshot: Snapshot) -> None:
+        """Start a killed worker's replacement and compile ``snapshot`` in it (its slot held)."""
+        assert self._slots is not None
+        w: _Worker | None = None
+        try:
+            w = await asyncio.get_running_loop().run_in_executor(self._threads, self._spawn)
+            self._starting.add(w)
+            await self._compile(w, snapshot)
+        except BaseException as exc:
+            if w is not None:
+                self._starting.discard(w)
+                self._stop(w)
+            self._slots.release()
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("could not warm the replacement of a killed worker process: %s", exc)
+            return
+        self._starting.discard(w)
+        if self._closed:
+            self._stop(w)
+        else:
+            self._release(w)
+
+    async def replaced(self) -> None:
+        """Wait for the replacements of killed workers to be warm (or to have failed)."""
+        while self._replacing:
+            await asyncio.gather(*self._replacing, return_exceptions=True)
+
+    async def _compile(self, w: _Worker, snapshot: Snapshot) -> None:
+        """Have ``w`` compile ``snapshot`` now (a warm-up: nothing to examine)."""
+        message = (snapshot.build, snapshot.version, self._blob(snapshot), None)
+        loop = asyncio.get_running_loop()
+        kind, value = await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+        if kind == "ok":
+            w.keep(snapshot.build)
+        else:  # the worker lives on; the first request sends the policies again
+            log.warning("a worker process could not compile the policies: %s", value)
 
     async def run(self, snapshot: Snapshot, job: tuple[Any, ...]) -> Examined:
         """``examine(snapshot, *job)`` in a worker, within ``timeout_s``."""
@@ -215,18 +275,17 @@ class WorkerPool:
         return set.intersection(*sets) if sets else set()
 
     async def warm(self, snapshot: Snapshot) -> None:
-        """Start every worker and have it compile ``snapshot`` now, not on the first large body."""
+        """Start every worker and have it compile ``snapshot`` now, not on the first large body;
+        from now on a killed worker's replacement is warmed too (``_kill``)."""
+        self._warmed = snapshot
 
         async def one() -> None:
             w = await self._acquire()
             try:
-                message = (snapshot.build, snapshot.version, self._blob(snapshot), None)
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+                await self._compile(w, snapshot)
             except BaseException:
                 self._kill(w)
                 raise
-            w.keep(snapshot.build)
             self._release(w)
 
         results = await asyncio.gather(*(one() for _ in range(self.size)), return_exceptions=True)
@@ -235,6 +294,14 @@ class WorkerPool:
                 log.warning("could not warm a worker process: %s", r)
 
     def close(self) -> None:
+        self._closed = True
+        for task in self._replacing:
+            task.cancel()
+        for w in self._starting:  # a replacement still compiling
+            self._stop(w)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.process.wait(timeout=5)
+        self._starting.clear()
         for w in self._idle:
             w.conn.close()  # the worker sees EOF and returns
             try:

@@ -60,7 +60,7 @@ class ServerConfig:
     # Decide requests that name no organisation by the policies of empty scope, instead of
     # refusing them with 400 missing_identity (the default: fail closed).
     allow_anonymous: bool = False
-    # The work one request may cost (enforce/work.py): body bytes x text scanners, and the
+    # The work one request may cost (enforce/examine.py): body bytes x text scanners, and the
     # elapsed time of a large body's examination in a worker process (0 workers: in the loop).
     work_budget: int = DEFAULT_BUDGET
     work_timeout_s: float = DEFAULT_TIMEOUT_S

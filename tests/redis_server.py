@@ -363,13 +363,25 @@ class RedisSentinelGroup(_Servers):
         )  # fmt: skip
         return done.stdout
 
-    def replica_keys(self) -> str:
-        """KEYS * on the replica (to wait for replication)."""
+    def node(self, port: int, *args: str) -> str:
+        """A command to the master or the replica; its output."""
         done = subprocess.run(
-            [self.cli, "-p", str(self.replica.port), "keys", "*"],
+            [self.cli, "-p", str(port), *args],
             capture_output=True, text=True, timeout=10, check=False,
         )  # fmt: skip
         return done.stdout
+
+    def _offset(self, port: int, field: str) -> int:
+        for line in self.node(port, "info", "replication").splitlines():
+            name, _, value = line.strip().partition(":")
+            if name == field:
+                return int(value)
+        return -1
+
+    def replicated(self) -> bool:
+        """Whether the replica has every write the master has (their replication offsets)."""
+        master = self._offset(self.master.port, "master_repl_offset")
+        return master >= 0 and self._offset(self.replica.port, "slave_repl_offset") == master
 
     def master_port(self) -> int:
         """The port of the master the Sentinel names now."""
@@ -377,10 +389,20 @@ class RedisSentinelGroup(_Servers):
         return int(out[1]) if len(out) == 2 else 0
 
     def failover(self) -> int:
-        """Make the replica the master (SENTINEL FAILOVER); its port."""
-        self.ask("sentinel", "failover", self.service)
-        deadline = time.monotonic() + 30
-        while self.master_port() != self.replica.port:
+        """Make the replica the master (SENTINEL FAILOVER) and wait until the old master is a
+        replica of it, refusing writes (until then it still takes them, and a client that
+        has not asked the Sentinel again writes there); the new master's port."""
+        deadline = time.monotonic() + 60
+        # Refused (NOGOODSLAVE) until the Sentinel has the replica's own INFO, which a loaded
+        # machine can delay past start(): asked again until it answers OK.
+        while "OK" not in (answer := self.ask("sentinel", "failover", self.service)):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the Sentinel refused to fail over: {answer}")
+            time.sleep(0.1)
+        while (
+            self.master_port() != self.replica.port
+            or self.node(self.master.port, "role").split()[:1] != ["slave"]
+        ):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Sentinel did not fail over")
             time.sleep(0.1)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from ..audit.builder import record_for
 from ..audit.record import AuditRecord
 from ..enforce import answers, limits, pipeline
+from ..enforce.examine import examine
 from ..enforce.stateful import StatefulChecks
-from ..enforce.work import examine
 from ..errors import PolicyExtprocError, RequestError
 from ..llm.apis import FORMATS
 from ..llm.catalog import Catalog

@@ -27,6 +27,7 @@ from opentelemetry.sdk._logs import LoggerProvider
 from opentelemetry.sdk._logs.export import BatchLogRecordProcessor, LogRecordExporter
 
 from .otel import bounded_shutdown, resource
+from .segments import GENESIS
 
 logger = logging.getLogger(__name__)
 
@@ -78,8 +79,9 @@ class OtelAuditLogs:
             logger.exception("audit line not exported as a log record")
 
     def checkpoint(self, head: str, lines: int) -> bool:
-        """Export the chain's head unless it is the one sent last; True if one was sent."""
-        if head == self._last_checkpoint or self._closed:
+        """Export the chain's head unless it is the one sent last, or the head of a chain with
+        no line yet (it names no line: ``audit verify`` would call it cut off); True if sent."""
+        if head in (self._last_checkpoint, GENESIS) or self._closed:
             return False
         self._last_checkpoint = head
         body = {"event": "checkpoint", "chain": self.chain, "hash": head, "lines": lines}

@@ -184,12 +184,13 @@ def _hash_of(line: bytes | None) -> str | None:
 
 def checkpoints(text: str) -> list[tuple[str, int | None]]:
     """The (hash, lines) checkpoints in ``text``: JSON lines of checkpoint bodies, audit lines, or
-    a collector's OTLP JSON export (``resourceLogs``), whose log bodies are those."""
+    a collector's OTLP JSON export (``resourceLogs``), whose log bodies are those. A checkpoint
+    of a chain with no line yet (``GENESIS``, sent by older versions) names no line: left out."""
     found: list[tuple[str, int | None]] = []
     for raw in text.splitlines():
         if raw.strip():
             _collect(json.loads(raw), found)
-    return found
+    return [(h, n) for h, n in found if h != GENESIS]
 
 
 def _collect(value: Any, found: list[tuple[str, int | None]]) -> None:

@@ -10,22 +10,44 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from collections.abc import Sequence
+from contextvars import ContextVar, Token
+from types import TracebackType
 
 from .canonical import Canonical, canonicalize, plain_ascii
 
 _Forms = tuple[list[str], list[Canonical | None]]  # canonical texts; their maps (None: same)
-_last_forms: tuple[tuple[str, ...], _Forms] = ((), ([], []))
+_Entry = tuple[tuple[str, ...], _Forms]  # the last parts and their forms
+# The last parts' forms, inside a ``Remembering`` scope only (None: outside, nothing kept).
+_last_forms: ContextVar[_Entry | None] = ContextVar("canonical_forms", default=None)
+_EMPTY: _Entry = ((), ([], []))
+
+
+class Remembering:
+    """The checks of one request (or of one response window) read the same parts: inside this
+    scope their canonical forms are computed once and remembered; at its end they are
+    forgotten, so no part's text outlives the decision it was read for. Outside any scope
+    nothing is remembered. The entry lives in a context variable, so concurrent threads and
+    tasks each have their own (``policy/evaluator.py`` opens one per check)."""
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token: Token[_Entry | None] = _last_forms.set(_EMPTY)
+
+    def __exit__(
+        self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _last_forms.reset(self._token)
 
 
 def _canonical_forms(texts: Sequence[str]) -> _Forms:
-    # The content filters and the PII rules of one request read the same parts: canonicalise
-    # them once. One entry, replaced whole, so concurrent threads at worst compute twice.
-    # (Tuples compare their items by identity first: the same parts cost no string compare.)
-    global _last_forms
+    # One entry, the last parts: the content filters, the PII rules and the injection rules
+    # of one check read the same parts. (Tuples compare their items by identity first: the
+    # same parts cost no string compare.)
     key = tuple(texts)
-    last_texts, last = _last_forms
-    if key == last_texts:
-        return last
+    last = _last_forms.get()
+    if last is not None and key == last[0]:
+        return last[1]
     if plain_ascii("".join(key)):
         forms: _Forms = (list(key), [None] * len(key))  # the common case, checked at once
     else:
@@ -34,7 +56,8 @@ def _canonical_forms(texts: Sequence[str]) -> _Forms:
             c = canonicalize(t)
             forms[0].append(c.text)
             forms[1].append(None if c.identity else c)
-    _last_forms = (key, forms)
+    if last is not None:
+        _last_forms.set((key, forms))  # the scope's reset forgets it
     return forms
 
 

@@ -8,7 +8,7 @@ from typing import Literal
 
 from ..policy.context import DEFAULT_IDENTITY, IdentityConfig
 from . import guard, limits
-from .work import WorkSettings
+from .examine import WorkSettings
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024  # agrees with envoy/envoy.yaml's buffer limits (DESIGN s8)
 
@@ -25,7 +25,7 @@ class EngineConfig:
     # Decide requests that name no organisation (by the policies of empty scope) instead of
     # refusing them with missing_identity; the same switch as ``identity.allow_anonymous``.
     allow_anonymous: bool = False
-    # The work budget and where large bodies are examined (enforce/work.py).
+    # The work budget and where large bodies are examined (enforce/examine.py, work.py).
     work: WorkSettings = field(default_factory=WorkSettings)
     # Envoy's ext_proc message_timeout (envoy/*.yaml): a decision that would reach Envoy after
     # it gave up is refused and audited as such, never recorded as what the client got.

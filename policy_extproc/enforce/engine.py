@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from ..audit.builder import record_for
@@ -41,7 +42,7 @@ from .effects import Audit, Effect
 from .exchange import Exchange
 from .failover import default_provider
 from .observe import Observer
-from .settle import Background, RecordOutcome, Release, Settle
+from .settle import Background, RecordOutcome, Release, Seen, Settle
 from .stateful import Stateful, StatefulChecks
 from .work import WorkRunner, check_budget
 
@@ -317,15 +318,10 @@ class Engine:
     # -- responses -------------------------------------------------------------------------
 
     def response_started(self, ex: Exchange, headers: Mapping[str, str]) -> None:
-        w = ex.response
+        w, hide, holdback = ex.response, ex.held.hide_usage, self.config.stream_holdback
+        rid = ex.request_id
         watch.start(
-            w,
-            headers,
-            ex.request,
-            ex.es,
-            request_id=ex.request_id,
-            hide_usage=ex.held.hide_usage,
-            holdback=self.config.stream_holdback,
+            w, headers, ex.request, ex.es, request_id=rid, hide_usage=hide, holdback=holdback
         )
         r = ex.held.route
         if r is not None and r.rule is not None and w.status:
@@ -354,27 +350,30 @@ class Engine:
         if shutdown:
             ex.error_code = "stream_cut_by_shutdown"  # the record says why no usage came
         watch.conclude(w, ex.request)
-        cost = None
-        if w.usage is not None:
-            # Priced as the model it was judged as (an Azure deployment's model), as estimated.
-            cost = self.catalog.cost(ex.ctx.model or ex.request.model, w.usage)
-            if cost is None and ex.held.plan is not None:
-                cost = limits.fallback_cost(self.config.limits, w.usage)
-        if w.usage is not None or w.findings is not None or w.answer is not None or shutdown:
+        model = ex.ctx.model or ex.request.model  # priced as judged (an Azure deployment's)
+        plan, job = ex.held.plan, None
+        cost = None if w.usage is None else self.catalog.cost(model, w.usage)
+        if plan is not None:
+            price = partial(limits.price, self.catalog, self.config.limits, model)
+            seen = Seen(w.status, w.usage, None if cut else w.output_tokens)
+            job = Settle.of(ex.ctx.org or "-", ex.request_id, plan, seen, price)
+            cost = job.settlement.charged_usd(plan.estimated_usd)  # None: not charged
+            if job.settlement.error_code is not None and not shutdown:
+                ex.error_code = ex.error_code or job.settlement.error_code
+        unreported = job is not None and job.settlement.error_code is not None
+        if w.usage or w.findings is not None or w.answer is not None or shutdown or unreported:
             # The response record: usage, cost, what the answer said about itself, and the
             # output guardrails' decision (else the request's, without the alerts that were the
-            # request record's own). An answer that reported no usage still gets one.
+            # request record's own). An answer that reported no usage gets one too, saying what
+            # it was charged instead (usage_not_reported), as the observe stream's does.
             decision = replace(ex.decision, alerts=())
             if w.findings is not None and ex.es is not None:
                 decision = guard.response_decision(w.findings, ex.es)
             usage = (w.usage.input_tokens, w.usage.output_tokens) if w.usage else None
-            self._audit(
-                ex, decision, usage=usage, cost_usd=cost, phase="response", response=w.answer
-            )
-        if ex.held.plan is not None:
-            org = ex.ctx.org or "-"
-            plan = ex.held.plan
-            ex.outbox.append(Settle(org, ex.request_id, plan, w.usage, cost, w.status, w.streaming))
+            extra = {"usage": usage, "cost_usd": cost, "response": w.answer}
+            self._audit(ex, decision, phase="response", **extra)
+        if job is not None:
+            ex.outbox.append(job)
 
     def perform(self, effects: Iterable[Effect]) -> None:
         """Do the I/O an exchange asked for (``Exchange.take_effects``), in order: write its

@@ -55,6 +55,7 @@ class ResponseWatch:
     usage_filter: UsageChunkFilter | None = None  # streamed, the usage chunk taken out
     chunks: list[bytes] = field(default_factory=list)  # buffered
     usage: Usage | None = None
+    output_tokens: int | None = None  # its output text counted (llm/tokens.py), once read
     answer: ResponseInfo | None = None  # the answer's model, id, finish reasons
     findings: Findings | None = None  # what the output guardrails found
     finished: bool = False  # its record is written, its reservation settled

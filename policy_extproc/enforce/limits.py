@@ -238,6 +238,12 @@ def fallback_cost(settings: Settings, usage: Usage) -> float:
     ) / 1e6
 
 
+def price(catalog: Catalog, settings: Settings, model: str, usage: Usage) -> float:
+    """What ``usage`` of ``model`` cost: at the catalog's price, else at the fallback's."""
+    cost = catalog.cost(model, usage)
+    return fallback_cost(settings, usage) if cost is None else cost
+
+
 def _fire(o: Owner, action: str, reason: str) -> Fired:
     e = o.rule
     return Fired(e.policy_name, e.rule.id, e.rule.type, action, reason, e.policy.policy.mode)

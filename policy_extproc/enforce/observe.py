@@ -32,6 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, Protocol
 
 from ..audit.record import AuditRecord, timestamp_ns
@@ -47,13 +48,12 @@ from .clock import Clock
 from .config import EngineConfig
 from .envoy_replies import Continue
 from .exchange import Exchange
-from .settle import Expect
+from .settle import Expect, Seen, apply, settlement
 from .translate import Event
 
 log = logging.getLogger(__name__)
 
 UNOBSERVED = "response_unobserved"  # no observe stream settled it: charged at its estimate
-NO_USAGE = "usage_not_reported"  # the answer said nothing of its usage: charged at the estimate
 # The observe stream's take races the inline stream's put (a background task) only when the
 # provider answers faster than one state round trip; a few short waits cover it.
 _TAKE_WAITS_S = (0.005, 0.02, 0.05, 0.1, 0.25)
@@ -80,6 +80,7 @@ class Pending:
     estimated_usd: float
     record: AuditRecord  # the response record, without usage, cost and latency yet
     trace_context: Mapping[str, str] | None
+    input_tokens: int = 0  # the prompt as estimated (settling an answer without usage)
 
     def encode(self) -> str:
         return json.dumps(
@@ -92,6 +93,7 @@ class Pending:
                 "estimated_usd": self.estimated_usd,
                 "record": self.record.to_dict(),
                 "trace": dict(self.trace_context) if self.trace_context else None,
+                "input_tokens": self.input_tokens,
             },
             separators=(",", ":"),
         )
@@ -107,6 +109,7 @@ class Pending:
             estimated_usd=float(data["estimated_usd"]),
             record=AuditRecord.from_dict(data["record"]),
             trace_context=data.get("trace"),
+            input_tokens=int(data.get("input_tokens", 0)),  # absent: kept by an older version
         )
 
 
@@ -150,6 +153,7 @@ class Observer:
             estimated_usd=plan.estimated_usd,
             record=template,
             trace_context=ex.trace_context,
+            input_tokens=plan.input_tokens,
         )
         org = ex.ctx.org or "-"
         due = self.host.clock.monotonic_ns() / 1e9 + self.timeout_s
@@ -307,48 +311,36 @@ class ObserveStream:
         pending = await self._take()
         if pending is None:
             return
-        usage, info = self._usage()
+        usage, counted, info = self._usage()
         host = self.observer.host
-        cost = None
-        if usage is not None:
-            cost = host.catalog.cost(pending.model, usage)
-            if cost is None:
-                cost = limits.fallback_cost(host.config.limits, usage)
+        price = partial(limits.price, host.catalog, host.config.limits, pending.model)
+        charged = settlement(
+            Seen(self.status, usage, counted), input_tokens=pending.input_tokens, price=price
+        )
         org, request_id = self.key  # type: ignore[misc]
-        ok = 200 <= self.status < 300
         try:
-            if ok and usage is not None and cost is not None:
-                tokens = usage.input_tokens + usage.output_tokens
-                await host.state.reconcile(
-                    org,
-                    request_id,
-                    actual_usd=dict.fromkeys(pending.budget_keys, cost),
-                    actual_tokens=dict.fromkeys(pending.token_keys, tokens),
-                )
-            elif not ok:
-                # The provider refused or failed: nothing was spent.
-                await host.state.release(org, request_id)
-            else:
-                # An answer that reports no usage: the estimate is the best guess there is.
-                await host.state.reconcile(org, request_id, actual_usd={}, actual_tokens={})
+            keys = {"budget_keys": pending.budget_keys, "token_keys": pending.token_keys}
+            await apply(host.state, org, request_id, charged, **keys)
         except StateError as exc:
             log.warning("could not settle the reservation of %s: %s", request_id, exc)
-        if ok and usage is None:
-            self.observer._emit(pending, None, pending.estimated_usd, NO_USAGE, info)
+        cost = charged.charged_usd(pending.estimated_usd)
+        if charged.error_code is not None:
+            self.observer._emit(pending, None, cost, charged.error_code, info)
         elif usage is not None or info is not None:
             self.observer._emit(pending, usage, cost, None, info)
 
-    def _usage(self) -> tuple[Usage | None, Any]:
+    def _usage(self) -> tuple[Usage | None, int | None, Any]:
+        """The usage reported, the output text counted (None: not read) and the answer's info."""
         if self.sse is not None:
             self.sse.flush()
-            return self.sse.usage, self.sse.info
+            return self.sse.usage, self.sse.output_tokens, self.sse.info
         if not self.chunks or not 200 <= self.status < 300:
-            return None, None
+            return None, None, None  # (over the body limit: not read)
         try:
             resp = parse_response(self.api, b"".join(self.chunks))  # type: ignore[arg-type]
         except PolicyExtprocError:
-            return None, None
-        return resp.usage, resp.info
+            return None, None, None
+        return resp.usage, resp.output_tokens, resp.info
 
     def close(self) -> None:
         """The stream ended; an answer not read to its end is left to the sweep."""

@@ -18,8 +18,8 @@ from ..llm.request import LlmRequest, rewrite_request
 from ..policy.compiler import EffectiveSet
 from ..policy.decision import Decision
 from ..policy.evaluator import decide
+from .examine import Examined
 from .stateful import NOTHING, Stateful, StatefulChecks, passes
-from .work import Examined
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,19 +1,20 @@
 """What is left to do once an answer has gone: typed follow-ups, performed off the response path.
 
-The engine says *what* is to be done as a value (``Settle`` a reservation with the real cost,
-``Release`` one a refused request held, ``RecordOutcome`` in a provider's breaker);
+The engine says *what* is to be done as a value (``Settle`` a reservation as ``settlement``
+decided, ``Release`` one a refused request held, ``RecordOutcome`` in a provider's breaker);
 ``Background`` performs it (what waits for Redis as a task, so the client's bytes never wait
 for Redis), and waits for the tasks at shutdown (``drain``). A state failure here is logged,
-never raised: the answer is already out.
+never raised: the answer is already out. ``settlement`` is the one rule of what an answer
+is charged, for the inline stream and for the observe stream (observe.py) alike.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from ..errors import StateError
 from ..llm.response import Usage
@@ -24,17 +25,104 @@ from . import failover, limits
 log = logging.getLogger(__name__)
 
 
+NO_USAGE = "usage_not_reported"  # a 2xx answer said nothing of its usage: charged without it
+
+
+@dataclass(frozen=True, slots=True)
+class Seen:
+    """What was seen of a request's answer: what its reservation is settled by."""
+
+    status: int  # the response's; 0: none came (the stream ended before its headers)
+    usage: Usage | None  # as the provider reported it
+    output_tokens: int | None  # its output text counted (llm/tokens.py), when read to its end
+
+
+@dataclass(frozen=True, slots=True)
+class Settlement:
+    """What a request's reservation becomes once its answer is over (``settlement``)."""
+
+    action: Literal["charge", "release", "keep"]
+    cost: float | None = None  # USD charged to each budget; None: the reservation's estimate
+    tokens: int | None = None  # charged to each token limit; None: the tokens as reserved
+    error_code: str | None = None  # NO_USAGE: charged without the provider's usage
+
+    def charged_usd(self, estimate: float) -> float | None:
+        """What each budget is charged (``estimate``: the reservation's); None: nothing."""
+        if self.action != "charge":
+            return None
+        return estimate if self.cost is None else self.cost
+
+
+def settlement(seen: Seen, *, input_tokens: int, price: Callable[[Usage], float]) -> Settlement:
+    """The one settlement rule of both accounting modes (inline and observe).
+
+    - A 2xx answer that reports its usage: its real cost (``price``).
+    - A 2xx answer that reports none: the output text counted, with the prompt as estimated
+      (``input_tokens``), when the answer was read to its end; else (cut short, over the body
+      limit, not the JSON its API promises) the reservation's estimate. Never nothing: an
+      answer that hides its usage must not walk around a budget (fail closed). Audited as
+      ``usage_not_reported``.
+    - Any other status the provider answered with: given back, a provider's error is not
+      charged to the user.
+    - No answer at all (the stream ended before the response headers): kept; the sweep gives
+      its budgets back at its ttl and keeps its tokens charged (the call may have happened).
+    """
+    status, usage = seen.status, seen.usage
+    if 200 <= status < 300:
+        if usage is not None:
+            return Settlement("charge", price(usage), usage.input_tokens + usage.output_tokens)
+        if seen.output_tokens is not None:
+            counted = Usage(input_tokens, seen.output_tokens)
+            return Settlement("charge", price(counted), input_tokens + seen.output_tokens, NO_USAGE)
+        return Settlement("charge", None, None, NO_USAGE)
+    if status:
+        return Settlement("release")
+    return Settlement("keep")
+
+
+async def apply(
+    state: StateBackend,
+    org: str,
+    request_id: str,
+    s: Settlement,
+    *,
+    budget_keys: Sequence[str],
+    token_keys: Sequence[str],
+) -> None:
+    """Do what ``s`` says to the request's reservation (StateError passes through)."""
+    if s.action == "release":
+        await state.release(org, request_id)
+    elif s.action == "charge":
+        await state.reconcile(
+            org,
+            request_id,
+            actual_usd={} if s.cost is None else dict.fromkeys(budget_keys, s.cost),
+            actual_tokens={} if s.tokens is None else dict.fromkeys(token_keys, s.tokens),
+        )
+
+
 @dataclass(frozen=True, slots=True)
 class Settle:
-    """Replace a reservation with the real cost, or give it back (the provider failed)."""
+    """Settle a request's reservation as ``settlement`` decided."""
 
     org: str
     request_id: str
-    plan: limits.Plan
-    usage: Usage | None
-    cost: float | None
-    status: int  # the response's
-    streaming: bool
+    budget_keys: tuple[str, ...]
+    token_keys: tuple[str, ...]
+    settlement: Settlement
+
+    @classmethod
+    def of(
+        cls,
+        org: str,
+        request_id: str,
+        plan: limits.Plan,
+        seen: Seen,
+        price: Callable[[Usage], float],
+    ) -> Settle:
+        """Settle ``plan``'s reservation by what was ``seen`` of its answer (``settlement``)."""
+        s = settlement(seen, input_tokens=plan.input_tokens, price=price)
+        return cls(org, request_id, tuple(plan.budget_keys), tuple(plan.token_keys), s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,27 +173,22 @@ async def perform(state: StateBackend, job: FollowUp) -> None:
         elif isinstance(job, Release):
             log.warning("could not release the reservation of %s: %s", job.request_id, exc)
         elif isinstance(job, Expect):
-            # No observe stream finds it: the reservation expires at its ttl (state/base.py).
+            # No observe stream finds it: at its ttl the sweep gives the reservation's budgets
+            # back and keeps its tokens charged (state/lua/reservations.lua, state/memory.py).
             log.warning("could not keep the pending response of %s: %s", job.request_id, exc)
         else:
             log.warning("could not record %s's response in its breaker: %s", job.provider, exc)
 
 
 async def _settle(state: StateBackend, job: Settle) -> None:
-    usage, status = job.usage, job.status
-    if usage is not None and job.cost is not None and 200 <= status < 300:
-        tokens = usage.input_tokens + usage.output_tokens
-        await state.reconcile(
-            job.org,
-            job.request_id,
-            actual_usd=dict.fromkeys(job.plan.budget_keys, job.cost),
-            actual_tokens=dict.fromkeys(job.plan.token_keys, tokens),
-        )
-    elif status >= 400 or (status and usage is None and not job.streaming):
-        # The provider refused or failed: nothing was spent.
-        await state.release(job.org, job.request_id)
-    # A stream cut short keeps its reservation until it expires: the provider may have
-    # charged for what it generated, and the estimate is the better guess.
+    await apply(
+        state,
+        job.org,
+        job.request_id,
+        job.settlement,
+        budget_keys=job.budget_keys,
+        token_keys=job.token_keys,
+    )
 
 
 class Background:

@@ -105,21 +105,23 @@ def _guard_buffered(
 
 
 def conclude(w: ResponseWatch, request: LlmRequest) -> None:
-    """The response is over (or cut): read its usage, the answer's model, id and finish
-    reasons, and the stream guard's findings."""
+    """The response is over (or cut): read its usage, its output text counted, the answer's
+    model, id and finish reasons, and the stream guard's findings."""
     if w.stream_guard is not None:
         w.usage, w.answer = w.stream_guard.usage, w.stream_guard.parser.info
+        w.output_tokens = w.stream_guard.parser.output_tokens
         if w.stream_guard.findings.fired:
             w.findings = w.stream_guard.findings
     elif w.sse is not None:
         w.sse.flush()  # a last event with no blank line after it still counts
-        w.usage, w.answer = w.sse.usage, w.sse.info
+        w.usage, w.answer, w.output_tokens = w.sse.usage, w.sse.info, w.sse.output_tokens
     elif w.usage_filter is not None:
         w.usage_filter.feed(b"", True)
-        w.usage, w.answer = w.usage_filter.usage, w.usage_filter.info
+        f = w.usage_filter
+        w.usage, w.answer, w.output_tokens = f.usage, f.info, f.output_tokens
     elif w.chunks and 200 <= w.status < 300:
         try:
             resp = parse_response(request.api, b"".join(w.chunks))
-            w.usage, w.answer = resp.usage, resp.info
+            w.usage, w.answer, w.output_tokens = resp.usage, resp.info, resp.output_tokens
         except PolicyExtprocError:
-            w.usage = None
+            w.usage = None  # not the JSON its API promises: nothing counted either

@@ -1,32 +1,21 @@
-"""The CPU work of deciding a request, its budget, and where it runs.
+"""Where the CPU work of deciding a request runs: in the loop, or in a worker process.
 
-``examine`` is the one function that turns a request body into findings: parse, build the
-context, resolve the rules in force, run every detector. It runs in the event loop for the
-common small body, and in a worker process for a large one (``WorkRunner``), so that one
-tenant's 3 MB of e-mail addresses never holds up the other streams: the loop only moves bytes.
-Both paths call the same function on the same compiled policies, so they decide alike.
+``WorkRunner`` examines a small body in the event loop and a large one in a worker process
+(``WorkerPool``); what is examined, and the work budget, are ``enforce/examine.py``'s.
 
 Why processes, not threads: the detectors are Python with Hyperscan scans in between; a thread
 shares the GIL with the loop (every stream then waits up to ``sys.getswitchinterval`` at each
 wake-up). A worker process compiles its own copy of the snapshot from the same policies and
 keys (sent once per worker and build), and it can be stopped: a request over its time bound
-is killed with its worker, not left running.
-
-The work budget, in two parts (``WorkSettings``):
-
-- ``budget``: a unit known before any work, *body bytes x text scanners in force* (each PII
-  rule, compliance pack with data types, and policy with request content filters scans the
-  text once). A body over it is refused with 413 ``work_budget_exceeded`` on its headers
-  (declared length) or on its body.
-- ``timeout_s``: the elapsed time one offloaded request may take; past it the worker is killed
-  and the request refused with the same 413. The sidecar asks Envoy for this much time, plus a
-  margin, with ``override_message_timeout``: it must stay within Envoy's
-  ``max_message_timeout`` (5 s in the shipped configurations).
+is killed with its worker, not left running. Once the workers are warmed (``warm``: at start
+and on every change, unless ``--offload-lazy``), a killed worker's replacement is started and
+compiled at once, in the background, so the next large body does not compile it in its bound.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import signal
@@ -35,111 +24,30 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..errors import PolicyExtprocError, TokenPrompt, WorkBudgetExceeded
-from ..llm.catalog import Catalog, ModelJudge
-from ..llm.request import TOKEN_PROMPT_REFUSAL, LlmRequest, parse_request
-from ..policy.compiler import EffectiveSet, Snapshot
-from ..policy.context import DEFAULT_IDENTITY, IdentityConfig, build_context
-from ..policy.decision import RequestContext
-from ..policy.evaluator import Findings, check_request
-from ..policy.model import allows_token_prompts
-from ..policy.rules.compliance import ComplianceRule
-from ..policy.rules.pii import PiiRule, detector_of
+from ..errors import PolicyExtprocError, WorkBudgetExceeded
+from ..llm.catalog import Catalog
+from ..policy.compiler import Snapshot
+from ..policy.context import DEFAULT_IDENTITY, IdentityConfig
+from .examine import (
+    DEFAULT_BUDGET,
+    DEFAULT_OFFLOAD_BYTES,
+    DEFAULT_TIMEOUT_S,
+    EXTENSION_MARGIN_S,
+    Examined,
+    WorkSettings,
+    _compact,
+    check_budget,
+    examine,
+    scanners,
+)
 
 log = logging.getLogger(__name__)
 
-# Bodies below this many bytes are examined in the loop: a few KB take well under a
-# millisecond, less than the round trip to a worker.
-DEFAULT_OFFLOAD_BYTES = 32 * 1024
-DEFAULT_TIMEOUT_S = 4.0  # + EXTENSION_MARGIN_S = 4.5 s, within Envoy's max_message_timeout: 5s
-EXTENSION_MARGIN_S = 0.5  # the override asks Envoy for the time bound plus this
 WORKER_NICENESS = 10
-# 4 MiB bodies (the body limit) with 16 scanners, or 64 MiB with one.
-DEFAULT_BUDGET = 64 * 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class WorkSettings:
-    """How much work one request may cost, and where large bodies are examined."""
-
-    budget: int = DEFAULT_BUDGET  # body bytes x text scanners; 0: no limit
-    timeout_s: float = DEFAULT_TIMEOUT_S  # elapsed bound of an offloaded examination
-    offload_bytes: int = DEFAULT_OFFLOAD_BYTES  # bodies at least this large go to a worker
-    workers: int = 1  # worker processes; 0: every body is examined in the loop
-
-
-@dataclass(slots=True)
-class Examined:
-    """What ``examine`` found: the parsed request, its context, and the rules' findings."""
-
-    request: LlmRequest | None
-    ctx: RequestContext
-    findings: Findings = field(default_factory=Findings)
-
-
-def examine(
-    snapshot: Snapshot,
-    headers: Mapping[str, str],
-    claims: Mapping[str, Any] | None,
-    body: bytes,
-    identity: IdentityConfig = DEFAULT_IDENTITY,
-    catalog: Catalog | ModelJudge | None = None,
-) -> Examined:
-    """Parse the body and run the request-only rules on it; raises ``RequestError``.
-    ``catalog`` resolves an Azure deployment to the model the rules judge: required whenever
-    there is a body to parse (``build_context`` reads no catalog of its own)."""
-    if not body and headers.get(":method", "POST") in ("GET", "HEAD", "OPTIONS"):
-        request = None  # model listings, health checks: nothing for a policy to read
-    else:
-        request = parse_request(headers.get(":path", "/"), body)
-    # ``claims`` come from Envoy's jwt_authn filter: verified, so they win over headers.
-    ctx = build_context(headers, request, claims=claims, config=identity, catalog=catalog)
-    es = snapshot.resolve(ctx.org, ctx.team, ctx.environment)
-    # Token ids are text no rule can read: refused unless a policy in force allows them.
-    tokens = request is not None and request.token_prompts
-    if tokens and not allows_token_prompts(cp.policy for cp in es.policies):
-        raise TokenPrompt(TOKEN_PROMPT_REFUSAL)
-    return Examined(request, ctx, check_request(es, ctx))
-
-
-def scanners(es: EffectiveSet) -> int:
-    """How many times the request's text is scanned in this scope (at least once: parsing)."""
-    n = len(es.content["request"])
-    n += len([e for e in es.rules_of(PiiRule) if e.rule.direction != "response"])
-    n += sum(1 for e in es.rules_of(ComplianceRule) if detector_of(e) is not None)
-    return max(1, n)
-
-
-def check_budget(settings: WorkSettings, es: EffectiveSet, size: int) -> None:
-    """Refuse, before any work, a body whose size times its scanners is over the budget."""
-    if settings.budget <= 0:
-        return
-    n = scanners(es)
-    if size * n > settings.budget:
-        raise WorkBudgetExceeded(
-            f"request body of {size} bytes scanned by {n} rules is {size * n} units of work, "
-            f"over the limit of {settings.budget} per request (body bytes x scanners)"
-        )
-
-
-def _compact(ex: Examined) -> Examined:
-    """The same findings, each part's edits folded into one whole-part replacement (the same
-    ``new_texts``): a worker's answer holds one edit per part, not one per e-mail address
-    (150,000 tuples to unpickle in the loop would cost more than the work saved)."""
-    f = ex.findings
-    if ex.request is None or not f.edits:
-        return ex
-    parts = ex.request.parts
-    edits = {}
-    for i, part_edits in f.edits.items():
-        text = Findings(edits={i: part_edits}).new_texts(parts)[parts[i].path]
-        edits[i] = [(0, len(parts[i].text), text)]
-    f.edits = edits
-    return ex
 
 
 # -- worker processes ----------------------------------------------------------------------------
@@ -187,7 +95,7 @@ class WorkerFailed(PolicyExtprocError):
     http_status = 500
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # by identity: kept in a set while it starts
 class _Worker:
     process: subprocess.Popen[bytes]
     conn: Connection
@@ -199,7 +107,13 @@ class _Worker:
 
 
 class WorkerPool:
-    """Worker processes, started on first use; one request at a time in each."""
+    """Worker processes, started on first use (or by ``warm``); one request at a time in each.
+
+    Once warmed, a killed worker's replacement is started at once and compiles the snapshot
+    last warmed, in the background and holding the killed one's slot: the next large body finds
+    it warm instead of compiling within its own time bound (and, under load, being killed
+    again for it). Not warmed (``--offload-lazy``), a replacement starts on next use.
+    """
 
     def __init__(self, size: int, timeout_s: float) -> None:
         self.size = size
@@ -211,6 +125,10 @@ class WorkerPool:
         self._blobs: dict[str, bytes] = {}
         self.started = 0  # worker processes started, killed ones' replacements included
         self.killed = 0
+        self._warmed: Snapshot | None = None  # the last snapshot ``warm`` compiled
+        self._replacing: set[asyncio.Task[None]] = set()
+        self._starting: set[_Worker] = set()  # replacements not yet idle
+        self._closed = False
 
     def _blob(self, snapshot: Snapshot) -> bytes:
         blob = self._blobs.get(snapshot.build)
@@ -254,15 +172,62 @@ class WorkerPool:
         assert self._slots is not None
         self._slots.release()
 
-    def _kill(self, w: _Worker) -> None:
-        # The worker may be mid-way through a large body: stop it now; the slot it frees
-        # starts a new one when next needed.
-        self.killed += 1
+    def _stop(self, w: _Worker) -> None:
         w.process.kill()
         w.conn.close()
-        self._threads.submit(w.process.wait)  # reaped off the loop
+        if not self._closed:
+            self._threads.submit(w.process.wait)  # reaped off the loop
+
+    def _kill(self, w: _Worker) -> None:
+        # The worker may be mid-way through a large body: stop it now. Its slot goes to the
+        # replacement, warmed now if the pool is warmed, else started when next needed.
+        self.killed += 1
+        self._stop(w)
         assert self._slots is not None
-        self._slots.release()
+        if self._warmed is None or self._closed:
+            self._slots.release()
+            return
+        task = asyncio.get_running_loop().create_task(self._replace(self._warmed))
+        self._replacing.add(task)
+        task.add_done_callback(self._replacing.discard)
+
+    async def _replace(self, snapshot: Snapshot) -> None:
+        """Start a killed worker's replacement and compile ``snapshot`` in it (its slot held)."""
+        assert self._slots is not None
+        w: _Worker | None = None
+        try:
+            w = await asyncio.get_running_loop().run_in_executor(self._threads, self._spawn)
+            self._starting.add(w)
+            await self._compile(w, snapshot)
+        except BaseException as exc:
+            if w is not None:
+                self._starting.discard(w)
+                self._stop(w)
+            self._slots.release()
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("could not warm the replacement of a killed worker process: %s", exc)
+            return
+        self._starting.discard(w)
+        if self._closed:
+            self._stop(w)
+        else:
+            self._release(w)
+
+    async def replaced(self) -> None:
+        """Wait for the replacements of killed workers to be warm (or to have failed)."""
+        while self._replacing:
+            await asyncio.gather(*self._replacing, return_exceptions=True)
+
+    async def _compile(self, w: _Worker, snapshot: Snapshot) -> None:
+        """Have ``w`` compile ``snapshot`` now (a warm-up: nothing to examine)."""
+        message = (snapshot.build, snapshot.version, self._blob(snapshot), None)
+        loop = asyncio.get_running_loop()
+        kind, value = await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+        if kind == "ok":
+            w.keep(snapshot.build)
+        else:  # the worker lives on; the first request sends the policies again
+            log.warning("a worker process could not compile the policies: %s", value)
 
     async def run(self, snapshot: Snapshot, job: tuple[Any, ...]) -> Examined:
         """``examine(snapshot, *job)`` in a worker, within ``timeout_s``."""
@@ -310,18 +275,17 @@ class WorkerPool:
         return set.intersection(*sets) if sets else set()
 
     async def warm(self, snapshot: Snapshot) -> None:
-        """Start every worker and have it compile ``snapshot`` now, not on the first large body."""
+        """Start every worker and have it compile ``snapshot`` now, not on the first large body;
+        from now on a killed worker's replacement is warmed too (``_kill``)."""
+        self._warmed = snapshot
 
         async def one() -> None:
             w = await self._acquire()
             try:
-                message = (snapshot.build, snapshot.version, self._blob(snapshot), None)
-                loop = asyncio.get_running_loop()
-                await loop.run_in_executor(self._threads, _roundtrip, w.conn, message)
+                await self._compile(w, snapshot)
             except BaseException:
                 self._kill(w)
                 raise
-            w.keep(snapshot.build)
             self._release(w)
 
         results = await asyncio.gather(*(one() for _ in range(self.size)), return_exceptions=True)
@@ -330,6 +294,14 @@ class WorkerPool:
                 log.warning("could not warm a worker process: %s", r)
 
     def close(self) -> None:
+        self._closed = True
+        for task in self._replacing:
+            task.cancel()
+        for w in self._starting:  # a replacement still compiling
+            self._stop(w)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                w.process.wait(timeout=5)
+        self._starting.clear()
         for w in self._idle:
             w.conn.close()  # the worker sees EOF and returns
             try:
@@ -398,3 +370,19 @@ from multiprocessing.connection import Connection
 from policy_extproc.enforce.work import _worker_main
 _worker_main(Connection(int(sys.argv[1])))
 """
+
+
+__all__ = [
+    "DEFAULT_BUDGET",
+    "DEFAULT_OFFLOAD_BYTES",
+    "DEFAULT_TIMEOUT_S",
+    "EXTENSION_MARGIN_S",
+    "Examined",
+    "WorkRunner",
+    "WorkSettings",
+    "WorkerPool",
+    "_compact",
+    "check_budget",
+    "examine",
+    "scanners",
+]

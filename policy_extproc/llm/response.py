@@ -26,6 +26,7 @@ from policy_extproc.llm.request import (
     load_json_object,
     replace_texts,
 )
+from policy_extproc.llm.tokens import token_weight, tokens_of_weight
 
 __all__ = [
     "LlmResponse",
@@ -57,6 +58,11 @@ class LlmResponse:
     body: dict[str, Any] = field(repr=False)
     info: ResponseInfo | None = None
 
+    @property
+    def output_tokens(self) -> int:
+        """The model's output text counted as ``llm/tokens.py`` estimates it."""
+        return tokens_of_weight(sum(token_weight(p.text) for p in self.parts))
+
 
 def is_stream(content_type: str) -> bool:
     """Whether a response's content type is a stream framing of any format we read."""
@@ -82,9 +88,10 @@ def rewrite_response(resp: LlmResponse, new_texts: Mapping[JsonPath, str]) -> by
 class SseParser:
     """Incremental parser of one api's streamed answer (SSE or AWS event-stream framing):
     events, the text each adds, the usage reported so far and what the answer says about
-    itself (model, id, finish reasons)."""
+    itself (model, id, finish reasons), and its output text counted as ``llm/tokens.py``
+    estimates it (what is charged when the provider reports no usage)."""
 
-    __slots__ = ("_delta", "_fold", "_fold_info", "_framer", "_info", "_usage")
+    __slots__ = ("_delta", "_fold", "_fold_info", "_framer", "_info", "_usage", "_weight")
 
     def __init__(self, api: Api) -> None:
         fmt = BY_API[api]
@@ -94,6 +101,7 @@ class SseParser:
         self._delta = fmt.delta_text
         self._usage: Usage | None = None
         self._info: ResponseInfo | None = None
+        self._weight = 0  # token_weight of the output text so far
 
     def feed(self, chunk: bytes) -> list[StreamEvent]:
         """Add bytes; return the events they complete, keeping any partial tail."""
@@ -108,6 +116,9 @@ class SseParser:
             if isinstance(ev.payload, dict):
                 self._usage = self._fold(ev.payload, ev.event, self._usage)
                 self._info = self._fold_info(ev.payload, ev.event, self._info)
+                text = self._delta(ev.payload)
+                if text:
+                    self._weight += token_weight(text)
         return events
 
     @property
@@ -119,6 +130,11 @@ class SseParser:
     def info(self) -> ResponseInfo | None:
         """The answer's model, id and finish reasons as the stream told them so far."""
         return self._info
+
+    @property
+    def output_tokens(self) -> int:
+        """The output text of the events so far, counted as ``llm/tokens.py`` estimates it."""
+        return tokens_of_weight(self._weight)
 
     def delta_text(self, event: StreamEvent) -> str | None:
         """The output text this event adds, None for events that carry none."""
@@ -170,3 +186,8 @@ class UsageChunkFilter:
     def info(self) -> ResponseInfo | None:
         """The answer's model, id and finish reasons, as the stream told them so far."""
         return self.parser.info
+
+    @property
+    def output_tokens(self) -> int:
+        """The output text of the stream so far, counted (``SseParser.output_tokens``)."""
+        return self.parser.output_tokens

@@ -35,6 +35,21 @@ def estimate_tokens(text: str) -> int:
     return (3 * utf8 - n + 7) // 8
 
 
+def token_weight(text: str) -> int:
+    """Eight times the estimated tokens of ``text``, unrounded (``3 * utf8_bytes - chars``):
+    the weights of pieces add up to the weight of the whole, so an answer streamed in pieces
+    is counted as its text joined (``tokens_of_weight``)."""
+    n = len(text)
+    if text.isascii():
+        return 2 * n
+    return 3 * len(text.encode("utf-8", "surrogatepass")) - n
+
+
+def tokens_of_weight(weight: int) -> int:
+    """The estimated tokens of text of this total ``token_weight``: ``estimate_tokens`` of it."""
+    return (weight + 7) // 8
+
+
 def _messages(req: LlmRequest) -> int:
     """How many chat messages the request frames (0 for completions and embeddings)."""
     return BY_API[req.api].messages(req.body)

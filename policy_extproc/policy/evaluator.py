@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from ..detect.joined import Remembering
 from .compiler import EffectiveSet
 from .decision import NO_STATE, Decision, RequestContext, StateOutcome, combine
 from .findings import Findings, TextPart
@@ -24,16 +25,18 @@ def check_request(es: EffectiveSet, ctx: RequestContext) -> Findings:
     out = Findings()
     if ctx.request is None:
         return out
-    for check in _REQUEST_CHECKS:
-        check(es, ctx, out)
+    with Remembering():  # the parts' canonical forms, shared by the checks, then forgotten
+        for check in _REQUEST_CHECKS:
+            check(es, ctx, out)
     return out
 
 
 def check_response(es: EffectiveSet, parts: Sequence[TextPart]) -> Findings:
     """Firings and rewrites of the output guardrails (direction response or both)."""
     out = Findings()
-    for check in _RESPONSE_CHECKS:
-        check(es, parts, out)
+    with Remembering():
+        for check in _RESPONSE_CHECKS:
+            check(es, parts, out)
     return out
 
 

@@ -6,7 +6,10 @@ Every key expires. Each call is bounded by ``timeout_s`` and is never retried (a
 admit could consume twice); any failure or timeout becomes ``StateError`` at once, and the
 caller applies the rule's ``on_error``. The connection pool drops a connection that failed and
 checks pooled ones before use, so the first call after Redis comes back succeeds. The client
-is a single server's, a Redis Cluster's or a Sentinel master's (``connect``).
+is a single server's, a Redis Cluster's or a Sentinel master's (``connect``). At most
+``max_connections`` calls are under way at once; the others wait for one to end, within their
+own bound (a Cluster's or a Sentinel's pool does not wait: past its size it fails the call at
+once, so a burst of more concurrent calls than connections failed closed).
 
 The Lua sources are in ``state/lua/``: the ARGV and return layouts are documented there.
 
@@ -21,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from importlib import resources
 from typing import Any, TypeVar, cast
 
@@ -84,9 +87,12 @@ class RedisState:
         *,
         timeout_s: float = DEFAULT_TIMEOUT_S,
         observe: Observer | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
         self._client = client
         self._timeout_s = timeout_s
+        # One connection per call: no more calls at once than the pool holds (see above).
+        self._calls = asyncio.Semaphore(max_connections)
         self.observe = observe
         # Orgs this process reserved for, so expire_reservations knows whose index to sweep;
         # admit and reconcile also sweep their own org, so none is missed for long.
@@ -116,13 +122,13 @@ class RedisState:
         """Connect lazily to ``url`` (see ``connect``: one server, Cluster, Sentinel)."""
         target = connect.parse(url)
         client = connect.client(target, timeout_s=timeout_s, max_connections=max_connections)
-        return cls(client, timeout_s=timeout_s, observe=observe)
+        return cls(client, timeout_s=timeout_s, observe=observe, max_connections=max_connections)
 
     async def _run(self, what: str, call: Awaitable[T]) -> T:
         started = time.perf_counter()
         outcome = "error"
         try:
-            async with asyncio.timeout(self._timeout_s):
+            async with asyncio.timeout(self._timeout_s), self._calls:
                 await connect.ready(self._client)
                 result = await call
             outcome = "ok"
@@ -134,6 +140,8 @@ class RedisState:
         except (RedisError, OSError) as exc:
             raise StateError(f"redis {what}: {exc}") from exc
         finally:
+            if isinstance(call, Coroutine):
+                call.close()  # never started when the bound passed first (a no-op if done)
             if self.observe is not None:
                 try:
                     self.observe(what, outcome, time.perf_counter() - started)

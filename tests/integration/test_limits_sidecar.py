@@ -340,17 +340,21 @@ def replicas_of(backend: str | None) -> int:
 async def test_200_concurrent_requests_against_a_limit_of_50_admit_exactly_50(
     backend: str | None, start_sidecar: StartSidecar
 ) -> None:
+    # What is proved is the count under concurrency, not the time bounds: 100 streams at once
+    # on a replica of a loaded 2-core machine outlast the 100 ms Redis bound (a 503 that may
+    # have consumed its unit) and Envoy's 0.5 s message timeout (a late answer refused).
+    bounds = {"redis_timeout_s": 30.0, "message_timeout_s": 60.0}
     replicas = [
-        await start_sidecar(rate_limit(requests=50), redis=backend)
+        await start_sidecar(rate_limit(requests=50), redis=backend, **bounds)
         for _ in range(replicas_of(backend))
     ]
     answers = await concurrently([s.stub for s in replicas], 200, chat())
 
     attempts = audited(replicas, "r")
-    failed_closed = attempts.count("state_unavailable")
+    assert attempts.count("state_unavailable") == 0  # each of the 200 counted once
     allowed = [a for a in answers if not a.refused]
-    assert_admitted(len(allowed), 50, failed_closed)
-    assert attempts.count("allow") == len(allowed)  # no attempt that failed closed passed
+    assert len(allowed) == 50
+    assert attempts.count("allow") == 50 and len(attempts) == 200
     for a in answers:
         if not a.refused:
             continue

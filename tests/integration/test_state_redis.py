@@ -169,9 +169,28 @@ async def test_limits_are_per_org(state: StateBackend) -> None:
 
 async def test_200_concurrent_requests_against_50_admit_exactly_50(replicas: Pair) -> None:
     spec = requests(50)
+    for r in replicas:  # connected, a Cluster's slots learnt: the 200 calls then overlap
+        await r.admit(ORG, "warm", [LimitSpec("rl:user:warm:r1:requests", 1, 60.0, 0)], now=T0)
     calls = [replicas[i % 2].admit(ORG, f"c{i}", [spec], now=T0) for i in range(200)]
     results = await asyncio.wait_for(asyncio.gather(*calls), HANG_GUARD_S)
     assert sum(r.admitted for r in results) == 50
+
+
+@pytest.mark.parametrize("where", ["redis_url", "cluster_url"])
+async def test_more_calls_at_once_than_connections_wait_for_one(
+    where: str, request: pytest.FixtureRequest
+) -> None:
+    # A Cluster's (and a Sentinel's) pool fails a call past its size at once (redis-py's
+    # MaxConnectionsError): 100 calls on 4 connections failed closed, under load 200 on 64 did.
+    state = RedisState.from_url(request.getfixturevalue(where), timeout_s=5, max_connections=4)
+    spec = requests(50)
+    try:
+        assert (await state.admit(ORG, "first", [spec], now=T0)).admitted
+        calls = [state.admit(ORG, f"w{i}", [spec], now=T0) for i in range(100)]
+        results = await asyncio.wait_for(asyncio.gather(*calls), HANG_GUARD_S)
+    finally:
+        await state.close()
+    assert sum(r.admitted for r in results) == 49
 
 
 # -- budgets ---------------------------------------------------------------------------

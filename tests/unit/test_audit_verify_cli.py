@@ -9,8 +9,10 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
+from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
 
-from policy_extproc.audit.chain import AuditLog
+from policy_extproc.audit.chain import GENESIS, AuditLog
+from policy_extproc.audit.otel_logs import OtelAuditLogs
 from policy_extproc.cli import main
 from tests.unit.test_audit_chain import make_record
 
@@ -124,3 +126,29 @@ def test_checkpoints_that_are_not_json_are_a_usage_error(tmp_path: Path) -> None
         main, ["audit", "verify", "--output", "json", str(path), "--checkpoints", str(marks)]
     )
     assert result.exit_code == 2 and "not JSON lines" in result.output
+
+
+def test_a_checkpoint_of_a_chain_with_no_line_yet_names_nothing_to_find(tmp_path: Path) -> None:
+    # A sidecar idle for a checkpoint interval before its first request sent the empty
+    # chain's head (GENESIS, older versions): it is not a line cut off the end.
+    path = tmp_path / "audit.jsonl"
+    write_log(path, 2)
+    last = json.loads(path.read_text().splitlines()[-1])
+    marks = tmp_path / "checkpoints.jsonl"
+    marks.write_text(
+        json.dumps({"hash": GENESIS, "lines": 0}) + "\n" + json.dumps({"hash": last["hash"]}) + "\n"
+    )
+    code, out = verify_json(str(path), "--checkpoints", str(marks))
+    assert code == 0 and out["ok"] and out["checkpoints"] == {"found": 1, "missing": 0}
+
+
+def test_no_checkpoint_is_exported_before_the_first_line() -> None:
+    exporter = InMemoryLogRecordExporter()
+    logs = OtelAuditLogs("unused:4317", chain="test", exporter=exporter)
+    try:
+        assert not logs.checkpoint(GENESIS, 0)
+        assert logs.checkpoint("a" * 64, 1)
+    finally:
+        logs.close()
+    bodies = [json.loads(str(d.log_record.body)) for d in exporter.get_finished_logs()]
+    assert [b["hash"] for b in bodies] == ["a" * 64]

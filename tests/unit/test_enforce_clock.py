@@ -40,6 +40,7 @@ CLOCK_FREE = frozenset(
         "effects.py",
         "engine.py",  # its ``clock``
         "envoy_replies.py",
+        "examine.py",
         "exchange.py",
         "extauthz.py",  # the engine's clock, for the queue age
         "failover.py",  # told ``now``

@@ -59,7 +59,7 @@ def scan_semantic(
     injection = [e for e in rules if isinstance(e.rule, PromptInjectionRule)]
     topical = [e for e in rules if isinstance(e.rule, ContentFilterRule)]
     # The canonical forms the content filters computed for these parts (computed once per
-    # request: detect/joined remembers the last parts' forms).
+    # check: detect/joined remembers the last parts' forms until the check is over).
     canon = JoinedParts([p.text for p in parts], (), "\n")
     texts = canon.forms
     # Each part's sentences are cut once for both classifiers, and embedded once per model.

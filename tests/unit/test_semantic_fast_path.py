@@ -18,6 +18,7 @@ from policy_extproc.detect.semantic.embedder import (
     EmbedderError,
     StaticEmbedder,
     _Segmenter,
+    flat_pieces,
     pieces_of,
     segment_sums,
     text_pieces,
@@ -100,6 +101,18 @@ def test_the_pieces_are_cut_once_per_spans_and_never_for_another_text() -> None:
                                             "INDEX FUNDS IN GENERAL.")]  # fmt: skip
     plain = list(spans)  # no room to keep them: cut each time, same result
     assert text_pieces(text, plain) == text_pieces(text, tuple(spans)) == first
+
+
+def test_flat_pieces_are_the_pieces_in_order_with_their_counts_made_once() -> None:
+    for text in TEXTS + _random_texts(100, 4):
+        spans = sentence_spans(text)
+        flat, counts = flat_pieces(text, spans)
+        per = text_pieces(text, spans)[1]
+        assert flat == [p for ps in per for p in ps]
+        assert counts.dtype == np.int64 and counts.tolist() == [len(ps) for ps in per]
+        assert flat_pieces(text, spans)[0] is flat  # kept in the spans
+        plain = list(spans)  # nothing kept: the same, made again
+        assert flat_pieces(text, plain)[0] == flat and flat_pieces(text, plain)[0] is not flat
 
 
 @pytest.mark.parametrize("dim", [8, 7])  # even: summed as complex64 pairs; odd: as floats

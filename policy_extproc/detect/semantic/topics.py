@@ -41,7 +41,7 @@ from itertools import chain
 import numpy as np
 
 from . import topic_data
-from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_pieces
+from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_flat
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47
@@ -294,9 +294,9 @@ class TopicClassifier:
         embedding cut (a piece's best is remembered: most pieces are a word, with or without
         its punctuation), or from the words of ``low`` (``_lower(sentences.text)``). The max
         over the pieces' maxes is the max over the words (margins are >= 0): the same rows."""
-        per = words_pieces(sentences.text, sentences.spans)
-        if per is not None:
-            return self._best(*_flat(per), self._piece_rows, self._piece_margins)
+        flat = words_flat(sentences.text, sentences.spans)
+        if flat is not None:
+            return self._best(*flat, self._piece_rows, self._piece_margins)
         return self._word_scores([_WORD.findall(low, s, e) for s, e in sentences.spans])
 
     def hits_in(self, text: str,

@@ -73,12 +73,19 @@ _WORD_FLOOR = 0.3
 # is, its history or definition, and says nothing of the asker ("I", "my", "me"), is about the
 # field, not a request in it; its score is lowered by _GENERIC.
 _GENERIC = 0.3
-_EDUCATIONAL = re.compile(
-    r"^\W*(how (do|does|did|is|are|was|were|can) (?!i\b|we\b)\w+|what (is|are|was|were|does|do) "
+_OPENING = (
+    r"\W*(how (do|does|did|is|are|was|were|can) (?!i\b|we\b)\w+|what (is|are|was|were|does|do) "
     r"(?!i\b|my\b)|explain\b|why (do|does|did|is|are|was|were) (?!i\b|my\b)|when (was|were|did) "
-    r"|who (invented|discovered|founded|wrote)|describe\b|define\b)|\bin general\b|\bhistory of\b"
-    r"|\bdifference between\b"
+    r"|who (invented|discovered|founded|wrote)|describe\b|define\b)"
 )
+_ANYWHERE = ("in general", "history of", "difference between")
+# The reference (what the tests compare with): an opening at the start, or a phrase anywhere.
+# ``_generic`` reads it as two parts: ``match`` of the opening and, only when one of the phrases
+# is in the sentence, a search for it between word bounds (3.6 us per sentence -> 0.7 us: the
+# one search tried the anchored alternatives at every position).
+_EDUCATIONAL = re.compile("^" + _OPENING + "|" + "|".join(rf"\b{p}\b" for p in _ANYWHERE))
+_OPENS = re.compile(_OPENING)
+_PHRASE = re.compile(r"\b(?:" + "|".join(_ANYWHERE) + r")\b")
 _PERSONAL = re.compile(r"\b(i|i'm|i've|my|me|mine|myself|should i)\b")
 # Half of 0.5, the first version's: on the tune split it fires fewer near misses at equal
 # recall, with the library and without it.
@@ -191,7 +198,11 @@ def _flat(sentences: list[list[str]]) -> tuple[list[str], np.ndarray]:
 def _generic(low: str, start: int, end: int) -> bool:
     """Whether ``low[start:end]`` (lower case) is a general question, not a personal one."""
     sentence = low[start:end]
-    return _EDUCATIONAL.search(sentence) is not None and _PERSONAL.search(sentence) is None
+    if _OPENS.match(sentence) is None and not (
+        any(p in sentence for p in _ANYWHERE) and _PHRASE.search(sentence) is not None
+    ):
+        return False
+    return _PERSONAL.search(sentence) is None
 
 
 def _lower(text: str) -> str:

@@ -1,7 +1,7 @@
 """Quality and cost of the semantic guards (prompt injection, topics by meaning).
 
 Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
-[--model wordllama-l2-256|tokenlearn-10k-64] [--injection-model ...] [--iterations N]``
+[--model wordllama-l2-256|-128|-64|tokenlearn-10k-64] [--injection-model ...] [--iterations N]``
 (``--model``: the topics' model; ``--injection-model``: prompt injection's; the defaults are
 the shipped ones; ``--tree=PATH``: import the package from another checkout, to compare with a
 base; ``--topics-only``: the topic tables and the topic pass's cost). Prints tables; never

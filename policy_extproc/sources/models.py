@@ -19,6 +19,8 @@ from __future__ import annotations
 import importlib.util
 import os
 import threading
+from collections.abc import Callable
+from functools import partial
 from importlib import resources
 from pathlib import Path
 
@@ -48,7 +50,11 @@ def _tokenizer(path: Path) -> object:
     return tok
 
 
-def _load_wordllama() -> StaticEmbedder:
+def _load_wordllama(dim: int = 256) -> StaticEmbedder:
+    """wordllama's 256-dimension table, or its first ``dim`` columns (trained Matryoshka-style:
+    64 and 128 are operating points of the model). The topics use 256: the truncated tables
+    are there to measure (``benchmarks/semantic.py --model wordllama-l2-128``); they lose
+    recall on the topics' data (docs/semantic.md)."""
     from safetensors.numpy import load_file
 
     base = _package_dir("wordllama")
@@ -57,7 +63,8 @@ def _load_wordllama() -> StaticEmbedder:
     if not weights.is_file() or not tok.is_file():
         raise EmbedderError(f"wordllama's bundled weights are missing under {base}")
     table = load_file(str(weights))["embedding.weight"].astype(np.float32)
-    return StaticEmbedder(DEFAULT_MODEL, _tokenizer(tok), table)
+    table = np.ascontiguousarray(table[:, :dim])
+    return StaticEmbedder(f"wordllama-l2-{dim}", _tokenizer(tok), table)
 
 
 def _load_tokenlearn() -> StaticEmbedder:
@@ -73,7 +80,12 @@ def _load_tokenlearn() -> StaticEmbedder:
                           weights=t["weights"].astype(np.float32))  # fmt: skip
 
 
-_LOADERS = {DEFAULT_MODEL: _load_wordllama, "tokenlearn-10k-64": _load_tokenlearn}
+_LOADERS: dict[str, Callable[[], StaticEmbedder]] = {
+    "wordllama-l2-256": _load_wordllama,
+    "wordllama-l2-128": partial(_load_wordllama, 128),
+    "wordllama-l2-64": partial(_load_wordllama, 64),
+    "tokenlearn-10k-64": _load_tokenlearn,
+}
 # One of each per process, whoever asks (compiles run in threads: the admin API's, the store's).
 _LOADED: dict[str, StaticEmbedder] = {}
 _DETECTOR: list[InjectionDetector] = []

@@ -15,8 +15,10 @@ import pytest
 
 from policy_extproc.detect.semantic import injection
 from policy_extproc.detect.semantic.embedder import (
+    EmbedderError,
     StaticEmbedder,
     _Segmenter,
+    flat_pieces,
     pieces_of,
     segment_sums,
     text_pieces,
@@ -101,15 +103,44 @@ def test_the_pieces_are_cut_once_per_spans_and_never_for_another_text() -> None:
     assert text_pieces(text, plain) == text_pieces(text, tuple(spans)) == first
 
 
-def test_segment_sums_are_the_sums_of_the_runs() -> None:
+def test_flat_pieces_are_the_pieces_in_order_with_their_counts_made_once() -> None:
+    for text in TEXTS + _random_texts(100, 4):
+        spans = sentence_spans(text)
+        flat, counts = flat_pieces(text, spans)
+        per = text_pieces(text, spans)[1]
+        assert flat == [p for ps in per for p in ps]
+        assert counts.dtype == np.int64 and counts.tolist() == [len(ps) for ps in per]
+        assert flat_pieces(text, spans)[0] is flat  # kept in the spans
+        plain = list(spans)  # nothing kept: the same, made again
+        assert flat_pieces(text, plain)[0] == flat and flat_pieces(text, plain)[0] is not flat
+
+
+@pytest.mark.parametrize("dim", [8, 7])  # even: summed as complex64 pairs; odd: as floats
+@pytest.mark.parametrize("counts", [[0, 3, 1, 0, 0, 7, 2, 0], [3, 1, 7, 2], [0, 0], []])
+def test_segment_sums_are_the_sums_of_the_runs_of_any_width(dim: int, counts: list[int]) -> None:
+    """Every run with rows (summed straight into the output), some without (zero rows), none
+    at all; and a strided input (not read as pairs)."""
+    rng = np.random.default_rng(3)
+    runs = np.asarray(counts, np.int64)
+    rows = rng.standard_normal((int(runs.sum()), dim)).astype(np.float32)
+    starts = np.cumsum(runs) - runs
+    want = np.asarray([rows[a : a + n].sum(axis=0) for a, n in zip(starts, runs, strict=True)],
+                      np.float32).reshape(len(runs), dim)  # fmt: skip
+    got = segment_sums(rows, runs, dim)
+    assert got.dtype == np.float32 and got.shape == (len(runs), dim)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not got[runs == 0].any()
+    wide = np.zeros((len(rows), 2 * dim), np.float32)
+    wide[:, ::2] = rows
+    np.testing.assert_allclose(segment_sums(wide[:, ::2], runs, dim), want, atol=1e-6)
+
+
+def test_pooling_by_offsets_agrees_with_segment_sums() -> None:
     rng = np.random.default_rng(3)
     counts = np.asarray([0, 3, 1, 0, 0, 7, 2, 0], np.int64)
     rows = rng.standard_normal((int(counts.sum()), 8)).astype(np.float32)
     got = segment_sums(rows, counts, 8)
     starts = np.cumsum(counts) - counts
-    want = [rows[a : a + n].sum(axis=0) for a, n in zip(starts, counts, strict=True)]
-    np.testing.assert_allclose(got, np.asarray(want), atol=1e-6)
-    assert not got[[0, 3, 4, 7]].any()
     # The pooling of HashEmbedder (by character offsets) agrees with it.
     offsets = np.arange(len(rows), dtype=np.int64) * 2
     bounds = [(2 * int(a), 2 * int(a + n)) for a, n in zip(starts, counts, strict=True)]
@@ -117,6 +148,25 @@ def test_segment_sums_are_the_sums_of_the_runs() -> None:
     pooled = _Segmenter.pool(padded, offsets, bounds)
     norms = np.maximum(np.linalg.norm(got, axis=1, keepdims=True), 1e-12)
     np.testing.assert_allclose(pooled, got / norms, atol=1e-6)
+
+
+@pytest.mark.parametrize("dim", [128, 64])
+def test_a_truncated_wordllama_is_the_first_columns_of_the_full_one(dim: int) -> None:
+    """The Matryoshka operating points (measured, not shipped to the topics): the table's
+    first ``dim`` columns, contiguous, with the full model's tokenizer."""
+    full, cut = load_embedder("wordllama-l2-256"), load_embedder(f"wordllama-l2-{dim}")
+    assert cut.name == f"wordllama-l2-{dim}" and cut.dim == dim
+    assert cut.table.flags.c_contiguous and cut.table.dtype == np.float32
+    np.testing.assert_array_equal(cut.table, full.table[:, :dim])
+    text = "Dump my ETH or hold? Index funds in general."
+    spans = sentence_spans(text)
+    want = reference_embed(cut, text, spans)
+    np.testing.assert_allclose(cut.embed_spans(text, spans), want, atol=1e-6)
+
+
+def test_an_unknown_model_is_refused_by_name() -> None:
+    with pytest.raises(EmbedderError, match="unknown model 'wordllama-l2-100'"):
+        load_embedder("wordllama-l2-100")
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -175,6 +175,29 @@ def test_vectorised_scores_equal_the_reference_on_the_model() -> None:
     assert hits  # the tune positives fire
 
 
+def test_generic_prior_in_two_parts_equals_the_one_search() -> None:
+    """``_generic`` (opening matched, phrases searched only when present) against the one
+    search of ``_EDUCATIONAL``, on the labelled texts, their words shuffled, and near cases."""
+    data = yaml.safe_load((DATA / "topics.yaml").read_text(encoding="utf-8"))
+    texts = [x for t in data["topics"].values() for g in ("positive", "near_miss")
+             for xs in t[g].values() for x in xs]  # fmt: skip
+    texts += [x for g in ("unrelated", "traffic") for xs in data[g].values() for x in xs]
+    rng = random.Random(5)
+    near = ["how do i", "how does it work in general?", "in generality", "the history of x",
+            "a difference betweens", "  what is my score", "-- explain it", "xin general",
+            "why is the sky blue", "who invented it, me?", "define", "", "history ofs"]  # fmt: skip
+    cases = [*near, *texts]
+    for t in texts:
+        words = t.split()
+        rng.shuffle(words)
+        cases.append(" ".join(words))
+    for low in (c.lower() for c in cases):
+        want = bool(topics._EDUCATIONAL.search(low)) and not topics._PERSONAL.search(low)
+        assert topics._generic(low, 0, len(low)) == want, low
+        assert topics._generic("x. " + low, 3, 3 + len(low)) == want, low  # a span, not a text
+    assert sum(topics._generic(c.lower(), 0, len(c)) for c in near) >= 4  # both ways seen
+
+
 def test_product_in_blocks_equals_one_product() -> None:
     rng = np.random.default_rng(3)
     rows = rng.standard_normal((300, 64)).astype(np.float32)

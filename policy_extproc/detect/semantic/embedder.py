@@ -70,9 +70,12 @@ def columns(rows: Vectors) -> Vectors:
 
 
 def _normalise(rows: Vectors) -> Vectors:
-    norms = np.linalg.norm(rows, axis=1, keepdims=True)
+    """``rows`` scaled to unit length in place (a zero row stays zero): the squared norms by
+    one ``einsum`` (13 us for 80 x 256 against 20 us by ``np.linalg.norm``)."""
+    norms = np.einsum("ij,ij->i", rows, rows)
+    np.sqrt(norms, out=norms)
     np.maximum(norms, 1e-12, out=norms)
-    rows /= norms
+    rows /= norms[:, None]
     return rows
 
 
@@ -133,15 +136,34 @@ def text_pieces(text: str, spans: Sequence[Span]) -> tuple[bool, list[list[str]]
     (examples and prompts differ in case more than in meaning: "Dump my ETH" and "dump my eth"
     should be one point). Kept in the spans when they have room for it (``text.Spans``): the
     two models embed the same part with the same spans, one after the other."""
-    kept = getattr(spans, "pieces", None)
+    kept = _kept(text, spans)
+    return kept[1], kept[2]
+
+
+def flat_pieces(text: str, spans: Sequence[Span]) -> tuple[list[str], npt.NDArray[np.int64]]:
+    """(every piece of ``text_pieces`` in order, how many per span): what a gather reads, made
+    once per spans (both models and the topics' word pass read it)."""
+    kept = _kept(text, spans)
+    return kept[4], kept[5]
+
+
+_Kept = tuple[str, bool, list[list[str]], bool, list[str], npt.NDArray[np.int64]]
+
+
+def _kept(text: str, spans: Sequence[Span]) -> _Kept:
+    """(text, lowered, pieces per span, whether a run was cut, flat pieces, counts), kept in
+    the spans when they have room (and for this very text)."""
+    kept: _Kept | None = getattr(spans, "pieces", None)
     if kept is not None and kept[0] is text:
-        return kept[1], kept[2]
+        return kept
     low = text.lower()
     lowered = len(low) == len(text)
     per, cut = _cut(low if lowered else text, spans)
+    counts = np.fromiter(map(len, per), np.int64, len(per))
+    kept = (text, lowered, per, cut, list(chain.from_iterable(per)), counts)
     with suppress(AttributeError):  # a plain list or tuple of spans: nothing kept
-        spans.pieces = (text, lowered, per, cut)  # type: ignore[attr-defined]
-    return lowered, per
+        spans.pieces = kept  # type: ignore[attr-defined]
+    return kept
 
 
 def words_pieces(text: str, spans: Sequence[Span]) -> list[list[str]] | None:
@@ -155,14 +177,38 @@ def words_pieces(text: str, spans: Sequence[Span]) -> list[list[str]] | None:
     return kept[2]
 
 
+def words_flat(text: str, spans: Sequence[Span]) -> tuple[list[str], npt.NDArray[np.int64]] | None:
+    """``words_pieces`` flat, with the count per span (``flat_pieces``); None when that is."""
+    if words_pieces(text, spans) is None:
+        return None
+    return flat_pieces(text, spans)
+
+
 def segment_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Vectors:
     """Consecutive runs of ``rows`` summed, ``counts[i]`` rows for output row ``i`` (a zero row
-    for a count of 0), by one ``np.add.reduceat`` over the runs that have rows."""
-    out = np.zeros((len(counts), dim), np.float32)
+    for a count of 0), by one ``np.add.reduceat`` over the runs that have rows.
+
+    ``reduceat`` along the rows costs about 1 ns per element whatever the width (it does not
+    vectorise across the columns): read as ``complex64`` (two floats per element, added
+    column by column all the same) the rows are half as many elements, and the sum of 700
+    rows of 256 floats takes 0.13 ms instead of 0.19 ms."""
     has = counts > 0
+    starts = np.cumsum(counts) - counts
+    wide = dim % 2 == 0 and rows.flags.c_contiguous
+    if has.all() and len(rows):  # every run has rows: summed straight into the output
+        out = np.empty((len(counts), dim), np.float32)
+        if wide:
+            np.add.reduceat(rows.view(np.complex64), starts, axis=0, out=out.view(np.complex64))
+        else:
+            np.add.reduceat(rows, starts, axis=0, out=out)
+        return out
+    out = np.zeros((len(counts), dim), np.float32)
     if has.any():
-        starts = np.cumsum(counts) - counts
-        out[has] = np.add.reduceat(rows, starts[has], axis=0)
+        if wide:
+            out.view(np.complex64)[has] = np.add.reduceat(rows.view(np.complex64),
+                                                          starts[has], axis=0)  # fmt: skip
+        else:
+            out[has] = np.add.reduceat(rows, starts[has], axis=0)
     return out
 
 
@@ -281,9 +327,7 @@ class StaticEmbedder:
         return _in_order_sums(rows, counts, self.dim)
 
     def embed_spans(self, text: str, spans: Sequence[Span]) -> Vectors:
-        _, per = text_pieces(text, spans)
-        counts = np.fromiter(map(len, per), np.int64, len(per))
-        pieces = list(chain.from_iterable(per))
+        pieces, counts = flat_pieces(text, spans)
         if not pieces:
             return np.zeros((len(spans), self.dim), np.float32)
         rows = self._pieces.gather(pieces, self.piece_sums)

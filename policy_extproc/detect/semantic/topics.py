@@ -3,7 +3,7 @@ clearly closer to them than to the topic's near neighbours.
 
 Built once per rule (compile time): the examples of every topic and a shipped background of
 generic questions and everyday requests (``topic_data.BACKGROUND``, generated from
-``data/topic_background_v5.yaml``) are embedded, and each domain of the shipped topic library
+``data/topic_background_v6.yaml``) are embedded, and each domain of the shipped topic library
 (``topic_data.LIBRARY``: requests as people write them in fields that policies often name)
 whose requests are near a topic's examples joins that topic as more prototypes, at a discount
 (``_adopt``): a static embedding knows little of paraphrase, the library brings the field's
@@ -64,7 +64,11 @@ would yes you your
 """.split()  # noqa: SIM905 (a word list reads better as text)
 )
 _WORD_CACHE_LIMIT = 20_000  # words, and pieces, remembered per rule: 20,000 x topics floats each
-_OFFSET = 0.5
+# A sentence's raw score plus _OFFSET is its score (0..1): 0.55 puts the default threshold
+# 0.47 where, on the tune split, as many negatives fire as at the previous version's (8 of 270:
+# near misses, unrelated texts, everyday traffic and the injection data's benign texts) and
+# recall is 0.83 against 0.77 (docs/semantic.md).
+_OFFSET = 0.55
 # A word counts only where it is nearer a topic word than _WORD_FLOOR and than every neighbour
 # word: rare words (names, units) sit far from everything, and a margin over far neighbours
 # alone says nothing. Chosen on the tune split.
@@ -91,6 +95,13 @@ _WORD_WEIGHT = 0.25
 # 0.4).
 _ADOPT = 0.35
 _LIBRARY_DISCOUNT = 0.05
+# A topic's nearness: (1 - _CENTROID) x the cosine to its nearest prototype (less the library's
+# discount) + _CENTROID x the cosine to the centroid of its prototypes (their unit mean). A
+# paraphrase that shares no word with any one example often still points the way the field's
+# requests point on average. Chosen on the tune split: recall at 3% of its negatives firing
+# 0.79 with the nearest prototype alone, 0.80 to 0.87 with the centroid at 0.3 to 0.7 (with the
+# topical own words and background v6).
+_CENTROID = 0.5
 # OpenBLAS runs a product on one thread only while rows x inner x columns stays under this
 # (its GEMM_MULTITHREAD_THRESHOLD 4 x 65,536). Over it, the request thread hands the product
 # to BLAS threads and waits for them: on a busy 2-core machine a 72 x 256 by 256 x 150 product
@@ -127,6 +138,25 @@ def _adopt(embedder: Embedder, topics: Sequence[TopicSpec],
         best = int(np.argmax(affinity))
         if affinity[best] >= _ADOPT:
             out[best].extend(requests)
+    return out
+
+
+def _centroids(rows: Vectors, owners: np.ndarray, n: int) -> Vectors:
+    """Per topic 0..n-1, the unit mean of its prototypes' rows (a zero row without any)."""
+    out = np.zeros((n, rows.shape[1]), np.float32)
+    np.add.at(out, owners, rows)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.asarray(out / np.where(norms > 0, norms, 1.0), np.float32)
+
+
+def _topical(embedder: Embedder, own: list[list[str]], centroids: Vectors,
+             background: Vectors) -> list[list[str]]:  # fmt: skip
+    """Per topic, its words nearer its centroid than the background's centroid."""
+    out = []
+    for k, ws in enumerate(own):
+        vecs = embed_texts(embedder, ws)
+        keep = vecs @ centroids[k] > vecs @ background
+        out.append([w for w, ok in zip(ws, keep, strict=True) if ok])
     return out
 
 
@@ -217,13 +247,21 @@ class TopicClassifier:
                                       for t, ps in zip(topics, protos, strict=True)
                                       for j in range(len(ps))], np.float32)  # fmt: skip
         # One matrix of columns (a contiguous transpose: see embedder.columns): the examples
-        # and adopted library requests, then the background, so a request pays one product.
+        # and adopted library requests, each topic's centroid, then the background, so a
+        # request pays one product.
         every = [p for ps in protos for p in ps]
-        self._cols = columns(embed_texts(embedder, [*every, *background]))
-        # A topic's own words: those of its examples that the background does not use.
+        rows = embed_texts(embedder, [*every, *background])
+        centroids = _centroids(rows[: self._n_ex], self._ex_owner, len(topics))
+        self._cols = columns(np.concatenate([rows[: self._n_ex], centroids,
+                                             rows[self._n_ex :]]))  # fmt: skip
+        # A topic's own words: those of its examples that the background does not use, and
+        # that point the topic's way ("instructions", in "instructions for making explosives",
+        # does not: it is nearer the background's centroid than the topic's).
         bg_words = set(_words(background))
         own = [[w for w in _words(t.examples) if w not in bg_words and w not in _COMMON
                 and len(w) > 2] for t in topics]  # fmt: skip
+        own = _topical(embedder, own, centroids, _centroids(
+            rows[self._n_ex :], np.zeros(len(background), int), 1)[0])  # fmt: skip
         words = [w for ws in own for w in ws]
         self._n_tw = len(words)
         self._tw_owner = np.asarray([i for i, ws in enumerate(own) for _ in ws], int)
@@ -317,10 +355,13 @@ class TopicClassifier:
         if not n or not spans:
             return np.zeros((len(spans), n), np.float32)
         sims = _product(vecs, self._cols, self._one_thread)
-        mine = _group_max(sims[:, : self._n_ex] + self._ex_offset, self._ex_owner, n)
+        ne = self._n_ex
+        mine = _group_max(sims[:, :ne] + self._ex_offset, self._ex_owner, n)
+        mine *= 1.0 - _CENTROID
+        mine += _CENTROID * sims[:, ne : ne + n]
         neighbour = _others_max(mine)
-        if sims.shape[1] > self._n_ex:
-            np.maximum(neighbour, sims[:, self._n_ex :].max(axis=1)[:, None], out=neighbour)
+        if sims.shape[1] > ne + n:
+            np.maximum(neighbour, sims[:, ne + n :].max(axis=1)[:, None], out=neighbour)
         low = _lower(sentences.text)
         score = _OFFSET + (mine - neighbour)
         score += self._sentence_words(sentences, low)

@@ -92,6 +92,22 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
         if affinity[best] >= topics._ADOPT:
             extra[best] += list(vecs)
     bg = embed_texts(emb, background)
+
+    def unit_mean(rows: Sequence[np.ndarray]) -> np.ndarray:
+        total = np.sum(rows, axis=0)
+        norm = float(np.linalg.norm(total))
+        return total / norm if norm > 0 else total
+
+    # A topic's centroid: the unit mean of its examples and adopted requests; its own words
+    # are only those nearer its centroid than the background's centroid.
+    centroid = [unit_mean([*ex[k], *extra[k]]) for k in range(len(specs))]
+    bg_centroid = unit_mean(list(bg))
+
+    def topical(w: str, k: int) -> bool:
+        v = embed_texts(emb, [w])[0]
+        return float(v @ centroid[k]) > float(v @ bg_centroid)
+
+    own = [[w for w in ws if topical(w, k)] for k, ws in enumerate(own)]
     own_v = [embed_texts(emb, ws) for ws in own]
     bgw_v = embed_texts(emb, bg_words)
 
@@ -112,7 +128,8 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
 
     def nearest_proto(v: np.ndarray, k: int) -> float:
         lib = max([float(v @ x) - topics._LIBRARY_DISCOUNT for x in extra[k]], default=-1.0)
-        return max(nearest(v, ex[k]), lib)
+        nearest_one = max(nearest(v, ex[k]), lib)
+        return (1 - topics._CENTROID) * nearest_one + topics._CENTROID * float(v @ centroid[k])
 
     for i, (s, e) in enumerate(spans):
         sentence = low[s:e]

@@ -142,7 +142,7 @@ def topics(model: str, split: str) -> None:
     print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
     # Benign traffic not written for topics: the hard negatives of the injection data (work
     # requests, code, tool results, 13 languages), the same split (``fresh``: none there); and
-    # the everyday traffic of topics.yaml (tune only).
+    # the everyday traffic of topics.yaml (tune and fresh2).
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
     for label, texts in (
         ("benign texts of injection.yaml", _splits(inj["benign"], split)),

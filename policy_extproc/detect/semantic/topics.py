@@ -10,11 +10,13 @@ whose requests are near a topic's examples joins that topic as more prototypes, 
 vocabulary. At request time each sentence of the (canonical) text gets, per topic, a raw score
 that adds two margins:
 
-- sentence margin: cosine to the nearest prototype of the topic, minus cosine to the nearest
-  neighbour (a background sentence or a prototype of another topic of the rule);
+- sentence margin: the topic's nearness (half the cosine to its nearest prototype, half the
+  cosine to its centroid, the unit mean of its prototypes) minus the nearest neighbour (a
+  background sentence, or the nearness to another topic of the rule);
 - word margin: over the sentence's words, the best of (cosine to the nearest word of the
   topic's examples, minus cosine to the nearest word of the neighbours). The topic's own words
-  are those of its examples that no neighbour uses, so "how", "the" or "invest" in an
+  are those of its examples that no neighbour uses and that are nearer its centroid than the
+  background's, so "how", "the" or "invest" in an
   educational question count for nothing; "ETH" near "bitcoin", "detonates" near "explosives"
   count. A word's margins are computed once and remembered (bounded), so warm requests pay a
   dictionary look-up per word.
@@ -23,7 +25,7 @@ that adds two margins:
 much as "should I buy this stock" (topic): both margins stay small. "dump my ETH or hold?" has
 no educational neighbour and a word close to the topic's: it fires.
 
-The raw score is mapped to 0..1 (``0.5 + raw``, clipped) so a policy's ``threshold`` reads as a
+The raw score is mapped to 0..1 (``0.55 + raw``, clipped) so a policy's ``threshold`` reads as a
 score; ``DEFAULT_THRESHOLD`` was chosen on the tune split (docs/semantic.md).
 
 At request time everything is a few matrix products over all the sentences (or new words) of a

@@ -142,7 +142,7 @@ def topics(model: str, split: str) -> None:
     print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
     # Benign traffic not written for topics: the hard negatives of the injection data (work
     # requests, code, tool results, 13 languages), the same split (``fresh``: none there); and
-    # the everyday traffic of topics.yaml (tune only).
+    # the everyday traffic of topics.yaml (tune and fresh2).
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
     for label, texts in (
         ("benign texts of injection.yaml", _splits(inj["benign"], split)),
@@ -151,6 +151,24 @@ def topics(model: str, split: str) -> None:
         if texts:
             hit = sum(bool(clf.matches(t)) for t in texts)
             print(f"  {label} firing any topic: {hit} of {len(texts)} ({hit / len(texts):.2f})")
+
+
+def languages(model: str) -> None:
+    """``topics_languages.yaml`` (evaluation only): paraphrases of the topics in other
+    languages, near misses and everyday requests in the same languages (must fire nothing)."""
+    data = yaml.safe_load((DATA / "topics.yaml").read_text())
+    lang = yaml.safe_load((DATA / "topics_languages.yaml").read_text())
+    specs = [TopicSpec(name, tuple(t["examples"])) for name, t in data["topics"].items()]
+    clf = _classifier(load_embedder(model), specs)
+    found = [
+        name in dict(clf.matches(t)) for name, texts in lang["positive"].items() for t in texts
+    ]
+    near = sum(bool(clf.matches(t)) for t in lang["near_miss"])
+    benign = sum(bool(clf.matches(t)) for t in lang["benign"])
+    print(f"\nother languages (topics_languages.yaml), model {model}: recall "
+          f"{np.mean(found):.2f} ({sum(found)} of {len(found)}); near misses firing {near} of "
+          f"{len(lang['near_miss'])}; everyday requests firing {benign} of "
+          f"{len(lang['benign'])}")  # fmt: skip
 
 
 def _pcts(samples: list[float]) -> str:
@@ -293,17 +311,22 @@ def topic_pass(iterations: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--split", default="heldout", choices=("heldout", "fresh", "tune", "all"))
+    ap.add_argument(
+        "--split", default="heldout", choices=("heldout", "fresh", "fresh2", "tune", "all")
+    )
     ap.add_argument("--model", default=DEFAULT_MODEL, help="the topics' model")
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument("--topics-only", action="store_true")
+    ap.add_argument("--languages", action="store_true", help="also topics_languages.yaml")
     ap.add_argument("--tree", default=str(ROOT), help="import the package from this checkout")
     args = ap.parse_args()
     print(f"package from {_TREE}")
     if args.topics_only:
         topics(args.model, args.split)
+        if args.languages:
+            languages(args.model)
         if not args.no_cost:
             topic_pass(args.iterations)
         return

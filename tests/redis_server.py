@@ -399,10 +399,9 @@ class RedisSentinelGroup(_Servers):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the Sentinel refused to fail over: {answer}")
             time.sleep(0.1)
-        while (
-            self.master_port() != self.replica.port
-            or self.node(self.master.port, "role").split()[:1] != ["slave"]
-        ):
+        while self.master_port() != self.replica.port or self.node(
+            self.master.port, "role"
+        ).split()[:1] != ["slave"]:
             if time.monotonic() > deadline:
                 raise RuntimeError("the Sentinel did not fail over")
             time.sleep(0.1)

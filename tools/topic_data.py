@@ -16,10 +16,10 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "policy_extproc" / "detect" / "semantic" / "data"
-SOURCE = DATA / "topic_background_v5.yaml"
+SOURCE = DATA / "topic_background_v6.yaml"
 LIBRARY = DATA / "topic_library_v1.yaml"
 TARGET = ROOT / "policy_extproc" / "detect" / "semantic" / "topic_data.py"
-VERSION = 5
+VERSION = 6
 LIBRARY_VERSION = 1
 _WIDTH = 99
 

@@ -19,6 +19,7 @@ from policy_extproc.detect.semantic import (
     HashEmbedder,
     TopicClassifier,
     TopicSpec,
+    prior,
     topic_data,
     topics,
 )
@@ -92,6 +93,22 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
         if affinity[best] >= topics._ADOPT:
             extra[best] += list(vecs)
     bg = embed_texts(emb, background)
+
+    def unit_mean(rows: Sequence[np.ndarray]) -> np.ndarray:
+        total = np.sum(rows, axis=0)
+        norm = float(np.linalg.norm(total))
+        return total / norm if norm > 0 else total
+
+    # A topic's centroid: the unit mean of its examples and adopted requests; its own words
+    # are only those nearer its centroid than the background's centroid.
+    centroid = [unit_mean([*ex[k], *extra[k]]) for k in range(len(specs))]
+    bg_centroid = unit_mean(list(bg))
+
+    def topical(w: str, k: int) -> bool:
+        v = embed_texts(emb, [w])[0]
+        return float(v @ centroid[k]) > float(v @ bg_centroid)
+
+    own = [[w for w in ws if topical(w, k)] for k, ws in enumerate(own)]
     own_v = [embed_texts(emb, ws) for ws in own]
     bgw_v = embed_texts(emb, bg_words)
 
@@ -112,12 +129,13 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
 
     def nearest_proto(v: np.ndarray, k: int) -> float:
         lib = max([float(v @ x) - topics._LIBRARY_DISCOUNT for x in extra[k]], default=-1.0)
-        return max(nearest(v, ex[k]), lib)
+        nearest_one = max(nearest(v, ex[k]), lib)
+        return (1 - topics._CENTROID) * nearest_one + topics._CENTROID * float(v @ centroid[k])
 
     for i, (s, e) in enumerate(spans):
         sentence = low[s:e]
         words = _WORD.findall(low, s, e)
-        generic = topics._EDUCATIONAL.search(sentence) and not topics._PERSONAL.search(sentence)
+        generic = prior.EDUCATIONAL.search(sentence) and not prior.PERSONAL.search(sentence)
         for k in range(len(specs)):
             mine = nearest_proto(vecs[i], k)
             others = max([nearest_proto(vecs[i], j) for j in range(len(specs)) if j != k],
@@ -125,7 +143,7 @@ def reference_scores(emb: Embedder, specs: Sequence[TopicSpec], background: Sequ
             neighbour = max(others, nearest(vecs[i], bg))
             best_word = max([word_margin(w, k) for w in words], default=0.0)
             raw = topics._OFFSET + mine - neighbour + best_word
-            raw -= topics._GENERIC if generic else 0.0
+            raw -= prior.PENALTY if generic else 0.0
             out[i, k] = min(max(raw, 0.0), 1.0)
     return out
 
@@ -192,10 +210,10 @@ def test_generic_prior_in_two_parts_equals_the_one_search() -> None:
         rng.shuffle(words)
         cases.append(" ".join(words))
     for low in (c.lower() for c in cases):
-        want = bool(topics._EDUCATIONAL.search(low)) and not topics._PERSONAL.search(low)
-        assert topics._generic(low, 0, len(low)) == want, low
-        assert topics._generic("x. " + low, 3, 3 + len(low)) == want, low  # a span, not a text
-    assert sum(topics._generic(c.lower(), 0, len(c)) for c in near) >= 4  # both ways seen
+        want = bool(prior.EDUCATIONAL.search(low)) and not prior.PERSONAL.search(low)
+        assert prior.generic(low, 0, len(low)) == want, low
+        assert prior.generic("x. " + low, 3, 3 + len(low)) == want, low  # a span, not a text
+    assert sum(prior.generic(c.lower(), 0, len(c)) for c in near) >= 4  # both ways seen
 
 
 def test_product_in_blocks_equals_one_product() -> None:

@@ -3,18 +3,20 @@ clearly closer to them than to the topic's near neighbours.
 
 Built once per rule (compile time): the examples of every topic and a shipped background of
 generic questions and everyday requests (``topic_data.BACKGROUND``, generated from
-``data/topic_background_v5.yaml``) are embedded, and each domain of the shipped topic library
+``data/topic_background_v6.yaml``) are embedded, and each domain of the shipped topic library
 (``topic_data.LIBRARY``: requests as people write them in fields that policies often name)
 whose requests are near a topic's examples joins that topic as more prototypes, at a discount
 (``_adopt``): a static embedding knows little of paraphrase, the library brings the field's
 vocabulary. At request time each sentence of the (canonical) text gets, per topic, a raw score
 that adds two margins:
 
-- sentence margin: cosine to the nearest prototype of the topic, minus cosine to the nearest
-  neighbour (a background sentence or a prototype of another topic of the rule);
+- sentence margin: the topic's nearness (half the cosine to its nearest prototype, half the
+  cosine to its centroid, the unit mean of its prototypes) minus the nearest neighbour (a
+  background sentence, or the nearness to another topic of the rule);
 - word margin: over the sentence's words, the best of (cosine to the nearest word of the
   topic's examples, minus cosine to the nearest word of the neighbours). The topic's own words
-  are those of its examples that no neighbour uses, so "how", "the" or "invest" in an
+  are those of its examples that no neighbour uses and that are nearer its centroid than the
+  background's, so "how", "the" or "invest" in an
   educational question count for nothing; "ETH" near "bitcoin", "detonates" near "explosives"
   count. A word's margins are computed once and remembered (bounded), so warm requests pay a
   dictionary look-up per word.
@@ -23,7 +25,7 @@ that adds two margins:
 much as "should I buy this stock" (topic): both margins stay small. "dump my ETH or hold?" has
 no educational neighbour and a word close to the topic's: it fires.
 
-The raw score is mapped to 0..1 (``0.5 + raw``, clipped) so a policy's ``threshold`` reads as a
+The raw score is mapped to 0..1 (``0.55 + raw``, clipped) so a policy's ``threshold`` reads as a
 score; ``DEFAULT_THRESHOLD`` was chosen on the tune split (docs/semantic.md).
 
 At request time everything is a few matrix products over all the sentences (or new words) of a
@@ -40,7 +42,7 @@ from itertools import chain
 
 import numpy as np
 
-from . import topic_data
+from . import prior, topic_data
 from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_flat
 from .text import Memo, Sentences, Span, embed_sentences
 
@@ -64,29 +66,15 @@ would yes you your
 """.split()  # noqa: SIM905 (a word list reads better as text)
 )
 _WORD_CACHE_LIMIT = 20_000  # words, and pieces, remembered per rule: 20,000 x topics floats each
-_OFFSET = 0.5
+# A sentence's raw score plus _OFFSET is its score (0..1): 0.55 puts the default threshold
+# 0.47 where, on the tune split, as many negatives fire as at the previous version's (8 of 270:
+# near misses, unrelated texts, everyday traffic and the injection data's benign texts) and
+# recall is 0.83 against 0.77 (docs/semantic.md).
+_OFFSET = 0.55
 # A word counts only where it is nearer a topic word than _WORD_FLOOR and than every neighbour
 # word: rare words (names, units) sit far from everything, and a margin over far neighbours
 # alone says nothing. Chosen on the tune split.
 _WORD_FLOOR = 0.3
-# The generic-question prior: a sentence that asks how something works in general, what it
-# is, its history or definition, and says nothing of the asker ("I", "my", "me"), is about the
-# field, not a request in it; its score is lowered by _GENERIC.
-_GENERIC = 0.3
-_OPENING = (
-    r"\W*(how (do|does|did|is|are|was|were|can) (?!i\b|we\b)\w+|what (is|are|was|were|does|do) "
-    r"(?!i\b|my\b)|explain\b|why (do|does|did|is|are|was|were) (?!i\b|my\b)|when (was|were|did) "
-    r"|who (invented|discovered|founded|wrote)|describe\b|define\b)"
-)
-_ANYWHERE = ("in general", "history of", "difference between")
-# The reference (what the tests compare with): an opening at the start, or a phrase anywhere.
-# ``_generic`` reads it as two parts: ``match`` of the opening and, only when one of the phrases
-# is in the sentence, a search for it between word bounds (3.6 us per sentence -> 0.7 us: the
-# one search tried the anchored alternatives at every position).
-_EDUCATIONAL = re.compile("^" + _OPENING + "|" + "|".join(rf"\b{p}\b" for p in _ANYWHERE))
-_OPENS = re.compile(_OPENING)
-_PHRASE = re.compile(r"\b(?:" + "|".join(_ANYWHERE) + r")\b")
-_PERSONAL = re.compile(r"\b(i|i'm|i've|my|me|mine|myself|should i)\b")
 # Half of 0.5, the first version's: on the tune split it fires fewer near misses at equal
 # recall, with the library and without it.
 _WORD_WEIGHT = 0.25
@@ -98,6 +86,13 @@ _WORD_WEIGHT = 0.25
 # 0.4).
 _ADOPT = 0.35
 _LIBRARY_DISCOUNT = 0.05
+# A topic's nearness: (1 - _CENTROID) x the cosine to its nearest prototype (less the library's
+# discount) + _CENTROID x the cosine to the centroid of its prototypes (their unit mean). A
+# paraphrase that shares no word with any one example often still points the way the field's
+# requests point on average. Chosen on the tune split: recall at 3% of its negatives firing
+# 0.79 with the nearest prototype alone, 0.80 to 0.87 with the centroid at 0.3 to 0.7 (with the
+# topical own words and background v6).
+_CENTROID = 0.5
 # OpenBLAS runs a product on one thread only while rows x inner x columns stays under this
 # (its GEMM_MULTITHREAD_THRESHOLD 4 x 65,536). Over it, the request thread hands the product
 # to BLAS threads and waits for them: on a busy 2-core machine a 72 x 256 by 256 x 150 product
@@ -134,6 +129,25 @@ def _adopt(embedder: Embedder, topics: Sequence[TopicSpec],
         best = int(np.argmax(affinity))
         if affinity[best] >= _ADOPT:
             out[best].extend(requests)
+    return out
+
+
+def _centroids(rows: Vectors, owners: np.ndarray, n: int) -> Vectors:
+    """Per topic 0..n-1, the unit mean of its prototypes' rows (a zero row without any)."""
+    out = np.zeros((n, rows.shape[1]), np.float32)
+    np.add.at(out, owners, rows)
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    return np.asarray(out / np.where(norms > 0, norms, 1.0), np.float32)
+
+
+def _topical(embedder: Embedder, own: list[list[str]], centroids: Vectors,
+             background: Vectors) -> list[list[str]]:  # fmt: skip
+    """Per topic, its words nearer its centroid than the background's centroid."""
+    out = []
+    for k, ws in enumerate(own):
+        vecs = embed_texts(embedder, ws)
+        keep = vecs @ centroids[k] > vecs @ background
+        out.append([w for w, ok in zip(ws, keep, strict=True) if ok])
     return out
 
 
@@ -195,16 +209,6 @@ def _flat(sentences: list[list[str]]) -> tuple[list[str], np.ndarray]:
     return list(chain.from_iterable(sentences)), counts
 
 
-def _generic(low: str, start: int, end: int) -> bool:
-    """Whether ``low[start:end]`` (lower case) is a general question, not a personal one."""
-    sentence = low[start:end]
-    if _OPENS.match(sentence) is None and not (
-        any(p in sentence for p in _ANYWHERE) and _PHRASE.search(sentence) is not None
-    ):
-        return False
-    return _PERSONAL.search(sentence) is None
-
-
 def _lower(text: str) -> str:
     """Lower case with the offsets of ``text`` (a character whose lower case is longer, such
     as U+0130, is kept as it is)."""
@@ -237,19 +241,27 @@ class TopicClassifier:
         adopted = _adopt(embedder, topics, library)
         protos = [[*t.examples, *adopted[k]] for k, t in enumerate(topics)]
         self._n_ex = sum(map(len, protos))
-        self._ex_groups = _Groups(np.asarray([k for k, ps in enumerate(protos) for _ in ps], int),
-                                  len(topics))  # fmt: skip
+        owners = np.asarray([k for k, ps in enumerate(protos) for _ in ps], int)
+        self._ex_groups = _Groups(owners, len(topics))
         self._ex_offset = np.asarray([0.0 if j < len(t.examples) else -_LIBRARY_DISCOUNT
                                       for t, ps in zip(topics, protos, strict=True)
                                       for j in range(len(ps))], np.float32)  # fmt: skip
         # One matrix of columns (a contiguous transpose: see embedder.columns): the examples
-        # and adopted library requests, then the background, so a request pays one product.
+        # and adopted library requests, each topic's centroid, then the background, so a
+        # request pays one product.
         every = [p for ps in protos for p in ps]
-        self._cols = columns(embed_texts(embedder, [*every, *background]))
-        # A topic's own words: those of its examples that the background does not use.
+        rows = embed_texts(embedder, [*every, *background])
+        centroids = _centroids(rows[: self._n_ex], owners, len(topics))
+        self._cols = columns(np.concatenate([rows[: self._n_ex], centroids,
+                                             rows[self._n_ex :]]))  # fmt: skip
+        # A topic's own words: those of its examples that the background does not use, and
+        # that point the topic's way ("instructions", in "instructions for making explosives",
+        # does not: it is nearer the background's centroid than the topic's).
         bg_words = set(_words(background))
         own = [[w for w in _words(t.examples) if w not in bg_words and w not in _COMMON
                 and len(w) > 2] for t in topics]  # fmt: skip
+        own = _topical(embedder, own, centroids, _centroids(
+            rows[self._n_ex :], np.zeros(len(background), int), 1)[0])  # fmt: skip
         words = [w for ws in own for w in ws]
         self._n_tw = len(words)
         self._tw_groups = _Groups(np.asarray([i for i, ws in enumerate(own) for _ in ws], int),
@@ -344,18 +356,21 @@ class TopicClassifier:
         if not n or not spans:
             return np.zeros((len(spans), n), np.float32)
         sims = _product(vecs, self._cols, self._one_thread)
-        proto = sims[:, : self._n_ex]
+        ne = self._n_ex
+        proto = sims[:, :ne]
         np.add(proto, self._ex_offset, out=proto)  # the library's prototypes count less
         mine = self._ex_groups.max(proto)
+        mine *= 1.0 - _CENTROID
+        mine += _CENTROID * sims[:, ne : ne + n]
         neighbour = _others_max(mine)
-        if sims.shape[1] > self._n_ex:
-            np.maximum(neighbour, sims[:, self._n_ex :].max(axis=1)[:, None], out=neighbour)
+        if sims.shape[1] > ne + n:
+            np.maximum(neighbour, sims[:, ne + n :].max(axis=1)[:, None], out=neighbour)
         low = _lower(sentences.text)
         score = _OFFSET + (mine - neighbour)
         score += self._sentence_words(sentences, low)
         for i in np.nonzero(score.max(axis=1) >= floor)[0]:
-            if _generic(low, *spans[i]):
-                score[i] -= _GENERIC
+            if prior.generic(low, *spans[i]):
+                score[i] -= prior.PENALTY
         return np.clip(score, 0.0, 1.0, out=score)
 
     def scores(self, text: str) -> dict[str, float]:

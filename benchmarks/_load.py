@@ -13,7 +13,6 @@ import shlex
 import socket
 import statistics
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -283,10 +282,10 @@ class SidecarCommand(ManagedProcess):
     """A sidecar started from a command line; ready once its port accepts connections."""
 
     def __init__(self, command: str) -> None:
+        super().__init__([], "sidecar")  # its workdir (logs, audit log) goes when it stops
         port = free_port()
-        audit = Path(tempfile.mkdtemp(prefix="bench-audit-")) / "audit.jsonl"
-        argv = shlex.split(command.format(listen=f"127.0.0.1:{port}", port=port, audit=audit))
-        super().__init__(argv, "sidecar")
+        audit = self.workdir / "audit.jsonl"
+        self.argv = shlex.split(command.format(listen=f"127.0.0.1:{port}", port=port, audit=audit))
         self.port = port
 
     def start(self, timeout: float = 30.0) -> SidecarCommand:

@@ -82,8 +82,8 @@ class Memo(Generic[T]):
     """Results per part text, the least recently used dropped first (bounded in entries and in
     the characters of the texts judged). The previous turns of a chat come back with every
     request: each part is judged once, then found here. Texts are held by their BLAKE2b digest
-    (128 bits), never as text, so this memo keeps no prompt (``detect/joined.py``'s one-entry
-    cache of canonical forms does keep the last request's parts until the next one).
+    (128 bits), never as text, so this memo keeps no prompt (``detect/joined.py`` remembers
+    canonical forms only within one check).
 
     No lock: the event loop and the threads that may share a memo (the admin API's dry run)
     change it only by single ``OrderedDict`` calls, each atomic under the GIL (``setdefault``

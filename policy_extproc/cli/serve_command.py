@@ -178,9 +178,8 @@ from .root import ENV, main
     "--offload-warm/--offload-lazy",
     default=True,
     show_default=True,
-    help="Start the worker processes and compile the policies in them at start, on every "
-    "policy change and, for a worker killed at its time bound, in its replacement at once "
-    "(lazy: on the first large body after each).",
+    help="Compile the policies in the worker processes at start, on every policy change and in "
+    "a killed worker's replacement at once (lazy: on the first large body after each).",
 )
 @click.option(
     "--message-timeout",

@@ -55,7 +55,10 @@ WORKER_NICENESS = 10
 
 def _worker_main(conn: Connection) -> None:
     """A worker: examine one request at a time until the parent closes the pipe."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the group; the parent stops us
+    # Ctrl-C and a closed terminal reach the whole group; the parent stops us (and a SIGHUP to
+    # the sidecar is its audit log reopened, not the end of its workers).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     snapshots: dict[str, Snapshot] = {}
     while True:
         try:

@@ -106,6 +106,23 @@ async def test_a_worker_that_dies_is_replaced_warm() -> None:
         pool.close()
 
 
+async def test_a_worker_outlives_the_signals_sent_to_the_whole_group() -> None:
+    # SIGHUP reopens the sidecar's audit log (logrotate; a closed terminal reaches the group),
+    # Ctrl-C reaches the group too: neither may kill a worker, or the next large body fails.
+    pool = WorkerPool(1, 120.0)
+    try:
+        await pool.warm(SNAPSHOT)
+        (worker,) = pool._idle
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            os.kill(worker.process.pid, sig)
+        await asyncio.sleep(0.2)
+        assert worker.process.poll() is None
+        examined = await pool.run(SNAPSHOT, SMALL)
+        assert examined is not None and pool.started == 1 and pool.killed == 0
+    finally:
+        pool.close()
+
+
 async def test_the_replacement_compiles_the_snapshot_last_warmed() -> None:
     other = Snapshot(
         load_sources([("p.yaml", POLICY.replace("alpha", "beta"))]), secrets=Secrets(year=2026)

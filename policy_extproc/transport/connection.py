@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol, cast
+from typing import Protocol
 
 import hpack
 
 from . import frames, grpcwire
 from .call import Call
 from .frames import ProtocolError, StreamError
+from .hpackcache import CachingDecoder
 
 
 class Acceptor(Protocol):
@@ -65,7 +66,7 @@ class H2Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._preface = False
         self._continuing: tuple[int, int, list[bytes]] | None = None  # stream, flags, fragments
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
+        self._decoder = CachingDecoder(MAX_HEADER_BLOCK)
         self._out: list[bytes] = []
         self._receiving = False
         self._flush_soon = False
@@ -257,7 +258,7 @@ class H2Connection(asyncio.Protocol):
 
     def _headers(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            fields = cast("list[tuple[str, str]]", self._decoder.decode(block))
+            fields = self._decoder.decode(block)
         except hpack.HPACKError as exc:
             raise ProtocolError(f"HPACK: {exc}", frames.COMPRESSION_ERROR) from None
         call = self.calls.get(sid)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Protocol
+from typing import Protocol, cast
 
 import hpack
 
@@ -75,10 +75,11 @@ class H2Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (write, pause_reading...); not always an asyncio.Transport
+        # subclass: uvloop's are its own classes.
+        self.transport = cast("asyncio.Transport", transport)
         self.server.connections.add(self)
-        transport.write(OUR_SETTINGS)
+        self.transport.write(OUR_SETTINGS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)

@@ -53,10 +53,12 @@ def _prepared(value: Any) -> Any:
         for k, v in value.items():
             if type(k) is not str:
                 raise _Slow
-            out[k] = _prepared(v)
+            # A record is mostly strings and None: those without a call of their own.
+            t = type(v)
+            out[k] = v if t is str or v is None or t is bool else _prepared(v)
         return out
     if kind is list or kind is tuple:
-        return [_prepared(v) for v in value]
+        return [v if type(v) is str else _prepared(v) for v in value]
     raise _Slow
 
 

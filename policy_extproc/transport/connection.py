@@ -21,6 +21,7 @@ import hpack
 from . import frames, grpcwire
 from .call import Call
 from .frames import ProtocolError, StreamError
+from .hpackcache import CachingDecoder
 
 
 class Acceptor(Protocol):
@@ -65,7 +66,7 @@ class H2Connection(asyncio.Protocol):
         self._buf = bytearray()
         self._preface = False
         self._continuing: tuple[int, int, list[bytes]] | None = None  # stream, flags, fragments
-        self._decoder = hpack.Decoder(max_header_list_size=MAX_HEADER_BLOCK)
+        self._decoder = CachingDecoder(MAX_HEADER_BLOCK)
         self._out: list[bytes] = []
         self._receiving = False
         self._flush_soon = False
@@ -74,10 +75,11 @@ class H2Connection(asyncio.Protocol):
     # asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport (write, pause_reading...); not always an asyncio.Transport
+        # subclass: uvloop's are its own classes.
+        self.transport = cast("asyncio.Transport", transport)
         self.server.connections.add(self)
-        transport.write(OUR_SETTINGS)
+        self.transport.write(OUR_SETTINGS)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
@@ -257,7 +259,7 @@ class H2Connection(asyncio.Protocol):
 
     def _headers(self, sid: int, flags: int, block: bytes) -> None:
         try:
-            fields = cast("list[tuple[str, str]]", self._decoder.decode(block))
+            fields = self._decoder.decode(block)
         except hpack.HPACKError as exc:
             raise ProtocolError(f"HPACK: {exc}", frames.COMPRESSION_ERROR) from None
         call = self.calls.get(sid)

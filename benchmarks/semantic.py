@@ -44,9 +44,21 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# ``--tree PATH``: import the package from another checkout (a base to compare with, in
-# interleaved runs), with this checkout's data and benchmark.
-_TREE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--tree=")), str(ROOT))
+
+
+def _tree(argv: list[str]) -> str:
+    """``--tree PATH`` or ``--tree=PATH``: import the package from another checkout (a base to
+    compare with, in interleaved runs), with this checkout's data and benchmark; read before
+    the package is imported, so before argparse."""
+    for i, a in enumerate(argv):
+        if a.startswith("--tree="):
+            return a.split("=", 1)[1]
+        if a == "--tree" and i + 1 < len(argv):
+            return argv[i + 1]
+    return str(ROOT)
+
+
+_TREE = _tree(sys.argv)
 sys.path.insert(0, _TREE)
 
 from semantic_external import external  # noqa: E402

@@ -2,6 +2,8 @@
 
 Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
 [--model wordllama-l2-256|-128|-64|tokenlearn-10k-64] [--injection-model ...] [--iterations N]``
+(``--split ext-tune|ext-heldout [--misses N]``: prompt injection on the external data,
+benchmarks/semantic_external.py; ``--misses``: print the worst N, on ext-tune only)
 (``--model``: the topics' model; ``--injection-model``: prompt injection's; the defaults are
 the shipped ones; ``--tree=PATH``: import the package from another checkout, to compare with a
 base; ``--topics-only``: the topic tables and the topic pass's cost). Prints tables; never
@@ -42,10 +44,24 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
-# ``--tree PATH``: import the package from another checkout (a base to compare with, in
-# interleaved runs), with this checkout's data and benchmark.
-_TREE = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--tree=")), str(ROOT))
+
+
+def _tree(argv: list[str]) -> str:
+    """``--tree PATH`` or ``--tree=PATH``: import the package from another checkout (a base to
+    compare with, in interleaved runs), with this checkout's data and benchmark; read before
+    the package is imported, so before argparse."""
+    for i, a in enumerate(argv):
+        if a.startswith("--tree="):
+            return a.split("=", 1)[1]
+        if a == "--tree" and i + 1 < len(argv):
+            return argv[i + 1]
+    return str(ROOT)
+
+
+_TREE = _tree(sys.argv)
 sys.path.insert(0, _TREE)
+
+from semantic_external import external  # noqa: E402
 
 from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL  # noqa: E402
@@ -312,8 +328,11 @@ def topic_pass(iterations: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument(
-        "--split", default="heldout", choices=("heldout", "fresh", "fresh2", "tune", "all")
+        "--split",
+        default="heldout",
+        choices=("heldout", "fresh", "fresh2", "tune", "all", "ext-tune", "ext-heldout"),
     )
+    ap.add_argument("--misses", type=int, default=0, help="external: print the N worst")
     ap.add_argument("--model", default=DEFAULT_MODEL, help="the topics' model")
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)
@@ -323,6 +342,10 @@ def main() -> None:
     ap.add_argument("--tree", default=str(ROOT), help="import the package from this checkout")
     args = ap.parse_args()
     print(f"package from {_TREE}")
+    if args.split.startswith("ext-"):  # the external data (prompt injection only)
+        det = InjectionDetector(load_embedder(args.injection_model), read_exemplars())
+        external(det, args.split, SENSITIVITY, _at_fpr, args.misses)
+        return
     if args.topics_only:
         topics(args.model, args.split)
         if args.languages:

@@ -38,12 +38,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import chain
+from itertools import compress
 
 import numpy as np
 
 from . import prior, topic_data
-from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_flat
+from .arrays import Groups, flat, others_max
+from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_flat, words_pieces
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47
@@ -78,6 +79,8 @@ _WORD_FLOOR = 0.3
 # Half of 0.5, the first version's: on the tune split it fires fewer near misses at equal
 # recall, with the library and without it.
 _WORD_WEIGHT = 0.25
+# The largest word margin a sentence can get (a cosine is at most 1; 1e-3 more for rounding).
+_WORD_BOUND = _WORD_WEIGHT * (1.0 - _WORD_FLOOR) + 1e-3
 # The topic library: a domain joins the topic its requests are nearest to on average (cosine to
 # the topic's nearest example) when that average reaches _ADOPT; its requests then count as
 # examples of the topic less _LIBRARY_DISCOUNT. Their words do not join the topic's own words:
@@ -166,49 +169,6 @@ def _product(rows: Vectors, cols: Vectors, one_thread: bool = False) -> Vectors:
     return out
 
 
-class _Groups:
-    """Columns sorted by owner (0..n-1), for the max over each owner's columns per row."""
-
-    __slots__ = ("all", "n", "present", "starts")
-
-    def __init__(self, owners: np.ndarray, n: int) -> None:
-        self.n = n
-        self.present = np.unique(owners)
-        self.starts = np.searchsorted(owners, self.present)
-        self.all = len(self.present) == n and n > 0
-
-    def max(self, sims: Vectors) -> Vectors:
-        """Per row, the max over the columns of each owner; -1 for an owner without columns."""
-        if self.all:  # every owner has columns: no fill, no scatter
-            return np.maximum.reduceat(sims, self.starts, axis=1)
-        out = np.full((len(sims), self.n), -1.0, np.float32)
-        if len(self.present) and sims.shape[1]:
-            out[:, self.present] = np.maximum.reduceat(sims, self.starts, axis=1)
-        return out
-
-
-def _others_max(per_topic: Vectors) -> Vectors:
-    """Per row and topic, the max over the other topics (the top one's own gets the second)."""
-    n = per_topic.shape[1]
-    if n == 1:
-        return np.full_like(per_topic, -1.0)
-    rows = np.arange(len(per_topic))
-    top = per_topic.argmax(axis=1)
-    best = per_topic[rows, top]
-    rest = per_topic.copy()
-    rest[rows, top] = -np.inf
-    out = np.empty_like(per_topic)
-    out[:] = best[:, None]
-    out[rows, top] = rest.max(axis=1)
-    return out
-
-
-def _flat(sentences: list[list[str]]) -> tuple[list[str], np.ndarray]:
-    """(every unit in order, how many per sentence)."""
-    counts = np.fromiter(map(len, sentences), np.int64, len(sentences))
-    return list(chain.from_iterable(sentences)), counts
-
-
 def _lower(text: str) -> str:
     """Lower case with the offsets of ``text`` (a character whose lower case is longer, such
     as U+0130, is kept as it is)."""
@@ -242,7 +202,7 @@ class TopicClassifier:
         protos = [[*t.examples, *adopted[k]] for k, t in enumerate(topics)]
         self._n_ex = sum(map(len, protos))
         owners = np.asarray([k for k, ps in enumerate(protos) for _ in ps], int)
-        self._ex_groups = _Groups(owners, len(topics))
+        self._ex_groups = Groups(owners, len(topics))
         self._ex_offset = np.asarray([0.0 if j < len(t.examples) else -_LIBRARY_DISCOUNT
                                       for t, ps in zip(topics, protos, strict=True)
                                       for j in range(len(ps))], np.float32)  # fmt: skip
@@ -264,7 +224,7 @@ class TopicClassifier:
             rows[self._n_ex :], np.zeros(len(background), int), 1)[0])  # fmt: skip
         words = [w for ws in own for w in ws]
         self._n_tw = len(words)
-        self._tw_groups = _Groups(np.asarray([i for i, ws in enumerate(own) for _ in ws], int),
+        self._tw_groups = Groups(np.asarray([i for i, ws in enumerate(own) for _ in ws], int),
                                   len(topics))  # fmt: skip
         self._wcols = columns(embed_texts(embedder, [*words, *sorted(bg_words)]))
         # word -> its margins per topic; white-space piece -> the best row of its words.
@@ -276,7 +236,7 @@ class TopicClassifier:
         """Per word and topic: nearest own word minus nearest neighbour word."""
         sims = _product(embed_texts(self._emb, words), self._wcols, self._one_thread)
         mine = self._tw_groups.max(sims[:, : self._n_tw])
-        neighbour = _others_max(mine)
+        neighbour = others_max(mine)
         if sims.shape[1] > self._n_tw:
             np.maximum(neighbour, sims[:, self._n_tw :].max(axis=1)[:, None], out=neighbour)
         np.maximum(neighbour, _WORD_FLOOR, out=neighbour)
@@ -284,7 +244,7 @@ class TopicClassifier:
 
     def _word_scores(self, sentences: list[list[str]]) -> Vectors:
         """Per sentence and topic, the best word margin: one gather and one segmented max."""
-        return self._best(*_flat(sentences), self._word_rows, self._word_margins)
+        return self._best(*flat(sentences), self._word_rows, self._word_margins)
 
     def _piece_margins(self, pieces: list[str]) -> Vectors:
         """Per white-space piece and topic, the best margin of its words (0 without words).
@@ -312,15 +272,28 @@ class TopicClassifier:
         out[has] = np.maximum.reduceat(table, starts[has], axis=0)
         return out
 
-    def _sentence_words(self, sentences: Sentences, low: str) -> Vectors:
+    def _sentence_words(self, sentences: Sentences, low: str,
+                        need: np.ndarray | None = None) -> Vectors:  # fmt: skip
         """Per sentence and topic, the best word margin, from the white-space pieces the
         embedding cut (a piece's best is remembered: most pieces are a word, with or without
         its punctuation), or from the words of ``low`` (``_lower(sentences.text)``). The max
-        over the pieces' maxes is the max over the words (margins are >= 0): the same rows."""
-        flat = words_flat(sentences.text, sentences.spans)
-        if flat is not None:
-            return self._best(*flat, self._piece_rows, self._piece_margins)
-        return self._word_scores([_WORD.findall(low, s, e) for s, e in sentences.spans])
+        over the pieces' maxes is the max over the words (margins are >= 0): the same rows.
+        ``need``: a boolean per sentence; the rows of the others are left 0 (not read)."""
+        spans = sentences.spans
+        if need is None:
+            got = words_flat(sentences.text, spans)
+            if got is not None:
+                return self._best(*got, self._piece_rows, self._piece_margins)
+            return self._word_scores([_WORD.findall(low, s, e) for s, e in spans])
+        out = np.zeros((len(spans), len(self.names)), np.float32)
+        at = np.flatnonzero(need)
+        per = words_pieces(sentences.text, spans)
+        if per is not None:
+            out[at] = self._best(*flat(list(compress(per, need))), self._piece_rows,
+                                 self._piece_margins)  # fmt: skip
+        else:
+            out[at] = self._word_scores([_WORD.findall(low, *spans[i]) for i in at.tolist()])
+        return out
 
     def hits_in(self, text: str,
                 sentences: Callable[[], Sentences]) -> list[tuple[int, float, Span]]:  # fmt: skip
@@ -349,8 +322,9 @@ class TopicClassifier:
 
     def score_matrix(self, sentences: Sentences, floor: float = 0.0) -> Vectors:
         """Per sentence and topic, the score (0..1). The generic-question prior is tested only
-        on sentences that reach ``floor`` somewhere (it only lowers a score): a score under
-        ``floor`` may be left higher than its final value."""
+        on sentences that reach ``floor`` somewhere (it only lowers a score), and the words of
+        a sentence are read only when it could reach ``floor`` with them: a score under
+        ``floor`` may be left other than its final value, but which scores reach it is exact."""
         vecs, spans = sentences.vectors, sentences.spans
         n = len(self.names)
         if not n or not spans:
@@ -362,12 +336,19 @@ class TopicClassifier:
         mine = self._ex_groups.max(proto)
         mine *= 1.0 - _CENTROID
         mine += _CENTROID * sims[:, ne : ne + n]
-        neighbour = _others_max(mine)
+        neighbour = others_max(mine)
         if sims.shape[1] > ne + n:
             np.maximum(neighbour, sims[:, ne + n :].max(axis=1)[:, None], out=neighbour)
         low = _lower(sentences.text)
         score = _OFFSET + (mine - neighbour)
-        score += self._sentence_words(sentences, low)
+        # A sentence whose best topic cannot reach ``floor`` even with the largest word margin
+        # there can be (``_WORD_BOUND``) is not read for words: its score stays under ``floor``.
+        need = None
+        if floor > 0.0:
+            need = score.max(axis=1) + _WORD_BOUND >= floor
+            if need.all():
+                need = None
+        score += self._sentence_words(sentences, low, need)
         for i in np.nonzero(score.max(axis=1) >= floor)[0]:
             if prior.generic(low, *spans[i]):
                 score[i] -= prior.PENALTY

@@ -144,13 +144,16 @@ class WorkerPool:
     def _spawn(self) -> _Worker:
         # A fresh interpreter (not fork: the loop's threads and locks would be copied half-way;
         # not multiprocessing's spawn: it re-imports the parent's __main__), talking over a
-        # socket pair with multiprocessing's framing.
+        # socket pair with multiprocessing's framing. In a process group of its own: the
+        # signals a terminal sends the sidecar's group (Ctrl-C, SIGHUP) never reach it, not
+        # even while it starts; the sidecar stops it, and it ends when the pipe closes.
         parent, child = socket.socketpair()
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-c", _WORKER_START, str(child.fileno())],
                 pass_fds=[child.fileno()],
                 stdin=subprocess.DEVNULL,
+                process_group=0,
             )
         finally:
             child.close()
@@ -363,11 +366,14 @@ class WorkRunner:
             self.pool.close()
 
 
-# A worker lowers its priority first, before its imports and its compile of the policies:
-# where a worker and the event loop want the same core, the kernel runs the loop, so other
-# streams are answered while a large body waits.
+# A worker ignores SIGINT and SIGHUP and lowers its priority first, before its imports (seconds
+# on a loaded machine) and its compile of the policies; where a worker and the event loop want
+# the same core, the kernel runs the loop, so other streams are answered while a large body
+# waits.
 _WORKER_START = f"""
-import os, sys
+import os, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)
+signal.signal(signal.SIGHUP, signal.SIG_IGN)
 os.nice({WORKER_NICENESS})
 from multiprocessing.connection import Connection
 from policy_extproc.enforce.work import _worker_main

@@ -123,6 +123,19 @@ async def test_a_worker_outlives_the_signals_sent_to_the_whole_group() -> None:
         pool.close()
 
 
+def test_a_starting_worker_is_out_of_reach_of_the_groups_signals() -> None:
+    # A closed terminal's SIGHUP reaches the sidecar's process group at once, while a worker
+    # may still be importing (before any handler of its own): its group is its own.
+    pool = WorkerPool(1, 120.0)
+    try:
+        worker = pool._spawn()
+        assert os.getpgid(worker.process.pid) == worker.process.pid != os.getpgid(0)
+    finally:
+        worker.process.kill()
+        worker.process.wait()
+        pool.close()
+
+
 async def test_the_replacement_compiles_the_snapshot_last_warmed() -> None:
     other = Snapshot(
         load_sources([("p.yaml", POLICY.replace("alpha", "beta"))]), secrets=Secrets(year=2026)

@@ -182,11 +182,14 @@ class Sidecar:
         self._background.append(asyncio.create_task(self._prune()))
         # The bound port, not the configured one: with port 0 only this line says where we are.
         host = cfg.listen.rsplit(":", 1)[0]
+        loop_kind = type(asyncio.get_running_loop()).__module__.split(".")[0]  # asyncio, uvloop
         log.info(
-            "serving on %s:%d%s with %d policies (%d rules), version %s",
+            "serving on %s:%d%s over %s on %s's loop with %d policies (%d rules), version %s",
             host,
             self.port,
             "" if cfg.tls is None else (" (mTLS)" if cfg.tls.client_ca else " (TLS)"),
+            cfg.transport,
+            loop_kind,
             len(self.store.current),
             self.store.current.rule_count,
             self.store.current.version,

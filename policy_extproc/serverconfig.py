@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from . import eventloop
 from .enforce import limits
 from .enforce.admission import AdmissionSettings
 from .enforce.config import DEFAULT_MAX_BODY, EngineConfig
@@ -78,10 +79,13 @@ class ServerConfig:
     observe_timeout_s: float = 300.0
     # What serves the listener (listeners.py): grpc.aio, or the lean HTTP/2 transport "h2".
     transport: str = "grpc"
+    # The event loop (eventloop.py): auto (uvloop under h2, asyncio's under grpc), asyncio, uvloop.
+    event_loop: str = "auto"
 
     def __post_init__(self) -> None:
         if self.transport not in ("grpc", "h2"):
             raise ValueError(f"transport {self.transport!r}: grpc or h2")
+        eventloop.check(self.event_loop)
         self.engine_config()  # the engine's settings validate themselves (ValueError) here
 
     @property

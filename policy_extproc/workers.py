@@ -25,7 +25,6 @@ connections of each worker's own pool (each opened once, with redis-py's CLIENT 
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import multiprocessing
 import os
@@ -34,6 +33,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
+from . import eventloop
 from .logformat import LogFormat, configure, configured_format
 from .server import ServerConfig, serve
 
@@ -66,7 +66,7 @@ def worker_config(config: ServerConfig, index: int, workers: int = 1) -> ServerC
 
 def _worker(config: ServerConfig, level: int, fmt: LogFormat) -> None:
     configure(level, fmt, worker=multiprocessing.current_process().name)
-    asyncio.run(serve(config))
+    eventloop.run(serve(config), config.event_loop, config.transport)
 
 
 def run(config: ServerConfig, workers: int) -> int:

@@ -43,7 +43,8 @@ def tls_options(f: Callable[..., None]) -> Callable[..., None]:
 
 
 def listen_options(f: Callable[..., None]) -> Callable[..., None]:
-    """``serve --listen`` and ``--transport`` (policy_extproc/listeners.py)."""
+    """``serve --policies``, ``--listen``, ``--transport`` (policy_extproc/listeners.py) and
+    ``--event-loop`` (policy_extproc/eventloop.py)."""
     f = click.option(
         "--transport",
         default="grpc",
@@ -53,7 +54,22 @@ def listen_options(f: Callable[..., None]) -> Callable[..., None]:
         "sidecar's own lean HTTP/2 transport (h2c, or TLS with ALPN h2): the same services "
         "for less CPU per request, no reflection.",
     )(f)
-    return click.option("--listen", default="127.0.0.1:50051", show_default=True)(f)
+    f = click.option(
+        "--event-loop",
+        default="auto",
+        show_default=True,
+        type=click.Choice(["auto", "asyncio", "uvloop"]),
+        help="The event loop: auto is uvloop's under --transport h2 (less CPU per request), "
+        "asyncio's own under grpc.",
+    )(f)
+    f = click.option("--listen", default="127.0.0.1:50051", show_default=True)(f)
+    return click.option(
+        "--policies",
+        required=True,
+        multiple=True,
+        type=click.Path(exists=True),
+        help="Policy file or directory (repeatable; env: comma-free single path).",
+    )(f)
 
 
 _SIZE_UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}

@@ -14,13 +14,6 @@ from .root import ENV, main
 
 
 @main.command(context_settings=ENV)
-@click.option(
-    "--policies",
-    required=True,
-    multiple=True,
-    type=click.Path(exists=True),
-    help="Policy file or directory (repeatable; env: comma-free single path).",
-)
 @listen_options
 @click.option("--redis", default=None, help="redis://host:port/db; none: in-memory state.")
 @click.option(
@@ -271,6 +264,7 @@ def serve(
     policies: tuple[str, ...],
     listen: str,
     transport: str,
+    event_loop: str,
     redis: str | None,
     redis_timeout: float,
     audit_log: str,
@@ -311,8 +305,7 @@ def serve(
     **tls_files: str | None,
 ) -> None:
     """Run the ext_proc / ext_authz sidecar."""
-    import asyncio
-
+    from .. import eventloop
     from ..enforce.admission import AdmissionSettings
     from ..logformat import configure
     from ..server import ServerConfig
@@ -340,6 +333,7 @@ def serve(
             policies=policies,
             listen=listen,
             transport=transport,
+            event_loop=event_loop,
             redis=redis,
             redis_timeout_s=redis_timeout,
             audit_log=audit_log or None,
@@ -387,7 +381,7 @@ def serve(
                 sys.exit(run_workers(config, workers))
             except WorkersError as exc:
                 raise click.UsageError(str(exc)) from None
-        asyncio.run(run(config))
+        eventloop.run(run(config), config.event_loop, config.transport)
     except PolicyError as exc:
         click.echo(str(exc), err=True)
         click.echo("policy-extproc: the policy set does not load; not serving", err=True)

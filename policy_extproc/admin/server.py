@@ -48,12 +48,17 @@ class AdminServer:
         server = grpc.aio.server(interceptors=interceptors)
         admin_pb2_grpc.add_PolicyAdminServicer_to_server(self.service, server)
         reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
-        if credentials is not None:
-            self.port = server.add_secure_port(self.listen, credentials)
-        else:
-            self.port = server.add_insecure_port(self.listen)
+        try:
+            if credentials is not None:
+                self.port = server.add_secure_port(self.listen, credentials)
+            else:
+                self.port = server.add_insecure_port(self.listen)
+        except RuntimeError:  # grpcio raises "Failed to bind" rather than returning 0
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"cannot listen on {self.listen} (admin API)")
+            raise OSError(
+                f"cannot listen on {self.listen} (admin API): address in use or not available"
+            )
         await server.start()
         self._server = server
         host = self.listen.rsplit(":", 1)[0]

@@ -359,3 +359,19 @@ async def test_a_busy_port_fails_start_cleanly(tmp_path: Path, transport: str) -
         with pytest.raises(OSError, match="cannot listen on"):
             await sidecar.start()
     assert sink.closed  # what start opened is closed again: nothing is left running
+
+
+async def test_a_busy_admin_port_is_a_clear_error_not_a_traceback(
+    tmp_path: Path, serve: object
+) -> None:
+    write_policies(tmp_path / "p", POLICIES)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        sp = await serve(  # type: ignore[operator]
+            "--policies", str(tmp_path / "p"), "--admin-listen", f"127.0.0.1:{port}"
+        )
+        assert await sp.exit_code() == 1
+    assert f"cannot start: cannot listen on 127.0.0.1:{port} (admin API)" in sp.output, sp.output
+    assert "Traceback" not in sp.output

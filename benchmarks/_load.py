@@ -287,6 +287,9 @@ class SidecarCommand(ManagedProcess):
         audit = self.workdir / "audit.jsonl"
         self.argv = shlex.split(command.format(listen=f"127.0.0.1:{port}", port=port, audit=audit))
         self.port = port
+        # The admin API's default port is fixed, and a benchmark runs several sidecars at once:
+        # none unless the command asks for one (--admin-listen overrides the environment).
+        self.env = {**os.environ, "POLICY_EXTPROC_ADMIN_LISTEN": "off"}
 
     def start(self, timeout: float = 30.0) -> SidecarCommand:
         """Spawn; return once the port accepts a TCP connection."""

@@ -228,6 +228,7 @@ class ManagedProcess:
         self.stdout_path = self.workdir / f"{name}.stdout.log"
         self.stderr_path = self.workdir / f"{name}.stderr.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env: dict[str, str] | None = None  # None: this process's environment
 
     @property
     def url(self) -> str:
@@ -238,7 +239,12 @@ class ManagedProcess:
         """Start the process; files, not pipes, so nobody has to drain them. cwd: the repo."""
         with self.stdout_path.open("wb") as out, self.stderr_path.open("wb") as err:
             self.proc = subprocess.Popen(
-                self.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=REPO_ROOT
+                self.argv,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                cwd=REPO_ROOT,
+                env=self.env,
             )
 
     def start(self, timeout: float = 20.0) -> Self:

@@ -45,7 +45,10 @@ class AdminServer:
         if self.tls is not None:  # TlsError, before anything is bound
             credentials, self.reloader = server_credentials(self.tls)
         interceptors = [TokenAuth(self.token)] if self.token else []
-        server = grpc.aio.server(interceptors=interceptors)
+        # Not SO_REUSEPORT (grpcio's default on Linux): a second sidecar on the same admin port
+        # would take a share of the admin calls (an approval, a policy push going to whichever
+        # process the kernel picks) instead of failing to start.
+        server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
         admin_pb2_grpc.add_PolicyAdminServicer_to_server(self.service, server)
         reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
         try:

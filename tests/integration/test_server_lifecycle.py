@@ -375,3 +375,21 @@ async def test_a_busy_admin_port_is_a_clear_error_not_a_traceback(
         assert await sp.exit_code() == 1
     assert f"cannot start: cannot listen on 127.0.0.1:{port} (admin API)" in sp.output, sp.output
     assert "Traceback" not in sp.output
+
+
+async def test_a_second_sidecar_on_the_same_admin_port_does_not_start(
+    tmp_path: Path, serve: object
+) -> None:
+    # grpcio binds with SO_REUSEPORT unless told not to: the second would then share the
+    # admin calls with the first (an approval or a policy push reaching either process).
+    write_policies(tmp_path / "p", POLICIES)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    admin = ("--policies", str(tmp_path / "p"), "--admin-listen", f"127.0.0.1:{port}")
+    first = await serve(*admin)  # type: ignore[operator]
+    await first.wait_line(rf"admin API on 127\.0\.0\.1:{port}\b")
+    second = await serve(*admin, "--audit-log", str(tmp_path / "second.jsonl"))  # type: ignore[operator]
+    assert await second.exit_code() == 1
+    assert f"cannot start: cannot listen on 127.0.0.1:{port} (admin API)" in second.output
+    assert first.proc.returncode is None

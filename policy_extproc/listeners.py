@@ -1,10 +1,10 @@
 """The ext_proc / ext_authz / health listener, on grpc.aio or on the lean h2 transport.
 
-``serve --transport grpc`` (the default) serves the servicers with grpc.aio, gRPC reflection
-included; ``--transport h2`` with policy_extproc/transport/, which costs a fraction of grpcio's
-CPU per message. Both serve the same servicer objects: the ext_proc stream
-(``ExternalProcessor.Process``), ext_authz ``Check`` and gRPC health ``Check`` / ``Watch`` (from
-the one ``HealthServicer`` the sidecar keeps its statuses in). Reflection is grpc-only.
+``serve --transport grpc`` (the default) serves the servicers with grpc.aio; ``--transport h2``
+with policy_extproc/transport/, which costs a fraction of grpcio's CPU per message. Both serve
+the same servicer objects: the ext_proc stream (``ExternalProcessor.Process``), ext_authz
+``Check``, gRPC health ``Check`` / ``Watch`` (from the one ``HealthServicer`` the sidecar keeps
+its statuses in), and gRPC reflection (grpcio-reflection's servicer) for grpcurl.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from envoy.service.ext_proc.v3 import external_processor_pb2, external_processor_pb2_grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from .enforce.servicer import Authorization, ExternalProcessor
 from .tls import CertificateReloader, TlsFiles, server_credentials
@@ -28,6 +28,8 @@ EXT_PROC = external_processor_pb2.DESCRIPTOR.services_by_name["ExternalProcessor
 EXT_AUTHZ = external_auth_pb2.DESCRIPTOR.services_by_name["Authorization"].full_name
 HEALTH = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 TRANSPORTS = ("grpc", "h2")
+# What reflection lists, on either transport.
+SERVICES = (EXT_PROC, EXT_AUTHZ, HEALTH, reflection.SERVICE_NAME)
 
 
 class Listener(Protocol):
@@ -71,8 +73,7 @@ class GrpcListener:
         external_processor_pb2_grpc.add_ExternalProcessorServicer_to_server(processor, self.server)
         external_auth_pb2_grpc.add_AuthorizationServicer_to_server(authorization, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(health, self.server)
-        names = (EXT_PROC, EXT_AUTHZ, HEALTH, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, self.server)
+        reflection.enable_server_reflection(SERVICES, self.server)
 
     async def start(self) -> int:
         try:
@@ -92,7 +93,7 @@ class GrpcListener:
 
 
 class H2Listener:
-    """The lean HTTP/2 transport: the same servicers, routed by path (no reflection)."""
+    """The lean HTTP/2 transport: the same servicers, routed by path."""
 
     def __init__(
         self,
@@ -107,7 +108,7 @@ class H2Listener:
         from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
         from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
 
-        from .transport import Call, H2Server, Route, server_stream, unary
+        from .transport import Call, H2Server, Route, bidi_stream, server_stream, unary
 
         ssl_context = None
         self.reloader: CertificateReloader | None = None
@@ -125,6 +126,10 @@ class H2Listener:
             f"/{EXT_AUTHZ}/Check": Route(CheckRequest, unary(authorization.Check)),
             f"/{HEALTH}/Check": Route(health_request, unary(health.Check)),
             f"/{HEALTH}/Watch": Route(health_request, server_stream(health.Watch)),
+            f"/{reflection.SERVICE_NAME}/ServerReflectionInfo": Route(
+                reflection_pb2.ServerReflectionRequest,
+                bidi_stream(reflection.aio.ReflectionServicer(SERVICES).ServerReflectionInfo),
+            ),
         }
         self.host, self.port = split_listen(listen)
         self.listen = listen

@@ -50,9 +50,9 @@ def listen_options(f: Callable[..., None]) -> Callable[..., None]:
         default="grpc",
         show_default=True,
         type=click.Choice(["grpc", "h2"]),
-        help="What serves --listen: grpc (grpc.aio, with gRPC reflection), or h2, the "
-        "sidecar's own lean HTTP/2 transport (h2c, or TLS with ALPN h2): the same services "
-        "for less CPU per request, no reflection.",
+        help="What serves --listen: grpc (grpc.aio), or h2, the sidecar's own lean HTTP/2 "
+        "transport (h2c, or TLS with ALPN h2): the same services, reflection included, for "
+        "less CPU per request.",
     )(f)
     f = click.option(
         "--event-loop",

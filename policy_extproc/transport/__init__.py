@@ -5,6 +5,6 @@ fraction of grpcio's per-message cost (benchmarks/e2e.py, config passthrough-h2)
 """
 
 from .call import Call
-from .server import H2Server, Route, server_stream, unary
+from .server import H2Server, Route, bidi_stream, server_stream, unary
 
-__all__ = ["Call", "H2Server", "Route", "server_stream", "unary"]
+__all__ = ["Call", "H2Server", "Route", "bidi_stream", "server_stream", "unary"]

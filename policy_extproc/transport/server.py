@@ -5,8 +5,9 @@
     ...
     await server.stop(grace=5.0)
 
-A handler is ``async def handler(call: Call) -> None`` (``bidi``), or made from a unary or a
-server-streaming method of a grpc.aio servicer with ``unary`` / ``server_stream``. A path with
+A handler is ``async def handler(call: Call) -> None``, or made from a unary, a server-streaming
+or a bidirectional-streaming method of a grpc.aio servicer with ``unary`` / ``server_stream`` /
+``bidi_stream``. A path with
 no route is answered UNIMPLEMENTED; a handler raising ends its call UNKNOWN, never the
 connection.
 """
@@ -17,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,6 +63,21 @@ def server_stream(method: Callable[[Any, Call], Awaitable[None]]) -> Handler:
 
     async def handler(call: Call) -> None:
         await method(await _first(call), call)
+
+    return handler
+
+
+def bidi_stream(method: Callable[[AsyncIterator[Any], Call], AsyncIterator[Any]]) -> Handler:
+    """A handler for a bidirectional method ``method(request_iterator, context)`` that yields its
+    responses (as grpc.aio's reflection servicer does)."""
+
+    async def handler(call: Call) -> None:
+        async def requests() -> AsyncIterator[Any]:
+            while (request := await call.read()) is not grpc.aio.EOF:
+                yield request
+
+        async for response in method(requests(), call):
+            await call.write(response)
 
     return handler
 

@@ -116,8 +116,8 @@ async def test_health_goes_not_serving_when_the_server_stops(served: Running) ->
     await stop
 
 
-async def test_reflection_lists_the_services(server: Running) -> None:
-    stub = reflection_pb2_grpc.ServerReflectionStub(server.channel)
+async def test_reflection_lists_the_services(served: Running) -> None:
+    stub = reflection_pb2_grpc.ServerReflectionStub(served.channel)
     call = stub.ServerReflectionInfo()
     await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
     resp = await call.read()
@@ -135,6 +135,16 @@ async def test_reflection_lists_the_services(server: Running) -> None:
     resp = await call.read()
     await call.done_writing()
     assert resp.file_descriptor_response.file_descriptor_proto
+    # Several questions on one stream, each answered in turn, then the end of the stream.
+    call = stub.ServerReflectionInfo()
+    for symbol in (EXT_AUTHZ, "grpc.health.v1.Health", "no.such.Service"):
+        await call.write(reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol))
+    answers = [await call.read() for _ in range(3)]
+    await call.done_writing()
+    assert all(a.file_descriptor_response.file_descriptor_proto for a in answers[:2])
+    assert answers[2].error_response.error_code == grpc.StatusCode.NOT_FOUND.value[0]
+    assert await call.read() is grpc.aio.EOF
+    assert await call.code() == grpc.StatusCode.OK
 
 
 # -- hot reload --------------------------------------------------------------------------------

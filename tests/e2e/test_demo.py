@@ -75,6 +75,14 @@ def _clean_env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("POLICY_EXTPROC_")}
 
 
+def _as_from_a_terminal() -> None:
+    """The stop signals at their defaults, as `make run` typed in a terminal has them: the demo
+    keeps a signal it inherits as ignored (nohup, a script's background job), and a test run
+    started so (``nohup make test &``) would otherwise find it deaf to SIGINT and SIGHUP."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
+
+
 def _start_demo(ports: Ports, run_dir: Path) -> Demo:
     env = _clean_env()
     env[f"{ENV_PREFIX}RUN_DIR"] = str(run_dir)
@@ -93,6 +101,7 @@ def _start_demo(ports: Ports, run_dir: Path) -> Demo:
             cwd=REPO_ROOT,
             env=env,
             start_new_session=True,
+            preexec_fn=_as_from_a_terminal,
         )
     demo = Demo(proc, ports, run_dir, stdout, stderr)
     deadline = time.monotonic() + 60

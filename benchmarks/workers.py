@@ -254,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         targets.append(Target("envoy", start_envoy(mock.port, None, None, None), None))
         started.append(targets[0].envoy)
         for name, workers, envoy_cpus, sidecar_cpus in configs:
-            cmd = f"{args.sidecar_cmd} --redis {url} --admin-listen off --workers {workers}"
+            cmd = f"{args.sidecar_cmd} --redis {url} --workers {workers}"  # no admin API: _load
             if sidecar_cpus:
                 cmd = f"taskset -c {sidecar_cpus} {cmd}"
             sidecar = start_sidecar(cmd)

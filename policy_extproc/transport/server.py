@@ -7,9 +7,8 @@
 
 A handler is ``async def handler(call: Call) -> None``, or made from a unary, a server-streaming
 or a bidirectional-streaming method of a grpc.aio servicer with ``unary`` / ``server_stream`` /
-``bidi_stream``. A path with
-no route is answered UNIMPLEMENTED; a handler raising ends its call UNKNOWN, never the
-connection.
+``bidi_stream``. A path with no route is answered UNIMPLEMENTED; a handler raising ends its call
+UNKNOWN, never the connection.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from policy_extproc.audit.record import AuditRecord
 from policy_extproc.audit.sink import RecordingSink
 from policy_extproc.errors import PolicyError
 from policy_extproc.server import EXT_AUTHZ, EXT_PROC, ServerConfig, Sidecar
+from tests.envoy_harness import free_port
 from tests.integration.helpers import (
     Exchange,
     Running,
@@ -379,11 +380,8 @@ async def test_a_busy_admin_port_is_a_clear_error_not_a_traceback(
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        sp = await serve(  # type: ignore[operator]
-            "--policies", str(tmp_path / "p"), "--admin-listen", f"127.0.0.1:{port}"
-        )
-        assert await sp.exit_code() == 1
-    assert f"cannot start: cannot listen on 127.0.0.1:{port} (admin API)" in sp.output, sp.output
+        sp = await serve(*_admin_on(tmp_path, port))  # type: ignore[operator]
+        await _refused_admin_port(sp, port)
     assert "Traceback" not in sp.output
 
 
@@ -393,13 +391,20 @@ async def test_a_second_sidecar_on_the_same_admin_port_does_not_start(
     # grpcio binds with SO_REUSEPORT unless told not to: the second would then share the
     # admin calls with the first (an approval or a policy push reaching either process).
     write_policies(tmp_path / "p", POLICIES)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    admin = ("--policies", str(tmp_path / "p"), "--admin-listen", f"127.0.0.1:{port}")
-    first = await serve(*admin)  # type: ignore[operator]
+    port = free_port()
+    first = await serve(*_admin_on(tmp_path, port))  # type: ignore[operator]
     await first.wait_line(rf"admin API on 127\.0\.0\.1:{port}\b")
-    second = await serve(*admin, "--audit-log", str(tmp_path / "second.jsonl"))  # type: ignore[operator]
-    assert await second.exit_code() == 1
-    assert f"cannot start: cannot listen on 127.0.0.1:{port} (admin API)" in second.output
+    second = await serve(  # type: ignore[operator]
+        *_admin_on(tmp_path, port), "--audit-log", str(tmp_path / "second.jsonl")
+    )
+    await _refused_admin_port(second, port)
     assert first.proc.returncode is None
+
+
+def _admin_on(tmp_path: Path, port: int) -> tuple[str, ...]:
+    return ("--policies", str(tmp_path / "p"), "--admin-listen", f"127.0.0.1:{port}")
+
+
+async def _refused_admin_port(sp: ServeProcess, port: int) -> None:
+    assert await sp.exit_code() == 1
+    assert f"cannot start: cannot listen on 127.0.0.1:{port} (admin API)" in sp.output, sp.output

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from . import frames, grpcwire
+from .limits import Guard
 
 
 class Link(Protocol):
@@ -27,6 +28,7 @@ class Link(Protocol):
     blocked: set[Call]  # calls whose writes wait for a window
     peer_max_frame: int
     send_window: int  # the connection's, for what we send
+    guard: Guard  # its abuse limits: the DATA we send earns the peer WINDOW_UPDATEs
 
     def send(self, chunk: bytes) -> None:
         """Queue bytes for the socket."""
@@ -55,6 +57,7 @@ class Call:
         "remote_ended",
         "request_type",
         "send_window",
+        "started",
         "task",
     )
 
@@ -82,6 +85,7 @@ class Call:
         self.headers_sent = False
         self.remote_ended = False  # Envoy sent END_STREAM: no more messages
         self.closed = False  # we ended it (trailers) or it was reset
+        self.started = False  # its handler ran (a reset before is a rapid reset's)
         self._inbox: deque[bytes] = deque()
         self._error: grpcwire.MessageError | None = None
         self._waiter: asyncio.Future[None] | None = None
@@ -174,6 +178,8 @@ class Call:
             self.send_window -= n
             conn.send_window -= n
             conn.send(head + frames.data(self.id, chunk, conn.peer_max_frame))
+            # Each DATA frame may be answered by a stream and a connection WINDOW_UPDATE.
+            conn.guard.credit += 2 * -(-n // conn.peer_max_frame)
             head = b""
             at += n
         if head and not self.closed:

@@ -5,6 +5,10 @@ carries several); what the frames call for (SETTINGS ACK, PING ACK, WINDOW_UPDAT
 once at the end. Each request stream becomes a ``Call`` run by a task of its own
 (``server.Route``); its replies go out through ``send``, coalesced per loop iteration.
 
+Abuse limits (limits.py): the streams open at once, header blocks, rapid resets, control-frame
+floods, replies piling up for a peer that does not read (reading pauses while our transport's
+buffer is over its high-water mark), the handshake's time and, if configured, idleness.
+
 Flow control: we offer large windows (``RECV_WINDOW``) and give them back in WINDOW_UPDATEs of
 half a window at a time, so a body at the limit never waits for us and a normal request costs
 no WINDOW_UPDATE at all; what we send stays within Envoy's windows (``Call.write`` waits).
@@ -16,18 +20,21 @@ import asyncio
 import logging
 from typing import Protocol, cast
 
-import hpack
-
 from . import frames, grpcwire
+from . import limits as lim
 from .call import Call
 from .frames import ProtocolError, StreamError
 from .hpackcache import CachingDecoder
+from .inbound import RECV_WINDOW, Inbound
 
 
 class Acceptor(Protocol):
     """What a connection uses of its server (server.H2Server)."""
 
     connections: set[H2Connection]
+    limits: lim.Limits
+    settings_frame: bytes  # our SETTINGS and connection WINDOW_UPDATE (Limits.settings_frame)
+    violations: dict[str, int]  # limit name -> times exceeded, for the metrics
 
     def start_call(
         self, conn: H2Connection, sid: int, fields: list[tuple[str, str]], *, end_stream: bool
@@ -37,23 +44,15 @@ class Acceptor(Protocol):
 
 log = logging.getLogger(__name__)
 
-RECV_WINDOW = 16 * 1024 * 1024
-MAX_HEADER_BLOCK = 64 * 1024  # Envoy's gRPC metadata is a few hundred bytes
-OUR_SETTINGS = frames.settings(
-    {
-        frames.ENABLE_PUSH: 0,
-        frames.INITIAL_WINDOW_SIZE: RECV_WINDOW,
-        frames.MAX_HEADER_LIST_SIZE: MAX_HEADER_BLOCK,
-    }
-) + frames.window_update(0, RECV_WINDOW - frames.DEFAULT_WINDOW)
 
-
-class H2Connection(asyncio.Protocol):
+class H2Connection(Inbound, asyncio.Protocol):
     """The server side of one h2 (h2c or TLS) connection."""
 
     def __init__(self, server: Acceptor) -> None:
         self.server = server
+        self.limits = server.limits
         self.loop = asyncio.get_running_loop()
+        self.guard = lim.Guard(server.limits, self.loop.time, server.violations)
         self.transport: asyncio.Transport | None = None
         self.calls: dict[int, Call] = {}
         self.blocked: set[Call] = set()  # writes waiting for a window
@@ -65,12 +64,16 @@ class H2Connection(asyncio.Protocol):
         self.going_away = False
         self._buf = bytearray()
         self._preface = False
+        self._settled = False  # the client's first SETTINGS came: the handshake is over
         self._continuing: tuple[int, int, list[bytes]] | None = None  # stream, flags, fragments
-        self._decoder = CachingDecoder(MAX_HEADER_BLOCK)
+        self._block_size = 0  # of the header block in _continuing
+        self._decoder = CachingDecoder(server.limits.max_header_list_size)
         self._out: list[bytes] = []
         self._receiving = False
         self._flush_soon = False
         self._paused: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None  # the handshake's, then the idle one
+        self._idle_since = 0.0
 
     # asyncio.Protocol
 
@@ -79,10 +82,14 @@ class H2Connection(asyncio.Protocol):
         # subclass: uvloop's are its own classes.
         self.transport = cast("asyncio.Transport", transport)
         self.server.connections.add(self)
-        self.transport.write(OUR_SETTINGS)
+        self.guard.peer = transport.get_extra_info("peername")
+        self.transport.write(self.server.settings_frame)
+        self._timer = self.loop.call_later(self.limits.handshake_timeout_s, self._handshake_expired)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.server.connections.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
         for call in list(self.calls.values()):
             call.reset()
         self.calls.clear()
@@ -90,12 +97,19 @@ class H2Connection(asyncio.Protocol):
             self._paused.set_result(None)
 
     def pause_writing(self) -> None:
+        # The peer does not read what we write: read nothing more of it (what it sends would
+        # only queue more replies) until our buffer drains below the low-water mark.
         self._paused = self.loop.create_future()
+        self.guard.queued = 0
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         if self._paused is not None and not self._paused.done():
             self._paused.set_result(None)
         self._paused = None
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -127,6 +141,9 @@ class H2Connection(asyncio.Protocol):
                     log.debug("h2 stream %d reset: %s", exc.stream_id, exc)
                     self._reset(exc.stream_id, exc.code)
             del buf[:at]
+        except lim.LimitExceeded as exc:
+            self.guard.violated(exc.limit, str(exc))
+            self.abort(exc.code, str(exc), warn=False)
         except ProtocolError as exc:
             self.abort(exc.code, str(exc))
         finally:
@@ -153,13 +170,18 @@ class H2Connection(asyncio.Protocol):
         if self._paused is not None:
             await asyncio.shield(self._paused)
 
-    def abort(self, code: int, message: str) -> None:
-        """A connection error: GOAWAY with ``code``, then close."""
-        log.warning("h2 connection error (code %d): %s", code, message)
+    def abort(self, code: int, message: str, *, warn: bool = True) -> None:
+        """A connection error: GOAWAY with ``code``, then close (at once if the peer does not
+        read: a close would wait for our buffer to drain)."""
+        if warn:
+            log.warning("h2 connection error (code %d): %s", code, message)
         self._out.append(frames.goaway(self.last_stream, code, message.encode()[:256]))
         self._flush()
         if self.transport is not None:
-            self.transport.close()
+            if self._paused is not None:
+                self.transport.abort()
+            else:
+                self.transport.close()
 
     def go_away(self) -> None:
         """Graceful shutdown: no new streams (GOAWAY NO_ERROR); close once the open ones end."""
@@ -170,165 +192,53 @@ class H2Connection(asyncio.Protocol):
         self._close_if_idle()
 
     def _close_if_idle(self) -> None:
-        if self.going_away and not self.calls and self.transport is not None:
+        if self.calls:
+            return
+        if self.limits.idle_timeout_s:
+            self._idle_since = self.loop.time()
+        if self.going_away and self.transport is not None:
             self._flush()
             self.transport.close()
 
-    # Frames
+    # Timers
 
-    def _frame(self, kind: int, flags: int, sid: int, payload: bytes) -> None:
-        if self._continuing is not None and (
-            kind != frames.CONTINUATION or sid != self._continuing[0]
-        ):
-            raise ProtocolError("a header block interrupted before its END_HEADERS")
-        if kind == frames.DATA:
-            self._data(flags, sid, payload)
-        elif kind == frames.HEADERS:
-            if sid == 0:
-                raise ProtocolError("HEADERS on stream 0")
-            fragment = frames.headers_fragment(payload, flags, sid)
-            if flags & frames.END_HEADERS:
-                self._headers(sid, flags, fragment)
-            else:
-                self._continuing = (sid, flags, [fragment])
-        elif kind == frames.CONTINUATION:
-            if self._continuing is None:
-                raise ProtocolError("CONTINUATION without HEADERS")
-            parts = self._continuing[2]
-            parts.append(payload)
-            if sum(map(len, parts)) > MAX_HEADER_BLOCK:
-                raise ProtocolError("header block too large", frames.ENHANCE_YOUR_CALM)
-            if flags & frames.END_HEADERS:
-                stream, first_flags, _ = self._continuing
-                self._continuing = None
-                self._headers(stream, first_flags, b"".join(parts))
-        elif kind == frames.SETTINGS:
-            self._settings(flags, sid, payload)
-        elif kind == frames.WINDOW_UPDATE:
-            self._window_update(sid, payload)
-        elif kind == frames.PING:
-            if sid != 0:
-                raise ProtocolError("PING on a stream")
-            if len(payload) != 8:
-                raise ProtocolError("PING length not 8", frames.FRAME_SIZE_ERROR)
-            if not flags & frames.ACK:
-                self._out.append(frames.ping_ack(payload))
-        elif kind == frames.RST_STREAM:
-            if sid == 0:
-                raise ProtocolError("RST_STREAM on stream 0")
-            frames.parse_u32(payload, "RST_STREAM")
-            if sid > self.last_stream:
-                raise ProtocolError("RST_STREAM on an idle stream")
-            call = self.calls.pop(sid, None)
-            if call is not None:
-                call.reset()
-                self._close_if_idle()
-        elif kind == frames.GOAWAY:
-            self.going_away = True  # Envoy opens no more streams here; we end when idle
-            self._close_if_idle()
-        elif kind == frames.PUSH_PROMISE:
-            raise ProtocolError("PUSH_PROMISE from a client")
-        elif kind == frames.PRIORITY and (sid == 0 or len(payload) != 5):
-            raise ProtocolError("malformed PRIORITY")
-        # Unknown frame types are ignored (RFC 9113 s4.1).
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if not self._settled and self.transport is not None and not self.transport.is_closing():
+            message = f"no client preface and SETTINGS within {self.limits.handshake_timeout_s:g} s"
+            self.guard.violated(lim.HANDSHAKE_TIMEOUT, message)
+            self.abort(frames.ENHANCE_YOUR_CALM, message, warn=False)
 
-    def _data(self, flags: int, sid: int, payload: bytes) -> None:
-        if sid == 0:
-            raise ProtocolError("DATA on stream 0")
-        # Every byte counts against the connection window, padding and closed streams too.
-        self.recv_unacked += len(payload)
-        if self.recv_unacked >= RECV_WINDOW // 2:
-            self._out.append(frames.window_update(0, self.recv_unacked))
-            self.recv_unacked = 0
-        call = self.calls.get(sid)
-        if call is None:
-            if sid > self.last_stream:
-                raise ProtocolError("DATA on an idle stream")
-            return  # a stream we ended or reset; Envoy's frames in flight
-        if call.remote_ended:
-            raise StreamError(sid, "DATA after END_STREAM", frames.STREAM_CLOSED)
-        call.recv_unacked += len(payload)
-        if call.recv_unacked >= RECV_WINDOW // 2 and not flags & frames.END_STREAM:
-            self._out.append(frames.window_update(sid, call.recv_unacked))
-            call.recv_unacked = 0
-        body = frames.strip_padding(payload, flags, sid)
-        if body:
-            call.feed(body)
-        if flags & frames.END_STREAM:
-            call.end()
+    def _settle(self) -> None:
+        self._settled = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self.limits.idle_timeout_s:
+            self._idle_since = self.loop.time()
+            self._timer = self.loop.call_later(self.limits.idle_timeout_s, self._idle_check)
 
-    def _headers(self, sid: int, flags: int, block: bytes) -> None:
-        try:
-            fields = self._decoder.decode(block)
-        except hpack.HPACKError as exc:
-            raise ProtocolError(f"HPACK: {exc}", frames.COMPRESSION_ERROR) from None
-        call = self.calls.get(sid)
-        if call is not None:  # trailers: gRPC clients send none, but they end the stream
-            if not flags & frames.END_STREAM:
-                raise StreamError(sid, "trailers without END_STREAM")
-            call.end()
+    def _idle_check(self) -> None:
+        # One timer re-armed at its end, not one per stream: the stamp is taken as the last
+        # stream ends (_close_if_idle).
+        self._timer = None
+        if self.going_away or self.transport is None or self.transport.is_closing():
             return
-        if sid <= self.last_stream:
-            raise ProtocolError("HEADERS on a closed stream", frames.STREAM_CLOSED)
-        if sid % 2 == 0:
-            raise ProtocolError("a client stream with an even id")
-        self.last_stream = sid
-        if self.going_away:
-            self._reset(sid, frames.REFUSED_STREAM)
-            return
-        self.server.start_call(self, sid, fields, end_stream=bool(flags & frames.END_STREAM))
-
-    def _settings(self, flags: int, sid: int, payload: bytes) -> None:
-        if sid != 0:
-            raise ProtocolError("SETTINGS on a stream")
-        if flags & frames.ACK:
-            if payload:
-                raise ProtocolError("SETTINGS ACK with a payload", frames.FRAME_SIZE_ERROR)
-            return
-        for ident, value in frames.parse_settings(payload):
-            if ident == frames.MAX_FRAME_SIZE:
-                self.peer_max_frame = value
-            elif ident == frames.INITIAL_WINDOW_SIZE:
-                delta = value - self.peer_window
-                self.peer_window = value
-                for call in self.calls.values():
-                    call.send_window += delta
-                    if call.send_window > frames.MAX_WINDOW:
-                        raise ProtocolError(
-                            "a stream window over 2^31-1", frames.FLOW_CONTROL_ERROR
-                        )
-                if delta > 0:
-                    self._unblock()
-        self._out.append(frames.SETTINGS_ACK)
-
-    def _window_update(self, sid: int, payload: bytes) -> None:
-        increment = frames.parse_window_update(payload)
-        if sid == 0:
-            if increment == 0:
-                raise ProtocolError("WINDOW_UPDATE of 0")
-            self.send_window += increment
-            if self.send_window > frames.MAX_WINDOW:
-                raise ProtocolError("connection window over 2^31-1", frames.FLOW_CONTROL_ERROR)
-            self._unblock()
-            return
-        call = self.calls.get(sid)
-        if call is None:
-            return  # a closed stream's
-        if increment == 0:
-            raise StreamError(sid, "WINDOW_UPDATE of 0")
-        call.send_window += increment
-        if call.send_window > frames.MAX_WINDOW:
-            raise StreamError(sid, "stream window over 2^31-1", frames.FLOW_CONTROL_ERROR)
-        if call in self.blocked:
-            self.blocked.discard(call)
-            call.window_opened()
-
-    def _unblock(self) -> None:
-        blocked, self.blocked = self.blocked, set()
-        for call in blocked:
-            call.window_opened()
+        wait = self.limits.idle_timeout_s
+        if not self.calls:
+            wait += self._idle_since - self.loop.time()
+            if wait <= 0:
+                log.info(
+                    "h2 peer %s idle for %g s: GOAWAY", self.guard.peer, self.limits.idle_timeout_s
+                )
+                self.go_away()
+                return
+        self._timer = self.loop.call_later(wait, self._idle_check)
 
     # Streams
+
+    def _start(self, sid: int, fields: list[tuple[str, str]], *, end_stream: bool) -> None:
+        self.server.start_call(self, sid, fields, end_stream=end_stream)
 
     def _reset(self, sid: int, code: int) -> None:
         self.send(frames.rst_stream(sid, code))
@@ -365,3 +275,6 @@ class H2Connection(asyncio.Protocol):
         if self.calls.pop(call.id, None) is not None:
             self.blocked.discard(call)
             self._close_if_idle()
+
+
+__all__ = ["RECV_WINDOW", "Acceptor", "H2Connection"]

@@ -25,7 +25,8 @@ import grpc
 
 from . import grpcwire
 from .call import Call
-from .connection import H2Connection
+from .connection import RECV_WINDOW, H2Connection
+from .limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +91,12 @@ class H2Server:
         *,
         max_message: int,
         ssl_context: ssl.SSLContext | None = None,
+        limits: Limits | None = None,
     ) -> None:
         self.routes = routes
+        self.limits = limits or Limits()
+        self.settings_frame = self.limits.settings_frame(RECV_WINDOW)
+        self.violations: dict[str, int] = {}  # limit name -> times a peer went past it
         self.max_message = max_message
         self.ssl_context = ssl_context
         self.connections: set[H2Connection] = set()
@@ -146,6 +151,7 @@ class H2Server:
         task.add_done_callback(self.tasks.discard)
 
     async def _run(self, conn: H2Connection, call: Call, handler: Handler) -> None:
+        call.started = True
         try:
             await handler(call)
         except asyncio.CancelledError:

@@ -17,14 +17,28 @@ from policy_extproc.transport import frames, grpcwire
 from policy_extproc.transport.connection import H2Connection
 from policy_extproc.transport.server import H2Server
 
+PEER_ADDRESS = ("192.0.2.7", 40123)
+
 
 class FakeTransport(asyncio.Transport):
-    """Collects what the connection writes; ``close`` marks it closed."""
+    """Collects what the connection writes; ``close`` (or ``abort``) marks it closed, and
+    ``pause_reading`` / ``resume_reading`` are remembered in ``reading``."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__({"peername": PEER_ADDRESS})
         self.written = bytearray()
         self.closed = False
+        self.aborted = False
+        self.reading = True
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         assert not self.closed, "a write after close"

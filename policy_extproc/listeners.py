@@ -21,6 +21,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from .enforce.servicer import Authorization, ExternalProcessor
 from .tls import CertificateReloader, TlsFiles, server_credentials
+from .transport.limits import Limits
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +105,7 @@ class H2Listener:
         *,
         max_message: int,
         tls: TlsFiles | None,
+        limits: Limits | None = None,
     ) -> None:
         from envoy.service.auth.v3.external_auth_pb2 import CheckRequest
         from envoy.service.ext_proc.v3.external_processor_pb2 import ProcessingRequest
@@ -133,7 +135,11 @@ class H2Listener:
         }
         self.host, self.port = split_listen(listen)
         self.listen = listen
-        self.server = H2Server(routes, max_message=max_message, ssl_context=ssl_context)
+        self.server = H2Server(
+            routes, max_message=max_message, ssl_context=ssl_context, limits=limits
+        )
+        # Limit name -> times a peer went past it, all connections (the metrics read it).
+        self.violations = self.server.violations
 
     async def start(self) -> int:
         try:
@@ -163,7 +169,11 @@ def make_listener(
     *,
     max_message: int,
     tls: TlsFiles | None,
+    h2_limits: Limits | None = None,
 ) -> Listener:
-    """The listener of ``transport`` ("grpc" or "h2") for these servicers."""
-    cls = H2Listener if transport == "h2" else GrpcListener
-    return cls(listen, processor, authorization, health, max_message=max_message, tls=tls)
+    """The listener of ``transport`` ("grpc" or "h2") for these servicers; ``h2_limits`` are
+    the h2 transport's abuse limits (grpc.aio keeps its own)."""
+    if transport == "h2":
+        args = (listen, processor, authorization, health)
+        return H2Listener(*args, max_message=max_message, tls=tls, limits=h2_limits)
+    return GrpcListener(listen, processor, authorization, health, max_message=max_message, tls=tls)

@@ -34,7 +34,7 @@ from .enforce.decision_alerts import BlockAlertSink, RuleOptOuts
 from .enforce.engine import Engine
 from .enforce.servicer import Authorization, ExternalProcessor
 from .errors import PolicyError, StateError
-from .listeners import EXT_AUTHZ, EXT_PROC, Listener, make_listener
+from .listeners import EXT_AUTHZ, EXT_PROC, H2Listener, Listener, make_listener
 from .policy.compiler import Snapshot
 from .serverconfig import ServerConfig
 from .sources.catalog import load_catalog
@@ -140,6 +140,7 @@ class Sidecar:
                 self.health,
                 max_message=cfg.max_body_bytes + _GRPC_OVERHEAD,
                 tls=cfg.tls,
+                h2_limits=cfg.h2_limits,
             )
             self.tls = listener.reloader
             self.port = await listener.start()
@@ -160,7 +161,15 @@ class Sidecar:
             raise
         if self.metrics is not None:
             m, p, a = self.metrics, self.processor, self.admission
-            m.watch(self.store, processor=p, alerts=self.alerts, audit=self.sink, admission=a)
+            h2 = listener.violations if isinstance(listener, H2Listener) else None
+            m.watch(
+                self.store,
+                processor=p,
+                alerts=self.alerts,
+                audit=self.sink,
+                admission=a,
+                h2_violations=h2,
+            )
             try:
                 self.metrics_port = self.metrics.serve()
             except OSError:

@@ -14,6 +14,7 @@ from .enforce.admission import AdmissionSettings
 from .enforce.config import DEFAULT_MAX_BODY, EngineConfig
 from .enforce.work import DEFAULT_BUDGET, DEFAULT_OFFLOAD_BYTES, DEFAULT_TIMEOUT_S, WorkSettings
 from .tls import TlsFiles
+from .transport.limits import Limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class ServerConfig:
     observe_timeout_s: float = 300.0
     # What serves the listener (listeners.py): grpc.aio, or the lean HTTP/2 transport "h2".
     transport: str = "grpc"
+    # The h2 transport's abuse limits (transport/limits.py): streams, floods, timeouts.
+    h2_limits: Limits = field(default_factory=Limits)
     # The event loop (eventloop.py): auto (uvloop under h2, asyncio's under grpc), asyncio, uvloop.
     event_loop: str = "auto"
 

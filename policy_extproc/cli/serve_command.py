@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
 import click
 
@@ -11,6 +12,9 @@ from ..admin.auth import token_from_env
 from ..errors import AdminError, PolicyError, StateError, TlsError
 from .options import listen_options, parse_listen_address, parse_seconds, parse_size, tls_options
 from .root import ENV, main
+
+if TYPE_CHECKING:
+    from ..transport.limits import Limits
 
 
 @main.command(context_settings=ENV)
@@ -302,6 +306,7 @@ def serve(
     allow_anonymous: bool,
     log_level: str,
     log_format: str,
+    h2_limits: Limits,
     **tls_files: str | None,
 ) -> None:
     """Run the ext_proc / ext_authz sidecar."""
@@ -333,6 +338,7 @@ def serve(
             policies=policies,
             listen=listen,
             transport=transport,
+            h2_limits=h2_limits,
             event_loop=event_loop,
             redis=redis,
             redis_timeout_s=redis_timeout,

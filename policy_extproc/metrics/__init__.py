@@ -27,7 +27,8 @@ alert and span queues) is read when Prometheus scrapes, by ``RuntimeCollector``.
     policy_extproc_inflight, policy_extproc_max_inflight,
     policy_extproc_shed_total{reason},
     policy_extproc_observe_streams_total,
-    policy_extproc_responses_unobserved_total                      read at scrape time
+    policy_extproc_responses_unobserved_total,
+    policy_extproc_h2_limit_violations_total{limit}               read at scrape time
 
 A response record carries either its request's decision again (firings, redactions,
 degradations) or, when an output guardrail fired, the guardrails' own decision. Decisions,
@@ -118,10 +119,12 @@ class Metrics:
         alerts: AlertNotifier | None = None,
         audit: AuditSink | None = None,
         admission: Admission | None = None,
+        h2_violations: dict[str, int] | None = None,
     ) -> None:
-        """Report these running parts at every scrape (call once)."""
+        """Report these running parts at every scrape (call once); ``h2_violations``: the h2
+        transport's counts of its abuse limits exceeded, by limit."""
         observer = processor.engine.observer if processor is not None else None
-        sources = Sources(store, processor, alerts, audit, admission, observer)
+        sources = Sources(store, processor, alerts, audit, admission, observer, h2_violations)
         self.registry.register(RuntimeCollector(sources))
 
     def serve(self) -> int:

@@ -10,6 +10,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from ..audit.sink import AuditSink, FanoutSink
+from ..transport.limits import NAMES
 
 if TYPE_CHECKING:
     from ..enforce.admission import Admission
@@ -42,6 +43,7 @@ class Sources:
     audit: AuditSink | None = None
     admission: Admission | None = None
     observer: Observer | None = None  # response accounting (--response-accounting observe)
+    h2_violations: dict[str, int] | None = None  # --transport h2: its abuse limits exceeded
 
 
 class RuntimeCollector(Collector):
@@ -80,6 +82,8 @@ class RuntimeCollector(Collector):
             )
         if src.admission is not None:
             yield from _admission(src.admission)
+        if src.h2_violations is not None:
+            yield _violations(src.h2_violations)
         if src.alerts is not None:
             a = src.alerts
             yield _counter("policy_extproc_alerts_sent", "Alerts delivered to the webhook.", a.sent)
@@ -186,3 +190,15 @@ def _admission(adm: Admission) -> Iterator[Metric]:
     for reason, count in adm.shed.items():
         shed.add_metric([reason], count)
     yield shed
+
+
+def _violations(counts: dict[str, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(
+        "policy_extproc_h2_limit_violations",
+        "Times an HTTP/2 peer went past one of the h2 transport's abuse limits, by limit "
+        "(a refused stream each, or the GOAWAY that closed its connection).",
+        labels=["limit"],
+    )
+    for name in NAMES:  # every limit, 0 until one is exceeded
+        family.add_metric([name], counts.get(name, 0))
+    return family

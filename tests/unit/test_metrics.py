@@ -508,6 +508,16 @@ def test_the_collector_reads_live_values_at_each_scrape(tmp_path: Path) -> None:
     assert value(registry, "policy_extproc_open_streams") == 7
 
 
+def test_the_h2_transports_limit_violations_are_counted_by_limit(tmp_path: Path) -> None:
+    counts = {"early_resets": 2}
+    registry = collected(Sources(loaded_store(tmp_path), h2_violations=counts))
+    name = "policy_extproc_h2_limit_violations_total"
+    assert value(registry, name, limit="early_resets") == 2
+    assert value(registry, name, limit="control_frames") == 0  # every limit, from the start
+    counts["control_frames"] = 1  # the live dict, read at each scrape
+    assert value(registry, name, limit="control_frames") == 1
+
+
 def test_absent_parts_report_nothing(tmp_path: Path) -> None:
     registry = collected(Sources(loaded_store(tmp_path), audit=RecordingSink()))
     names = {s.name for family in registry.collect() for s in family.samples}

@@ -11,7 +11,10 @@ from click.testing import CliRunner
 
 from policy_extproc import eventloop, server
 from policy_extproc.cli import main as cli
-from policy_extproc.transport.limits import Limits
+from policy_extproc.cli.options import _H2_LIMITS
+from policy_extproc.transport.limits import NAMES, Limits
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 def _config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, *args: str) -> Any:
@@ -57,3 +60,12 @@ def test_a_limit_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
     args = ["serve", "--policies", str(tmp_path), "--h2-max-concurrent-streams", "0"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 2 and "--h2-max-concurrent-streams" in result.output
+
+
+def test_the_readme_names_every_flag_and_metric_label() -> None:
+    section = README[README.index("### The lean HTTP/2 transport") :]
+    section = section[: section.index("\n### ")]
+    for flag in _H2_LIMITS:
+        assert f"--h2-{flag}" in section, flag
+    for name in NAMES:
+        assert f"`{name}`" in section, name

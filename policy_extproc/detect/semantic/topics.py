@@ -44,10 +44,23 @@ import numpy as np
 
 from . import prior, topic_data
 from .arrays import Groups, flat, others_max
-from .embedder import Embedder, RowCache, Vectors, columns, embed_texts, words_flat, words_pieces
+from .embedder import (
+    DEFAULT_MODEL,
+    Embedder,
+    RowCache,
+    Vectors,
+    columns,
+    embed_texts,
+    words_flat,
+    words_pieces,
+)
+from .encoder import MULTILINGUAL_MODEL
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47
+# A topic rule's ``model``, by the name policies use: wordllama's static table (the default), or
+# the sentence encoder of 16 languages (``encoder``), about a thousand times the CPU per sentence.
+MODELS: Mapping[str, str] = {"static": DEFAULT_MODEL, "multilingual": MULTILINGUAL_MODEL}
 BACKGROUND: tuple[str, ...] = topic_data.BACKGROUND
 LIBRARY: dict[str, tuple[str, ...]] = topic_data.LIBRARY
 

@@ -3,8 +3,9 @@
 Keywords, patterns and phrase topics join the policy's one pattern database per direction
 (``pattern_specs``, compiled by ``policy.compiler``); topics with ``match: semantic`` build a
 classifier (``build``) that the semantic pass runs (``rules.prompt_injection``), so that each
-sentence is embedded once for all classifiers. Reasons name keywords and patterns by position,
-never by their text.
+sentence is embedded once per model for all classifiers; ``model`` picks the topics' model
+(``static``, the default, or ``multilingual``: ``detect.semantic.MODELS``). Reasons name
+keywords and patterns by position, never by their text.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Literal
 
 from ...detect.joined import JoinedParts
 from ...detect.patterns import merge_spans
-from ...detect.semantic import EmbedderError, TopicClassifier, TopicSpec
+from ...detect.semantic import MODELS, EmbedderError, TopicClassifier, TopicSpec
 from ...detect.semantic.text import Sentences
 from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
@@ -37,6 +38,7 @@ class ContentFilterRule(Rule):
     direction: Literal["request", "response", "both"] = "request"
     case_sensitive: bool = False
     whole_words: bool = True
+    model: Literal["static", "multilingual"] = "static"  # its semantic topics' (MODELS)
 
     type = "content_filter"
 
@@ -70,7 +72,7 @@ class ContentFilterRule(Rule):
             return None
         try:
             given = models(policy, self, secrets)
-            return TopicClassifier(given.embedder(), specs,
+            return TopicClassifier(given.embedder(MODELS[self.model]), specs,
                                    one_blas_thread=given.one_blas_thread())  # fmt: skip
         except EmbedderError as exc:
             raise build_error(policy, self, exc) from exc
@@ -86,6 +88,8 @@ class ContentFilterRule(Rule):
 def _check(r: ContentFilterRule) -> str | None:
     if not (r.keywords or r.patterns or r.topics):
         return "needs at least one of 'keywords', 'patterns' or 'topics'"
+    if r.model != "static" and not r.semantic_topics:
+        return f"'model: {r.model}' applies to topics with match: semantic, and it has none"
     return None
 
 
@@ -188,6 +192,8 @@ KIND = RuleKind(
         "direction": Field(DIRECTION),
         "case_sensitive": Field(f.boolean),
         "whole_words": Field(f.boolean),
+        # One model for all the rule's semantic topics: they are each other's neighbours.
+        "model": Field(f.one_of(*MODELS)),
     },
     check=_check,
     check_request=_request,

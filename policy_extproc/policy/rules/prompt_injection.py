@@ -15,7 +15,13 @@ from functools import partial
 from typing import Literal
 
 from ...detect.joined import JoinedParts
-from ...detect.semantic import SENSITIVITY, EmbedderError, InjectionDetector, TopicClassifier
+from ...detect.semantic import (
+    SENSITIVITY,
+    Embedder,
+    EmbedderError,
+    InjectionDetector,
+    TopicClassifier,
+)
 from ...detect.semantic.text import Sentences, Span, sentence_spans
 from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
@@ -64,7 +70,7 @@ def scan_semantic(
     texts = canon.forms
     # Each part's sentences are cut once for both classifiers, and embedded once per model.
     cut: list[list[Span] | None] = [None] * len(parts)
-    sentences: list[Sentences | None] = [None] * len(parts)
+    sentences: dict[tuple[str, int], Sentences] = {}  # (model name, part) -> its sentences
 
     def spans_of(i: int) -> list[Span]:
         s = cut[i]
@@ -72,21 +78,20 @@ def scan_semantic(
             s = cut[i] = sentence_spans(texts[i])
         return s
 
-    def of(i: int) -> Sentences:
-        # Embedded with the topics' model (loaded only for a policy with semantic topics).
-        s = sentences[i]
+    def of(embedder: Embedder, i: int) -> Sentences:
+        # Embedded with a topic rule's model (static or multilingual: a rule's ``model``).
+        s = sentences.get((embedder.name, i))
         if s is None:
-            built = topical[0].built
-            assert isinstance(built, TopicClassifier)
             spans = spans_of(i)
-            vectors = built.embedder.embed_spans(texts[i], spans)
-            s = sentences[i] = Sentences(texts[i], spans, vectors)
+            vectors = embedder.embed_spans(texts[i], spans)
+            s = sentences[embedder.name, i] = Sentences(texts[i], spans, vectors)
         return s
 
     if injection:
         _injection(injection, direction, parts, texts, spans_of, out)
     for e in topical:
-        scan_topics(e, direction, canon, of, out)
+        assert isinstance(e.built, TopicClassifier)
+        scan_topics(e, direction, canon, partial(of, e.built.embedder), out)
 
 
 def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextPart],

@@ -1,13 +1,16 @@
 """Quality and cost of the semantic guards (prompt injection, topics by meaning).
 
 Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
-[--model wordllama-l2-256|-128|-64|tokenlearn-10k-64] [--injection-model ...] [--iterations N]``
+[--model static|multilingual|wordllama-l2-128|-64|tokenlearn-10k-64] [--injection-model ...]
+[--iterations N] [--canonical]``
 (``--split ext-tune|ext-heldout [--misses N]``: prompt injection on the external data,
 benchmarks/semantic_external.py; ``--misses``: print the worst N, on ext-tune only)
 (``--model``: the topics' model; ``--injection-model``: prompt injection's; the defaults are
-the shipped ones; ``--tree=PATH``: import the package from another checkout, to compare with a
-base; ``--topics-only``: the topic tables and the topic pass's cost). Prints tables; never
-asserts.
+the shipped ones; ``static`` and ``multilingual`` are the names a topic rule's ``model`` takes;
+``--tree=PATH``: import the package from another checkout, to compare with a base;
+``--topics-only``: the topic tables and the topic pass's cost; ``--canonical``: score the
+canonical form of each text, as the sidecar does, instead of the text as written). Prints
+tables; never asserts.
 
 Data: ``tests/data/semantic/`` (written for this project). ``heldout`` (the default) is the part
 never used to choose thresholds, signals or exemplars; ``tune`` is the part that was.
@@ -63,6 +66,7 @@ sys.path.insert(0, _TREE)
 
 from semantic_external import external  # noqa: E402
 
+from policy_extproc.detect.canonical import canonical_text  # noqa: E402
 from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import SENSITIVITY, InjectionDetector  # noqa: E402
@@ -82,7 +86,14 @@ from policy_extproc.sources.catalog import load_catalog  # noqa: E402
 from policy_extproc.sources.models import load_embedder, read_exemplars  # noqa: E402
 from policy_extproc.sources.secrets import read_secrets  # noqa: E402
 
+try:  # a --tree from before topic rules had a ``model``
+    from policy_extproc.detect.semantic.topics import MODELS
+except ImportError:
+    MODELS = {"static": DEFAULT_MODEL}
+
 DATA = ROOT / "tests" / "data" / "semantic"
+# --canonical: what the classifiers are given (the sidecar gives them the canonical form).
+FORM = [lambda text: text]
 CHAT = "/v1/chat/completions"
 
 
@@ -138,7 +149,7 @@ def topics(model: str, split: str) -> None:
     for name, t in data["topics"].items():
 
         def score(text: str, topic: str = name) -> float:
-            return clf.scores(text).get(topic, 0.0)
+            return clf.scores(FORM[0](text)).get(topic, 0.0)
 
         pos = [score(x) for x in _splits(t["positive"], split)]
         near = [score(x) for x in _splits(t["near_miss"], split)]
@@ -155,7 +166,11 @@ def topics(model: str, split: str) -> None:
               f"{r1:>8.2f}{r3:>8.2f}")  # fmt: skip
     rec = np.mean([p >= DEFAULT_THRESHOLD for p in tot_pos])
     fired = np.mean([n >= DEFAULT_THRESHOLD for n in tot_near])
-    print(f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}")
+    n_fired = sum(n >= DEFAULT_THRESHOLD for n in tot_near)
+    print(
+        f"  {'all':<19}{len(tot_pos):>4}{rec:>8.2f}{len(tot_near):>6}{fired:>7.2f}"
+        f"  ({sum(p >= DEFAULT_THRESHOLD for p in tot_pos)} found, {n_fired} negatives fired)"
+    )
     # Benign traffic not written for topics: the hard negatives of the injection data (work
     # requests, code, tool results, 13 languages), the same split (``fresh``: none there); and
     # the everyday traffic of topics.yaml (tune and fresh2).
@@ -165,7 +180,7 @@ def topics(model: str, split: str) -> None:
         ("everyday traffic of topics.yaml", _splits(data["traffic"], split)),
     ):
         if texts:
-            hit = sum(bool(clf.matches(t)) for t in texts)
+            hit = sum(bool(clf.matches(FORM[0](t))) for t in texts)
             print(f"  {label} firing any topic: {hit} of {len(texts)} ({hit / len(texts):.2f})")
 
 
@@ -176,11 +191,14 @@ def languages(model: str) -> None:
     lang = yaml.safe_load((DATA / "topics_languages.yaml").read_text())
     specs = [TopicSpec(name, tuple(t["examples"])) for name, t in data["topics"].items()]
     clf = _classifier(load_embedder(model), specs)
+    form = FORM[0]
     found = [
-        name in dict(clf.matches(t)) for name, texts in lang["positive"].items() for t in texts
+        name in dict(clf.matches(form(t)))
+        for name, texts in lang["positive"].items()
+        for t in texts
     ]
-    near = sum(bool(clf.matches(t)) for t in lang["near_miss"])
-    benign = sum(bool(clf.matches(t)) for t in lang["benign"])
+    near = sum(bool(clf.matches(form(t))) for t in lang["near_miss"])
+    benign = sum(bool(clf.matches(form(t))) for t in lang["benign"])
     print(f"\nother languages (topics_languages.yaml), model {model}: recall "
           f"{np.mean(found):.2f} ({sum(found)} of {len(found)}); near misses firing {near} of "
           f"{len(lang['near_miss'])}; everyday requests firing {benign} of "
@@ -192,11 +210,13 @@ def _pcts(samples: list[float]) -> str:
     return f"p50 {s[len(s) // 2] * 1e3:.3f}, p99 {s[int(len(s) * 0.99)] * 1e3:.3f} ms"
 
 
-def _policies(semantic: bool, examples: dict[str, list[str]]) -> str:
+def _policies(semantic: bool, examples: dict[str, list[str]], model: str = DEFAULT_MODEL) -> str:
     rules = ["  - {type: content_filter, id: words, keywords: [project aurora]}"]
     if semantic:
         rules.append("  - {type: prompt_injection, id: injection, direction: request}")
-        rules.append("  - type: content_filter\n    id: topics\n    topics:")
+        named = {v: k for k, v in MODELS.items()}.get(model, "static")
+        line = "" if named == "static" else f"\n    model: {named}"
+        rules.append(f"  - type: content_filter\n    id: topics{line}\n    topics:")
         for name, ex in examples.items():
             rules.append(f"      {name}: {{match: semantic, examples: {json.dumps(ex)}}}")
     return "policy_name: p\norg: acme\nrules:\n" + "\n".join(rules) + "\n"
@@ -208,7 +228,7 @@ def _context(messages: list[dict[str, str]]) -> RequestContext:
                          catalog=load_catalog())  # fmt: skip
 
 
-def cost(iterations: int) -> None:
+def cost(iterations: int, model: str = DEFAULT_MODEL) -> None:
     """What the two classifiers add to ``check_request`` on 4 KB chat requests (the real
     in-process path), in interleaved rounds: each request is judged with and without the
     semantic rules back to back, and the difference of the two is the sample."""
@@ -218,7 +238,7 @@ def cost(iterations: int) -> None:
     examples = {n: t["examples"] for n, t in data["topics"].items()}
     snaps = {
         flag: Snapshot(
-            load_sources([("p.yaml", _policies(flag, examples))]), secrets=read_secrets()
+            load_sources([("p.yaml", _policies(flag, examples, model))]), secrets=read_secrets()
         ).resolve("acme", "", "")
         for flag in (False, True)
     }
@@ -274,7 +294,7 @@ def cost(iterations: int) -> None:
                  for k in range(8)]  # fmt: skip
         chats.append([_context(turns[: k + 1]) for k in range(8)])
     one("a chat's 8th turn: 7 earlier messages resent + a new one, 4 KB in all", chats)
-    emb = load_embedder()
+    emb = load_embedder(model)
     specs = [TopicSpec(n, tuple(ex)) for n, ex in examples.items()]
     many = [TopicSpec(f"topic{i}", tuple(f"{e} variant {i}" for e in specs[i % 4].examples))
             for i in range(100)]  # fmt: skip
@@ -292,12 +312,13 @@ def _classifier(emb: object, specs: list[TopicSpec]) -> TopicClassifier:
     return TopicClassifier(emb, specs)  # type: ignore[arg-type]
 
 
-def topic_pass(iterations: int) -> None:
-    """The topic pass alone: ``hits`` on the sentences (already embedded) of 4 KB texts."""
+def topic_pass(iterations: int, model: str = DEFAULT_MODEL) -> None:
+    """The topic pass alone: ``hits`` on the sentences (already embedded) of 4 KB texts; and
+    the embedding of those sentences, per sentence (each text new: no row remembered)."""
     inj = yaml.safe_load((DATA / "injection.yaml").read_text())
     benign = [t for v in inj["benign"].values() for t in v]
     data = yaml.safe_load((DATA / "topics.yaml").read_text())
-    emb = load_embedder()
+    emb = load_embedder(model)
     specs = [TopicSpec(n, tuple(t["examples"])) for n, t in data["topics"].items()]
     rng = random.Random(11)
 
@@ -311,7 +332,12 @@ def topic_pass(iterations: int) -> None:
 
     for fresh in (False, True):
         clf = _classifier(emb, specs)
-        texts = [embed_sentences(emb, text(fresh)) for _ in range(iterations + 20)]
+        texts, embed_cpu, n_sentences = [], 0.0, 0
+        for _ in range(iterations + 20):
+            c0 = time.thread_time()
+            texts.append(embed_sentences(emb, text(fresh)))
+            embed_cpu += time.thread_time() - c0
+            n_sentences += len(texts[-1].spans)
         for sentences in texts[:20]:  # warm-up (and, for known words, the word memory)
             clf.hits(sentences)
         wall, cpu = [], []
@@ -323,6 +349,9 @@ def topic_pass(iterations: int) -> None:
         label = "every word new" if fresh else "words seen before"
         print(f"  topic pass alone, 4 KB ({len(texts[-1].spans)} sentences), {label}: "
               f"wall {_pcts(wall)}; cpu {_pcts(cpu)}")  # fmt: skip
+        print(f"  embedding those texts ({emb.name}), {label}: cpu "
+              f"{embed_cpu / n_sentences * 1e3:.3f} ms per sentence, "
+              f"{embed_cpu / len(texts) * 1e3:.1f} ms per 4 KB text")  # fmt: skip
 
 
 def main() -> None:
@@ -333,7 +362,9 @@ def main() -> None:
         choices=("heldout", "fresh", "fresh2", "tune", "all", "ext-tune", "ext-heldout"),
     )
     ap.add_argument("--misses", type=int, default=0, help="external: print the N worst")
-    ap.add_argument("--model", default=DEFAULT_MODEL, help="the topics' model")
+    ap.add_argument("--model", default="static",
+                    help="the topics' model: static, multilingual, or a model's name")  # fmt: skip
+    ap.add_argument("--canonical", action="store_true", help="score the texts' canonical forms")
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--no-cost", action="store_true")
@@ -341,6 +372,9 @@ def main() -> None:
     ap.add_argument("--languages", action="store_true", help="also topics_languages.yaml")
     ap.add_argument("--tree", default=str(ROOT), help="import the package from this checkout")
     args = ap.parse_args()
+    args.model = MODELS.get(args.model, args.model)
+    if args.canonical:
+        FORM[0] = canonical_text
     print(f"package from {_TREE}")
     if args.split.startswith("ext-"):  # the external data (prompt injection only)
         det = InjectionDetector(load_embedder(args.injection_model), read_exemplars())
@@ -351,7 +385,7 @@ def main() -> None:
         if args.languages:
             languages(args.model)
         if not args.no_cost:
-            topic_pass(args.iterations)
+            topic_pass(args.iterations, args.model)
         return
     for name in dict.fromkeys((args.injection_model, args.model)):
         t0 = time.perf_counter()
@@ -360,8 +394,8 @@ def main() -> None:
     injection(args.injection_model, args.split)
     topics(args.model, args.split)
     if not args.no_cost:
-        cost(args.iterations)
-        topic_pass(args.iterations)
+        cost(args.iterations, args.model)
+        topic_pass(args.iterations, args.model)
 
 
 if __name__ == "__main__":

@@ -268,7 +268,9 @@ def added(base: Sequence[Result], runs: Sequence[Result]) -> tuple[str, str]:
 
 
 def print_closed(closed: Sequence[tuple[str, Sequence[Result]]], width: int) -> None:
-    """The closed loops' throughput per configuration, if any ran."""
+    """The closed loops' throughput per configuration, if any ran (names padded to at least
+    ``width``, and past the longest name)."""
+    width = max([width, *(len(name) + 2 for name, _ in closed)])
     if any(runs for _, runs in closed):
         print("\nclosed-loop throughput, req/s (median [min..max] of rounds):")
         for name, runs in closed:

@@ -15,7 +15,7 @@ from typing import Any
 from ..detect.pii import ENTITIES
 from ..errors import PolicyError, Problem
 from . import fields as f
-from .model import FRAMEWORKS, PER, SCOPE_KEYS, Policy, Rule, Scope
+from .model import FRAMEWORKS, NO_SECRETS, PER, SCOPE_KEYS, Policy, Rule, Scope, Secrets
 from .rules import BY_NAME
 from .yamlsource import Located, LocatedList, SourceError, load_documents
 
@@ -236,15 +236,21 @@ def load_sources(sources: Iterable[tuple[str, str]]) -> tuple[Policy, ...]:
     return policies
 
 
-def read_sources(sources: Iterable[tuple[str, str]]) -> tuple[tuple[Policy, ...], list[Problem]]:
-    """The policies that are valid, and the problems of the rest (for reporting all at once)."""
+def read_sources(
+    sources: Iterable[tuple[str, str]], secrets: Secrets = NO_SECRETS
+) -> tuple[tuple[Policy, ...], list[Problem]]:
+    """The policies that are valid, and the problems of the rest (for reporting all at once).
+
+    ``secrets`` are what the set will be compiled with: the valid rules of the policies that do
+    not load are compiled with them, so that a rule that needs a model or a key reports only
+    its own problems, as it would in a set that loads."""
     problems: list[Problem] = []
     policies: list[Policy] = []
     names: list[tuple[str, str, int]] = []
     partial: list[Policy] = []
     for name, text in sources:
         policies.extend(parse_text(text, name, _Collector(name, problems, names, partial)))
-    problems.extend(_compile_problems(partial))
+    problems.extend(_compile_problems(partial, secrets))
     first: dict[str, tuple[str, int]] = {}
     for name, file, line in names:
         if name in first:
@@ -256,14 +262,14 @@ def read_sources(sources: Iterable[tuple[str, str]]) -> tuple[tuple[Policy, ...]
     return tuple(policies), problems
 
 
-def _compile_problems(partial: list[Policy]) -> list[Problem]:
+def _compile_problems(partial: list[Policy], secrets: Secrets) -> list[Problem]:
     """What compiling the valid rules of policies that did not load would report."""
     from .compiler import CompiledPolicy
 
     found: list[Problem] = []
     for policy in partial:
         try:
-            CompiledPolicy(policy, 0)
+            CompiledPolicy(policy, 0, secrets)
         except PolicyError as exc:
             found.extend(exc.problems)
     return found

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..errors import PolicyError, Problem
 from ..policy.compiler import Snapshot, compile_read
 from ..policy.loader import POLICY_EXTENSIONS, read_sources
-from ..policy.model import Policy
+from ..policy.model import NO_SECRETS, Policy, Secrets
 from .secrets import read_secrets
 
 Source = tuple[str, str]  # (file name, text), as the loader reads them
@@ -62,18 +62,20 @@ def load_paths(paths: Iterable[str | os.PathLike[str]]) -> tuple[Policy, ...]:
 
 
 def read_paths(
-    paths: Iterable[str | os.PathLike[str]],
+    paths: Iterable[str | os.PathLike[str]], secrets: Secrets = NO_SECRETS
 ) -> tuple[tuple[Policy, ...], list[Problem]]:
-    """The valid policies of files and directories, and the problems of the rest."""
+    """The valid policies of files and directories, and the problems of the rest (with the
+    ``secrets`` the set will compile with: ``policy.loader.read_sources``)."""
     paths = list(paths)
     files = policy_files(paths)
     sources, problems = read_files(files)
     if not files and not problems:
         problems.append(no_files(paths))
-    policies, more = read_sources(sources)
+    policies, more = read_sources(sources, secrets)
     return policies, problems + more
 
 
 def compile_paths(paths: Sequence[str]) -> Snapshot:
     """Load and compile policy files; raises ``PolicyError`` with every problem found."""
-    return compile_read(*read_paths(paths), read_secrets())
+    secrets = read_secrets()
+    return compile_read(*read_paths(paths, secrets), secrets)

@@ -119,8 +119,9 @@ class PolicyStore:
             problems.append(no_files(self.paths))
         # One read of files and pushed together: duplicate names and rule clashes between a
         # file and a pushed policy are found like those between two files.
-        policies, more = read_sources([*sources, *pushed])
-        return compile_read(policies, problems + more, secrets or read_secrets())
+        secrets = secrets or read_secrets()
+        policies, more = read_sources([*sources, *pushed], secrets)
+        return compile_read(policies, problems + more, secrets)
 
     def fingerprint(self) -> tuple[tuple[str, float, int], ...]:
         """Path, mtime and size of every policy file, following symlinks.

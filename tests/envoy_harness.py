@@ -9,7 +9,8 @@
     BackgroundLoop        an asyncio loop in a thread, for grpc.aio servers in sync tests
     http_request          one HTTP/1.1 request, read in full (JSON and SSE helpers)
 
-Every process is stopped by stop(): SIGTERM, then SIGKILL after a bound. Nothing races for a
+Every process runs in its own session and is stopped by stop(): SIGTERM to its process group,
+then SIGKILL to the group after a bound, so what it forked goes with it. Nothing races for a
 port: Envoy binds 0 for its listener and admin and reports the real ports, the other servers
 bind 0 and print theirs.
 
@@ -213,8 +214,34 @@ def validate_config(path: str | os.PathLike[str]) -> tuple[bool, str]:
     return proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` still runs (zombies do not count: an orphan's
+    zombie waits for PID 1 to reap it, and a container's PID 1 may never do so)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit()]
+    except OSError:
+        return True  # no /proc: the group exists, take it as running
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                state, _ppid, group = f.read().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue
+        if int(group) == pgid and state not in ("Z", "X"):
+            return True
+    return False
+
+
 class ManagedProcess:
-    """A child process, output in files of its workdir, stopped by SIGTERM then SIGKILL.
+    """A child process, output in files of its workdir, stopped by SIGTERM then SIGKILL to its
+    process group (it leads a session of its own: a wrapper such as ``env`` or ``py-spy record``,
+    or a sidecar's workers, must not outlive it, holding ports and CPU for the next run).
 
     start() waits for a "listening on HOST:PORT" line on stdout and sets port; servers that print
     it (the mock provider, the pass-through processor) can then bind port 0, race-free.
@@ -245,6 +272,7 @@ class ManagedProcess:
                 stdin=subprocess.DEVNULL,
                 cwd=REPO_ROOT,
                 env=self.env,
+                start_new_session=True,  # its own process group, so stop() reaches its children
             )
 
     def start(self, timeout: float = 20.0) -> Self:
@@ -263,27 +291,44 @@ class ManagedProcess:
         return "".join(p.read_text(errors="replace") for p in paths if p.exists())
 
     def poll(self, what: str, check: Callable[[], T | None], timeout: float) -> T:
-        """check() until truthy, bounded; fails at once, with the output, if the child died."""
+        """check() until truthy, bounded; fails at once, with the output, if the child died.
+
+        On any failure, Ctrl-C included, the process is stopped before the error goes up: one
+        that is starting is not yet in the caller's list of processes to stop, and in its own
+        session a terminal's Ctrl-C no longer reaches it."""
         deadline = time.monotonic() + timeout
-        while True:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited ({self.proc.returncode}):\n{self.output()}")
-            with contextlib.suppress(OSError, ValueError):
-                if result := check():
-                    return result
-            if time.monotonic() > deadline:
-                self.stop()
-                raise TimeoutError(f"{self.name}: {what} not seen in {timeout}s:\n{self.output()}")
-            time.sleep(0.05)
+        try:
+            while True:
+                if self.proc is not None and self.proc.poll() is not None:
+                    code = self.proc.returncode
+                    raise RuntimeError(f"{self.name} exited ({code}):\n{self.output()}")
+                with contextlib.suppress(OSError, ValueError):
+                    if result := check():
+                        return result
+                if time.monotonic() > deadline:
+                    out = self.output()
+                    raise TimeoutError(f"{self.name}: {what} not seen in {timeout}s:\n{out}")
+                time.sleep(0.05)
+        except BaseException:
+            self.stop()
+            raise
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, wait up to timeout, then SIGKILL; remove the workdir if it made it."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
+        """SIGTERM to the process group, wait up to timeout for all of it, then SIGKILL to the
+        group; remove the workdir if it made it. The group is signalled even when the process
+        itself has exited: what it forked may still run (its group id is not reused while so)."""
+        if self.proc is not None:
+            pgid = self.proc.pid  # start_new_session: the leader's pid is the group's id
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGTERM)
+            deadline = time.monotonic() + timeout
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if self.proc.poll() is None or _group_alive(pgid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
                 self.proc.wait(timeout)
         if self._own_dir:
             shutil.rmtree(self.workdir, ignore_errors=True)

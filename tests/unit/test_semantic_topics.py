@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import random
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -225,6 +226,13 @@ def test_product_in_blocks_equals_one_product() -> None:
 
 
 def test_word_memory_is_bounded_and_shared_by_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Threads share a classifier's word memory, full and started again many times, and get a
+    thread alone's scores: up to float32 rounding, not bit for bit. A word's margins are those
+    of the batch it was first computed in, and BLAS rounds a row's last bit by the batch's
+    shape (numpy hands a one-row product to gemv, more rows to gemm; on the real model with
+    one BLAS thread gemm's bits depend on the rows too), which the threads' interleaving
+    changes. Another word's row or a torn one would be off by a margin; that the memory keeps
+    rows exactly under threads is the next test's."""
     monkeypatch.setattr(topics, "_WORD_CACHE_LIMIT", 50)
     emb = HashEmbedder()
     clf = TopicClassifier(emb, [TopicSpec("a", ("alpha beta gamma",))], ("omega",))
@@ -241,8 +249,41 @@ def test_word_memory_is_bounded_and_shared_by_threads(monkeypatch: pytest.Monkey
         t.start()
     for t in threads:
         t.join()
-    assert all(np.array_equal(g, w) for rows in got for g, w in zip(rows, want, strict=True))
+    assert all(np.allclose(g, w, rtol=0, atol=1e-6)
+               for rows in got for g, w in zip(rows, want, strict=True))  # fmt: skip
     assert 0 < len(clf._word_rows) <= 50  # bounded: full, it started again
+
+
+def test_remembered_rows_are_exact_when_threads_share_them() -> None:
+    """``RowCache`` has no lock: threads gathering overlapping keys, the table filled and
+    started again many times, each get exactly the rows computed for their keys (a row that
+    depends on its key only: no batch to round it otherwise)."""
+    rows = RowCache(50, 3)
+
+    def compute(keys: list[str]) -> np.ndarray:
+        return np.asarray([[len(k), int(k[1:]), hash(k) % 1009] for k in keys], np.float32)
+
+    rng = random.Random(5)
+    batches = [[f"w{rng.randrange(400)}" for _ in range(30)] for _ in range(300)]
+    wrong: list[list[str]] = []
+
+    def run() -> None:
+        for keys in batches:
+            if not np.array_equal(rows.gather(keys, compute), compute(keys)):
+                wrong.append(keys)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter will
+    try:
+        threads = [threading.Thread(target=run) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert wrong == []
+    assert 0 < len(rows) <= 50
 
 
 def test_library_domains_join_the_nearest_topic_only() -> None:

@@ -79,7 +79,7 @@ class ServerConfig:
     response_accounting: str = "inline"
     observe_timeout_s: float = 300.0
     # What serves the listener (listeners.py): grpc.aio, or the lean HTTP/2 transport "h2".
-    transport: str = "grpc"
+    transport: str = "h2"
     # The h2 transport's abuse limits (transport/limits.py): streams, floods, timeouts.
     h2_limits: Limits = field(default_factory=Limits)
     # The event loop (eventloop.py): auto (uvloop under h2, asyncio's under grpc), asyncio, uvloop.

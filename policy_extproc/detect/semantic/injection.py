@@ -62,8 +62,10 @@ _ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")
 
 def _sentence_start(data: bytes, end: int) -> int:
     """Where the sentence holding the byte before ``end`` starts (as text.sentence_spans cuts,
-    by a few ``rfind`` calls: no scan of the whole text per hit)."""
-    return max(data.rfind(e, 0, max(end - 1, 0)) + len(e) for e in _ENDS) if end else 0
+    by a few ``rfind`` calls: no scan of the whole text per hit). The first sentence starts at
+    0, not at ``-1 + len(end)``: its first byte is where a negation or ``unless`` begins."""
+    starts = (data.rfind(e, 0, max(end - 1, 0)) for e in _ENDS)
+    return max((i + len(e) for i, e in zip(starts, _ENDS, strict=True) if i >= 0), default=0)
 
 
 def _sentence_end(data: bytes, end: int) -> int:

@@ -11,9 +11,10 @@ and tool results, encodings and payload splitting, tool abuse by agents, and the
 extraction phrasings of other languages. Matching is on the lower-cased UTF-8 bytes, so
 ``\\b`` and ``\\w`` are ASCII: a signal must not put ``\\b`` next to a non-ASCII letter, nor a
 non-ASCII letter in a ``[...]`` class (write ``(c|ç)``). The signals of tool abuse
-(``agents.py``) and of other languages (``languages.py``) live apart, as (weight, expression)
-pairs. Encoded text (base64, ROT13, leetspeak, spaced-out letters) is decoded by ``injection``
-and scanned with the same signals.
+(``agents.py``), of other languages (``languages.py``) and of override of earlier context
+(``overrides.py``: "forget everything before that", "well done, now come new tasks") live
+apart, as (weight, expression[, unless]) tuples. Encoded text (base64, ROT13, leetspeak,
+spaced-out letters) is decoded by ``injection`` and scanned with the same signals.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .agents import TOOL_ABUSE
-from .languages import OTHER_LANGUAGES
+from .languages import CONTEXT_OTHER, OTHER_LANGUAGES
+from .overrides import CONTEXT_OVERRIDE, TO_DO
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +100,7 @@ SIGNALS: tuple[Signal, ...] = (
         0.75,
         r"\b(new|real|only|actual|true) (system prompt|instructions?|"
         r"directives?|task)\s*(is|are|:)",
+        TO_DO,  # "new task: book the flight" in a to-do list
     ),
     Signal("override", 0.8, rf"\b{_ORDERS}\s+(no longer|don't|do not) apply\b"),
     Signal(
@@ -355,6 +358,8 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("encoding", 0.5, r"['\"][^'\"\n]{2,24}['\"]\s*\+\s*['\"][^'\"\n]{2,24}['\"]"),
     *(Signal("tool_abuse", w, expr) for w, expr in TOOL_ABUSE),
     *(Signal("multilingual", w, expr) for w, expr in OTHER_LANGUAGES),
+    *(Signal("override", w, expr, unless) for w, expr, unless in CONTEXT_OVERRIDE),
+    *(Signal("multilingual", w, expr, unless) for w, expr, unless in CONTEXT_OTHER),
 )
 
 # A signal right after one of these, in its sentence, is talked about, not said: "never reveal

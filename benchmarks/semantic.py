@@ -9,7 +9,8 @@ benchmarks/semantic_external.py; ``--misses``: print the worst N, on ext-tune on
 the shipped ones; ``static`` and ``multilingual`` are the names a topic rule's ``model`` takes;
 ``--tree=PATH``: import the package from another checkout, to compare with a base;
 ``--topics-only``: the topic tables and the topic pass's cost; ``--canonical``: score the
-canonical form of each text, as the sidecar does, instead of the text as written). Prints
+canonical form of each text, as the sidecar does, instead of the text as written, for topics
+and prompt injection alike). Prints
 tables; never asserts.
 
 Data: ``tests/data/semantic/`` (written for this project). ``heldout`` (the default) is the part
@@ -113,8 +114,10 @@ def _at_fpr(neg: list[float], pos: list[float], fpr: float) -> tuple[float, floa
 def injection(model: str, split: str) -> None:
     data = yaml.safe_load((DATA / "injection.yaml").read_text())
     det = InjectionDetector(load_embedder(model), read_exemplars())
-    neg = [det.score(t).score for t in _splits(data["benign"], split)]
-    fams = {f: [det.score(t).score for t in _splits(g, split)] for f, g in data["attacks"].items()}
+    form = FORM[0]
+    neg = [det.score(form(t)).score for t in _splits(data["benign"], split)]
+    fams = {f: [det.score(form(t)).score for t in _splits(g, split)]
+            for f, g in data["attacks"].items()}  # fmt: skip
     every = [s for v in fams.values() for s in v]
     print(f"\nprompt injection, {split} split, model {model}: {len(every)} attacks, "
           f"{len(neg)} hard negatives")  # fmt: skip
@@ -378,7 +381,7 @@ def main() -> None:
     print(f"package from {_TREE}")
     if args.split.startswith("ext-"):  # the external data (prompt injection only)
         det = InjectionDetector(load_embedder(args.injection_model), read_exemplars())
-        external(det, args.split, SENSITIVITY, _at_fpr, args.misses)
+        external(det, args.split, SENSITIVITY, _at_fpr, args.misses, FORM[0])
         return
     if args.topics_only:
         topics(args.model, args.split)

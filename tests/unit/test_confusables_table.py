@@ -7,7 +7,7 @@ import importlib.util
 from pathlib import Path
 from types import ModuleType
 
-from policy_extproc.detect import canonical
+from policy_extproc.detect import characters
 from policy_extproc.detect.confusables_table import PROTOTYPES
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,8 +41,8 @@ def test_the_module_is_what_the_generator_writes() -> None:
 
 def test_the_entries_left_out_change_no_fold() -> None:
     """Only entries with an ASCII prototype are kept: folding with the whole table is the same."""
-    whole = canonical._ascii_prototypes(GEN.read_prototypes(LINES))
-    assert whole == canonical._TO_ASCII
+    whole = characters.ascii_prototypes(GEN.read_prototypes(LINES))
+    assert whole == characters.TO_ASCII
     assert len(GEN.read_prototypes(LINES)) > len(PROTOTYPES) > 1000
 
 

@@ -14,19 +14,22 @@ module and ``unicodedata`` disagree.
     python tools/gen_word_chars.py --check    # exit 1 if it is not what would be written
 """
 
+# ruff: noqa: RUF002 (look-alike characters are what the docstrings are about)
+
 from __future__ import annotations
 
 import argparse
 import itertools
 import sys
 import unicodedata
+from collections.abc import Callable
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = ROOT / "policy_extproc" / "detect" / "word_chars_table.py"
 sys.path.insert(0, str(ROOT))
 
-from policy_extproc.detect.characters import removed  # noqa: E402 (after the path)
+from policy_extproc.detect.characters import fold_char, removed  # noqa: E402 (after the path)
 
 
 def _inside(ch: str) -> bool:
@@ -49,11 +52,21 @@ def word_char(ch: str) -> bool:
     return ch.isascii() or all(_inside(c) for c in unicodedata.normalize("NFKD", ch))
 
 
-def ranges() -> list[tuple[int, int]]:
+def moves_a_boundary(ch: str) -> bool:
+    """Whether ``fold_char`` makes of ``ch`` something that is not all of its own kind: a word
+    character folded to a separator (``ǃ`` -> ``!``, Hebrew yod -> ``'``), a separator to word
+    characters (``×`` -> ``x``, ``™`` -> ``TM``) or to nothing (the spacing accent ``¨``: the
+    words on either side meet). A text with one may need a second pass."""
+    own = word_char(ch)
+    folded = fold_char(ch)
+    return (not own and not folded) or any(word_char(c) != own for c in folded)
+
+
+def ranges(which: Callable[[str], bool] = word_char) -> list[tuple[int, int]]:
     out: list[tuple[int, int]] = []
     # Planes 4 to 13 hold no character (Unicode 15), 15 and 16 private use only: skipped.
     for cp in itertools.chain(range(0x40000), range(0xE0000, 0xF0000)):
-        if 0xD800 <= cp <= 0xDFFF or not word_char(chr(cp)):
+        if 0xD800 <= cp <= 0xDFFF or not which(chr(cp)):
             continue
         if out and out[-1][1] == cp - 1:
             out[-1] = (out[-1][0], cp)
@@ -62,8 +75,11 @@ def ranges() -> list[tuple[int, int]]:
     return out
 
 
+def _rows(which: Callable[[str], bool]) -> str:
+    return "".join(f"    (0x{lo:04X}, 0x{hi:04X}),\n" for lo, hi in ranges(which))
+
+
 def render() -> str:
-    rows = [f"    (0x{lo:04X}, 0x{hi:04X}),\n" for lo, hi in ranges()]
     return (
         '"""The characters of words (``detect/words.py``): alphanumeric ones, combining marks and\n'
         "the characters the canonical fold removes, as (first, last) code point ranges.\n"
@@ -73,7 +89,11 @@ def render() -> str:
         "regenerate (``make word-chars``).\n"
         '"""\n'
         "\n"
-        "WORD_CHARS: tuple[tuple[int, int], ...] = (\n" + "".join(rows) + ")\n"
+        "WORD_CHARS: tuple[tuple[int, int], ...] = (\n" + _rows(word_char) + ")\n"
+        "\n"
+        "# Characters whose fold is not all of their own kind (word character or not): a text\n"
+        "# with one is folded again until it settles.\n"
+        "MOVES_A_BOUNDARY: tuple[tuple[int, int], ...] = (\n" + _rows(moves_a_boundary) + ")\n"
     )
 
 

@@ -33,7 +33,7 @@ from bisect import bisect_right
 from itertools import compress
 
 from .characters import ASCII_CONTROLS, FOLD, fold_char, is_default_ignorable
-from .words import ASCII_WORD, WORD_TAIL, fold_words, pieces
+from .words import WORD_TAIL, fold_words, pieces, settle
 
 __all__ = [
     "ASCII_CONTROLS",
@@ -134,6 +134,8 @@ def plain_ascii(text: str) -> bool:
 
 
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
+_GAP = re.compile(f"[^{WORD_TAIL.pattern[1:-2]}]*")  # no word character
+_ASCII_WORD = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
 _REGION_CACHE_LIMIT = 65_536
 _REGION_CACHE_MAX_LEN = 32
 # Short regions outside ASCII (words, mostly) -> their folded form: benign text repeats them.
@@ -157,36 +159,31 @@ def _dense(text: str) -> str:
 
 
 def _sparse(text: str) -> str:
-    """Fold only the words (and gaps) around characters outside printable ASCII: for text that
-    is mostly ASCII. A word folds as a whole (``words.py``), so each run outside ASCII is
-    widened to the words it touches: back over the ASCII letters before it, on to the end of
-    the word it ends in."""
+    """Fold only what is around characters outside printable ASCII: for text that is mostly
+    ASCII. A word folds as a whole (``words.py``), so a run that holds a word character is
+    widened to a region of whole words: back over the ASCII letters before it, on to the end
+    of the word it ends in; a run between words (a curly quote, a dash) folds as it is."""
     out: list[str] = []
     last = 0  # original offset up to which ``out`` holds the canonical form
-    start = end = -1  # the open region [start, end): whole words and the gaps between them
-
-    def close() -> None:
-        nonlocal last
+    end = 0  # the end of the last region
+    tail = WORD_TAIL.match
+    for m in _SPECIAL_RUN.finditer(text):
+        start, stop = m.span()
+        if stop <= end:
+            continue  # inside the last region
+        start = max(start, end)
+        if _GAP.fullmatch(text, start, stop):
+            end = stop
+        else:
+            while start > end and text[start - 1] in _ASCII_WORD:
+                start -= 1
+            end = tail(text, stop).end()  # type: ignore[union-attr]
         region = text[start:end]
         folded = _fold_region(region)
         if folded != region:
             out.append(text[last:start])
             out.append(folded)
             last = end
-
-    for m in _SPECIAL_RUN.finditer(text):
-        if m.start() <= end:  # in the open region, or right after it: widen it
-            end = WORD_TAIL.match(text, m.end()).end()  # type: ignore[union-attr]
-            continue
-        if end >= 0:
-            close()
-        lo = max(end, 0)
-        start = m.start()
-        while start > lo and text[start - 1] in ASCII_WORD:
-            start -= 1
-        end = WORD_TAIL.match(text, m.end()).end()  # type: ignore[union-attr]
-    if end >= 0:
-        close()
     if not out:
         return text
     out.append(text[last:])
@@ -200,7 +197,8 @@ def canonicalize(text: str) -> Canonical:
     # Mostly outside ASCII (Cyrillic, Japanese): fold every character; mostly ASCII with a few
     # others (a curly quote, a name with an accent): fold those runs only.
     extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
-    return Canonical(_dense(text) if extra * 4 > len(text) else _sparse(text), text)
+    folded = _dense(text) if extra * 4 > len(text) else _sparse(text)
+    return Canonical(settle(text, folded), text)
 
 
 def canonical_text(text: str) -> str:

@@ -45,7 +45,7 @@ a Latin word Latin. The rule is a fixed point: the fold only adds letters to the
 script, and a letter that reads as no ASCII keeps that property.
 """
 
-# ruff: noqa: RUF002 (the docstring shows look-alike letters: what this module is about)
+# ruff: noqa: RUF002, RUF003 (look-alike letters are what this module is about)
 
 from __future__ import annotations
 
@@ -55,13 +55,32 @@ from itertools import product
 
 from .characters import FOLD, FOLD_CACHE_LIMIT, TO_ASCII, removed
 from .confusables_table import PROTOTYPES
-from .word_chars_table import WORD_CHARS
+from .word_chars_table import MOVES_A_BOUNDARY, WORD_CHARS
 
-_CLASS = "".join(f"\\U{lo:08x}-\\U{hi:08x}" for lo, hi in WORD_CHARS)
-WORD = re.compile(f"[{_CLASS}]+")
-WORD_TAIL = re.compile(f"[{_CLASS}]*")  # the rest of a word, from a given offset
-_WORD_SPLIT = re.compile(f"([{_CLASS}]+)")  # words at odd indices of ``split``
-ASCII_WORD = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+
+def _class(lo_cap: int, hi_cap: int, ranges: tuple[tuple[int, int], ...] = WORD_CHARS) -> str:
+    return "".join(
+        f"\\U{max(lo, lo_cap):08x}-\\U{min(hi, hi_cap):08x}"
+        for lo, hi in ranges
+        if hi >= lo_cap and lo <= hi_cap
+    )
+
+
+# ``re`` tests a class with ranges beyond U+FFFF range by range (800 of them: ten times slower
+# than the rest of the fold), one within the BMP with a bitmap. So words are cut with every
+# character beyond the BMP taken as a word character, and a run that holds one (an emoji, a
+# math letter) is cut again with the exact class (``_exact``).
+_BMP = _class(0, 0xFFFF)
+WORD = re.compile(f"[{_BMP}\\U00010000-\\U0010ffff]+")
+WORD_TAIL = re.compile(f"[{_BMP}\\U00010000-\\U0010ffff]*")  # the rest of a word, from an offset
+_WORD_SPLIT = re.compile(f"([{_BMP}\\U00010000-\\U0010ffff]+)")  # words at odd indices
+_EXACT = re.compile(f"[{_BMP}{_class(0x10000, 0x10FFFF)}]+")
+_EXACT_SPLIT = re.compile(f"([{_BMP}{_class(0x10000, 0x10FFFF)}]+)")
+# What may move a word boundary when folded (``×`` -> ``x`` joins the next word): beyond the
+# BMP checked again exactly, as above.
+_MOVES = re.compile(f"[{_class(0, 0xFFFF, MOVES_A_BOUNDARY)}\\U00010000-\\U0010ffff]")
+_MOVES_EXACT = re.compile(f"[{_class(0x10000, 0x10FFFF, MOVES_A_BOUNDARY)}]")
+_MAX_PASSES = 4
 
 _HAN = ("CJK", "HIRAGANA", "KATAKANA", "KATAKANA-HIRAGANA", "HANGUL", "BOPOMOFO", "IDEOGRAPHIC")
 _GROUPS = dict.fromkeys(_HAN, "HAN")
@@ -92,11 +111,14 @@ def reads_as_ascii(ch: str) -> bool:
     return len(other) != 1 or other == ch or _ascii_letters(other)
 
 
-class _InfoTable(dict[str, tuple[str | None, bool]]):
-    """(script, reads as ASCII) of the characters met (up to a bound)."""
+class _InfoTable(dict[str, tuple[str | None, int, bool]]):
+    """(script, letters, reads as ASCII) of the characters met (up to a bound); letters: how
+    many its compatibility decomposition holds (the ligature ``ﬓ`` is two Armenian letters)."""
 
-    def __missing__(self, ch: str) -> tuple[str | None, bool]:
-        info = (script(ch), reads_as_ascii(ch))
+    def __missing__(self, ch: str) -> tuple[str | None, int, bool]:
+        d = ch if ch.isascii() else unicodedata.normalize("NFKD", ch)
+        letters = sum(unicodedata.category(c)[0] == "L" for c in d)
+        info = (script(ch), letters, reads_as_ascii(ch))
         if len(self) < FOLD_CACHE_LIMIT:
             self[ch] = info
         return info
@@ -125,7 +147,7 @@ _LOOK_ALIKES = _look_alikes()
 
 def _in_script(ch: str, target: str) -> str:
     """``ch`` (a decomposed character) as the word's script reads it."""
-    s, reads = _INFO[ch]
+    s, _, reads = _INFO[ch]
     if s is None or s == target or not reads:
         return ch
     return _LOOK_ALIKES.get((FOLD[ch], unicodedata.category(ch), target), ch)
@@ -160,9 +182,9 @@ def _dominant(word: str) -> tuple[str | None, bool]:
     every = True
     info = _INFO
     for ch in word:
-        s, reads = info[ch]
+        s, letters, reads = info[ch]
         if s is not None:
-            counts[s] = counts.get(s, 0) + 1
+            counts[s] = counts.get(s, 0) + letters
             every = every and reads
     if not counts:
         return None, True
@@ -187,12 +209,26 @@ _WORD_CACHE_MAX_LEN = 32
 _WORDS: dict[str, str] = {}
 
 
+def _fold_one(word: str) -> str:
+    pieces = word_pieces(word)
+    return "".join(pieces if pieces is not None else map(FOLD.__getitem__, word))
+
+
+def _beyond_bmp(run: str) -> bool:
+    return not run.isascii() and max(run) > "\uffff"
+
+
 def fold_word(word: str) -> str:
-    """The canonical form of one word."""
+    """The canonical form of one run of ``WORD`` (a word, or words and the emoji between)."""
     folded = _WORDS.get(word)
     if folded is None:
-        pieces = word_pieces(word)
-        folded = "".join(pieces if pieces is not None else map(FOLD.__getitem__, word))
+        if _beyond_bmp(word):
+            parts = _EXACT_SPLIT.split(word)
+            parts[1::2] = map(_fold_one, parts[1::2])
+            parts[0::2] = map(_fold_gap, parts[0::2])
+            folded = "".join(parts)
+        else:
+            folded = _fold_one(word)
         if len(word) <= _WORD_CACHE_MAX_LEN:  # words come from clients: bound what is kept
             if len(_WORDS) >= _WORD_CACHE_LIMIT:
                 _WORDS.clear()
@@ -213,11 +249,50 @@ def fold_words(text: str) -> str:
     return "".join(parts)
 
 
+def unsettled(text: str) -> bool:
+    """Whether ``text`` holds a character whose fold may move a word boundary, so that one
+    pass of ``fold_words`` may not give a fixed point (``б×б`` is ``бxб`` after one, a word
+    of three letters where there were two words of one)."""
+    for m in _MOVES.finditer(text):
+        if m.group() <= "\uffff" or _MOVES_EXACT.match(m.group()):
+            return True
+    return False
+
+
+def settle(text: str, folded: str) -> str:
+    """``folded`` (one pass over ``text``) folded again until it is a fixed point."""
+    if unsettled(text):
+        for _ in range(_MAX_PASSES):
+            again = fold_words(folded)
+            if again == folded:
+                break
+            folded = again
+    return folded
+
+
 def pieces(text: str) -> list[str]:
-    """Each character's canonical piece: their concatenation is ``fold_words(text)``."""
+    """Each character's canonical piece: their concatenation is ``settle``'s fixed point."""
+    out = _pieces_once(text)
+    if unsettled(text):
+        for _ in range(_MAX_PASSES):
+            once = "".join(out)
+            again = _pieces_once(once)
+            if "".join(again) == once:
+                break
+            # Each original character's piece is the pieces of what it had become.
+            composed: list[str] = []
+            at = 0
+            for piece in out:
+                composed.append("".join(again[at : at + len(piece)]))
+                at += len(piece)
+            out = composed
+    return out
+
+
+def _pieces_once(text: str) -> list[str]:
     out: list[str] = []
     pos = 0
-    for m in WORD.finditer(text):
+    for m in (_EXACT if _beyond_bmp(text) else WORD).finditer(text):
         out.extend(map(FOLD.__getitem__, text[pos : m.start()]))
         word = m.group()
         kept = word_pieces(word)
@@ -233,10 +308,10 @@ def pieces(text: str) -> list[str]:
 def spellings(ch: str) -> list[str]:
     """Every canonical spelling of ``ch`` (outside ASCII) in some word: as ``fold_char`` folds it,
     as a kept word keeps it (NFKC), as the look-alike another script reads it as."""
-    if removed(ch) or not WORD.fullmatch(ch):
+    if removed(ch) or not _EXACT.fullmatch(ch):
         return [FOLD[ch]]  # removed, or between words: folded alike everywhere
     out = dict.fromkeys((FOLD[ch], unicodedata.normalize("NFKC", ch)))
-    s, reads = _INFO[ch]
+    s, _, reads = _INFO[ch]
     if s is not None and reads:
         category = unicodedata.category(ch)
         for (reading, cat, _), look in _LOOK_ALIKES.items():
@@ -254,7 +329,7 @@ def fragment_forms(literal: str) -> list[str]:
     words): for those two words every fold of a word (character by character, or kept in one
     of the literal's scripts), for the words between their own fold. The canonical form is
     first; at most 16."""
-    parts = _WORD_SPLIT.split(literal)
+    parts = _EXACT_SPLIT.split(literal)
     choices: list[list[str]] = [[_fold_gap(p)] for p in parts]
     for i in range(1, len(parts), 2):
         choices[i] = [fold_word(parts[i])]

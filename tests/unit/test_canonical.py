@@ -20,8 +20,8 @@ from policy_extproc.detect.canonical import (
     visible_tail,
 )
 from policy_extproc.detect.joined import JoinedParts
-from policy_extproc.detect.words import pieces
 from policy_extproc.detect.patterns import Pattern, PatternSet, merge_spans
+from policy_extproc.detect.words import pieces
 
 ZWSP, ZWJ, WJ, SHY, NBSP, IDEO_SPACE = "\u200b", "\u200d", "\u2060", "\u00ad", "\u00a0", "\u3000"
 

@@ -105,6 +105,9 @@ def ascii_prototypes(table: dict[str, str]) -> dict[str, str]:
 
 
 TO_ASCII = ascii_prototypes(PROTOTYPES)
+# The letters that read as ASCII only through their other case (Cyrillic small ``т``, ``к``):
+# TS #39 does not say they look like it (``words.py`` tells the two apart).
+CASE_ONLY = frozenset(ch for ch in TO_ASCII if ch not in PROTOTYPES)
 
 
 # -- one character -------------------------------------------------------------------------

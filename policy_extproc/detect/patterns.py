@@ -43,7 +43,7 @@ import hyperscan
 from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
 from .canonical_regex import canonical_regex
 from .scratch import ScratchPool
-from .words import fragment_forms
+from .words import literal_forms
 
 PatternKind = Literal["literal", "regex"]
 
@@ -128,12 +128,18 @@ def _word_after(data: bytes, index: int) -> bool:
 
 
 def _forms(p: Pattern) -> list[str]:
-    """The canonical spellings of literal ``p``, white space squeezed: its canonical form, and,
-    unless it is matched as whole words, the spellings its first and last words take inside
-    longer words (``words.fragment_forms``: ``ток`` folds to ``tok`` alone, stays ``ток`` in
-    ``поток``)."""
-    forms = [canonical_text(p.expr)] if p.whole_word or p.expr.isascii() else fragment_forms(p.expr)
-    return list(dict.fromkeys(" ".join(f.split()) for f in forms))
+    """The canonical spellings of literal ``p``, white space squeezed (``words.literal_forms``:
+    the canonical form; the casings that fold a word of another script to ASCII; the folds of
+    the edge words inside longer words, unless matched as whole words)."""
+    if p.expr.isascii():
+        forms = [canonical_text(p.expr)]
+    else:
+        forms = literal_forms(p.expr, p.whole_word, not p.case_sensitive)
+    seen: dict[str, str] = {}  # one spelling per text the engine tells apart
+    for f in forms:
+        f = " ".join(f.split())
+        seen.setdefault(f if p.case_sensitive else f.lower(), f)
+    return list(seen.values())
 
 
 def _spellings(p: Pattern) -> list[str] | None:

@@ -53,7 +53,7 @@ import re
 import unicodedata
 from itertools import product
 
-from .characters import FOLD, FOLD_CACHE_LIMIT, TO_ASCII, removed
+from .characters import CASE_ONLY, FOLD, FOLD_CACHE_LIMIT, TO_ASCII, removed
 from .confusables_table import PROTOTYPES
 from .word_chars_table import MOVES_A_BOUNDARY, WORD_CHARS
 
@@ -111,14 +111,25 @@ def reads_as_ascii(ch: str) -> bool:
     return len(other) != 1 or other == ch or _ascii_letters(other)
 
 
-class _InfoTable(dict[str, tuple[str | None, int, bool]]):
-    """(script, letters, reads as ASCII) of the characters met (up to a bound); letters: how
-    many its compatibility decomposition holds (the ligature ``ﬓ`` is two Armenian letters)."""
+def looks_ascii(ch: str) -> bool:
+    """Whether ``ch`` itself, in its case, folds to ASCII letters by TS #39 (not only through
+    its other case: Cyrillic ``Т`` does, ``т`` does not)."""
+    if not _ascii_letters(ch) or ch in CASE_ONLY:
+        return False
+    return ch.isascii() or not any(c in CASE_ONLY for c in unicodedata.normalize("NFKD", ch))
 
-    def __missing__(self, ch: str) -> tuple[str | None, int, bool]:
+
+Info = tuple[str | None, int, bool, bool]
+
+
+class _InfoTable(dict[str, Info]):
+    """(script, letters, reads as ASCII, looks ASCII) of the characters met (up to a bound);
+    letters: how many its compatibility decomposition holds (``ﬓ`` is two Armenian letters)."""
+
+    def __missing__(self, ch: str) -> Info:
         d = ch if ch.isascii() else unicodedata.normalize("NFKD", ch)
         letters = sum(unicodedata.category(c)[0] == "L" for c in d)
-        info = (script(ch), letters, reads_as_ascii(ch))
+        info = (script(ch), letters, reads_as_ascii(ch), looks_ascii(ch))
         if len(self) < FOLD_CACHE_LIMIT:
             self[ch] = info
         return info
@@ -147,7 +158,7 @@ _LOOK_ALIKES = _look_alikes()
 
 def _in_script(ch: str, target: str) -> str:
     """``ch`` (a decomposed character) as the word's script reads it."""
-    s, _, reads = _INFO[ch]
+    s, _, reads, _ = _INFO[ch]
     if s is None or s == target or not reads:
         return ch
     return _LOOK_ALIKES.get((FOLD[ch], unicodedata.category(ch), target), ch)
@@ -175,32 +186,30 @@ def _kept(word: str, target: str) -> list[str]:
     return pieces
 
 
-def _dominant(word: str) -> tuple[str | None, bool]:
-    """The word's dominant script (ties to Latin, then the first met) and whether every one
-    of its letters reads as ASCII."""
+def _kept_in(word: str) -> str | None:
+    """The script ``word`` is kept in, or None when it folds character by character."""
     counts: dict[str, int] = {}
-    every = True
+    reads = looks = True
     info = _INFO
     for ch in word:
-        s, letters, reads = info[ch]
+        s, letters, r, lk = info[ch]
         if s is not None:
             counts[s] = counts.get(s, 0) + letters
-            every = every and reads
-    if not counts:
-        return None, True
+            reads = reads and r
+            looks = looks and lk
+    if not counts or (reads and (looks or len(counts) > 1)):
+        return None  # no letters; or every one reads as ASCII and the word could pass for one
     top = max(counts.values())
     if counts.get("LATIN") == top:
-        return "LATIN", every
-    return next(s for s, n in counts.items() if n == top), every
+        return None
+    return next(s for s, n in counts.items() if n == top)
 
 
 def word_pieces(word: str) -> list[str] | None:
     """Each character's canonical piece, or None when the word folds character by character
     (``fold_char``: the common case, with nothing allocated)."""
-    dominant, every = _dominant(word)
-    if every or dominant == "LATIN" or dominant is None:
-        return None
-    return _kept(word, dominant)
+    target = _kept_in(word)
+    return None if target is None else _kept(word, target)
 
 
 _WORD_CACHE_LIMIT = 65_536
@@ -311,7 +320,7 @@ def spellings(ch: str) -> list[str]:
     if removed(ch) or not _EXACT.fullmatch(ch):
         return [FOLD[ch]]  # removed, or between words: folded alike everywhere
     out = dict.fromkeys((FOLD[ch], unicodedata.normalize("NFKC", ch)))
-    s, _, reads = _INFO[ch]
+    s, _, reads, _ = _INFO[ch]
     if s is not None and reads:
         category = unicodedata.category(ch)
         for (reading, cat, _), look in _LOOK_ALIKES.items():
@@ -323,26 +332,50 @@ def spellings(ch: str) -> list[str]:
 _MAX_FORMS = 16
 
 
-def fragment_forms(literal: str) -> list[str]:
-    """The spellings of ``literal`` in canonical text when its first and last words may be
-    parts of longer words, whose fold decides theirs (a literal that is not matched as whole
-    words): for those two words every fold of a word (character by character, or kept in one
-    of the literal's scripts), for the words between their own fold. The canonical form is
-    first; at most 16."""
+def _case_forms(word: str) -> list[str]:
+    """The ASCII spellings ``word`` takes in the casings in which it folds to ASCII (a word of
+    one script folds so only when every letter, in its case, looks like ASCII: ``КАК`` is
+    ``KAK``, ``как`` stays), caselessly distinct; [] if it has none."""
+    scripts = {_INFO[ch][0] for ch in word} - {None}
+    if len(scripts) != 1 or "LATIN" in scripts:
+        return []  # Latin, or mixed: folded alike in every casing
+    choices: list[list[str]] = []
+    for ch in word:
+        if _INFO[ch][0] is None:
+            choices.append([FOLD[ch]])
+            continue
+        cases = [c for c in dict.fromkeys((ch, ch.upper(), ch.lower())) if len(c) == 1]
+        readings: dict[str, str] = {}
+        for c in cases:
+            if _INFO[c][3]:
+                readings.setdefault(FOLD[c].lower(), FOLD[c])
+        if not readings:
+            return []
+        choices.append(list(readings.values()))
+    return ["".join(c) for c, _ in zip(product(*choices), range(_MAX_FORMS), strict=False)]
+
+
+def literal_forms(literal: str, whole_words: bool, caseless: bool) -> list[str]:
+    """The spellings of a policy literal in canonical text, its canonical form first, at most
+    16. Caseless: a word of one script also in the casings that fold it to ASCII
+    (``_case_forms``: a keyword ``как`` meets ``КАК``, which is ``KAK``). Not whole words: the
+    first and last words may be parts of longer words, whose fold decides theirs, so they
+    also take every fold a word can (character by character, kept in one of their scripts:
+    ``ток`` alone is ``tok``, in ``поток`` it stays)."""
     parts = _EXACT_SPLIT.split(literal)
     choices: list[list[str]] = [[_fold_gap(p)] for p in parts]
+    last = len(parts) - 2
     for i in range(1, len(parts), 2):
-        choices[i] = [fold_word(parts[i])]
-    edges = {1, len(parts) - 2} if len(parts) > 1 else set()
-    for i in edges:
-        if (i == 1 and parts[0]) or (i == len(parts) - 2 and parts[-1]):
-            continue  # the literal starts (ends) with a separator: this word is whole
         word = parts[i]
-        forms = dict.fromkeys([*choices[i], "".join(map(FOLD.__getitem__, word))])
-        for c in word:
-            s = _INFO[c][0]
-            if s is not None and s != "LATIN":
-                forms["".join(_kept(word, s))] = None
+        forms = dict.fromkeys([fold_word(word)])
+        if caseless:
+            forms.update(dict.fromkeys(_case_forms(word)))
+        if not whole_words and ((i == 1 and not parts[0]) or (i == last and not parts[-1])):
+            forms["".join(map(FOLD.__getitem__, word))] = None
+            for c in word:
+                s = _INFO[c][0]
+                if s is not None and s != "LATIN":
+                    forms["".join(_kept(word, s))] = None
         choices[i] = list(forms)
     out: dict[str, None] = {}
     for combo in product(*choices):

@@ -75,6 +75,7 @@ POLICIES = [
         "rules": [
             # Policy literals outside ASCII are canonicalised too.
             {"type": "content_filter", "id": "ru", "keywords": ["секрет"], "action": "block"},
+            {"type": "content_filter", "id": "bomb", "keywords": ["бомба"], "action": "block"},
             {
                 "type": "content_filter",
                 "id": "de",
@@ -175,6 +176,10 @@ def test_redaction_replaces_exactly_the_original_span(text: str, after: str) -> 
     [
         ("ru", "это с\u0435кр\u0435т"),  # the same word with Latin look-alikes of its letters
         ("ru", "это СЕКРЕТ"),
+        # A Cyrillic keyword, a Latin letter slipped into the text's word (it stays Cyrillic).
+        ("bomb", "это б\u006fмба"),
+        ("bomb", "ЭТО БOМБА!"),
+        ("bomb", "это бомб\u0061"),
         ("de", "eine Ueberweisung? nein: eine Uberweisung"),
         ("de", "eine U\u0308berweisung"),
         ("rx", "Geheimnis\u00a0fur dich"),

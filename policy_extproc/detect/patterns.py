@@ -20,11 +20,13 @@ and there is no backtracking to exploit (no ReDoS). Two databases per pattern se
 Offsets are byte offsets into the UTF-8 encoding of the scanned text.
 
 Matching is on the canonical form of the text (``canonical.py``: NFKC, no zero-width
-characters, marks stripped, look-alikes folded to ASCII, Unicode spaces and dashes as " " and
-"-"); ``scan`` folds what it is given and reports offsets in its bytes, unless told the data is
-canonical already (``ScanText`` builds it once per request). Patterns are compiled to match that
-form: a literal is canonicalised with the same function (a Cyrillic or accented keyword matches
-however the text spells it), a regex is rewritten by ``canonical_regex.py``. ``\\s`` and ``-``
+characters, Unicode spaces and dashes as " " and "-"; decided per word, a word that could pass
+for ASCII with its marks stripped and look-alikes folded to ASCII, a word of another script
+kept in it); ``scan`` folds what it is given and reports offsets in its bytes, unless told the
+data is canonical already (``ScanText`` builds it once per request). Patterns are compiled to
+match that form: a literal is canonicalised with the same function, in every spelling it can
+take (``words.literal_forms``: a Cyrillic or accented keyword matches however the text spells
+it, in any case), a regex is rewritten by ``canonical_regex.py``. ``\\s`` and ``-``
 in a regex therefore also match NBSP, U+3000 and the Unicode dashes of the text.
 """
 
@@ -43,7 +45,7 @@ import hyperscan
 from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
 from .canonical_regex import canonical_regex
 from .scratch import ScratchPool
-from .words import literal_forms
+from .spellings import literal_forms
 
 PatternKind = Literal["literal", "regex"]
 

@@ -9,40 +9,53 @@ and symbols do; those are between words and fold character by character (``fold_
 
 A letter's *script* is the first word of the Unicode name of the first character of its
 compatibility decomposition (``LATIN``, ``CYRILLIC``, ``GREEK``, ``ARABIC``, ...; fullwidth
-``ｃ`` is Latin). Han, kana, Hangul and Bopomofo are one script, ``HAN``: Japanese and Korean
-words mix them. Letters without a script (modifier letters such as U+02BC) and non-letters count
-for none. A letter *reads as ASCII* when ``fold_char`` (TS #39, NFKC, marks stripped) makes it
-ASCII letters, and so does its other case: the decision must not depend on case, since a
-case-insensitive rule compares a text in capitals with a keyword in small letters (Cyrillic
-``Ы`` reads as ``bl`` but ``ы`` as nothing, so neither counts).
+``ｃ`` is Latin), counted once per letter of that decomposition (the ligature ``ﬓ`` is two
+Armenian letters). Han, kana, Hangul and Bopomofo are one script, ``HAN``: Japanese and Korean
+words mix them. Letters without a script (modifier letters such as U+02BC) and non-letters
+count for none. A letter *reads as ASCII* when ``fold_char`` (TS #39, NFKC, marks stripped)
+makes ASCII letters of it and of its other case (case-paired: Cyrillic ``т`` reads as ``t``
+because ``Т`` looks like ``T``; ``Ы`` is ``bl`` but ``ы`` nothing, so neither reads). It *looks
+like ASCII* when it reads as ASCII by TS #39's own entry for it, in its case (``Т`` does, ``т``
+does not).
 
 How a word folds:
 
-1. Character by character, with ``fold_char``, as before words were looked at: when every
-   letter of it reads as ASCII, whatever the scripts (ASCII, accented Latin ``bömb``, the
-   whole-script confusables ``ѕех`` and ``рау``, Greek capitals ``ΚΕΥ``, a Latin word with a
-   look-alike slipped in, ``bоmb``), or when Latin is its dominant script (``straße``, ``бomb``).
-2. Otherwise it has a letter that reads as no ASCII and its dominant script S is not Latin
-   (``бомба``, ``日本語``, ``नमस्ते``, ``שלום``): it keeps its letters and their marks, in NFKC
-   form (NFC after compatibility decomposition: ``で`` keeps its dakuten, half-width ``ﾃﾞ``
-   becomes ``デ``, fullwidth digits ASCII ones); removed characters are still removed. A letter
-   of another script that TS #39 makes the same ASCII letter as a letter of S, with the same
-   general category (case), becomes that letter: Latin ``o`` in ``бoмба`` is Cyrillic ``о``.
-   Other letters stay as they are (a Latin name in a Japanese word stays Latin; cased letters
-   are never matched with the uncased letters of Arabic, Hebrew or Han).
+1. Character by character, with ``fold_char``, as before words were looked at, when it could
+   pass for an ASCII word: it mixes scripts and every letter reads as ASCII (``bоmb``,
+   ``соnfіdеnтіаl``), or every letter looks like ASCII (ASCII, accented Latin ``bömb``, the
+   whole-script confusables ``ѕех``, ``рау``, ``ТАКЕ``, Greek capitals ``ΚΕΥ``); or when Latin is
+   its dominant script (``straße``, ``бomb``).
+2. Otherwise its dominant script S is not Latin (``бомба``, ``как``, ``日本語``, ``नमस्ते``,
+   ``שלום``): it keeps its letters and their marks, in NFKC form (NFC after compatibility
+   decomposition: ``で`` keeps its dakuten, half-width ``ﾃﾞ`` becomes ``デ``, fullwidth digits
+   ASCII ones); removed characters are still removed. A letter of another script that TS #39
+   makes the same ASCII letter as a letter of S, with the same general category (case),
+   becomes that letter: Latin ``o`` in ``бoмба`` is Cyrillic ``о``. Other letters stay as they
+   are (a Latin name in a Japanese word stays Latin; cased letters are never matched with the
+   uncased letters of Arabic, Hebrew or Han).
 
 The dominant script is the one with the most letters; a tie goes to Latin, then to the script
-met first. Why this rule: a word all of whose letters read as ASCII looks like an ASCII word,
-so it must fold to one, whatever it mixes (that is the look-alike evasion: a keyword ``pay``
-meets ``рау``); the real words of that kind (Russian ``сор``, ``как``, ``нет``, Arabic ``اه``)
-are short and few. A word with a letter that reads as no ASCII cannot pass for an ASCII word:
-mostly Latin, it folds as before (an accented word, or Latin with one foreign letter), mostly
-another script, it is a word of that script, kept readable for the classifiers, and a letter
-slipped in from another script is read as the look-alike its readers see, so a keyword of that
-script still matches (``бомба`` meets ``бoмба``). The majority, not the first letter, because
-one letter is the cheapest thing for a writer to change; ties to Latin, the fold that leaves
-a Latin word Latin. The rule is a fixed point: the fold only adds letters to the dominant
-script, and a letter that reads as no ASCII keeps that property.
+met first. Why this rule: a word that looks like an ASCII word must fold to one, whatever it
+mixes (the look-alike evasion: a keyword ``pay`` meets ``рау``). Mixing scripts inside a word
+is itself the mark of a disguise, so there the case-paired reading is enough (``т`` in
+``соnfіdеnтіаl``); a word of one script is judged on what TS #39 says its letters look like,
+in the case they are written in, so that most real Cyrillic and Greek words (``как``, ``нет``,
+``είναι``) stay as they are while ``ТАКЕ`` in capitals still folds. A case-insensitive keyword
+is compiled in the spellings of its other casings too (``spellings.literal_forms``), so
+``как`` still meets ``КАК``. The real words that fold are those made only of look-alikes
+(``сор``, ``КАК``, Greek ``Η``, Arabic ``اه``): short and few. A word that cannot pass for
+an ASCII word, mostly Latin, folds as before (an accented word, or Latin with one foreign
+letter); mostly another script, it is a word of that script, kept readable for the classifiers,
+and a letter slipped in from another script is read as the look-alike its readers see, so a
+keyword of that script still matches (``бомба`` meets ``бoмба``). The majority, not the first
+letter, because one letter is the cheapest thing for a writer to change; ties to Latin, the
+fold that leaves a Latin word Latin.
+
+The fold is a fixed point: it only adds letters to the dominant script, and a letter that does
+not read (look) as ASCII keeps that property. A character whose fold moves a word boundary
+(``×`` -> ``x``, a spacing accent -> nothing; ``MOVES_A_BOUNDARY``) makes the text fold again
+until it settles (``settle``, ``pieces``). A word is decided alone: text the provider joins
+is folded part by part (``joined.py``), so a word split over two parts is decided in halves.
 """
 
 # ruff: noqa: RUF002, RUF003 (look-alike letters are what this module is about)
@@ -51,7 +64,6 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from itertools import product
 
 from .characters import CASE_ONLY, FOLD, FOLD_CACHE_LIMIT, TO_ASCII, removed
 from .confusables_table import PROTOTYPES
@@ -74,8 +86,8 @@ _BMP = _class(0, 0xFFFF)
 WORD = re.compile(f"[{_BMP}\\U00010000-\\U0010ffff]+")
 WORD_TAIL = re.compile(f"[{_BMP}\\U00010000-\\U0010ffff]*")  # the rest of a word, from an offset
 _WORD_SPLIT = re.compile(f"([{_BMP}\\U00010000-\\U0010ffff]+)")  # words at odd indices
-_EXACT = re.compile(f"[{_BMP}{_class(0x10000, 0x10FFFF)}]+")
-_EXACT_SPLIT = re.compile(f"([{_BMP}{_class(0x10000, 0x10FFFF)}]+)")
+EXACT = re.compile(f"[{_BMP}{_class(0x10000, 0x10FFFF)}]+")
+EXACT_SPLIT = re.compile(f"([{_BMP}{_class(0x10000, 0x10FFFF)}]+)")
 # What may move a word boundary when folded (``×`` -> ``x`` joins the next word): beyond the
 # BMP checked again exactly, as above.
 _MOVES = re.compile(f"[{_class(0, 0xFFFF, MOVES_A_BOUNDARY)}\\U00010000-\\U0010ffff]")
@@ -103,12 +115,31 @@ def _ascii_letters(ch: str) -> bool:
     return folded.isascii() and folded.isalpha()
 
 
+# Letters whose case folding is not their small letter (Greek final sigma, the Greek symbol
+# forms ``ϐ ϑ ϰ ϱ``, long s, Kelvin sign, ...), by case folding: the blocks where they live.
+_IRREGULAR: dict[str, set[str]] = {}
+for _cp in (
+    *range(0x80, 0x250),
+    *range(0x370, 0x400),
+    *range(0x1E00, 0x2000),
+    *range(0x2100, 0x2150),
+):
+    _ch = chr(_cp)
+    if _ch.casefold() != _ch.lower() and len(_ch.casefold()) == 1:
+        _IRREGULAR.setdefault(_ch.casefold(), set()).add(_ch)
+
+
+def cases(ch: str) -> set[str]:
+    """``ch`` and the letters a caseless comparison takes for it (``Σ``, ``σ``, ``ς``)."""
+    out = {ch, ch.lower(), ch.upper(), ch.casefold()}
+    out |= {c.upper() for c in list(out)} | _IRREGULAR.get(ch.casefold(), set())
+    out |= {c for f in list(out) for c in _IRREGULAR.get(f, ())}
+    return {c for c in out if len(c) == 1}
+
+
 def reads_as_ascii(ch: str) -> bool:
-    """Whether ``ch`` and its other case fold to ASCII letters."""
-    if not _ascii_letters(ch):
-        return False
-    other = ch.lower() if ch.isupper() else ch.upper()
-    return len(other) != 1 or other == ch or _ascii_letters(other)
+    """Whether ``ch`` and its other cases fold to ASCII letters."""
+    return all(_ascii_letters(c) for c in cases(ch))
 
 
 def looks_ascii(ch: str) -> bool:
@@ -135,12 +166,20 @@ class _InfoTable(dict[str, Info]):
         return info
 
 
-_INFO = _InfoTable()
+INFO = _InfoTable()
+
+
+def _paired(ch: str) -> bool:
+    """Whether ``ch``'s other case (if any) reads as the other case of its reading: the two cases
+    of a look-alike must map alike, or a caseless keyword and its text in capitals part."""
+    other = ch.swapcase()
+    return len(other) != 1 or other == ch or FOLD[other] == FOLD[ch].swapcase()
 
 
 def _look_alikes() -> dict[tuple[str, str, str], str]:
     """(ASCII letter, general category, script) -> the letter of that script read as it: TS #39's
-    own entries first, then the other case of one (``TO_ASCII``), then the lowest code point."""
+    own entries first, then the other case of one (``TO_ASCII``), then the lowest code point;
+    both cases of a pair at once (Cyrillic ``о`` and ``О``), none for an unpaired letter."""
     letters = [(c, c) for c in "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"]
     rest = sorted(TO_ASCII.items(), key=lambda kv: (kv[0] not in PROTOTYPES, ord(kv[0])))
     out: dict[tuple[str, str, str], str] = {}
@@ -148,23 +187,38 @@ def _look_alikes() -> dict[tuple[str, str, str], str]:
         s = script(ch)
         if len(reading) != 1 or s is None or unicodedata.normalize("NFKC", ch) != ch:
             continue
-        if reads_as_ascii(ch):
-            out.setdefault((reading, unicodedata.category(ch), s), ch)
+        if not reads_as_ascii(ch) or not _paired(ch):
+            continue
+        pair = dict.fromkeys((ch, ch.swapcase() if len(ch.swapcase()) == 1 else ch))
+        keys = [(FOLD[c], unicodedata.category(c), s) for c in pair]
+        if not any(k in out for k in keys):
+            out.update(zip(keys, pair, strict=True))
     return out
 
 
-_LOOK_ALIKES = _look_alikes()
+LOOK_ALIKES = _look_alikes()
 
 
 def _in_script(ch: str, target: str) -> str:
     """``ch`` (a decomposed character) as the word's script reads it."""
-    s, _, reads, _ = _INFO[ch]
-    if s is None or s == target or not reads:
+    s, _, reads, _ = INFO[ch]
+    if s is None or s == target or not reads or not _paired(ch):
         return ch
-    return _LOOK_ALIKES.get((FOLD[ch], unicodedata.category(ch), target), ch)
+    return LOOK_ALIKES.get((FOLD[ch], unicodedata.category(ch), target), ch)
 
 
-def _kept(word: str, target: str) -> list[str]:
+def _composed(cluster: list[str]) -> str:
+    out = unicodedata.normalize("NFC", "".join(cluster))
+    if len(out) > 1 and out[0] != out[0].swapcase():
+        # A cased letter (Cyrillic, Greek, ...) keeps the marks it composes with (``й``, ``ё``,
+        # ``ά``) and sheds the others, as a Latin word does: a stress mark or an accent put on
+        # ``бомба`` must not hide it from a keyword. Uncased scripts (Devanagari, Thai, Arabic,
+        # Hebrew) write vowels as marks: those stay.
+        out = out[0] + "".join(c for c in out[1:] if unicodedata.category(c)[0] != "M")
+    return out
+
+
+def kept(word: str, target: str) -> list[str]:
     """The pieces of a word kept in script ``target``: each base character carries its
     cluster (itself and the marks after it, composed); marks and removed characters give ""."""
     pieces = [""] * len(word)
@@ -174,15 +228,15 @@ def _kept(word: str, target: str) -> list[str]:
         if removed(ch):
             continue
         d = ch if ch.isascii() else unicodedata.normalize("NFKD", ch)
-        if base >= 0 and all(unicodedata.category(c)[0] == "M" for c in d):
-            cluster.append(d)  # a mark (or a spacing form of one, ``ﾞ``) joins its base
+        if base >= 0 and unicodedata.category(d[0])[0] == "M":
+            cluster.append(d)  # a mark (or what unfolds to one: ``ﾞ``, Thai ``ำ``) joins its base
             continue
         if base >= 0:
-            pieces[base] = unicodedata.normalize("NFC", "".join(cluster))
+            pieces[base] = _composed(cluster)
         base = i
         cluster = ["".join(_in_script(c, target) for c in d)]
     if base >= 0:
-        pieces[base] = unicodedata.normalize("NFC", "".join(cluster))
+        pieces[base] = _composed(cluster)
     return pieces
 
 
@@ -190,7 +244,7 @@ def _kept_in(word: str) -> str | None:
     """The script ``word`` is kept in, or None when it folds character by character."""
     counts: dict[str, int] = {}
     reads = looks = True
-    info = _INFO
+    info = INFO
     for ch in word:
         s, letters, r, lk = info[ch]
         if s is not None:
@@ -209,7 +263,7 @@ def word_pieces(word: str) -> list[str] | None:
     """Each character's canonical piece, or None when the word folds character by character
     (``fold_char``: the common case, with nothing allocated)."""
     target = _kept_in(word)
-    return None if target is None else _kept(word, target)
+    return None if target is None else kept(word, target)
 
 
 _WORD_CACHE_LIMIT = 65_536
@@ -232,9 +286,9 @@ def fold_word(word: str) -> str:
     folded = _WORDS.get(word)
     if folded is None:
         if _beyond_bmp(word):
-            parts = _EXACT_SPLIT.split(word)
+            parts = EXACT_SPLIT.split(word)
             parts[1::2] = map(_fold_one, parts[1::2])
-            parts[0::2] = map(_fold_gap, parts[0::2])
+            parts[0::2] = map(fold_gap, parts[0::2])
             folded = "".join(parts)
         else:
             folded = _fold_one(word)
@@ -245,7 +299,7 @@ def fold_word(word: str) -> str:
     return folded
 
 
-def _fold_gap(text: str) -> str:
+def fold_gap(text: str) -> str:
     # Between words: white space and punctuation, ASCII (itself) or folded one by one.
     return text if text.isascii() else "".join(map(FOLD.__getitem__, text))
 
@@ -254,7 +308,7 @@ def fold_words(text: str) -> str:
     """The canonical form of ``text``, word by word (C loops, but for new words)."""
     parts = _WORD_SPLIT.split(text)
     parts[1::2] = map(fold_word, parts[1::2])
-    parts[0::2] = map(_fold_gap, parts[0::2])
+    parts[0::2] = map(fold_gap, parts[0::2])
     return "".join(parts)
 
 
@@ -301,7 +355,7 @@ def pieces(text: str) -> list[str]:
 def _pieces_once(text: str) -> list[str]:
     out: list[str] = []
     pos = 0
-    for m in (_EXACT if _beyond_bmp(text) else WORD).finditer(text):
+    for m in (EXACT if _beyond_bmp(text) else WORD).finditer(text):
         out.extend(map(FOLD.__getitem__, text[pos : m.start()]))
         word = m.group()
         kept = word_pieces(word)
@@ -309,77 +363,3 @@ def _pieces_once(text: str) -> list[str]:
         pos = m.end()
     out.extend(map(FOLD.__getitem__, text[pos:]))
     return out
-
-
-# -- the spellings policies are compiled to ----------------------------------------------------
-
-
-def spellings(ch: str) -> list[str]:
-    """Every canonical spelling of ``ch`` (outside ASCII) in some word: as ``fold_char`` folds it,
-    as a kept word keeps it (NFKC), as the look-alike another script reads it as."""
-    if removed(ch) or not _EXACT.fullmatch(ch):
-        return [FOLD[ch]]  # removed, or between words: folded alike everywhere
-    out = dict.fromkeys((FOLD[ch], unicodedata.normalize("NFKC", ch)))
-    s, _, reads, _ = _INFO[ch]
-    if s is not None and reads:
-        category = unicodedata.category(ch)
-        for (reading, cat, _), look in _LOOK_ALIKES.items():
-            if reading == FOLD[ch] and cat == category:
-                out[look] = None
-    return list(out)
-
-
-_MAX_FORMS = 16
-
-
-def _case_forms(word: str) -> list[str]:
-    """The ASCII spellings ``word`` takes in the casings in which it folds to ASCII (a word of
-    one script folds so only when every letter, in its case, looks like ASCII: ``КАК`` is
-    ``KAK``, ``как`` stays), caselessly distinct; [] if it has none."""
-    scripts = {_INFO[ch][0] for ch in word} - {None}
-    if len(scripts) != 1 or "LATIN" in scripts:
-        return []  # Latin, or mixed: folded alike in every casing
-    choices: list[list[str]] = []
-    for ch in word:
-        if _INFO[ch][0] is None:
-            choices.append([FOLD[ch]])
-            continue
-        cases = [c for c in dict.fromkeys((ch, ch.upper(), ch.lower())) if len(c) == 1]
-        readings: dict[str, str] = {}
-        for c in cases:
-            if _INFO[c][3]:
-                readings.setdefault(FOLD[c].lower(), FOLD[c])
-        if not readings:
-            return []
-        choices.append(list(readings.values()))
-    return ["".join(c) for c, _ in zip(product(*choices), range(_MAX_FORMS), strict=False)]
-
-
-def literal_forms(literal: str, whole_words: bool, caseless: bool) -> list[str]:
-    """The spellings of a policy literal in canonical text, its canonical form first, at most
-    16. Caseless: a word of one script also in the casings that fold it to ASCII
-    (``_case_forms``: a keyword ``как`` meets ``КАК``, which is ``KAK``). Not whole words: the
-    first and last words may be parts of longer words, whose fold decides theirs, so they
-    also take every fold a word can (character by character, kept in one of their scripts:
-    ``ток`` alone is ``tok``, in ``поток`` it stays)."""
-    parts = _EXACT_SPLIT.split(literal)
-    choices: list[list[str]] = [[_fold_gap(p)] for p in parts]
-    last = len(parts) - 2
-    for i in range(1, len(parts), 2):
-        word = parts[i]
-        forms = dict.fromkeys([fold_word(word)])
-        if caseless:
-            forms.update(dict.fromkeys(_case_forms(word)))
-        if not whole_words and ((i == 1 and not parts[0]) or (i == last and not parts[-1])):
-            forms["".join(map(FOLD.__getitem__, word))] = None
-            for c in word:
-                s = _INFO[c][0]
-                if s is not None and s != "LATIN":
-                    forms["".join(_kept(word, s))] = None
-        choices[i] = list(forms)
-    out: dict[str, None] = {}
-    for combo in product(*choices):
-        out["".join(combo)] = None
-        if len(out) >= _MAX_FORMS:
-            break
-    return list(out)

@@ -11,9 +11,10 @@ embeds every semantic topic's examples once per rule. Reasons name the signal or
 score, never the text.
 
 Both classifiers read the canonical form of each part (``detect/canonical``: NFKC, ignorables
-removed, confusables folded), the same text the other content filters match, so an instruction
-spelt with Cyrillic look-alikes or zero-width characters reads as the model reads it; a topic
-redaction is mapped back to the original span.
+removed, look-alikes folded in the words that could pass for ASCII), the same text the other
+content filters match, so an instruction spelt with Cyrillic look-alikes or zero-width
+characters reads as the model reads it, while Russian, Greek or Japanese stays as written (the
+models read it as such); a topic redaction is mapped back to the original span.
 """
 
 from __future__ import annotations

@@ -77,7 +77,9 @@ def test_text_in_other_scripts_stays_readable(lang: str) -> None:
         ("น้ำ", unicodedata.normalize("NFKC", "น้ำ")),  # NFKC unfolds Thai sara am (U+0E33)
         ("中文，测试", "中文,测试"),  # fullwidth comma
         ("\u0418\u0306", "\u0419"),  # decomposed Cyrillic short i: composed
-        ("б\u0301омба", "б\u0301омба"),  # a stress mark on a kept word is kept
+        ("бо\u0301мба", "бомба"),  # a cased letter sheds the marks it does not compose with
+        ("\u0435\u0308\u0436", "\u0451\u0436"),  # ... and keeps those it does (ё)
+        ("κα\u0301λος", "κάλος"),
     ],
 )
 def test_kept_words_are_nfkc(text: str, canonical: str) -> None:
@@ -124,6 +126,7 @@ def _found(p: Pattern, text: str) -> list[str]:
     [
         (Pattern(0, "бомба", whole_word=True), "это бoмба, БОМБА", ["бoмба", "БОМБА"]),
         (Pattern(0, "бомба", whole_word=True), f"это б{ZW}омбa", [f"б{ZW}омбa"]),
+        (Pattern(0, "бомба", whole_word=True), "это бо\u0301мба", ["бо\u0301мба"]),
         (
             Pattern(0, "секрет", whole_word=True),
             "секрет СЕКРЕТ Секрет",

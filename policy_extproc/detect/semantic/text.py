@@ -1,5 +1,6 @@
 """Sentences: the unit both classifiers judge. Callers pass canonical text (NFKC, ignorables
-removed, confusables folded: what every other filter scans), so none of that is redone here."""
+removed, look-alikes folded in the words that could pass for ASCII, other scripts kept as they
+are written: what every other filter scans), so none of that is redone here."""
 
 from __future__ import annotations
 

@@ -28,11 +28,12 @@ How a word folds:
 2. Otherwise its dominant script S is not Latin (``бомба``, ``как``, ``日本語``, ``नमस्ते``,
    ``שלום``): it keeps its letters and their marks, in NFKC form (NFC after compatibility
    decomposition: ``で`` keeps its dakuten, half-width ``ﾃﾞ`` becomes ``デ``, fullwidth digits
-   ASCII ones); removed characters are still removed. A letter of another script that TS #39
-   makes the same ASCII letter as a letter of S, with the same general category (case),
-   becomes that letter: Latin ``o`` in ``бoмба`` is Cyrillic ``о``. Other letters stay as they
-   are (a Latin name in a Japanese word stays Latin; cased letters are never matched with the
-   uncased letters of Arabic, Hebrew or Han).
+   ASCII ones; a cased letter sheds the marks it does not compose with, as in Latin: ``бо́мба``
+   is ``бомба``, ``ё`` stays); removed characters are still removed. A letter of another
+   script that TS #39 makes the same ASCII letter as a letter of S, with the same general
+   category (case), becomes that letter: Latin ``o`` in ``бoмба`` is Cyrillic ``о``. Other
+   letters stay as they are (a Latin name in a Japanese word stays Latin; cased letters are
+   never matched with the uncased letters of Arabic, Hebrew or Han).
 
 The dominant script is the one with the most letters; a tie goes to Latin, then to the script
 met first. Why this rule: a word that looks like an ASCII word must fold to one, whatever it

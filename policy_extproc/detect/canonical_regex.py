@@ -1,27 +1,17 @@
 """Regular expressions rewritten to match the canonical text (``canonical.py``).
 
 A pattern is written against the text as people see it; it is matched against the canonical
-form. That form is decided per word (``words.py``): the same letter may stay as it is (in a
-word kept in its script: ``бомба``), fold to ASCII (``сор`` -> ``cop``), or become its
-look-alike in another script (Latin ``o`` in ``бoмба``), and a regular expression cannot know
-the word around its letters. So the pattern is read in NFC, and each literal character outside
-ASCII matches every canonical spelling it can have (``words.spellings``: a class, or a group
-when one is longer than a character; removed characters go with their quantifier; a combining
-mark, stripped in some words and kept in others, is optional); in a character class, the
-single-character spellings of each member outside ASCII (and of each member of a range of up
-to 4096 code points) are added, except in a negated class. Escapes are taken as written. ASCII
-is left alone: an ASCII pattern targets ASCII text, and a letter of it slipped into a word of
-another script (Latin ``o`` in ``бoмба``) reads as that script's letter there.
+form. Each literal character outside ASCII is replaced by its canonical spelling (removed
+characters go with their quantifier, an expansion is grouped); in a character class, the
+canonical spelling of each member outside ASCII (and of each member of a range of up to 4096
+code points) is added, except in a negated class. Escapes are taken as written.
 """
-
-# ruff: noqa: RUF002 (the docstring shows look-alike letters: what this module is about)
 
 from __future__ import annotations
 
 import re
-import unicodedata
 
-from .spellings import spellings
+from .canonical import fold_char
 
 _QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})[?+]?")
 _MAX_RANGE = 4096
@@ -58,34 +48,16 @@ def _class_additions(body: str) -> str:
         i += 1
     extra: dict[str, None] = {}
     for m in members:
-        for f in spellings(m):
-            if len(f) == 1 and f != m:
-                extra[_hex(f)] = None
+        f = fold_char(m)
+        if len(f) == 1 and f != m:
+            extra[_hex(f)] = None
     return "".join(extra)
-
-
-def _literal(ch: str) -> str:
-    """What matches every canonical spelling of the literal ``ch`` (outside ASCII), as one
-    atom a quantifier can follow; "" if the text never holds it."""
-    found = spellings(ch)
-    forms = [f for f in found if f]
-    if not forms:
-        return ""  # removed from the text (a zero-width character)
-    if len(forms) == 1 and len(forms[0]) == 1:
-        atom = re.escape(forms[0])
-    elif all(len(f) == 1 for f in forms):
-        atom = "[" + "".join(_hex(f) for f in forms) + "]"
-    else:
-        atom = "(?:" + "|".join(re.escape(f) for f in forms) + ")"
-    # A mark is stripped in some words and kept in others: optional.
-    return f"(?:{atom}?)" if len(forms) < len(found) else atom
 
 
 def canonical_regex(expr: str) -> str:
     """``expr`` rewritten to match the canonical text (see the module docstring)."""
     if expr.isascii():
         return expr
-    expr = unicodedata.normalize("NFC", expr)  # the text's kept words are composed
     out: list[str] = []
     i, n = 0, len(expr)
     while i < n:
@@ -120,12 +92,12 @@ def canonical_regex(expr: str) -> str:
             out.append(ch)
             i += 1
         else:
-            piece = _literal(ch)
-            if not piece:
-                q = _QUANTIFIER.match(expr, i + 1)
+            f = fold_char(ch)
+            q = _QUANTIFIER.match(expr, i + 1)
+            if not f:
                 # Removed from the text (a zero-width character): its quantifier goes too.
                 i = q.end() if q else i + 1
                 continue
-            out.append(piece)
+            out.append(re.escape(f) if len(f) == 1 or q is None else f"(?:{re.escape(f)})")
             i += 1
     return "".join(out)

@@ -3,7 +3,7 @@
 Content filters and PII detectors match the canonical forms (``canonical.py``) of all parts of
 a request in one buffer; a match maps back to (part, original span) pieces, one per part it
 covers, so a keyword or an e-mail address split over two parts of one message is found and
-redacted in both.
+redacted in both. The semantic classifiers read the parts' reading forms (``reading.py``).
 """
 
 from __future__ import annotations
@@ -14,11 +14,14 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 
 from .canonical import Canonical, canonicalize, plain_ascii
+from .reading import readable
 
 _Forms = tuple[list[str], list[Canonical | None]]  # canonical texts; their maps (None: same)
 _Entry = tuple[tuple[str, ...], _Forms]  # the last parts and their forms
-# The last parts' forms, inside a ``Remembering`` scope only (None: outside, nothing kept).
+# The last parts' forms, inside a ``Remembering`` scope only (None: outside, nothing kept):
+# the canonical forms (filters, PII) and the reading forms (the semantic classifiers).
 _last_forms: ContextVar[_Entry | None] = ContextVar("canonical_forms", default=None)
+_last_reading: ContextVar[_Entry | None] = ContextVar("reading_forms", default=None)
 _EMPTY: _Entry = ((), ([], []))
 
 
@@ -29,35 +32,39 @@ class Remembering:
     nothing is remembered. The entry lives in a context variable, so concurrent threads and
     tasks each have their own (``policy/evaluator.py`` opens one per check)."""
 
-    __slots__ = ("_token",)
+    __slots__ = ("_reading", "_token")
 
     def __enter__(self) -> None:
         self._token: Token[_Entry | None] = _last_forms.set(_EMPTY)
+        self._reading: Token[_Entry | None] = _last_reading.set(_EMPTY)
 
     def __exit__(
         self, kind: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        _last_reading.reset(self._reading)
         _last_forms.reset(self._token)
 
 
-def _canonical_forms(texts: Sequence[str]) -> _Forms:
-    # One entry, the last parts: the content filters, the PII rules and the injection rules
-    # of one check read the same parts. (Tuples compare their items by identity first: the
-    # same parts cost no string compare.)
+def _canonical_forms(texts: Sequence[str], reading: bool = False) -> _Forms:
+    # One entry per form, the last parts: the content filters and the PII rules of one check
+    # read the same parts, and so do its semantic classifiers. (Tuples compare their items by
+    # identity first: the same parts cost no string compare.)
+    memo = _last_reading if reading else _last_forms
     key = tuple(texts)
-    last = _last_forms.get()
+    last = memo.get()
     if last is not None and key == last[0]:
         return last[1]
     if plain_ascii("".join(key)):
         forms: _Forms = (list(key), [None] * len(key))  # the common case, checked at once
     else:
+        fold = readable if reading else canonicalize
         forms = ([], [])
         for t in key:
-            c = canonicalize(t)
+            c = fold(t)
             forms[0].append(c.text)
             forms[1].append(None if c.identity else c)
     if last is not None:
-        _last_forms.set((key, forms))  # the scope's reset forgets it
+        memo.set((key, forms))  # the scope's reset forgets it
     return forms
 
 
@@ -72,8 +79,11 @@ class JoinedParts:
 
     __slots__ = ("_joins", "_layout", "_sep", "forms", "maps", "runs", "text")
 
-    def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str) -> None:
-        forms, self.maps = _canonical_forms(texts)
+    def __init__(self, texts: Sequence[str], groups: Sequence[int], sep: str,
+                 reading: bool = False) -> None:  # fmt: skip
+        """``reading``: the texts' reading forms (``reading.py``: the semantic classifiers'),
+        not their canonical forms."""
+        forms, self.maps = _canonical_forms(texts, reading)
         self.forms = forms
         self._sep = sep
         self._layout: tuple[list[int], list[tuple[int, int]]] | None = None

@@ -20,13 +20,11 @@ and there is no backtracking to exploit (no ReDoS). Two databases per pattern se
 Offsets are byte offsets into the UTF-8 encoding of the scanned text.
 
 Matching is on the canonical form of the text (``canonical.py``: NFKC, no zero-width
-characters, Unicode spaces and dashes as " " and "-"; decided per word, a word that could pass
-for ASCII with its marks stripped and look-alikes folded to ASCII, a word of another script
-kept in it); ``scan`` folds what it is given and reports offsets in its bytes, unless told the
-data is canonical already (``ScanText`` builds it once per request). Patterns are compiled to
-match that form: a literal is canonicalised with the same function, in every spelling it can
-take (``words.literal_forms``: a Cyrillic or accented keyword matches however the text spells
-it, in any case), a regex is rewritten by ``canonical_regex.py``. ``\\s`` and ``-``
+characters, marks stripped, look-alikes folded to ASCII, Unicode spaces and dashes as " " and
+"-"); ``scan`` folds what it is given and reports offsets in its bytes, unless told the data is
+canonical already (``ScanText`` builds it once per request). Patterns are compiled to match that
+form: a literal is canonicalised with the same function (a Cyrillic or accented keyword matches
+however the text spells it), a regex is rewritten by ``canonical_regex.py``. ``\\s`` and ``-``
 in a regex therefore also match NBSP, U+3000 and the Unicode dashes of the text.
 """
 
@@ -45,7 +43,6 @@ import hyperscan
 from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
 from .canonical_regex import canonical_regex
 from .scratch import ScratchPool
-from .spellings import literal_forms
 
 PatternKind = Literal["literal", "regex"]
 
@@ -129,49 +126,55 @@ def _word_after(data: bytes, index: int) -> bool:
     return bool(ch) and _is_word_char(ch[0])
 
 
-def _forms(p: Pattern) -> list[str]:
-    """The canonical spellings of literal ``p``, white space squeezed (``words.literal_forms``:
-    the canonical form; the casings that fold a word of another script to ASCII; the folds of
-    the edge words inside longer words, unless matched as whole words)."""
-    if p.expr.isascii():
-        forms = [canonical_text(p.expr)]
-    else:
-        forms = literal_forms(p.expr, p.whole_word, not p.case_sensitive)
-    seen: dict[str, str] = {}  # one spelling per text the engine tells apart
-    for f in forms:
-        f = " ".join(f.split())
-        seen.setdefault(f if p.case_sensitive else f.lower(), f)
-    return list(seen.values())
+def _char_forms(ch: str) -> tuple[str, ...]:
+    """The canonical spellings a caseless literal's character ``ch`` must meet: its fold in
+    either case, because the fold is not blind to case (Cyrillic small be reads as ``6``, its
+    capital as no ASCII; Greek small nu as ``v``, its capital as ``N``), and each spelling
+    outside ASCII in either case too (Hyperscan's caseless mode folds ASCII only). Simple case
+    mappings only, as Hyperscan's own: "ß".upper() is "SS"."""
+    if ch.isascii():
+        return (canonical_text(ch),)
+    out: dict[str, str] = {}
+    for c in (ch, *(x for x in (ch.lower(), ch.upper()) if len(x) == 1)):
+        f = canonical_text(c)
+        if len(f) == 1 and not f.isascii():
+            for x in (f, f.lower(), f.upper()):
+                if len(x) == 1:
+                    out.setdefault(x, x)
+        else:
+            out.setdefault(f.lower(), f)  # ASCII: the engine folds its case
+    return tuple(sorted(out.values()))
 
 
 def _spellings(p: Pattern) -> list[str] | None:
     """The literal(s) to compile for ``p`` (canonical, white space squeezed), or None for the
     regex path."""
-    out: list[str] = []
-    for text in _forms(p):
-        if p.case_sensitive or text.isascii():
-            out.append(text)
-            continue
-        choices: list[tuple[str, ...]] = []
-        for ch in text:
-            if ch.isascii():
-                choices.append((ch,))  # HS_FLAG_CASELESS folds ASCII
-            else:
-                # Simple case mappings only, as Hyperscan's own caseless mode: "ß".upper() is "SS".
-                forms = {ch, *(c for c in (ch.lower(), ch.upper()) if len(c) == 1)}
-                choices.append(tuple(sorted(forms)))
-        count = 1
-        for c in choices:
-            count *= len(c)
-        if count + len(out) > _MAX_SPELLINGS:
-            return None
-        out.extend("".join(s) for s in itertools.product(*choices))
-    return out
+    text = " ".join(canonical_text(p.expr).split())
+    if p.case_sensitive or p.expr.isascii():
+        return [text]
+    choices = [_char_forms(ch) for ch in p.expr]
+    count = 1
+    for c in choices:
+        count *= len(c)
+    if count > _MAX_SPELLINGS:
+        return None
+    return list(dict.fromkeys(" ".join("".join(s).split()) for s in itertools.product(*choices)))
 
 
 def _regex_of_literal(p: Pattern) -> str:
-    forms = [_SPACE_CLASS.join(re.escape(w) for w in f.split()) for f in _forms(p)]
-    return forms[0] if len(forms) == 1 else "(?:" + "|".join(forms) + ")"
+    if p.case_sensitive or p.expr.isascii():
+        return _SPACE_CLASS.join(re.escape(w) for w in canonical_text(p.expr).split())
+    words: list[str] = []
+    for word in p.expr.split():
+        atoms = []
+        for ch in word:
+            forms = _char_forms(ch)
+            if len(forms) == 1:
+                atoms.append(re.escape(forms[0]))
+            else:
+                atoms.append("(?:" + "|".join(re.escape(f) for f in forms) + ")")
+        words.append("".join(atoms))
+    return _SPACE_CLASS.join(w for w in words if w)
 
 
 def _flags(p: Pattern, literal: bool) -> int:

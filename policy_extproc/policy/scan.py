@@ -19,8 +19,7 @@ class ScanText:
     """The parts' canonical text in one UTF-8 buffer, so each pattern database scans once.
 
     Matching is on the canonical form (``detect/canonical.py``: NFKC, no zero-width characters,
-    look-alikes folded in words that could pass for ASCII) and every hit is mapped back to the
-    original text of its part(s). Parts
+    look-alikes folded) and every hit is mapped back to the original text of its part(s). Parts
     of one join group are back to back (the provider concatenates them); other parts are kept
     apart by NUL, which no keyword, phrase (``\\s+``) or word character matches and which the
     canonical form never holds, so a hit does not run from one into the next; a pattern that

@@ -10,11 +10,12 @@ for prompt injection, wordllama's for topics, each only when a policy needs it);
 embeds every semantic topic's examples once per rule. Reasons name the signal or topic and its
 score, never the text.
 
-Both classifiers read the canonical form of each part (``detect/canonical``: NFKC, ignorables
-removed, look-alikes folded in the words that could pass for ASCII), the same text the other
-content filters match, so an instruction spelt with Cyrillic look-alikes or zero-width
-characters reads as the model reads it, while Russian, Greek or Japanese stays as written (the
-models read it as such); a topic redaction is mapped back to the original span.
+Both classifiers read the reading form of each part (``detect/reading``: NFKC, ignorables
+removed, look-alikes folded in the words that could pass for ASCII), the request's text with
+the tricks the content filters' canonical form undoes undone too, so an instruction spelt with
+Cyrillic look-alikes or zero-width characters reads as the model reads it, while Russian, Greek
+or Japanese stays as written (the models read it as such); a topic redaction is mapped back to
+the original span.
 """
 
 from __future__ import annotations

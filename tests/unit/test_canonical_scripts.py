@@ -1,5 +1,6 @@
-"""The canonical fold per word (detect/words.py): look-alike evasions still fold to ASCII, text
-written in other scripts stays readable, and policies in any script match however it is spelt."""
+"""The reading form (detect/reading.py, per word: detect/words.py), which the semantic
+classifiers read: look-alike evasions still fold to ASCII, text written in other scripts stays
+readable; and policies in any script match the canonical form however the text is spelt."""
 
 # ruff: noqa: RUF001 (look-alike characters are what these tests are about)
 
@@ -11,8 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policy_extproc.detect.canonical import _dense, _sparse, canonical_text, canonicalize
 from policy_extproc.detect.patterns import Pattern, PatternSet, merge_spans
+from policy_extproc.detect.reading import _sparse
+from policy_extproc.detect.reading import readable as canonicalize
+from policy_extproc.detect.reading import reading_text as canonical_text
+from policy_extproc.detect.words import fold_words as _dense
 from policy_extproc.detect.words import pieces
 
 ZW = "\u200b"

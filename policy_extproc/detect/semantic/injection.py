@@ -11,8 +11,8 @@ the larger of
 - the similarity score: how much closer the sentence is to the nearest attack exemplar than to
   the nearest benign look-alike, mapped to 0..1.
 
-The text is the caller's canonical text (NFKC, ignorables removed, look-alikes folded in words
-that could pass for ASCII, words of other scripts kept: ``detect/canonical``).
+The text is the caller's reading form (NFKC, ignorables removed, look-alikes folded in words
+that could pass for ASCII, words of other scripts kept: ``detect/reading``).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Sentences: the unit both classifiers judge. Callers pass canonical text (NFKC, ignorables
-removed, look-alikes folded in the words that could pass for ASCII, other scripts kept as they
-are written: what every other filter scans), so none of that is redone here."""
+"""Sentences: the unit both classifiers judge. Callers pass the reading form (detect/reading:
+NFKC, ignorables removed, look-alikes folded in the words that could pass for ASCII, other
+scripts kept as they are written), so none of that is redone here."""
 
 from __future__ import annotations
 

@@ -64,9 +64,9 @@ def scan_semantic(
         return
     injection = [e for e in rules if isinstance(e.rule, PromptInjectionRule)]
     topical = [e for e in rules if isinstance(e.rule, ContentFilterRule)]
-    # The canonical forms the content filters computed for these parts (computed once per
-    # check: detect/joined remembers the last parts' forms until the check is over).
-    canon = JoinedParts([p.text for p in parts], (), "\n")
+    # The parts' reading forms (detect/reading: look-alikes and zero-width tricks undone, words
+    # of other scripts kept readable), computed once per check for both classifiers.
+    canon = JoinedParts([p.text for p in parts], (), "\n", reading=True)
     texts = canon.forms
     # Each part's sentences are cut once for both classifiers, and embedded once per model.
     cut: list[list[Span] | None] = [None] * len(parts)

@@ -14,7 +14,7 @@ from contextvars import ContextVar, Token
 from types import TracebackType
 
 from .canonical import Canonical, canonicalize, plain_ascii
-from .reading import readable
+from .reading import latin_only, readable
 
 _Forms = tuple[list[str], list[Canonical | None]]  # canonical texts; their maps (None: same)
 _Entry = tuple[tuple[str, ...], _Forms]  # the last parts and their forms
@@ -49,6 +49,8 @@ def _canonical_forms(texts: Sequence[str], reading: bool = False) -> _Forms:
     # One entry per form, the last parts: the content filters and the PII rules of one check
     # read the same parts, and so do its semantic classifiers. (Tuples compare their items by
     # identity first: the same parts cost no string compare.)
+    if reading and all(map(latin_only, texts)):
+        reading = False  # the same forms: those the content filters computed (the common case)
     memo = _last_reading if reading else _last_forms
     key = tuple(texts)
     last = memo.get()

@@ -28,10 +28,28 @@ from __future__ import annotations
 
 import re
 
-from .canonical import Canonical, plain_ascii
+from .canonical import Canonical, canonicalize, plain_ascii
 from .words import WORD_TAIL, fold_words, pieces, settle
 
-__all__ = ["readable", "reading_text"]
+__all__ = ["latin_only", "readable", "reading_text"]
+
+# Characters of no script but Latin's (Latin letters, accents and marks, IPA, punctuation,
+# currency, arrows, symbols, enclosed and fullwidth ASCII, Latin math letters and digits, emoji,
+# tags, variation selectors): in a text of only these every word is Latin or folds alike in
+# both forms, so the reading form is the canonical form (tests/unit/test_canonical_scripts.py
+# checks it, and every such character was checked). Left out: the micro sign, letterlike
+# symbols (U+2100..U+214F) and the Greek math letters, which are Greek letters under NFKC.
+_NOT_LATIN_ONLY = re.compile(
+    "[^\\x00-\\xb4\\xb6-\\u036f\\u1e00-\\u1eff\\u2000-\\u20ff\\u2150-\\u2bff\\ufe00-\\ufe0f"
+    "\\uff00-\\uff5e\\U0001d400-\\U0001d6a3\\U0001d7ce-\\U0001d7ff\\U0001f000-\\U0001faff"
+    "\\U000e0000-\\U000e007f]"
+)
+
+
+def latin_only(text: str) -> bool:
+    """Whether ``text`` holds no letter of a script other than Latin: its reading form is then
+    its canonical form (the semantic pass shares the content filters' one)."""
+    return _NOT_LATIN_ONLY.search(text) is None
 
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
 _GAP = re.compile(f"[^{WORD_TAIL.pattern[1:-2]}]*")  # no word character
@@ -89,6 +107,8 @@ def readable(text: str) -> Canonical:
     """The reading form of ``text`` with its offset map (see the module docstring)."""
     if plain_ascii(text):
         return Canonical(text, text)
+    if latin_only(text):  # curly quotes, accents, emoji: nothing a word of its own script keeps
+        return canonicalize(text)
     # Mostly outside ASCII (Cyrillic, Japanese): fold word by word; mostly ASCII with a few
     # others (a curly quote, a name with an accent): fold the regions around those only.
     extra = len(text.encode("utf-8", "surrogatepass")) - len(text)

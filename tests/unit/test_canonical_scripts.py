@@ -12,12 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from policy_extproc.detect.canonical import canonicalize as canonicalize_skeleton
 from policy_extproc.detect.patterns import Pattern, PatternSet, merge_spans
-from policy_extproc.detect.reading import _sparse
+from policy_extproc.detect.reading import _sparse, latin_only
 from policy_extproc.detect.reading import readable as canonicalize
 from policy_extproc.detect.reading import reading_text as canonical_text
 from policy_extproc.detect.words import fold_words as _dense
-from policy_extproc.detect.words import pieces
+from policy_extproc.detect.words import pieces, settle
+
+
+def canonicalize_reading_full(text: str) -> str:
+    """The reading form by the word-by-word fold itself (no shortcut for Latin-only text)."""
+    return settle(text, _dense(text))
 
 ZW = "\u200b"
 
@@ -183,3 +189,18 @@ def test_a_caseless_keyword_matches_its_word_in_any_casing(word: str, data: st.D
     flips = data.draw(st.lists(st.booleans(), min_size=len(word), max_size=len(word)))
     cased = "".join(c.upper() if f else c for c, f in zip(word, flips, strict=True))
     assert _found(Pattern(0, word, whole_word=True), f"- {cased}.") == [cased]
+
+
+_LATIN_ONLY = st.characters(
+    codec="utf-8",
+    categories=("L", "M", "N", "P", "S", "Z", "Cf"),
+    max_codepoint=0x2BFF,
+).filter(lambda c: latin_only(c))
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.text(st.one_of(_LATIN_ONLY, st.sampled_from("abc XYZ.-'\u200b")), max_size=30))
+def test_a_text_of_latin_only_reads_as_its_canonical_form(text: str) -> None:
+    """The semantic pass then shares the content filters' forms (detect/joined.py)."""
+    assert latin_only(text)
+    assert canonicalize_reading_full(text) == canonicalize_skeleton(text).text

@@ -4,7 +4,9 @@ A pattern is written against the text as people see it; it is matched against th
 form. Each literal character outside ASCII is replaced by its canonical spelling (removed
 characters go with their quantifier, an expansion is grouped); in a character class, the
 canonical spelling of each member outside ASCII (and of each member of a range of up to 4096
-code points) is added, except in a negated class. Escapes are taken as written.
+code points) is added, except in a negated class. Escapes are taken as written. The fold is not
+blind to case (Cyrillic small be reads as ``6``, its capital as no ASCII), so for a caseless
+pattern each such character and member also matches the fold of its other case.
 """
 
 from __future__ import annotations
@@ -21,7 +23,16 @@ def _hex(ch: str) -> str:
     return f"\\x{{{ord(ch):x}}}"
 
 
-def _class_additions(body: str) -> str:
+def _folds(ch: str, caseless: bool) -> list[str]:
+    """The canonical spellings of ``ch``: its fold, and, caseless, the folds of its other cases
+    (simple case mappings only, as the engine's own)."""
+    if not caseless:
+        return [fold_char(ch)]
+    cases = (ch, *(c for c in (ch.lower(), ch.upper()) if len(c) == 1))
+    return list(dict.fromkeys(fold_char(c) for c in cases))
+
+
+def _class_additions(body: str, caseless: bool) -> str:
     """The canonical spellings to add to a class: of its literal members outside ASCII, and of
     the members of its ranges that have one character as canonical spelling."""
     members: list[str] = []
@@ -48,14 +59,15 @@ def _class_additions(body: str) -> str:
         i += 1
     extra: dict[str, None] = {}
     for m in members:
-        f = fold_char(m)
-        if len(f) == 1 and f != m:
-            extra[_hex(f)] = None
+        for f in _folds(m, caseless):
+            if len(f) == 1 and f != m:
+                extra[_hex(f)] = None
     return "".join(extra)
 
 
-def canonical_regex(expr: str) -> str:
-    """``expr`` rewritten to match the canonical text (see the module docstring)."""
+def canonical_regex(expr: str, caseless: bool = False) -> str:
+    """``expr`` rewritten to match the canonical text (see the module docstring); ``caseless``:
+    the pattern is matched without regard to case."""
     if expr.isascii():
         return expr
     out: list[str] = []
@@ -86,18 +98,22 @@ def canonical_regex(expr: str) -> str:
                     j = close + 1 if close >= 0 else j
                 j += 1
             body = expr[i + 1 : j]
-            out.append("[" + body + ("" if negated else _class_additions(body)) + "]")
+            out.append("[" + body + ("" if negated else _class_additions(body, caseless)) + "]")
             i = j + 1
         elif ch.isascii():
             out.append(ch)
             i += 1
         else:
-            f = fold_char(ch)
+            forms = [f for f in _folds(ch, caseless) if f]
             q = _QUANTIFIER.match(expr, i + 1)
-            if not f:
+            if not forms:
                 # Removed from the text (a zero-width character): its quantifier goes too.
                 i = q.end() if q else i + 1
                 continue
-            out.append(re.escape(f) if len(f) == 1 or q is None else f"(?:{re.escape(f)})")
+            if len(forms) > 1:
+                out.append("(?:" + "|".join(map(re.escape, forms)) + ")")
+            else:
+                f = forms[0]
+                out.append(re.escape(f) if len(f) == 1 or q is None else f"(?:{re.escape(f)})")
             i += 1
     return "".join(out)

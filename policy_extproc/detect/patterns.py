@@ -272,7 +272,7 @@ class PatternSet:
         rxs: list[tuple[Pattern, bytes]] = []
         for p in patterns:
             if p.kind == "regex":
-                rxs.append((p, canonical_regex(p.expr).encode()))
+                rxs.append((p, canonical_regex(p.expr, not p.case_sensitive).encode()))
                 continue
             spellings = _spellings(p)
             if spellings is None:

@@ -148,6 +148,10 @@ def _found(p: Pattern, text: str) -> list[str]:
         (Pattern(0, "ток"), "поток и ток", ["ток", "ток"]),
         (Pattern(0, "секрет", "regex"), "секрет СЕКРЕТ", ["секрет", "СЕКРЕТ"]),
         (Pattern(0, "бомб[аы]", "regex"), "бoмба бомбы", ["бoмба", "бомбы"]),
+        # A caseless regex meets the fold of either case (Cyrillic small be reads as "6").
+        (Pattern(0, "бомб[аы]", "regex"), "БОМБА Бомбы бомбА", ["БОМБА", "Бомбы", "бомбА"]),
+        (Pattern(0, "είναι", "regex"), "ΕΙΝΑΙ", ["ΕΙΝΑΙ"]),
+        (Pattern(0, "бомба", "regex", case_sensitive=True), "БОМБА бомба", ["бомба"]),
         (Pattern(0, "で", "regex"), "\u3066\u3099す", ["\u3066\u3099"]),
     ],
 )

@@ -142,6 +142,14 @@ def status_of(peer: Peer, got: list[Frame], sid: int) -> dict[str, str]:
     return fields
 
 
+def goaway_code(got: list[Frame]) -> int | None:
+    """The error code of the GOAWAY among ``got``, if any."""
+    for f in got:
+        if f.kind == frames.GOAWAY:
+            return int.from_bytes(f.payload[4:8], "big")
+    return None
+
+
 def data_of(got: list[Frame], sid: int) -> bytes:
     return b"".join(f.payload for f in got if f.sid == sid and f.kind == frames.DATA)
 

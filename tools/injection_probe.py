@@ -33,14 +33,10 @@ sys.path.insert(0, str(ROOT))
 
 from policy_extproc.detect.semantic.embedder import Embedder  # noqa: E402
 from policy_extproc.detect.semantic.injection import (  # noqa: E402
-    _NEG,
-    _NEGATED,
     MODEL,
     SENSITIVITY,
     InjectionDetector,
     _decodings,
-    _sentence_end,
-    _sentence_start,
 )
 from policy_extproc.detect.semantic.signals import SIGNALS  # noqa: E402
 from policy_extproc.detect.semantic.text import sentence_spans  # noqa: E402
@@ -54,20 +50,7 @@ SEED = 13
 
 def _family_heuristic(det: InjectionDetector, data: bytes) -> dict[str, float]:
     """Per family, the best noisy-or over sentences of that family's signals (as _heuristic)."""
-    hits = det._patterns.hits(data)
-    found: dict[tuple[int, int], float] = {}
-    for tag, end in hits:
-        start = _sentence_start(data, end)
-        if (start, tag) in found:
-            continue
-        m = det._regexes[tag].search(data, start, end)
-        w = SIGNALS[tag].weight
-        if m is not None and _NEG.search(data, start, m.start()):
-            w *= _NEGATED
-        unless = det._unless[tag]
-        if unless is not None and unless.search(data, start, _sentence_end(data, end)):
-            w *= _NEGATED
-        found[(start, tag)] = w
+    found = det.weights(data)
     miss: dict[tuple[int, str], float] = {}
     for (sentence, tag), w in found.items():
         key = (sentence, SIGNALS[tag].family)

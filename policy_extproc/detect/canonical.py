@@ -43,6 +43,7 @@ __all__ = [
     "Canonical",
     "canonical_text",
     "canonicalize",
+    "case_folds",
     "fold_char",
     "is_default_ignorable",
     "plain_ascii",
@@ -135,6 +136,15 @@ class Canonical:
         return s, e
 
 
+def case_folds(ch: str) -> list[str]:
+    """The canonical spellings of ``ch`` and of its other cases, which a caseless pattern must
+    meet: the fold is not blind to case (Cyrillic small be reads as ``6``, its capital as no
+    ASCII; Greek small nu as ``v``, its capital as ``N``). Simple case mappings only, as the
+    pattern engine's own: "ß".upper() is "SS"."""
+    cases = (ch, *(c for c in (ch.lower(), ch.upper()) if len(c) == 1))
+    return list(dict.fromkeys(map(_FOLD.__getitem__, cases)))
+
+
 def plain_ascii(text: str) -> bool:
     """ASCII without the controls that are removed: its own canonical form."""
     if not text.isascii():
@@ -184,14 +194,17 @@ def _sparse(text: str) -> str:
     return "".join(pieces)
 
 
+def mostly_outside_ascii(text: str) -> bool:
+    """Whether to fold all of ``text`` (Cyrillic, Japanese) rather than only the runs outside
+    ASCII (a curly quote, a name with an accent): both give the same form, this one faster."""
+    return (len(text.encode("utf-8", "surrogatepass")) - len(text)) * 4 > len(text)
+
+
 def canonicalize(text: str) -> Canonical:
     """The canonical form of ``text`` with its offset map (see the module docstring)."""
     if plain_ascii(text):
         return Canonical(text, text)
-    # Mostly outside ASCII (Cyrillic, Japanese): fold every character; mostly ASCII with a few
-    # others (a curly quote, a name with an accent): fold those runs only.
-    extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
-    return Canonical(_dense(text) if extra * 4 > len(text) else _sparse(text), text)
+    return Canonical(_dense(text) if mostly_outside_ascii(text) else _sparse(text), text)
 
 
 def canonical_text(text: str) -> str:

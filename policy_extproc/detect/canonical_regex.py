@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 
-from .canonical import fold_char
+from .canonical import case_folds, fold_char
 
 _QUANTIFIER = re.compile(r"(?:[*+?]|\{\d*(?:,\d*)?\})[?+]?")
 _MAX_RANGE = 4096
@@ -24,12 +24,7 @@ def _hex(ch: str) -> str:
 
 
 def _folds(ch: str, caseless: bool) -> list[str]:
-    """The canonical spellings of ``ch``: its fold, and, caseless, the folds of its other cases
-    (simple case mappings only, as the engine's own)."""
-    if not caseless:
-        return [fold_char(ch)]
-    cases = (ch, *(c for c in (ch.lower(), ch.upper()) if len(c) == 1))
-    return list(dict.fromkeys(fold_char(c) for c in cases))
+    return case_folds(ch) if caseless else [fold_char(ch)]
 
 
 def _class_additions(body: str, caseless: bool) -> str:

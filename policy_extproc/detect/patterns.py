@@ -40,7 +40,7 @@ from typing import Literal
 
 import hyperscan
 
-from .canonical import ASCII_CONTROLS, canonical_text, canonicalize
+from .canonical import ASCII_CONTROLS, canonical_text, canonicalize, case_folds
 from .canonical_regex import canonical_regex
 from .scratch import ScratchPool
 
@@ -128,15 +128,12 @@ def _word_after(data: bytes, index: int) -> bool:
 
 def _char_forms(ch: str) -> tuple[str, ...]:
     """The canonical spellings a caseless literal's character ``ch`` must meet: its fold in
-    either case, because the fold is not blind to case (Cyrillic small be reads as ``6``, its
-    capital as no ASCII; Greek small nu as ``v``, its capital as ``N``), and each spelling
-    outside ASCII in either case too (Hyperscan's caseless mode folds ASCII only). Simple case
-    mappings only, as Hyperscan's own: "ß".upper() is "SS"."""
+    either case (``canonical.case_folds``), and each spelling outside ASCII in either case too
+    (Hyperscan's caseless mode folds ASCII only)."""
     if ch.isascii():
         return (canonical_text(ch),)
     out: dict[str, str] = {}
-    for c in (ch, *(x for x in (ch.lower(), ch.upper()) if len(x) == 1)):
-        f = canonical_text(c)
+    for f in case_folds(ch):
         if len(f) == 1 and not f.isascii():
             for x in (f, f.lower(), f.upper()):
                 if len(x) == 1:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import re
 
-from .canonical import Canonical, canonicalize, plain_ascii
+from .canonical import Canonical, canonicalize, mostly_outside_ascii, plain_ascii
 from .words import WORD_TAIL, fold_words, pieces, settle
 
 __all__ = ["latin_only", "readable", "reading_text"]
@@ -51,24 +51,10 @@ def latin_only(text: str) -> bool:
     its canonical form (the semantic pass shares the content filters' one)."""
     return _NOT_LATIN_ONLY.search(text) is None
 
+
 _SPECIAL_RUN = re.compile(r"[^\t-\r -~]+")  # anything but printable ASCII and white space
 _GAP = re.compile(f"[^{WORD_TAIL.pattern[1:-2]}]*")  # no word character
 _ASCII_WORD = frozenset("0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
-_REGION_CACHE_LIMIT = 65_536
-_REGION_CACHE_MAX_LEN = 32
-# Short regions outside ASCII (words, mostly) -> their folded form: benign text repeats them.
-_REGIONS: dict[str, str] = {}
-
-
-def _fold_region(region: str) -> str:
-    folded = _REGIONS.get(region)
-    if folded is None:
-        folded = fold_words(region)
-        if len(region) <= _REGION_CACHE_MAX_LEN:  # from clients: bound what is remembered
-            if len(_REGIONS) >= _REGION_CACHE_LIMIT:
-                _REGIONS.clear()
-            _REGIONS[region] = folded
-    return folded
 
 
 def _sparse(text: str) -> str:
@@ -92,7 +78,7 @@ def _sparse(text: str) -> str:
                 start -= 1
             end = tail(text, stop).end()  # type: ignore[union-attr]
         region = text[start:end]
-        folded = _fold_region(region)
+        folded = fold_words(region)  # remembers each word
         if folded != region:
             out.append(text[last:start])
             out.append(folded)
@@ -109,10 +95,7 @@ def readable(text: str) -> Canonical:
         return Canonical(text, text)
     if latin_only(text):  # curly quotes, accents, emoji: nothing a word of its own script keeps
         return canonicalize(text)
-    # Mostly outside ASCII (Cyrillic, Japanese): fold word by word; mostly ASCII with a few
-    # others (a curly quote, a name with an accent): fold the regions around those only.
-    extra = len(text.encode("utf-8", "surrogatepass")) - len(text)
-    folded = fold_words(text) if extra * 4 > len(text) else _sparse(text)
+    folded = fold_words(text) if mostly_outside_ascii(text) else _sparse(text)
     return Canonical(settle(text, folded), text, pieces)
 
 

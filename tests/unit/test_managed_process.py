@@ -30,12 +30,8 @@ def _child(proc: ManagedProcess) -> int:
     return int(proc.stdout_path.read_text().split("child ", 1)[1].split()[0])
 
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
-
-
-def test_stop_ends_what_the_process_forked(tmp_path: Path) -> None:
-    proc = ManagedProcess(["sh", "-c", FORKS], "forks", workdir=tmp_path).start(timeout=10)
-    child = _child(proc)
+def _assert_stop_ends(proc: ManagedProcess, child: int) -> None:
+    """The child runs, and ``proc.stop()`` ends it (killed here if the test fails)."""
     try:
         assert _running(child)
         proc.stop(timeout=5)
@@ -43,6 +39,14 @@ def test_stop_ends_what_the_process_forked(tmp_path: Path) -> None:
     finally:
         if _running(child):
             os.kill(child, 9)
+
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def test_stop_ends_what_the_process_forked(tmp_path: Path) -> None:
+    proc = ManagedProcess(["sh", "-c", FORKS], "forks", workdir=tmp_path).start(timeout=10)
+    _assert_stop_ends(proc, _child(proc))
 
 
 def test_stop_ends_the_children_of_a_process_that_already_exited(tmp_path: Path) -> None:
@@ -51,14 +55,7 @@ def test_stop_ends_the_children_of_a_process_that_already_exited(tmp_path: Path)
     proc.spawn()
     assert proc.proc is not None
     proc.proc.wait(10)
-    child = _child(proc)
-    try:
-        assert _running(child)
-        proc.stop(timeout=5)
-        assert not _running(child)
-    finally:
-        if _running(child):
-            os.kill(child, 9)
+    _assert_stop_ends(proc, _child(proc))
 
 
 def test_a_process_that_does_not_come_up_is_stopped_with_its_children(tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Msg
 
 from policy_extproc.transport import Call, H2Server, Route, frames, grpcwire
 from policy_extproc.transport.connection import RECV_WINDOW
-from tests.h2_peer import Frame, Peer, data_of, message, settle, status_of
+from tests.h2_peer import Peer, data_of, goaway_code, message, settle, status_of
 
 LIMIT = 64 * 1024
 
@@ -69,13 +69,6 @@ async def peer() -> AsyncIterator[tuple[Peer, Handlers]]:
     for task in list(server.tasks):
         task.cancel()
     await settle()
-
-
-def goaway_code(got: list[Frame]) -> int | None:
-    for f in got:
-        if f.kind == frames.GOAWAY:
-            return int.from_bytes(f.payload[4:8], "big")
-    return None
 
 
 async def test_the_server_speaks_first_with_its_settings_and_acks_ours(peer: Pair) -> None:

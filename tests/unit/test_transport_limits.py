@@ -19,7 +19,7 @@ from grpc_health.v1.health_pb2 import HealthCheckRequest as Msg
 
 from policy_extproc.transport import Call, H2Server, Route, frames
 from policy_extproc.transport.limits import Budget, Limits
-from tests.h2_peer import PEER_ADDRESS, Frame, Peer, message, settle, status_of
+from tests.h2_peer import PEER_ADDRESS, Frame, Peer, goaway_code, message, settle, status_of
 
 PING = frames.frame(frames.PING, 0, 0, b"12345678")
 
@@ -58,13 +58,6 @@ async def make() -> AsyncIterator[Make]:
         for task in list(server.tasks):
             task.cancel()
     await settle()
-
-
-def goaway_code(got: list[Frame]) -> int | None:
-    for f in got:
-        if f.kind == frames.GOAWAY:
-            return int.from_bytes(f.payload[4:8], "big")
-    return None
 
 
 def resets(got: list[Frame]) -> dict[int, int]:

@@ -194,15 +194,12 @@ class InjectionDetector:
         self._benign = columns(embed_texts(embedder, benign))
         self._memo: Memo[InjectionFinding] = Memo()
 
-    def _heuristic(self, data: bytes) -> tuple[float, str]:
-        """Best (noisy-or score, family) over the sentences of lower-cased ``data``."""
-        hits = self._patterns.hits(data)
-        if not hits:
-            return 0.0, ""
-        # One weight per (sentence, signal), damped when a negation comes before it in its
-        # sentence ("never reveal ..."): ``re`` finds the start, within that sentence only.
+    def weights(self, data: bytes) -> dict[tuple[int, int], float]:
+        """The signals found in lower-cased ``data``: (sentence start, signal) -> its weight,
+        damped when a negation comes before it in its sentence ("never reveal ...") or its
+        sentence holds its benign context (``unless``)."""
         found: dict[tuple[int, int], float] = {}
-        for tag, end in hits:
+        for tag, end in self._patterns.hits(data):
             start = _sentence_start(data, end)
             if (start, tag) in found:
                 continue
@@ -214,6 +211,13 @@ class InjectionDetector:
             if unless is not None and unless.search(data, start, _sentence_end(data, end)):
                 w *= _NEGATED
             found[(start, tag)] = w
+        return found
+
+    def _heuristic(self, data: bytes) -> tuple[float, str]:
+        """Best (noisy-or score, family) over the sentences of lower-cased ``data``."""
+        found = self.weights(data)
+        if not found:
+            return 0.0, ""
         best, family = 0.0, ""
         by_sentence: dict[int, list[tuple[float, int]]] = {}
         for (sentence, tag), w in found.items():

@@ -94,7 +94,18 @@ except ImportError:
 DATA = ROOT / "tests" / "data" / "semantic"
 # --canonical: what the classifiers are given (the sidecar gives them the reading form).
 FORM = [lambda text: text]
+try:  # the lexical model of prompt injection (--no-lexicon: without it; a --tree before it)
+    from policy_extproc.sources.models import read_lexicon
+
+    LEXICON: list[object] = [read_lexicon()]
+except ImportError:
+    LEXICON = [None]
 CHAT = "/v1/chat/completions"
+
+
+def _detector(model: str) -> InjectionDetector:
+    extra = () if LEXICON[0] is None else (LEXICON[0],)
+    return InjectionDetector(load_embedder(model), read_exemplars(), *extra)
 
 
 def _splits(group: dict[str, list[str]], split: str) -> list[str]:
@@ -112,7 +123,7 @@ def _at_fpr(neg: list[float], pos: list[float], fpr: float) -> tuple[float, floa
 
 def injection(model: str, split: str) -> None:
     data = yaml.safe_load((DATA / "injection.yaml").read_text())
-    det = InjectionDetector(load_embedder(model), read_exemplars())
+    det = _detector(model)
     form = FORM[0]
     neg = [det.score(form(t)).score for t in _splits(data["benign"], split)]
     fams = {f: [det.score(form(t)).score for t in _splits(g, split)]
@@ -370,6 +381,7 @@ def main() -> None:
             "all",
             "ext-tune",
             "ext-heldout",
+            "ext2",
         ),
     )
     ap.add_argument("--misses", type=int, default=0, help="external: print the N worst")
@@ -378,6 +390,8 @@ def main() -> None:
     ap.add_argument("--canonical", action="store_true",
                     help="score the texts' reading forms (what the sidecar scores)")  # fmt: skip
     ap.add_argument("--injection-model", default=INJECTION_MODEL)
+    ap.add_argument("--no-lexicon", action="store_true",
+                    help="prompt injection without its lexical model (as before it)")  # fmt: skip
     ap.add_argument("--iterations", type=int, default=500)
     ap.add_argument("--no-cost", action="store_true")
     ap.add_argument("--topics-only", action="store_true")
@@ -390,8 +404,10 @@ def main() -> None:
 
         FORM[0] = reading_text
     print(f"package from {_TREE}")
-    if args.split.startswith("ext-"):  # the external data (prompt injection only)
-        det = InjectionDetector(load_embedder(args.injection_model), read_exemplars())
+    if args.no_lexicon:
+        LEXICON[0] = None
+    if args.split.startswith("ext"):  # the external data (prompt injection only)
+        det = _detector(args.injection_model)
         external(det, args.split, SENSITIVITY, _at_fpr, args.misses, FORM[0])
         return
     if args.topics_only:

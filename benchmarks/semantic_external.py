@@ -1,6 +1,7 @@
 """The external evaluation of prompt injection (tests/data/semantic/external/), for
-``benchmarks/semantic.py --split ext-tune|ext-heldout``: recall at 1% and 3% FPR of that part's
-benign texts, per family and per language, recall at each shipped sensitivity, and the
+``benchmarks/semantic.py --split ext-tune|ext-heldout|ext2`` (ext2: external2.yaml, kept out
+of the lexical model's training, tools/train_injection_lexicon.py): recall at 1% and 3% FPR of
+that part's benign texts, per family and per language, recall at each shipped sensitivity, and the
 false-positive rate of each sensitivity per benign family. ``--misses N`` also prints the N
 lowest-scoring attacks and highest-scoring benign texts (use it on ext-tune only); ``form``:
 what is scored of each text (the reading form for ``--canonical``)."""
@@ -19,8 +20,8 @@ EXT = Path(__file__).resolve().parent.parent / "tests" / "data" / "semantic" / "
 def external(det: object, split: str, sensitivity: dict[str, float],
              at_fpr: Callable[[list[float], list[float], float], tuple[float, float]],
              misses: int = 0, form: Callable[[str], str] = str) -> None:  # fmt: skip
-    items = [x for x in yaml.safe_load((EXT / "external.yaml").read_text())["items"]
-             if x["split"] == split]  # fmt: skip
+    name = "external2.yaml" if split == "ext2" else "external.yaml"
+    items = [x for x in yaml.safe_load((EXT / name).read_text())["items"] if x["split"] == split]
     for x in items:
         found = det.score(form(x["text"]))  # type: ignore[attr-defined]
         x["score"], x["via"] = found.score, f"{found.family}/{found.via}"
@@ -37,7 +38,8 @@ def external(det: object, split: str, sensitivity: dict[str, float],
     for x in pos:
         groups.setdefault(x["family"], []).append(x["score"])
     for x in pos:
-        groups.setdefault(f"lang {x['lang']}", []).append(x["score"])
+        if "lang" in x:
+            groups.setdefault(f"lang {x['lang']}", []).append(x["score"])
     groups["all"] = every
     for fam, scores in groups.items():
         r1 = np.mean([s >= t1 for s in scores])
@@ -47,7 +49,8 @@ def external(det: object, split: str, sensitivity: dict[str, float],
     bgroups: dict[str, list[float]] = {}
     for x in neg:
         bgroups.setdefault(f"FPR {x['family']}", []).append(x["score"])
-        bgroups.setdefault(f"FPR lang {x['lang']}", []).append(x["score"])
+        if "lang" in x:
+            bgroups.setdefault(f"FPR lang {x['lang']}", []).append(x["score"])
     bgroups["FPR (benign)"] = negs
     for fam, scores in bgroups.items():
         fp = "".join(f"{np.mean([s >= v for s in scores]):>9.2f}" for v in sensitivity.values())

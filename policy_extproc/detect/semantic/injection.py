@@ -9,7 +9,10 @@ the larger of
   scanned in the text and in its decodings (base64 runs, ROT13, leetspeak, spaced-out letters);
   a signal found only in a decoding also counts as the ``encoding`` family;
 - the similarity score: how much closer the sentence is to the nearest attack exemplar than to
-  the nearest benign look-alike, mapped to 0..1.
+  the nearest benign look-alike, mapped to 0..1;
+
+and the part's score adds, as a noisy-or, the learned lexical score of the whole part
+(lexical.py: a logistic regression over its words and word pairs, trained on public corpora).
 
 The text is the caller's reading form (NFKC, ignorables removed, look-alikes folded in words
 that could pass for ASCII, words of other scripts kept: ``detect/reading``).
@@ -28,6 +31,7 @@ import numpy as np
 
 from ..scratch import ScratchPool
 from .embedder import Embedder, columns, embed_texts
+from .lexical import Lexicon
 from .signals import NEGATION, SIGNALS
 from .text import Memo, Sentences, Span, sentence_spans
 
@@ -44,6 +48,11 @@ SENSITIVITY = {"low": 0.85, "medium": 0.7, "high": 0.55}
 # hard negatives poorly (docs/semantic.md): the benign maximum on the tune split is about 0.4,
 # so similarity alone fires only at high sensitivity and mostly adds to a weak heuristic cue.
 _SIM_FLOOR = 0.35
+# The lexical score a reason names, as "+lexicon", when another score decides (smaller ones
+# change the figure too little to be worth a word); the reason names the family of the signal
+# or exemplar that scored most unless that score could not fire on its own (below `high`).
+_LEX_NAMED = 0.05
+_ON_ITS_OWN = SENSITIVITY["high"]
 _NEGATED = 0.3  # weight factor of a signal right after a negation ("never reveal ...")
 
 _B64 = re.compile(rb"[A-Za-z0-9+/]{16,}={0,2}")
@@ -176,17 +185,23 @@ def _decodings(low: bytes, raw: bytes, cues: frozenset[int] | None = None) -> li
 class InjectionDetector:
     """Signals and exemplars compiled once; ``score(text)`` per part at request time."""
 
-    __slots__ = ("_attack", "_benign", "_embedder", "_families", "_memo", "_patterns", "version")
+    __slots__ = ("_attack", "_benign", "_embedder", "_families", "_lexicon", "_memo", "_patterns",
+                 "version")  # fmt: skip
 
     _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
     _unless = tuple(re.compile(s.unless.encode()) if s.unless else None for s in SIGNALS)
 
-    def __init__(self, embedder: Embedder, exemplars: object) -> None:
+    def __init__(self, embedder: Embedder, exemplars: object, lexicon: object = None) -> None:
         """``exemplars``: the parsed library (``data/injection_exemplars_v2.yaml``, read by
-        ``sources.models.read_exemplars``)."""
+        ``sources.models.read_exemplars``); ``lexicon``: the parsed lexical model
+        (``data/injection_lexicon_v1.json``, ``sources.models.read_lexicon``), None to score
+        without it (the tests of the other parts do)."""
         self._embedder = embedder
         self._patterns = _Prefilter()
+        self._lexicon = Lexicon(lexicon) if lexicon is not None else None
         self.version, attacks, benign = _library(exemplars)
+        if self._lexicon is not None:
+            self.version += f"+lexicon-{self._lexicon.version}"
         texts = [t for family in attacks.values() for t in family]
         self._families = [f for f, family in attacks.items() for _ in family]
         # Kept as columns (a contiguous transpose): see embedder.columns.
@@ -269,7 +284,13 @@ class InjectionDetector:
             cut = spans() if spans is not None else sentence_spans(text)
             sentences = Sentences(text, cut, self._embedder.embed_spans(text, cut))
         s, sim_family = self._similarity(sentences)
-        both = 1.0 - (1.0 - h) * (1.0 - s)  # noisy-or: similarity strengthens a weak cue
+        lex = self._lexicon.score(text) if self._lexicon is not None else 0.0
+        # Noisy-or: similarity strengthens a weak cue, and so does the lexical score.
+        both = round(1.0 - (1.0 - h) * (1.0 - s) * (1.0 - lex), 3)
         if s > h:
-            return InjectionFinding(round(both, 3), sim_family, "similarity")
-        return InjectionFinding(round(both, 3), family, via if not s else f"{via}+similarity")
+            family, via = sim_family, "similarity"
+        elif s:
+            via += "+similarity"
+        if lex > max(h, s) and max(h, s) < _ON_ITS_OWN:
+            return InjectionFinding(both, "learned", "lexicon" + f"+{via}" * bool(h or s))
+        return InjectionFinding(both, family, via + "+lexicon" * (lex >= _LEX_NAMED))

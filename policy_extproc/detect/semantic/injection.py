@@ -291,6 +291,6 @@ class InjectionDetector:
             family, via = sim_family, "similarity"
         elif s:
             via += "+similarity"
-        if lex > max(h, s) and max(h, s) < _ON_ITS_OWN:
+        if lex >= _LEX_NAMED and lex > max(h, s) and max(h, s) < _ON_ITS_OWN:
             return InjectionFinding(both, "learned", "lexicon" + f"+{via}" * bool(h or s))
         return InjectionFinding(both, family, via + "+lexicon" * (lex >= _LEX_NAMED))

@@ -284,7 +284,7 @@ class InjectionDetector:
             cut = spans() if spans is not None else sentence_spans(text)
             sentences = Sentences(text, cut, self._embedder.embed_spans(text, cut))
         s, sim_family = self._similarity(sentences)
-        lex = self._lexicon.score(text) if self._lexicon is not None else 0.0
+        lex = self._lexicon.score(low) if self._lexicon is not None else 0.0
         # Noisy-or: similarity strengthens a weak cue, and so does the lexical score.
         both = round(1.0 - (1.0 - h) * (1.0 - s) * (1.0 - lex), 3)
         if s > h:

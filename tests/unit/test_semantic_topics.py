@@ -3,6 +3,7 @@ the generated background module against its YAML source."""
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import random
 import re
@@ -24,7 +25,8 @@ from policy_extproc.detect.semantic import (
     topic_data,
     topics,
 )
-from policy_extproc.detect.semantic.embedder import Embedder, RowCache, embed_texts
+from policy_extproc.detect.semantic.embedder import Embedder, embed_texts
+from policy_extproc.detect.semantic.rowcache import RowCache
 from policy_extproc.detect.semantic.text import embed_sentences, sentence_spans
 from policy_extproc.sources.models import load_embedder
 
@@ -255,7 +257,7 @@ def test_word_memory_is_bounded_and_shared_by_threads(monkeypatch: pytest.Monkey
 
 
 def test_remembered_rows_are_exact_when_threads_share_them() -> None:
-    """``RowCache`` has no lock: threads gathering overlapping keys, the table filled and
+    """``RowCache`` reads without a lock: threads gathering overlapping keys, the table filled and
     started again many times, each get exactly the rows computed for their keys (a row that
     depends on its key only: no batch to round it otherwise)."""
     rows = RowCache(50, 3)
@@ -390,8 +392,9 @@ def test_remembered_rows_hold_no_text() -> None:
     rows = RowCache(8, 1)
     secret = "123-45-6789"
     rows.gather([secret], lambda keys: np.ones((len(keys), 1), np.float32))
-    slots, _, _ = rows._state
-    assert secret not in slots and all(isinstance(k, int) for k in slots)
+    entries, table, _ = rows._state  # numbers only: hashes and slots, and the rows
+    assert entries.dtype == np.int64 and table.dtype == np.float32 and len(rows) == 1
+    assert not any(isinstance(x, str) for x in gc.get_referents(rows, rows._state))
 
 
 def test_one_product_when_blas_runs_on_one_thread(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -432,3 +435,29 @@ def test_one_product_when_blas_runs_on_one_thread(monkeypatch: pytest.MonkeyPatc
     for value in ("4", ""):
         monkeypatch.setenv("OPENBLAS_NUM_THREADS", value)
         assert not SHIPPED.one_blas_thread()
+
+
+def test_keys_whose_positions_collide_each_keep_their_own_row() -> None:
+    rows = RowCache(4, 1)  # a table of 8 positions
+    keys: list[str] = []
+    n = 0
+    while len(keys) < 4:  # four keys probing from the same position
+        n += 1
+        if hash(f"k{n}") & 7 == 0:
+            keys.append(f"k{n}")
+    asked: list[list[str]] = []
+
+    def compute(ks: list[str]) -> np.ndarray:
+        asked.append(ks)
+        return np.asarray([[float(k[1:])] for k in ks], np.float32)
+
+    want = compute(keys)
+    asked.clear()
+    assert np.array_equal(rows.gather(keys, compute), want)
+    assert np.array_equal(rows.gather(keys[::-1], compute), want[::-1])
+    assert asked == [keys] and len(rows) == 4  # the second gather found every one
+
+
+def test_a_row_cache_refuses_a_capacity_its_entries_cannot_hold() -> None:
+    with pytest.raises(ValueError, match="RowCache"):
+        RowCache(1 << 20, 1)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
-from itertools import chain, count, repeat
+from itertools import chain
 from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
+
+from .rowcache import RowCache
 
 Vectors = npt.NDArray[np.float32]
 Span = tuple[int, int]
@@ -222,64 +224,6 @@ def _in_order_sums(rows: Vectors, counts: npt.NDArray[np.int64], dim: int) -> Ve
         at = np.nonzero(counts > k)[0]
         out[at] += rows[starts[at] + k]
     return out
-
-
-class RowCache:
-    """Rows remembered by key, at most ``capacity`` at a time: a key's row is a slot of one
-    table, so the rows of many keys are one gather (a piece's token sums here, a word's margins
-    per topic in ``topics``). Keys are held by their ``hash`` (SipHash with this process's
-    secret key), never as text: no piece of a prompt outlives its request here. When the table
-    is full it starts again empty, so the keys of today's traffic are kept, not only the first
-    ``capacity`` ever seen.
-
-    No lock: the state is one tuple (slots, table, counter), read once per call and replaced
-    whole when full, so a thread still holding the old one reads and writes rows that stay
-    consistent with its slots; a new key's slot is taken from the counter (``next`` on
-    ``itertools.count`` is one C call, so two threads never get the same slot), its row
-    written, and only then the slot published. Two keys of equal hash (about one chance in
-    10^10 among 50,000) would share a row."""
-
-    __slots__ = ("_capacity", "_state", "_width")
-
-    def __init__(self, capacity: int, width: int) -> None:
-        self._capacity, self._width = capacity, width
-        self._state = self._fresh()
-
-    def _fresh(self) -> tuple[dict[int, int], Vectors, count[int]]:
-        table = np.zeros((self._capacity + 1, self._width), np.float32)  # row 0: unused
-        return {}, table, count(1)
-
-    def __len__(self) -> int:
-        return len(self._state[0])
-
-    def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
-        """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
-        in order of first appearance), once."""
-        slots, table, _ = self._state
-        at = np.fromiter(map(slots.get, map(hash, keys), repeat(0)), np.int64, len(keys))
-        out = table[at]
-        if at.all():
-            return out
-        missing = np.flatnonzero(at == 0)
-        index = {k: i for i, k in enumerate(dict.fromkeys(keys[k] for k in missing.tolist()))}
-        new = list(index)
-        fresh = compute(new)
-        out[missing] = fresh[[index[keys[k]] for k in missing.tolist()]]
-        self._keep(new, fresh)
-        return out
-
-    def _keep(self, keys: list[str], rows: Vectors) -> None:
-        slots, table, counter = self._state
-        for key, row in zip(keys, rows, strict=True):
-            h = hash(key)
-            if h in slots:
-                continue
-            slot = next(counter)
-            if slot >= len(table):  # full: start again, with the keys of now
-                slots, table, counter = self._state = self._fresh()
-                slot = next(counter)
-            table[slot] = row
-            slots[h] = slot  # published once its row is written
 
 
 class StaticEmbedder:

@@ -8,7 +8,7 @@ lands near the English example. The price is the CPU: about 1 ms per sentence ag
 microseconds for the static model (docs/semantic.md, Cost).
 
 The edge (``sources.models``) loads the model and hands its ``encode`` in; nothing here imports
-it. Every span's row is remembered by its text's ``hash`` (``embedder.RowCache``): the topic
+it. Every span's row is remembered by its text's ``hash`` (``rowcache.RowCache``): the topic
 background, library and their words are embedded once per process whichever rule compiles
 first, and a sentence or word seen before costs a look-up.
 """
@@ -19,7 +19,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .embedder import RowCache, Span, Vectors
+from .embedder import Span, Vectors
+from .rowcache import RowCache
 
 MULTILINGUAL_MODEL = "use-multilingual-v3"
 # Rows remembered (2 KB each at 512 dimensions: 40 MB full); past it the table starts again.

@@ -47,7 +47,6 @@ from .arrays import Groups, flat, others_max
 from .embedder import (
     DEFAULT_MODEL,
     Embedder,
-    RowCache,
     Vectors,
     columns,
     embed_texts,
@@ -55,6 +54,7 @@ from .embedder import (
     words_pieces,
 )
 from .encoder import MULTILINGUAL_MODEL
+from .rowcache import RowCache
 from .text import Memo, Sentences, Span, embed_sentences
 
 DEFAULT_THRESHOLD = 0.47

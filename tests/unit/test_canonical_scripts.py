@@ -25,6 +25,7 @@ def canonicalize_reading_full(text: str) -> str:
     """The reading form by the word-by-word fold itself (no shortcut for Latin-only text)."""
     return settle(text, _dense(text))
 
+
 ZW = "\u200b"
 
 EVASIONS = [

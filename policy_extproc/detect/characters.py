@@ -8,6 +8,7 @@ and dashes, NFKC, marks stripped, a look-alike read as its ASCII).
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Iterable
 
@@ -44,6 +45,22 @@ def is_default_ignorable(ch: str) -> bool:
     if _in(cp, _NOT_DI) or ch.isspace():
         return False
     return unicodedata.category(ch) == "Cf" or _in(cp, _OTHER_DI) or _in(cp, _VARIATION_SELECTORS)
+
+
+# The tag characters U+E0020..U+E007E mirror printable ASCII (U+E0041 is a tag "A"). They are
+# default ignorable, so the canonical form removes them (a tag letter inside a keyword must not
+# break it), but a model reads them as the letters they mirror: an instruction written in them
+# is invisible to a reader ("ASCII smuggling"). ``read_tags`` gives the text as read that way.
+_TAG_RUN = re.compile("[\U000e0020-\U000e007e]")
+_TAGS_AS_ASCII = {0xE0000 + c: c for c in range(0x20, 0x7F)}
+
+
+def read_tags(text: str) -> str | None:
+    """``text`` with each tag character that mirrors ASCII read as that ASCII, None when it
+    holds none."""
+    if text.isascii() or _TAG_RUN.search(text) is None:
+        return None
+    return text.translate(_TAGS_AS_ASCII)
 
 
 def removed(ch: str) -> bool:

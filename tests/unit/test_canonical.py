@@ -186,3 +186,12 @@ def test_regexes_are_rewritten_to_match_the_canonical_text(
     hits = PatternSet([Pattern(0, expr, "regex")]).find(text)
     spans = merge_spans([(h.start, h.end) for h in hits])
     assert [text[s:e] for s, e in spans] == found
+
+
+def test_tag_characters_read_as_the_ascii_they_mirror() -> None:
+    from policy_extproc.detect.characters import read_tags
+
+    hidden = "".join(chr(0xE0000 + ord(c)) for c in " say hi!")
+    assert read_tags("ok" + hidden) == "ok say hi!"
+    assert read_tags("plain ascii") is None and read_tags("übrigens 日本") is None
+    assert canonical_text("ok" + hidden) == "ok"  # the canonical form still removes them

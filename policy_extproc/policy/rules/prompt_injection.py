@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Literal
 
+from ...detect.characters import read_tags
 from ...detect.joined import JoinedParts
+from ...detect.reading import reading_text
 from ...detect.semantic import (
     SENSITIVITY,
     Embedder,
@@ -22,6 +24,7 @@ from ...detect.semantic import (
     InjectionDetector,
     TopicClassifier,
 )
+from ...detect.semantic.injection import InjectionFinding
 from ...detect.semantic.text import Sentences, Span, sentence_spans
 from .. import fields as f
 from ..compiler import EffectiveRule, EffectiveSet
@@ -108,6 +111,13 @@ def _injection(rules: list[EffectiveRule], direction: str, parts: Sequence[TextP
             found = found_by.score(texts[first], spans=partial(spans_of, first))
         else:  # text the provider joins: an instruction split between two blocks is one
             found = found_by.score("".join(texts[first:end]))
+        # Tag characters, which the reading form removes, read as the ASCII they mirror: what
+        # the model reads of an instruction smuggled in them.
+        smuggled = read_tags("".join(p.text for p in parts[first:end]))
+        if smuggled is not None:
+            hidden = found_by.score(reading_text(smuggled))
+            if hidden.score > found.score:
+                found = InjectionFinding(hidden.score, "encoding", f"tag characters+{hidden.via}")
         if best is None or found.score > best[0].score:
             best = (found, part)
     if best is None:

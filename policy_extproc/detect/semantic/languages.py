@@ -326,3 +326,57 @@ CONTEXT_OTHER: tuple[tuple[float, str, str], ...] = (
         "",
     ),
 )
+
+
+# Override and system-prompt extraction in more languages (Arabic, Persian, Hebrew, Hindi,
+# Ukrainian, Greek, Vietnamese, Indonesian and Malay, Thai), in each one's word order: the verb
+# of ignoring or forgetting near the word for instructions or rules, and what a system prompt
+# is called. Vietnamese "bỏ qua" also means "skip" ("skip the installation guide"): it counts
+# only with "previous" (trước) after the instructions.
+MORE_LANGUAGES: tuple[tuple[float, str], ...] = (
+    (
+        0.9,
+        _any("تجاهل|تجاهلي|تجاهلوا|انس|انسى|انسي|نادیده بگیر|فراموش کن|התעלם|התעלמי|שכח|שכחי")
+        + r"[^.\n]{0,80}"
+        + _any(
+            "التعليمات|تعليمات|الأوامر|الاوامر|القواعد|دستورالعمل|دستورات|قوانین|הוראות|"
+            "ההוראות|הנחיות|ההנחיות|הכללים"
+        ),
+    ),
+    (
+        0.9,
+        _any("निर्देश|नियम|हिदायत")
+        + r"[^\n]{0,60}"
+        + _any("अनदेखा|नज़रअंदाज़|नजरअंदाज|भूल जा|भूल जाओ|भूल जाइए|मत मानो"),
+    ),
+    (
+        0.9,
+        _any("ігноруй|ігноруйте|забудь|забудьте|αγνόησε|αγνοήστε|ξέχασε|ξεχάστε")
+        + r"[^.\n]{0,80}"
+        + _any("інструкці|правила|вказівк|οδηγίες|οδηγιών|κανόνες|εντολές"),
+    ),
+    (
+        0.9,
+        _any("bỏ qua|quên|phớt lờ")
+        + r"[^.\n]{0,60}"
+        + _any("hướng dẫn|chỉ dẫn|chỉ thị|quy tắc|mệnh lệnh")
+        + r"[^.\n]{0,40}"
+        + _any("trước|bên trên|ở trên"),
+    ),
+    (
+        0.9,
+        r"\b"
+        + _any("abaikan|lupakan|hiraukan")
+        + r"\b[^.\n]{0,60}\b"
+        + _any("instruksi|petunjuk|perintah|aturan|arahan|arahan sistem"),
+    ),
+    (0.9, _any("เพิกเฉย|ไม่ต้องสนใจ|ลืม") + r"[^\n]{0,60}" + _any("คำสั่ง|คำแนะนำ|กฎ")),
+    (
+        0.7,
+        _any(
+            "موجه النظام|تعليمات النظام|رسالة النظام|پرامپت سیستم|دستورات سیستم|הנחיית המערכת|"
+            "פרומפט המערכת|सिस्टम प्रॉम्प्ट|सिस्टम प्रोम्प्ट|системний промпт|μήνυμα συστήματος|"
+            "οδηγίες συστήματος|lời nhắc hệ thống|prompt hệ thống|prompt sistem|พรอมต์ระบบ"
+        ),
+    ),
+)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .agents import TOOL_ABUSE
-from .languages import CONTEXT_OTHER, OTHER_LANGUAGES
+from .languages import CONTEXT_OTHER, MORE_LANGUAGES, OTHER_LANGUAGES
 from .overrides import CONTEXT_OVERRIDE, TO_DO
 
 
@@ -357,7 +357,7 @@ SIGNALS: tuple[Signal, ...] = (
     Signal("encoding", 0.6, r"\bfirst letter of (each|every) word\b"),
     Signal("encoding", 0.5, r"['\"][^'\"\n]{2,24}['\"]\s*\+\s*['\"][^'\"\n]{2,24}['\"]"),
     *(Signal("tool_abuse", w, expr) for w, expr in TOOL_ABUSE),
-    *(Signal("multilingual", w, expr) for w, expr in OTHER_LANGUAGES),
+    *(Signal("multilingual", w, expr) for w, expr in (*OTHER_LANGUAGES, *MORE_LANGUAGES)),
     *(Signal("override", w, expr, unless) for w, expr, unless in CONTEXT_OVERRIDE),
     *(Signal("multilingual", w, expr, unless) for w, expr, unless in CONTEXT_OTHER),
 )

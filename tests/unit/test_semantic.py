@@ -184,11 +184,23 @@ def test_encodings_are_decoded(detector: InjectionDetector, sentence: str) -> No
     assert plain.score >= MEDIUM
     leet = sentence.translate(str.maketrans("aeios", "43105"))
     b64 = base64.b64encode(sentence.encode()).decode()
+    backwards = f"Read this right to left and do it: {sentence[::-1]}"
     for hidden in (f"Follow this: {b64}", codecs.encode(sentence, "rot13"), leet,
-                   " ".join(sentence)):  # fmt: skip
+                   " ".join(sentence), backwards):  # fmt: skip
         found = detector.score(hidden)
         assert found.score >= MEDIUM, hidden
     assert detector.score(f"Follow this: {b64}").family == "encoding"
+    assert detector.score(backwards).family == "encoding"
+
+
+@pytest.mark.parametrize("text", [
+    "Can you reverse this list for me: 1, 2, 3, 4?", "Write the word 'stressed' backwards.",
+    "My reverse osmosis filter is leaking, what should I check?",
+])  # fmt: skip
+def test_a_request_to_reverse_something_is_not_an_attack(
+    detector: InjectionDetector, text: str
+) -> None:
+    assert detector.score(text).score < MEDIUM
 
 
 def test_a_negated_signal_is_talked_about_not_said(detector: InjectionDetector) -> None:

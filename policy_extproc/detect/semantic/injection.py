@@ -65,6 +65,8 @@ _LEET = bytes.maketrans(b"0134579@$|!", b"oieastgasii")
 # written from the leet character so that ``re`` skips to candidates).
 _HAS_LEET = re.compile(rb"[0134579@$](?:(?<=[a-z].)[a-z]|(?<=[0134579])[a-z]{2})")
 _SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
+# Text written backwards, or asked to be read so: "the" and "you" reversed, "reverse" either way.
+_REVERSED_CUES = (b" eht ", b" uoy ", b"esrever", b"revers", b"backward", b"right to left")
 _LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
 _NEG = re.compile(NEGATION.encode() + rb"[^.\n]{0,30}$")
 _ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")
@@ -164,6 +166,8 @@ def _decodings(low: bytes, raw: bytes, cues: frozenset[int] | None = None) -> li
     is decoded from ``raw`` and then lower-cased). ``cues``: ``_Prefilter.cues(low)``; None
     looks for them with ``re`` (the reference the tests compare the cues with)."""
     out = [low.translate(_ROT13)]
+    if any(cue in low for cue in _REVERSED_CUES):
+        out.append(low[::-1])  # "... .snoitcurtsni suoiverp lla erongi": read right to left
     if (_LEET_CUE in cues) if cues is not None else _HAS_LEET.search(low):
         out.append(low.translate(_LEET))
     if (cues is None or _SPACED_CUE in cues) and _SPACED.search(low):

@@ -2,6 +2,7 @@
 (written for this test, in none of the data sets), and everyday sentences of those languages
 that use the same words ("skip the installation guide", "follow the instructions"), which must
 stay below ``medium``."""
+# ruff: noqa: RUF001 (text in other scripts is what these tests are about)
 
 from __future__ import annotations
 

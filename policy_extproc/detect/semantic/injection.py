@@ -34,6 +34,7 @@ from .embedder import Embedder, columns, embed_texts
 from .lexical import Lexicon
 from .signals import NEGATION, SIGNALS
 from .text import Memo, Sentences, Span, sentence_spans
+from .typos import Typos
 
 EXEMPLARS = "injection_exemplars_v2.yaml"
 # The model the exemplars are read with (docs/semantic.md: the sharper of the two candidates
@@ -190,7 +191,7 @@ class InjectionDetector:
     """Signals and exemplars compiled once; ``score(text)`` per part at request time."""
 
     __slots__ = ("_attack", "_benign", "_embedder", "_families", "_lexicon", "_memo", "_patterns",
-                 "version")  # fmt: skip
+                 "_typos", "version")  # fmt: skip
 
     _regexes = tuple(re.compile(s.expr.encode(), re.IGNORECASE) for s in SIGNALS)
     _unless = tuple(re.compile(s.unless.encode()) if s.unless else None for s in SIGNALS)
@@ -203,6 +204,9 @@ class InjectionDetector:
         self._embedder = embedder
         self._patterns = _Prefilter()
         self._lexicon = Lexicon(lexicon) if lexicon is not None else None
+        # The words the lexical model has seen are words, not misspellings of attack words.
+        weights = lexicon.get("weights", {}) if isinstance(lexicon, dict) else {}
+        self._typos = Typos(k for k in weights if " " not in k)
         self.version, attacks, benign = _library(exemplars)
         if self._lexicon is not None:
             self.version += f"+lexicon-{self._lexicon.version}"
@@ -284,6 +288,11 @@ class InjectionDetector:
             d, _ = self._heuristic(decoded)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"
+        fixed = self._typos.correct(low)
+        if fixed is not None:  # "ignroe all previuos instrcutions": read as the words meant
+            d, fam = self._heuristic(fixed)
+            if d > h:
+                h, family, via = d, fam, "heuristic+typos"
         if sentences is None:
             cut = spans() if spans is not None else sentence_spans(text)
             sentences = Sentences(text, cut, self._embedder.embed_spans(text, cut))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
+from ..detect.characters import read_tags
 from ..detect.joined import JoinedParts
 from ..detect.patterns import Hit, PatternSet
 from .findings import TextPart
@@ -27,7 +28,7 @@ class ScanText:
     joined runs one by one.
     """
 
-    __slots__ = ("apart", "ascii", "bstarts", "data", "encoded", "joined", "marks")
+    __slots__ = ("apart", "ascii", "bstarts", "data", "encoded", "joined", "marks", "views")
 
     MARK_BYTES = 512  # a non-ASCII run's byte -> character checkpoints, this far apart
 
@@ -42,6 +43,15 @@ class ScanText:
         if len(runs) < len(texts):
             self.apart = JoinedParts(texts, [-1] * len(texts), "\0")
             runs += self.apart.runs
+        self.views = [v for v in (joined, self.apart) if v is not None]
+        # Unicode tag characters, which the canonical form removes, are also read as the ASCII
+        # they mirror, as a model reads them: a keyword written in them is found there, and its
+        # span (one character for one: the same offsets) is the tags' in the original.
+        tagged = [read_tags(t) for t in texts]
+        if any(t is not None for t in tagged):
+            hidden = JoinedParts([t or "" for t in tagged], groups_of(parts), "\0")
+            self.views.append(hidden)
+            runs += hidden.runs
         # A JSON body may hold lone surrogates ("\ud800"), which UTF-8 cannot encode: each
         # becomes "?", one byte for one character, so offsets still map back to the text.
         self.encoded = [r.encode("utf-8", "replace") for r in runs]
@@ -102,9 +112,9 @@ class ScanText:
         s, e = start - base, min(end - base, len(raw))
         if not self.ascii[k]:
             s, e = self._chars(k, s), self._chars(k, e)
-        view, n = self.joined, len(self.joined.runs)
-        if k >= n:
-            assert self.apart is not None
-            view, k = self.apart, k - n
+        for view in self.views:
+            if k < len(view.runs):
+                break
+            k -= len(view.runs)
         offset = view.segments[k][0]
         return view.pieces(offset + s, offset + e)

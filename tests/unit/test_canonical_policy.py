@@ -346,3 +346,22 @@ def test_a_streamed_answer_is_redacted_through_tricks_and_chunk_boundaries() -> 
 def test_a_benign_streamed_answer_passes_unchanged() -> None:
     text = "Привет 👩\u200d💻 日本語 café"
     assert _streamed(list(text)) == text
+
+
+def _tags(text: str) -> str:
+    """``text`` in Unicode tag characters: invisible, read by models as the ASCII mirrored."""
+    return "".join(chr(0xE0000 + ord(c)) for c in text)
+
+
+def test_a_keyword_written_in_tag_characters_is_read_as_the_model_reads_it() -> None:
+    d = decide("blocks", f"hello{_tags(' this is confidential')} there")
+    assert (d.action, d.rule) == ("block", "kw")
+    hidden = _tags("project-aurora")
+    d = decide("redacts", f"status of {hidden} please")
+    assert d.action == "modify", d.reason
+    assert d.new_texts == {("messages", 0, "content"): "status of [REDACTED:kw] please"}
+    # A tag letter inside a keyword still does not break it (the canonical form removes it).
+    assert decide("blocks", f"conf{_tags('x')}idential").action == "block"
+    # Tags that mirror nothing a rule names leave the text alone.
+    flag = "\U0001f3f4" + _tags("gbsct") + "\U000e007f"
+    assert decide("blocks", f"Go Scotland {flag}!").action == "allow"

@@ -63,6 +63,15 @@ def read_tags(text: str) -> str | None:
     return text.translate(_TAGS_AS_ASCII)
 
 
+def tags_only(text: str) -> str | None:
+    """What ``text`` says in tag characters alone: each read as its ASCII, every other
+    character a space (one for one: the same offsets), None when it holds none."""
+    tagged = read_tags(text)
+    if tagged is None:
+        return None
+    return "".join(t if t != c else " " for c, t in zip(text, tagged, strict=True))
+
+
 def removed(ch: str) -> bool:
     """Default ignorable, or a control that is not white space."""
     if is_default_ignorable(ch):

@@ -19,5 +19,7 @@ class JoinedText(JoinedParts):
     """The parts' canonical text for the detectors: a join group back to back (the provider
     concatenates it), other parts apart by a newline; matches map back to the original parts."""
 
-    def __init__(self, parts: Sequence[TextPart]) -> None:
-        super().__init__([p.text for p in parts], [getattr(p, "group", -1) for p in parts], "\n")
+    def __init__(self, parts: Sequence[TextPart], texts: Sequence[str] | None = None) -> None:
+        """``texts``: what to read of each part instead of its text (same offsets)."""
+        texts = [p.text for p in parts] if texts is None else texts
+        super().__init__(texts, [getattr(p, "group", -1) for p in parts], "\n")

@@ -195,3 +195,6 @@ def test_tag_characters_read_as_the_ascii_they_mirror() -> None:
     assert read_tags("ok" + hidden) == "ok say hi!"
     assert read_tags("plain ascii") is None and read_tags("übrigens 日本") is None
     assert canonical_text("ok" + hidden) == "ok"  # the canonical form still removes them
+    from policy_extproc.detect.characters import tags_only
+
+    assert tags_only("ok" + hidden) == "  " + " say hi!" and tags_only("ok") is None

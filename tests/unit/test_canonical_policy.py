@@ -360,6 +360,10 @@ def test_a_keyword_written_in_tag_characters_is_read_as_the_model_reads_it() -> 
     d = decide("redacts", f"status of {hidden} please")
     assert d.action == "modify", d.reason
     assert d.new_texts == {("messages", 0, "content"): "status of [REDACTED:kw] please"}
+    # Personal data written in tags is found, and its tags are masked.
+    d = decide("redacts", f"mail {_tags('bob@example.org')}, ok")
+    assert d.new_texts == {("messages", 0, "content"): "mail [EMAIL], ok"}, d.reason
+    assert decide("blocks", f"hi{_tags(' write to bob@example.org')}").rule == "pii"
     # A tag letter inside a keyword still does not break it (the canonical form removes it).
     assert decide("blocks", f"conf{_tags('x')}idential").action == "block"
     # Tags that mirror nothing a rule names leave the text alone.

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from ...detect.characters import tags_only
 from ...detect.masking import replacement
 from ...detect.pii import DEFAULT_REGIONS, ENTITIES, PiiDetector
 from ...errors import PolicyError, Problem
@@ -89,14 +90,21 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
     rules += [e for e in es.rules_of(ComplianceRule) if detector_of(e) is not None]
     if not rules or not parts:
         return
-    joined = JoinedText(parts)
+    views = [JoinedText(parts)]
+    # What the parts say in Unicode tag characters (which the canonical form removes), read
+    # as the ASCII they mirror, as a model reads it: personal data written in them is found
+    # there, at the tags' own offsets; everything visible is blank in that view.
+    hidden = [tags_only(p.text) for p in parts]
+    if any(h is not None for h in hidden):
+        views.append(JoinedText(parts, [h or "" for h in hidden]))
     where = "prompt" if direction == "request" else "response"
     for e in rules:
         rule = _as_pii(e.rule)
         mode = _mode(e)
         masking = _masking(e)
         assert masking is not None
-        matches = masking.detector.find(joined.text)
+        found = [(joined, m) for joined in views for m in masking.detector.find(joined.text)]
+        matches = [m for _, m in found]
         if not matches:
             continue
         counts: dict[str, int] = {}
@@ -109,7 +117,7 @@ def scan_pii(es: EffectiveSet, direction: str, parts: Sequence[TextPart], out: F
         out.fire(e, "modify", f"masked {summary} in the {where}", mode)
         if mode != "enforce":
             continue  # shadow: say what would be masked, change nothing
-        for m in matches:
+        for joined, m in found:
             # The mask is made from the canonical value (a fullwidth U+FF20 is read as "@", so
             # a partial mask keeps "@example.org"; two spellings of one address get one
             # pseudonym). It replaces the original span where the value starts; the rest of a

@@ -31,6 +31,7 @@ import numpy as np
 
 from ..scratch import ScratchPool
 from .embedder import Embedder, columns, embed_texts
+from .languages import NEGATION_OTHER
 from .lexical import Lexicon
 from .signals import NEGATION, SIGNALS
 from .text import Memo, Sentences, Span, sentence_spans
@@ -70,6 +71,27 @@ _SPACED = re.compile(rb"(?<![\w])\w(?:[ \-.]\w){4,}(?![\w])")
 _REVERSED_CUES = (b" eht ", b" uoy ", b"esrever", b"revers", b"backward", b"right to left")
 _LETTER_GAP = re.compile(rb"(?<=\b\w)[ \-.](?=\w\b)")
 _NEG = re.compile(NEGATION.encode() + rb"[^.\n]{0,30}$")
+# A signal quoted in a sentence that talks about it ("What does 'ignore previous instructions'
+# mean?", "phrases such as \"reveal your system prompt\""): an opening quote before it, a
+# closing one after it, and a word of talk about attacks in the sentence.
+_OPEN_QUOTES = (b' "', b" '", b" `", b"\xe2\x80\x9c", b"\xe2\x80\x98", b"\xc2\xab", b'("', b"('")
+_CLOSE_QUOTES = (b'"', b"'", b"`", b"\xe2\x80\x9d", b"\xe2\x80\x99", b"\xc2\xbb")
+_MENTION = re.compile(
+    rb"\b(prompt injections?|injections?|jailbreak\w*|attack\w*|phrases?|examples?|such as|e\.g\."
+    rb"|means?|meaning|called|detect\w*|filter\w*|classif\w*|security|red[ -]team\w*|payloads?"
+    rb"|quoted?|keywords?|warn\w*)\b"
+)
+
+
+def _quoted_mention(data: bytes, start: int, hit: tuple[int, int], stop: int) -> bool:
+    """Whether the signal at ``hit`` is quoted in the sentence ``data[start:stop]`` and the
+    sentence talks about such text."""
+    before, after = data[max(start - 1, 0) : hit[0]], data[hit[1] : stop]
+    opened = (start == 0 and data[:1] in (b'"', b"'")) or any(q in before for q in _OPEN_QUOTES)
+    closed = any(q in after for q in _CLOSE_QUOTES)
+    return opened and closed and _MENTION.search(data, start, stop) is not None
+
+
 _ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")
 
 
@@ -187,6 +209,24 @@ def _decodings(low: bytes, raw: bytes, cues: frozenset[int] | None = None) -> li
     return out
 
 
+def _best(found: dict[tuple[int, int], float]) -> tuple[float, str]:
+    """Best (noisy-or score, family) over the sentences of ``found`` (``weights``)."""
+    if not found:
+        return 0.0, ""
+    best, family = 0.0, ""
+    by_sentence: dict[int, list[tuple[float, int]]] = {}
+    for (sentence, tag), w in found.items():
+        by_sentence.setdefault(sentence, []).append((w, tag))
+    for items in by_sentence.values():
+        miss = 1.0
+        for w, _ in items:
+            miss *= 1.0 - w
+        score = 1.0 - miss
+        if score > best:
+            best, family = score, SIGNALS[max(items)[1]].family
+    return best, family
+
+
 class InjectionDetector:
     """Signals and exemplars compiled once; ``score(text)`` per part at request time."""
 
@@ -228,31 +268,24 @@ class InjectionDetector:
                 continue
             m = self._regexes[tag].search(data, start, end)
             w = SIGNALS[tag].weight
-            if m is not None and _NEG.search(data, start, m.start()):
+            stop = _sentence_end(data, end)
+            if m is not None and (
+                _NEG.search(data, start, m.start())
+                or NEGATION_OTHER.search(data, start, m.start())
+                or _quoted_mention(data, start, m.span(), stop)
+            ):
                 w *= _NEGATED
             unless = self._unless[tag]
-            if unless is not None and unless.search(data, start, _sentence_end(data, end)):
+            if unless is not None and unless.search(data, start, stop):
                 w *= _NEGATED
             found[(start, tag)] = w
         return found
 
-    def _heuristic(self, data: bytes) -> tuple[float, str]:
-        """Best (noisy-or score, family) over the sentences of lower-cased ``data``."""
-        found = self.weights(data)
-        if not found:
-            return 0.0, ""
-        best, family = 0.0, ""
-        by_sentence: dict[int, list[tuple[float, int]]] = {}
-        for (sentence, tag), w in found.items():
-            by_sentence.setdefault(sentence, []).append((w, tag))
-        for items in by_sentence.values():
-            miss = 1.0
-            for w, _ in items:
-                miss *= 1.0 - w
-            score = 1.0 - miss
-            if score > best:
-                best, family = score, SIGNALS[max(items)[1]].family
-        return best, family
+    def _heuristic(self, data: bytes, judged: frozenset[tuple[int, int]] = frozenset()
+                   ) -> tuple[float, str]:  # fmt: skip
+        """Best (noisy-or score, family) over the sentences of lower-cased ``data``; without
+        the (sentence, signal) pairs of ``judged``, found in the text a decoding came from."""
+        return _best({k: w for k, w in self.weights(data).items() if k not in judged})
 
     def _similarity(self, sentences: Sentences) -> tuple[float, str]:
         if not sentences.spans:
@@ -282,10 +315,14 @@ class InjectionDetector:
                spans: Callable[[], list[Span]] | None) -> InjectionFinding:  # fmt: skip
         raw = text.encode("utf-8", "replace")
         low = text.lower().encode("utf-8", "replace")
-        h, family = self._heuristic(low)
+        plain = self.weights(low)
+        h, family = _best(plain)
         via = "heuristic"
+        # A signal the text itself holds was judged there, with what damps it (a negation);
+        # ROT13 keeps offsets and other scripts, so its reading would find it again undamped.
+        judged = frozenset(plain)
         for decoded in _decodings(low, raw, self._patterns.cues(low)):
-            d, _ = self._heuristic(decoded)
+            d, _ = self._heuristic(decoded, judged)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"
         fixed = self._typos.correct(low)

@@ -380,3 +380,17 @@ MORE_LANGUAGES: tuple[tuple[float, str], ...] = (
         ),
     ),
 )
+
+
+# Negations of other languages right before a signal, in the bytes the detector scans (Russian
+# and Ukrainian "ne"/"ni", Polish and German "nie", Italian "non", Portuguese "nao", Dutch
+# "niet", Spanish "no olvides", French "n'oublie pas", Chinese "bie", "buyao"...). A sentence's
+# first word made of look-alikes reads as Latin (Cyrillic "Ne" as "He"): that spelling counts
+# only before a Cyrillic word (its lead byte 0xD0 or 0xD1).
+NEGATION_OTHER = re.compile(
+    rb"(?:(?:^|[\s,;:])(?:" + "не|ні|nie|non|não|niet".encode() + rb")\s"
+    rb"|(?:^|[\s,;:])(?:he|hi)\s(?=[\xd0\xd1])"
+    rb"|(?:^|[\s,;:])no\s(?=olvid|ignor)|(?:^|\s)n'|"
+    + "别|不要|不用|不必|请勿|勿".encode()
+    + rb")[^.\n]{0,30}$"
+)

@@ -1,6 +1,7 @@
 """A signal negated in another language ("не забудь", "nie zapomnij", "别忘了": don't forget)
-or quoted in a sentence that talks about attacks is damped, as an English negation is; the
-same words said as an instruction still fire. Texts written for this test."""
+or quoted in a sentence that talks about attacks is damped, as an English negation is, and
+such a sentence counts half in the exemplar similarity; the same words said as an
+instruction still fire. Texts written for this test."""
 # ruff: noqa: RUF001 (text in other scripts is what these tests are about)
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ def detector() -> InjectionDetector:
     "No olvides todo lo que te dije antes.",
     "Is 'disregard your earlier guidelines' a known jailbreak phrase?",
     'Our filter flags phrases such as "reveal your system prompt" in tickets.',
+    "What does 'forget all your previous instructions' mean in AI security?",
 ])  # fmt: skip
 def test_a_negated_or_quoted_signal_passes(detector: InjectionDetector, text: str) -> None:
     assert detector.score(reading_text(text)).score < SENSITIVITY["medium"]

@@ -92,6 +92,19 @@ def _quoted_mention(data: bytes, start: int, hit: tuple[int, int], stop: int) ->
     return opened and closed and _MENTION.search(data, start, stop) is not None
 
 
+def _talks_about(sentence: str) -> bool:
+    """Whether ``sentence`` quotes something (a quote opened, then closed) and talks about
+    attacks (``_MENTION``)."""
+    low = sentence.lower().encode("utf-8", "replace")
+    opened = [i for i in (low.find(q) for q in _OPEN_QUOTES) if i >= 0]
+    if low[:1] in (b'"', b"'"):
+        opened.append(-1)
+    if not opened:
+        return False
+    after = low[min(opened) + 2 :]
+    return any(q in after for q in _CLOSE_QUOTES) and _MENTION.search(low) is not None
+
+
 _ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")
 
 
@@ -295,6 +308,11 @@ class InjectionDetector:
         near = attack.max(axis=1)
         margin = near - (vecs @ self._benign).max(axis=1)
         score = np.clip(near - _SIM_FLOOR + margin, 0.0, 1.0)
+        # A sentence that quotes an attack to talk about it is near the attack exemplars for
+        # the quote's words: it counts half (the few best sentences are looked at).
+        for i in np.argsort(-score)[:3].tolist():
+            if score[i] > 0.0 and _talks_about(sentences.text[slice(*sentences.spans[i])]):
+                score[i] *= 0.5
         i = int(score.argmax())
         if score[i] <= 0.0:
             return 0.0, ""

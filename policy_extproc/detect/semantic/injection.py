@@ -32,7 +32,7 @@ import numpy as np
 from ..scratch import ScratchPool
 from .embedder import Embedder, columns, embed_texts
 from .languages import NEGATION_OTHER
-from .lexical import Lexicon
+from .lexical import Lexicon, words_of
 from .signals import NEGATION, SIGNALS
 from .text import Memo, Sentences, Span, sentence_spans
 from .typos import Typos
@@ -343,7 +343,8 @@ class InjectionDetector:
             d, _ = self._heuristic(decoded, judged)
             if d > h:
                 h, family, via = d, "encoding", "heuristic+decoded"
-        fixed = self._typos.correct(low)
+        words = words_of(low)  # for the typos and the lexical model
+        fixed = self._typos.correct(low, words)
         if fixed is not None:  # "ignroe all previuos instrcutions": read as the words meant
             d, fam = self._heuristic(fixed)
             if d > h:
@@ -352,7 +353,7 @@ class InjectionDetector:
             cut = spans() if spans is not None else sentence_spans(text)
             sentences = Sentences(text, cut, self._embedder.embed_spans(text, cut))
         s, sim_family = self._similarity(sentences)
-        lex = self._lexicon.score(low) if self._lexicon is not None else 0.0
+        lex = self._lexicon.score(low, words) if self._lexicon is not None else 0.0
         # Noisy-or: similarity strengthens a weak cue, and so does the lexical score.
         both = round(1.0 - (1.0 - h) * (1.0 - s) * (1.0 - lex), 3)
         if s > h:

@@ -102,9 +102,10 @@ class Lexicon:
             self._values[i] = w
         self.version = f"v{data['version']}"
 
-    def logit(self, low: bytes) -> float:
-        """The model's log-odds that the lower-cased UTF-8 text ``low`` is an attack."""
-        words = words_of(low)
+    def logit(self, low: bytes, words: list[bytes] | None = None) -> float:
+        """The model's log-odds that the lower-cased UTF-8 text ``low`` is an attack;
+        ``words``: its ``words_of``, when the caller has them."""
+        words = words_of(low) if words is None else words
         n = len(words)
         if not n:
             return self._bias
@@ -121,9 +122,9 @@ class Lexicon:
             wanted, slot = wanted[on], (slot[on] + 1) & self._mask
         return self._bias + total / math.sqrt(2 * n - 1)
 
-    def score(self, low: bytes) -> float:
+    def score(self, low: bytes, words: list[bytes] | None = None) -> float:
         """0..1, what the detector combines with its other scores."""
-        z = (self.logit(low) - self._offset) * self._scale
+        z = (self.logit(low, words) - self._offset) * self._scale
         if z < -30.0:
             return 0.0
         return 1.0 / (1.0 + math.exp(-z))

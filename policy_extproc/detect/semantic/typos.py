@@ -64,9 +64,11 @@ class Typos:
             del fix[key]
         self._fix = fix
 
-    def correct(self, low: bytes) -> bytes | None:
-        """Lower-cased ``low`` with each misspelt key word replaced, None if it has none."""
+    def correct(self, low: bytes, words: list[bytes] | None = None) -> bytes | None:
+        """Lower-cased ``low`` with each misspelt key word replaced, None if it has none;
+        ``words``: its words, when the caller has them (any split that keeps runs of ASCII
+        letters whole: ``lexical.words_of``'s)."""
         fix = self._fix
-        if not any(map(fix.__contains__, _WORD.findall(low))):
+        if not any(map(fix.__contains__, _WORD.findall(low) if words is None else words)):
             return None
         return _WORD.sub(lambda m: fix.get(m.group(), m.group()), low)

@@ -79,7 +79,7 @@ _CLOSE_QUOTES = (b'"', b"'", b"`", b"\xe2\x80\x9d", b"\xe2\x80\x99", b"\xc2\xbb"
 _MENTION = re.compile(
     rb"\b(prompt injections?|injections?|jailbreak\w*|attack\w*|phrases?|examples?|such as|e\.g\."
     rb"|means?|meaning|called|detect\w*|filter\w*|classif\w*|security|red[ -]team\w*|payloads?"
-    rb"|quoted?|keywords?|warn\w*)\b"
+    rb"|quoted?|keywords?|warn\w*|like|prompts|defend\w*|protect\w*|mitigat\w*|safe)\b"
 )
 
 

@@ -366,5 +366,7 @@ SIGNALS: tuple[Signal, ...] = (
 # the system prompt", "how do attackers ignore previous instructions".
 NEGATION = (
     r"\b(never|not|n't|don't|dont|shouldn't|should not|must not|cannot|can't|won't|prevent|"
-    r"detect|defend|test that|how do (attackers|people|they)|what is|what are|explain)\b"
+    r"detect|defend|test that|how do (attackers|people|they)|what is|what are|explain|"
+    r"(test|check|verify) (whether|if)|how (can|do|should) (i|we) (test|check|defend|protect|"
+    r"prevent|detect|stop|block))\b"
 )

@@ -377,6 +377,7 @@ def main() -> None:
             "fresh",
             "fresh2",
             "fresh-inj",
+            "fresh3",
             "tune",
             "all",
             "ext-tune",

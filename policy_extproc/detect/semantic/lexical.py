@@ -27,12 +27,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from .rowcache import entry, find_slots, free_position, table_mask
+
 LEXICON = "injection_lexicon_v1.json"
 
 _WORD = re.compile(rb"[\w\x80-\xff]+")
-# A pair's key: its words' hashes combined (wrapping int64 arithmetic, numpy's and ours alike).
+# A pair's key: its words' hashes combined (wrapping int64 arithmetic).
 _MIX = np.int64(0x9E3779B97F4A7C15 - (1 << 64))
-_EMPTY = 0  # a free slot of the table; a key that is 0 is stored as 1
 
 
 def words_of(low: bytes) -> list[bytes]:
@@ -50,20 +51,19 @@ def features(text: str) -> tuple[list[str], list[tuple[str, str]]]:
 
 def _pair_keys(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     with np.errstate(over="ignore"):
-        keys = first * _MIX + second
-    keys[keys == _EMPTY] = 1
-    return keys
+        return first * _MIX + second
 
 
 class Lexicon:
-    """The shipped weights in an open-addressing table of the features' hashes (Python's
-    ``hash`` of each word's bytes, computed when the table is built, in this process), so that
-    a part's words and pairs are looked up together by a few numpy gathers: no dictionary of
-    50,000 strings probed 1,400 times a part, which on a busy process missed the cache
-    for most of its 0.7 ms. A collision of two 64-bit hashes would lend one feature another's
-    weight; among the lexicon's features and a part's words that is as likely as none."""
+    """The shipped weights, found through a position table of the features' hashes (Python's
+    ``hash`` of each word's bytes, computed when the table is built, in this process; the
+    table of ``rowcache``), so that a part's words and pairs are looked up together by a few
+    numpy gathers: no dictionary of 50,000 strings probed 1,400 times a part, which on a busy
+    process missed the cache for most of its 0.7 ms. Two features whose hashes agree above
+    ``rowcache.SLOT_BITS`` would share a weight; among the lexicon's features and a part's
+    words that is as likely as none."""
 
-    __slots__ = ("_bias", "_keys", "_mask", "_offset", "_scale", "_values", "version")
+    __slots__ = ("_bias", "_entries", "_mask", "_offset", "_scale", "_values", "version")
 
     def __init__(self, data: object) -> None:
         """``data``: the parsed lexicon file (``sources.models.read_lexicon``)."""
@@ -88,18 +88,14 @@ class Lexicon:
         pair = np.array([s is not None for s in seconds], bool)
         keys[pair] = _pair_keys(keys[pair], np.array([s for s in seconds if s is not None],
                                                      np.int64))  # fmt: skip
-        keys[keys == _EMPTY] = 1
-        size = 1 << max(4, (4 * len(keys) - 1).bit_length())  # a quarter full at most
-        self._mask = size - 1
-        self._keys = np.zeros(size, np.int64)
-        self._values = np.zeros(size, np.float64)
-        slots = self._keys
-        for k, w in zip(keys.tolist(), values, strict=True):
-            i = k & self._mask
-            while slots[i] != _EMPTY and slots[i] != k:
-                i = (i + 1) & self._mask
-            slots[i] = k
-            self._values[i] = w
+        self._mask = table_mask(max(len(keys), 1), LEXICON)
+        self._entries = np.zeros(self._mask + 1, np.int64)
+        self._values = np.zeros(len(keys) + 1, np.float64)  # slot 0: a word it does not know
+        for slot, (k, w) in enumerate(zip(keys.tolist(), values, strict=True), 1):
+            at = free_position(self._entries, k, self._mask)
+            if at is not None:
+                self._entries[at] = entry(k, slot)
+                self._values[slot] = w
         self.version = f"v{data['version']}"
 
     def logit(self, low: bytes, words: list[bytes] | None = None) -> float:
@@ -110,16 +106,8 @@ class Lexicon:
         if not n:
             return self._bias
         hashes = np.fromiter(map(hash, words), np.int64, n)
-        hashes[hashes == _EMPTY] = 1
         wanted = np.concatenate((hashes, _pair_keys(hashes[:-1], hashes[1:])))
-        slot = wanted & self._mask
-        total = 0.0
-        while len(wanted):  # linear probing, all features at once; a quarter full: few rounds
-            found = self._keys[slot]
-            hit = found == wanted
-            total += float(self._values[slot[hit]].sum())
-            on = ~hit & (found != _EMPTY)
-            wanted, slot = wanted[on], (slot[on] + 1) & self._mask
+        total = float(self._values[find_slots(self._entries, wanted, self._mask)].sum())
         return self._bias + total / math.sqrt(2 * n - 1)
 
     def score(self, low: bytes, words: list[bytes] | None = None) -> float:

@@ -22,6 +22,45 @@ _SLOT = (1 << SLOT_BITS) - 1
 _HIGH = np.int64(~_SLOT)
 
 
+def table_mask(n: int, what: str) -> int:
+    """The index mask of a position table for ``n`` keys: a power of two, at most half full;
+    ``what`` it is for, named when ``n`` does not fit."""
+    if not 0 < n < _SLOT:
+        raise ValueError(f"a {what} holds 1 to {_SLOT - 1} keys, not {n}")
+    return (1 << (2 * n - 1).bit_length()) - 1
+
+
+def find_slots(entries: Ints, hashes: Ints, mask: int) -> Ints:
+    """The slot of each hash in the position table ``entries`` (linear probing, all hashes at
+    once: a few vectorised gathers), 0 for one not there."""
+    out = np.zeros(len(hashes), np.int64)
+    which = np.arange(len(hashes))
+    at = hashes & mask
+    high = hashes & _HIGH
+    while len(which):
+        found = entries[at]
+        hit = (found & _HIGH) == high
+        out[which[hit]] = found[hit] & _SLOT
+        on = ~hit & (found != 0)
+        which, at, high = which[on], (at[on] + 1) & mask, high[on]
+    return out
+
+
+def free_position(entries: Ints, h: int, mask: int) -> int | None:
+    """Where hash ``h`` would go in ``entries``, None when it is there already."""
+    high, at = h & _HIGH, h & mask
+    while entries[at] != 0:
+        if entries[at] & _HIGH == high:
+            return None
+        at = (at + 1) & mask
+    return at
+
+
+def entry(h: int, slot: int) -> np.int64:
+    """The position table's entry for hash ``h`` and row ``slot`` (1 or more)."""
+    return np.int64(h & _HIGH) | slot
+
+
 class _Table(NamedTuple):
     entries: Ints  # open addressing by hash: (hash & _HIGH) | slot, 0 where free
     rows: Vectors  # row 0 unused
@@ -50,10 +89,8 @@ class RowCache:
     __slots__ = ("_capacity", "_mask", "_state", "_width")
 
     def __init__(self, capacity: int, width: int) -> None:
-        if not 0 < capacity < _SLOT:
-            raise ValueError(f"a RowCache holds 1 to {_SLOT - 1} rows, not {capacity}")
         self._capacity, self._width = capacity, width
-        self._mask = (1 << (2 * capacity - 1).bit_length()) - 1
+        self._mask = table_mask(capacity, "RowCache")
         self._state = self._fresh()
 
     def _fresh(self) -> _Table:
@@ -63,26 +100,12 @@ class RowCache:
     def __len__(self) -> int:
         return int(np.count_nonzero(self._state.entries))
 
-    def _slots(self, entries: Ints, hashes: Ints) -> Ints:
-        """The slot of each hash, 0 for one not known."""
-        out = np.zeros(len(hashes), np.int64)
-        which = np.arange(len(hashes))
-        at = hashes & self._mask
-        high = hashes & _HIGH
-        while len(which):
-            found = entries[at]
-            hit = (found & _HIGH) == high
-            out[which[hit]] = found[hit] & _SLOT
-            on = ~hit & (found != 0)
-            which, at, high = which[on], (at[on] + 1) & self._mask, high[on]
-        return out
-
     def gather(self, keys: list[str], compute: Callable[[list[str]], Vectors]) -> Vectors:
         """The row of each key; ``compute`` gives the rows of the keys not known (distinct,
         in order of first appearance), once."""
         state = self._state
         hashes = np.fromiter(map(hash, keys), np.int64, len(keys))
-        at = self._slots(state.entries, hashes)
+        at = find_slots(state.entries, hashes, self._mask)
         out = state.rows[at]
         if at.all():
             return out
@@ -99,15 +122,12 @@ class RowCache:
         """Remember ``fresh[rows_of[h]]`` for each key hash ``h``."""
         state, mask = self._state, self._mask
         for h, i in rows_of.items():
-            high, at = h & _HIGH, h & mask
-            entries = state.entries
-            while entries[at] != 0 and entries[at] & _HIGH != high:
-                at = (at + 1) & mask
-            if entries[at] != 0:
+            at = free_position(state.entries, h, mask)
+            if at is None:
                 continue  # another thread was first
             slot = next(state.taken)
             if slot > self._capacity:  # full: start again, with the keys of now
                 state = self._state = self._fresh()
-                slot, at, entries = next(state.taken), h & mask, state.entries
+                slot, at = next(state.taken), h & mask
             state.rows[slot] = fresh[i]
-            entries[at] = high | slot  # published once its row is written
+            state.entries[at] = entry(h, slot)  # published once its row is written

@@ -84,8 +84,8 @@ _MENTION = re.compile(
 
 
 def _quoted_mention(data: bytes, start: int, hit: tuple[int, int], stop: int) -> bool:
-    """Whether the signal at ``hit`` is quoted in the sentence ``data[start:stop]`` and the
-    sentence talks about such text."""
+    """Whether the text at ``hit`` is quoted in the sentence ``data[start:stop]`` (a quote
+    opened before it, one closed after it) and the sentence talks about such text."""
     before, after = data[max(start - 1, 0) : hit[0]], data[hit[1] : stop]
     opened = (start == 0 and data[:1] in (b'"', b"'")) or any(q in before for q in _OPEN_QUOTES)
     closed = any(q in after for q in _CLOSE_QUOTES)
@@ -93,16 +93,17 @@ def _quoted_mention(data: bytes, start: int, hit: tuple[int, int], stop: int) ->
 
 
 def _talks_about(sentence: str) -> bool:
-    """Whether ``sentence`` quotes something (a quote opened, then closed) and talks about
-    attacks (``_MENTION``)."""
+    """Whether ``sentence`` quotes something and talks about attacks: ``_quoted_mention`` of
+    what follows its first opening quote."""
     low = sentence.lower().encode("utf-8", "replace")
-    opened = [i for i in (low.find(q) for q in _OPEN_QUOTES) if i >= 0]
+    # (where an opening quote starts, where what it quotes starts)
+    opened = [(i, i + len(q)) for q, i in ((q, low.find(q)) for q in _OPEN_QUOTES) if i >= 0]
     if low[:1] in (b'"', b"'"):
-        opened.append(-1)
+        opened.append((0, 1))
     if not opened:
         return False
-    after = low[min(opened) + 2 :]
-    return any(q in after for q in _CLOSE_QUOTES) and _MENTION.search(low) is not None
+    inside = min(opened)[1]
+    return _quoted_mention(low, 0, (inside, inside), len(low))
 
 
 _ENDS = (b"\n", b". ", b"! ", b"? ", b".\t", b"!\t", b"?\t")

@@ -7,8 +7,7 @@ from __future__ import annotations
 import pytest
 
 from policy_extproc.detect.semantic import SENSITIVITY, InjectionDetector
-from policy_extproc.detect.semantic.injection import MODEL
-from policy_extproc.sources.models import load_embedder, read_exemplars, read_lexicon
+from policy_extproc.sources.models import SHIPPED
 
 EVERYDAY = (
     "Please ignore all the data before 2019 in the chart and plot the rest.",
@@ -33,7 +32,7 @@ EVERYDAY = (
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
-    return InjectionDetector(load_embedder(MODEL), read_exemplars(), read_lexicon())
+    return SHIPPED.injection()  # the sidecar's own: one per process
 
 
 @pytest.mark.parametrize("sentence", EVERYDAY)

@@ -12,7 +12,7 @@ import pytest
 from policy_extproc.detect.semantic import SENSITIVITY, InjectionDetector
 from policy_extproc.detect.semantic.injection import MODEL
 from policy_extproc.detect.semantic.lexical import Lexicon, features
-from policy_extproc.sources.models import load_embedder, read_exemplars, read_lexicon
+from policy_extproc.sources.models import SHIPPED, load_embedder, read_exemplars, read_lexicon
 
 TOY = {"version": 1, "bias": -1.0, "offset": 0.5, "scale": 2.0,
        "weights": {"ignore": 2.0, "rules": 1.0, "ignore your": 1.5, "recipe": -1.0}}  # fmt: skip
@@ -85,8 +85,7 @@ def test_a_malformed_lexicon_is_refused(bad: object) -> None:
 @pytest.fixture(scope="module")
 def detectors() -> tuple[InjectionDetector, InjectionDetector]:
     emb = load_embedder(MODEL)
-    return (InjectionDetector(emb, read_exemplars(), read_lexicon()),
-            InjectionDetector(emb, read_exemplars()))  # fmt: skip
+    return SHIPPED.injection(), InjectionDetector(emb, read_exemplars())
 
 
 # A persona jailbreak written for this test after the shape of the DAN prompts (in none of the

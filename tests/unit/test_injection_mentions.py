@@ -10,13 +10,12 @@ import pytest
 
 from policy_extproc.detect.reading import reading_text
 from policy_extproc.detect.semantic import SENSITIVITY, InjectionDetector
-from policy_extproc.detect.semantic.injection import MODEL
-from policy_extproc.sources.models import load_embedder, read_exemplars, read_lexicon
+from policy_extproc.sources.models import SHIPPED
 
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
-    return InjectionDetector(load_embedder(MODEL), read_exemplars(), read_lexicon())
+    return SHIPPED.injection()  # the sidecar's own: one per process
 
 
 @pytest.mark.parametrize("text", [

@@ -6,14 +6,13 @@ from __future__ import annotations
 import pytest
 
 from policy_extproc.detect.semantic import SENSITIVITY, InjectionDetector
-from policy_extproc.detect.semantic.injection import MODEL
 from policy_extproc.detect.semantic.typos import KEY_WORDS, Typos, misspellings
-from policy_extproc.sources.models import load_embedder, read_exemplars, read_lexicon
+from policy_extproc.sources.models import SHIPPED
 
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
-    return InjectionDetector(load_embedder(MODEL), read_exemplars(), read_lexicon())
+    return SHIPPED.injection()  # the sidecar's own: one per process
 
 
 @pytest.mark.parametrize("text", [

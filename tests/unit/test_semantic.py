@@ -23,7 +23,6 @@ from policy_extproc.detect.semantic import (
     TopicSpec,
 )
 from policy_extproc.detect.semantic.embedder import embed_texts
-from policy_extproc.detect.semantic.injection import MODEL as INJECTION_MODEL
 from policy_extproc.detect.semantic.text import sentence_spans
 from policy_extproc.errors import PolicyError
 from policy_extproc.llm.request import parse_request
@@ -33,7 +32,7 @@ from policy_extproc.policy.evaluator import check_request, check_response, decid
 from policy_extproc.policy.loader import load_sources
 from policy_extproc.policy.model import SemanticTopic
 from policy_extproc.sources.catalog import load_catalog
-from policy_extproc.sources.models import load_embedder, read_exemplars, read_lexicon
+from policy_extproc.sources.models import SHIPPED, load_embedder
 from policy_extproc.sources.secrets import read_secrets
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "semantic"
@@ -47,7 +46,7 @@ def model() -> Any:
 
 @pytest.fixture(scope="module")
 def detector() -> InjectionDetector:
-    return InjectionDetector(load_embedder(INJECTION_MODEL), read_exemplars(), read_lexicon())
+    return SHIPPED.injection()  # the sidecar's own: one per process
 
 
 # -- sentences and embedders ------------------------------------------------------------------

@@ -46,7 +46,9 @@ class ScanText:
         self.views = [v for v in (joined, self.apart) if v is not None]
         # Unicode tag characters, which the canonical form removes, are also read as the ASCII
         # they mirror, as a model reads them: a keyword written in them is found there, and its
-        # span (one character for one: the same offsets) is the tags' in the original.
+        # span (one character for one: the same offsets) is the tags' in the original. The
+        # visible text stays in that view (a keyword half visible, half in tags is one word to
+        # the model); a match it shares with the other views is one redaction (``located``).
         tagged = [read_tags(t) for t in texts]
         if any(t is not None for t in tagged):
             hidden = JoinedParts([t or "" for t in tagged], groups_of(parts), "\0")
